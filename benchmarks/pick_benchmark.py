@@ -1,0 +1,174 @@
+"""Is the auto-picked max LR as good as the best LR of a grid?  (Fashion-MNIST, three model/optimizer pairs.)
+
+For each pair, one-cycle training runs at every max LR of a fixed log grid (x2 apart; the oracle, cached in
+``benchmarks/results/pick_oracle_grid.json``), at the ``SuperConvergence`` pick, and at Lightning's
+``LearningRateFinder`` suggestion (cached too: it does not depend on our rule), over several seeds. The oracle is the
+grid point with the best mean *validation* accuracy (5,000 images held out of the training set); every column reports
+mean *test* accuracy. ``lenet_nesterov`` was kept out of every tuning of the pick rule and is reported as held out.
+
+The timing part compares, on one model and the same data in the same process, the wall time of our range test, of
+Lightning's ``Tuner.lr_find`` (100 steps, its default) and of the same number of plain training steps.
+
+Run from the repository root (about 25 minutes on 2 CPU cores with an empty cache, 3 with the grid cached)::
+
+    python -m benchmarks.pick_benchmark            # table + timing
+    python -m benchmarks.pick_benchmark --grid-only  # fill the oracle cache only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmarks.common import PAIRS, BenchModule, Pair, datamodule, load_cache, mean_sem, save_cache, train_run, trainer
+from lightning_superconv import SuperConvergence
+
+TRAIN_SIZE, EPOCHS, SEEDS = 12_000, 3, (0, 1, 2)
+GRID_CACHE, LIGHTNING_CACHE = "pick_oracle_grid.json", "pick_lightning_finder.json"
+
+
+def fill_grid(pairs: list[Pair], dm: Any) -> dict[str, Any]:
+    cache = load_cache(GRID_CACHE)
+    for pair in pairs:
+        for lr in pair.grid:
+            for seed in SEEDS:
+                key = f"{pair.name}|{lr:.6g}|{seed}|{TRAIN_SIZE}|{EPOCHS}"
+                if key not in cache:
+                    run = train_run(pair, seed, dm, EPOCHS, max_lr=lr)
+                    cache[key] = {k: run[k] for k in ("val_acc", "test_acc")}
+                    save_cache(GRID_CACHE, cache)
+                    print(f"grid {key}: {cache[key]}", flush=True)
+    return cache
+
+
+def grid_table(pair: Pair, cache: dict[str, Any]) -> dict[float, dict[str, float]]:
+    table = {}
+    for lr in pair.grid:
+        runs = [cache[f"{pair.name}|{lr:.6g}|{seed}|{TRAIN_SIZE}|{EPOCHS}"] for seed in SEEDS]
+        table[lr] = {
+            "val": statistics.fmean(r["val_acc"] for r in runs),
+            "test": [r["test_acc"] for r in runs],
+        }
+    return table
+
+
+def lightning_suggestion(pair: Pair, seed: int, dm: Any) -> float:
+    """Lightning's own finder, with its defaults, on the same model and data."""
+    from lightning.pytorch.tuner import Tuner
+
+    L.seed_everything(seed, verbose=False)
+    model = BenchModule(pair)
+    tuner = Tuner(trainer(EPOCHS, []))
+    finder = tuner.lr_find(model, datamodule=dm, update_attr=False)
+    suggestion = finder.suggestion() if finder is not None else None
+    return float(suggestion) if suggestion is not None else float("nan")
+
+
+def lightning_column(pair: Pair, dm: Any) -> list[dict[str, float]]:
+    cache = load_cache(LIGHTNING_CACHE)
+    out = []
+    for seed in SEEDS:
+        key = f"{pair.name}|{seed}|{TRAIN_SIZE}|{EPOCHS}"
+        if key not in cache:
+            lr = lightning_suggestion(pair, seed, dm)
+            run = train_run(pair, seed, dm, EPOCHS, max_lr=lr)
+            cache[key] = {"max_lr": lr, "test_acc": run["test_acc"]}
+            save_cache(LIGHTNING_CACHE, cache)
+        out.append(cache[key])
+    return out
+
+
+def time_range_tests(dm: Any, pair: Pair, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of our range test, Lightning's lr_find and plain steps, measured in the same process."""
+    from lightning.pytorch.tuner import Tuner
+
+    times: dict[str, list[float]] = {"ours": [], "ours_steps": [], "lightning": [], "plain": []}
+    for repeat in range(repeats):
+        L.seed_everything(repeat, verbose=False)
+        sc = SuperConvergence()
+        t = trainer(1, [sc], max_steps=1)
+        start = time.perf_counter()
+        t.fit(BenchModule(pair), datamodule=dm)
+        # the fit above also ran one training step and the setup; time it alone below and subtract
+        ours_total = time.perf_counter() - start
+        base = trainer(1, [SuperConvergence(max_lr=0.1)], max_steps=1)
+        start = time.perf_counter()
+        base.fit(BenchModule(pair), datamodule=dm)
+        times["ours"].append(ours_total - (time.perf_counter() - start))
+        times["ours_steps"].append(len(sc.result.lrs) if sc.result else 0)
+
+        L.seed_everything(repeat, verbose=False)
+        start = time.perf_counter()
+        Tuner(trainer(1, [])).lr_find(BenchModule(pair), datamodule=dm, update_attr=False)
+        times["lightning"].append(time.perf_counter() - start)
+
+        steps = 100
+        L.seed_everything(repeat, verbose=False)
+        plain = trainer(1, [], max_steps=steps)
+        start = time.perf_counter()
+        plain.fit(BenchModule(pair), datamodule=dm)
+        times["plain"].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid-only", action="store_true", help="only fill the oracle cache")
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), help="which pairs (default: all)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timing comparison")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    dm = datamodule(TRAIN_SIZE)
+    pairs = [PAIRS[name] for name in args.pairs]
+    cache = fill_grid(pairs, dm)
+    if args.grid_only:
+        return
+
+    rows = []
+    for pair in pairs:
+        grid = grid_table(pair, cache)
+        best_lr = max(grid, key=lambda lr: grid[lr]["val"])
+        edge = best_lr in (pair.grid[0], pair.grid[-1])
+        oracle = mean_sem(grid[best_lr]["test"])
+        auto_runs = [train_run(pair, seed, dm, EPOCHS) for seed in SEEDS]
+        auto = mean_sem([r["test_acc"] for r in auto_runs])
+        auto_lr = statistics.geometric_mean([r["max_lr"] for r in auto_runs])
+        light_runs = lightning_column(pair, dm)
+        light = mean_sem([r["test_acc"] for r in light_runs])
+        light_lr = statistics.median(r["max_lr"] for r in light_runs)
+        rows.append((pair, best_lr, edge, oracle, auto_lr, auto, light_lr, light))
+        print(f"{pair.name}: grid " + ", ".join(f"{lr:.3g}:{statistics.fmean(g['test']):.1f}" for lr, g in grid.items()))
+
+    print(f"\nFashion-MNIST, {TRAIN_SIZE} training images, {EPOCHS} epochs one-cycle, {len(SEEDS)} seeds; test accuracy %")
+    print("| pair | oracle max_lr | oracle acc | auto max_lr | auto acc | gap | Lightning lr | Lightning acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pair, best_lr, edge, oracle, auto_lr, auto, light_lr, light in rows:
+        name = pair.name + (" (held out)" if pair.held_out else "")
+        flag = " (grid edge!)" if edge else ""
+        print(
+            f"| {name} | {best_lr:.3g}{flag} | {oracle[0]:.2f} ± {oracle[1]:.2f} | {auto_lr:.3g} | "
+            f"{auto[0]:.2f} ± {auto[1]:.2f} | {auto[0] - oracle[0]:+.2f} | {light_lr:.2g} | {light[0]:.2f} ± {light[1]:.2f} |"
+        )
+
+    if not args.no_timing:
+        pair = PAIRS["bn_cnn_sgd"]
+        t = time_range_tests(dm, pair)
+        per_step_ours = t["ours"] / max(t["ours_steps"], 1)
+        per_step_plain = t["plain"] / 100
+        print(f"\nRange-test wall time, {pair.name}, median of 3 (same process, same data):")
+        print("| what | seconds | steps | per step (ms) |")
+        print("|---|---|---|---|")
+        print(f"| SuperConvergence range test | {t['ours']:.2f} | {t['ours_steps']:.0f} | {1000 * per_step_ours:.1f} |")
+        print(f"| Lightning `Tuner.lr_find` (defaults) | {t['lightning']:.2f} | 100 | {10 * t['lightning']:.1f} |")
+        print(f"| 100 plain training steps (`fit`) | {t['plain']:.2f} | 100 | {1000 * per_step_plain:.1f} |")
+        print(f"ratio ours/plain per step: {per_step_ours / per_step_plain:.2f}; ours/Lightning total: "
+              f"{t['ours'] / t['lightning']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+r"""The record of one LR range test: what was swept, what the loss did, what was picked and why the test stopped."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RangeTestResult:
+    r"""The outcome of a range test, in plain values (it goes into checkpoints as it is).
+
+    Attributes:
+        lrs: the LR of the first param group at each recorded step.
+        losses: the raw training loss of each recorded step (mean over accumulated micro-batches and over ranks).
+        smoothed: the zero-lag smoothed loss the pick was read from.
+        max_lr: the picked maximum LR of the cycle (first param group).
+        pick_index: the step the pick was read at.
+        pick_reason: the rule's explanation of the pick.
+        stop_reason: why the sweep ended: ``"completed"``, ``"diverged"`` (the smoothed loss rose past the
+            divergence threshold), ``"non-finite"`` (a NaN/inf loss) or ``"scaler-skips"`` (mixed precision skipped
+            too many steps in a row).
+        skipped_steps: steps the gradient scaler skipped (overflow); they were retried at the same LR.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    max_lr: float
+    pick_index: int
+    pick_reason: str
+    stop_reason: str
+    skipped_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RangeTestResult:
+        """Rebuild from :meth:`to_dict`, tolerating keys a newer version may add."""
+        known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}
+        return cls(**known)
+
+    def plot(self, ax: Any = None, show_pick: bool = True) -> Any:
+        r"""Draw loss against LR (log axis) with the pick marked; returns the matplotlib ``Figure``.
+
+        Args:
+            ax: an existing matplotlib ``Axes`` to draw on; a new figure is made when None.
+            show_pick: mark the picked maximum LR.
+
+        Raises:
+            ModuleNotFoundError: if matplotlib is not installed (``pip install lightning-superconv[examples]``).
+        """
+        try:
+            import matplotlib
+
+            if ax is None:
+                matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
+            raise ModuleNotFoundError(
+                "`RangeTestResult.plot()` needs matplotlib: `pip install matplotlib`"
+            ) from err
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(6, 4))
+        else:
+            fig = ax.figure
+        ax.plot(self.lrs, self.losses, color="0.75", linewidth=1, label="loss")
+        ax.plot(self.lrs, self.smoothed, color="C0", linewidth=2, label="smoothed")
+        if show_pick:
+            ax.axvline(self.max_lr, color="C3", linestyle="--", label=f"max_lr = {self.max_lr:.3g}")
+        ax.set_xscale("log")
+        finite = [loss for loss in self.smoothed if loss == loss]
+        if finite:
+            low, high = min(finite), max(finite[: max(self.pick_index + 1, 1)] + finite[:1])
+            pad = 0.1 * (high - low) if high > low else 1.0
+            ax.set_ylim(low - pad, high + 3 * pad)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"LR range test (stopped: {self.stop_reason})")
+        ax.legend()
+        return fig

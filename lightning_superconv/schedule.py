@@ -1,0 +1,174 @@
+r"""The one-cycle schedule: a real :class:`torch.optim.lr_scheduler.OneCycleLR`, sized and guarded for Lightning runs.
+
+Pure torch; no ``Trainer`` here. The callback decides *what* maximum LR and how many steps; this module builds the
+scheduler so that:
+
+- the user's LR ratios between param groups are kept (``max_lr`` refers to the first group);
+- momentum (SGD) or ``beta1`` (Adam family) cycles inversely to the LR, except for an optimizer that has no momentum
+  to cycle: torch's ``OneCycleLR(cycle_momentum=True)`` silently switches a momentum-free SGD to 0.95;
+- the run can never crash on its last step: torch's scheduler raises one step past ``total_steps`` (a resume with a
+  longer run, a dataloader that grew) and divides by zero when the warm-up is exactly one step long.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import OneCycleLR
+
+
+def configured_lrs(optimizer: Optimizer) -> list[float]:
+    r"""The LR each param group was configured with.
+
+    A scheduler built in ``configure_optimizers`` may already have moved ``lr`` (a warm-up starts low); it keeps the
+    configured value in ``initial_lr``, so that is preferred.
+    """
+    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+
+
+def group_ratios(optimizer: Optimizer) -> list[float]:
+    r"""Each param group's configured LR relative to the first group's, so a sweep or cycle keeps the user's ratios.
+
+    Raises:
+        ValueError: if the first group's LR is not positive: there is nothing to take a ratio against.
+    """
+    lrs = configured_lrs(optimizer)
+    if lrs[0] <= 0:
+        raise ValueError(
+            f"the first param group's learning rate must be > 0 to keep the ratios between groups, got {lrs[0]}"
+        )
+    return [lr / lrs[0] for lr in lrs]
+
+
+def momentum_key(optimizer: Optimizer) -> Literal["momentum", "betas"] | None:
+    """Which param-group key holds the momentum OneCycleLR would cycle (the same test torch uses), or None."""
+    if "momentum" in optimizer.defaults:
+        return "momentum"
+    if "betas" in optimizer.defaults:
+        return "betas"
+    return None
+
+
+def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) -> bool:
+    r"""Decide whether momentum cycles.
+
+    ``None`` (automatic) cycles whenever the optimizer already uses momentum: ``betas`` (Adam family) or an SGD with
+    ``momentum > 0`` in any group. An SGD built with ``momentum=0`` keeps none, unless the user asks with ``True``.
+
+    Raises:
+        ValueError: if cycling is asked for an optimizer without ``momentum`` or ``betas``.
+    """
+    key = momentum_key(optimizer)
+    if cycle_momentum is None:
+        if key == "betas":
+            return True
+        return key == "momentum" and any(group.get("momentum", 0) > 0 for group in optimizer.param_groups)
+    if cycle_momentum and key is None:
+        raise ValueError(
+            f"`cycle_momentum=True` needs an optimizer with `momentum` or `betas`; {type(optimizer).__name__} has "
+            "neither. Pass `cycle_momentum=None` (automatic) or False."
+        )
+    return cycle_momentum
+
+
+class SafeOneCycleLR(OneCycleLR):
+    r"""A :class:`~torch.optim.lr_scheduler.OneCycleLR` that holds its final LR past ``total_steps`` instead of raising.
+
+    Lightning steps the scheduler after every optimizer step; if the run turns out longer than the estimate it was sized
+    with (``max_epochs`` raised on resume, a dataloader that grew), torch's scheduler would raise mid-training. This one
+    stays at the end of the cycle, the lowest LR, and warns once. It is still a ``OneCycleLR``: checkpoints, the
+    ``LearningRateMonitor`` and users' ``isinstance`` checks see the real thing.
+    """
+
+    _warned_past_end = False
+
+    def get_lr(self) -> list[Any]:
+        """The LR of the current step, clamped to the end of the cycle."""
+        if self.last_epoch <= self.total_steps:
+            return super().get_lr()
+        if not self._warned_past_end:
+            self._warned_past_end = True
+            warnings.warn(
+                f"The one-cycle schedule was sized for {self.total_steps} steps and training went past it; the LR "
+                "stays at the cycle's final value.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        stepped = self.last_epoch
+        self.last_epoch = self.total_steps
+        try:
+            return super().get_lr()
+        finally:
+            self.last_epoch = stepped
+
+
+def safe_pct_start(pct_start: float, total_steps: int) -> float:
+    r"""Nudge ``pct_start`` off the one value that makes torch's OneCycleLR divide by zero.
+
+    With ``pct_start * total_steps == 1`` the warm-up phase starts and ends at step 0 and torch computes ``0 / 0``.
+    Lengthening the warm-up by a millionth of a step keeps the schedule and removes the singularity.
+
+    Example::
+
+        >>> safe_pct_start(0.3, 1000)
+        0.3
+        >>> safe_pct_start(0.25, 4) > 0.25
+        True
+    """
+    if abs(pct_start * total_steps - 1.0) < 1e-9:
+        return (1.0 + 1e-6) / total_steps
+    return pct_start
+
+
+def build_one_cycle(
+    optimizer: Optimizer,
+    max_lr: float,
+    total_steps: int,
+    *,
+    ratios: Sequence[float] | None = None,
+    pct_start: float = 0.3,
+    anneal_strategy: Literal["cos", "linear"] = "cos",
+    cycle_momentum: bool | None = None,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> SafeOneCycleLR:
+    r"""Build the one-cycle scheduler on ``optimizer``, peaking at ``max_lr`` for the first param group.
+
+    Args:
+        optimizer: the user's optimizer; its param groups are rewritten by torch's scheduler (``lr``, ``initial_lr``,
+            ``max_lr``, ``min_lr``, and the momentum when it cycles).
+        max_lr: the cycle's peak LR for the first param group.
+        total_steps: optimizer steps in the run (>= 1).
+        ratios: each group's LR relative to the first; default: the ratios the optimizer was configured with.
+        pct_start: fraction of the steps spent rising to ``max_lr``.
+        anneal_strategy: ``"cos"`` or ``"linear"``.
+        cycle_momentum: cycle momentum inversely to the LR; ``None`` decides from the optimizer
+            (:func:`resolve_cycle_momentum`).
+        base_momentum: the momentum at the LR's peak.
+        max_momentum: the momentum at the cycle's ends.
+        div_factor: the cycle starts at ``max_lr / div_factor``.
+        final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)``.
+        three_phase: use torch's three-phase variant (symmetric cycle, then annihilation).
+    """
+    if ratios is None:
+        ratios = group_ratios(optimizer)
+    cycle = resolve_cycle_momentum(optimizer, cycle_momentum)
+    return SafeOneCycleLR(
+        optimizer,
+        max_lr=[max_lr * ratio for ratio in ratios],
+        total_steps=int(total_steps),
+        pct_start=float(safe_pct_start(pct_start, int(total_steps))),
+        anneal_strategy=anneal_strategy,
+        cycle_momentum=cycle,
+        base_momentum=base_momentum,
+        max_momentum=max_momentum,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        three_phase=three_phase,
+    )

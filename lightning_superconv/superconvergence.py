@@ -1,0 +1,325 @@
+r"""The ``SuperConvergence`` callback: range test at fit start, max LR from where the loss diverges, one-cycle installed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.seed import isolate_rng
+from typing_extensions import override
+
+from lightning_superconv import _compat
+from lightning_superconv._logging import log_range_test, log_schedule
+from lightning_superconv.curve import DivergenceMonitor, SweepMode, lr_sweep, pick_max_lr, zero_lag_smooth
+from lightning_superconv.range_test import capture, dataloader_generators, quiet_trainer, restore, sweep
+from lightning_superconv.result import RangeTestResult
+from lightning_superconv.schedule import build_one_cycle, group_ratios
+
+_STATE_VERSION = 1
+
+
+class SuperConvergence(Callback):
+    r"""Train with one cycle of a very large learning rate, its peak found by an LR range test on your own model.
+
+    When ``fit`` starts, before the first training step, the callback runs Leslie Smith's LR range test on the
+    model's own ``training_step`` loss, data and optimizer: the LR rises exponentially from ``lr_range[0]`` to
+    ``lr_range[1]`` over at most ``num_steps`` optimizer steps, and the test stops as soon as the loss has clearly
+    diverged (see :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read off the curve
+    where the loss stops falling (see :func:`~lightning_superconv.curve.pick_max_lr`), *not* at the steepest slope:
+    that point suits a constant LR and is typically orders of magnitude too small for a one-cycle peak.
+
+    Everything is then put back exactly as it was (parameters, buffers, optimizer state, gradient scaler, RNG streams,
+    dataloader generators; nothing is written to disk), and a :class:`torch.optim.lr_scheduler.OneCycleLR` sized by
+    ``trainer.estimated_stepping_batches`` replaces any scheduler from ``configure_optimizers``. With several param
+    groups, the configured LR ratios between groups are kept in the test and the cycle; ``max_lr`` is the first
+    group's.
+
+    Defaults of the cycle: ``pct_start=0.3``, ``div_factor=25`` and ``final_div_factor=1e4`` are torch's, and Smith's
+    advice fits them: start the cycle 10-25x below the peak, spend under half of the run rising, and let the LR fall
+    several orders of magnitude below its start at the end (arXiv 1708.07120 §3, 1803.09820 §4.1). Momentum cycles
+    0.95 -> 0.85 -> 0.95 inversely to the LR (1803.09820 §4.3), for SGD with momentum and for Adam's ``beta1``.
+
+    Args:
+        max_lr: the cycle's maximum LR; when given, no range test runs.
+        lr_range: the first and last LR of the range test, ``0 < start < end``.
+        num_steps: optimizer steps of the range test at most (>= 2); it usually stops earlier, at divergence.
+        mode: ``"exponential"`` (default) or ``"linear"`` spacing of the swept LRs.
+        divergence_threshold: the test stops once the smoothed loss exceeds this many times its best (> 1).
+        smoothing: EMA factor in [0, 1) used to smooth the loss, online for the stop decision and without lag for the
+            pick.
+        pct_start: fraction of the run spent raising the LR, in (0, 1).
+        anneal_strategy: ``"cos"`` or ``"linear"``.
+        cycle_momentum: cycle momentum (``beta1``) inversely to the LR. ``None`` (default) cycles whenever the
+            optimizer has momentum to cycle; an SGD built with ``momentum=0`` then keeps none (torch's OneCycleLR
+            would switch it to 0.95).
+        base_momentum: momentum at the LR's peak, in [0, 1).
+        max_momentum: momentum at the cycle's ends, in [``base_momentum``, 1).
+        div_factor: the cycle starts at ``max_lr / div_factor`` (>= 1).
+        final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)`` (>= 1).
+        three_phase: use torch's three-phase cycle (symmetric rise and fall, then a final annihilation).
+        log_schedule: log LR and momentum of the first param group every ``log_every_n_steps`` steps.
+
+    Attributes:
+        max_lr: the cycle's maximum LR once ``fit`` has started (the given one or the pick).
+        result: the :class:`~lightning_superconv.result.RangeTestResult`, or None when no range test ran.
+
+    Raises:
+        ValueError: if an argument is out of range.
+        TypeError: if an argument has the wrong type.
+
+    Example::
+
+        >>> import lightning as L
+        >>> trainer = L.Trainer(max_epochs=10, callbacks=[SuperConvergence()], logger=False)
+    """
+
+    def __init__(
+        self,
+        max_lr: float | None = None,
+        lr_range: tuple[float, float] = (1e-6, 10.0),
+        num_steps: int = 100,
+        mode: SweepMode = "exponential",
+        divergence_threshold: float = 4.0,
+        smoothing: float = 0.9,
+        pct_start: float = 0.3,
+        anneal_strategy: Literal["cos", "linear"] = "cos",
+        cycle_momentum: bool | None = None,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        log_schedule: bool = True,
+    ) -> None:
+        _check_number("max_lr", max_lr, low=0.0, allow_none=True)
+        if not isinstance(lr_range, (tuple, list)) or len(lr_range) != 2:
+            raise TypeError(f"`lr_range` must be a pair (start, end) of positive floats, got {lr_range!r}")
+        _check_number("lr_range[0]", lr_range[0], low=0.0)
+        _check_number("lr_range[1]", lr_range[1], low=0.0)
+        if lr_range[0] >= lr_range[1]:
+            raise ValueError(f"`lr_range` must rise: start < end, got start={lr_range[0]} and end={lr_range[1]}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+            raise ValueError(f"`num_steps` must be an integer >= 2, got {num_steps!r}")
+        if mode not in ("exponential", "linear"):
+            raise ValueError(f"`mode` must be 'exponential' or 'linear', got {mode!r}")
+        _check_number("divergence_threshold", divergence_threshold, low=1.0)
+        _check_number("smoothing", smoothing, low=0.0, high=1.0, low_inclusive=True)
+        _check_number("pct_start", pct_start, low=0.0, high=1.0)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}")
+        if cycle_momentum is not None and not isinstance(cycle_momentum, bool):
+            raise TypeError(f"`cycle_momentum` must be True, False or None (automatic), got {cycle_momentum!r}")
+        _check_number("base_momentum", base_momentum, low=0.0, high=1.0, low_inclusive=True)
+        _check_number("max_momentum", max_momentum, low=0.0, high=1.0, low_inclusive=True)
+        if max_momentum < base_momentum:
+            raise ValueError(
+                f"`max_momentum` must be >= `base_momentum`, got max_momentum={max_momentum} and "
+                f"base_momentum={base_momentum}"
+            )
+        _check_number("div_factor", div_factor, low=1.0, low_inclusive=True)
+        _check_number("final_div_factor", final_div_factor, low=1.0, low_inclusive=True)
+
+        self.requested_max_lr = None if max_lr is None else float(max_lr)
+        self.lr_range = (float(lr_range[0]), float(lr_range[1]))
+        self.num_steps = num_steps
+        self.mode: SweepMode = mode
+        self.divergence_threshold = float(divergence_threshold)
+        self.smoothing = float(smoothing)
+        self.pct_start = float(pct_start)
+        self.anneal_strategy: Literal["cos", "linear"] = anneal_strategy
+        self.cycle_momentum = cycle_momentum
+        self.base_momentum = float(base_momentum)
+        self.max_momentum = float(max_momentum)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.three_phase = bool(three_phase)
+        self.log_schedule = bool(log_schedule)
+
+        self.max_lr: float | None = self.requested_max_lr
+        self.result: RangeTestResult | None = None
+        self.total_steps: int | None = None
+        self._optimizer: Any = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(max_lr=self.requested_max_lr, num_steps=self.num_steps, mode=self.mode)
+
+    # ------------------------------------------------------------------------------------------------ hooks
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizer = _single_automatic_optimizer(trainer, pl_module)
+        if trainer.fast_dev_run:
+            _compat.rank_zero_info(
+                trainer, "SuperConvergence: `fast_dev_run` is on, so no range test runs and the schedule is unchanged."
+            )
+            return
+        total_steps = _total_steps(trainer)
+        if self.max_lr is None:
+            self.result = self.run_range_test(trainer, pl_module, optimizer)
+            self.max_lr = self.result.max_lr
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: range test picked max_lr={self.max_lr:.4g} after {len(self.result.lrs)} steps "
+                f"(stopped: {self.result.stop_reason}); {self.result.pick_reason}.",
+            )
+            log_range_test(trainer, self.result)
+        self._install_schedule(trainer, optimizer, total_steps)
+
+    @override
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.log_schedule and self._optimizer is not None:
+            log_schedule(trainer, self._optimizer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "max_lr": self.max_lr,
+            "total_steps": self.total_steps,
+            "result": None if self.result is None else self.result.to_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning calls this before `on_fit_start` when `fit(ckpt_path=...)` resumes, so the range test is not
+        # re-run; the optimizer and the OneCycleLR state are restored by Lightning *after* `on_fit_start` installed
+        # a fresh scheduler, which then continues exactly where the checkpoint left it.
+        self.max_lr = state_dict.get("max_lr", self.max_lr)
+        self.total_steps = state_dict.get("total_steps", self.total_steps)
+        result = state_dict.get("result")
+        self.result = None if result is None else RangeTestResult.from_dict(result)
+
+    # ------------------------------------------------------------------------------------------------ work
+
+    def run_range_test(self, trainer: Any, pl_module: Any, optimizer: Any) -> RangeTestResult:
+        r"""Run the range test on the trainer's model, data and optimizer, restore everything, and pick the max LR.
+
+        Raises:
+            MisconfigurationException: if the loss is NaN/inf or diverges from the very first steps, so that no
+                curve can be read; the state is restored before the error propagates.
+        """
+        lrs = lr_sweep(self.lr_range[0], self.lr_range[1], self.num_steps, self.mode)
+        ratios = group_ratios(optimizer)
+        monitor = DivergenceMonitor(self.divergence_threshold, self.smoothing)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        loaders = list(trainer.fit_loop._combined_loader.flattened)
+        snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+        try:
+            with isolate_rng(), quiet_trainer(trainer, pl_module):
+                record = sweep(trainer, pl_module, optimizer, lrs, ratios, monitor)
+        finally:
+            # also on KeyboardInterrupt and SystemExit: nothing the test did may survive it
+            restore(snapshot, scaler)
+            _reset_persistent_iterators(trainer, loaders)
+        if len(record.losses) < 3:
+            raise _compat.misconfiguration(
+                trainer,
+                f"The range test could not read a loss curve: the loss was {record.stop_reason} after "
+                f"{len(record.losses)} step(s) (lr {lrs[len(record.losses)]:.3g}). Check that `training_step` returns "
+                "a finite loss for your data, or start the sweep lower with `SuperConvergence(lr_range=(start, end))`"
+                ", or pass `max_lr=` to skip the range test. The model and optimizer were restored.",
+            )
+        smoothed = zero_lag_smooth(record.losses, self.smoothing)
+        pick = pick_max_lr(record.lrs, record.losses, smoothed=smoothed)
+        return RangeTestResult(
+            lrs=record.lrs,
+            losses=record.losses,
+            smoothed=smoothed,
+            max_lr=pick.lr,
+            pick_index=pick.index,
+            pick_reason=pick.reason,
+            stop_reason=record.stop_reason,
+            skipped_steps=record.skipped_steps,
+        )
+
+    def _install_schedule(self, trainer: Any, optimizer: Any, total_steps: int) -> None:
+        assert self.max_lr is not None
+        scheduler = build_one_cycle(
+            optimizer,
+            self.max_lr,
+            total_steps,
+            pct_start=self.pct_start,
+            anneal_strategy=self.anneal_strategy,
+            cycle_momentum=self.cycle_momentum,
+            base_momentum=self.base_momentum,
+            max_momentum=self.max_momentum,
+            div_factor=self.div_factor,
+            final_div_factor=self.final_div_factor,
+            three_phase=self.three_phase,
+        )
+        replaced = [type(config.scheduler).__name__ for config in trainer.strategy.lr_scheduler_configs]
+        config_cls = _compat.module(trainer, "utilities.types").LRSchedulerConfig
+        trainer.strategy.lr_scheduler_configs = [config_cls(scheduler, interval="step", frequency=1)]
+        self.total_steps = total_steps
+        self._optimizer = optimizer
+        if replaced:
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: replacing the scheduler {', '.join(f'`{n}`' for n in replaced)} from "
+                "`configure_optimizers` with `OneCycleLR`.",
+            )
+        _compat.rank_zero_info(
+            trainer,
+            f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
+            f"(momentum {'cycling' if scheduler.cycle_momentum else 'unchanged'}).",
+        )
+
+
+def _single_automatic_optimizer(trainer: Any, pl_module: Any) -> Any:
+    """The one optimizer the callback can serve, or a clear error saying why not and what to do."""
+    if not pl_module.automatic_optimization:
+        raise _compat.misconfiguration(
+            trainer,
+            "SuperConvergence needs automatic optimization: with `self.automatic_optimization = False` the "
+            "callback cannot step your optimizer. Remove the callback, or switch to automatic optimization.",
+        )
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        raise _compat.misconfiguration(
+            trainer,
+            f"SuperConvergence needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. "
+            "Put all parameters into one optimizer (param groups keep different LRs), or remove the callback.",
+        )
+    return optimizers[0]
+
+
+def _total_steps(trainer: Any) -> int:
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total) or total < 1:
+        raise _compat.misconfiguration(
+            trainer,
+            "SuperConvergence sizes the one cycle to the run, but this run's length is unknown (the train dataloader "
+            "has no length and `max_steps` is not set). Set `Trainer(max_steps=...)`.",
+        )
+    return int(total)
+
+
+def _reset_persistent_iterators(trainer: Any, loaders: list[Any]) -> None:
+    """Rebuild the fit loop's iterator if the range test shared it (``persistent_workers`` reuse one iterator)."""
+    if any(getattr(loader, "persistent_workers", False) and loader.num_workers > 0 for loader in loaders):
+        fetcher = trainer.fit_loop._data_fetcher
+        if fetcher is not None:
+            iter(fetcher)
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    low_inclusive: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming the argument, the accepted range and the given value."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = high is None or value < high
+    if not (math.isfinite(value) and above and below):
+        accepted = f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"`{name}` must be in {accepted}, got {value}")

@@ -1,0 +1,90 @@
+"""Small models and data for the integration tests: fast on two CPU cores, but with what the range test must respect.
+
+``TinyClassifier`` has BatchNorm (buffers that change in train mode) and dropout (global RNG), logs from
+``training_step``, and trains on a shuffled loader, so an imperfect restore shows up as a different final model.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def make_dataset(n: int = 256, features: int = 16, classes: int = 4, seed: int = 0) -> TensorDataset:
+    """A linearly separable-ish classification set, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=gen)
+    w = torch.randn(features, classes, generator=gen)
+    y = (x @ w + 0.5 * torch.randn(n, classes, generator=gen)).argmax(dim=1)
+    return TensorDataset(x, y)
+
+
+class TinyClassifier(L.LightningModule):
+    """An MLP with BatchNorm and dropout; SGD with momentum unless told otherwise."""
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+        batch_size: int = 32,
+        n: int = 256,
+        scheduler: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(
+            nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(hp.optimizer)
+        if hp.scheduler == "step":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=5)}
+        return opt
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(self.hparams.n), batch_size=self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(make_dataset(64, seed=1), batch_size=32)
+
+
+def trainer_kwargs(tmp_path, **overrides):
+    """Quiet, CPU-only Trainer arguments for tests."""
+    kwargs = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
