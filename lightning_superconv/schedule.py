@@ -87,9 +87,12 @@ class SafeOneCycleLR(OneCycleLR):
 
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle."""
-        if self.last_epoch <= self.total_steps:
+        # The cycle's last step is `total_steps - 1`. At step `total_steps` torch does not raise yet but extrapolates
+        # the final phase past its end: with "cos" the LR climbs back to its value two steps earlier, with "linear"
+        # it turns negative. So the clamp starts there; the warning only once a step past it was really taken.
+        if self.last_epoch < self.total_steps:
             return super().get_lr()
-        if not self._warned_past_end:
+        if self.last_epoch > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
             warnings.warn(
                 f"The one-cycle schedule was sized for {self.total_steps} steps and training went past it; the LR "
@@ -98,7 +101,7 @@ class SafeOneCycleLR(OneCycleLR):
                 stacklevel=2,
             )
         stepped = self.last_epoch
-        self.last_epoch = self.total_steps
+        self.last_epoch = self.total_steps - 1
         try:
             return super().get_lr()
         finally:

@@ -11,7 +11,14 @@ from typing_extensions import override
 
 from lightning_superconv import _compat
 from lightning_superconv._logging import log_range_test, log_schedule
-from lightning_superconv.curve import DivergenceMonitor, SweepMode, lr_sweep, pick_max_lr, zero_lag_smooth
+from lightning_superconv.curve import (
+    DivergenceMonitor,
+    SweepMode,
+    lr_sweep,
+    median_half_width,
+    pick_max_lr,
+    running_median,
+)
 from lightning_superconv.range_test import capture, dataloader_generators, quiet_trainer, restore, sweep
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import build_one_cycle, group_ratios
@@ -46,8 +53,8 @@ class SuperConvergence(Callback):
         num_steps: optimizer steps of the range test at most (>= 2); it usually stops earlier, at divergence.
         mode: ``"exponential"`` (default) or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the test stops once the smoothed loss exceeds this many times its best (> 1).
-        smoothing: EMA factor in [0, 1) used to smooth the loss, online for the stop decision and without lag for the
-            pick.
+        smoothing: EMA factor in [0, 1) of the online divergence check (the pick reads a centered running median
+            over 3 % of the sweep, without lag, see :func:`~lightning_superconv.curve.running_median`).
         pct_start: fraction of the run spent raising the LR, in (0, 1).
         anneal_strategy: ``"cos"`` or ``"linear"``.
         cycle_momentum: cycle momentum (``beta1``) inversely to the LR. ``None`` (default) cycles whenever the
@@ -157,6 +164,14 @@ class SuperConvergence(Callback):
             )
             return
         total_steps = _total_steps(trainer)
+        if total_steps == 0:
+            # Lightning runs such a fit without a training step; a range test would train where the user asked not to
+            _compat.rank_zero_info(
+                trainer,
+                "SuperConvergence: this run has no training steps (`max_steps=0` or `limit_train_batches=0`), so no "
+                "range test runs and the schedule is unchanged.",
+            )
+            return
         if self.max_lr is None:
             self.result = self.run_range_test(trainer, pl_module, optimizer)
             self.max_lr = self.result.max_lr
@@ -207,13 +222,21 @@ class SuperConvergence(Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         loaders = list(trainer.fit_loop._combined_loader.flattened)
         snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+        failure: BaseException | None = None
         try:
             with isolate_rng(), quiet_trainer(trainer, pl_module):
-                record = sweep(trainer, pl_module, optimizer, lrs, ratios, monitor)
+                try:
+                    record = sweep(trainer, pl_module, optimizer, lrs, ratios, monitor)
+                except BaseException as err:
+                    # Lightning's `isolate_rng` restores the RNG only when its block exits normally: leave it
+                    # normally, re-raise after it
+                    failure = err
         finally:
             # also on KeyboardInterrupt and SystemExit: nothing the test did may survive it
             restore(snapshot, scaler)
             _reset_persistent_iterators(trainer, loaders)
+        if failure is not None:
+            raise failure
         if len(record.losses) < 3:
             raise _compat.misconfiguration(
                 trainer,
@@ -222,8 +245,16 @@ class SuperConvergence(Callback):
                 "a finite loss for your data, or start the sweep lower with `SuperConvergence(lr_range=(start, end))`"
                 ", or pass `max_lr=` to skip the range test. The model and optimizer were restored.",
             )
-        smoothed = zero_lag_smooth(record.losses, self.smoothing)
-        pick = pick_max_lr(record.lrs, record.losses, smoothed=smoothed)
+        smoothed = running_median(record.losses, median_half_width(self.num_steps))
+        try:
+            pick = pick_max_lr(record.lrs, record.losses, smoothed=smoothed)
+        except ValueError as err:
+            raise _compat.misconfiguration(
+                trainer,
+                f"The range test found no usable maximum LR: {err}. The model may not be learning (check the loss "
+                "and the data), or the sweep does not reach LRs that train it: widen `lr_range`, or pass `max_lr=`. "
+                "The model and optimizer were restored.",
+            ) from err
         return RangeTestResult(
             lrs=record.lrs,
             losses=record.losses,
@@ -283,12 +314,21 @@ def _single_automatic_optimizer(trainer: Any, pl_module: Any) -> Any:
             f"SuperConvergence needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. "
             "Put all parameters into one optimizer (param groups keep different LRs), or remove the callback.",
         )
+    # `configure_optimizers` returning None leaves Lightning's stand-in optimizer, which has no LR to schedule
+    mock = getattr(_compat.module(trainer, "core.optimizer"), "_MockOptimizer", ())
+    if isinstance(optimizers[0], mock):
+        raise _compat.misconfiguration(
+            trainer,
+            "SuperConvergence needs an optimizer, but `configure_optimizers` returned None. Return the optimizer "
+            "to train with (e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or remove the "
+            "callback.",
+        )
     return optimizers[0]
 
 
 def _total_steps(trainer: Any) -> int:
     total = trainer.estimated_stepping_batches
-    if not math.isfinite(total) or total < 1:
+    if not math.isfinite(total):
         raise _compat.misconfiguration(
             trainer,
             "SuperConvergence sizes the one cycle to the run, but this run's length is unknown (the train dataloader "
