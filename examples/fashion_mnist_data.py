@@ -145,10 +145,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
 
 def random_crop_flip(x: torch.Tensor, pad: int = 2) -> torch.Tensor:
-    """Batched augmentation on tensors: a random shift by up to ``pad`` pixels and a random horizontal flip."""
+    """Batched augmentation on tensors: each image shifted by up to ``pad`` pixels and flipped with probability 1/2."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=float(x.min()))
-    dx, dy = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-    out = padded[:, :, dy : dy + h, dx : dx + w]
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), device=x.device)
+    out = torch.empty_like(x)
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            idx = ((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).nonzero().flatten()
+            if len(idx):
+                out[idx] = padded[idx, :, dy : dy + h, dx : dx + w]
     flip = torch.rand(n, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)

@@ -1,11 +1,14 @@
 """Super-convergence for PyTorch Lightning.
 
 ``SuperConvergence`` runs Leslie Smith's LR range test at fit start, picks the one-cycle maximum LR where the loss
-stops falling, restores everything, and installs a ``OneCycleLR`` sized to the run.
+stops falling, restores everything, and installs a ``OneCycleLR`` sized to the run. ``WeightDecayBalancer`` sets the
+weight decay for the LR schedule that will actually run.
 """
 
 from lightning_superconv.__about__ import __version__
 from lightning_superconv.result import RangeTestResult
+from lightning_superconv.standalone import find_max_lr
 from lightning_superconv.superconvergence import SuperConvergence
+from lightning_superconv.weight_decay_balancer import WeightDecayBalancer
 
-__all__ = ["RangeTestResult", "SuperConvergence", "__version__"]
+__all__ = ["RangeTestResult", "SuperConvergence", "WeightDecayBalancer", "__version__", "find_max_lr"]

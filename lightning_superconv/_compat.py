@@ -12,9 +12,13 @@ from types import ModuleType
 from typing import Any
 
 
-def namespace(trainer: Any) -> str:
-    """``"pytorch_lightning"`` for a standalone-distribution ``Trainer``, else ``"lightning.pytorch"``."""
-    return "pytorch_lightning" if type(trainer).__module__.startswith("pytorch_lightning") else "lightning.pytorch"
+def namespace(obj: Any) -> str:
+    """``"pytorch_lightning"`` for a ``Trainer`` or ``LightningModule`` of the standalone distribution.
+
+    Else ``"lightning.pytorch"``. The class hierarchy is searched, so a user's subclass of either is recognised.
+    """
+    standalone = any(cls.__module__.startswith("pytorch_lightning") for cls in type(obj).__mro__)
+    return "pytorch_lightning" if standalone else "lightning.pytorch"
 
 
 def module(trainer: Any, name: str) -> ModuleType:
@@ -25,7 +29,7 @@ def module(trainer: Any, name: str) -> ModuleType:
 def misconfiguration(trainer: Any, message: str) -> Exception:
     """A ``MisconfigurationException`` of the user's distribution, so their ``except`` clauses catch it."""
     cls = module(trainer, "utilities.exceptions").MisconfigurationException
-    return cls(message)  # type: ignore[no-any-return]
+    return cls(message)
 
 
 def rank_zero_info(trainer: Any, message: str) -> None:

@@ -19,7 +19,7 @@ def log_range_test(trainer: Any, result: RangeTestResult) -> None:
     if not trainer.loggers:
         return
     for logger in trainer.loggers:
-        for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed)):
+        for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
             logger.log_metrics(
                 {
                     f"{RANGE_TEST_PREFIX}/lr": lr,

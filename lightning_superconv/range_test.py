@@ -8,7 +8,8 @@ accumulation, the user's batch-transfer hooks) and touches nothing else. Nothing
 in memory, so no shared filesystem is needed across machines.
 
 Checked against Lightning 2.4-2.6: at ``on_fit_start`` the strategy has wrapped the model and set up the optimizers;
-the train dataloader exists once ``trainer.estimated_stepping_batches`` has been read.
+the train dataloader exists once ``trainer.fit_loop.setup_data()`` has run (``trainer.estimated_stepping_batches``
+runs it too, but not when ``max_epochs=-1``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Snapshot:
     """
 
     tensors: list[tuple[Tensor, Tensor]]
-    grads: list[tuple[Tensor, Tensor | None]]
+    grads: list[tuple[torch.nn.Parameter, Tensor | None]]
     training_flags: list[tuple[torch.nn.Module, bool]]
     metric_states: list[tuple[torch.nn.Module, dict[str, Any]]]
     optimizer: Optimizer
@@ -105,21 +106,21 @@ def restore(snapshot: Snapshot, scaler: Any = None) -> None:
         param.grad = grad
     for module, flag in snapshot.training_flags:
         module.training = flag
-    for module, state in snapshot.metric_states:
-        for name, value in state.items():
+    for module, metric_state in snapshot.metric_states:
+        for name, value in metric_state.items():
             setattr(module, name, copy.deepcopy(value))
     optimizer = snapshot.optimizer
     optimizer.state.clear()
-    optimizer.state.update({p: copy.deepcopy(s) for p, s in snapshot.optimizer_state.items()})
-    for group, saved in zip(optimizer.param_groups, snapshot.param_groups):
+    optimizer.state.update({param: copy.deepcopy(saved_state) for param, saved_state in snapshot.optimizer_state.items()})
+    for group, saved_group in zip(optimizer.param_groups, snapshot.param_groups, strict=True):
         params = group["params"]
         group.clear()
-        group.update(copy.deepcopy(saved))
+        group.update(copy.deepcopy(saved_group))
         group["params"] = params
     if scaler is not None and snapshot.scaler_state is not None:
         scaler.load_state_dict(copy.deepcopy(snapshot.scaler_state))
-    for generator, state in snapshot.generator_states:
-        generator.set_state(state)
+    for generator, generator_state in snapshot.generator_states:
+        generator.set_state(generator_state)
 
 
 def _loss_of(output: Any) -> Tensor | None:
@@ -239,7 +240,7 @@ def sweep(
     step = 0
     pl_module.train()
     while step < len(lrs):
-        for group, ratio in zip(optimizer.param_groups, ratios):
+        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[step] * ratio
         micro_losses: list[Tensor] = []
 

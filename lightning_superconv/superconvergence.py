@@ -220,6 +220,9 @@ class SuperConvergence(Callback):
         ratios = group_ratios(optimizer)
         monitor = DivergenceMonitor(self.divergence_threshold, self.smoothing)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
+        # `estimated_stepping_batches` loads the train dataloader, except when `max_epochs=-1` (which
+        # `Trainer(max_steps=N)` alone implies): load it here, as the fit loop would (a no-op when it is loaded)
+        trainer.fit_loop.setup_data()
         loaders = list(trainer.fit_loop._combined_loader.flattened)
         snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
         failure: BaseException | None = None
@@ -327,8 +330,11 @@ def _single_automatic_optimizer(trainer: Any, pl_module: Any) -> Any:
 
 
 def _total_steps(trainer: Any) -> int:
+    if trainer.limit_train_batches == 0:
+        return 0
     total = trainer.estimated_stepping_batches
-    if not math.isfinite(total):
+    # an iterable dataset without `max_steps` reads as `max_steps`, i.e. -1
+    if not math.isfinite(total) or total < 0:
         raise _compat.misconfiguration(
             trainer,
             "SuperConvergence sizes the one cycle to the run, but this run's length is unknown (the train dataloader "

@@ -1,0 +1,159 @@
+"""Does ``WeightDecayBalancer`` pick a weight decay as good as the best of a grid?  (Fashion-MNIST, three pairs.)
+
+Each pair trains one-cycle at the ``SuperConvergence`` pick: the range test runs once per pair, seed and regime and
+its pick is cached, so every column below trains at the same peak LR and differs in weight decay alone. Columns, all
+final *test* accuracy (mean ± standard error over seeds):
+
+- (a) ``user``: the pair's configured weight decay, unchanged;
+- (b) ``balancer``: ``WeightDecayBalancer()`` with its defaults (its search time is included in its cost column);
+- (c) ``oracle``: a fixed grid of the user's weight decay times {0, 0.1, 0.3, 1, 3, 10, 30}, the grid point with the
+  best mean *validation* accuracy (5,000 images held out of the training set; the test set is only reported).
+
+Regimes: ``small`` (3,000 training images, 15 epochs: weight decay matters) and ``large`` (12,000 images, 3 epochs:
+the grid spans less than the seed noise). Target: wherever (c) beats (a) by more than two standard errors, (b) closes
+at least half of that gap; (b) is never worse than (a) by more than 0.2 points.
+
+Every run is cached in ``benchmarks/results/wd_benchmark.json`` as soon as it finishes, so an interrupted run resumes.
+Run from the repository root (one process at a time on a shared machine; about 25 minutes per regime on 2 CPU cores
+with an empty cache, seconds with it filled)::
+
+    python -m benchmarks.wd_benchmark                       # small regime, table + target check
+    python -m benchmarks.wd_benchmark --regimes small large
+    python -m benchmarks.wd_benchmark --modes grid budget   # also other balancer modes as extra columns
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from benchmarks.common import PAIRS, BenchModule, Pair, datamodule, load_cache, mean_sem, save_cache, train_run, trainer
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+CACHE = "wd_benchmark.json"
+REGIMES = {"small": (3_000, 15), "large": (12_000, 3)}
+FACTORS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+SEEDS = (0, 1, 2)
+# Bump when the balancer's method changes, so cached balancer runs of an older method are not reused.
+METHOD_VERSION = 1
+
+
+@torch.no_grad()
+def val_loss(model: nn.Module, dataset: torch.utils.data.TensorDataset) -> float:
+    model.eval()
+    x, y = dataset.tensors
+    total = sum(float(nn.functional.cross_entropy(model(x[i : i + 2000]), y[i : i + 2000], reduction="sum"))
+                for i in range(0, len(y), 2000))  # fmt: skip
+    return total / len(y)
+
+
+def pick(pair: Pair, seed: int, dm: Any, epochs: int, cache: dict[str, Any], tag: str) -> float:
+    """The SuperConvergence pick for this pair and seed: the range test alone (plus one step), cached."""
+    key = f"pick|{pair.name}|{seed}|{tag}"
+    if key not in cache:
+        L.seed_everything(seed, verbose=False)
+        sc = SuperConvergence()
+        trainer(epochs, [sc], max_steps=1).fit(BenchModule(pair), datamodule=dm)
+        cache[key] = sc.max_lr
+        save_cache(CACHE, cache)
+        print(f"{key}: {sc.max_lr:.4g}", flush=True)
+    return float(cache[key])
+
+
+def run(
+    pair: Pair, seed: int, dm: Any, epochs: int, max_lr: float, weight_decay: float, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
+    out = train_run(pair, seed, dm, epochs, max_lr=max_lr, weight_decay=weight_decay, extra_callbacks=callbacks)
+    return {k: out[k] for k in ("val_acc", "test_acc", "seconds")}
+
+
+def fill(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, Any]) -> None:
+    train_size, epochs = REGIMES[regime]
+    dm = datamodule(train_size)
+    tag = f"{train_size}|{epochs}"
+    for pair in pairs:
+        for seed in SEEDS:
+            max_lr = pick(pair, seed, dm, epochs, cache, tag)
+            for factor in FACTORS:
+                key = f"grid|{pair.name}|{factor:g}|{seed}|{tag}"
+                if key not in cache:
+                    cache[key] = run(pair, seed, dm, epochs, max_lr, pair.weight_decay * factor)
+                    save_cache(CACHE, cache)
+                    print(f"{key}: {cache[key]}", flush=True)
+            for mode in modes:
+                key = f"balancer|{mode}|v{METHOD_VERSION}|{pair.name}|{seed}|{tag}"
+                if key not in cache:
+                    balancer = WeightDecayBalancer(mode=mode)  # type: ignore[arg-type]
+                    result = run(pair, seed, dm, epochs, max_lr, pair.weight_decay, [balancer])
+                    result["weight_decay"] = (balancer.weight_decays or [pair.weight_decay])[0]
+                    result["search"] = balancer.search
+                    result["reason"] = balancer.reason
+                    cache[key] = result
+                    save_cache(CACHE, cache)
+                    print(f"{key}: {result['test_acc']} wd={result['weight_decay']:.3g} ({balancer.reason})", flush=True)
+
+
+def report(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, Any]) -> list[str]:
+    train_size, epochs = REGIMES[regime]
+    tag = f"{train_size}|{epochs}"
+    failures: list[str] = []
+    print(f"\nFashion-MNIST, {train_size} training images, {epochs} epochs one-cycle at the SuperConvergence pick, "
+          f"{len(SEEDS)} seeds; test accuracy % (mean ± s.e.)")  # fmt: skip
+    head = "| pair | max_lr | (a) user λ | " + " | ".join(f"(b) {m}" for m in modes) + " | (c) oracle | oracle λ× |"
+    head += " grid (val acc by λ×) |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for pair in pairs:
+        grid = {f: [cache[f"grid|{pair.name}|{f:g}|{s}|{tag}"] for s in SEEDS] for f in FACTORS}
+        best = max(FACTORS, key=lambda f: statistics.fmean(r["val_acc"] for r in grid[f]))
+        user = mean_sem([r["test_acc"] for r in grid[1.0]])
+        oracle = mean_sem([r["test_acc"] for r in grid[best]])
+        max_lr = statistics.geometric_mean([float(cache[f"pick|{pair.name}|{s}|{tag}"]) for s in SEEDS])
+        cells = []
+        for mode in modes:
+            runs = [cache[f"balancer|{mode}|v{METHOD_VERSION}|{pair.name}|{s}|{tag}"] for s in SEEDS]
+            acc = mean_sem([r["test_acc"] for r in runs])
+            factor = statistics.geometric_mean([max(r["weight_decay"] / pair.weight_decay, 1e-6) for r in runs])
+            cost = [r["search"]["cost_fraction"] for r in runs if r.get("search")]
+            cost_text = f", cost {100 * statistics.fmean(cost):.0f} %" if cost else ""
+            cells.append(f"{acc[0]:.2f} ± {acc[1]:.2f} (λ×{factor:.2g}{cost_text})")
+            if mode == modes[0]:
+                gap = oracle[0] - user[0]
+                if gap > 2 * max(user[1], oracle[1]) and acc[0] - user[0] < gap / 2:
+                    failures.append(f"{regime}/{pair.name}: closes {acc[0] - user[0]:+.2f} of a {gap:.2f} gap")
+                if acc[0] < user[0] - 0.2:
+                    failures.append(f"{regime}/{pair.name}: {acc[0] - user[0]:+.2f} below the user's λ")
+        grid_text = " ".join(f"{f:g}:{statistics.fmean(r['val_acc'] for r in grid[f]):.1f}" for f in FACTORS)
+        print(f"| {pair.name} | {max_lr:.3g} | {user[0]:.2f} ± {user[1]:.2f} | " + " | ".join(cells)
+              + f" | {oracle[0]:.2f} ± {oracle[1]:.2f} | {best:g} | {grid_text} |")  # fmt: skip
+    return failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--regimes", nargs="*", default=["small"], choices=list(REGIMES))
+    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--modes", nargs="*", default=["grid"], help="balancer modes; the first is the one checked")
+    parser.add_argument("--grid-only", action="store_true", help="fill the picks and the oracle grid only")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cache = load_cache(CACHE)
+    pairs = [PAIRS[name] for name in args.pairs]
+    start = time.perf_counter()
+    for regime in args.regimes:
+        fill(pairs, regime, [] if args.grid_only else args.modes, cache)
+    if args.grid_only:
+        return
+    failures = [f for regime in args.regimes for f in report(pairs, regime, args.modes, cache)]
+    print(f"\ntarget check ({args.modes[0]}): " + ("met" if not failures else "MISSED: " + "; ".join(failures)))
+    print(f"({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+r"""Look before you train: the range test on its own, in the spirit of ``Tuner.lr_find``.
+
+``find_max_lr`` runs exactly the range test that :class:`~lightning_superconv.SuperConvergence` runs at fit start,
+on a ``Trainer`` of its own, and hands back the curve, the pick and the plot. The model comes back unchanged (the range
+test restores it bit for bit) and no training step is taken.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import lightning as L
+from typing_extensions import override
+
+from lightning_superconv import _compat
+from lightning_superconv.result import RangeTestResult
+from lightning_superconv.superconvergence import SuperConvergence, _single_automatic_optimizer
+
+_DEFAULT_TRAINER = {
+    "max_epochs": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+
+
+class _RangeTestOnly(SuperConvergence):
+    """Runs the range test at fit start, then stops the fit before its first step; installs no schedule."""
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizer = _single_automatic_optimizer(trainer, pl_module)
+        trainer.estimated_stepping_batches  # noqa: B018 - sets up the train dataloader the range test draws from
+        self.result = self.run_range_test(trainer, pl_module, optimizer)
+        self.max_lr = self.result.max_lr
+        # the fit loop checks `should_stop` before its first step and returns without training
+        trainer.should_stop = True
+
+
+def find_max_lr(
+    model: L.LightningModule,
+    train_dataloaders: Any = None,
+    datamodule: L.LightningDataModule | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+    **range_test: Any,
+) -> RangeTestResult:
+    r"""Run the LR range test on ``model`` and its data; return the record with the picked ``max_lr``.
+
+    Args:
+        model: the LightningModule (its ``configure_optimizers`` provides the optimizer); it is left unchanged.
+            A ``pytorch_lightning`` module runs on a ``pytorch_lightning.Trainer``.
+        train_dataloaders: the training data, as for ``Trainer.fit``; or the model's own ``train_dataloader``.
+        datamodule: a LightningDataModule instead of ``train_dataloaders``.
+        trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
+            ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
+            unless given here.
+        \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
+            ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``.
+
+    Raises:
+        TypeError: if ``range_test`` holds an argument that is not a range-test argument.
+
+    Example::
+
+        >>> result = find_max_lr(model, datamodule=dm)  # doctest: +SKIP
+        >>> result.max_lr, result.plot()  # doctest: +SKIP
+    """
+    allowed = {"lr_range", "num_steps", "mode", "divergence_threshold", "smoothing"}
+    unknown = sorted(set(range_test) - allowed)
+    if unknown:
+        raise TypeError(
+            f"`find_max_lr` got unexpected argument(s) {unknown}; the range test takes {sorted(allowed)}, and the "
+            "Trainer's arguments go into `trainer_kwargs`"
+        )
+    callback = _RangeTestOnly(**range_test)
+    kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
+    kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
+    # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
+    trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
+    trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
+    assert callback.result is not None
+    return callback.result

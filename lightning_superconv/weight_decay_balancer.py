@@ -1,0 +1,648 @@
+r"""The ``WeightDecayBalancer`` callback: weight decay set from the LR schedule that will actually run.
+
+Thin glue over :mod:`lightning_superconv.weight_decay` (the maths) and :mod:`lightning_superconv.range_test` (training
+steps off the record, and restoring everything afterwards).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.seed import isolate_rng
+from typing_extensions import override
+
+from lightning_superconv import _compat
+from lightning_superconv._logging import SCHEDULE_PREFIX, log_schedule
+from lightning_superconv.curve import DivergenceMonitor
+from lightning_superconv.range_test import _loss_of, capture, dataloader_generators, quiet_trainer, restore, sweep
+from lightning_superconv.weight_decay import (
+    GroupTrace,
+    SchedulerSpec,
+    bounds_for,
+    budget_matched,
+    budget_target,
+    compressed_indices,
+    decay_form,
+    grid_candidates,
+    group_gain,
+    momentum_of,
+    pick_lowest,
+    reference_budget,
+    trace_schedule,
+)
+
+Mode = Literal["grid", "budget", "timescale", "keep"]
+_MODES = ("grid", "budget", "timescale", "keep")
+_STATE_VERSION = 1
+# Below this many steps a branch has not yet seen the schedule's peak and annealing in any useful detail.
+_MIN_BRANCH_STEPS = 4
+
+
+class WeightDecayBalancer(Callback):
+    r"""Set each param group's weight decay for the LR schedule that will actually run.
+
+    Large learning rates regularize, so Smith's super-convergence recipe (arXiv 1708.07120 §3) reduces the other
+    regularization, weight decay above all. How much is an empirical question: measured on Fashion-MNIST (see the
+    README's table), shrinking ``λ`` by the decay budget lost points exactly where weight decay mattered, and a
+    *larger* ``λ`` than the user's helped. The default mode therefore measures instead of assuming.
+
+    Modes:
+
+    - ``"grid"`` (default): from a snapshot taken just before the first training step, a few short branches each run
+      the whole schedule compressed into a handful of steps (warm-up, peak and annealing, at the real LRs and
+      momenta) with ``λ`` = the user's value times each of ``factors``; the one with the lowest validation loss (the
+      module's ``training_step`` loss on the validation dataloader, in eval mode) is kept. Everything is restored
+      before training starts (parameters, buffers, optimizer state, RNG, dataloader generators), so the run differs
+      from an unbalanced one in ``λ`` alone. The branches together take at most ``cost`` of the run's training
+      steps; the time they took is reported. Without a validation dataloader, ``λ`` is left unchanged (with a
+      warning): a choice by training loss would favour the smallest ``λ``.
+    - ``"budget"``: the constant ``λ`` whose integrated decay ``Σ c_t·η_t·λ`` matches the user's own recipe (their
+      configured LR, momentum and ``λ`` with the scheduler from ``configure_optimizers``, over the same steps;
+      SCIENCE.md §4, rule 1), clamped to ``[bounds[0]·λ_ref, λ_ref]``: it only ever reduces ``λ``, as Smith
+      prescribes.
+    - ``"keep"``: leave ``λ`` as configured; log it and report the decay budget relative to the reference.
+
+    How each optimizer applies decay is read from the param group (:func:`~lightning_superconv.weight_decay.decay_form`):
+    SGD's coupled L2 is amplified by momentum (``c = 1/(1-μ)``), AdamW's decoupled decay is not (``c = 1``).
+    ``Adam(weight_decay=λ)`` couples the decay through its adaptive normalization, where none of this algebra holds:
+    the callback warns and treats it like decoupled decay in ``"budget"`` mode. Param groups with ``weight_decay=0``
+    (norms, biases, by convention) are never touched. Every ``λ`` is clamped to ``[bounds[0], bounds[1]]`` times the
+    user's value and so that no step decays the weights by more than 10 %.
+
+    When it acts: at ``on_train_start``, after every callback's ``on_fit_start`` (so after ``SuperConvergence`` has
+    run its range test and installed the one-cycle) and after Lightning restored a checkpoint. The range test itself
+    runs at the user's ``λ``: it reads where the loss diverges as the LR rises within ~100 steps, where ``λ·η`` is far
+    too small to move the pick, and the ``λ`` to choose depends on the schedule the pick decides, not the other way
+    round. To read the user's own scheduler before ``SuperConvergence`` replaces it, the balancer moves itself in
+    front of any ``SuperConvergence`` in ``trainer.callbacks`` during ``setup``; the order in which you list the two
+    does not matter.
+
+    Checkpoints: the user's original ``λ`` per group and the chosen one are kept in the callback's state. On
+    ``fit(ckpt_path=...)`` nothing is re-measured and an already balanced value is never balanced again; Lightning
+    restores the optimizer (whose groups hold the chosen ``λ``) and the scheduler after the callback state, so the
+    run continues exactly.
+
+    Args:
+        mode: ``"grid"``, ``"budget"`` or ``"keep"`` (see above).
+        factors: multiples of the user's ``λ`` the grid tries (each >= 0).
+        cost: the grid's branches may take at most this fraction of the run's training steps, in (0, 1].
+        bounds: ``λ`` stays within ``[bounds[0], bounds[1]]`` times the user's value, ``0 <= low <= 1 <= high``.
+        reference_lr: the LR of the reference recipe for the first param group (other groups keep their configured
+            ratios), held constant; default: the recipe from ``configure_optimizers``.
+        reference_weight_decay: the ``λ`` of the reference recipe for the first decayed group (others keep their
+            ratios); default: each group's configured ``weight_decay``.
+        log_weight_decay: log the weight decay every ``log_every_n_steps`` steps (``superconv/weight_decay``; with no
+            ``SuperConvergence`` logging them, the LR and momentum too).
+
+    Attributes:
+        weight_decays: the ``λ`` of each param group once training has started.
+        reference_weight_decays: the user's ``λ`` of each param group.
+        reason: one line on what was chosen and why.
+        search: the grid's candidates and validation losses (``"grid"`` mode), else None.
+
+    Raises:
+        ValueError: if an argument is out of range.
+        TypeError: if an argument has the wrong type.
+
+    Example::
+
+        >>> import lightning as L
+        >>> from lightning_superconv import SuperConvergence
+        >>> trainer = L.Trainer(max_epochs=10, callbacks=[SuperConvergence(), WeightDecayBalancer()], logger=False)
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "grid",
+        factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0),
+        cost: float = 0.25,
+        bounds: tuple[float, float] = (0.01, 10.0),
+        reference_lr: float | None = None,
+        reference_weight_decay: float | None = None,
+        target_budget: float = 1.0,
+        log_weight_decay: bool = True,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {', '.join(repr(m) for m in _MODES)}, got {mode!r}")
+        if not isinstance(factors, (tuple, list)) or not factors:
+            raise TypeError(f"`factors` must be a non-empty tuple of numbers >= 0, got {factors!r}")
+        for i, f in enumerate(factors):
+            _check_number(f"factors[{i}]", f, low=0.0, low_inclusive=True)
+        _check_number("cost", cost, low=0.0, high=1.0, high_inclusive=True)
+        if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+            raise TypeError(f"`bounds` must be a pair (low, high) with 0 <= low <= 1 <= high, got {bounds!r}")
+        _check_number("bounds[0]", bounds[0], low=0.0, high=1.0, low_inclusive=True, high_inclusive=True)
+        _check_number("bounds[1]", bounds[1], low=1.0, low_inclusive=True)
+        _check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
+        _check_number("reference_weight_decay", reference_weight_decay, low=0.0, low_inclusive=True, allow_none=True)
+        _check_number("target_budget", target_budget, low=0.0)
+        if not isinstance(log_weight_decay, bool):
+            raise TypeError(f"`log_weight_decay` must be True or False, got {log_weight_decay!r}")
+
+        self.mode: Mode = mode
+        self.factors = tuple(float(f) for f in factors)
+        self.cost = float(cost)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.reference_lr = None if reference_lr is None else float(reference_lr)
+        self.reference_weight_decay = None if reference_weight_decay is None else float(reference_weight_decay)
+        self.target_budget = float(target_budget)
+        self.log_weight_decay = log_weight_decay
+
+        self.weight_decays: list[float] | None = None
+        self.reference_weight_decays: list[float] | None = None
+        self.reference_budgets: list[float] | None = None
+        self.reason = ""
+        self.search: dict[str, Any] | None = None
+        self._restored = False
+        self._optimizer: Any = None
+        self._log_schedule = True
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode)
+
+    # ------------------------------------------------------------------------------------------------ hooks
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._restored = False
+        self._optimizer = None
+        _move_before_superconvergence(trainer, self)
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizer = _single_optimizer(trainer)
+        if trainer.fast_dev_run or self._restored:
+            return
+        # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
+        # recipe the user would have run without either callback.
+        total = _total_steps(trainer)
+        specs = _scheduler_specs(trainer)
+        if self.reference_lr is not None:
+            specs = []
+        traces, _ = trace_schedule(optimizer, specs, total, _steps_per_epoch(trainer))
+        configured = [float(g["weight_decay"]) for g in optimizer.param_groups]
+        self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
+        lrs = _reference_lrs(optimizer, self.reference_lr)
+        self.reference_budgets = []
+        for group, trace, lr, wd in zip(optimizer.param_groups, traces, lrs, self.reference_weight_decays):
+            if lr is None:
+                self.reference_budgets.append(wd * trace.decay_sum())
+            else:
+                self.reference_budgets.append(reference_budget(lr, group_gain(group), wd, total))
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        optimizer = _single_optimizer(trainer)
+        self._optimizer = optimizer
+        self._log_schedule = not _superconvergence_logs_schedule(trainer)
+        if trainer.fast_dev_run:
+            _compat.rank_zero_info(trainer, "WeightDecayBalancer: `fast_dev_run` is on, so weight decay is unchanged.")
+            return
+        if self._restored and self.weight_decays is not None:
+            self._apply(optimizer, self.weight_decays)
+            _compat.rank_zero_info(
+                trainer,
+                f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen at the start "
+                f"(user's {_fmt(self.reference_weight_decays or [])}); not balanced again.",
+            )
+            return
+        if self.reference_weight_decays is None or self.reference_budgets is None:
+            # a resume from a checkpoint written before the balancer was added: nothing to compare against
+            self.reference_weight_decays = [float(g["weight_decay"]) for g in optimizer.param_groups]
+            self.reference_budgets = [math.nan] * len(optimizer.param_groups)
+        decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
+        if not decayed:
+            self.weight_decays = list(self.reference_weight_decays)
+            self.reason = "no param group has weight decay, nothing to balance"
+            _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
+            return
+        self._warn_adaptive(trainer, optimizer, decayed)
+        remaining = max(_total_steps(trainer) - int(trainer.global_step), 1)
+        traces, notes = trace_schedule(
+            optimizer, _scheduler_specs(trainer), remaining, _steps_per_epoch(trainer)
+        )
+        if self.mode == "budget":
+            chosen, reason = self._budget(optimizer, traces, decayed)
+        elif self.mode == "timescale":
+            chosen, reason = self._timescale(optimizer, traces, decayed)
+        elif self.mode == "grid":
+            chosen, reason = self._grid(trainer, pl_module, optimizer, traces, decayed)
+        else:
+            chosen = list(self.reference_weight_decays)
+            ratio = self._budget_ratio(traces, decayed[0])
+            reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
+        self.weight_decays = chosen
+        self.reason = reason + ("; " + "; ".join(notes) if notes else "")
+        self._apply(optimizer, chosen)
+        _compat.rank_zero_info(
+            trainer,
+            f"WeightDecayBalancer: weight_decay={_fmt([chosen[i] for i in decayed])} "
+            f"(user's {_fmt([self.reference_weight_decays[i] for i in decayed])}): {self.reason}.",
+        )
+
+    @override
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not self.log_weight_decay or self._optimizer is None:
+            return
+        if self._log_schedule:
+            log_schedule(trainer, self._optimizer)
+        _log_extra_groups(trainer, self._optimizer)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Called before `on_fit_start` when `fit(ckpt_path=...)` resumes (after it, for the rare strategies that
+        # restore after setup; `on_train_start` runs after both). The optimizer's param groups, which hold the chosen
+        # λ, are restored by Lightning afterwards; the user's original λ comes from here, never from the groups.
+        self.weight_decays = state_dict.get("weight_decays", self.weight_decays)
+        self.reference_weight_decays = state_dict.get("reference_weight_decays", self.reference_weight_decays)
+        self.reference_budgets = state_dict.get("reference_budgets", self.reference_budgets)
+        self.reason = state_dict.get("reason", self.reason)
+        self.search = state_dict.get("search", self.search)
+        self._restored = self.weight_decays is not None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "mode": self.mode,
+            "weight_decays": self.weight_decays,
+            "reference_weight_decays": self.reference_weight_decays,
+            "reference_budgets": self.reference_budgets,
+            "reason": self.reason,
+            "search": self.search,
+        }
+
+    # ------------------------------------------------------------------------------------------------ modes
+
+    def _budget_ratio(self, traces: Sequence[GroupTrace], index: int) -> float:
+        assert self.reference_weight_decays is not None and self.reference_budgets is not None
+        ref = self.reference_budgets[index]
+        return self.reference_weight_decays[index] * traces[index].decay_sum() / ref if ref > 0 else math.nan
+
+    def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
+        assert self.reference_weight_decays is not None
+        form = decay_form(optimizer.param_groups[index])
+        return bounds_for(self.reference_weight_decays[index], traces[index], self.bounds[0], self.bounds[1], form)
+
+    def _budget(self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]) -> tuple[list[float], str]:
+        assert self.reference_weight_decays is not None and self.reference_budgets is not None
+        chosen = list(self.reference_weight_decays)
+        for i in decayed:
+            low, high = self._bounds(optimizer, traces, i)
+            ref_budget = self.reference_budgets[i]
+            chosen[i] = chosen[i] if not math.isfinite(ref_budget) else budget_matched(ref_budget, traces[i], (low, min(high, chosen[i])))
+        ratio = self._budget_ratio(traces, decayed[0])
+        return chosen, (
+            f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at the user's "
+            f"λ is {ratio:.3g}x the reference's, clamped to [{self.bounds[0]:g}, 1]x the user's λ"
+        )
+
+    def _timescale(self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]) -> tuple[list[float], str]:
+        assert self.reference_weight_decays is not None
+        chosen = list(self.reference_weight_decays)
+        for i in decayed:
+            chosen[i] = budget_target(self.target_budget, traces[i], self._bounds(optimizer, traces, i))
+        spent = self.reference_weight_decays[decayed[0]] * traces[decayed[0]].decay_sum()
+        return chosen, (
+            f"decay budget K = Σ c·η·λ set to {self.target_budget:g} (`mode='timescale'`); at the user's λ the run "
+            f"would spend K = {spent:.3g}"
+        )
+
+    def _grid(
+        self, trainer: Any, pl_module: Any, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]
+    ) -> tuple[list[float], str]:
+        assert self.reference_weight_decays is not None
+        refs = self.reference_weight_decays
+        with isolate_rng():
+            # creating a DataLoader iterator draws a seed from the global RNG, even without workers
+            val_batches = _ValidationSet.of(trainer)
+        if val_batches is None:
+            _compat.rank_zero_warn(
+                trainer,
+                "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run has no "
+                "validation dataloader; weight decay is left as configured. Add a `val_dataloader`, or use "
+                "`mode='budget'`.",
+            )
+            return list(refs), "left as configured: no validation dataloader to choose by"
+        first = decayed[0]
+        bounds = self._bounds(optimizer, traces, first)
+        candidates = grid_candidates(refs[first], self.factors, bounds)
+        factors = [c / refs[first] for c in candidates]
+        total = len(traces[first].lrs)
+        steps = max(int(self.cost * total / len(candidates) * (2.0 / 3.0)), 1)
+        if steps < _MIN_BRANCH_STEPS:
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer(mode='grid'): a {total}-step run leaves {steps} step(s) per branch within "
+                f"`cost={self.cost}`, too few to compare weight decays; weight decay is left as configured.",
+            )
+            return list(refs), f"left as configured: the run is too short for a grid within `cost={self.cost}`"
+        indices = compressed_indices(total, steps)
+        start = time.perf_counter()
+        losses, train_seconds = _run_grid(trainer, pl_module, optimizer, traces, indices, decayed, refs, factors, val_batches)
+        seconds = time.perf_counter() - start
+        best = pick_lowest(factors, losses)
+        chosen = [refs[i] * factors[best] if i in decayed else refs[i] for i in range(len(refs))]
+        for i in decayed:
+            chosen[i] = min(max(chosen[i], self._bounds(optimizer, traces, i)[0]), self._bounds(optimizer, traces, i)[1])
+        step_seconds = train_seconds / max(steps * len(candidates), 1)
+        fraction = seconds / max(step_seconds * total, 1e-12)
+        self.search = {
+            "factors": factors,
+            "val_losses": losses,
+            "branch_steps": steps,
+            "seconds": seconds,
+            "cost_fraction": fraction,
+        }
+        shown = ", ".join(f"{f:g}x: {loss:.4g}" for f, loss in zip(factors, losses))
+        return chosen, (
+            f"{factors[best]:g}x the user's λ had the lowest validation loss of {len(factors)} branches of {steps} "
+            f"steps each ({shown}); the search took {seconds:.1f} s, about {100 * fraction:.0f} % of the training time"
+        )
+
+    def _apply(self, optimizer: Any, values: Sequence[float]) -> None:
+        for group, value in zip(optimizer.param_groups, values):
+            group["weight_decay"] = float(value)
+
+    def _warn_adaptive(self, trainer: Any, optimizer: Any, decayed: list[int]) -> None:
+        if any(decay_form(optimizer.param_groups[i]) == "adaptive" for i in decayed):
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer: {type(optimizer).__name__} applies `weight_decay` as L2 added to the gradient "
+                "before its adaptive normalization, so each weight decays in proportion to 1/sqrt(its gradient's "
+                "second moment) and weights with large gradients hardly decay at all. The decay budget has no closed "
+                "form there; 'budget' mode treats it like decoupled decay (shrink η·λ per step). For weight decay "
+                "that behaves as specified use AdamW, or `decoupled_weight_decay=True`.",
+            )
+
+
+# ---------------------------------------------------------------------------------------------------- the grid
+
+
+def _run_grid(
+    trainer: Any,
+    pl_module: Any,
+    optimizer: Any,
+    traces: Sequence[GroupTrace],
+    indices: list[int],
+    decayed: list[int],
+    refs: Sequence[float],
+    factors: Sequence[float],
+    val_batches: _ValidationSet,
+) -> tuple[list[float], float]:
+    """Run one compressed branch per factor from the same snapshot, restore it, and return the validation losses."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    loaders = list(trainer.fit_loop._combined_loader.flattened)
+    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+    losses: list[float] = []
+    train_seconds = 0.0
+    lrs = [traces[0].lrs[t] for t in indices]
+    handle = None
+    try:
+        for factor in factors:
+            restore(snapshot, scaler)
+            for i in decayed:
+                optimizer.param_groups[i]["weight_decay"] = refs[i] * factor
+            counter = iter(indices)
+            handle = optimizer.register_step_pre_hook(_schedule_hook(traces, counter))
+            start = time.perf_counter()
+            with isolate_rng(), quiet_trainer(trainer, pl_module):
+                record = sweep(
+                    trainer, pl_module, optimizer, lrs, [1.0] * len(optimizer.param_groups),
+                    DivergenceMonitor(threshold=math.inf, beta=0.0),
+                )
+                elapsed = time.perf_counter() - start
+                train_seconds += elapsed
+                diverged = record.stop_reason == "non-finite"
+                # evaluation may take up to half a branch's training time: the cost budget plans for it
+                loss = math.inf if diverged else _validation_loss(trainer, pl_module, val_batches, elapsed / 2)
+                losses.append(loss)
+            handle.remove()
+            handle = None
+    finally:
+        if handle is not None:
+            handle.remove()
+        restore(snapshot, scaler)
+    return losses, train_seconds
+
+
+def _schedule_hook(traces: Sequence[GroupTrace], counter: Iterator[int]) -> Any:
+    """An optimizer step pre-hook that puts each group's traced LR and momentum of the next branch step in place."""
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        t = next(counter, None)
+        if t is None:
+            return
+        for group, trace in zip(optimizer.param_groups, traces):
+            group["lr"] = trace.lrs[t]
+            if "momentum" in group:
+                group["momentum"] = trace.momenta[t]
+            elif "betas" in group:
+                group["betas"] = (trace.momenta[t], *tuple(group["betas"])[1:])
+
+    return hook
+
+
+class _ValidationSet:
+    r"""The validation batches the grid scores every branch on: the same batches, fetched once, capped in time.
+
+    The first evaluation reads batches until it has taken ``time_share`` of the first branch's training time (or the
+    loader ends); every later branch is scored on exactly those batches, so the comparison is like for like and the
+    evaluation stays a bounded part of the search's cost.
+    """
+
+    def __init__(self, loaders: list[Any]) -> None:
+        self._iterator = (batch for loader in loaders for batch in loader)
+        self.batches: list[Any] = []
+        self.fixed = False
+
+    @classmethod
+    def of(cls, trainer: Any) -> _ValidationSet | None:
+        """The run's validation dataloaders (all of them, in order), or None when the run has none."""
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        if not source.is_defined():
+            return None
+        loaders = source.dataloader()
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        elif not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
+        return cls(list(loaders))
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.batches
+        if self.fixed:
+            return
+        for batch in self._iterator:
+            self.batches.append(batch)
+            yield batch
+
+    def fix(self) -> None:
+        """Score every later branch on the batches read so far."""
+        self.fixed = True
+
+
+@torch.no_grad()
+def _validation_loss(trainer: Any, pl_module: Any, batches: _ValidationSet, time_limit: float) -> float:
+    r"""Mean ``training_step`` loss over the validation batches in eval mode, averaged over ranks.
+
+    The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
+    logs is up to the user. The first call stops reading batches once ``time_limit`` seconds have passed (on every rank
+    at the same count: the stop decision is reduced across ranks).
+    """
+    strategy = trainer.strategy
+    was_training = pl_module.training
+    pl_module.eval()
+    total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
+    count = 0
+    start = time.perf_counter()
+    try:
+        for batch_idx, batch in enumerate(batches):
+            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = strategy.batch_to_device(batch, dataloader_idx=0)
+            pl_module._current_fx_name = "training_step"
+            loss = _loss_of(strategy.training_step(batch, batch_idx))
+            if loss is not None:
+                total += loss.detach().double()
+                count += 1
+            if not batches.fixed:
+                late = torch.tensor(float(time.perf_counter() - start > time_limit), device=pl_module.device)
+                if float(strategy.reduce(late, reduce_op="max")) > 0:
+                    break
+    finally:
+        pl_module.train(was_training)
+    batches.fix()
+    mean = total / max(count, 1)
+    value = float(strategy.reduce(mean, reduce_op="mean"))
+    return value if math.isfinite(value) and count > 0 else math.inf
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _move_before_superconvergence(trainer: Any, balancer: WeightDecayBalancer) -> None:
+    """Put ``balancer`` in front of the first ``SuperConvergence`` so it reads the user's scheduler before the swap."""
+    from lightning_superconv.superconvergence import SuperConvergence
+
+    callbacks = list(trainer.callbacks)
+    first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, SuperConvergence)), None)
+    mine = next((i for i, cb in enumerate(callbacks) if cb is balancer), None)
+    if first is None or mine is None or mine < first:
+        return
+    callbacks.pop(mine)
+    callbacks.insert(first, balancer)
+    # a new list: the hook loop that is calling `setup` right now iterates over the old one
+    trainer.callbacks = callbacks
+
+
+def _superconvergence_logs_schedule(trainer: Any) -> bool:
+    from lightning_superconv.superconvergence import SuperConvergence
+
+    return any(isinstance(cb, SuperConvergence) and cb.log_schedule for cb in trainer.callbacks)
+
+
+def _log_extra_groups(trainer: Any, optimizer: Any) -> None:
+    """Weight decay of param groups after the first (the first is in ``superconv/weight_decay``)."""
+    if len(optimizer.param_groups) < 2 or not trainer.loggers or not trainer._logger_connector.should_update_logs:
+        return
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    values = {
+        f"{SCHEDULE_PREFIX}/weight_decay/pg{i}": float(g["weight_decay"])
+        for i, g in enumerate(optimizer.param_groups)
+        if i > 0
+    }
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=step)
+
+
+def _single_optimizer(trainer: Any) -> Any:
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        raise _compat.misconfiguration(
+            trainer,
+            f"WeightDecayBalancer needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. "
+            "Put all parameters into one optimizer (param groups keep different weight decays), or remove the "
+            "callback.",
+        )
+    return optimizers[0]
+
+
+def _total_steps(trainer: Any) -> int:
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total) or total < 1:
+        raise _compat.misconfiguration(
+            trainer,
+            "WeightDecayBalancer reads the schedule over the whole run, but this run's length is unknown (the train "
+            "dataloader has no length and `max_steps` is not set). Set `Trainer(max_steps=...)`.",
+        )
+    return int(total)
+
+
+def _steps_per_epoch(trainer: Any) -> int:
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+        return 1
+    return max(math.ceil(int(batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+
+
+def _scheduler_specs(trainer: Any) -> list[SchedulerSpec]:
+    return [
+        SchedulerSpec(config.scheduler, config.interval, int(config.frequency))
+        for config in trainer.strategy.lr_scheduler_configs
+    ]
+
+
+def _reference_lrs(optimizer: Any, reference_lr: float | None) -> list[float | None]:
+    """The explicit reference LR per group (keeping configured ratios), or None: use the traced user schedule."""
+    if reference_lr is None:
+        return [None] * len(optimizer.param_groups)
+    lrs = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+    base = lrs[0] if lrs[0] > 0 else 1.0
+    return [reference_lr * lr / base for lr in lrs]
+
+
+def _explicit_reference(configured: list[float], reference: float | None) -> list[float]:
+    if reference is None:
+        return configured
+    first = next((wd for wd in configured if wd > 0), None)
+    if first is None:
+        return configured
+    return [reference * wd / first for wd in configured]
+
+
+def _fmt(values: Sequence[float]) -> str:
+    unique = sorted(set(values))
+    return f"{unique[0]:.3g}" if len(unique) == 1 else "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    low_inclusive: bool = False,
+    high_inclusive: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming the argument, the accepted range and the given value."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = high is None or (value <= high if high_inclusive else value < high)
+    if not (math.isfinite(value) and above and below):
+        accepted = (
+            f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}"
+            f"{']' if high_inclusive else ')'}"
+        )
+        raise ValueError(f"`{name}` must be in {accepted}, got {value}")

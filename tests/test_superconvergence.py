@@ -1,0 +1,728 @@
+"""``SuperConvergence`` in a real ``Trainer`` on CPU: range test, exact restore, installed cycle, logging, errors."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import signal
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.lr_scheduler import OneCycleLR
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+
+from lightning_superconv import RangeTestResult, SuperConvergence
+from lightning_superconv.curve import lr_sweep
+
+# A sweep over which TinyClassifier's loss falls and does not diverge, so the test runs its full length.
+NO_DIVERGENCE = (1e-2, 1.0)
+
+# ------------------------------------------------------------------------------------------------ models and callbacks
+
+
+class CountingClassifier(TinyClassifier):
+    """Counts ``training_step`` calls, range-test steps included."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        return super().training_step(batch, batch_idx)
+
+
+class StatefulClassifier(TinyClassifier):
+    """Its optimizer holds state at fit start (momentum buffers, Adam moments), as after loading a checkpoint."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        for param in self.parameters():
+            param.grad = torch.full_like(param, 0.01)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return optimizer
+
+
+class FailingClassifier(StatefulClassifier):
+    """Raises ``error`` from its ``fail_at``-th ``training_step`` call."""
+
+    def __init__(self, fail_at: int, error: BaseException) -> None:
+        super().__init__()
+        self.fail_at, self.error, self.calls = fail_at, error, 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        return super().training_step(batch, batch_idx)
+
+
+class NaNClassifier(StatefulClassifier):
+    """A loss that is NaN from the first step."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) * float("nan")
+
+
+class FlatClassifier(StatefulClassifier):
+    """A loss that depends on the parameters but never changes: there is nothing to read off the curve."""
+
+    def training_step(self, batch, batch_idx):
+        return 0.0 * self(batch[0]).sum() + 1.0
+
+
+class TwoGroupClassifier(TinyClassifier):
+    """SGD with the first layer at 10x the LR of the rest; records each group's LR at every optimizer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_lrs: list[tuple[float, float]] = []
+
+    def configure_optimizers(self):
+        first = list(self.net[0].parameters())
+        rest = [p for p in self.parameters() if all(p is not q for q in first)]
+        return torch.optim.SGD([{"params": first, "lr": 0.01}, {"params": rest, "lr": 0.001}], lr=0.01, momentum=0.9)
+
+    def on_before_optimizer_step(self, optimizer):
+        self.step_lrs.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]))
+
+
+class ManualClassifier(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+
+
+class TwoOptimizerClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.01),
+            torch.optim.SGD(self.net[4].parameters(), lr=0.01),
+        ]
+
+
+class NoOptimizerClassifier(TinyClassifier):
+    def configure_optimizers(self):
+        return None
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        data = make_dataset(64)
+        return (data[i] for i in range(len(data)))
+
+
+class StreamClassifier(TinyClassifier):
+    """Trains from an ``IterableDataset``: the run's length is unknown without ``max_steps``."""
+
+    def train_dataloader(self):
+        return DataLoader(_Stream(), batch_size=32)
+
+
+class GeneratorSamplerClassifier(StatefulClassifier):
+    """Shuffles with a sampler that owns its ``torch.Generator`` (not the global RNG)."""
+
+    def train_dataloader(self):
+        sampler = RandomSampler(make_dataset(self.hparams.n), generator=torch.Generator().manual_seed(7))
+        return DataLoader(make_dataset(self.hparams.n), batch_size=self.hparams.batch_size, sampler=sampler)
+
+
+class ScheduleRecorder(Callback):
+    """Records each param group's LR and momentum as each real training step sees them."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.momenta: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.lrs.append([group["lr"] for group in groups])
+        self.momenta.append(groups[0]["momentum"] if "momentum" in groups[0] else groups[0]["betas"][0])
+
+
+class HookCounter(Callback):
+    """Counts the step-level hooks another callback (ModelCheckpoint, LearningRateMonitor...) would act on."""
+
+    HOOKS = (
+        "on_train_batch_start",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_before_zero_grad",
+        "on_train_batch_end",
+    )
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.HOOKS, 0)
+        self.losses: list[float] = []
+
+    def on_train_batch_start(self, *args):
+        self.counts["on_train_batch_start"] += 1
+
+    def on_before_backward(self, *args):
+        self.counts["on_before_backward"] += 1
+
+    def on_after_backward(self, *args):
+        self.counts["on_after_backward"] += 1
+
+    def on_before_optimizer_step(self, *args):
+        self.counts["on_before_optimizer_step"] += 1
+
+    def on_before_zero_grad(self, *args):
+        self.counts["on_before_zero_grad"] += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.counts["on_train_batch_end"] += 1
+        self.losses.append(float(outputs["loss"]))
+
+
+class FitStartSnapshot(Callback):
+    """Copies model, optimizer and RNG state at fit start, just before ``SuperConvergence`` (listed after it) runs."""
+
+    def on_fit_start(self, trainer, pl_module):
+        # reading the estimate sets up the train dataloader, which draws from the global RNG; do it before the copy,
+        # as SuperConvergence's own read would otherwise move the RNG after it
+        assert trainer.estimated_stepping_batches > 0
+        self.model = copy.deepcopy(pl_module.state_dict())
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
+        self.rng = torch.get_rng_state()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _fit(tmp_path, model, callback, callbacks=(), seed=0, **overrides):
+    """Fit ``model`` with ``callback`` on a tiny run (4 batches x 2 epochs unless overridden); return the trainer."""
+    L.seed_everything(seed, verbose=False)
+    overrides.setdefault("limit_train_batches", 4)
+    trainer = L.Trainer(callbacks=[*callbacks, callback], **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+def _seeded(model_cls, seed=0, **kwargs):
+    """A model initialised from a fixed seed, so that two runs start from the same weights."""
+    L.seed_everything(seed, verbose=False)
+    return model_cls(**kwargs)
+
+
+def _range_test_calls(model: CountingClassifier, trainer) -> int:
+    return model.calls - trainer.global_step * trainer.accumulate_grad_batches
+
+
+def _assert_tensor_dicts_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def _assert_optimizer_states_equal(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index in a["state"]:
+        for name, value in a["state"][index].items():
+            other = b["state"][index][name]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, name
+
+
+@pytest.fixture
+def sigint_handler():
+    """Lightning's graceful shutdown ignores SIGINT from then on; give the test process its handler back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+# ------------------------------------------------------------------------------------------------ (1) the range test
+
+
+def test_range_test_records_the_curve_at_fit_start(tmp_path):
+    """After fit, `result` holds the curve as plain floats, the pick and why the test stopped."""
+    callback = SuperConvergence(num_steps=20)
+    _fit(tmp_path, TinyClassifier(), callback)
+    result = callback.result
+    assert isinstance(result, RangeTestResult)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) >= 3
+    for values in (result.lrs, result.losses, result.smoothed):
+        assert all(type(v) is float for v in values)
+    assert result.max_lr == result.lrs[result.pick_index]
+    assert type(callback.max_lr) is float
+    assert callback.max_lr == result.max_lr
+    assert result.stop_reason in {"completed", "diverged", "non-finite"}
+    assert result.pick_reason
+
+
+def test_range_test_finishes_before_the_first_training_step(tmp_path):
+    """The pick is known and the cycle installed when the first real batch starts."""
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("result", callback.result)
+            seen.setdefault("scheduler", trainer.lr_scheduler_configs[0].scheduler)
+
+    callback = SuperConvergence(num_steps=10)
+    _fit(tmp_path, TinyClassifier(), callback, callbacks=[Probe()])
+    assert seen["result"] is not None
+    assert isinstance(seen["scheduler"], OneCycleLR)
+
+
+def test_range_test_sweeps_exponentially_through_lr_range(tmp_path):
+    """The recorded LRs are the exponential sweep from `lr_range[0]` towards `lr_range[1]`."""
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12)
+    _fit(tmp_path, TinyClassifier(), callback)
+    assert callback.result.lrs == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12), rel=1e-12)
+
+
+def test_range_test_sweeps_linearly_when_asked(tmp_path):
+    """`mode="linear"` spaces the recorded LRs evenly."""
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12, mode="linear")
+    _fit(tmp_path, TinyClassifier(), callback)
+    assert callback.result.lrs == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12, mode="linear"), rel=1e-12)
+
+
+def test_range_test_runs_at_most_num_steps(tmp_path):
+    """A sweep that never diverges runs exactly `num_steps` training steps, and no more."""
+    model = CountingClassifier()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=15)
+    trainer = _fit(tmp_path, model, callback)
+    assert callback.result.stop_reason == "completed"
+    assert _range_test_calls(model, trainer) == 15
+    assert len(callback.result.lrs) == 15
+
+
+def test_range_test_counts_optimizer_steps_under_accumulation(tmp_path):
+    """With `accumulate_grad_batches=2` every range-test step consumes two micro-batches."""
+    model = CountingClassifier()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    trainer = _fit(tmp_path, model, callback, accumulate_grad_batches=2)
+    assert len(callback.result.lrs) == 6
+    assert _range_test_calls(model, trainer) == 12
+
+
+def test_range_test_stops_early_on_divergence(tmp_path):
+    """A sweep into huge LRs stops once the loss has blown up, long before `num_steps`."""
+    model = CountingClassifier()
+    callback = SuperConvergence(lr_range=(1e-2, 1e6), num_steps=60)
+    trainer = _fit(tmp_path, model, callback)
+    assert callback.result.stop_reason in {"diverged", "non-finite"}
+    assert _range_test_calls(model, trainer) < 60
+    assert len(callback.result.lrs) < 60
+
+
+# ------------------------------------------------------------------------------------------------ (4) exact restore
+
+
+def _assert_same_training_state(a: L.Trainer, b: L.Trainer) -> None:
+    _assert_tensor_dicts_equal(a.lightning_module.state_dict(), b.lightning_module.state_dict())
+    _assert_optimizer_states_equal(a.optimizers[0].state_dict(), b.optimizers[0].state_dict())
+    assert a.lr_scheduler_configs[0].scheduler.state_dict() == b.lr_scheduler_configs[0].scheduler.state_dict()
+    assert (a.global_step, a.current_epoch) == (b.global_step, b.current_epoch)
+    assert a.fit_loop.state_dict() == b.fit_loop.state_dict()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_range_test_then_fit_equals_fit_with_the_pick(tmp_path, optimizer):
+    """Range test + fit ends bit-identical to fit with `max_lr=` the pick: BatchNorm, dropout, shuffle, warm SGD."""
+    auto = SuperConvergence(num_steps=20)
+    tested = _fit(tmp_path, _seeded(StatefulClassifier, optimizer=optimizer), auto)
+    rng_after_tested = torch.get_rng_state()
+    given = _fit(tmp_path, _seeded(StatefulClassifier, optimizer=optimizer), SuperConvergence(max_lr=auto.max_lr))
+    _assert_same_training_state(tested, given)
+    assert torch.equal(rng_after_tested, torch.get_rng_state())
+
+
+def test_range_test_restores_a_sampler_generator(tmp_path):
+    """A sampler with its own `torch.Generator` shuffles the first epoch as if no range test had run."""
+    auto = SuperConvergence(num_steps=20)
+    tested = _fit(tmp_path, _seeded(GeneratorSamplerClassifier), auto)
+    given = _fit(tmp_path, _seeded(GeneratorSamplerClassifier), SuperConvergence(max_lr=auto.max_lr))
+    _assert_same_training_state(tested, given)
+
+
+def test_user_self_log_reaches_the_logger_at_real_steps_only(tmp_path):
+    """`self.log` in `training_step` gives the logger one row per real step (steps 0..N-1), none for the range test."""
+    logger = CSVLogger(tmp_path)
+    trainer = _fit(tmp_path, TinyClassifier(), SuperConvergence(num_steps=20), logger=logger, log_every_n_steps=1)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train_loss")]
+    assert len(rows) == trainer.global_step
+    assert [int(row["step"]) for row in rows] == list(range(trainer.global_step))
+
+
+def test_range_test_losses_do_not_enter_the_epoch_mean(tmp_path):
+    """An `on_epoch=True` metric logged in `training_step` averages the real steps only."""
+
+    class EpochLogging(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            loss = torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+            self.log("epoch_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+    counter = HookCounter()
+    trainer = _fit(tmp_path, EpochLogging(), SuperConvergence(num_steps=20), callbacks=[counter], max_epochs=1)
+    assert len(counter.losses) == trainer.global_step == 4
+    expected = sum(counter.losses) / len(counter.losses)
+    assert float(trainer.callback_metrics["epoch_loss"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_other_callbacks_see_only_training_steps(tmp_path):
+    """Other callbacks' batch, backward and optimizer-step hooks fire once per real training step only."""
+    counter = HookCounter()
+    callback = SuperConvergence(num_steps=20)
+    trainer = _fit(tmp_path, TinyClassifier(), callback, callbacks=[counter])
+    assert len(callback.result.lrs) > 0
+    assert counter.counts == dict.fromkeys(HookCounter.HOOKS, trainer.global_step)
+
+
+def _assert_restored_to(snapshot: FitStartSnapshot, trainer: L.Trainer) -> None:
+    _assert_tensor_dicts_equal(trainer.lightning_module.state_dict(), snapshot.model)
+    _assert_optimizer_states_equal(trainer.optimizers[0].state_dict(), snapshot.optimizer)
+    assert torch.equal(torch.get_rng_state(), snapshot.rng)
+
+
+def test_exception_in_range_test_propagates_with_state_restored(tmp_path):
+    """An error on the 5th range-test step reaches the caller, with model, optimizer and RNG as at fit start."""
+    snapshot = FitStartSnapshot()
+    model = FailingClassifier(fail_at=5, error=RuntimeError("boom in training_step"))
+    trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=20)], **trainer_kwargs(tmp_path))
+    with pytest.raises(RuntimeError, match="boom in training_step"):
+        trainer.fit(model)
+    assert model.calls == 5
+    _assert_restored_to(snapshot, trainer)
+
+
+def test_keyboard_interrupt_in_range_test_restores_state(tmp_path, sigint_handler):
+    """Ctrl-C during the range test: Lightning's graceful shutdown exits, with the state as at fit start."""
+    snapshot = FitStartSnapshot()
+    model = FailingClassifier(fail_at=5, error=KeyboardInterrupt())
+    trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=20)], **trainer_kwargs(tmp_path))
+    with pytest.raises(SystemExit):
+        trainer.fit(model)
+    assert model.calls == 5
+    _assert_restored_to(snapshot, trainer)
+
+
+def test_nan_loss_from_the_first_step_fails_with_advice(tmp_path):
+    """A loss that is NaN from the start fails at fit start, says what to do, and restores the state."""
+    snapshot = FitStartSnapshot()
+    trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=20)], **trainer_kwargs(tmp_path))
+    with pytest.raises(MisconfigurationException, match=r"non-finite.*`training_step`.*lr_range.*`max_lr=`"):
+        trainer.fit(NaNClassifier())
+    _assert_restored_to(snapshot, trainer)
+
+
+def test_loss_that_never_falls_fails_with_advice(tmp_path):
+    """A flat curve has no floor to read: fit fails saying what to check, with the state restored."""
+    snapshot = FitStartSnapshot()
+    trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))
+    with pytest.raises(MisconfigurationException, match=r"no usable maximum LR.*`max_lr=`"):
+        trainer.fit(FlatClassifier())
+    _assert_restored_to(snapshot, trainer)
+
+
+# ------------------------------------------------------------------------------------------------ (5) the schedule
+
+
+@pytest.mark.parametrize("max_lr", [None, 0.3])
+def test_installed_scheduler_is_a_stepwise_one_cycle_sized_to_the_run(tmp_path, max_lr):
+    """A torch OneCycleLR stepped every optimizer step, over `estimated_stepping_batches` steps."""
+    callback = SuperConvergence(max_lr=max_lr, num_steps=10)
+    trainer = _fit(tmp_path, TinyClassifier(), callback, limit_train_batches=5)
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, OneCycleLR)
+    assert config.scheduler.optimizer is trainer.optimizers[0]
+    assert (config.interval, config.frequency) == ("step", 1)
+    assert config.scheduler.total_steps == trainer.estimated_stepping_batches == 10
+    assert callback.total_steps == 10
+
+
+def _reference_cycle(max_lrs: list[float], total_steps: int, momentum: float = 0.9, **kwargs):
+    """LR (per group) and momentum at each step of a torch OneCycleLR stepped by hand."""
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0} for _ in max_lrs]
+    optimizer = torch.optim.SGD(groups, lr=1.0, momentum=momentum)
+    scheduler = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps, **kwargs)
+    lrs, momenta = [], []
+    for _ in range(total_steps):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        momenta.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    return lrs, momenta
+
+
+def test_lr_follows_torch_one_cycle_at_every_training_step(tmp_path):
+    """The LR each training step uses is that of a torch OneCycleLR with the pick, stepped by hand."""
+    recorder = ScheduleRecorder()
+    callback = SuperConvergence(num_steps=15, pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    trainer = _fit(tmp_path, TinyClassifier(), callback, callbacks=[recorder], limit_train_batches=5)
+    expected, _ = _reference_cycle([callback.max_lr], 10, pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    assert trainer.global_step == 10
+    assert [lr for (lr,) in recorder.lrs] == pytest.approx([lr for (lr,) in expected], rel=1e-12)
+
+
+def test_momentum_cycles_inversely_at_every_training_step(tmp_path):
+    """SGD momentum follows torch's cycle 0.95 -> 0.85 -> 0.95 during training."""
+    recorder = ScheduleRecorder()
+    _fit(tmp_path, TinyClassifier(), SuperConvergence(max_lr=0.3), callbacks=[recorder], limit_train_batches=5)
+    _, expected = _reference_cycle([0.3], 10)
+    assert recorder.momenta == pytest.approx(expected, rel=1e-12)
+    assert max(recorder.momenta) == pytest.approx(0.95)
+    assert min(recorder.momenta) == pytest.approx(0.85)
+
+
+def test_user_scheduler_is_replaced_with_a_message_naming_both(tmp_path, caplog):
+    """A StepLR from `configure_optimizers` gives way to OneCycleLR, and the info message names both."""
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer = _fit(tmp_path, TinyClassifier(scheduler="step"), SuperConvergence(max_lr=0.3))
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, OneCycleLR)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("`StepLR`" in m and "`OneCycleLR`" in m for m in messages), messages
+
+
+def test_param_group_ratios_are_kept_in_the_cycle(tmp_path):
+    """Groups configured at 0.01 and 0.001 peak at `max_lr` and `max_lr / 10` and keep 10:1 at every step."""
+    recorder = ScheduleRecorder()
+    _fit(tmp_path, TwoGroupClassifier(), SuperConvergence(max_lr=0.5), callbacks=[recorder], limit_train_batches=5)
+    first, second = zip(*recorder.lrs, strict=True)
+    assert max(first) == pytest.approx(0.5, rel=1e-12)
+    assert max(second) == pytest.approx(0.05, rel=1e-12)
+    assert [b / a for a, b in zip(first, second, strict=True)] == pytest.approx([0.1] * len(first), rel=1e-9)
+
+
+def test_param_group_ratios_are_kept_in_the_range_test(tmp_path):
+    """During the sweep the first group runs at the swept LR and the second at a tenth of it."""
+    model = TwoGroupClassifier()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    _fit(tmp_path, model, callback)
+    swept = model.step_lrs[: len(callback.result.lrs)]
+    assert [first for first, _ in swept] == pytest.approx(callback.result.lrs, rel=1e-12)
+    assert [second for _, second in swept] == pytest.approx([0.1 * lr for lr in callback.result.lrs], rel=1e-12)
+
+
+def test_sgd_without_momentum_keeps_none(tmp_path):
+    """An SGD built with momentum=0 trains with momentum 0 at every step, range test included."""
+    recorder = ScheduleRecorder()
+    trainer = _fit(tmp_path, TinyClassifier(momentum=0.0), SuperConvergence(num_steps=10), callbacks=[recorder])
+    assert recorder.momenta == [0.0] * trainer.global_step
+    assert all(state.get("momentum_buffer") is None for state in trainer.optimizers[0].state.values())
+
+
+# ------------------------------------------------------------------------------------------------ (6) (7) (8)
+
+
+def test_given_max_lr_skips_the_range_test(tmp_path):
+    """`max_lr=0.3` runs no range-test step, records no result and peaks the cycle at 0.3."""
+    model, recorder = CountingClassifier(), ScheduleRecorder()
+    callback = SuperConvergence(max_lr=0.3)
+    trainer = _fit(tmp_path, model, callback, callbacks=[recorder], limit_train_batches=5)
+    assert callback.result is None
+    assert model.calls == trainer.global_step == 10
+    assert callback.max_lr == 0.3
+    assert max(lrs[0] for lrs in recorder.lrs) == pytest.approx(0.3, rel=1e-12)
+
+
+def test_pick_does_not_depend_on_the_configured_lr(tmp_path):
+    """Configured LR 1e-4 or 1e-1: the same curve, bit for bit, and the same pick."""
+    low, high = SuperConvergence(num_steps=20), SuperConvergence(num_steps=20)
+    _fit(tmp_path, _seeded(TinyClassifier, lr=1e-4), low, max_epochs=1)
+    _fit(tmp_path, _seeded(TinyClassifier, lr=1e-1), high, max_epochs=1)
+    assert low.result.lrs == high.result.lrs
+    assert low.result.losses == high.result.losses
+    assert low.max_lr == high.max_lr
+
+
+def test_result_plot_returns_a_matplotlib_figure():
+    """`RangeTestResult.plot()` draws the curve and returns the Figure."""
+    from matplotlib.figure import Figure
+
+    lrs = lr_sweep(1e-4, 1.0, 10)
+    losses = [2.3, 2.2, 2.0, 1.5, 1.0, 0.8, 0.7, 0.9, 2.0, 9.0]
+    result = RangeTestResult(lrs, losses, losses, lrs[6], 6, "test", "diverged")
+    figure = result.plot()
+    assert isinstance(figure, Figure)
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log"
+    assert len(ax.lines) == 3  # raw, smoothed, pick
+
+
+def test_result_survives_a_dict_round_trip():
+    """`to_dict`/`from_dict` (the checkpointed form) give back an equal result."""
+    result = RangeTestResult([1e-3, 1e-2, 1e-1], [2.0, 1.0, 3.0], [2.0, 1.5, 3.0], 1e-2, 1, "why", "diverged", 2)
+    assert RangeTestResult.from_dict({**result.to_dict(), "newer_key": 1}) == result
+
+
+# ------------------------------------------------------------------------------------------------ (9) loggers
+
+
+@pytest.fixture(scope="module")
+def tensorboard_run(tmp_path_factory):
+    """One fit with a TensorBoardLogger; the callback, trainer, recorded schedule and event files read back."""
+    root = tmp_path_factory.mktemp("tensorboard")
+    recorder = ScheduleRecorder()
+    callback = SuperConvergence(num_steps=20)
+    logger = TensorBoardLogger(root, name="tb")
+    trainer = _fit(root, TinyClassifier(), callback, callbacks=[recorder], logger=logger, log_every_n_steps=1)
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return callback, trainer, recorder, events
+
+
+@pytest.mark.parametrize(
+    ("tag", "field"),
+    [("lr_range_test/loss", "losses"), ("lr_range_test/lr", "lrs"), ("lr_range_test/loss_smoothed", "smoothed")],
+)
+def test_tensorboard_holds_the_range_test_curve(tensorboard_run, tag, field):
+    """The event file has one scalar per range-test step, equal to `callback.result` (float32)."""
+    callback, _, _, events = tensorboard_run
+    scalars = events.Scalars(tag)
+    expected = getattr(callback.result, field)
+    assert [s.step for s in scalars] == list(range(len(expected)))
+    assert [s.value for s in scalars] == pytest.approx(expected, rel=1e-6)
+
+
+def test_tensorboard_holds_the_range_test_figure(tensorboard_run):
+    """The loss-vs-LR figure is written as an image."""
+    *_, events = tensorboard_run
+    assert "lr_range_test/curve" in events.Tags()["images"]
+    (image,) = events.Images("lr_range_test/curve")
+    assert image.width > 0
+    assert image.height > 0
+
+
+@pytest.mark.parametrize(("tag", "column"), [("superconv/lr", "lrs"), ("superconv/momentum", "momenta")])
+def test_tensorboard_holds_the_schedule_per_training_step(tensorboard_run, tag, column):
+    """LR and momentum are logged once per training step, as each step used them."""
+    _, trainer, recorder, events = tensorboard_run
+    scalars = events.Scalars(tag)
+    values = recorder.lrs if column == "lrs" else recorder.momenta
+    expected = [v[0] for v in values] if column == "lrs" else values
+    assert [s.step for s in scalars] == list(range(trainer.global_step))
+    assert [s.value for s in scalars] == pytest.approx(expected, rel=1e-6)
+
+
+def test_range_test_curve_goes_to_every_logger(tmp_path):
+    """With a CSV and a TensorBoard logger, both receive the curve."""
+    callback = SuperConvergence(num_steps=10)
+    csv_logger, tb_logger = CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")
+    _fit(tmp_path, TinyClassifier(), callback, logger=[csv_logger, tb_logger])
+    with open(f"{csv_logger.log_dir}/metrics.csv") as f:
+        logged = [float(row["lr_range_test/loss"]) for row in csv.DictReader(f) if row.get("lr_range_test/loss")]
+    events = EventAccumulator(tb_logger.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    assert logged == pytest.approx(callback.result.losses, rel=1e-6)
+    assert [s.value for s in events.Scalars("lr_range_test/loss")] == pytest.approx(callback.result.losses, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ (10) bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name", "given"),
+    [
+        ({"max_lr": 0}, "`max_lr`", "0"),
+        ({"max_lr": -1}, "`max_lr`", "-1"),
+        ({"max_lr": math.nan}, "`max_lr`", "nan"),
+        ({"lr_range": (1, 0.1)}, "`lr_range`", "0.1"),
+        ({"lr_range": (0, 1)}, "`lr_range[0]`", "0"),
+        ({"lr_range": 1e-3}, "`lr_range`", "0.001"),
+        ({"num_steps": 1}, "`num_steps`", "1"),
+        ({"num_steps": 2.5}, "`num_steps`", "2.5"),
+        ({"mode": "cubic"}, "`mode`", "'cubic'"),
+        ({"divergence_threshold": 1}, "`divergence_threshold`", "1"),
+        ({"smoothing": 1.0}, "`smoothing`", "1.0"),
+        ({"pct_start": 0}, "`pct_start`", "0"),
+        ({"pct_start": 1.0}, "`pct_start`", "1.0"),
+        ({"anneal_strategy": "x"}, "`anneal_strategy`", "'x'"),
+        ({"cycle_momentum": "yes"}, "`cycle_momentum`", "'yes'"),
+        ({"base_momentum": 1.0}, "`base_momentum`", "1.0"),
+        ({"base_momentum": 0.9, "max_momentum": 0.8}, "`max_momentum`", "0.8"),
+        ({"div_factor": 0.5}, "`div_factor`", "0.5"),
+        ({"final_div_factor": 0}, "`final_div_factor`", "0"),
+        ({"max_lr": "0.1"}, "`max_lr`", "'0.1'"),
+    ],
+)
+def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given):
+    """Each bad argument raises ValueError/TypeError whose message names the argument and repeats the value."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        SuperConvergence(**kwargs)
+    message = str(info.value)
+    assert name in message
+    assert "must" in message  # what is accepted
+    assert given in message.split("got", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (ManualClassifier, "automatic optimization"),
+        (NoOptimizerClassifier, "`configure_optimizers` returned None"),
+    ],
+    ids=["manual-optimization", "no-optimizer"],
+)
+def test_unservable_setup_fails_at_fit_start(tmp_path, model, match):
+    """Manual optimization or no optimizer: MisconfigurationException before any training step."""
+    instance = model()
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(tmp_path, instance, SuperConvergence(max_lr=0.1))
+    assert instance.trainer.global_step == 0
+
+
+def test_two_optimizers_fail_before_any_step(tmp_path):
+    """Two optimizers cannot be served: fit fails before any training step, saying what to do."""
+    model = CountingClassifier()
+    model.configure_optimizers = TwoOptimizerClassifier.configure_optimizers.__get__(model)
+    # Lightning rejects several optimizers under automatic optimization itself, before any callback hook runs
+    with pytest.raises((MisconfigurationException, RuntimeError), match="optimizers"):
+        _fit(tmp_path, model, SuperConvergence(num_steps=10))
+    assert model.calls == 0
+
+
+def test_iterable_dataset_without_max_steps_fails_naming_max_steps(tmp_path):
+    """With no length and no `max_steps` the cycle cannot be sized; the message says to set `max_steps`."""
+    with pytest.raises(MisconfigurationException, match="max_steps"):
+        _fit(tmp_path, StreamClassifier(), SuperConvergence(num_steps=10), limit_train_batches=1.0)
+
+
+def test_iterable_dataset_with_max_steps_trains(tmp_path):
+    """With `max_steps` the same stream is sized and trained with the cycle."""
+    callback = SuperConvergence(num_steps=10)
+    trainer = _fit(tmp_path, StreamClassifier(), callback, limit_train_batches=1.0, max_steps=6, max_epochs=-1)
+    assert trainer.global_step == 6
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 6
+
+
+def test_trainer_with_only_max_steps_runs_the_range_test(tmp_path):
+    """`Trainer(max_steps=N)` (which leaves `max_epochs=-1`) gets a range test and an N-step cycle."""
+    callback = SuperConvergence(num_steps=10)
+    trainer = _fit(tmp_path, TinyClassifier(), callback, limit_train_batches=1.0, max_steps=6, max_epochs=None)
+    assert callback.result is not None
+    assert trainer.global_step == 6
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 6
+
+
+@pytest.mark.parametrize("overrides", [{"max_steps": 0}, {"limit_train_batches": 0}])
+def test_run_without_training_steps_is_left_alone(tmp_path, overrides):
+    """A fit with no training steps runs no range test and does not fail."""
+    model = CountingClassifier()
+    callback = SuperConvergence(num_steps=10)
+    _fit(tmp_path, model, callback, **overrides)
+    assert model.calls == 0
+    assert callback.result is None

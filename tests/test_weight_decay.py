@@ -1,0 +1,281 @@
+"""The weight-decay maths on bare parameters, optimizers and schedulers: forms, gains, traces, budgets, rules, bounds."""
+
+import math
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
+
+from lightning_superconv.weight_decay import (
+    MAX_STEP_DECAY,
+    GroupTrace,
+    SchedulerSpec,
+    bounds_for,
+    budget_matched,
+    compressed_indices,
+    decay_budget,
+    decay_form,
+    decay_gain,
+    edge_extension,
+    grid_candidates,
+    pick_lowest,
+    reference_budget,
+    trace_schedule,
+)
+
+
+def _params(n: int = 1) -> list[torch.nn.Parameter]:
+    return [torch.nn.Parameter(torch.ones(3)) for _ in range(n)]
+
+
+def _constant_trace(lr: float, momentum: float, steps: int, gain: float) -> GroupTrace:
+    return GroupTrace(lrs=[lr] * steps, momenta=[momentum] * steps, gains=[gain] * steps)
+
+
+# ---------------------------------------------------------------------------------------------------- decay forms
+
+
+@pytest.mark.parametrize(
+    ("build", "form"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4), "coupled"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-4), "coupled"),
+        (lambda p: torch.optim.AdamW(p, lr=1e-3), "decoupled"),
+        (lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4, decoupled_weight_decay=True), "decoupled"),
+        (lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
+        (lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, weight_decay=1e-4), "adaptive"),
+        (lambda p: torch.optim.Adagrad(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
+    ],
+)
+def test_decay_form_is_read_from_the_param_group(build, form):
+    """SGD couples through momentum, AdamW/flagged Adam decouple, Adam/RMSprop/Adagrad couple through their scaling."""
+    assert decay_form(build(_params()).param_groups[0]) == form
+
+
+def test_adamw_is_decoupled_although_it_subclasses_adam():
+    """The group's flag decides, not ``isinstance``: AdamW is an Adam subclass."""
+    opt = torch.optim.AdamW(_params(), lr=1e-3)
+    assert isinstance(opt, torch.optim.Adam)
+    assert decay_form(opt.param_groups[0]) == "decoupled"
+
+
+def test_sgd_gain_is_one_over_one_minus_momentum():
+    """Coupled L2 goes through the momentum buffer: its steady-state shrink is η·λ/(1-μ)."""
+    assert decay_gain("coupled", momentum=0.9) == pytest.approx(10.0)
+    assert decay_gain("coupled", momentum=0.9, nesterov=True) == pytest.approx(10.0)
+    assert decay_gain("coupled", momentum=0.9, dampening=0.5) == pytest.approx(5.0)
+    assert decay_gain("coupled", momentum=0.0) == 1.0
+
+
+def test_decoupled_and_adaptive_gain_is_one():
+    """Decoupled decay bypasses the momentum buffer; adaptive gets the convention c = 1."""
+    assert decay_gain("decoupled", momentum=0.9) == 1.0
+    assert decay_gain("adaptive", momentum=0.9) == 1.0
+
+
+def test_sgd_gain_matches_torch_steady_state_shrink():
+    """With zero gradient, SGD's per-step shrink settles at η·λ/(1-μ), the gain the budget uses."""
+    p = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=0.01, momentum=0.9, weight_decay=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        p.grad = torch.zeros(1)
+        before = float(p.detach())
+        opt.step()
+    shrink = (before - float(p.detach())) / before
+    assert shrink == pytest.approx(0.01 * 1e-3 * decay_gain("coupled", momentum=0.9), rel=1e-3)
+
+
+def test_adamw_shrinks_by_lr_times_weight_decay():
+    """Decoupled decay with zero gradient: θ ← θ(1 - η·λ) at every step, gain 1."""
+    p = torch.nn.Parameter(torch.ones(1))
+    opt = torch.optim.AdamW([p], lr=0.01, weight_decay=0.1)
+    p.grad = torch.zeros(1)
+    opt.step()
+    assert float(p.detach()) == pytest.approx(1 - 0.01 * 0.1)
+
+
+# ---------------------------------------------------------------------------------------------------- traces
+
+
+def test_trace_of_a_constant_optimizer_is_flat():
+    """No scheduler: every step sees the configured LR and momentum."""
+    opt = torch.optim.SGD(_params(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    traces, notes = trace_schedule(opt, [], total_steps=5)
+    assert traces[0].lrs == [0.1] * 5
+    assert traces[0].momenta == [0.9] * 5
+    assert traces[0].gains == pytest.approx([10.0] * 5)
+    assert notes == []
+
+
+def test_trace_follows_one_cycle_lr_and_momentum():
+    """The traced LR and momentum are exactly those a real OneCycleLR produces step by step."""
+    opt = torch.optim.SGD(_params(), lr=0.1, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=1.0, total_steps=20)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=20)
+    lrs, moms = [], []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    assert traces[0].lrs == pytest.approx(lrs)
+    assert traces[0].momenta == pytest.approx(moms)
+
+
+def test_trace_leaves_the_real_optimizer_and_scheduler_alone():
+    """Tracing replays a detached copy: the run's scheduler has not moved, the params are not copied or touched."""
+    params = _params()
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=1.0, total_steps=50)
+    before = (sched.last_epoch, opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"])
+    trace_schedule(opt, [SchedulerSpec(sched)], total_steps=50)
+    assert (sched.last_epoch, opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]) == before
+    assert opt.param_groups[0]["params"][0] is params[0]
+
+
+def test_trace_of_an_epoch_scheduler_steps_once_per_epoch():
+    """An ``"epoch"`` scheduler changes the LR every ``steps_per_epoch * frequency`` steps."""
+    opt = torch.optim.SGD(_params(), lr=1.0)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 1)], total_steps=6, steps_per_epoch=2)
+    assert traces[0].lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_trace_holds_the_last_lr_past_a_one_cycle_end():
+    """A run longer than torch's OneCycleLR allows keeps the cycle's final LR instead of raising."""
+    opt = torch.optim.SGD(_params(), lr=0.1)
+    sched = OneCycleLR(opt, max_lr=1.0, total_steps=10, cycle_momentum=False)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=15)
+    assert len(traces[0].lrs) == 15
+    assert traces[0].lrs[-1] == traces[0].lrs[11]
+
+
+def test_trace_reads_plateau_scheduler_as_constant_and_says_so():
+    """``ReduceLROnPlateau`` needs a metric: it is read as constant and named in the notes."""
+    opt = torch.optim.SGD(_params(), lr=0.1)
+    sched = ReduceLROnPlateau(opt)
+    traces, notes = trace_schedule(opt, [SchedulerSpec(sched, "epoch")], total_steps=4)
+    assert traces[0].lrs == [0.1] * 4
+    assert "ReduceLROnPlateau" in notes[0]
+
+
+def test_trace_keeps_each_param_group():
+    """Each group gets its own trace: the group ratios of the schedule are kept."""
+    a, b = _params(2)
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.01}], lr=0.1, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=[1.0, 0.1], total_steps=10)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=10)
+    assert [x / y for x, y in zip(traces[0].lrs, traces[1].lrs)] == pytest.approx([10.0] * 10)
+
+
+# ---------------------------------------------------------------------------------------------------- budgets
+
+
+def test_budget_of_a_known_one_cycle():
+    """K = λ·Σ c_t·η_t over the schedule the optimizer really runs, summed by hand."""
+    opt = torch.optim.SGD(_params(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    sched = OneCycleLR(opt, max_lr=1.0, total_steps=30)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=30)
+    expected = 0.0
+    for _ in range(30):
+        group = opt.param_groups[0]
+        expected += group["lr"] / (1 - group["momentum"]) * 1e-3
+        opt.step()
+        sched.step()
+    assert decay_budget(traces[0], 1e-3) == pytest.approx(expected)
+
+
+def test_reference_budget_is_the_constant_recipe():
+    """The user's recipe: configured LR, gain and λ held for every step."""
+    assert reference_budget(lr=0.01, gain=10.0, weight_decay=5e-4, steps=100) == pytest.approx(5e-3)
+
+
+def test_budget_matched_shrinks_lambda_by_the_budget_ratio():
+    """A schedule spending 10x the reference's Σcη gets λ/10."""
+    trace = _constant_trace(0.1, 0.9, 100, 10.0)
+    ref = reference_budget(0.01, 10.0, 5e-4, 100)
+    assert budget_matched(ref, trace, (5e-6, 5e-4)) == pytest.approx(5e-5)
+
+
+def test_budget_matched_is_clamped():
+    """A ratio beyond the bounds stops at them."""
+    trace = _constant_trace(10.0, 0.9, 100, 10.0)
+    ref = reference_budget(0.01, 10.0, 5e-4, 100)
+    assert budget_matched(ref, trace, (5e-6, 5e-4)) == pytest.approx(5e-6)
+    small = _constant_trace(1e-4, 0.9, 100, 10.0)
+    assert budget_matched(ref, small, (5e-6, 5e-4)) == pytest.approx(5e-4)
+
+
+def test_budget_matched_with_decoupled_decay_ignores_momentum():
+    """AdamW: c = 1, so only the LRs enter the ratio."""
+    opt = torch.optim.AdamW(_params(), lr=1e-3, weight_decay=1e-2)
+    sched = OneCycleLR(opt, max_lr=1e-2, total_steps=40)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=40)
+    assert traces[0].gains == [1.0] * 40
+    ref = reference_budget(1e-3, 1.0, 1e-2, 40)
+    assert budget_matched(ref, traces[0], (0.0, 1.0)) == pytest.approx(ref / sum(traces[0].lrs))
+
+
+# ---------------------------------------------------------------------------------------------------- bounds
+
+
+def test_bounds_are_relative_to_the_user_value():
+    """[low·λ, high·λ] when no step is near the per-step cap."""
+    trace = _constant_trace(0.01, 0.9, 10, 10.0)
+    assert bounds_for(1e-4, trace, 0.01, 10.0, "coupled") == pytest.approx((1e-6, 1e-3))
+
+
+def test_bounds_cap_the_per_step_decay():
+    """No step may shrink the weights by more than MAX_STEP_DECAY: λ ≤ cap / max(c·η)."""
+    trace = _constant_trace(1.0, 0.9, 10, 10.0)
+    _, high = bounds_for(0.1, trace, 0.01, 10.0, "coupled")
+    assert high == pytest.approx(MAX_STEP_DECAY / 10.0)
+
+
+def test_adaptive_decay_has_no_per_step_cap():
+    """Adam's coupled decay is bounded by Adam's own step size, not by c·η·λ."""
+    trace = _constant_trace(1.0, 0.9, 10, 1.0)
+    assert bounds_for(0.1, trace, 0.01, 10.0, "adaptive") == pytest.approx((1e-3, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------- the grid
+
+
+def test_grid_candidates_are_clamped_and_deduplicated():
+    """Factors beyond the bounds collapse onto them, once."""
+    assert grid_candidates(1e-3, [0.1, 1.0, 10.0, 30.0, 100.0], (1e-5, 1e-2)) == pytest.approx([1e-4, 1e-3, 1e-2])
+
+
+def test_pick_lowest_skips_non_finite_losses():
+    """A diverged branch (NaN/inf) is never picked."""
+    assert pick_lowest([0.1, 1.0, 10.0], [0.5, math.nan, 0.4]) == 2
+    assert pick_lowest([0.1, 1.0, 10.0], [math.inf, 0.7, 0.9]) == 1
+
+
+def test_pick_lowest_breaks_ties_towards_the_middle():
+    """Equal losses: the least extreme candidate wins."""
+    assert pick_lowest([0.1, 1.0, 10.0], [0.5, 0.5, 0.5]) == 1
+
+
+def test_pick_lowest_raises_when_every_branch_diverged():
+    with pytest.raises(ValueError, match="no candidate produced a finite validation loss"):
+        pick_lowest([0.1, 1.0], [math.nan, math.inf])
+
+
+def test_edge_extension_goes_one_step_beyond_the_best_edge():
+    """Best at the top edge: try one factor further, if the bounds allow; never past them."""
+    assert edge_extension([1e-4, 1e-3], 1, 3.0, (1e-6, 1e-2)) == pytest.approx(3e-3)
+    assert edge_extension([1e-4, 1e-3], 1, 30.0, (1e-6, 1e-2)) is None
+    assert edge_extension([1e-4, 1e-3], 0, 3.0, (1e-6, 1e-2)) == pytest.approx(1e-4 / 3)
+    assert edge_extension([1e-4, 1e-3, 1e-2], 1, 3.0, (1e-6, 1e-2)) is None
+
+
+def test_compressed_indices_span_the_whole_schedule():
+    """A branch sees the first and last step of the run, evenly spaced between."""
+    idx = compressed_indices(345, 12)
+    assert idx[0] == 0
+    assert idx[-1] == 344
+    assert len(idx) == 12
+    assert all(b > a for a, b in zip(idx, idx[1:]))
+    assert compressed_indices(5, 10) == [0, 1, 2, 3, 4]

@@ -1,0 +1,420 @@
+"""WeightDecayBalancer inside a Trainer: what ends up in the optimizer, when, and across checkpoints and resumes."""
+
+import logging
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from torch.optim.lr_scheduler import OneCycleLR
+
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+from lightning_superconv.schedule import build_one_cycle
+from lightning_superconv.weight_decay import decay_gain
+
+# 8 steps per epoch (256 samples, batch 32)
+STEPS_PER_EPOCH = 8
+
+
+class Recorder(L.Callback):
+    """Records LR, momentum and weight decay of every param group at every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[tuple[float, float, float]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.steps.append([(g["lr"], g.get("momentum", 0.0), g["weight_decay"]) for g in groups])
+
+
+class StopAfter(L.Callback):
+    """Interrupts a run after ``epochs`` epochs, as a preempted job would be."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class TwoGroups(TinyClassifier):
+    """Weights decayed, biases and BatchNorm not: the usual split."""
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in self.named_parameters() if p.ndim <= 1]
+        opt = torch.optim.SGD(
+            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
+        if self.hparams.scheduler == "onecycle":
+            total = self.trainer.estimated_stepping_batches
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": OneCycleLR(opt, max_lr=0.5, total_steps=total), "interval": "step"},
+            }
+        return opt
+
+
+class AdamModule(TinyClassifier):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3, weight_decay=1e-4)
+
+
+class NoValidation(TinyClassifier):
+    val_dataloader = None  # type: ignore[assignment]
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+def _fit(tmp_path, model, callbacks, epochs=2, **kwargs):
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=epochs, callbacks=callbacks, **kwargs))
+    trainer.fit(model)
+    return trainer
+
+
+def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) -> float:
+    """Σ c_t·η_t of SuperConvergence's one-cycle, built by hand on a bare optimizer."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=model_lr, momentum=momentum)
+    sched = build_one_cycle(opt, max_lr, total)
+    total_sum = 0.0
+    for _ in range(total):
+        group = opt.param_groups[0]
+        total_sum += decay_gain("coupled", group["momentum"]) * group["lr"]
+        opt.step()
+        sched.step()
+    return total_sum
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "theory"}, ValueError, r"`mode` must be one of 'grid', 'budget', 'timescale', 'keep', got 'theory'"),
+        ({"factors": ()}, TypeError, r"`factors` must be a non-empty tuple"),
+        ({"factors": (1.0, -1.0)}, ValueError, r"`factors\[1\]` must be in \[0.0, inf\), got -1.0"),
+        ({"factors": (1.0, "3")}, TypeError, r"`factors\[1\]` must be a number, got '3'"),
+        ({"cost": 0.0}, ValueError, r"`cost` must be in \(0.0, 1.0\], got 0.0"),
+        ({"cost": 1.5}, ValueError, r"`cost` must be in \(0.0, 1.0\], got 1.5"),
+        ({"bounds": (0.5,)}, TypeError, r"`bounds` must be a pair"),
+        ({"bounds": (2.0, 10.0)}, ValueError, r"`bounds\[0\]` must be in \[0.0, 1.0\], got 2.0"),
+        ({"bounds": (0.1, 0.5)}, ValueError, r"`bounds\[1\]` must be in \[1.0, inf\), got 0.5"),
+        ({"reference_lr": 0.0}, ValueError, r"`reference_lr` must be in \(0.0, inf\), got 0.0"),
+        ({"reference_weight_decay": -1e-4}, ValueError, r"`reference_weight_decay` must be in \[0.0, inf\)"),
+        ({"log_weight_decay": "yes"}, TypeError, r"`log_weight_decay` must be True or False, got 'yes'"),
+    ],
+)
+def test_bad_arguments_name_the_argument_and_what_is_accepted(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        WeightDecayBalancer(**kwargs)
+
+
+def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
+    """The balancer serves one optimizer; two fail at fit start, saying what to do."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    class TwoOptimizers(TinyClassifier):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            return None
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
+
+    with pytest.raises(MisconfigurationException, match="exactly one optimizer"):
+        _fit(tmp_path, TwoOptimizers(), [WeightDecayBalancer()])
+
+
+# ---------------------------------------------------------------------------------------------------- what is set
+
+
+def test_budget_mode_sets_the_matched_value_at_every_step(tmp_path):
+    """With SuperConvergence's cycle, every training step runs at λ* = K_ref / Σ c_t·η_t, computed independently."""
+    recorder = Recorder()
+    epochs, max_lr = 3, 0.5
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=max_lr), WeightDecayBalancer(mode="budget"), recorder],
+         epochs=epochs)  # fmt: skip
+    total = epochs * STEPS_PER_EPOCH
+    expected = 5e-4 * total * 0.01 * decay_gain("coupled", 0.9) / _one_cycle_sum(0.01, 0.9, max_lr, total)
+    assert expected < 5e-4  # the cycle spends more budget than the user's constant 0.01: λ shrinks
+    assert len(recorder.steps) == total
+    assert [s[0][2] for s in recorder.steps] == pytest.approx([expected] * total)
+
+
+def test_keep_mode_leaves_weight_decay_as_configured(tmp_path):
+    recorder = Recorder()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="keep"), recorder])
+    assert {s[0][2] for s in recorder.steps} == {5e-4}
+
+
+def test_groups_without_weight_decay_are_left_alone(tmp_path):
+    """A group configured with weight_decay=0 (biases, norms) stays at 0 in every mode."""
+    for mode in ("budget", "grid", "keep"):
+        recorder = Recorder()
+        balancer = WeightDecayBalancer(mode=mode, cost=1.0)
+        _fit(tmp_path, TwoGroups(), [SuperConvergence(max_lr=0.5), balancer, recorder], epochs=4)
+        assert {s[1][2] for s in recorder.steps} == {0.0}, mode
+        assert balancer.reference_weight_decays == [5e-4, 0.0]
+
+
+def test_no_decay_at_all_is_reported_and_untouched(tmp_path, caplog):
+    balancer = WeightDecayBalancer(mode="budget")
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, TinyClassifier(weight_decay=0.0), [SuperConvergence(max_lr=0.5), balancer])
+    assert balancer.weight_decays == [0.0]
+    assert "no param group has weight decay" in caplog.text
+
+
+def test_fit_start_reports_the_choice_and_why_in_one_line(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="budget")])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("WeightDecayBalancer:")]
+    assert len(lines) == 1
+    assert "weight_decay=" in lines[0]
+    assert "user's 0.0005" in lines[0]
+    assert "budget" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------- the grid
+
+
+@pytest.mark.slow
+def test_grid_changes_nothing_but_weight_decay(tmp_path):
+    """The branches are restored bit for bit: a grid run equals a plain run configured with the chosen λ."""
+    L.seed_everything(0)
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    grid_model = TinyClassifier()
+    _fit(tmp_path, grid_model, [SuperConvergence(max_lr=0.5), balancer], epochs=4)
+    chosen = balancer.weight_decays[0]
+    assert balancer.search is not None
+    assert len(balancer.search["val_losses"]) == 5
+    assert chosen / 5e-4 == pytest.approx(balancer.search["factors"][balancer.search["val_losses"].index(
+        min(balancer.search["val_losses"]))])  # fmt: skip
+
+    L.seed_everything(0)
+    plain_model = TinyClassifier(weight_decay=chosen)
+    _fit(tmp_path, plain_model, [SuperConvergence(max_lr=0.5)], epochs=4)
+    for a, b in zip(grid_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    with pytest.warns(RuntimeWarning, match="no validation dataloader"):
+        _fit(tmp_path, NoValidation(), [SuperConvergence(max_lr=0.5), balancer], epochs=4)
+    assert balancer.weight_decays == [5e-4]
+
+
+def test_grid_on_a_run_too_short_keeps_weight_decay_and_warns(tmp_path):
+    balancer = WeightDecayBalancer(mode="grid")
+    with pytest.warns(RuntimeWarning, match="too few to compare weight decays"):
+        _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer], epochs=1)
+    assert balancer.weight_decays == [5e-4]
+
+
+def test_grid_does_not_run_during_the_range_test(tmp_path):
+    """SuperConvergence's range test runs at the user's λ; the balancer acts only afterwards."""
+    seen = []
+
+    class Spy(WeightDecayBalancer):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["weight_decay"])
+            super().on_train_start(trainer, pl_module)
+
+    sc = SuperConvergence(num_steps=20)
+    _fit(tmp_path, TinyClassifier(), [sc, Spy(mode="budget")])
+    assert sc.result is not None
+    assert seen == [5e-4]
+
+
+# ---------------------------------------------------------------------------------------------------- order, schedulers
+
+
+def test_either_callback_order_gives_the_same_choice(tmp_path):
+    """Listed before or after SuperConvergence, the balancer reads the same reference and the same cycle."""
+    values = []
+    for first in (True, False):
+        balancer = WeightDecayBalancer(mode="budget")
+        sc = SuperConvergence(max_lr=0.5)
+        _fit(tmp_path, TinyClassifier(), [balancer, sc] if first else [sc, balancer])
+        values.append((balancer.weight_decays, balancer.reference_budgets))
+    assert values[0] == values[1]
+
+
+def test_works_without_superconvergence_on_the_users_own_scheduler(tmp_path):
+    """The user's own OneCycleLR is both the schedule and the reference: budget mode keeps λ; an explicit reference
+    LR balances against it."""
+    recorder = Recorder()
+    balancer = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path, TwoGroups(scheduler="onecycle"), [balancer, recorder], epochs=2)
+    assert balancer.weight_decays == pytest.approx([5e-4, 0.0])
+    lrs = [s[0][0] for s in recorder.steps]
+    assert max(lrs) == pytest.approx(0.5, rel=0.05)  # the user's cycle ran untouched
+
+    balancer = WeightDecayBalancer(mode="budget", reference_lr=0.01)
+    _fit(tmp_path, TwoGroups(scheduler="onecycle"), [balancer], epochs=2)
+    assert 0 < balancer.weight_decays[0] < 5e-4
+    assert balancer.weight_decays[1] == 0.0
+
+
+def test_step_scheduler_epochs_are_traced(tmp_path):
+    """An epoch-interval StepLR is traced per epoch: its budget is below the configured constant's, so budget mode,
+    which only shrinks, keeps λ."""
+    balancer = WeightDecayBalancer(mode="keep")
+    trainer = _fit(tmp_path, TinyClassifier(scheduler="step"), [balancer], epochs=2)
+    assert balancer.weight_decays == [5e-4]
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
+    with pytest.warns(RuntimeWarning, match=r"before its adaptive normalization.*use AdamW"):
+        _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), WeightDecayBalancer(mode="budget")])
+
+
+def test_adamw_budget_uses_decoupled_gain(tmp_path):
+    """AdamW: c = 1, so the matched λ is the ratio of LR sums alone."""
+    balancer = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path, TinyClassifier(optimizer="adamw", lr=1e-3, weight_decay=1e-2),
+         [SuperConvergence(max_lr=0.01), balancer], epochs=2)  # fmt: skip
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = build_one_cycle(opt, 0.01, 16)
+    total = 0.0
+    for _ in range(16):
+        total += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    assert balancer.weight_decays[0] == pytest.approx(1e-2 * 16 * 1e-3 / total)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_state_dict_holds_plain_values():
+    balancer = WeightDecayBalancer()
+    balancer.weight_decays, balancer.reference_weight_decays = [1e-3, 0.0], [5e-4, 0.0]
+    state = balancer.state_dict()
+    plain = (int, float, str, bool, type(None), list, dict)
+
+    def check(value):
+        assert isinstance(value, plain), type(value)
+        if isinstance(value, list):
+            for v in value:
+                check(v)
+        if isinstance(value, dict):
+            for v in value.values():
+                check(v)
+
+    check(state)
+    fresh = WeightDecayBalancer()
+    fresh.load_state_dict({"weight_decays": [1e-3, 0.0]})  # an older state without the other keys
+    assert fresh.weight_decays == [1e-3, 0.0]
+
+
+def test_resume_continues_exactly_and_does_not_balance_again(tmp_path):
+    """Resumed mid-run, every step's LR, momentum and λ equal the uninterrupted run's; the user's λ comes from the
+    checkpoint, and the balanced value is not balanced a second time."""
+    epochs = 4
+    full = Recorder()
+    L.seed_everything(0)
+    _fit(tmp_path / "full", TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="budget"), full],
+         epochs=epochs)  # fmt: skip
+
+    L.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    first = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path / "part", TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt, StopAfter(2)],
+         epochs=epochs, enable_checkpointing=True)  # fmt: skip
+
+    resumed_recorder = Recorder()
+    resumed = WeightDecayBalancer(mode="budget")
+    calls = []
+    resumed._budget = lambda *a: calls.append(a)  # type: ignore[method-assign]
+    trainer = L.Trainer(**trainer_kwargs(tmp_path / "part", max_epochs=epochs, enable_checkpointing=True,
+                                         callbacks=[SuperConvergence(max_lr=0.5), resumed, resumed_recorder]))  # fmt: skip
+    trainer.fit(TinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert calls == []
+    assert resumed.reference_weight_decays == [5e-4]
+    assert resumed.weight_decays == first.weight_decays
+    flat = [v for step in resumed_recorder.steps for group in step for v in group]
+    expected = [v for step in full.steps[2 * STEPS_PER_EPOCH :] for group in step for v in group]
+    assert flat == pytest.approx(expected, rel=1e-12)
+
+
+def test_resume_keeps_the_users_lambda_even_if_the_module_now_says_otherwise(tmp_path):
+    """The reference λ is the one in the checkpoint's callback state, not what `configure_optimizers` says now."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    first = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt], epochs=1,
+         enable_checkpointing=True)  # fmt: skip
+    resumed = WeightDecayBalancer(mode="budget")
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, enable_checkpointing=True,
+                                         callbacks=[SuperConvergence(max_lr=0.5), resumed]))  # fmt: skip
+    trainer.fit(TinyClassifier(weight_decay=1e-2), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.reference_weight_decays == [5e-4]
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(first.weight_decays[0])
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+
+
+def test_weight_decay_is_logged_per_step(tmp_path):
+    """``superconv/weight_decay`` reaches the loggers every ``log_every_n_steps`` steps, beside LR and momentum."""
+    logger = MemoryLogger()
+    balancer = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path, TwoGroups(), [balancer], logger=logger, log_every_n_steps=1)
+    logged = [m for _, m in logger.metrics if "superconv/weight_decay" in m]
+    assert len(logged) == 2 * STEPS_PER_EPOCH
+    assert all(m["superconv/weight_decay"] == pytest.approx(balancer.weight_decays[0]) for m in logged)
+    assert all("superconv/lr" in m and "superconv/momentum" in m for m in logged)
+    pg1 = [m for _, m in logger.metrics if "superconv/weight_decay/pg1" in m]
+    assert pg1 and all(m["superconv/weight_decay/pg1"] == 0.0 for m in pg1)
+
+
+def test_no_duplicate_schedule_logging_beside_superconvergence(tmp_path):
+    """With SuperConvergence logging LR, momentum and weight decay, the balancer does not log them a second time."""
+    logger = MemoryLogger()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="budget")],
+         logger=logger, log_every_n_steps=1)  # fmt: skip
+    per_step: dict[int, int] = {}
+    for step, metrics in logger.metrics:
+        if "superconv/weight_decay" in metrics:
+            per_step[step] = per_step.get(step, 0) + 1
+    assert per_step and set(per_step.values()) == {1}
+
+
+def test_fast_dev_run_changes_nothing(tmp_path):
+    balancer = WeightDecayBalancer(mode="budget")
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, fast_dev_run=True, callbacks=[balancer]))
+    trainer.fit(TinyClassifier())
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-4
+    assert balancer.weight_decays is None
