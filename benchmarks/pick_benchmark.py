@@ -1,4 +1,4 @@
-"""Is the auto-picked max LR as good as the best LR of a grid?  (Fashion-MNIST, three model/optimizer pairs.)
+"""Is the auto-picked max LR as good as the best LR of a grid? Fashion-MNIST, three model/optimizer pairs.
 
 For each pair, one-cycle training runs at every max LR of a fixed log grid (x2 apart; the oracle, cached in
 ``benchmarks/results/pick_oracle_grid.json``), at the ``SuperConvergence`` pick, and at Lightning's
@@ -105,9 +105,7 @@ def table_rows(pairs: list[Pair], dm: Any, cache: dict[str, Any]) -> list[tuple[
 
 
 def print_table(rows: list[tuple[Any, ...]]) -> None:
-    print(
-        f"\nFashion-MNIST, {TRAIN_SIZE:,} training images, {EPOCHS} epochs one-cycle, {len(SEEDS)} seeds; test accuracy %"
-    )
+    print(f"\nFashion-MNIST, {TRAIN_SIZE:,} training images, {EPOCHS} epochs one-cycle, {len(SEEDS)} seeds; test acc %")
     print("| pair | oracle max_lr | oracle acc | auto max_lr | auto acc | gap | Lightning lr | Lightning acc |")
     print("|---|---|---|---|---|---|---|---|")
     for pair, best_lr, edge, oracle, auto_lr, auto, light_lr, light in rows:
@@ -115,7 +113,8 @@ def print_table(rows: list[tuple[Any, ...]]) -> None:
         flag = " (grid edge!)" if edge else ""
         print(
             f"| {name} | {best_lr:.3g}{flag} | {oracle[0]:.2f} ± {oracle[1]:.2f} | {auto_lr:.3g} | "
-            f"{auto[0]:.2f} ± {auto[1]:.2f} | {auto[0] - oracle[0]:+.2f} | {light_lr:.2g} | {light[0]:.2f} ± {light[1]:.2f} |"
+            f"{auto[0]:.2f} ± {auto[1]:.2f} | {auto[0] - oracle[0]:+.2f} | {light_lr:.2g} | "
+            f"{light[0]:.2f} ± {light[1]:.2f} |"
         )
 
 
@@ -175,9 +174,7 @@ def main() -> None:
         print("| what | seconds | optimizer steps | per step (ms) |")
         print("|---|---|---|---|")
         print(f"| SuperConvergence range test | {t['ours']:.2f} | {t['steps']:.0f} | {1000 * per_step_ours:.1f} |")
-        print(
-            f"| the same number of plain training steps | {t['plain']:.2f} | {t['steps']:.0f} | {1000 * per_step_plain:.1f} |"
-        )
+        print(f"| same number of plain steps | {t['plain']:.2f} | {t['steps']:.0f} | {1e3 * per_step_plain:.1f} |")
         print(f"| Lightning `Tuner.lr_find` (defaults) | {t['lightning']:.2f} | 100 | {10 * t['lightning']:.1f} |")
         print(
             f"per step, ours / plain: {per_step_ours / per_step_plain:.2f}; total, ours / Lightning: "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -53,8 +54,27 @@ def val_loss(model: nn.Module, dataset: torch.utils.data.TensorDataset) -> float
     return total / len(y)
 
 
-def pick(pair: Pair, seed: int, dm: Any, epochs: int, cache: dict[str, Any], tag: str) -> float:
+@dataclass(frozen=True)
+class Row:
+    """A pair trained at the SuperConvergence pick, or at a fixed max LR (``fixed_lr``)."""
+
+    pair: Pair
+    fixed_lr: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.pair.name if self.fixed_lr is None else f"{self.pair.name}@{self.fixed_lr:g}"
+
+
+# The issue's measurement: BN-CNN with SGD, one-cycle to a fixed max LR 0.1, where λ moved accuracy by about a point.
+FIXED_ROWS = {"bn_cnn_sgd@0.1": Row(PAIRS["bn_cnn_sgd"], 0.1)}
+
+
+def pick(row: Row, seed: int, dm: Any, epochs: int, cache: dict[str, Any], tag: str) -> float:
     """The SuperConvergence pick for this pair and seed: the range test alone (plus one step), cached."""
+    if row.fixed_lr is not None:
+        return row.fixed_lr
+    pair = row.pair
     key = f"pick|{pair.name}|{seed}|{tag}"
     if key not in cache:
         L.seed_everything(seed, verbose=False)
@@ -73,21 +93,22 @@ def run(
     return {k: out[k] for k in ("val_acc", "test_acc", "seconds")}
 
 
-def fill(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, Any]) -> None:
+def fill(rows: list[Row], regime: str, modes: list[str], cache: dict[str, Any]) -> None:
     train_size, epochs = REGIMES[regime]
     dm = datamodule(train_size)
     tag = f"{train_size}|{epochs}"
-    for pair in pairs:
+    for row in rows:
+        pair = row.pair
         for seed in SEEDS:
-            max_lr = pick(pair, seed, dm, epochs, cache, tag)
+            max_lr = pick(row, seed, dm, epochs, cache, tag)
             for factor in FACTORS:
-                key = f"grid|{pair.name}|{factor:g}|{seed}|{tag}"
+                key = f"grid|{row.name}|{factor:g}|{seed}|{tag}"
                 if key not in cache:
                     cache[key] = run(pair, seed, dm, epochs, max_lr, pair.weight_decay * factor)
                     save_cache(CACHE, cache)
                     print(f"{key}: {cache[key]}", flush=True)
             for mode in modes:
-                key = f"balancer|{mode}|v{METHOD_VERSION}|{pair.name}|{seed}|{tag}"
+                key = f"balancer|{mode}|v{METHOD_VERSION}|{row.name}|{seed}|{tag}"
                 if key not in cache:
                     balancer = WeightDecayBalancer(mode=mode)  # type: ignore[arg-type]
                     result = run(pair, seed, dm, epochs, max_lr, pair.weight_decay, [balancer])
@@ -96,10 +117,12 @@ def fill(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, Any]
                     result["reason"] = balancer.reason
                     cache[key] = result
                     save_cache(CACHE, cache)
-                    print(f"{key}: {result['test_acc']} wd={result['weight_decay']:.3g} ({balancer.reason})", flush=True)
+                    print(
+                        f"{key}: {result['test_acc']} wd={result['weight_decay']:.3g} ({balancer.reason})", flush=True
+                    )
 
 
-def report(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, Any]) -> list[str]:
+def report(rows: list[Row], regime: str, modes: list[str], cache: dict[str, Any]) -> list[str]:
     train_size, epochs = REGIMES[regime]
     tag = f"{train_size}|{epochs}"
     failures: list[str] = []
@@ -109,15 +132,17 @@ def report(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, An
     head += " grid (val acc by λ×) |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for pair in pairs:
-        grid = {f: [cache[f"grid|{pair.name}|{f:g}|{s}|{tag}"] for s in SEEDS] for f in FACTORS}
+    for row in rows:
+        pair = row.pair
+        grid = {f: [cache[f"grid|{row.name}|{f:g}|{s}|{tag}"] for s in SEEDS] for f in FACTORS}
         best = max(FACTORS, key=lambda f: statistics.fmean(r["val_acc"] for r in grid[f]))
         user = mean_sem([r["test_acc"] for r in grid[1.0]])
         oracle = mean_sem([r["test_acc"] for r in grid[best]])
-        max_lr = statistics.geometric_mean([float(cache[f"pick|{pair.name}|{s}|{tag}"]) for s in SEEDS])
+        lrs = [row.fixed_lr if row.fixed_lr is not None else float(cache[f"pick|{pair.name}|{s}|{tag}"]) for s in SEEDS]
+        max_lr = statistics.geometric_mean(lrs)
         cells = []
         for mode in modes:
-            runs = [cache[f"balancer|{mode}|v{METHOD_VERSION}|{pair.name}|{s}|{tag}"] for s in SEEDS]
+            runs = [cache[f"balancer|{mode}|v{METHOD_VERSION}|{row.name}|{s}|{tag}"] for s in SEEDS]
             acc = mean_sem([r["test_acc"] for r in runs])
             factor = statistics.geometric_mean([max(r["weight_decay"] / pair.weight_decay, 1e-6) for r in runs])
             cost = [r["search"]["cost_fraction"] for r in runs if r.get("search")]
@@ -126,11 +151,11 @@ def report(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, An
             if mode == modes[0]:
                 gap = oracle[0] - user[0]
                 if gap > 2 * max(user[1], oracle[1]) and acc[0] - user[0] < gap / 2:
-                    failures.append(f"{regime}/{pair.name}: closes {acc[0] - user[0]:+.2f} of a {gap:.2f} gap")
+                    failures.append(f"{regime}/{row.name}: closes {acc[0] - user[0]:+.2f} of a {gap:.2f} gap")
                 if acc[0] < user[0] - 0.2:
-                    failures.append(f"{regime}/{pair.name}: {acc[0] - user[0]:+.2f} below the user's λ")
+                    failures.append(f"{regime}/{row.name}: {acc[0] - user[0]:+.2f} below the user's λ")
         grid_text = " ".join(f"{f:g}:{statistics.fmean(r['val_acc'] for r in grid[f]):.1f}" for f in FACTORS)
-        print(f"| {pair.name} | {max_lr:.3g} | {user[0]:.2f} ± {user[1]:.2f} | " + " | ".join(cells)
+        print(f"| {row.name} | {max_lr:.3g} | {user[0]:.2f} ± {user[1]:.2f} | " + " | ".join(cells)
               + f" | {oracle[0]:.2f} ± {oracle[1]:.2f} | {best:g} | {grid_text} |")  # fmt: skip
     return failures
 
@@ -138,19 +163,19 @@ def report(pairs: list[Pair], regime: str, modes: list[str], cache: dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regimes", nargs="*", default=["small"], choices=list(REGIMES))
-    parser.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--pairs", nargs="*", default=[*PAIRS, *FIXED_ROWS], choices=[*PAIRS, *FIXED_ROWS])
     parser.add_argument("--modes", nargs="*", default=["grid"], help="balancer modes; the first is the one checked")
     parser.add_argument("--grid-only", action="store_true", help="fill the picks and the oracle grid only")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cache = load_cache(CACHE)
-    pairs = [PAIRS[name] for name in args.pairs]
+    rows = [FIXED_ROWS[name] if name in FIXED_ROWS else Row(PAIRS[name]) for name in args.pairs]
     start = time.perf_counter()
     for regime in args.regimes:
-        fill(pairs, regime, [] if args.grid_only else args.modes, cache)
+        fill(rows, regime, [] if args.grid_only else args.modes, cache)
     if args.grid_only:
         return
-    failures = [f for regime in args.regimes for f in report(pairs, regime, args.modes, cache)]
+    failures = [f for regime in args.regimes for f in report(rows, regime, args.modes, cache)]
     print(f"\ntarget check ({args.modes[0]}): " + ("met" if not failures else "MISSED: " + "; ".join(failures)))
     print(f"({time.perf_counter() - start:.0f} s)")
 

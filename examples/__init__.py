@@ -1,0 +1,1 @@
+"""Runnable examples: Fashion-MNIST (the main job), CIFAR-10 (the paper's setting), and their data."""

@@ -72,8 +72,8 @@ def running_median(values: Sequence[float], half_width: int) -> list[float]:
     Two things rule out the usual EMA for reading the pick. A forward EMA lags: with ``beta=0.98`` its minimum sits
     about 50 steps after the raw curve's, several decades of LR in a 100-step exponential sweep. And any linear filter
     run backwards (to cancel that lag) drags the exponential blow-up at the end of the sweep over dozens of earlier
-    steps. A median over ``2 * half_width + 1`` neighbours has neither problem: a single spike (a hard batch) cannot move
-    it, and values far away do not reach it.
+    steps. A median over ``2 * half_width + 1`` neighbours has neither problem: a single spike (a hard batch) cannot
+    move it, and values far away do not reach it.
 
     Example::
 

@@ -111,7 +111,7 @@ def restore(snapshot: Snapshot, scaler: Any = None) -> None:
             setattr(module, name, copy.deepcopy(value))
     optimizer = snapshot.optimizer
     optimizer.state.clear()
-    optimizer.state.update({param: copy.deepcopy(saved_state) for param, saved_state in snapshot.optimizer_state.items()})
+    optimizer.state.update({param: copy.deepcopy(kept) for param, kept in snapshot.optimizer_state.items()})
     for group, saved_group in zip(optimizer.param_groups, snapshot.param_groups, strict=True):
         params = group["params"]
         group.clear()
@@ -130,9 +130,13 @@ def _loss_of(output: Any) -> Tensor | None:
     if isinstance(output, dict) and "loss" in output:
         return output["loss"]
     raise TypeError(
-        "`training_step` must return a loss tensor, a dict with a 'loss' key, or None; got "
-        f"{type(output).__name__}"
+        f"`training_step` must return a loss tensor, a dict with a 'loss' key, or None; got {type(output).__name__}"
     )
+
+
+# GradScaler halves its scale at every skipped step: from the default 2**16, thirty halvings reach 2**-14, below which
+# no gradient that overflows is finite at any scale.
+_MAX_CONSECUTIVE_SKIPS = 30
 
 
 @dataclass
@@ -148,16 +152,22 @@ class SweepRecord:
 class _BatchStream:
     r"""Batches from the train dataloader, restarting it when it runs out (data shorter than the range test).
 
-    A fresh iterator is built over the same processed dataloaders the fit loop uses (distributed sampler included),
-    without touching the iterator the fit loop already holds.
+    A fresh iterator is built over the same processed dataloaders the fit loop uses (distributed sampler included) and
+    with the same per-epoch limits (``limit_train_batches``), without touching the iterator the fit loop already holds.
+    When the loader ends, it is restarted, as at a new epoch; a loader that yields nothing after a restart (a one-shot
+    iterable) ends the stream.
     """
 
     def __init__(self, combined_loader: Any) -> None:
         self._make = _fresh_iterator_factory(combined_loader)
         self._iterator: Iterator[Any] | None = None
         self.restarts = 0
+        self.exhausted = False
 
-    def next(self) -> tuple[Any, int]:
+    def next(self) -> tuple[Any, int] | None:
+        """The next ``(batch, batch_idx)``, or None once the data has run out for good."""
+        if self.exhausted:
+            return None
         for _ in range(2):
             if self._iterator is None:
                 self._iterator = self._make()
@@ -167,7 +177,8 @@ class _BatchStream:
             except StopIteration:
                 self._iterator = None
                 self.restarts += 1
-        raise RuntimeError("the train dataloader yields no batches; the range test needs at least one")
+        self.exhausted = True
+        return None
 
 
 def _fresh_iterator_factory(combined_loader: Any) -> Callable[[], Iterator[Any]]:
@@ -176,6 +187,7 @@ def _fresh_iterator_factory(combined_loader: Any) -> Callable[[], Iterator[Any]]
     def make() -> Iterator[Any]:
         fresh = cls(combined_loader.iterables, combined_loader._mode)
         fresh.flattened = combined_loader.flattened
+        fresh.limits = combined_loader.limits
         return iter(fresh)
 
     return make
@@ -240,12 +252,21 @@ def sweep(
     step = 0
     pl_module.train()
     while step < len(lrs):
+        # Draw the step's micro-batches before any forward pass, and let all ranks agree that each got them all: a rank
+        # whose data ran out must stop together with the others, not leave them waiting in DDP's gradient all-reduce.
+        drawn = [stream.next() for _ in range(accumulate)]
+        batches = [item for item in drawn if item is not None]
+        if not strategy.reduce_boolean_decision(len(batches) == accumulate, all=True):
+            record.stop_reason = "data-exhausted"
+            break
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lrs[step] * ratio
         micro_losses: list[Tensor] = []
 
-        def run_micro_batch(final: bool, micro_losses: list[Tensor] = micro_losses) -> Tensor | None:
-            batch, batch_idx = stream.next()
+        def run_micro_batch(
+            item: tuple[Any, int], final: bool, micro_losses: list[Tensor] = micro_losses
+        ) -> Tensor | None:
+            batch, batch_idx = item
             batch = trainer.precision_plugin.convert_input(batch)
             batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
             batch = strategy.batch_to_device(batch, dataloader_idx=0)
@@ -258,25 +279,29 @@ def sweep(
             micro_losses.append(loss.detach().float())
             context = block_sync() if (block_sync is not None and not final) else contextlib.nullcontext()
             with context:
+                # scaled as the fit loop scales it (`ClosureResult`), so clipping thresholds mean the same
                 strategy.backward(loss / accumulate, optimizer)
             return loss
 
         optimizer.zero_grad()
-        for _ in range(accumulate - 1):
-            run_micro_batch(final=False)
+        for item in batches[:-1]:
+            run_micro_batch(item, final=False)
         scale_before = scaler.get_scale() if scaler is not None else None
-        strategy.optimizer_step(optimizer, lambda: run_micro_batch(final=True), pl_module)
+        last = batches[-1]
+        strategy.optimizer_step(optimizer, lambda last=last: run_micro_batch(last, final=True), pl_module)
         if not micro_losses:
             raise RuntimeError(
                 "`training_step` returned None for every batch of a range-test step; the range test needs a loss"
             )
         local = torch.stack(micro_losses).mean()
+        # DDP's own correctness rests on every rank receiving the same all-reduced values, so every rank reads the
+        # same mean loss and takes the same stop decision below, with no further broadcast
         mean_loss = float(strategy.reduce(local, reduce_op="mean"))
         if scaler is not None and scaler.get_scale() < scale_before and math.isfinite(mean_loss):
             # the scaler found inf/NaN gradients and skipped the update: the scale was too high, not the LR
             record.skipped_steps += 1
             consecutive_skips += 1
-            if consecutive_skips > 30:
+            if consecutive_skips > _MAX_CONSECUTIVE_SKIPS:
                 record.stop_reason = "scaler-skips"
                 break
             continue

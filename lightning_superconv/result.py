@@ -18,8 +18,9 @@ class RangeTestResult:
         pick_index: the step the pick was read at.
         pick_reason: the rule's explanation of the pick.
         stop_reason: why the sweep ended: ``"completed"``, ``"diverged"`` (the smoothed loss rose past the
-            divergence threshold), ``"non-finite"`` (a NaN/inf loss) or ``"scaler-skips"`` (mixed precision skipped
-            too many steps in a row).
+            divergence threshold), ``"non-finite"`` (a NaN/inf loss), ``"scaler-skips"`` (mixed precision skipped
+            too many steps in a row) or ``"data-exhausted"`` (the train dataloader yielded nothing more, even after a
+            restart).
         skipped_steps: steps the gradient scaler skipped (overflow); they were retried at the same LR.
     """
 

@@ -81,12 +81,67 @@ class SafeOneCycleLR(OneCycleLR):
     with (``max_epochs`` raised on resume, a dataloader that grew), torch's scheduler would raise mid-training. This one
     stays at the end of the cycle, the lowest LR, and warns once. It is still a ``OneCycleLR``: checkpoints, the
     ``LearningRateMonitor`` and users' ``isinstance`` checks see the real thing.
+
+    Param groups added to the optimizer after the scheduler was built (``BackboneFinetuning`` unfreezing a backbone,
+    say) would make torch's scheduler fail with a ``KeyError`` at its next step. Here such a group joins the cycle
+    (:meth:`adopt_added_groups`): its LR keeps the ratio to the first group's LR that it was added with, and it cycles
+    the first group's momentum, like the groups configured from the start.
     """
 
     _warned_past_end = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # index of each param group added after construction -> its LR relative to the first group's (plain values:
+        # part of the state_dict, so a resumed run keeps them)
+        self.added_group_ratios: dict[int, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def adopt_added_groups(self) -> list[int]:
+        r"""Give param groups that were added since the last call their place in the cycle; return their indices.
+
+        A new group's ratio is its LR now over the first group's LR now; ``initial_lr``, ``max_lr`` and ``min_lr`` are
+        the first group's times that ratio, so the closed-form cycle carries it from here on without a jump.
+        """
+        groups = self.optimizer.param_groups
+        first = groups[0]
+        adopted = []
+        for index, group in enumerate(groups):
+            if all(key in group for key in ("initial_lr", "max_lr", "min_lr")):
+                continue
+            ratio = float(group["lr"]) / float(first["lr"])
+            for key in ("initial_lr", "max_lr", "min_lr"):
+                group[key] = float(first[key]) * ratio
+            if self.cycle_momentum:
+                group["base_momentum"] = first["base_momentum"]
+                group["max_momentum"] = first["max_momentum"]
+            self.base_lrs.append(group["initial_lr"])
+            self.added_group_ratios[index] = ratio
+            adopted.append(index)
+        self.follow_first_group()
+        return adopted
+
+    def follow_first_group(self) -> None:
+        r"""Set each added group's LR (and momentum, when it cycles) from the first group's current values.
+
+        Called before every training step: a callback that writes an added group's LR between steps
+        (``BackboneFinetuning`` does at every epoch start) does not move it off the cycle.
+        """
+        groups = self.optimizer.param_groups
+        first = groups[0]
+        for index, ratio in self.added_group_ratios.items():
+            if index >= len(groups):
+                continue
+            group = groups[index]
+            group["lr"] = float(first["lr"]) * ratio
+            if self.cycle_momentum:
+                if self.use_beta1 and "betas" in group:
+                    group["betas"] = (first["betas"][0], *tuple(group["betas"])[1:])
+                elif "momentum" in group:
+                    group["momentum"] = first["momentum"]
+
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle."""
+        self.adopt_added_groups()
         # The cycle's last step is `total_steps - 1`. At step `total_steps` torch does not raise yet but extrapolates
         # the final phase past its end: with "cos" the LR climbs back to its value two steps earlier, with "linear"
         # it turns negative. So the clamp starts there; the warning only once a step past it was really taken.

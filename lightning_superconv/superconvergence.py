@@ -1,12 +1,11 @@
-r"""The ``SuperConvergence`` callback: range test at fit start, max LR from where the loss diverges, one-cycle installed."""
+r"""The ``SuperConvergence`` callback: range test at fit start, max LR where the loss diverges, one cycle installed."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Literal
 
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_superconv import _compat
@@ -21,12 +20,20 @@ from lightning_superconv.curve import (
 )
 from lightning_superconv.range_test import capture, dataloader_generators, quiet_trainer, restore, sweep
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.schedule import build_one_cycle, group_ratios
+from lightning_superconv.schedule import SafeOneCycleLR, build_one_cycle, configured_lrs, group_ratios
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+
+_NO_STATE_TO_RESUME = (
+    "`fit(ckpt_path=...)` resumes from a checkpoint that holds no `SuperConvergence` state: it was written by a run "
+    "without this callback (or before its cycle was installed). Resuming would load that run's optimizer and scheduler "
+    "state into a new one-cycle. Resume without `SuperConvergence`; or, to run a range test and a new cycle from the "
+    "checkpoint's weights, start a new fit without `ckpt_path` (`model = YourModel.load_from_checkpoint(path)`, then "
+    "`trainer.fit(model)`)."
+)
 
 
-class SuperConvergence(Callback):
+class SuperConvergence(_compat.Callback):
     r"""Train with one cycle of a very large learning rate, its peak found by an LR range test on your own model.
 
     When ``fit`` starts, before the first training step, the callback runs Leslie Smith's LR range test on the
@@ -46,6 +53,18 @@ class SuperConvergence(Callback):
     advice fits them: start the cycle 10-25x below the peak, spend under half of the run rising, and let the LR fall
     several orders of magnitude below its start at the end (arXiv 1708.07120 §3, 1803.09820 §4.1). Momentum cycles
     0.95 -> 0.85 -> 0.95 inversely to the LR (1803.09820 §4.3), for SGD with momentum and for Adam's ``beta1``.
+
+    Each ``fit`` plans its own cycle over the training steps it will run (a second ``fit`` on the same ``Trainer``
+    continues from the step it reached, and gets a new cycle over the steps left). ``fit(ckpt_path=...)`` is a resume:
+    the pick, the cycle and its position come from the checkpoint, and no range test runs; Lightning restores the
+    callback's state before ``on_fit_start`` and the optimizer and the ``OneCycleLR`` state after it (the fresh
+    scheduler installed at fit start is the object the checkpoint's state is loaded into), so the LR and momentum
+    continue exactly where the interrupted run was. A run whose length differs from the checkpoint's keeps its cycle,
+    with a warning: past its end the LR stays at the final value.
+
+    Under DDP every rank runs the range-test steps in lockstep, the loss of each step is the mean over the ranks, and
+    every rank reads the same curve and installs the same cycle; nothing is written to disk. The range test is not
+    available under FSDP, ``ModelParallelStrategy`` and DeepSpeed (see the errors below).
 
     Args:
         max_lr: the cycle's maximum LR; when given, no range test runs.
@@ -74,6 +93,10 @@ class SuperConvergence(Callback):
     Raises:
         ValueError: if an argument is out of range.
         TypeError: if an argument has the wrong type.
+        MisconfigurationException: at fit start, for a setup the callback cannot serve: manual optimization, no
+            optimizer, an unknown run length, Lightning's ``LearningRateFinder`` in the same ``Trainer``, DeepSpeed, a
+            range test under FSDP or ``ModelParallelStrategy``, a first param group with LR 0, a resume from a
+            checkpoint without this callback's state, or a range test that reads no curve.
 
     Example::
 
@@ -146,14 +169,33 @@ class SuperConvergence(Callback):
         self.max_lr: float | None = self.requested_max_lr
         self.result: RangeTestResult | None = None
         self.total_steps: int | None = None
+        self._start_step = 0
+        self._restored = False
         self._optimizer: Any = None
+        self._scheduler: SafeOneCycleLR | None = None
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(max_lr=self.requested_max_lr, num_steps=self.num_steps, mode=self.mode)
+    # One SuperConvergence per Trainer (a second one is refused in `setup`), so the class name alone is the state key:
+    # a resume with changed arguments still finds its state.
 
     # ------------------------------------------------------------------------------------------------ hooks
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        # A new fit plans its own cycle. On `fit(ckpt_path=...)` Lightning calls `load_state_dict` after `setup`, and
+        # the checkpoint's pick and cycle replace these.
+        self.max_lr = self.requested_max_lr
+        self.result = None
+        self.total_steps = None
+        self._start_step = 0
+        self._restored = False
+        self._optimizer = None
+        self._scheduler = None
+        _arrange_companions(trainer, self)
+        problem = _strategy_problem(trainer.strategy, range_test=self.requested_max_lr is None)
+        if problem is not None:
+            raise _compat.misconfiguration(trainer, problem)
 
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -162,6 +204,9 @@ class SuperConvergence(Callback):
             _compat.rank_zero_info(
                 trainer, "SuperConvergence: `fast_dev_run` is on, so no range test runs and the schedule is unchanged."
             )
+            return
+        if trainer.ckpt_path and not trainer.strategy.restore_checkpoint_after_setup:
+            self._resume(trainer, optimizer)
             return
         total_steps = _total_steps(trainer)
         if total_steps == 0:
@@ -172,6 +217,15 @@ class SuperConvergence(Callback):
                 "range test runs and the schedule is unchanged.",
             )
             return
+        start_step = int(trainer.global_step)
+        if start_step >= total_steps:
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: this Trainer has already run its {total_steps} training steps (a second `fit` "
+                "without a larger `max_epochs`/`max_steps`), so no range test runs and the schedule is unchanged.",
+            )
+            return
+        _check_first_group_lr(trainer, optimizer)
         if self.max_lr is None:
             self.result = self.run_range_test(trainer, pl_module, optimizer)
             self.max_lr = self.result.max_lr
@@ -181,10 +235,55 @@ class SuperConvergence(Callback):
                 f"(stopped: {self.result.stop_reason}); {self.result.pick_reason}.",
             )
             log_range_test(trainer, self.result)
-        self._install_schedule(trainer, optimizer, total_steps)
+        # a second `fit` on the same Trainer continues from the step it reached: the cycle spans the steps left
+        self._start_step = start_step
+        self._install_schedule(trainer, optimizer, total_steps - start_step)
+
+    @override
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._scheduler is None:
+            return
+        if trainer.ckpt_path and not self._restored:
+            # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
+            raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
+        # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
+        self.total_steps = int(self._scheduler.total_steps)
+        if self._restored:
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: resumed the one-cycle at step {self._scheduler.last_epoch} of {self.total_steps} "
+                f"(max_lr={self.max_lr:.4g}); no range test.",
+            )
+        planned = self._start_step + self.total_steps
+        steps = trainer.estimated_stepping_batches
+        if math.isfinite(steps) and int(steps) != planned:
+            final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
+            outcome = (
+                f"from step {planned} on, the LR stays at the cycle's final value {final:.3g}"
+                if steps > planned
+                else f"the run ends at step {int(steps)}, before the LR has annealed"
+            )
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: this run has {int(steps)} training steps, but its one-cycle was planned for "
+                f"{planned} (the length changed since the checkpoint was written: `max_epochs`, `max_steps` or the "
+                f"data). The cycle continues as planned: {outcome}. To train a new cycle over the new length, start a "
+                "new fit from the checkpoint's weights instead of resuming.",
+            )
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        scheduler = self._scheduler
+        if scheduler is not None and any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs):
+            added = scheduler.adopt_added_groups()
+            if added:
+                ratios = ", ".join(f"{scheduler.added_group_ratios[i]:.3g}x" for i in added)
+                _compat.rank_zero_info(
+                    trainer,
+                    f"SuperConvergence: param group(s) {added} were added to the optimizer during training (e.g. by "
+                    f"`BackboneFinetuning`); they join the one-cycle at {ratios} the first group's LR, and the cycle "
+                    "sets their LR and momentum from now on.",
+                )
         if self.log_schedule and self._optimizer is not None:
             log_schedule(trainer, self._optimizer)
 
@@ -194,18 +293,22 @@ class SuperConvergence(Callback):
             "version": _STATE_VERSION,
             "max_lr": self.max_lr,
             "total_steps": self.total_steps,
+            "start_step": self._start_step,
             "result": None if self.result is None else self.result.to_dict(),
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Lightning calls this before `on_fit_start` when `fit(ckpt_path=...)` resumes, so the range test is not
-        # re-run; the optimizer and the OneCycleLR state are restored by Lightning *after* `on_fit_start` installed
-        # a fresh scheduler, which then continues exactly where the checkpoint left it.
+        # Lightning calls this after `setup` and, except under FSDP/DeepSpeed/ModelParallel, before `on_fit_start`,
+        # so a resume runs no range test. The optimizer and the OneCycleLR state are restored by Lightning after
+        # `on_fit_start` installed a fresh scheduler, which then continues exactly where the checkpoint left it.
         self.max_lr = state_dict.get("max_lr", self.max_lr)
         self.total_steps = state_dict.get("total_steps", self.total_steps)
+        self._start_step = int(state_dict.get("start_step", 0))
         result = state_dict.get("result")
         self.result = None if result is None else RangeTestResult.from_dict(result)
+        # a checkpoint written before the cycle was installed has nothing to resume
+        self._restored = self.max_lr is not None
 
     # ------------------------------------------------------------------------------------------------ work
 
@@ -227,7 +330,7 @@ class SuperConvergence(Callback):
         snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
         failure: BaseException | None = None
         try:
-            with isolate_rng(), quiet_trainer(trainer, pl_module):
+            with _compat.isolate_rng(trainer), quiet_trainer(trainer, pl_module):
                 try:
                     record = sweep(trainer, pl_module, optimizer, lrs, ratios, monitor)
                 except BaseException as err:
@@ -241,12 +344,13 @@ class SuperConvergence(Callback):
         if failure is not None:
             raise failure
         if len(record.losses) < 3:
-            raise _compat.misconfiguration(
+            raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs))
+        if record.stop_reason == "data-exhausted":
+            _compat.rank_zero_warn(
                 trainer,
-                f"The range test could not read a loss curve: the loss was {record.stop_reason} after "
-                f"{len(record.losses)} step(s) (lr {lrs[len(record.losses)]:.3g}). Check that `training_step` returns "
-                "a finite loss for your data, or start the sweep lower with `SuperConvergence(lr_range=(start, end))`"
-                ", or pass `max_lr=` to skip the range test. The model and optimizer were restored.",
+                f"SuperConvergence: the train dataloader ran out after {len(record.losses)} range-test steps and "
+                "yielded nothing when restarted, so its data can be read only once: the range test stopped there, "
+                "and training gets only what is left. Give the dataset an `__iter__` that starts over on each call.",
             )
         smoothed = running_median(record.losses, median_half_width(self.num_steps))
         try:
@@ -269,7 +373,22 @@ class SuperConvergence(Callback):
             skipped_steps=record.skipped_steps,
         )
 
-    def _install_schedule(self, trainer: Any, optimizer: Any, total_steps: int) -> None:
+    def _resume(self, trainer: Any, optimizer: Any) -> None:
+        """Install the scheduler object Lightning will load the checkpoint's cycle into; no range test."""
+        if not self._restored:
+            raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
+        assert self.max_lr is not None
+        if self.requested_max_lr is not None and self.requested_max_lr != self.max_lr:
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: the resumed run continues the checkpoint's cycle with max_lr={self.max_lr:.4g}; "
+                f"the given `max_lr={self.requested_max_lr:.4g}` applies to new fits only.",
+            )
+        # the checkpoint's OneCycleLR state (its total steps, phases and position) replaces this sizing after fit start
+        total_steps = self.total_steps if self.total_steps else max(_total_steps(trainer), 1)
+        self._install_schedule(trainer, optimizer, total_steps, announce=False)
+
+    def _install_schedule(self, trainer: Any, optimizer: Any, total_steps: int, announce: bool = True) -> None:
         assert self.max_lr is not None
         scheduler = build_one_cycle(
             optimizer,
@@ -289,6 +408,9 @@ class SuperConvergence(Callback):
         trainer.strategy.lr_scheduler_configs = [config_cls(scheduler, interval="step", frequency=1)]
         self.total_steps = total_steps
         self._optimizer = optimizer
+        self._scheduler = scheduler
+        if not announce:
+            return
         if replaced:
             _compat.rank_zero_info(
                 trainer,
@@ -327,6 +449,103 @@ def _single_automatic_optimizer(trainer: Any, pl_module: Any) -> Any:
             "callback.",
         )
     return optimizers[0]
+
+
+def _arrange_companions(trainer: Any, callback: SuperConvergence) -> None:
+    """Refuse Lightning's own LR finder beside the callback, and run before ``StochasticWeightAveraging``."""
+    callbacks = _compat.module(trainer, "callbacks")
+    finder = getattr(callbacks, "LearningRateFinder", ())
+    if any(isinstance(cb, finder) for cb in trainer.callbacks):
+        raise _compat.misconfiguration(
+            trainer,
+            "`LearningRateFinder` (or `Tuner.lr_find`) and `SuperConvergence` are in the same Trainer: both run an LR "
+            "range test at fit start and set the LR, and the one-cycle would overwrite the finder's suggestion. "
+            "Remove `LearningRateFinder` (SuperConvergence picks the cycle's max LR itself), or remove "
+            "`SuperConvergence`.",
+        )
+    # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses when the
+    # Trainer is built ("Found more than one stateful callback of type `SuperConvergence`").
+
+    # SWA's `on_fit_start` adds an epoch to `max_epochs` for its batch-norm pass, which has no optimizer step of its
+    # own. Sizing the cycle after that would depend on the order of the callbacks list; so SWA moves behind us (it does
+    # nothing before its start epoch, and its average starts from the weights the range test restored).
+    swa = getattr(callbacks, "StochasticWeightAveraging", ())
+    order = list(trainer.callbacks)
+    mine = next(i for i, cb in enumerate(order) if cb is callback)
+    early = [cb for cb in order[:mine] if isinstance(cb, swa)]
+    if early:
+        rest = [cb for cb in order if all(cb is not e for e in early)]
+        at = next(i for i, cb in enumerate(rest) if cb is callback) + 1
+        # a new list: the hook loop that is calling `setup` right now iterates over the old one
+        trainer.callbacks = rest[:at] + early + rest[at:]
+
+
+def _strategy_problem(strategy: Any, range_test: bool) -> str | None:
+    r"""Why ``strategy`` cannot be served (the message names the problem and the fix), or None.
+
+    DeepSpeed wraps the optimizer (ZeRO's optimizers are no ``torch.optim.Optimizer``, so no ``OneCycleLR`` can be
+    built on them) and partitions its state. FSDP and ``ModelParallelStrategy`` shard parameters and optimizer state;
+    the range test's snapshot copies them whole, and neither strategy runs on CPU, where this project is tested, so the
+    range test is refused there rather than trusted unverified. The one-cycle alone (``max_lr=`` given) is a plain
+    torch scheduler over the strategy's optimizer.
+    """
+    strategies = importlib.import_module(f"{_compat.namespace(strategy)}.strategies")
+    deepspeed = getattr(strategies, "DeepSpeedStrategy", ())
+    if isinstance(strategy, deepspeed):
+        return (
+            "SuperConvergence does not support `DeepSpeedStrategy`: DeepSpeed wraps the optimizer and partitions its "
+            "state, so neither a range test that restores it nor a `OneCycleLR` on it can work. Find the max LR "
+            "without DeepSpeed (`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP), return "
+            "`torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=..., total_steps=...)` from "
+            "`configure_optimizers` yourself, and remove the callback."
+        )
+    if not range_test:
+        return None
+    for name in ("FSDPStrategy", "ModelParallelStrategy"):
+        cls = getattr(strategies, name, ())
+        if isinstance(strategy, cls):
+            return (
+                f"SuperConvergence cannot run its range test under `{name}`: the test snapshots and restores whole "
+                "parameters and optimizer state in memory, which sharded training does not have. Pass the max LR: "
+                "`SuperConvergence(max_lr=...)` installs the one-cycle without a range test; find the value with "
+                "`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP."
+            )
+    return None
+
+
+def _check_first_group_lr(trainer: Any, optimizer: Any) -> None:
+    first = configured_lrs(optimizer)[0]
+    if first <= 0:
+        raise _compat.misconfiguration(
+            trainer,
+            "SuperConvergence keeps the LR ratios between param groups relative to the first group, so the first "
+            f"group's `lr` must be > 0, got {first}. Give the first param group a positive `lr` in "
+            "`configure_optimizers` (only the ratios between groups matter; the range test and the cycle set the "
+            "values).",
+        )
+
+
+def _no_curve_message(record: Any, lrs: list[float]) -> str:
+    """Why the range test recorded too few points to read, and what to do about it."""
+    n = len(record.losses)
+    at = f" (lr {lrs[n]:.3g})" if n < len(lrs) else ""
+    why = {
+        "non-finite": f"the loss was non-finite (NaN/inf) after {n} step(s){at}",
+        "diverged": f"the loss diverged after {n} step(s){at}",
+        "scaler-skips": (
+            f"the gradient scaler skipped {record.skipped_steps} steps in a row (inf/NaN gradients at every loss "
+            f"scale) after {n} step(s){at}"
+        ),
+        "data-exhausted": (
+            f"the train dataloader ran out after {n} step(s) and yielded nothing when restarted (an iterable that "
+            "can be read only once?)"
+        ),
+    }.get(record.stop_reason, f"only {n} step(s) ran, `num_steps={len(lrs)}`")
+    return (
+        f"The range test could not read a loss curve: {why}. Check that `training_step` returns a finite loss for your "
+        "data, or start the sweep lower with `SuperConvergence(lr_range=(start, end))`, or raise `num_steps`, or pass "
+        "`max_lr=` to skip the range test. The model and optimizer were restored."
+    )
 
 
 def _total_steps(trainer: Any) -> int:

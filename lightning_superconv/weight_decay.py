@@ -221,9 +221,7 @@ def reference_budget(lr: float, gain: float, weight_decay: float, steps: int) ->
     return steps * gain * lr * weight_decay
 
 
-def bounds_for(
-    reference: float, trace: GroupTrace, low: float, high: float, form: DecayForm
-) -> tuple[float, float]:
+def bounds_for(reference: float, trace: GroupTrace, low: float, high: float, form: DecayForm) -> tuple[float, float]:
     r"""The sane range of ``λ`` for a group: ``[low·λ_ref, high·λ_ref]``, and no step may decay more than 10 %.
 
     The per-step cap (:data:`MAX_STEP_DECAY`) applies where the shrink has a closed form (coupled SGD, decoupled);
@@ -311,6 +309,62 @@ def pick_lowest(values: Sequence[float], scores: Sequence[float]) -> int:
         raise ValueError("no candidate produced a finite validation loss")
     middle = (len(values) - 1) / 2
     return min(finite, key=lambda i: (scores[i], abs(i - middle)))
+
+
+@dataclass(frozen=True)
+class GridDecision:
+    """Which grid candidate to adopt, and why in words."""
+
+    index: int
+    reason: str
+
+
+def guarded_pick(
+    factors: Sequence[float], losses: Sequence[float], replicate: float, min_gain: float = 0.01
+) -> GridDecision:
+    r"""Adopt the grid's best ``λ`` only on clear evidence; otherwise keep the user's (factor 1).
+
+    Short branches measure ``λ`` through a lot of noise: at a large LR, two branches that differ in the order of the
+    batches alone end apart by as much as two weight decays ten times apart. So the user's branch is run twice (the
+    ``replicate``, with another data order), and another ``λ`` must beat the user's validation loss by more than twice
+    that difference, and by at least ``min_gain`` of it. A branch that diverged says the schedule is at the edge of
+    stability, where a different ``λ`` is a gamble with the whole run: the user's value is kept.
+
+    Args:
+        factors: the candidates as multiples of the user's ``λ``; one of them must be 1.
+        losses: each candidate's validation loss (NaN/inf: the branch diverged).
+        replicate: the user's branch's validation loss with another data order.
+        min_gain: the smallest relative improvement that counts.
+
+    Example::
+
+        >>> guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.40], replicate=0.51).index
+        2
+        >>> guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.47], replicate=0.48).index
+        1
+    """
+    user = min(range(len(factors)), key=lambda i: abs(math.log(factors[i]) if factors[i] > 0 else math.inf))
+    if not math.isclose(factors[user], 1.0):
+        raise ValueError(f"the grid must contain the user's λ (factor 1), got factors {list(factors)}")
+    diverged = [factors[i] for i, loss in enumerate(losses) if not math.isfinite(loss)]
+    if diverged or not math.isfinite(replicate):
+        which = ", ".join(f"{f:g}x" for f in diverged) or "the user's replicate"
+        return GridDecision(user, f"kept: branch(es) at {which} diverged, so the schedule is at the edge of stability")
+    best = pick_lowest(factors, losses)
+    noise = abs(losses[user] - replicate)
+    threshold = max(2.0 * noise, min_gain * abs(losses[user]))
+    gain = losses[user] - losses[best]
+    if best != user and gain > threshold:
+        return GridDecision(
+            best,
+            f"{factors[best]:g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
+            f"({noise:.3g} between two data orders)",
+        )
+    return GridDecision(
+        user,
+        f"kept: the best other λ ({factors[best]:g}x) was not ahead of the user's by more than the noise "
+        f"(gain {gain:.3g}, needed {threshold:.3g}; {noise:.3g} between two data orders)",
+    )
 
 
 def edge_extension(candidates: Sequence[float], best: int, step: float, bounds: tuple[float, float]) -> float | None:

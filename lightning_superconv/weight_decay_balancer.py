@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -25,13 +24,14 @@ from lightning_superconv.weight_decay import (
     SchedulerSpec,
     bounds_for,
     budget_matched,
+    clamp,
     budget_target,
     compressed_indices,
     decay_form,
     grid_candidates,
     group_gain,
     momentum_of,
-    pick_lowest,
+    guarded_pick,
     reference_budget,
     trace_schedule,
 )
@@ -43,7 +43,9 @@ _STATE_VERSION = 1
 _MIN_BRANCH_STEPS = 4
 
 
-class WeightDecayBalancer(Callback):
+# `_compat.Callback` derives from the `Callback` of both Lightning distributions, so `pytorch_lightning.cli.LightningCLI`
+# accepts the balancer by `class_path` too (it refused a subclass of `lightning.pytorch`'s alone); see tests/test_compat.py
+class WeightDecayBalancer(_compat.Callback):
     r"""Set each param group's weight decay for the LR schedule that will actually run.
 
     Large learning rates regularize, so Smith's super-convergence recipe (arXiv 1708.07120 §3) reduces the other
@@ -125,6 +127,7 @@ class WeightDecayBalancer(Callback):
         reference_lr: float | None = None,
         reference_weight_decay: float | None = None,
         target_budget: float = 1.0,
+        min_gain: float = 0.01,
         log_weight_decay: bool = True,
     ) -> None:
         if mode not in _MODES:
@@ -141,6 +144,7 @@ class WeightDecayBalancer(Callback):
         _check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
         _check_number("reference_weight_decay", reference_weight_decay, low=0.0, low_inclusive=True, allow_none=True)
         _check_number("target_budget", target_budget, low=0.0)
+        _check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
         if not isinstance(log_weight_decay, bool):
             raise TypeError(f"`log_weight_decay` must be True or False, got {log_weight_decay!r}")
 
@@ -151,6 +155,7 @@ class WeightDecayBalancer(Callback):
         self.reference_lr = None if reference_lr is None else float(reference_lr)
         self.reference_weight_decay = None if reference_weight_decay is None else float(reference_weight_decay)
         self.target_budget = float(target_budget)
+        self.min_gain = float(min_gain)
         self.log_weight_decay = log_weight_decay
 
         self.weight_decays: list[float] | None = None
@@ -227,9 +232,7 @@ class WeightDecayBalancer(Callback):
             return
         self._warn_adaptive(trainer, optimizer, decayed)
         remaining = max(_total_steps(trainer) - int(trainer.global_step), 1)
-        traces, notes = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _steps_per_epoch(trainer)
-        )
+        traces, notes = trace_schedule(optimizer, _scheduler_specs(trainer), remaining, _steps_per_epoch(trainer))
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
@@ -299,7 +302,11 @@ class WeightDecayBalancer(Callback):
         for i in decayed:
             low, high = self._bounds(optimizer, traces, i)
             ref_budget = self.reference_budgets[i]
-            chosen[i] = chosen[i] if not math.isfinite(ref_budget) else budget_matched(ref_budget, traces[i], (low, min(high, chosen[i])))
+            chosen[i] = (
+                chosen[i]
+                if not math.isfinite(ref_budget)
+                else budget_matched(ref_budget, traces[i], (low, min(high, chosen[i])))
+            )
         ratio = self._budget_ratio(traces, decayed[0])
         return chosen, (
             f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at the user's "
@@ -335,38 +342,48 @@ class WeightDecayBalancer(Callback):
             return list(refs), "left as configured: no validation dataloader to choose by"
         first = decayed[0]
         bounds = self._bounds(optimizer, traces, first)
-        candidates = grid_candidates(refs[first], self.factors, bounds)
+        candidates = grid_candidates(refs[first], [*self.factors, 1.0], bounds)
         factors = [c / refs[first] for c in candidates]
+        # the user's branch runs twice: the second, with another data order, measures the noise
+        runs = [(f, 0) for f in factors] + [(1.0, 1)]
         total = len(traces[first].lrs)
-        steps = max(int(self.cost * total / len(candidates) * (2.0 / 3.0)), 1)
+        # two thirds of the budget for training steps; evaluation may take half as long again (see `_run_grid`)
+        steps = int(self.cost * total / len(runs) * (2.0 / 3.0))
         if steps < _MIN_BRANCH_STEPS:
             _compat.rank_zero_warn(
                 trainer,
-                f"WeightDecayBalancer(mode='grid'): a {total}-step run leaves {steps} step(s) per branch within "
-                f"`cost={self.cost}`, too few to compare weight decays; weight decay is left as configured.",
+                f"WeightDecayBalancer(mode='grid'): a {total}-step run leaves {steps} step(s) for each of {len(runs)} "
+                f"branches within `cost={self.cost}`, too few to compare weight decays; weight decay is left as "
+                "configured.",
             )
             return list(refs), f"left as configured: the run is too short for a grid within `cost={self.cost}`"
         indices = compressed_indices(total, steps)
         start = time.perf_counter()
-        losses, train_seconds = _run_grid(trainer, pl_module, optimizer, traces, indices, decayed, refs, factors, val_batches)
+        losses, train_seconds = _run_grid(
+            trainer, pl_module, optimizer, traces, indices, decayed, refs, runs, val_batches
+        )
         seconds = time.perf_counter() - start
-        best = pick_lowest(factors, losses)
-        chosen = [refs[i] * factors[best] if i in decayed else refs[i] for i in range(len(refs))]
+        decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)
+        factor = factors[decision.index]
+        chosen = list(refs)
         for i in decayed:
-            chosen[i] = min(max(chosen[i], self._bounds(optimizer, traces, i)[0]), self._bounds(optimizer, traces, i)[1])
-        step_seconds = train_seconds / max(steps * len(candidates), 1)
+            chosen[i] = clamp(refs[i] * factor, self._bounds(optimizer, traces, i))
+        step_seconds = train_seconds / max(steps * len(runs), 1)
         fraction = seconds / max(step_seconds * total, 1e-12)
         self.search = {
             "factors": factors,
-            "val_losses": losses,
+            "val_losses": losses[: len(factors)],
+            "replicate_val_loss": losses[-1],
+            "factor": factor,
             "branch_steps": steps,
             "seconds": seconds,
             "cost_fraction": fraction,
         }
         shown = ", ".join(f"{f:g}x: {loss:.4g}" for f, loss in zip(factors, losses))
         return chosen, (
-            f"{factors[best]:g}x the user's λ had the lowest validation loss of {len(factors)} branches of {steps} "
-            f"steps each ({shown}); the search took {seconds:.1f} s, about {100 * fraction:.0f} % of the training time"
+            f"{decision.reason} [validation loss after {len(runs)} branches of {steps} steps: {shown}, "
+            f"1x again: {losses[-1]:.4g}; the search took {seconds:.1f} s, about {100 * fraction:.0f} % of the "
+            "training time]"
         )
 
     def _apply(self, optimizer: Any, values: Sequence[float]) -> None:
@@ -396,28 +413,41 @@ def _run_grid(
     indices: list[int],
     decayed: list[int],
     refs: Sequence[float],
-    factors: Sequence[float],
+    runs: Sequence[tuple[float, int]],
     val_batches: _ValidationSet,
 ) -> tuple[list[float], float]:
-    """Run one compressed branch per factor from the same snapshot, restore it, and return the validation losses."""
+    r"""Run one compressed branch per ``(factor, data order)`` from the same snapshot; restore it; return val losses.
+
+    Every branch starts from the same parameters, optimizer state and RNG streams, so branches of data order 0 see the
+    same batches and dropout masks and differ in ``λ`` alone; order ``k > 0`` reseeds the RNG streams (global and
+    the dataloaders' own generators) to give another order of batches.
+    """
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     loaders = list(trainer.fit_loop._combined_loader.flattened)
-    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+    generators = dataloader_generators(loaders)
+    snapshot = capture(pl_module, optimizer, scaler, generators)
     losses: list[float] = []
     train_seconds = 0.0
     lrs = [traces[0].lrs[t] for t in indices]
     handle = None
     try:
-        for factor in factors:
+        for factor, order in runs:
             restore(snapshot, scaler)
             for i in decayed:
                 optimizer.param_groups[i]["weight_decay"] = refs[i] * factor
-            counter = iter(indices)
-            handle = optimizer.register_step_pre_hook(_schedule_hook(traces, counter))
+            handle = optimizer.register_step_pre_hook(_schedule_hook(traces, iter(indices)))
             start = time.perf_counter()
             with isolate_rng(), quiet_trainer(trainer, pl_module):
+                if order:
+                    torch.manual_seed(torch.initial_seed() + order)
+                    for generator in generators:
+                        generator.manual_seed(generator.initial_seed() + order)
                 record = sweep(
-                    trainer, pl_module, optimizer, lrs, [1.0] * len(optimizer.param_groups),
+                    trainer,
+                    pl_module,
+                    optimizer,
+                    lrs,
+                    [1.0] * len(optimizer.param_groups),
                     DivergenceMonitor(threshold=math.inf, beta=0.0),
                 )
                 elapsed = time.perf_counter() - start

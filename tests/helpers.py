@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -21,24 +22,8 @@ def make_dataset(n: int = 256, features: int = 16, classes: int = 4, seed: int =
     return TensorDataset(x, y)
 
 
-class TinyClassifier(L.LightningModule):
-    """An MLP with BatchNorm and dropout; SGD with momentum unless told otherwise."""
-
-    def __init__(
-        self,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        optimizer: str = "sgd",
-        batch_size: int = 32,
-        n: int = 256,
-        scheduler: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(
-            nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4)
-        )
+class _TinyClassifierSteps:
+    """Steps, optimizer and data of ``TinyClassifier``, shared by its ``lightning`` and ``pytorch_lightning`` forms."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -70,6 +55,46 @@ class TinyClassifier(L.LightningModule):
 
     def val_dataloader(self):
         return DataLoader(make_dataset(64, seed=1), batch_size=32)
+
+
+def _tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
+
+
+class TinyClassifier(_TinyClassifierSteps, L.LightningModule):
+    """An MLP with BatchNorm and dropout; SGD with momentum unless told otherwise."""
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+        batch_size: int = 32,
+        n: int = 256,
+        scheduler: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = _tiny_net()
+
+
+class StandaloneTinyClassifier(_TinyClassifierSteps, pl.LightningModule):
+    """``TinyClassifier`` written against the standalone ``pytorch_lightning`` distribution."""
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+        batch_size: int = 32,
+        n: int = 256,
+        scheduler: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = _tiny_net()
 
 
 def trainer_kwargs(tmp_path, **overrides):

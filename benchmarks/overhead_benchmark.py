@@ -1,0 +1,137 @@
+"""What the callbacks cost per training step, by Lightning's ``SimpleProfiler``, on two networks on Fashion-MNIST.
+
+Both callbacks run with their defaults inside a real ``fit``; Lightning's ``SimpleProfiler`` times every callback hook
+(``[Callback]SuperConvergence.on_train_batch_start`` and so on) and the training loop itself. Per step we add up the
+time spent in all hooks of each callback that run during training (batch start/end, before/after backward, before
+the optimizer step and zero_grad, epoch start/end) and divide by the mean time of a training step (the profiler's
+``run_training_epoch`` over the steps it ran, so data loading, forward, backward, the optimizer and logging are all in
+the denominator). Target: at most 1 % for both callbacks together.
+
+Reported beside it, for scale: the ``OneCycleLR.step()`` the installed schedule costs (any scheduler costs about as
+much), Lightning's own ``LearningRateMonitor`` (which logs what ``SuperConvergence`` logs), and the one-off costs at
+the start: the range test (``SuperConvergence.on_fit_start``) and the weight-decay grid
+(``WeightDecayBalancer.on_train_start``), in seconds and in training steps' worth.
+
+Setups: ``example`` is the README's main job (``examples/fashion_mnist.py``: its network, data pipeline, precision
+and TensorBoard logging every 10 steps) on a 12,800-image subset for 4 epochs; ``bn_cnn`` is the small BatchNorm CNN
+of ``benchmarks/common.py`` (a fast step, so the hooks weigh most), fp32, logging every step.
+
+Run from the repository root (about 3 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
+
+    python -m benchmarks.overhead_benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import SimpleProfiler
+
+from benchmarks.common import PAIRS, BenchModule, save_cache
+from examples.fashion_mnist import FashionClassifier, default_precision
+from examples.fashion_mnist_data import FashionMNISTDataModule
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+CACHE = "overhead.json"
+# Hooks that run once per fit (their cost is reported as one-off), not per training step.
+ONE_OFF = {"setup", "on_fit_start", "on_train_start", "on_train_end", "on_fit_end", "teardown", "on_save_checkpoint",
+           "state_dict", "load_state_dict", "on_sanity_check_start", "on_sanity_check_end"}  # fmt: skip
+
+
+def _profile(setup: str, logdir: str) -> dict[str, Any]:
+    """One profiled fit of ``setup`` with both callbacks and ``LearningRateMonitor``; returns the profiler's totals."""
+    L.seed_everything(0, verbose=False)
+    if setup == "example":
+        dm = FashionMNISTDataModule(batch_size=256, train_size=12_800, val_size=5000, augment=True)
+        model: L.LightningModule = FashionClassifier()
+        epochs, precision, log_every = 4, default_precision(), 10
+    else:
+        dm = FashionMNISTDataModule(batch_size=128, train_size=12_800, val_size=5000)
+        model = BenchModule(PAIRS["bn_cnn_sgd"])
+        epochs, precision, log_every = 3, "32-true", 1
+    profiler = SimpleProfiler()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=epochs,
+        callbacks=[SuperConvergence(), WeightDecayBalancer(), LearningRateMonitor(logging_interval="step")],
+        logger=TensorBoardLogger(logdir, name=setup),
+        log_every_n_steps=log_every,
+        profiler=profiler,
+        check_val_every_n_epoch=10_000,  # the balancer's grid reads the validation set; training runs no validation
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    steps = trainer.global_step
+    durations = profiler.recorded_durations
+    step_seconds = sum(durations["run_training_epoch"]) / steps
+
+    def hooks(name: str, one_off: bool) -> float:
+        return sum(
+            sum(times)
+            for key, times in durations.items()
+            if key.startswith(f"[Callback]{name}") and (key.rsplit(".", 1)[-1] in ONE_OFF) == one_off
+        )
+
+    scheduler = sum(sum(v) for k, v in durations.items() if k.endswith(".lr_scheduler_step"))
+    return {
+        "steps": steps,
+        "step_ms": 1000 * step_seconds,
+        "superconvergence_ms": 1000 * hooks("SuperConvergence", False) / steps,
+        "balancer_ms": 1000 * hooks("WeightDecayBalancer", False) / steps,
+        "lr_monitor_ms": 1000 * hooks("LearningRateMonitor", False) / steps,
+        "scheduler_ms": 1000 * scheduler / steps,
+        "range_test_s": hooks("SuperConvergence", True),
+        "grid_s": hooks("WeightDecayBalancer", True),
+        "max_lr": trainer.callbacks[0].max_lr if isinstance(trainer.callbacks[0], SuperConvergence) else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setups", nargs="*", default=["example", "bn_cnn"], choices=["example", "bn_cnn"])
+    parser.add_argument("--repeats", type=int, default=2, help="fits per setup; the table shows the median")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as logdir:
+        for setup in args.setups:
+            runs = [_profile(setup, logdir) for _ in range(args.repeats)]
+            results[setup] = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "max_lr"}
+            results[setup]["runs"] = runs
+    save_cache(CACHE, results)
+
+    print("\nPer training step, median of", args.repeats, "profiled fits (Lightning's SimpleProfiler):")
+    print("| setup | step (ms) | SuperConvergence hooks | WeightDecayBalancer hooks | both | OneCycleLR.step | "
+          "LearningRateMonitor | range test (one-off) | weight-decay grid (one-off) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for setup, r in results.items():
+        step = r["step_ms"]
+
+        def pct(ms: float, step: float = step) -> str:
+            return f"{ms:.3f} ms ({100 * ms / step:.2f} %)"
+
+        both = r["superconvergence_ms"] + r["balancer_ms"]
+        print(
+            f"| {setup} ({r['steps']:.0f} steps) | {step:.1f} | {pct(r['superconvergence_ms'])} | "
+            f"{pct(r['balancer_ms'])} | {pct(both)} | {pct(r['scheduler_ms'])} | {pct(r['lr_monitor_ms'])} | "
+            f"{r['range_test_s']:.1f} s ({1000 * r['range_test_s'] / step:.0f} steps) | "
+            f"{r['grid_s']:.1f} s ({1000 * r['grid_s'] / step:.0f} steps) |"
+        )
+    worst = max(100 * (r["superconvergence_ms"] + r["balancer_ms"]) / r["step_ms"] for r in results.values())
+    print(f"\nBoth callbacks' hooks, worst setup: {worst:.2f} % of a training step (target: <= 1 %).")
+
+
+if __name__ == "__main__":
+    main()

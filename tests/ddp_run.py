@@ -1,0 +1,117 @@
+r"""Two-process DDP runs on CPU (gloo) for ``test_distributed.py``: ``python tests/ddp_run.py OUT_DIR``.
+
+Run as a script, never imported by a test: Lightning's ``strategy="ddp"`` starts rank 1 by running this same command
+again, exactly as it does for a user's training script, so every rank executes ``main`` from the top. Each rank writes
+what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
+
+1. ``SuperConvergence`` and ``WeightDecayBalancer`` on a shuffled map-style dataset that Lightning's
+   ``DistributedSampler`` splits between the ranks (different data per rank), with gradient accumulation. Each rank
+   has its own ``default_root_dir`` and no logger or checkpoint, as on machines without a shared filesystem.
+2. A one-shot ``IterableDataset`` that runs out on rank 1 after two batches and on rank 0 after six: the range test
+   must stop on both ranks at the same step (a rank that went on would wait forever in DDP's all-reduce).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def main(out: str) -> None:  # noqa: D103
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import lightning as L
+    import torch
+    from helpers import TinyClassifier, make_dataset
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+    torch.set_num_threads(1)
+
+    class RankRecorder(TinyClassifier):
+        """Records every local ``training_step`` loss, range-test steps included."""
+
+        def __init__(self) -> None:
+            super().__init__(batch_size=16, n=256)
+            self.local_losses: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.local_losses.append(float(loss.detach()))
+            return loss
+
+    class OneShot(IterableDataset):
+        """Yields ``n`` samples once; a second ``iter`` continues the same, exhausted iterator."""
+
+        def __init__(self) -> None:
+            self._iterator = None
+
+        def __iter__(self):
+            if self._iterator is None:
+                n = 2 * 16 if torch.distributed.get_rank() == 1 else 6 * 16
+                data = make_dataset(n, seed=torch.distributed.get_rank())
+                self._iterator = iter([data[i] for i in range(n)])
+            return self._iterator
+
+    class OneShotClassifier(TinyClassifier):
+        def train_dataloader(self):
+            return DataLoader(OneShot(), batch_size=16)
+
+    rank_dir = os.path.join(out, f"root{os.environ.get('LOCAL_RANK', '0')}")
+    common = dict(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=rank_dir,
+    )
+
+    # 1. the range test, the cycle and the balancer under DDP
+    L.seed_everything(0, verbose=False)
+    model = RankRecorder()
+    superconv = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=8)
+    balancer = WeightDecayBalancer(mode="budget")
+    trainer = L.Trainer(
+        callbacks=[superconv, balancer], max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2, **common
+    )
+    trainer.fit(model)
+    rank = trainer.global_rank
+    written = sorted(os.path.relpath(os.path.join(d, f), rank_dir) for d, _, fs in os.walk(rank_dir) for f in fs)
+    report = {
+        "rank": rank,
+        "world_size": trainer.world_size,
+        "local_losses": model.local_losses,
+        "result": superconv.result.to_dict(),
+        "max_lr": superconv.max_lr,
+        "total_steps": superconv.total_steps,
+        "scheduler_total_steps": trainer.lr_scheduler_configs[0].scheduler.total_steps,
+        "global_step": trainer.global_step,
+        "weight_decays": balancer.weight_decays,
+        "final_lr": trainer.optimizers[0].param_groups[0]["lr"],
+        "weights": [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])],
+        "files_written": written,
+    }
+
+    # 2. data that runs out during the range test, earlier on one rank than on the other
+    L.seed_everything(0, verbose=False)
+    try:
+        trainer = L.Trainer(callbacks=[SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)], max_steps=4, **common)
+        trainer.fit(OneShotClassifier())
+        report["one_shot_error"] = None
+    except Exception as err:  # the expected outcome: too few points to read, on every rank alike
+        report["one_shot_error"] = f"{type(err).__name__}: {err}"
+        report["one_shot_traceback"] = traceback.format_exc()
+
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

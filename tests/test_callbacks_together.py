@@ -1,0 +1,244 @@
+"""Beside Lightning's own callbacks, and beside each other in either order: defined behaviour, tested."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from lightning.pytorch.callbacks import (
+    BackboneFinetuning,
+    Callback,
+    EarlyStopping,
+    LearningRateFinder,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+)
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.swa_utils import SWALR
+from torch.utils.data import DataLoader
+
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+
+class Recorder(Callback):
+    """Records each param group's LR, momentum and weight decay, and the scheduler, at every training step."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[tuple[float, float, float]]] = []
+        self.schedulers: list[type] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.groups.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in groups])
+        self.schedulers.append(type(trainer.lr_scheduler_configs[0].scheduler))
+
+
+def _fit(tmp_path, model, callbacks, seed=0, **overrides):
+    L.seed_everything(seed, verbose=False)
+    overrides.setdefault("limit_train_batches", 4)
+    trainer = L.Trainer(callbacks=list(callbacks), **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+def _seeded(model_cls=TinyClassifier, **kwargs):
+    L.seed_everything(0, verbose=False)
+    return model_cls(**kwargs)
+
+
+def _reference_lrs(max_lr: float, total_steps: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    scheduler = OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+# ------------------------------------------------------------------------------------------------ Lightning's finder
+
+
+def test_learning_rate_finder_in_the_same_trainer_is_refused(tmp_path):
+    """Two LR finders would fight over the LR: a clear error before either runs, naming what to remove."""
+    model = _seeded()
+    with pytest.raises(MisconfigurationException, match=r"`LearningRateFinder`.*same Trainer.*Remove `LearningRateF"):
+        _fit(tmp_path, model, [LearningRateFinder(), SuperConvergence(num_steps=10)])
+    assert model.trainer.global_step == 0
+
+
+def test_tuner_lr_find_on_a_trainer_with_superconvergence_is_refused(tmp_path):
+    """`Tuner.lr_find` adds Lightning's finder to the same Trainer: the same clear error."""
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))
+    with pytest.raises(MisconfigurationException, match=r"`Tuner.lr_find`.*`SuperConvergence`"):
+        Tuner(trainer).lr_find(_seeded(), num_training=5)
+
+
+def test_two_superconvergence_callbacks_are_refused_when_the_trainer_is_built(tmp_path):
+    """One optimizer follows one cycle: Lightning refuses a second `SuperConvergence` (same state key) at once."""
+    with pytest.raises(RuntimeError, match=r"more than one stateful callback of type `SuperConvergence`"):
+        L.Trainer(callbacks=[SuperConvergence(max_lr=0.1), SuperConvergence(max_lr=0.2)], **trainer_kwargs(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ SWA
+
+
+@pytest.mark.parametrize("swa_first", [False, True], ids=["swa-after", "swa-before"])
+def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_path, swa_first):
+    """The cycle spans the run's 12 steps and runs until SWA starts (third of 3 epochs); then SWA's `SWALR` rules.
+
+    In either order of the callbacks list: SWA's extra batch-norm epoch does not lengthen the cycle.
+    """
+    recorder = Recorder()
+    callback = SuperConvergence(num_steps=15)
+    swa = StochasticWeightAveraging(swa_lrs=1e-3, swa_epoch_start=3)  # 1-based: the third epoch
+    callbacks = [swa, callback] if swa_first else [callback, swa]
+    trainer = _fit(tmp_path, _seeded(), [*callbacks, recorder], max_epochs=3)
+    assert callback.total_steps == 12
+    assert recorder.schedulers[:12] == [type(callback._scheduler)] * 8 + [SWALR] * 4
+    assert [g[0][0] for g in recorder.groups[:8]] == pytest.approx(_reference_lrs(callback.max_lr, 12)[:8], rel=1e-12)
+    assert trainer.state.finished
+    assert int(swa.n_averaged) > 0
+
+
+# ------------------------------------------------------------------------------------------------ LearningRateMonitor
+
+
+def test_learning_rate_monitor_logs_the_cycle_momentum_and_balanced_weight_decay(tmp_path):
+    """`LearningRateMonitor(log_momentum=True, log_weight_decay=True)` logs what each step used, range test excluded."""
+    recorder = Recorder()
+    balancer = WeightDecayBalancer(mode="budget")
+    monitor = LearningRateMonitor(logging_interval="step", log_momentum=True, log_weight_decay=True)
+    logger = CSVLogger(tmp_path)
+    trainer = _fit(
+        tmp_path,
+        _seeded(),
+        [SuperConvergence(num_steps=15), balancer, monitor, recorder],
+        logger=logger,
+        log_every_n_steps=1,
+    )
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("lr-SGD")]
+    assert [int(row["step"]) for row in rows] == list(range(trainer.global_step))
+    lrs, momenta, decays = zip(*[step[0] for step in recorder.groups], strict=True)
+    assert [float(row["lr-SGD"]) for row in rows] == pytest.approx(lrs, rel=1e-6)
+    assert [float(row["lr-SGD-momentum"]) for row in rows] == pytest.approx(momenta, rel=1e-6)
+    assert [float(row["lr-SGD-weight_decay"]) for row in rows] == pytest.approx(
+        [balancer.weight_decays[0]] * trainer.global_step, rel=1e-6
+    )
+    assert balancer.weight_decays[0] != 5e-4
+
+
+# ------------------------------------------------------------------------------------------------ ModelCheckpoint
+
+
+def test_model_checkpoint_sees_real_steps_only(tmp_path):
+    """A per-step `ModelCheckpoint` on `train_loss` writes one file per real step: none for range-test steps."""
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="train_loss", every_n_train_steps=1, save_top_k=-1, filename="{step}"
+    )
+    trainer = _fit(tmp_path, _seeded(), [SuperConvergence(num_steps=15), checkpoint], enable_checkpointing=True)
+    files = sorted(int(p.stem.split("=")[1]) for p in (tmp_path / "ckpt").glob("*.ckpt"))
+    assert files == list(range(1, trainer.global_step + 1))
+    best = torch.load(checkpoint.best_model_path, weights_only=True)
+    assert best["callbacks"]["SuperConvergence"]["max_lr"] == trainer.callbacks[0].max_lr
+
+
+# ------------------------------------------------------------------------------------------------ EarlyStopping
+
+
+class LossLog(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_early_stopping_ends_the_run_on_real_metrics_with_the_cycle_unfinished(tmp_path):
+    """EarlyStopping stops after the first epoch on the last real step's loss; the cycle simply ends early."""
+    losses = LossLog()
+    stopper = EarlyStopping(monitor="train_loss", check_on_train_epoch_end=True, stopping_threshold=100.0)
+    callback = SuperConvergence(num_steps=15)
+    trainer = _fit(tmp_path, _seeded(), [callback, stopper, losses], max_epochs=3)
+    assert trainer.global_step == 4
+    assert stopper.stopped_epoch == 0
+    # what EarlyStopping read is the last real step's loss, not a range-test one
+    assert float(trainer.callback_metrics["train_loss"]) == pytest.approx(losses.losses[-1], rel=1e-6)
+    assert len(losses.losses) == 4
+    assert callback._scheduler.last_epoch == 4 < callback.total_steps == 12
+
+
+# ------------------------------------------------------------------------------------------------ both callbacks
+
+
+def _run_both(tmp_path, order: str):
+    recorder = Recorder()
+    superconv, balancer = SuperConvergence(num_steps=15), WeightDecayBalancer(mode="budget")
+    callbacks = [superconv, balancer] if order == "superconv-first" else [balancer, superconv]
+    trainer = _fit(tmp_path, _seeded(), [*callbacks, recorder])
+    return superconv, balancer, trainer, recorder
+
+
+def test_the_two_callbacks_give_the_same_run_in_either_order(tmp_path):
+    """`[SuperConvergence, WeightDecayBalancer]` and the reverse: same pick, weight decay, schedule and weights."""
+    sc_a, wd_a, trainer_a, rec_a = _run_both(tmp_path / "a", "superconv-first")
+    sc_b, wd_b, trainer_b, rec_b = _run_both(tmp_path / "b", "balancer-first")
+    assert sc_a.result == sc_b.result
+    assert wd_a.weight_decays == wd_b.weight_decays != [5e-4]
+    assert rec_a.groups == rec_b.groups
+    for (name, a), (_, b) in zip(
+        trainer_a.lightning_module.state_dict().items(), trainer_b.lightning_module.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+# ------------------------------------------------------------------------------------------------ BackboneFinetuning
+
+
+class BackboneClassifier(TinyClassifier):
+    """A `backbone` that `BackboneFinetuning` freezes at first and unfreezes at epoch 1, adding a param group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.net[3] = nn.Identity()
+
+    def forward(self, x):
+        return self.net(self.backbone(x))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(128), batch_size=32)
+
+
+def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, caplog):
+    """The backbone's group, added at epoch 1, follows the cycle at the ratio it was added with; no crash."""
+    recorder = Recorder()
+    finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1)
+    callback = SuperConvergence(max_lr=0.2)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer = _fit(tmp_path, BackboneClassifier(), [finetuning, callback, recorder], max_epochs=3)
+    assert trainer.global_step == 12
+    assert [len(groups) for groups in recorder.groups] == [1] * 4 + [2] * 8
+    head = [groups[0] for groups in recorder.groups[4:]]
+    backbone = [groups[1] for groups in recorder.groups[4:]]
+    # BackboneFinetuning adds the backbone at a tenth of the head's LR, and rewrites it at every epoch start: the
+    # cycle keeps it at that tenth at every step, with the head's momentum
+    assert [b[0] / h[0] for h, b in zip(head, backbone, strict=True)] == pytest.approx([0.1] * 8, rel=1e-9)
+    assert [b[1] for b in backbone] == pytest.approx([h[1] for h in head], rel=1e-12)
+    assert [g[0][0] for g in recorder.groups] == pytest.approx(_reference_lrs(0.2, 12), rel=1e-12)
+    assert any("join the one-cycle at 0.1x" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,90 @@
+"""LightningCLI builds both callbacks from the example's YAML (``trainer.callbacks``) and they run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from torch.optim.lr_scheduler import OneCycleLR
+
+from examples.fashion_mnist_data import DEBIAN_DIR, _has_files
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+CONFIG = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_cli.yaml"
+
+pytestmark = pytest.mark.skipif(
+    not _has_files(DEBIAN_DIR), reason="needs Fashion-MNIST from `apt-get install dataset-fashion-mnist`"
+)
+
+
+def _callback_args(class_name: str) -> dict:
+    config = yaml.safe_load(CONFIG.read_text())
+    (entry,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(class_name)]
+    return entry["init_args"]
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """The example CLI's ``fit`` on the YAML config, shrunk on the command line (but long enough for the grid)."""
+    from examples.fashion_mnist_cli import main
+
+    tmp_path = tmp_path_factory.mktemp("cli")
+    return main(
+        [
+            "fit",
+            "--config", str(CONFIG),
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.precision=32-true",
+            "--trainer.max_epochs=3",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.limit_test_batches=1",
+            "--trainer.enable_progress_bar=false",
+            "--model.width=4",
+            "--data.train_size=512",
+            "--data.val_size=128",
+            "--data.batch_size=8",
+        ]
+    )  # fmt: skip
+
+
+def test_superconvergence_is_built_from_the_yaml(cli):
+    """The ``SuperConvergence`` in the trainer carries the YAML's ``init_args``."""
+    (sc,) = [c for c in cli.trainer.callbacks if isinstance(c, SuperConvergence)]
+    expected = _callback_args("SuperConvergence")
+    assert sc.lr_range == tuple(expected["lr_range"])
+    assert sc.num_steps == expected["num_steps"]
+    assert sc.pct_start == expected["pct_start"]
+    assert sc.div_factor == expected["div_factor"]
+    assert sc.final_div_factor == expected["final_div_factor"]
+
+
+def test_weight_decay_balancer_is_built_from_the_yaml(cli):
+    """The ``WeightDecayBalancer`` in the trainer carries the YAML's ``init_args``."""
+    (wd,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightDecayBalancer)]
+    expected = _callback_args("WeightDecayBalancer")
+    assert wd.mode == expected["mode"]
+    assert wd.cost == expected["cost"]
+
+
+def test_both_callbacks_ran(cli):
+    """The range test ran within the YAML's limits and installed its pick; the balancer set the weight decay."""
+    (sc,) = [c for c in cli.trainer.callbacks if isinstance(c, SuperConvergence)]
+    (wd,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightDecayBalancer)]
+    assert sc.result is not None
+    assert 2 < len(sc.result.lrs) <= sc.num_steps
+    assert sc.lr_range[0] <= sc.max_lr <= sc.lr_range[1]
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, OneCycleLR)
+    assert scheduler.total_steps == cli.trainer.estimated_stepping_batches
+    assert wd.weight_decays is not None
+    assert cli.trainer.optimizers[0].param_groups[0]["weight_decay"] == wd.weight_decays[0]
+    assert wd.search is not None, wd.reason  # the grid ran: the run is long enough for its branches
+    assert len(wd.search["val_losses"]) == len(wd.search["factors"]) > 1
+
+
+def test_fit_was_followed_by_one_test(cli):
+    """The CLI tests the fitted model once on the test set, after training ran to ``max_epochs``."""
+    assert cli.trainer.current_epoch == 3
+    assert "test_acc" in cli.trainer.callback_metrics

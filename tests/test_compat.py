@@ -1,0 +1,121 @@
+"""Both import styles: ``lightning.pytorch`` and the standalone ``pytorch_lightning`` distribution."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as lp
+import pytest
+import pytorch_lightning as pl
+from helpers import StandaloneTinyClassifier, TinyClassifier, make_dataset
+from torch.optim.lr_scheduler import OneCycleLR
+from torch.utils.data import DataLoader
+
+from lightning_superconv import SuperConvergence, WeightDecayBalancer, find_max_lr
+
+QUIET = dict(
+    accelerator="cpu",
+    devices=1,
+    max_epochs=2,
+    limit_train_batches=4,
+    limit_val_batches=0,
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
+
+
+class StandaloneManual(StandaloneTinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("callback", [SuperConvergence, WeightDecayBalancer])
+def test_callbacks_are_callbacks_of_both_distributions(callback):
+    """`isinstance` holds for either distribution's `Callback`, as `LightningCLI`'s type checks require."""
+    assert isinstance(callback(), lp.Callback)
+    assert isinstance(callback(), pl.Callback)
+
+
+def test_standalone_trainer_runs_both_callbacks(tmp_path, caplog):
+    """A `pytorch_lightning.Trainer` gets the range test, the cycle in its own config class, and the balanced λ."""
+    superconv, balancer = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10), WeightDecayBalancer(mode="budget")
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[superconv, balancer], **QUIET)
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
+        trainer.fit(StandaloneTinyClassifier())
+    assert trainer.global_step == 8
+    assert len(superconv.result.losses) == 10
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config, pl.utilities.types.LRSchedulerConfig)
+    assert isinstance(config.scheduler, OneCycleLR)
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == balancer.weight_decays[0] != 5e-4
+    # the messages go through the standalone distribution's rank-zero logger
+    assert any("SuperConvergence: range test picked" in r.getMessage() for r in caplog.records)
+
+
+def test_standalone_trainer_gets_its_own_exception_class(tmp_path):
+    """A setup the callback cannot serve raises the `MisconfigurationException` a `pytorch_lightning` user catches."""
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[SuperConvergence(max_lr=0.1)], **QUIET)
+    with pytest.raises(pl.utilities.exceptions.MisconfigurationException, match="automatic optimization"):
+        trainer.fit(StandaloneManual())
+
+
+def test_standalone_resume_continues_the_cycle(tmp_path):
+    """`pytorch_lightning`'s checkpoint and resume carry the callback state and the cycle's position."""
+    first = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    kwargs = {**QUIET, "enable_checkpointing": True, "max_epochs": 1}
+    pl.Trainer(default_root_dir=tmp_path, callbacks=[first, ckpt], **kwargs).fit(StandaloneTinyClassifier())
+    resumed = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
+    trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[resumed], **{**kwargs, "max_epochs": 2})
+    with pytest.warns(RuntimeWarning, match="planned for 4"):
+        trainer.fit(StandaloneTinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.result == first.result
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 8
+
+
+def test_find_max_lr_with_a_standalone_module(tmp_path):
+    """`find_max_lr` runs a `pytorch_lightning` module on a `pytorch_lightning.Trainer`."""
+    result = find_max_lr(
+        StandaloneTinyClassifier(),
+        train_dataloaders=DataLoader(make_dataset(128), batch_size=32, shuffle=True),
+        trainer_kwargs={"default_root_dir": tmp_path, "accelerator": "cpu"},
+        lr_range=(1e-2, 1.0),
+        num_steps=10,
+    )
+    assert len(result.losses) == 10
+
+
+CLI_CALLBACKS = [
+    {"class_path": "lightning_superconv.SuperConvergence", "init_args": {"num_steps": 10, "lr_range": [0.01, 1.0]}},
+    {"class_path": "lightning_superconv.WeightDecayBalancer", "init_args": {"mode": "budget"}},
+]
+
+
+@pytest.mark.parametrize(
+    ("cli_module", "model"),
+    [("lightning.pytorch.cli", TinyClassifier), ("pytorch_lightning.cli", StandaloneTinyClassifier)],
+    ids=["lightning", "pytorch_lightning"],
+)
+def test_lightning_cli_builds_the_callbacks_from_config(tmp_path, cli_module, model):
+    """Either distribution's `LightningCLI` accepts both callbacks by `class_path` under `trainer.callbacks`."""
+    cli_cls = pytest.importorskip(cli_module).LightningCLI
+    config = {"trainer": {**QUIET, "default_root_dir": str(tmp_path), "callbacks": CLI_CALLBACKS}}
+    cli = cli_cls(model, run=False, args=config, save_config_callback=None)
+    callbacks = cli.trainer.callbacks
+    superconv = next(cb for cb in callbacks if isinstance(cb, SuperConvergence))
+    balancer = next(cb for cb in callbacks if isinstance(cb, WeightDecayBalancer))
+    assert (superconv.num_steps, superconv.lr_range) == (10, (0.01, 1.0))
+    assert balancer.mode == "budget"
+    cli.trainer.fit(cli.model)
+    assert superconv.result is not None

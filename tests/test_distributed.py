@@ -1,0 +1,93 @@
+"""DDP for real: two processes on CPU with gloo, launched the way Lightning launches a user's script.
+
+One launch (``tests/ddp_run.py``, 15-25 s here) serves every test in this module; see that script for what runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_run.py")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of the two ranks reported, in rank order."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run(
+        [sys.executable, SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    reports = [out / f"rank{r}.json" for r in range(2)]
+    log = done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0, log
+    assert all(p.exists() for p in reports), log
+    return [json.loads(p.read_text()) for p in reports]
+
+
+def _step_losses(local: list[float], steps: int, accumulate: int) -> list[float]:
+    """A rank's own loss per range-test step: the float32 mean of its micro-batch losses, as the sweep records it."""
+    per_step = torch.tensor(local[: steps * accumulate], dtype=torch.float32).view(steps, accumulate)
+    return per_step.mean(dim=1).tolist()
+
+
+def test_ranks_train_on_different_data(ranks):
+    """The sampler gives each rank its own batches, so the ranks' own range-test losses differ."""
+    r0, r1 = ranks
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["local_losses"][:16] != r1["local_losses"][:16]
+
+
+def test_curve_is_the_mean_of_the_ranks_own_losses(ranks):
+    """Each recorded loss is the mean over both ranks of that rank's mean over its accumulated micro-batches."""
+    r0, r1 = ranks
+    result = r0["result"]
+    steps = len(result["losses"])
+    assert result["stop_reason"] == "completed"
+    assert steps == 8
+    own0, own1 = (_step_losses(r["local_losses"], steps, accumulate=2) for r in ranks)
+    expected = [(a + b) / 2 for a, b in zip(own0, own1, strict=True)]
+    assert result["losses"] == pytest.approx(expected, rel=1e-6)
+    # rank 0's curve broadcast to all would also be identical everywhere, and is not what was recorded
+    assert result["losses"] != pytest.approx(own0, rel=1e-4)
+
+
+def test_every_rank_reads_the_same_curve_and_pick(ranks):
+    """`callback.result`, `max_lr` and the installed cycle are identical on every rank, bit for bit."""
+    r0, r1 = ranks
+    assert r0["result"] == r1["result"]
+    assert r0["max_lr"] == r1["max_lr"] == r0["result"]["max_lr"]
+    assert r0["scheduler_total_steps"] == r1["scheduler_total_steps"] == r0["total_steps"] == 4
+
+
+def test_fit_completes_with_identical_models_and_weight_decay(ranks):
+    """The fit runs all its steps; both ranks end with the same weights, LR and balanced weight decay."""
+    r0, r1 = ranks
+    assert r0["global_step"] == r1["global_step"] == 4
+    assert r0["weights"] == r1["weights"]
+    assert r0["final_lr"] == r1["final_lr"]
+    assert r0["weight_decays"] == r1["weight_decays"]
+    assert r0["weight_decays"] != [5e-4]  # the balancer acted, identically on both ranks
+
+
+def test_no_shared_filesystem_is_needed(ranks):
+    """Each rank has its own root directory, and the range test writes nothing to either."""
+    assert [r["files_written"] for r in ranks] == [[], []]
+
+
+def test_data_running_out_stops_every_rank_at_the_same_step(ranks):
+    """A one-shot stream that ends earlier on rank 1: both ranks stop together and fail with the same clear error."""
+    r0, r1 = ranks
+    assert r0["one_shot_error"] is not None, "the fit should have failed: too few points to read"
+    assert r0["one_shot_error"] == r1["one_shot_error"]
+    assert "MisconfigurationException" in r0["one_shot_error"]
+    assert "ran out after 1 step(s)" in r0["one_shot_error"]

@@ -1,0 +1,79 @@
+"""The examples' ``main()`` end to end, shrunk: the code paths a user runs, on tiny data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from examples.fashion_mnist_data import DEBIAN_DIR, _has_files
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+
+def _callbacks(trainer):
+    sc = next(c for c in trainer.callbacks if isinstance(c, SuperConvergence))
+    wd = next(c for c in trainer.callbacks if isinstance(c, WeightDecayBalancer))
+    return sc, wd
+
+
+def test_cifar10_example_runs_on_fake_data(tmp_path, capsys):
+    """ResNet-9 on the generated stand-in: range test, one cycle, the balancer's grid, test, summary line."""
+    from examples.cifar10_resnet import main
+
+    out = main(
+        [
+            "--fake-data", "--accelerator", "cpu", "--devices", "1", "--width", "4", "--epochs", "4",
+            "--batch-size", "8", "--range-test-steps", "20", "--lr-range", "1e-3", "3", "--log-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    sc, wd = _callbacks(out["trainer"])
+    assert sc.result is not None
+    assert 1e-3 <= sc.max_lr <= 3
+    assert len(sc.result.lrs) <= 20
+    assert wd.search is not None, wd.reason  # 4 epochs of 48 steps: long enough for the grid's branches
+    assert 0 <= out["test_acc"] <= 100
+    assert "CIFAR-10 resnet9: test accuracy" in capsys.readouterr().out
+
+
+def test_cifar10_example_runs_resnet56_in_bf16(tmp_path):
+    """ResNet-56 under ``bf16-mixed``: the range test and the cycle go through the precision plugin."""
+    from examples.cifar10_resnet import main
+
+    out = main(
+        [
+            "--fake-data", "--accelerator", "cpu", "--devices", "1", "--arch", "resnet56", "--width", "4",
+            "--precision", "bf16-mixed", "--epochs", "1", "--batch-size", "16", "--range-test-steps", "8",
+            "--lr-range", "1e-3", "3", "--limit-batches", "3", "--log-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    trainer = out["trainer"]
+    sc, _ = _callbacks(trainer)
+    assert trainer.precision == "bf16-mixed"
+    assert sc.result is not None
+    assert math.isfinite(sc.max_lr)
+    assert trainer.global_step == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_files(DEBIAN_DIR), reason="needs `apt-get install dataset-fashion-mnist`")
+def test_fashion_mnist_example_runs_on_a_subset(tmp_path, capsys):
+    """The README's main job on 256 images: TensorBoard path printed, one summary line with test accuracy and time."""
+    from examples.fashion_mnist import main
+
+    out = main(
+        [
+            "--epochs", "2", "--train-size", "256", "--val-size", "128", "--batch-size", "16", "--width", "4",
+            "--range-test-steps", "30", "--log-dir", str(tmp_path), "--precision", "32-true", "--no-progress-bar",
+        ]
+    )  # fmt: skip
+    sc, wd = _callbacks(out["trainer"])
+    assert sc.result is not None
+    assert sc.max_lr is not None
+    assert wd.weight_decays is not None
+    assert 0 <= out["test_acc"] <= 100
+    assert out["seconds"] > 0
+    printed = capsys.readouterr().out
+    assert f"TensorBoard logs: {out['trainer'].logger.log_dir}" in printed
+    (summary,) = [line for line in printed.splitlines() if line.startswith("Fashion-MNIST:")]
+    assert f"test accuracy {out['test_acc']:.2f} %" in summary
+    assert "min wall time" in summary

@@ -1,0 +1,190 @@
+"""The README's "Setups we do not serve": each message names the problem and the fix.
+
+Rows tested elsewhere: Lightning's finder and a second ``SuperConvergence`` (``test_callbacks_together.py``), a resume
+from a checkpoint without the callback's state (``test_resume.py``), a gradient scaler that skips every step
+(``test_precision.py``), data that can be read only once (``test_run_lengths.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_superconv import SuperConvergence
+from lightning_superconv.superconvergence import _strategy_problem
+
+
+class Counting(TinyClassifier):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        return super().training_step(batch, batch_idx)
+
+
+class Manual(Counting):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+
+
+class NoOptimizer(Counting):
+    def configure_optimizers(self):
+        return None
+
+
+class TwoOptimizers(Counting):
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.01), torch.optim.SGD(self.net[4].parameters(), lr=0.1)]
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        data = make_dataset(64)
+        return (data[i] for i in range(len(data)))
+
+
+class Streaming(Counting):
+    def train_dataloader(self):
+        return DataLoader(_Stream(), batch_size=32)
+
+
+class NonFinite(Counting):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) * self.value
+
+
+class ZeroFirstGroup(Counting):
+    def configure_optimizers(self):
+        first = list(self.net[0].parameters())
+        rest = [p for p in self.parameters() if all(p is not q for q in first)]
+        return torch.optim.SGD([{"params": first, "lr": 0.0}, {"params": rest, "lr": 0.01}], lr=0.01, momentum=0.9)
+
+
+def _fit(tmp_path, model, callback=None, **overrides):
+    overrides.setdefault("limit_train_batches", 4)
+    callback = callback or SuperConvergence(num_steps=10)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("model", "problem", "fix"),
+    [
+        (Manual, r"needs automatic optimization", r"Remove the callback, or switch to automatic optimization"),
+        (NoOptimizer, r"`configure_optimizers` returned None", r"Return the optimizer to train with"),
+        (ZeroFirstGroup, r"first group's `lr` must be > 0, got 0.0", r"Give the first param group a"),
+        (lambda: NonFinite(float("nan")), r"loss was non-finite \(NaN/inf\) after 0 step", r"`max_lr=`"),
+        (lambda: NonFinite(float("inf")), r"loss was non-finite \(NaN/inf\) after 0 step", r"lr_range=\(start, end\)"),
+    ],
+    ids=["manual-optimization", "no-optimizer", "first-group-lr-0", "nan-loss", "inf-loss"],
+)
+def test_unservable_model_fails_at_fit_start_naming_problem_and_fix(tmp_path, model, problem, fix):
+    """A model the callback cannot serve fails before any training step, with what is wrong and what to do."""
+    instance = model()
+    with pytest.raises(MisconfigurationException) as info:
+        _fit(tmp_path, instance)
+    message = str(info.value)
+    assert re.search(problem, message), message
+    assert re.search(fix, message), message
+    assert instance.trainer.global_step == 0
+
+
+def test_non_finite_loss_leaves_the_model_as_it_was(tmp_path):
+    """After the NaN error the model's weights and buffers are those it had before `fit`."""
+    model = NonFinite(float("nan"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(MisconfigurationException):
+        _fit(tmp_path, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_several_optimizers_are_refused_by_lightning_itself_saying_what_to_do(tmp_path):
+    """Lightning refuses several optimizers under automatic optimization; its message names manual optimization."""
+    model = TwoOptimizers()
+    with pytest.raises((MisconfigurationException, RuntimeError), match=r"multiple optimizers.*manual optimization"):
+        _fit(tmp_path, model)
+    assert model.calls == 0
+
+
+def test_unknown_run_length_names_the_argument_to_set(tmp_path):
+    """An `IterableDataset` without `max_steps`: the message says the length is unknown and to set `max_steps`."""
+    model = Streaming()
+    with pytest.raises(MisconfigurationException, match=r"length is unknown.*Set `Trainer\(max_steps=\.\.\.\)`"):
+        _fit(tmp_path, model, limit_train_batches=1.0)
+    assert model.calls == 0
+
+
+def test_fast_dev_run_skips_the_range_test_and_says_so(tmp_path, caplog):
+    """`fast_dev_run` runs no range test and leaves the configured scheduler; an info line says why."""
+    model = Counting(scheduler="step")
+    callback = SuperConvergence(num_steps=10)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, fast_dev_run=2))
+        trainer.fit(model)
+    assert callback.result is None
+    assert model.calls == 2
+    assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "StepLR"
+    assert any("`fast_dev_run` is on, so no range test runs" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+
+
+@pytest.mark.parametrize("strategy_cls", [FSDPStrategy, ModelParallelStrategy])
+def test_sharded_strategies_refuse_the_range_test_naming_max_lr(strategy_cls):
+    """Under FSDP or ModelParallel the range test is refused, and the message says to pass `max_lr=`."""
+    message = _strategy_problem(strategy_cls(), range_test=True)
+    assert f"cannot run its range test under `{strategy_cls.__name__}`" in message
+    assert "`SuperConvergence(max_lr=...)`" in message
+    assert "find_max_lr" in message
+    # with `max_lr` given, the cycle alone is a plain torch scheduler over the strategy's optimizer
+    assert _strategy_problem(strategy_cls(), range_test=False) is None
+
+
+def test_ddp_is_served():
+    """DDP needs nothing special: no problem reported, range test or not."""
+    assert _strategy_problem(DDPStrategy(), range_test=True) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP runs on CUDA only")
+def test_fsdp_range_test_fails_at_fit_start_and_max_lr_trains(tmp_path):
+    """On a GPU: FSDP with a range test fails before any step; with `max_lr=` the cycle trains."""
+    model = Counting()
+    gpu = dict(accelerator="cuda", devices=1, strategy="fsdp")
+    with pytest.raises(MisconfigurationException, match=r"under `FSDPStrategy`.*`SuperConvergence\(max_lr=\.\.\.\)`"):
+        _fit(tmp_path, model, **gpu)
+    assert model.calls == 0
+    trainer = _fit(tmp_path, Counting(), SuperConvergence(max_lr=0.1), **gpu)
+    assert trainer.global_step == 8
+
+
+def test_deepspeed_is_refused_naming_the_fix(tmp_path):
+    """DeepSpeed wraps the optimizer: refused at fit start, saying to configure `OneCycleLR` yourself."""
+    deepspeed_strategy = pytest.importorskip("lightning.pytorch.strategies").DeepSpeedStrategy
+    pytest.importorskip("deepspeed")
+    message = _strategy_problem(deepspeed_strategy(), range_test=False)
+    assert "does not support `DeepSpeedStrategy`" in message
+    assert "OneCycleLR(optimizer, max_lr=" in message

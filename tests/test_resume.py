@@ -1,0 +1,260 @@
+"""Resume for real: a run interrupted mid-training and resumed from its checkpoint, against an uninterrupted one."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_superconv import RangeTestResult, SuperConvergence, WeightDecayBalancer
+from lightning_superconv.schedule import SafeOneCycleLR
+
+
+class DeterministicClassifier(TinyClassifier):
+    """No dropout and a fixed data order, so a resumed run can be compared with an uninterrupted one bit for bit.
+
+    (Lightning's checkpoints do not hold the global RNG, so dropout masks and shuffles differ after any resume.)
+    Counts its ``training_step`` calls, range-test steps included.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net[3] = nn.Identity()
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self):
+        return DataLoader(self._data(), batch_size=self.hparams.batch_size, shuffle=False)
+
+    def _data(self):
+        return make_dataset(self.hparams.n)
+
+
+class Interrupt(Exception):
+    """Stands for the job being killed."""
+
+
+class KillAt(Callback):
+    """Raises :class:`Interrupt` when the given global step is about to start."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupt
+
+
+class StepRecorder(Callback):
+    """Records, at each training step, its global step and each group's LR, momentum and weight decay."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        groups = trainer.optimizers[0].param_groups
+        self.rows.append((trainer.global_step, *[(g["lr"], g["momentum"], g["weight_decay"]) for g in groups]))
+
+
+def _seeded(model_cls=DeterministicClassifier, **kwargs):
+    L.seed_everything(0, verbose=False)
+    return model_cls(**kwargs)
+
+
+def _callbacks(with_balancer: bool, **superconv):
+    superconv.setdefault("num_steps", 15)
+    callbacks = [SuperConvergence(**superconv)]
+    if with_balancer:
+        callbacks.append(WeightDecayBalancer(mode="budget"))
+    return callbacks
+
+
+def _trainer(tmp_path, callbacks, **overrides):
+    kwargs = trainer_kwargs(tmp_path, max_epochs=4, limit_train_batches=4, enable_checkpointing=True)
+    kwargs.update(overrides)
+    return L.Trainer(callbacks=callbacks, **kwargs)
+
+
+def _interrupted_then_resumed(tmp_path, kill_at, every_n_train_steps=None, with_balancer=False, **fit_kwargs):
+    """Train until ``kill_at`` (checkpointing as it goes), then resume from the last checkpoint with fresh objects."""
+    checkpoint = (
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=every_n_train_steps)
+        if every_n_train_steps
+        else ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    )
+    first = _callbacks(with_balancer)
+    trainer = _trainer(tmp_path / "a", [*first, checkpoint, KillAt(kill_at)])
+    with pytest.raises(Interrupt):
+        trainer.fit(_seeded())
+    resumed_model, recorder = _seeded(), StepRecorder()
+    callbacks = _callbacks(with_balancer)
+    resumed = _trainer(tmp_path / "b", [*callbacks, recorder])
+    resumed.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), **fit_kwargs)
+    return first, callbacks, resumed, resumed_model, recorder
+
+
+def _uninterrupted(tmp_path, with_balancer=False):
+    callbacks, recorder = _callbacks(with_balancer), StepRecorder()
+    trainer = _trainer(tmp_path / "u", [*callbacks, recorder])
+    trainer.fit(_seeded())
+    return callbacks, trainer, recorder
+
+
+@pytest.mark.parametrize("with_balancer", [False, True], ids=["superconvergence", "with-balancer"])
+def test_resume_continues_exactly_where_the_uninterrupted_run_would_be(tmp_path, with_balancer):
+    """Killed after epoch 2 and resumed: the same LR, momentum, weight decay at every step, and the same weights."""
+    first, callbacks, resumed, model, recorder = _interrupted_then_resumed(
+        tmp_path, kill_at=8, with_balancer=with_balancer
+    )
+    reference, whole, whole_recorder = _uninterrupted(tmp_path, with_balancer)
+    # the schedule, step for step, from the step the checkpoint was written at
+    assert [row[0] for row in recorder.rows] == list(range(8, 16))
+    assert recorder.rows == whole_recorder.rows[8:]
+    # no range test on resume, and the pick and curve come back from the checkpoint
+    assert model.calls == 8
+    assert callbacks[0].result == first[0].result == reference[0].result
+    assert callbacks[0].max_lr == reference[0].max_lr
+    if with_balancer:
+        assert callbacks[1].weight_decays == reference[1].weight_decays
+    # the end state, bit for bit
+    for (name, a), (_, b) in zip(
+        resumed.lightning_module.state_dict().items(), whole.lightning_module.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    opt_a, opt_b = resumed.optimizers[0].state_dict(), whole.optimizers[0].state_dict()
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    for index, state in opt_a["state"].items():
+        assert torch.equal(state["momentum_buffer"], opt_b["state"][index]["momentum_buffer"])
+    scheduler_a, scheduler_b = (t.lr_scheduler_configs[0].scheduler for t in (resumed, whole))
+    assert scheduler_a.state_dict() == scheduler_b.state_dict()
+
+
+def test_resume_mid_epoch_continues_the_schedule_step_for_step(tmp_path):
+    """Killed at step 6 with a checkpoint every 3 steps: the resumed run's LR and momentum per step are the same."""
+    _, callbacks, resumed, model, recorder = _interrupted_then_resumed(tmp_path, kill_at=6, every_n_train_steps=3)
+    _, whole, whole_recorder = _uninterrupted(tmp_path)
+    assert recorder.rows[0][0] == 6
+    assert recorder.rows == whole_recorder.rows[6:]
+    assert resumed.global_step == whole.global_step == 16
+    assert callbacks[0].result is not None
+
+
+def test_resume_loads_with_weights_only(tmp_path):
+    """Lightning's own loader restricted to `weights_only=True` resumes the run (fp16: the scaler state too)."""
+    plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+    first = _callbacks(with_balancer=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "a", [*first, ckpt], max_epochs=2, plugins=plugins).fit(_seeded())
+    path = str(tmp_path / "ckpt" / "last.ckpt")
+    callbacks = _callbacks(with_balancer=True)
+    trainer = _trainer(tmp_path / "b", callbacks, max_epochs=3, plugins=plugins)
+    trainer.fit(_seeded(), ckpt_path=path, weights_only=True)
+    assert trainer.global_step == 12
+    assert callbacks[0].result == first[0].result
+    assert callbacks[1].weight_decays == first[1].weight_decays
+
+
+def test_checkpoint_holds_plain_values_only(tmp_path):
+    """`torch.load(weights_only=True)` reads the checkpoint, and both callbacks' states are plain Python values."""
+    callbacks = _callbacks(with_balancer=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path, [*callbacks, ckpt], max_epochs=1).fit(_seeded())
+    loaded = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    states = loaded["callbacks"]
+    assert states["SuperConvergence"]["max_lr"] == callbacks[0].max_lr
+    assert RangeTestResult.from_dict(states["SuperConvergence"]["result"]) == callbacks[0].result
+    balancer_state = next(v for k, v in states.items() if k.startswith("WeightDecayBalancer"))
+    assert balancer_state["weight_decays"] == callbacks[1].weight_decays
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (bool, int, float, str))
+
+    assert plain(states["SuperConvergence"])
+    assert plain(balancer_state)
+    assert plain(loaded["lr_schedulers"])
+    # and Lightning's own loader, for the model alone
+    model = DeterministicClassifier.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert torch.equal(model.net[0].weight, loaded["state_dict"]["net.0.weight"])
+
+
+def test_resume_with_a_larger_max_epochs_holds_the_final_lr_and_warns(tmp_path):
+    """A finished 2-epoch run resumed with `max_epochs=3` says so and trains on at the cycle's final LR, no crash."""
+    first = _callbacks(with_balancer=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "a", [*first, ckpt], max_epochs=2).fit(_seeded())
+    recorder = StepRecorder()
+    callbacks = _callbacks(with_balancer=False)
+    trainer = _trainer(tmp_path / "b", [*callbacks, recorder], max_epochs=3)
+    with pytest.warns(RuntimeWarning, match=r"planned for 8.*stays at the cycle's final value"):
+        trainer.fit(_seeded(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 12
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, SafeOneCycleLR)
+    assert scheduler.total_steps == callbacks[0].total_steps == 8
+    final = trainer.optimizers[0].param_groups[0]["min_lr"]
+    lrs = [row[1][0] for row in recorder.rows]
+    assert lrs[1:] == pytest.approx([final] * 3, rel=1e-9)
+    assert all(math.isfinite(lr) and lr > 0 for lr in lrs)
+
+
+def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path):
+    """The state key is the class name: `num_steps` changed on resume does not trigger a new range test."""
+    first = _callbacks(with_balancer=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "a", [*first, ckpt], max_epochs=1).fit(_seeded())
+    model = _seeded()
+    callbacks = _callbacks(with_balancer=False, num_steps=40)
+    trainer = _trainer(tmp_path / "b", callbacks, max_epochs=1)
+    trainer.fit(model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert model.calls == 0  # the run was already complete: no step, and no range test
+    assert callbacks[0].result == first[0].result
+
+
+def test_resume_from_a_checkpoint_without_superconvergence_fails_with_the_fix(tmp_path):
+    """Adding the callback on resume would mix the old scheduler's state into a new cycle: refused, naming the fix."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "a", [ckpt], max_epochs=1).fit(_seeded(TinyClassifier, scheduler="step"))
+    model = _seeded()
+    trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), max_epochs=2)
+    with pytest.raises(MisconfigurationException, match=r"holds no `SuperConvergence` state.*without `ckpt_path`"):
+        trainer.fit(model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert model.calls == 0
+
+
+def test_resume_with_a_different_max_lr_keeps_the_checkpoints_cycle_and_warns(tmp_path):
+    """`max_lr=` given on resume does not silently change the running cycle."""
+    first = _callbacks(with_balancer=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "a", [*first, ckpt], max_epochs=1).fit(_seeded())
+    callbacks = [SuperConvergence(max_lr=0.123)]
+    trainer = _trainer(tmp_path / "b", callbacks, max_epochs=2)
+    with pytest.warns(RuntimeWarning, match=r"continues the checkpoint's cycle.*`max_lr=0.123` applies to new fits"):
+        trainer.fit(_seeded(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert callbacks[0].max_lr == first[0].max_lr
+    assert trainer.optimizers[0].param_groups[0]["max_lr"] == pytest.approx(first[0].max_lr, rel=1e-12)
+
+
+def test_state_dict_round_trips_through_a_deep_copy():
+    """`load_state_dict(state_dict())` on a fresh callback restores pick, result and cycle length."""
+    callback = SuperConvergence(max_lr=0.2)
+    callback.total_steps = 10
+    state = copy.deepcopy(callback.state_dict())
+    fresh = SuperConvergence()
+    fresh.load_state_dict(state)
+    assert (fresh.max_lr, fresh.total_steps, fresh.result) == (0.2, 10, None)

@@ -1,0 +1,256 @@
+"""Runs whose length or data moves: very short runs, reloaded dataloaders, data shorter than the range test, a second
+``fit``, and the parts of a fit around the range test (sanity check, validation, ``limit_train_batches``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_superconv import SuperConvergence
+
+NO_DIVERGENCE = (1e-2, 1.0)
+
+
+class Probe(TinyClassifier):
+    """Counts training steps and records each call's ``batch_idx`` (range-test steps included)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batch_indices: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.batch_indices.append(batch_idx)
+        return super().training_step(batch, batch_idx)
+
+
+class LRLog(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit(tmp_path, model, callbacks, **overrides):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=list(callbacks), **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+# ------------------------------------------------------------------------------------------------ very short runs
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "pct_start", "three_phase"),
+    [(1, 0.3, False), (2, 0.5, False), (4, 0.25, False), (3, 0.3, False), (1, 0.3, True), (2, 0.5, True)],
+    ids=["1-step", "2-steps-warmup-1", "4-steps-warmup-1", "3-steps", "1-step-3-phase", "2-steps-3-phase-warmup-1"],
+)
+def test_very_short_runs_train_every_step(tmp_path, max_steps, pct_start, three_phase):
+    """Runs of 1-4 steps, warm-ups of exactly one step (torch divides by zero there): every step at a finite LR."""
+    log = LRLog()
+    callback = SuperConvergence(max_lr=0.1, pct_start=pct_start, three_phase=three_phase)
+    trainer = _fit(tmp_path, TinyClassifier(), [callback, log], max_steps=max_steps, max_epochs=-1)
+    assert trainer.global_step == max_steps
+    assert callback.total_steps == max_steps
+    assert len(log.lrs) == max_steps
+    assert all(math.isfinite(lr) and 0 < lr <= 0.1 + 1e-12 for lr in log.lrs)
+
+
+def test_one_step_run_still_gets_a_range_test(tmp_path):
+    """A one-step run reads the range test over restarted data like any run: the pick is usable and it trains."""
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    trainer = _fit(tmp_path, TinyClassifier(), [callback], max_steps=1, max_epochs=-1)
+    assert len(callback.result.losses) == 10
+    assert trainer.global_step == 1
+
+
+# ------------------------------------------------------------------------------------------------ reloaded dataloaders
+
+
+class Reloading(TinyClassifier):
+    """A train dataloader of ``sizes[epoch]`` batches, rebuilt every epoch."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.sizes = sizes
+
+    def train_dataloader(self):
+        batches = self.sizes[min(self.trainer.current_epoch, len(self.sizes) - 1)]
+        return DataLoader(make_dataset(32 * batches), batch_size=32, shuffle=True)
+
+
+def test_dataloader_that_grows_on_reload_holds_the_final_lr_past_the_cycle(tmp_path):
+    """Sized at fit start for 3 x 2 steps, the run takes 2 + 3 + 4: it warns once and ends at the final LR."""
+    log = LRLog()
+    callback = SuperConvergence(max_lr=0.1)
+    with pytest.warns(RuntimeWarning, match=r"sized for 6 steps and training went past it"):
+        trainer = _fit(
+            tmp_path,
+            Reloading([2, 3, 4]),
+            [callback, log],
+            max_epochs=3,
+            reload_dataloaders_every_n_epochs=1,
+            limit_train_batches=1.0,
+        )
+    assert trainer.global_step == 9
+    assert callback.total_steps == 6
+    final = trainer.optimizers[0].param_groups[0]["min_lr"]
+    assert log.lrs[6:] == pytest.approx([final] * 3, rel=1e-9)
+
+
+def test_dataloader_that_shrinks_on_reload_ends_before_the_cycle_does(tmp_path):
+    """Sized for 3 x 4 steps, the run takes 4 + 3 + 2: it simply ends early in the cycle, no error."""
+    callback = SuperConvergence(max_lr=0.1)
+    trainer = _fit(
+        tmp_path,
+        Reloading([4, 3, 2]),
+        [callback],
+        max_epochs=3,
+        reload_dataloaders_every_n_epochs=1,
+        limit_train_batches=1.0,
+    )
+    assert trainer.global_step == 9
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 9 < callback.total_steps == 12
+
+
+# ------------------------------------------------------------------------------------------------ short data
+
+
+def test_range_test_continues_across_the_end_of_short_data(tmp_path):
+    """Two batches of data and a ten-step range test: the loader restarts, as at a new epoch, and the test completes."""
+    model = Probe(n=64)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    _fit(tmp_path, model, [callback], max_epochs=1)
+    assert callback.result.stop_reason == "completed"
+    assert model.batch_indices[:10] == [0, 1] * 5
+
+
+def test_range_test_draws_only_the_batches_limit_train_batches_allows(tmp_path):
+    """`limit_train_batches=2` of 8: the range test cycles through the same two batches training uses."""
+    model = Probe()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    trainer = _fit(tmp_path, model, [callback], limit_train_batches=2, max_epochs=1)
+    assert model.batch_indices == [0, 1] * 3 + [0, 1]
+    assert trainer.global_step == 2
+
+
+class OneShot(IterableDataset):
+    """``n`` samples that can be iterated once: ``iter`` hands out the same iterator every time."""
+
+    def __init__(self, n: int) -> None:
+        data = make_dataset(n)
+        self.iterator = iter([data[i] for i in range(n)])
+
+    def __iter__(self):
+        return self.iterator
+
+
+class OneShotClassifier(TinyClassifier):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.data = OneShot(n)
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=32)
+
+
+def test_data_read_only_once_stops_the_range_test_with_a_usable_curve(tmp_path):
+    """A one-shot stream of 8 batches and a 20-step test: it stops when the data ends, picks, warns, and fit ends."""
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=20)
+    with pytest.warns(RuntimeWarning, match=r"can be read only once.*training gets only what is left"):
+        trainer = _fit(tmp_path, OneShotClassifier(8 * 32), [callback], max_steps=5, max_epochs=-1)
+    assert callback.result.stop_reason == "data-exhausted"
+    assert 3 <= len(callback.result.losses) < 8
+    assert callback.max_lr is not None
+    assert trainer.state.finished
+
+
+def test_data_read_only_once_and_too_short_fails_with_advice(tmp_path):
+    """Too few batches for a curve: a clear error, not a crash in the middle."""
+    with pytest.raises(MisconfigurationException, match=r"ran out after 1 step\(s\).*`max_lr=`"):
+        _fit(tmp_path, OneShotClassifier(3 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=-1)
+
+
+# ------------------------------------------------------------------------------------------------ a second fit
+
+
+def test_second_fit_on_a_finished_trainer_runs_no_range_test(tmp_path, caplog):
+    """`fit` again on a Trainer that reached `max_epochs`: Lightning trains nothing, and no range test runs."""
+    model, callback = Probe(), SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    trainer = _fit(tmp_path, model, [callback], limit_train_batches=2)
+    calls = len(model.batch_indices)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer.fit(model)
+    assert len(model.batch_indices) == calls
+    assert callback.result is None
+    assert any("has already run its 4 training steps" in r.getMessage() for r in caplog.records)
+
+
+def test_second_fit_with_more_epochs_plans_a_new_cycle_over_the_steps_left(tmp_path):
+    """Raising `max_epochs` and calling `fit` again continues at step 4 with a new range test and a 2-step cycle."""
+    model, callback = Probe(), SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    trainer = _fit(tmp_path, model, [callback], limit_train_batches=2)
+    first = callback.result
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(model)
+    assert trainer.global_step == 6
+    assert callback.result is not None
+    assert callback.result != first  # measured again, on the trained model
+    assert callback.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == 2
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+def test_callback_reused_in_a_new_trainer_measures_again(tmp_path):
+    """The same callback object in a new Trainer: a new range test on the model as it is, and a cycle for that run."""
+    model, callback = Probe(), SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    _fit(tmp_path, model, [callback], limit_train_batches=2)
+    first = callback.result
+    trainer = _fit(tmp_path, model, [callback], limit_train_batches=3, max_epochs=1)
+    assert callback.result is not None
+    assert callback.result != first
+    assert callback.total_steps == trainer.global_step == 3
+
+
+# ------------------------------------------------------------------------------------------------ around the range test
+
+
+class ValidationProbe(TinyClassifier):
+    """Records the first layer's weights at every validation step, and counts those steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.val_weights: list[torch.Tensor] = []
+
+    def validation_step(self, batch, batch_idx):
+        self.val_weights.append(self.net[0].weight.detach().clone())
+        return super().validation_step(batch, batch_idx)
+
+
+def test_sanity_check_validates_the_restored_model(tmp_path):
+    """The sanity check runs after the range test, on exactly the weights the model had before `fit`."""
+    L.seed_everything(0, verbose=False)
+    model = ValidationProbe()
+    initial = model.net[0].weight.detach().clone()
+    callback = SuperConvergence(num_steps=15)
+    _fit(tmp_path, model, [callback], num_sanity_val_steps=1, limit_val_batches=1, limit_train_batches=2)
+    assert callback.result is not None
+    assert torch.equal(model.val_weights[0], initial)
+
+
+def test_validation_never_runs_inside_the_range_test(tmp_path):
+    """`val_check_interval=2` counts real training steps only: two validations in a 4-step epoch, after steps 2 and 4."""
+    model = ValidationProbe()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    trainer = _fit(tmp_path, model, [callback], val_check_interval=2, limit_val_batches=1, max_epochs=1)
+    assert len(callback.result.losses) == 10
+    assert trainer.global_step == 4
+    assert len(model.val_weights) == 2

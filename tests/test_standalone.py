@@ -1,0 +1,147 @@
+"""``find_max_lr``: the range test on its own returns the curve and the pick, and leaves the model as it was."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, make_dataset
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
+
+LR_RANGE = (1e-3, 30.0)
+
+
+class CountingClassifier(TinyClassifier):
+    """Counts ``training_step`` calls (the range test's included) and optimizer steps."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        return super().training_step(batch, batch_idx)
+
+
+class TrainingSteps(Callback):
+    """Records the trainer and every training batch the fit loop runs (the range test's steps bypass callbacks)."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.batches = 0
+
+    def on_fit_start(self, trainer, pl_module):
+        self.trainer = trainer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches += 1
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_returns_a_range_test_result_with_a_pick_inside_the_sweep():
+    """The record holds one LR and one loss per step, rising LRs, and a pick taken from the swept LRs."""
+    result = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=60)
+    assert isinstance(result, RangeTestResult)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) >= 3
+    assert all(a < b for a, b in zip(result.lrs, result.lrs[1:], strict=False))
+    assert LR_RANGE[0] <= result.max_lr <= LR_RANGE[1]
+    assert result.max_lr == result.lrs[result.pick_index]
+    assert result.stop_reason in ("completed", "diverged", "non-finite")
+    assert result.pick_reason
+
+
+def test_pick_matches_the_callbacks_range_test():
+    """The standalone test is the callback's range test: same model, data and seed give the same curve and pick."""
+    L.seed_everything(0, verbose=False)
+    standalone = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=60)
+    L.seed_everything(0, verbose=False)
+    callback = SuperConvergence(lr_range=LR_RANGE, num_steps=60)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(TinyClassifier())
+    assert callback.result is not None
+    assert standalone.losses == callback.result.losses
+    assert standalone.max_lr == callback.max_lr
+
+
+def test_model_is_bit_identical_afterwards():
+    """Parameters and buffers (BatchNorm statistics) come back exactly, and the module is left in train mode."""
+    model = TinyClassifier()
+    before = _state(model)
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=60)
+    after = _state(model)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_no_training_step_is_taken():
+    """The range test's steps are the only ones: the fit loop runs no batch and the global step stays 0."""
+    model = CountingClassifier()
+    steps = TrainingSteps()
+    result = find_max_lr(model, lr_range=LR_RANGE, num_steps=30, trainer_kwargs={"callbacks": [steps]})
+    assert steps.batches == 0
+    assert steps.trainer.global_step == 0
+    assert model.calls == len(result.losses) + result.skipped_steps
+
+
+def test_takes_a_datamodule():
+    """Data can come from a datamodule instead of the model's own ``train_dataloader``."""
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(128, seed=3), batch_size=16, shuffle=True)
+
+    result = find_max_lr(TinyClassifier(), datamodule=Data(), lr_range=LR_RANGE, num_steps=40)
+    assert math.isfinite(result.max_lr)
+
+
+def test_takes_dataloaders():
+    """Data can be passed as a dataloader, as for ``Trainer.fit``."""
+    loader = DataLoader(make_dataset(128, seed=3), batch_size=16, shuffle=True)
+    result = find_max_lr(TinyClassifier(), loader, lr_range=LR_RANGE, num_steps=40)
+    assert math.isfinite(result.max_lr)
+
+
+def test_trainer_kwargs_reach_the_trainer():
+    """``trainer_kwargs`` configure the Trainer the test runs on (here gradient accumulation)."""
+    model = CountingClassifier()
+    result = find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trainer_kwargs={"accumulate_grad_batches": 2})
+    assert model.calls == 2 * (len(result.losses) + result.skipped_steps)
+
+
+def test_plot_draws_the_curve_and_the_pick():
+    """``result.plot()`` returns a figure with a log LR axis, the raw and smoothed curves, and the pick marked."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=40)
+    fig = result.plot()
+    try:
+        (ax,) = fig.axes
+        assert ax.get_xscale() == "log"
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["loss"].get_ydata()) == result.losses
+        assert list(lines["smoothed"].get_ydata()) == result.smoothed
+        pick = next(line for label, line in lines.items() if label.startswith("max_lr"))
+        assert pick.get_xdata()[0] == result.max_lr
+    finally:
+        plt.close(fig)
+
+
+def test_unknown_argument_raises_type_error():
+    """A misspelt range-test argument fails before anything runs, naming it and what is accepted."""
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['num_step'\].*trainer_kwargs"):
+        find_max_lr(TinyClassifier(), num_step=10)
