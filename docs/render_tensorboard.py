@@ -1,8 +1,8 @@
 """Render what TensorBoard shows for a run of the Fashion-MNIST example into one PNG (the README's picture).
 
 Reads the event files directly (no TensorBoard server, no browser): the range-test figure the callback logged
-(``lr_range_test/curve``) and the per-step scalars ``superconv/lr``, ``superconv/momentum``,
-``superconv/weight_decay`` and ``train_loss``::
+(``lr_range_test/curve``), the range-test loss per range-test step (``lr_range_test/loss``) and the per-step
+scalars ``superconv/lr``, ``superconv/momentum``, ``superconv/weight_decay`` and ``train_loss``::
 
     python docs/render_tensorboard.py lightning_logs/fashion_mnist/version_0 docs/tensorboard.png
 """
@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 PANELS = [
-    ("superconv/lr", "superconv/lr (one cycle)", "log"),
-    ("superconv/momentum", "superconv/momentum", "linear"),
-    ("superconv/weight_decay", "superconv/weight_decay (balanced)", "linear"),
-    ("train_loss", "train_loss", "linear"),
+    (1, "superconv/lr", "superconv/lr (one cycle)", "log"),
+    (2, "superconv/momentum", "superconv/momentum", "linear"),
+    (3, "lr_range_test/loss", "lr_range_test/loss (x: range-test step)", "linear"),
+    (4, "superconv/weight_decay", "superconv/weight_decay (balanced)", "linear"),
+    (5, "train_loss", "train_loss", "linear"),
 ]
 
 
@@ -31,16 +32,15 @@ def render(log_dir: str, out: str) -> None:
     """Write the range-test figure and the per-step schedule of the run in ``log_dir`` to the PNG ``out``."""
     events = EventAccumulator(log_dir, size_guidance={"scalars": 0, "images": 0})
     events.Reload()
-    fig = plt.figure(figsize=(13, 6.5), layout="constrained")
-    grid = fig.add_gridspec(2, 3, width_ratios=[1.5, 1, 1])
-    curve = fig.add_subplot(grid[:, 0])
-    (image,) = events.Images("lr_range_test/curve")[-1:]
-    curve.imshow(mpimg.imread(io.BytesIO(image.encoded_image_string), format="png"))
-    curve.set_axis_off()
-    curve.set_title("IMAGES: lr_range_test/curve", fontsize=10, loc="left")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7), layout="constrained")
+    axes = axes.flatten()
+    image = events.Images("lr_range_test/curve")[-1]
+    axes[0].imshow(mpimg.imread(io.BytesIO(image.encoded_image_string), format="png"))
+    axes[0].set_axis_off()
+    axes[0].set_title("IMAGES: lr_range_test/curve", fontsize=10, loc="left")
     tags = set(events.Tags()["scalars"])
-    for i, (tag, title, scale) in enumerate(PANELS):
-        ax = fig.add_subplot(grid[i // 2, 1 + i % 2])
+    for index, tag, title, scale in PANELS:
+        ax = axes[index]
         if tag in tags:
             scalars = events.Scalars(tag)
             ax.plot([s.step for s in scalars], [s.value for s in scalars], color="#ff7043", linewidth=1.2)
@@ -49,7 +49,7 @@ def render(log_dir: str, out: str) -> None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
 
 

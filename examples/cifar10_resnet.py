@@ -9,8 +9,9 @@ paper's), torchvision's CIFAR-10 download with random-crop and flip augmentation
 
 The model is configured the way the paper's baseline is (SGD with Nesterov momentum 0.9, weight decay 5e-4, LR 0.1);
 ``SuperConvergence`` replaces the LR schedule with one cycle whose peak its range test picks, and
-``WeightDecayBalancer`` re-chooses the weight decay for that cycle by validation loss on 5,000 images held out of the
-training set. The test set is evaluated once, at the end.
+``WeightDecayBalancer`` moves the weight decay, only as far as needed, so that decay acts on a timescale between one
+epoch and the whole run of that cycle. 5,000 images held out of the training set are the validation split; the test
+set is evaluated once, at the end.
 
 ``--fake-data`` swaps CIFAR-10 for a small generated stand-in of the same shape, so the whole path (model, both
 callbacks, augmentation, precision, strategy) runs in CI, which has no network and no GPU.

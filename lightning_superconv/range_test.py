@@ -161,6 +161,7 @@ class _BatchStream:
     def __init__(self, combined_loader: Any) -> None:
         self._make = _fresh_iterator_factory(combined_loader)
         self._iterator: Iterator[Any] | None = None
+        self._left = math.inf
         self.restarts = 0
         self.exhausted = False
 
@@ -170,9 +171,12 @@ class _BatchStream:
             return None
         for _ in range(2):
             if self._iterator is None:
-                self._iterator = self._make()
+                self._iterator, self._left = self._make()
             try:
+                if self._left <= 0:
+                    raise StopIteration
                 batch, batch_idx, _ = next(self._iterator)
+                self._left -= 1
                 return batch, batch_idx
             except StopIteration:
                 self._iterator = None
@@ -181,14 +185,21 @@ class _BatchStream:
         return None
 
 
-def _fresh_iterator_factory(combined_loader: Any) -> Callable[[], Iterator[Any]]:
+def _fresh_iterator_factory(combined_loader: Any) -> Callable[[], tuple[Iterator[Any], float]]:
+    """A function that returns a new iterator over the fit loop's loaders and the number of batches in its epoch."""
     cls = type(combined_loader)
 
-    def make() -> Iterator[Any]:
+    def make() -> tuple[Iterator[Any], float]:
         fresh = cls(combined_loader.iterables, combined_loader._mode)
         fresh.flattened = combined_loader.flattened
         fresh.limits = combined_loader.limits
-        return iter(fresh)
+        iterator = iter(fresh)
+        # the limits only shorten the iterator's length, which the fit loop counts against; iterating goes on
+        try:
+            length: float = len(fresh)
+        except (TypeError, NotImplementedError):  # no length (an iterable dataset without a limit)
+            length = math.inf
+        return iterator, length
 
     return make
 

@@ -61,9 +61,7 @@ class RangeTestResult:
                 matplotlib.use("Agg", force=False)
             import matplotlib.pyplot as plt
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
-            raise ModuleNotFoundError(
-                "`RangeTestResult.plot()` needs matplotlib: `pip install matplotlib`"
-            ) from err
+            raise ModuleNotFoundError("`RangeTestResult.plot()` needs matplotlib: `pip install matplotlib`") from err
         if ax is None:
             fig, ax = plt.subplots(figsize=(6, 4))
         else:

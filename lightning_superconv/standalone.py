@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_superconv import _compat
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.superconvergence import SuperConvergence, _single_automatic_optimizer
+from lightning_superconv.superconvergence import SuperConvergence, _check_first_group_lr, _single_automatic_optimizer
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -33,6 +33,7 @@ class _RangeTestOnly(SuperConvergence):
     @override
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         optimizer = _single_automatic_optimizer(trainer, pl_module)
+        _check_first_group_lr(trainer, optimizer)
         trainer.estimated_stepping_batches  # noqa: B018 - sets up the train dataloader the range test draws from
         self.result = self.run_range_test(trainer, pl_module, optimizer)
         self.max_lr = self.result.max_lr

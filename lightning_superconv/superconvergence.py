@@ -174,8 +174,8 @@ class SuperConvergence(_compat.Callback):
         self._optimizer: Any = None
         self._scheduler: SafeOneCycleLR | None = None
 
-    # One SuperConvergence per Trainer (a second one is refused in `setup`), so the class name alone is the state key:
-    # a resume with changed arguments still finds its state.
+    # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
+    # built, and one optimizer can follow only one cycle anyway): a resume with changed arguments still finds its state.
 
     # ------------------------------------------------------------------------------------------------ hooks
 
@@ -248,12 +248,14 @@ class SuperConvergence(_compat.Callback):
             raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
         # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
         self.total_steps = int(self._scheduler.total_steps)
-        if self._restored:
-            _compat.rank_zero_info(
-                trainer,
-                f"SuperConvergence: resumed the one-cycle at step {self._scheduler.last_epoch} of {self.total_steps} "
-                f"(max_lr={self.max_lr:.4g}); no range test.",
-            )
+        if not self._restored:
+            return
+        _compat.rank_zero_info(
+            trainer,
+            f"SuperConvergence: resumed the one-cycle at step {self._scheduler.last_epoch} of {self.total_steps} "
+            f"(max_lr={self.max_lr:.4g}); no range test.",
+        )
+        # (a new fit sized its cycle from this very estimate; only a resume can disagree with it)
         planned = self._start_step + self.total_steps
         steps = trainer.estimated_stepping_batches
         if math.isfinite(steps) and int(steps) != planned:
@@ -529,23 +531,31 @@ def _no_curve_message(record: Any, lrs: list[float]) -> str:
     """Why the range test recorded too few points to read, and what to do about it."""
     n = len(record.losses)
     at = f" (lr {lrs[n]:.3g})" if n < len(lrs) else ""
-    why = {
-        "non-finite": f"the loss was non-finite (NaN/inf) after {n} step(s){at}",
-        "diverged": f"the loss diverged after {n} step(s){at}",
-        "scaler-skips": (
+    advice = (
+        "Check that `training_step` returns a finite loss for your data, or start the sweep lower with "
+        "`SuperConvergence(lr_range=(start, end))`, or pass `max_lr=` to skip the range test."
+    )
+    if record.stop_reason == "non-finite":
+        why = f"the loss was non-finite (NaN/inf) after {n} step(s){at}"
+    elif record.stop_reason == "diverged":
+        why = f"the loss diverged after {n} step(s){at}"
+    elif record.stop_reason == "scaler-skips":
+        why = (
             f"the gradient scaler skipped {record.skipped_steps} steps in a row (inf/NaN gradients at every loss "
             f"scale) after {n} step(s){at}"
-        ),
-        "data-exhausted": (
-            f"the train dataloader ran out after {n} step(s) and yielded nothing when restarted (an iterable that "
-            "can be read only once?)"
-        ),
-    }.get(record.stop_reason, f"only {n} step(s) ran, `num_steps={len(lrs)}`")
-    return (
-        f"The range test could not read a loss curve: {why}. Check that `training_step` returns a finite loss for your "
-        "data, or start the sweep lower with `SuperConvergence(lr_range=(start, end))`, or raise `num_steps`, or pass "
-        "`max_lr=` to skip the range test. The model and optimizer were restored."
-    )
+        )
+    elif record.stop_reason == "data-exhausted":
+        why = (
+            f"the train dataloader ran out after {n} step(s) and yielded nothing when restarted (data that can be "
+            "read only once)"
+        )
+        advice = (
+            "Give the dataset an `__iter__` that starts over on each call, or pass `max_lr=` to skip the range test."
+        )
+    else:
+        why = f"only {n} step(s) ran"
+        advice = "Raise `num_steps` to 3 or more, or pass `max_lr=` to skip the range test."
+    return f"The range test could not read a loss curve: {why}. {advice} The model and optimizer were restored."
 
 
 def _total_steps(trainer: Any) -> int:

@@ -118,11 +118,11 @@ class GroupTrace:
 
     def decay_sum(self) -> float:
         r"""``Σ_t c_t·η_t``: the decay budget per unit of ``λ``."""
-        return math.fsum(c * lr for c, lr in zip(self.gains, self.lrs))
+        return math.fsum(c * lr for c, lr in zip(self.gains, self.lrs, strict=True))
 
     def peak_step_decay(self) -> float:
         """``max_t c_t·η_t``: the strongest per-step shrink per unit of ``λ``."""
-        return max((c * lr for c, lr in zip(self.gains, self.lrs)), default=0.0)
+        return max((c * lr for c, lr in zip(self.gains, self.lrs, strict=True)), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -182,14 +182,14 @@ def trace_schedule(
         traces = [GroupTrace() for _ in twin.param_groups]
         finished: set[int] = set()
         for step in range(total_steps):
-            for group, trace in zip(twin.param_groups, traces):
+            for group, trace in zip(twin.param_groups, traces, strict=True):
                 mu = momentum_of(group)
                 trace.lrs.append(float(group["lr"]))
                 trace.momenta.append(mu)
                 trace.gains.append(group_gain(group, mu))
             if step == total_steps - 1:
                 break
-            for index, (spec, scheduler) in enumerate(zip(usable, copies)):
+            for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):
                 if index in finished:
                     continue
                 period = spec.frequency * ((steps_per_epoch or 1) if spec.interval == "epoch" else 1)
@@ -258,23 +258,36 @@ def budget_matched(reference_budget_value: float, trace: GroupTrace, bounds: tup
     return clamp(reference_budget_value / total, bounds)
 
 
-def budget_target(target: float, trace: GroupTrace, bounds: tuple[float, float]) -> float:
-    r"""The constant ``λ`` that spends a fixed budget ``K = target`` over ``trace``, clamped into ``bounds``.
+def timescale_bounded(
+    weight_decay: float, trace: GroupTrace, budget_range: tuple[float, float], bounds: tuple[float, float]
+) -> float:
+    r"""``λ`` moved just enough that the run's decay budget ``K = Σ_t c_t·η_t·λ`` lies in ``budget_range``.
 
-    ``K = Σ_t c_t·η_t·λ`` counts e-foldings: decay alone would shrink the weights by ``exp(-K)`` over the run, and
-    ``1/K`` of the run is the decay's memory, the EMA timescale of Wang & Aitchison (2024), who find the best
-    timescale in epochs roughly constant across model and data size (SCIENCE.md §4, rule 3, with the SGD gain).
+    ``K`` counts e-foldings: decay alone would shrink the weights by ``exp(-K)`` over the run, so ``1/K`` of the run
+    is the decay's memory, the EMA timescale of Wang & Aitchison (2024), who find the best timescale roughly constant
+    in epochs across model and data size, between one epoch and the whole run (SCIENCE.md §4, rule 3; the SGD gain
+    ``c`` extends it to coupled decay). ``budget_range = (1, epochs)`` says exactly that. A ``λ`` already inside is
+    kept: the rule corrects a decay that cannot act within the run (``K < 1``) or that forgets within an epoch, and
+    leaves tuned recipes alone (Smith's CIFAR runs spend ``K`` of 3-16). The result is clamped into ``bounds``.
 
     Example::
 
-        >>> trace = GroupTrace(lrs=[0.1] * 10, momenta=[0.9] * 10, gains=[10.0] * 10)
-        >>> round(budget_target(1.0, trace, (1e-4, 1.0)), 9)
-        0.1
+        >>> trace = GroupTrace(lrs=[0.1] * 100, momenta=[0.9] * 100, gains=[10.0] * 100)  # Σ c·η = 100
+        >>> timescale_bounded(1e-4, trace, (1.0, 20.0), (1e-6, 1.0))  # K = 0.01: raised to K = 1
+        0.01
+        >>> timescale_bounded(0.05, trace, (1.0, 20.0), (1e-6, 1.0))  # K = 5: inside, kept
+        0.05
     """
     total = trace.decay_sum()
     if total <= 0:
-        return bounds[0]
-    return clamp(target / total, bounds)
+        return weight_decay
+    budget = weight_decay * total
+    low, high = budget_range
+    if budget < low:
+        weight_decay = low / total
+    elif budget > high:
+        weight_decay = high / total
+    return clamp(weight_decay, bounds)
 
 
 def grid_candidates(reference: float, factors: Sequence[float], bounds: tuple[float, float]) -> list[float]:
@@ -348,7 +361,7 @@ def guarded_pick(
         raise ValueError(f"the grid must contain the user's λ (factor 1), got factors {list(factors)}")
     diverged = [factors[i] for i, loss in enumerate(losses) if not math.isfinite(loss)]
     if diverged or not math.isfinite(replicate):
-        which = ", ".join(f"{f:g}x" for f in diverged) or "the user's replicate"
+        which = ", ".join(f"{f:.3g}x" for f in diverged) or "the user's replicate"
         return GridDecision(user, f"kept: branch(es) at {which} diverged, so the schedule is at the edge of stability")
     best = pick_lowest(factors, losses)
     noise = abs(losses[user] - replicate)
@@ -357,29 +370,14 @@ def guarded_pick(
     if best != user and gain > threshold:
         return GridDecision(
             best,
-            f"{factors[best]:g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
+            f"{factors[best]:.3g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
             f"({noise:.3g} between two data orders)",
         )
     return GridDecision(
         user,
-        f"kept: the best other λ ({factors[best]:g}x) was not ahead of the user's by more than the noise "
+        f"kept: the best other λ ({factors[best]:.3g}x) was not ahead of the user's by more than the noise "
         f"(gain {gain:.3g}, needed {threshold:.3g}; {noise:.3g} between two data orders)",
     )
-
-
-def edge_extension(candidates: Sequence[float], best: int, step: float, bounds: tuple[float, float]) -> float | None:
-    r"""The next ``λ`` to try when the best candidate sits at an edge of the grid (SCIENCE.md §4, rule 4), or None.
-
-    One more point beyond the edge, ``step`` times further out, if the bounds allow it. A best of ``λ = 0`` has no
-    lower neighbour to try.
-    """
-    if best == len(candidates) - 1:
-        nxt = candidates[best] * step
-        return nxt if nxt <= bounds[1] * (1 + 1e-9) and nxt > candidates[best] else None
-    if best == 0 and candidates[0] > 0:
-        nxt = candidates[0] / step
-        return nxt if nxt >= bounds[0] * (1 - 1e-9) and nxt < candidates[0] else None
-    return None
 
 
 def compressed_indices(total_steps: int, steps: int) -> list[int]:

@@ -94,7 +94,7 @@ def test_two_superconvergence_callbacks_are_refused_when_the_trainer_is_built(tm
 
 
 @pytest.mark.parametrize("swa_first", [False, True], ids=["swa-after", "swa-before"])
-def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_path, swa_first):
+def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_path, swa_first, recwarn):
     """The cycle spans the run's 12 steps and runs until SWA starts (third of 3 epochs); then SWA's `SWALR` rules.
 
     In either order of the callbacks list: SWA's extra batch-norm epoch does not lengthen the cycle.
@@ -109,6 +109,7 @@ def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_pa
     assert [g[0][0] for g in recorder.groups[:8]] == pytest.approx(_reference_lrs(callback.max_lr, 12)[:8], rel=1e-12)
     assert trainer.state.finished
     assert int(swa.n_averaged) > 0
+    assert not [w for w in recwarn if "SuperConvergence" in str(w.message)]  # SWA's extra epoch is no surprise
 
 
 # ------------------------------------------------------------------------------------------------ LearningRateMonitor
@@ -242,3 +243,43 @@ def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, capl
     assert [b[1] for b in backbone] == pytest.approx([h[1] for h in head], rel=1e-12)
     assert [g[0][0] for g in recorder.groups] == pytest.approx(_reference_lrs(0.2, 12), rel=1e-12)
     assert any("join the one-cycle at 0.1x" in r.getMessage() for r in caplog.records)
+
+
+class Interrupt(Exception):
+    """Stands for the job being killed."""
+
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupt
+
+
+@pytest.mark.parametrize("finetuning_first", [True, False], ids=["finetuning-first", "superconv-first"])
+def test_resume_after_backbone_finetuning_added_its_group_continues_the_cycle(tmp_path, finetuning_first):
+    """Killed after the backbone joined (step 8 of 12) and resumed: both groups' LR and momentum as uninterrupted."""
+
+    def callbacks(*extra):
+        finetuning, callback = BackboneFinetuning(unfreeze_backbone_at_epoch=1), SuperConvergence(max_lr=0.2)
+        pair = [finetuning, callback] if finetuning_first else [callback, finetuning]
+        return [*pair, *extra]
+
+    whole = Recorder()
+    _fit(tmp_path / "whole", BackboneClassifier(), callbacks(whole), max_epochs=3)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(Interrupt):
+        _fit(tmp_path / "a", BackboneClassifier(), callbacks(ckpt, KillAt(8)), max_epochs=3, enable_checkpointing=True)
+    resumed = Recorder()
+    L.seed_everything(0, verbose=False)
+    kwargs = trainer_kwargs(tmp_path / "b", max_epochs=3, limit_train_batches=4)
+    trainer = L.Trainer(callbacks=callbacks(resumed), **kwargs)
+    trainer.fit(BackboneClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 12
+    flat = [[value for group in step for value in group] for step in resumed.groups]
+    expected = [[value for group in step for value in group] for step in whole.groups[8:]]
+    assert len(flat) == len(expected) == 4
+    for got, want in zip(flat, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-12)

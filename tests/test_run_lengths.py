@@ -1,5 +1,8 @@
-"""Runs whose length or data moves: very short runs, reloaded dataloaders, data shorter than the range test, a second
-``fit``, and the parts of a fit around the range test (sanity check, validation, ``limit_train_batches``)."""
+"""Runs whose length or data moves, and the parts of a fit around the range test.
+
+Very short runs, reloaded dataloaders, data shorter than the range test, a second ``fit``; the sanity check,
+validation and ``limit_train_batches``.
+"""
 
 from __future__ import annotations
 
@@ -167,7 +170,8 @@ def test_data_read_only_once_stops_the_range_test_with_a_usable_curve(tmp_path):
     """A one-shot stream of 8 batches and a 20-step test: it stops when the data ends, picks, warns, and fit ends."""
     callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=20)
     with pytest.warns(RuntimeWarning, match=r"can be read only once.*training gets only what is left"):
-        trainer = _fit(tmp_path, OneShotClassifier(8 * 32), [callback], max_steps=5, max_epochs=-1)
+        # `max_epochs=1`: Lightning itself would loop forever over empty epochs of an exhausted stream
+        trainer = _fit(tmp_path, OneShotClassifier(8 * 32), [callback], max_steps=5, max_epochs=1)
     assert callback.result.stop_reason == "data-exhausted"
     assert 3 <= len(callback.result.losses) < 8
     assert callback.max_lr is not None
@@ -176,8 +180,9 @@ def test_data_read_only_once_stops_the_range_test_with_a_usable_curve(tmp_path):
 
 def test_data_read_only_once_and_too_short_fails_with_advice(tmp_path):
     """Too few batches for a curve: a clear error, not a crash in the middle."""
-    with pytest.raises(MisconfigurationException, match=r"ran out after 1 step\(s\).*`max_lr=`"):
-        _fit(tmp_path, OneShotClassifier(3 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=-1)
+    # three batches: the fit loop has already fetched one ahead, two are left for the range test
+    with pytest.raises(MisconfigurationException, match=r"ran out after 2 step\(s\).*`max_lr=`"):
+        _fit(tmp_path, OneShotClassifier(3 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=1)
 
 
 # ------------------------------------------------------------------------------------------------ a second fit
@@ -247,10 +252,12 @@ def test_sanity_check_validates_the_restored_model(tmp_path):
 
 
 def test_validation_never_runs_inside_the_range_test(tmp_path):
-    """`val_check_interval=2` counts real training steps only: two validations in a 4-step epoch, after steps 2 and 4."""
+    """`val_check_interval=2` counts real training steps only: in a 4-step epoch, validation after steps 2 and 4."""
     model = ValidationProbe()
     callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
-    trainer = _fit(tmp_path, model, [callback], val_check_interval=2, limit_val_batches=1, max_epochs=1)
+    trainer = _fit(
+        tmp_path, model, [callback], val_check_interval=2, limit_val_batches=1, limit_train_batches=4, max_epochs=1
+    )
     assert len(callback.result.losses) == 10
     assert trainer.global_step == 4
     assert len(model.val_weights) == 2

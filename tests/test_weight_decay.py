@@ -1,4 +1,4 @@
-"""The weight-decay maths on bare parameters, optimizers and schedulers: forms, gains, traces, budgets, rules, bounds."""
+"""The weight-decay maths on bare parameters, optimizers and schedulers: forms, gains, traces, budgets, rules."""
 
 import math
 
@@ -16,10 +16,11 @@ from lightning_superconv.weight_decay import (
     decay_budget,
     decay_form,
     decay_gain,
-    edge_extension,
     grid_candidates,
+    guarded_pick,
     pick_lowest,
     reference_budget,
+    timescale_bounded,
     trace_schedule,
 )
 
@@ -166,7 +167,7 @@ def test_trace_keeps_each_param_group():
     opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.01}], lr=0.1, momentum=0.9)
     sched = OneCycleLR(opt, max_lr=[1.0, 0.1], total_steps=10)
     traces, _ = trace_schedule(opt, [SchedulerSpec(sched)], total_steps=10)
-    assert [x / y for x, y in zip(traces[0].lrs, traces[1].lrs)] == pytest.approx([10.0] * 10)
+    assert [x / y for x, y in zip(traces[0].lrs, traces[1].lrs, strict=True)] == pytest.approx([10.0] * 10)
 
 
 # ---------------------------------------------------------------------------------------------------- budgets
@@ -263,19 +264,71 @@ def test_pick_lowest_raises_when_every_branch_diverged():
         pick_lowest([0.1, 1.0], [math.nan, math.inf])
 
 
-def test_edge_extension_goes_one_step_beyond_the_best_edge():
-    """Best at the top edge: try one factor further, if the bounds allow; never past them."""
-    assert edge_extension([1e-4, 1e-3], 1, 3.0, (1e-6, 1e-2)) == pytest.approx(3e-3)
-    assert edge_extension([1e-4, 1e-3], 1, 30.0, (1e-6, 1e-2)) is None
-    assert edge_extension([1e-4, 1e-3], 0, 3.0, (1e-6, 1e-2)) == pytest.approx(1e-4 / 3)
-    assert edge_extension([1e-4, 1e-3, 1e-2], 1, 3.0, (1e-6, 1e-2)) is None
-
-
 def test_compressed_indices_span_the_whole_schedule():
     """A branch sees the first and last step of the run, evenly spaced between."""
     idx = compressed_indices(345, 12)
     assert idx[0] == 0
     assert idx[-1] == 344
     assert len(idx) == 12
-    assert all(b > a for a, b in zip(idx, idx[1:]))
+    assert all(b > a for a, b in zip(idx, idx[1:], strict=False))
     assert compressed_indices(5, 10) == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------- timescale rule
+
+
+def test_timescale_raises_a_decay_that_cannot_act_within_the_run():
+    """K = 0.01 < 1: λ grows until decay alone would shrink the weights by 1/e over the run."""
+    trace = _constant_trace(0.1, 0.9, 100, 10.0)  # Σ c·η = 100
+    assert timescale_bounded(1e-4, trace, (1.0, 20.0), (0.0, 1e3)) == pytest.approx(1e-2)
+
+
+def test_timescale_keeps_a_decay_already_in_range():
+    """1 <= K <= epochs: a tuned recipe is left alone."""
+    trace = _constant_trace(0.1, 0.9, 100, 10.0)
+    assert timescale_bounded(0.05, trace, (1.0, 20.0), (0.0, 1e3)) == 0.05
+
+
+def test_timescale_shrinks_a_decay_that_forgets_within_an_epoch():
+    """K above the number of epochs: λ shrinks to K = epochs."""
+    trace = _constant_trace(0.1, 0.9, 100, 10.0)
+    assert timescale_bounded(1.0, trace, (1.0, 20.0), (0.0, 1e3)) == pytest.approx(0.2)
+
+
+def test_timescale_is_clamped_to_the_bounds():
+    trace = _constant_trace(0.1, 0.9, 100, 10.0)
+    assert timescale_bounded(1e-4, trace, (1.0, 20.0), (1e-6, 1e-3)) == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------- guarded pick
+
+
+def test_guarded_pick_adopts_a_clear_winner():
+    """Beyond twice the replicate noise and min_gain: the best λ is adopted, and the reason says so."""
+    decision = guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.40], replicate=0.51)
+    assert decision.index == 2
+    assert "10x had the lowest validation loss" in decision.reason
+
+
+def test_guarded_pick_keeps_the_user_value_within_the_noise():
+    """A lead smaller than twice the difference between two data orders is noise: keep the user's λ."""
+    decision = guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.47], replicate=0.48)
+    assert decision.index == 1
+    assert decision.reason.startswith("kept")
+
+
+def test_guarded_pick_keeps_the_user_value_below_min_gain():
+    """Without noise, a lead under ``min_gain`` of the loss still does not count."""
+    assert guarded_pick([1.0, 3.0], [0.500, 0.499], replicate=0.500, min_gain=0.01).index == 0
+
+
+def test_guarded_pick_keeps_the_user_value_when_a_branch_diverged():
+    """A diverged branch marks the edge of stability: the user's λ is kept, even if another looks better."""
+    decision = guarded_pick([0.1, 1.0, 10.0], [math.nan, 0.50, 0.30], replicate=0.50)
+    assert decision.index == 1
+    assert "edge of stability" in decision.reason
+
+
+def test_guarded_pick_needs_the_user_value_in_the_grid():
+    with pytest.raises(ValueError, match=r"must contain the user's λ \(factor 1\)"):
+        guarded_pick([0.1, 10.0], [0.5, 0.4], replicate=0.5)

@@ -99,17 +99,22 @@ def _fit(tmp_path, model, callbacks, epochs=2, **kwargs):
     return trainer
 
 
-def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) -> float:
-    """Σ c_t·η_t of SuperConvergence's one-cycle, built by hand on a bare optimizer."""
+def _one_cycle_terms(model_lr: float, momentum: float, max_lr: float, total: int) -> list[float]:
+    """c_t·η_t of every step of SuperConvergence's one-cycle, built by hand on a bare optimizer."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=model_lr, momentum=momentum)
     sched = build_one_cycle(opt, max_lr, total)
-    total_sum = 0.0
+    terms = []
     for _ in range(total):
         group = opt.param_groups[0]
-        total_sum += decay_gain("coupled", group["momentum"]) * group["lr"]
+        terms.append(decay_gain("coupled", group["momentum"]) * group["lr"])
         opt.step()
         sched.step()
-    return total_sum
+    return terms
+
+
+def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) -> float:
+    """Σ c_t·η_t of SuperConvergence's one-cycle."""
+    return sum(_one_cycle_terms(model_lr, momentum, max_lr, total))
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -118,7 +123,7 @@ def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"mode": "theory"}, ValueError, r"`mode` must be one of 'grid', 'budget', 'timescale', 'keep', got 'theory'"),
+        ({"mode": "theory"}, ValueError, r"`mode` must be one of 'timescale', 'grid', 'budget', 'keep', got 'theory'"),
         ({"factors": ()}, TypeError, r"`factors` must be a non-empty tuple"),
         ({"factors": (1.0, -1.0)}, ValueError, r"`factors\[1\]` must be in \[0.0, inf\), got -1.0"),
         ({"factors": (1.0, "3")}, TypeError, r"`factors\[1\]` must be a number, got '3'"),
@@ -172,6 +177,33 @@ def test_budget_mode_sets_the_matched_value_at_every_step(tmp_path):
     assert [s[0][2] for s in recorder.steps] == pytest.approx([expected] * total)
 
 
+def test_default_timescale_mode_sets_the_bounded_value_at_every_step(tmp_path):
+    """By default a decay that cannot act within the run (K < 1) is raised towards K = 1, at every training step.
+
+    The value is bounded by `bounds` (10x the user's) and the per-step cap.
+    """
+    recorder = Recorder()
+    balancer = WeightDecayBalancer()
+    epochs, max_lr = 3, 0.5
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=max_lr), balancer, recorder], epochs=epochs)
+    terms = _one_cycle_terms(0.01, 0.9, max_lr, epochs * STEPS_PER_EPOCH)
+    assert 5e-4 * sum(terms) < 1.0  # the user's λ spends K < 1: decay barely acts in this run
+    expected = min(1.0 / sum(terms), 10 * 5e-4, 0.1 / max(terms))
+    assert balancer.mode == "timescale"
+    assert [s[0][2] for s in recorder.steps] == pytest.approx([expected] * epochs * STEPS_PER_EPOCH)
+    assert "timescale" in balancer.reason
+
+
+def test_timescale_keeps_a_weight_decay_already_in_range(tmp_path):
+    """A λ whose budget lies between 1 and the number of epochs is left exactly as configured."""
+    total = 6 * STEPS_PER_EPOCH
+    inside = 1.5 / _one_cycle_sum(0.01, 0.9, 0.05, total)  # K = 1.5, with 6 epochs
+    balancer = WeightDecayBalancer(mode="timescale")
+    _fit(tmp_path, TinyClassifier(weight_decay=inside), [SuperConvergence(max_lr=0.05), balancer], epochs=6)
+    assert balancer.weight_decays == [inside]
+    assert balancer.reason.startswith("kept")
+
+
 def test_keep_mode_leaves_weight_decay_as_configured(tmp_path):
     recorder = Recorder()
     _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="keep"), recorder])
@@ -183,9 +215,11 @@ def test_groups_without_weight_decay_are_left_alone(tmp_path):
     for mode in ("budget", "grid", "keep"):
         recorder = Recorder()
         balancer = WeightDecayBalancer(mode=mode, cost=1.0)
-        _fit(tmp_path, TwoGroups(), [SuperConvergence(max_lr=0.5), balancer, recorder], epochs=6)
+        _fit(tmp_path, TwoGroups(weight_decay=5e-3), [SuperConvergence(max_lr=0.5), balancer, recorder], epochs=6)
         assert {s[1][2] for s in recorder.steps} == {0.0}, mode
-        assert balancer.reference_weight_decays == [5e-4, 0.0]
+        assert balancer.reference_weight_decays == [5e-3, 0.0]
+        if mode == "grid":
+            assert balancer.search is not None  # the branches ran, with both groups
 
 
 def test_no_decay_at_all_is_reported_and_untouched(tmp_path, caplog):
@@ -209,24 +243,59 @@ def test_fit_start_reports_the_choice_and_why_in_one_line(tmp_path, caplog):
 # ---------------------------------------------------------------------------------------------------- the grid
 
 
-@pytest.mark.slow
-def test_grid_changes_nothing_but_weight_decay(tmp_path):
-    """The branches are restored bit for bit: a grid run equals a plain run configured with the chosen λ."""
+def _grid_then_plain(tmp_path, weight_decay=5e-3, epochs=6):
+    """A grid run, then a plain run configured with the λ the grid chose, from the same seed."""
     L.seed_everything(0)
     balancer = WeightDecayBalancer(mode="grid", cost=1.0)
-    grid_model = TinyClassifier()
-    _fit(tmp_path, grid_model, [SuperConvergence(max_lr=0.5), balancer], epochs=6)
-    chosen = balancer.weight_decays[0]
+    grid_model = TinyClassifier(weight_decay=weight_decay)
+    _fit(tmp_path, grid_model, [SuperConvergence(max_lr=0.5), balancer], epochs=epochs)
+    L.seed_everything(0)
+    plain_model = TinyClassifier(weight_decay=balancer.weight_decays[0])
+    _fit(tmp_path, plain_model, [SuperConvergence(max_lr=0.5)], epochs=epochs)
+    return balancer, grid_model, plain_model
+
+
+def test_grid_changes_nothing_but_weight_decay(tmp_path):
+    """The branches are restored bit for bit: a grid run equals a plain run configured with the chosen λ."""
+    balancer, grid_model, plain_model = _grid_then_plain(tmp_path)
     assert balancer.search is not None
     assert len(balancer.search["val_losses"]) == 5
     assert math.isfinite(balancer.search["replicate_val_loss"])
-    assert chosen / 5e-4 == pytest.approx(balancer.search["factor"])
-
-    L.seed_everything(0)
-    plain_model = TinyClassifier(weight_decay=chosen)
-    _fit(tmp_path, plain_model, [SuperConvergence(max_lr=0.5)], epochs=6)
-    for a, b in zip(grid_model.parameters(), plain_model.parameters()):
+    assert balancer.weight_decays[0] / 5e-3 == pytest.approx(balancer.search["factor"])
+    for a, b in zip(grid_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grid_trains_with_the_lambda_it_adopts(tmp_path, monkeypatch):
+    """When one λ wins clearly, the whole run trains with it, and equals a plain run configured with it."""
+    from lightning_superconv import weight_decay_balancer as module
+
+    real = module._run_grid
+
+    def clear_winner(*args, **kwargs):
+        losses, seconds = real(*args, **kwargs)
+        factors = [f for f, order in args[7] if order == 0]
+        return [0.1 if f == 3.0 else 1.0 for f in factors] + [1.0], seconds
+
+    monkeypatch.setattr(module, "_run_grid", clear_winner)
+    balancer, grid_model, plain_model = _grid_then_plain(tmp_path)
+    assert balancer.search["factor"] == 3.0
+    assert balancer.weight_decays[0] == pytest.approx(1.5e-2)
+    assert "3x had the lowest validation loss" in balancer.reason
+    for a, b in zip(grid_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grid_is_skipped_when_branches_cannot_see_weight_decay_act(tmp_path, monkeypatch):
+    """A λ so small that no branch would shrink the weights by 5 % runs no branch at all and keeps λ."""
+    from lightning_superconv import weight_decay_balancer as module
+
+    monkeypatch.setattr(module, "_run_grid", lambda *a, **k: pytest.fail("a branch ran"))
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    _fit(tmp_path, TinyClassifier(weight_decay=1e-5), [SuperConvergence(max_lr=0.5), balancer], epochs=6)
+    assert balancer.weight_decays == [1e-5]
+    assert "too little to tell weight decays apart" in balancer.reason
+    assert balancer.search is None
 
 
 def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
@@ -273,8 +342,10 @@ def test_either_callback_order_gives_the_same_choice(tmp_path):
 
 
 def test_works_without_superconvergence_on_the_users_own_scheduler(tmp_path):
-    """The user's own OneCycleLR is both the schedule and the reference: budget mode keeps λ; an explicit reference
-    LR balances against it."""
+    """The user's own OneCycleLR is the schedule and the reference; an explicit `reference_lr` balances against it.
+
+    Without SuperConvergence the schedule that runs is what the user would have run anyway, so budget mode keeps λ.
+    """
     recorder = Recorder()
     balancer = WeightDecayBalancer(mode="budget")
     _fit(tmp_path, TwoGroups(scheduler="onecycle"), [balancer, recorder], epochs=2)
@@ -288,18 +359,28 @@ def test_works_without_superconvergence_on_the_users_own_scheduler(tmp_path):
     assert balancer.weight_decays[1] == 0.0
 
 
-def test_step_scheduler_epochs_are_traced(tmp_path):
-    """An epoch-interval StepLR is traced per epoch: its budget is below the configured constant's, so budget mode,
-    which only shrinks, keeps λ."""
-    balancer = WeightDecayBalancer(mode="keep")
-    trainer = _fit(tmp_path, TinyClassifier(scheduler="step"), [balancer], epochs=2)
-    assert balancer.weight_decays == [5e-4]
-    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-4
+def test_epoch_scheduler_is_traced_per_epoch(tmp_path):
+    """The reference budget of a user's epoch-interval StepLR is summed epoch by epoch, as Lightning steps it."""
+    balancer = WeightDecayBalancer(mode="budget")
+    trainer = _fit(tmp_path, TinyClassifier(scheduler="step"), [balancer], epochs=6)
+    # StepLR(step_size=5, gamma=0.1): 5 epochs at 0.01, then one at 0.001; 8 steps per epoch; c = 1/(1-0.9)
+    expected = 5e-4 * 10.0 * (5 * STEPS_PER_EPOCH * 0.01 + STEPS_PER_EPOCH * 0.001)
+    assert balancer.reference_budgets == pytest.approx([expected])
+    assert balancer.weight_decays == pytest.approx([5e-4])
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(5e-4)
 
 
 def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"before its adaptive normalization.*use AdamW"):
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), WeightDecayBalancer(mode="budget")])
+
+
+def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
+    """Adam's coupled decay has no budget to bound: the default keeps it (and warns)."""
+    balancer = WeightDecayBalancer()
+    with pytest.warns(RuntimeWarning, match="adaptive normalization"):
+        _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), balancer])
+    assert balancer.weight_decays == [1e-4]
 
 
 def test_adamw_budget_uses_decoupled_gain(tmp_path):
@@ -342,8 +423,10 @@ def test_state_dict_holds_plain_values():
 
 
 def test_resume_continues_exactly_and_does_not_balance_again(tmp_path):
-    """Resumed mid-run, every step's LR, momentum and λ equal the uninterrupted run's; the user's λ comes from the
-    checkpoint, and the balanced value is not balanced a second time."""
+    """Resumed mid-run, every step's LR, momentum and λ equal the uninterrupted run's.
+
+    The user's λ comes from the checkpoint, and the balanced value is not balanced a second time.
+    """
     epochs = 4
     full = Recorder()
     L.seed_everything(0)
@@ -360,8 +443,10 @@ def test_resume_continues_exactly_and_does_not_balance_again(tmp_path):
     resumed = WeightDecayBalancer(mode="budget")
     calls = []
     resumed._budget = lambda *a: calls.append(a)  # type: ignore[method-assign]
-    trainer = L.Trainer(**trainer_kwargs(tmp_path / "part", max_epochs=epochs, enable_checkpointing=True,
-                                         callbacks=[SuperConvergence(max_lr=0.5), resumed, resumed_recorder]))  # fmt: skip
+    callbacks = [SuperConvergence(max_lr=0.5), resumed, resumed_recorder]
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path / "part", max_epochs=epochs, enable_checkpointing=True, callbacks=callbacks)
+    )
     trainer.fit(TinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert calls == []
     assert resumed.reference_weight_decays == [5e-4]
@@ -398,7 +483,8 @@ def test_weight_decay_is_logged_per_step(tmp_path):
     assert all(m["superconv/weight_decay"] == pytest.approx(balancer.weight_decays[0]) for m in logged)
     assert all("superconv/lr" in m and "superconv/momentum" in m for m in logged)
     pg1 = [m for _, m in logger.metrics if "superconv/weight_decay/pg1" in m]
-    assert pg1 and all(m["superconv/weight_decay/pg1"] == 0.0 for m in pg1)
+    assert pg1
+    assert all(m["superconv/weight_decay/pg1"] == 0.0 for m in pg1)
 
 
 def test_no_duplicate_schedule_logging_beside_superconvergence(tmp_path):
@@ -410,7 +496,8 @@ def test_no_duplicate_schedule_logging_beside_superconvergence(tmp_path):
     for step, metrics in logger.metrics:
         if "superconv/weight_decay" in metrics:
             per_step[step] = per_step.get(step, 0) + 1
-    assert per_step and set(per_step.values()) == {1}
+    assert per_step
+    assert set(per_step.values()) == {1}
 
 
 def test_fast_dev_run_changes_nothing(tmp_path):

@@ -1,0 +1,81 @@
+"""One range-test step is one optimizer step, taken as training takes it: accumulation and gradient clipping."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, trainer_kwargs
+
+from lightning_superconv import SuperConvergence
+
+NO_DIVERGENCE = (1e-2, 1.0)
+
+
+class GradientProbe(TinyClassifier):
+    """Records every ``training_step`` loss, and the gradient the optimizer is about to apply at every step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[float] = []
+        self.largest: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(loss.detach().float())
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+
+        def record(opt, args, kwargs):
+            # after `optimizer.step(closure)`: the gradient the step applied, after Lightning's clipping (a pre-hook
+            # would run before the closure has computed it)
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            self.largest.append(max(float(g.abs().max()) for g in grads))
+
+        optimizer.register_step_post_hook(record)
+        return optimizer
+
+
+def _fit(tmp_path, model, callback, **overrides):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, limit_train_batches=4, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_recorded_loss_is_the_mean_over_the_accumulated_micro_batches(tmp_path, accumulate):
+    """With `accumulate_grad_batches=k` each point of the curve is the mean of k `training_step` losses."""
+    model = GradientProbe()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    _fit(tmp_path, model, callback, accumulate_grad_batches=accumulate, max_epochs=1)
+    micro = torch.stack(model.losses[: 6 * accumulate]).view(6, accumulate)
+    assert callback.result.losses == pytest.approx(micro.mean(dim=1).tolist(), rel=1e-6)
+    # one optimizer step per range-test step, then training's (the epoch's last, partial accumulation steps too)
+    assert len(model.norms) == 6 + math.ceil(4 / accumulate)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "measure"), [("norm", "norms"), ("value", "largest")], ids=["clip-by-norm", "clip-by-value"]
+)
+def test_gradient_clipping_set_on_the_trainer_applies_in_the_range_test(tmp_path, algorithm, measure):
+    """`gradient_clip_val` bounds every range-test step's gradient, as it bounds training's."""
+    unclipped = GradientProbe()
+    _fit(tmp_path, unclipped, SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8), max_epochs=1)
+    limit = 0.5 * min(getattr(unclipped, measure)[:8])  # every unclipped step exceeds it
+    clipped = GradientProbe()
+    _fit(
+        tmp_path,
+        clipped,
+        SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8),
+        max_epochs=1,
+        gradient_clip_val=limit,
+        gradient_clip_algorithm=algorithm,
+    )
+    assert max(getattr(clipped, measure)[:8]) <= limit * (1 + 1e-5)
