@@ -151,6 +151,11 @@ def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
        ``floor = min + 0.1 * (start - min)``.
     2. The loss first reaches the floor, stays in it while the LR keeps rising, and then leaves it: it has stopped
        decreasing and starts to rise. The pick is the largest LR of that first stay in the floor.
+    3. A stay shorter than the running median's half width plus one (4 steps of 100) is a blip the smoother could
+       not remove, not a floor, and is passed over; if every stay is that short (a sharp V), the longest one counts.
+       Measured: one of 14 range tests of the Fashion-MNIST example's network (``benchmarks/speedup_benchmark.py``)
+       touched the floor for a single step at lr 0.0034, a tenth of where the others' floors ended; its 8-epoch cycle
+       ended at 89.7 % validation accuracy, against 91.6 % for the other seed's, picked at 0.034.
 
     Why not the minimum itself: on a long, noisy floor the lowest point is wherever the noise put it, easily a decade
     beyond the first rise (measured: an MLP with AdamW whose floor spans 1.5e-3 to 3e-2; the best one-cycle peak is
@@ -189,10 +194,7 @@ def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
             f"{lrs[-1]:.3g}, so there is no floor to read a maximum LR from"
         )
     floor = curve[lowest] + FLOOR_FRACTION * drop
-    first = next(i for i, value in enumerate(curve) if value <= floor)
-    last = first
-    while last + 1 < len(curve) and curve[last + 1] <= floor:
-        last += 1
+    first, last = _first_real_stay(curve, floor, min_length=median_half_width(len(curve)) + 1)
     rose = "rises out of it" if last + 1 < len(curve) else "stays in it to the end of the sweep"
     return Pick(
         lrs[last],
@@ -200,6 +202,24 @@ def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
         f"the smoothed loss reaches its floor (within {FLOOR_FRACTION:.0%} of its drop above the minimum) at lr "
         f"{lrs[first]:.3g} and {rose} after lr {lrs[last]:.3g}",
     )
+
+
+def _first_real_stay(curve: Sequence[float], floor: float, min_length: int) -> tuple[int, int]:
+    """First and last index of the first run of ``curve <= floor`` at least ``min_length`` long, else the longest."""
+    stays: list[tuple[int, int]] = []
+    start = None
+    for i, value in enumerate(curve):
+        if value <= floor and start is None:
+            start = i
+        elif value > floor and start is not None:
+            stays.append((start, i - 1))
+            start = None
+    if start is not None:
+        stays.append((start, len(curve) - 1))
+    for first, last in stays:
+        if last - first + 1 >= min_length:
+            return first, last
+    return max(stays, key=lambda stay: stay[1] - stay[0])  # max() keeps the first of equally long stays
 
 
 #: The floor of the loss curve: within this fraction of the whole drop (start to minimum) above the minimum.

@@ -232,3 +232,24 @@ def test_pick_rejects_a_curve_that_never_falls():
     lrs = lr_sweep(1e-4, 1.0, 20)
     with pytest.raises(ValueError, match="never fell"):
         pick_max_lr(lrs, [1.0 + 0.1 * i for i in range(20)])
+
+
+def test_pick_passes_over_a_one_step_touch_of_the_floor():
+    """A single step dipping into the floor before the real floor is noise: the pick is the real floor's end."""
+    lrs, losses = _synthetic_curve(0.0)
+    reference = pick_max_lr(lrs, losses, smoothed=losses)
+    smoothed = list(losses)
+    smoothed[DESCENT_START + 10] = 0.5  # one step, mid-descent, as low as the floor
+    pick = pick_max_lr(lrs, losses, smoothed=smoothed)
+    assert pick.index == reference.index >= FLOOR_START
+    assert pick.reason == reference.reason
+
+
+def test_pick_on_a_sharp_v_takes_the_longest_short_stay():
+    """With no stay of the minimum length (a sharp V), the longest stay counts, not an earlier, shorter blip."""
+    lrs = lr_sweep(1e-5, 10.0, 100)
+    smoothed = [2.0 - 0.02 * i for i in range(50)] + [1.0 + 0.1 * i for i in range(50)]
+    smoothed[20] = 1.0  # an early one-step touch
+    smoothed[47:52] = [1.2, 1.05, 1.02, 1.0, 1.15]  # the V's bottom: a 3-step stay, one short of the minimum (4 of 100)
+    pick = pick_max_lr(lrs, list(smoothed), smoothed=smoothed)
+    assert pick.index == 50
