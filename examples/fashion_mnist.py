@@ -133,7 +133,7 @@ def default_precision(accelerator: str = "cpu") -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=None, help="folder with the four *-ubyte.gz files")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--width", type=int, default=24, help="channels of the first stage")
     parser.add_argument("--train-size", type=int, default=None, help="train on a subset (default: all 55,000)")
