@@ -11,6 +11,7 @@ finders suggest, which aims at a good *constant* LR.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -153,9 +154,10 @@ def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
        decreasing and starts to rise. The pick is the largest LR of that first stay in the floor.
     3. A stay shorter than the running median's half width plus one (4 steps of 100) is a blip the smoother could
        not remove, not a floor, and is passed over; if every stay is that short (a sharp V), the longest one counts.
-       Measured: one of 14 range tests of the Fashion-MNIST example's network (``benchmarks/speedup_benchmark.py``)
-       touched the floor for a single step at lr 0.0034, a tenth of where the others' floors ended; its 8-epoch cycle
-       ended at 89.7 % validation accuracy, against 91.6 % for the other seed's, picked at 0.034.
+       Measured: one of 12 range tests of the Fashion-MNIST example's network in ``benchmarks/speedup_benchmark.py``
+       (and none of 16 more) touched the floor for a single step at lr 0.0034, a tenth of where the others' floors
+       ended; its 8-epoch cycle ended at 89.7 % validation accuracy, against 91.6 % for the other seed's, picked at
+       0.034.
 
     Why not the minimum itself: on a long, noisy floor the lowest point is wherever the noise put it, easily a decade
     beyond the first rise (measured: an MLP with AdamW whose floor spans 1.5e-3 to 3e-2; the best one-cycle peak is
@@ -207,15 +209,12 @@ def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequenc
 def _first_real_stay(curve: Sequence[float], floor: float, min_length: int) -> tuple[int, int]:
     """First and last index of the first run of ``curve <= floor`` at least ``min_length`` long, else the longest."""
     stays: list[tuple[int, int]] = []
-    start = None
-    for i, value in enumerate(curve):
-        if value <= floor and start is None:
-            start = i
-        elif value > floor and start is not None:
-            stays.append((start, i - 1))
-            start = None
-    if start is not None:
-        stays.append((start, len(curve) - 1))
+    start = 0
+    for inside, run in itertools.groupby(curve, key=lambda value: value <= floor):
+        length = len(list(run))
+        if inside:
+            stays.append((start, start + length - 1))
+        start += length
     for first, last in stays:
         if last - first + 1 >= min_length:
             return first, last
