@@ -1,0 +1,160 @@
+"""The methods the zoo compares, each one training run of a task and seed, scored on validation and test.
+
+- ``oracle``: one cycle at a fixed max LR (``SuperConvergence(max_lr=...)``, no range test), one run per grid point;
+  the table's oracle is the grid point with the best mean validation score.
+- ``user``: the optimizer the task's source configures, at its LR, held constant over the same steps.
+- ``lightning``: one cycle at the suggestion of Lightning's ``Tuner.lr_find`` with its defaults.
+- ``ours``: ``SuperConvergence()`` with its defaults.
+- ``prodigy``: ``prodigyopt.Prodigy`` as its README recommends (``lr=1.0``, decoupled weight decay, cosine annealing
+  over the run).
+- ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (lr 0.0025, its default) for tasks configured with an adaptive
+  optimizer, ``SGDScheduleFree`` otherwise at twice the user's effective SGD step ``lr / (1 - momentum)`` (its
+  README: 10-50x a classical LR with momentum 0.9); warm-up over the first 5 % of steps; ``optimizer.train()`` /
+  ``.eval()`` around training and evaluation, and BatchNorm statistics recomputed at the evaluation point over 50
+  training batches, as its README asks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from benchmarks.zoo.tasks import SupervisedModule, Task
+from lightning_superconv import SuperConvergence
+
+METHODS = ("oracle", "user", "lightning", "ours", "prodigy", "schedulefree")
+
+
+def code_fingerprint() -> str:
+    """A short hash of the package's source: an ``ours`` run is cached per version of the code that picked it."""
+    root = Path(__file__).resolve().parents[2] / "lightning_superconv"
+    digest = hashlib.sha1()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def make_trainer(task: Task, callbacks: list[Any], **kwargs: Any) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=task.epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **{**task.trainer_kwargs, **kwargs},
+    )
+
+
+class ScheduleFreeModes(Callback):
+    """Schedule-Free's ``train()``/``eval()`` switches, and BatchNorm statistics recomputed at the evaluation point."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        trainer.optimizers[0].train()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        trainer.optimizers[0].eval()
+        norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms or not isinstance(pl_module, SupervisedModule):
+            return
+        pl_module.train()
+        with torch.no_grad():
+            for x, _ in itertools.islice(self.loader, 50):
+                pl_module(x)
+        pl_module.eval()
+
+
+def _steps(task: Task, loader: Any) -> int:
+    return len(loader) * task.epochs
+
+
+def _lightning_suggestion(task: Task, seed: int) -> float:
+    from lightning.pytorch.tuner import Tuner
+
+    L.seed_everything(seed, verbose=False)
+    model, loader = task.make(seed)
+    finder = Tuner(make_trainer(task, [])).lr_find(model, train_dataloaders=loader, update_attr=False)
+    suggestion = finder.suggestion() if finder is not None else None
+    return float(suggestion) if suggestion is not None else math.nan
+
+
+def run(task: Task, method: str, seed: int, max_lr: float | None = None) -> dict[str, Any]:
+    """One training run of ``task`` with ``method``; returns scores, the max LR used and the wall time."""
+    out: dict[str, Any] = {}
+    start = time.perf_counter()
+    if method == "lightning":
+        max_lr = _lightning_suggestion(task, seed)
+        out["finder_seconds"] = time.perf_counter() - start
+        if not math.isfinite(max_lr):
+            return {**out, "max_lr": None, "val": None, "test": None, "nonfinite": False, "no_suggestion": True}
+    L.seed_everything(seed, verbose=False)
+    model, loader = task.make(seed)
+    callbacks: list[Any] = []
+    sc = None
+    if method in ("oracle", "lightning"):
+        sc = SuperConvergence(max_lr=max_lr)
+    elif method == "ours":
+        sc = SuperConvergence()
+    elif method == "prodigy":
+        from prodigyopt import Prodigy
+
+        steps = _steps(task, loader)
+
+        def prodigy(module: Any) -> Any:
+            opt = Prodigy(module.parameters(), lr=1.0, weight_decay=task.optimizer.weight_decay, decouple=True)
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+
+        model.optimizer_factory = prodigy
+    elif method == "schedulefree":
+        import schedulefree
+
+        warmup = max(1, round(0.05 * _steps(task, loader)))
+        spec = task.optimizer
+
+        def schedule_free(module: Any) -> Any:
+            if spec.adaptive:
+                return schedulefree.AdamWScheduleFree(
+                    module.parameters(), lr=0.0025, weight_decay=spec.weight_decay, warmup_steps=warmup
+                )
+            lr = 2.0 * spec.lr / (1.0 - spec.momentum)
+            return schedulefree.SGDScheduleFree(
+                module.parameters(), lr=lr, weight_decay=spec.weight_decay, warmup_steps=warmup
+            )
+
+        model.optimizer_factory = schedule_free
+        callbacks.append(ScheduleFreeModes(loader))
+    elif method != "user":
+        raise ValueError(f"unknown method {method!r}")
+    if sc is not None:
+        callbacks.insert(0, sc)
+    make_trainer(task, callbacks).fit(model, train_dataloaders=loader)
+    out["seconds"] = time.perf_counter() - start
+    val, bad_val = task.score(model, "val")
+    test, bad_test = task.score(model, "test")
+    out.update(val=val, test=test, nonfinite=bad_val or bad_test)
+    if sc is not None:
+        out["max_lr"] = sc.max_lr
+    if sc is not None and sc.result is not None:
+        out["curve"] = {
+            "lrs": [round(v, 8) for v in sc.result.lrs],
+            "losses": [round(v, 6) for v in sc.result.losses],
+            "stop": sc.result.stop_reason,
+        }
+    return out
