@@ -6,8 +6,8 @@ weight decay for the LR schedule that will actually run.
 """
 
 from lightning_superconv.__about__ import __version__
+from lightning_superconv.find import find_max_lr
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.standalone import find_max_lr
 from lightning_superconv.superconvergence import SuperConvergence
 from lightning_superconv.weight_decay_balancer import WeightDecayBalancer
 

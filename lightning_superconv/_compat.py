@@ -1,4 +1,4 @@
-r"""Match the Lightning distribution of the user's ``Trainer``.
+r"""Match the Lightning distribution of the user's ``Trainer``, and every private Lightning attribute we touch.
 
 Projects import either ``lightning.pytorch`` (the unified package) or the standalone ``pytorch_lightning``. The two
 ship separate copies of every class, so an exception, a scheduler config, a logger type or the RNG helpers must come
@@ -8,15 +8,33 @@ The callbacks themselves derive from :data:`Callback`: the ``Callback`` of *both
 installed, so ``isinstance(callback, Callback)`` holds for either one. Trainers call hooks by name, but
 ``LightningCLI`` (through jsonargparse) accepts a ``class_path`` under ``trainer.callbacks`` only for a subclass of its
 own distribution's ``Callback``.
+
+Lightning's private attributes (``fit_loop._combined_loader``, ``epoch_loop._results``, ``_logger_connector``...)
+are read and written only through the named functions at the end of this module, each with a test
+(``tests/test_compat.py``): when a Lightning release moves one, this file is the one place that breaks. Checked
+against Lightning 2.4-2.6.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lightning.pytorch.callbacks import Callback as _LightningCallback
+
+if TYPE_CHECKING:
+    import lightning.pytorch
+    import pytorch_lightning
+
+    #: A ``Trainer`` of either distribution: ``lightning.pytorch`` or the standalone ``pytorch_lightning``.
+    Trainer: TypeAlias = lightning.pytorch.Trainer | pytorch_lightning.Trainer
+    #: A ``LightningModule`` of either distribution.
+    LightningModule: TypeAlias = lightning.pytorch.LightningModule | pytorch_lightning.LightningModule
+else:
+    Trainer = Any
+    LightningModule = Any
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -74,6 +92,144 @@ def isolate_rng(trainer: Any) -> Any:
     return module(trainer, "utilities.seed").isolate_rng()
 
 
-def strategy_class(trainer: Any, name: str) -> type | None:
-    """The strategy class ``name`` (e.g. ``"FSDPStrategy"``) of the user's distribution, or None if it has none."""
-    return getattr(module(trainer, "strategies"), name, None)
+def strategy_classes(obj: Any, *names: str) -> tuple[type, ...]:
+    """The strategy classes ``names`` (e.g. ``"FSDPStrategy"``) that the distribution of ``obj`` has."""
+    strategies = module(obj, "strategies")
+    return tuple(cls for name in names if (cls := getattr(strategies, name, None)) is not None)
+
+
+def callback_classes(obj: Any, *names: str) -> tuple[type, ...]:
+    """The callback classes ``names`` (e.g. ``"LearningRateFinder"``) that the distribution of ``obj`` has."""
+    callbacks = module(obj, "callbacks")
+    return tuple(cls for name in names if (cls := getattr(callbacks, name, None)) is not None)
+
+
+def scheduler_config(trainer: Any, scheduler: Any) -> Any:
+    """A step-wise ``LRSchedulerConfig`` of the user's distribution for ``scheduler``."""
+    return module(trainer, "utilities.types").LRSchedulerConfig(scheduler, interval="step", frequency=1)
+
+
+# ------------------------------------------------------- public Trainer attributes that Lightning sets at run time
+# (assigned by the Trainer's connectors, so type checkers do not see them)
+
+
+def callbacks(trainer: Trainer) -> list[Any]:
+    """The trainer's callbacks, in the order their hooks run."""
+    return list(getattr(trainer, "callbacks"))  # noqa: B009 - set at run time, invisible to type checkers
+
+
+def set_callbacks(trainer: Trainer, new: list[Any]) -> None:
+    """Replace the trainer's callbacks (a new list: a hook loop running now iterates over the old one)."""
+    setattr(trainer, "callbacks", new)  # noqa: B010 - set at run time, invisible to type checkers
+
+
+def fast_dev_run(trainer: Trainer) -> bool:
+    """Whether ``Trainer(fast_dev_run=...)`` is on."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
+# ----------------------------------------------------------------------------------- Lightning's private attributes
+
+
+def grad_scaler(trainer: Trainer) -> Any:
+    """The precision plugin's ``GradScaler`` (``16-mixed``), or None."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def is_placeholder_optimizer(trainer: Trainer, optimizer: Any) -> bool:
+    """Whether ``optimizer`` is the stand-in Lightning installs when ``configure_optimizers`` returns None."""
+    placeholder = getattr(module(trainer, "core.optimizer"), "_MockOptimizer", None)
+    return placeholder is not None and isinstance(optimizer, placeholder)
+
+
+def setup_train_data(trainer: Trainer) -> None:
+    """Load the train dataloader as the fit loop would (a no-op when it is loaded)."""
+    trainer.fit_loop.setup_data()
+
+
+def train_combined_loader(trainer: Trainer) -> Any:
+    """The fit loop's ``CombinedLoader`` over the processed train dataloaders (samplers and limits applied)."""
+    return trainer.fit_loop._combined_loader
+
+
+def train_loaders(trainer: Trainer) -> list[Any]:
+    """The processed train dataloaders, flattened."""
+    combined = train_combined_loader(trainer)
+    return [] if combined is None else list(combined.flattened)
+
+
+def fresh_train_iterator(combined_loader: Any) -> tuple[Iterator[Any], float]:
+    r"""A new iterator over the fit loop's loaders, and the number of batches an epoch of it may use.
+
+    Built beside the fit loop's own, which is never touched. Yields ``(batch, batch_idx, dataloader_idx)``.
+    """
+    fresh = type(combined_loader)(combined_loader.iterables, combined_loader._mode)
+    fresh.flattened = combined_loader.flattened
+    fresh.limits = combined_loader.limits
+    iterator = iter(fresh)
+    # the limits only shorten the iterator's length, which the fit loop counts against; iterating goes on
+    try:
+        length: float = len(fresh)
+    except (TypeError, NotImplementedError):  # no length (an iterable dataset without a limit)
+        length = float("inf")
+    return iterator, length
+
+
+def restart_train_fetcher(trainer: Trainer) -> None:
+    """Rebuild the fit loop's data iterator (after a range test shared a persistent-workers iterator with it)."""
+    fetcher = trainer.fit_loop._data_fetcher
+    if fetcher is not None:
+        iter(fetcher)
+
+
+def epoch_results(trainer: Trainer) -> Any:
+    """The result collection that ``self.log`` in ``training_step`` writes into."""
+    return trainer.fit_loop.epoch_loop._results
+
+
+def set_epoch_results(trainer: Trainer, results: Any) -> None:
+    """Replace the result collection that ``self.log`` in ``training_step`` writes into."""
+    trainer.fit_loop.epoch_loop._results = results
+
+
+def current_hook(pl_module: Any) -> str | None:
+    """The name of the hook the module is in, which ``self.log`` checks."""
+    return pl_module._current_fx_name
+
+
+def set_current_hook(pl_module: Any, name: str | None) -> None:
+    """Tell ``self.log`` which hook the module is in."""
+    pl_module._current_fx_name = name
+
+
+def before_batch_transfer(pl_module: Any, batch: Any) -> Any:
+    """Run the module's (and datamodule's) ``on_before_batch_transfer`` on a train batch, as the fit loop does."""
+    return pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+
+
+def should_update_logs(trainer: Trainer) -> bool:
+    """Whether this training step is a logging step (``log_every_n_steps``)."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def logging_step(trainer: Trainer) -> int:
+    """The x-axis value loggers get for this training step (Lightning's ``_batches_that_stepped``)."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def val_dataloaders(trainer: Trainer) -> list[Any] | None:
+    """The run's validation dataloaders, in order, or None when the run has none."""
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    if not source.is_defined():
+        return None
+    loaders = source.dataloader()
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return list(loaders)
+    return [loaders]
+
+
+def state_key(callback: Any, **key: Any) -> str:
+    """The callback's checkpoint key with ``key`` in it, as Lightning's own stateful callbacks build theirs."""
+    return str(callback._generate_state_key(**key))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_superconv import _compat
+from lightning_superconv.param_groups import read_momentum
 from lightning_superconv.result import RangeTestResult
 
 RANGE_TEST_PREFIX = "lr_range_test"
@@ -51,24 +53,45 @@ def _add_figure(trainer: Any, result: RangeTestResult) -> None:
         plt.close(fig)
 
 
-def schedule_values(optimizer: Any) -> dict[str, float]:
-    """LR, momentum (or Adam's ``beta1``) and weight decay of the first param group, as logged per training step."""
-    group = optimizer.param_groups[0]
-    values = {f"{SCHEDULE_PREFIX}/lr": float(group["lr"])}
-    if "momentum" in group:
-        values[f"{SCHEDULE_PREFIX}/momentum"] = float(group["momentum"])
-    elif "betas" in group:
-        values[f"{SCHEDULE_PREFIX}/momentum"] = float(group["betas"][0])
-    if "weight_decay" in group:
-        values[f"{SCHEDULE_PREFIX}/weight_decay"] = float(group["weight_decay"])
+def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float]:
+    r"""LR, momentum (or Adam's ``beta1``) and weight decay of the first param group, as logged per training step.
+
+    With ``all_groups``, the weight decay of every further group too (``superconv/weight_decay/pg1``...).
+    """
+    groups = optimizer.param_groups
+    first = groups[0]
+    values = {f"{SCHEDULE_PREFIX}/lr": float(first["lr"])}
+    momentum = read_momentum(first)
+    if momentum is not None:
+        values[f"{SCHEDULE_PREFIX}/momentum"] = momentum
+    if "weight_decay" in first:
+        values[f"{SCHEDULE_PREFIX}/weight_decay"] = float(first["weight_decay"])
+    if all_groups:
+        for index in range(1, len(groups)):
+            values[f"{SCHEDULE_PREFIX}/weight_decay/pg{index}"] = float(groups[index].get("weight_decay", 0.0))
     return values
 
 
-def log_schedule(trainer: Any, optimizer: Any) -> None:
-    """Log the schedule at the trainer's logging cadence (``log_every_n_steps``), as ``LearningRateMonitor`` does."""
-    if not trainer.loggers or not trainer._logger_connector.should_update_logs:
-        return
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
-    values = schedule_values(optimizer)
-    for logger in trainer.loggers:
-        logger.log_metrics(values, step=step)
+class ScheduleLogger:
+    r"""Logs the schedule at the trainer's logging cadence (``log_every_n_steps``), as ``LearningRateMonitor`` does.
+
+    One ``log_metrics`` call per logger on logging steps; on other steps it only asks whether this step logs. The
+    loggers are looked up once, when the callback installs it at fit start.
+
+    Args:
+        all_groups: log the weight decay of every param group, not only the first.
+    """
+
+    def __init__(self, trainer: Any, optimizer: Any, all_groups: bool = False) -> None:
+        self.optimizer = optimizer
+        self.loggers = list(trainer.loggers)
+        self.all_groups = all_groups
+
+    def log(self, trainer: Any) -> None:
+        """Send the values to every logger if this step is a logging step."""
+        if not self.loggers or not _compat.should_update_logs(trainer):
+            return
+        values = schedule_values(self.optimizer, self.all_groups or len(self.optimizer.param_groups) > 1)
+        step = _compat.logging_step(trainer)
+        for logger in self.loggers:
+            logger.log_metrics(values, step=step)

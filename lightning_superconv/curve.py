@@ -48,23 +48,41 @@ def lr_sweep(start: float, end: float, num_steps: int, mode: SweepMode = "expone
     raise ValueError(f"`mode` must be 'exponential' or 'linear', got {mode!r}")
 
 
-def ema(values: Sequence[float], beta: float) -> list[float]:
-    r"""Exponential moving average with the start-up bias removed (Adam's correction, divided by ``1 - beta**t``).
+class StreamingEMA:
+    r"""An exponential moving average fed one value at a time, with the start-up bias removed.
 
-    Without the correction the first points are pulled towards zero: a loss of 2.3 would read as 0.05 after one step
-    and the curve would seem to *rise* at the start.
+    Adam's correction (divide by ``1 - beta**t``): without it the first points are pulled towards zero, a loss of 2.3
+    would read as 0.05 after one step and the curve would seem to *rise* at the start.
+
+    Example::
+
+        >>> average = StreamingEMA(beta=0.5)
+        >>> [average.update(x) for x in (4.0, 2.0)]
+        [4.0, 2.6666666666666665]
+    """
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+        self.count = 0
+        self._avg = 0.0
+
+    def update(self, value: float) -> float:
+        """Add ``value``; return the debiased average of everything seen so far."""
+        self.count += 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * value
+        return self._avg / (1 - self.beta**self.count)
+
+
+def ema(values: Sequence[float], beta: float) -> list[float]:
+    r"""The debiased exponential moving average of ``values`` (see :class:`StreamingEMA`).
 
     Example::
 
         >>> ema([2.0, 2.0, 2.0], beta=0.9)
         [2.0, 2.0, 2.0]
     """
-    out: list[float] = []
-    avg = 0.0
-    for t, value in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * value
-        out.append(avg / (1 - beta**t))
-    return out
+    average = StreamingEMA(beta)
+    return [average.update(value) for value in values]
 
 
 def running_median(values: Sequence[float], half_width: int) -> list[float]:
@@ -99,6 +117,11 @@ class DivergenceMonitor:
     exceeds ``threshold`` times its best, the convention of fastai and Lightning), or as soon as a loss is NaN/inf.
     Stopping there saves time: diverging steps are the slow ones on CPU (NaN/inf and denormal arithmetic).
 
+    The best is counted only once the average spans about ``1 / (1 - beta)`` losses (10 at ``beta=0.9``): before
+    that the debiased EMA is little more than the last few batches' losses, and with small batches one lucky batch
+    would set a "best" that ordinary batches exceed four times over (measured: Lightning's ``BoringModel``, one
+    sample per batch, stopped as "diverged" after 10 steps at LRs that had not moved the model).
+
     Args:
         threshold: how many times the best loss counts as diverged (> 1).
         beta: EMA factor of the online smoothing, in [0, 1).
@@ -115,22 +138,28 @@ class DivergenceMonitor:
     def __init__(self, threshold: float = 4.0, beta: float = 0.9) -> None:
         self.threshold = threshold
         self.beta = beta
-        self._avg = 0.0
-        self._count = 0
+        self.warmup = warmup_steps(beta)
+        self._average = StreamingEMA(beta)
         self.best = math.inf
+        self.last = math.nan
 
     def update(self, loss: float) -> str | None:
         """Feed the next step's loss; return why the test should stop (``"non-finite"``, ``"diverged"``) or None."""
         if not math.isfinite(loss):
             return "non-finite"
-        self._count += 1
-        self._avg = self.beta * self._avg + (1 - self.beta) * loss
-        smoothed = self._avg / (1 - self.beta**self._count)
+        smoothed = self.last = self._average.update(loss)
+        if self._average.count < self.warmup:
+            return None
         self.best = min(self.best, smoothed)
         scale = abs(self.best) if self.best != 0 else 1.0
         if smoothed - self.best > (self.threshold - 1) * scale:
             return "diverged"
         return None
+
+
+def warmup_steps(beta: float) -> int:
+    """How many losses a debiased EMA with factor ``beta`` must have seen to average over its span, ``1/(1-beta)``."""
+    return max(1, math.ceil(1.0 / (1.0 - beta) - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -220,6 +249,78 @@ def _first_real_stay(curve: Sequence[float], floor: float, min_length: int) -> t
             return first, last
     return max(stays, key=lambda stay: stay[1] - stay[0])  # max() keeps the first of equally long stays
 
+
+def smoothed_noise(losses: Sequence[float], smoothed: Sequence[float], half_width: int) -> float:
+    r"""The standard error of the smoothed curve: how far it moves on batch-to-batch noise alone.
+
+    The raw losses' spread around the smoothed curve is measured robustly (1.4826 times the median absolute residual,
+    the standard deviation for Gaussian noise): the median ignores the large residuals of a diverging tail, which
+    says nothing about noise, as long as it is less than half the curve. A running median over ``2 * half_width + 1``
+    losses has about 1.25 times the standard error of their mean.
+
+    Example::
+
+        >>> losses = [2.0, 2.2, 1.8, 2.0, 2.2, 1.8, 2.0]
+        >>> round(smoothed_noise(losses, [2.0] * 7, half_width=1), 2)
+        0.21
+    """
+    residuals = [abs(raw - smooth) for raw, smooth in zip(losses, smoothed, strict=True)]
+    spread = 1.4826 * statistics.median(residuals) if residuals else 0.0
+    return 1.2533 * spread / math.sqrt(2 * half_width + 1)
+
+
+@dataclass(frozen=True)
+class Descent:
+    r"""Where and how clearly the loss fell in a range test (:func:`descent`).
+
+    Attributes:
+        start_level: the loss before the LR moved the model: the median of the first tenth of the raw losses (at
+            least ``2 * half_width + 1`` of them), steadier than the smoothed curve's first point.
+        fall: ``start_level`` minus the lowest smoothed loss.
+        noise: the standard error of the smoothed curve (:func:`smoothed_noise`).
+        begins: the last step before the lowest point at which the smoothed loss still stood at its start level:
+            where the descent into the minimum begins. A pick below it cannot be right (the loss rose back to where
+            it started after it, so whatever dip came before was noise).
+    """
+
+    start_level: float
+    fall: float
+    noise: float
+    begins: int
+
+    @property
+    def clear(self) -> bool:
+        r"""Whether the fall exceeds ``CLEAR_FALL`` (6) standard errors of the smoothed curve.
+
+        Measured on pure noise (Gaussian, chi-square and log-normal losses, 30-100 steps, 2,000 curves each): the
+        lowest smoothed point lies a median 2 and at the 99th percentile 6-9 standard errors below the start level.
+        Every range test of the pick zoo's tuning half and of the pick benchmark fell by 10 to thousands.
+        """
+        return self.fall > CLEAR_FALL * self.noise
+
+
+def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int) -> Descent:
+    r"""How the loss fell in a range test: from what level, how far against its noise, and from which step on.
+
+    Example::
+
+        >>> noisy_start = [2.0, 2.2, 1.8, 2.1, 1.7, 2.2, 1.9, 2.0, 1.4, 1.0, 0.5, 0.4, 0.5, 3.0]
+        >>> fell = descent(noisy_start, running_median(noisy_start, 1), half_width=1)
+        >>> fell.begins, fell.clear
+        (6, True)
+        >>> flat = [2.0, 2.2, 1.8] * 10
+        >>> descent(flat, running_median(flat, 1), half_width=1).clear
+        False
+    """
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    head = max(2 * half_width + 1, len(losses) // 10)
+    level = statistics.median(losses[:head])
+    begins = max((i for i in range(lowest + 1) if smoothed[i] >= level), default=0)
+    return Descent(level, level - smoothed[lowest], smoothed_noise(losses, smoothed, half_width), begins)
+
+
+#: How many standard errors of the smoothed curve a fall of the loss must exceed to count (:class:`Descent`).
+CLEAR_FALL = 6.0
 
 #: The floor of the loss curve: within this fraction of the whole drop (start to minimum) above the minimum.
 FLOOR_FRACTION = 0.1

@@ -1,8 +1,8 @@
-r"""Look before you train: the range test on its own, in the spirit of ``Tuner.lr_find``.
+r"""Look before you train: :func:`find_max_lr`, the range test on its own, in the spirit of ``Tuner.lr_find``.
 
-``find_max_lr`` runs exactly the range test that :class:`~lightning_superconv.SuperConvergence` runs at fit start,
-on a ``Trainer`` of its own, and hands back the curve, the pick and the plot. The model comes back unchanged (the range
-test restores it bit for bit) and no training step is taken.
+It runs the range-test engine (:func:`~lightning_superconv.range_test.run_range_test`, the one ``SuperConvergence``
+runs at fit start) inside a ``Trainer`` of its own, and hands back the curve, the pick and the plot. The model comes
+back unchanged (the range test restores it bit for bit) and no training step is taken.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from lightning_superconv import _compat
+from lightning_superconv import _compat, _trainer
+from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.superconvergence import SuperConvergence, _check_first_group_lr, _single_automatic_optimizer
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -27,16 +27,17 @@ _DEFAULT_TRAINER = {
 }
 
 
-class _RangeTestOnly(SuperConvergence):
-    """Runs the range test at fit start, then stops the fit before its first step; installs no schedule."""
+class _RangeTestProbe(_compat.Callback):
+    """At fit start: run the range test, then stop the fit before its first step."""
+
+    def __init__(self, config: RangeTestConfig) -> None:
+        self.config = config
+        self.result: RangeTestResult | None = None
 
     @override
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizer = _single_automatic_optimizer(trainer, pl_module)
-        _check_first_group_lr(trainer, optimizer)
-        trainer.estimated_stepping_batches  # noqa: B018 - sets up the train dataloader the range test draws from
-        self.result = self.run_range_test(trainer, pl_module, optimizer)
-        self.max_lr = self.result.max_lr
+    def on_fit_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+        optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
+        self.result = run_range_test(trainer, pl_module, optimizer, self.config)
         # the fit loop checks `should_stop` before its first step and returns without training
         trainer.should_stop = True
 
@@ -69,18 +70,20 @@ def find_max_lr(
         >>> result = find_max_lr(model, datamodule=dm)  # doctest: +SKIP
         >>> result.max_lr, result.plot()  # doctest: +SKIP
     """
-    allowed = {"lr_range", "num_steps", "mode", "divergence_threshold", "smoothing"}
+    allowed = set(RangeTestConfig.__dataclass_fields__)
     unknown = sorted(set(range_test) - allowed)
     if unknown:
         raise TypeError(
             f"`find_max_lr` got unexpected argument(s) {unknown}; the range test takes {sorted(allowed)}, and the "
             "Trainer's arguments go into `trainer_kwargs`"
         )
-    callback = _RangeTestOnly(**range_test)
+    if "lr_range" in range_test:
+        range_test["lr_range"] = tuple(range_test["lr_range"])
+    probe = _RangeTestProbe(RangeTestConfig(**range_test))
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
-    kwargs["callbacks"] = [*kwargs.get("callbacks", []), callback]
+    kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
     trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
-    assert callback.result is not None
-    return callback.result
+    assert probe.result is not None
+    return probe.result

@@ -2,7 +2,7 @@ r"""The record of one LR range test: what was swept, what the loss did, what was
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -22,6 +22,7 @@ class RangeTestResult:
             too many steps in a row) or ``"data-exhausted"`` (the train dataloader yielded nothing more, even after a
             restart).
         skipped_steps: steps the gradient scaler skipped (overflow); they were retried at the same LR.
+        skipped_batches: batches for which ``training_step`` returned None; the next batch took their LR.
     """
 
     lrs: list[float]
@@ -32,7 +33,7 @@ class RangeTestResult:
     pick_reason: str
     stop_reason: str
     skipped_steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    skipped_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -40,7 +41,7 @@ class RangeTestResult:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> RangeTestResult:
-        """Rebuild from :meth:`to_dict`, tolerating keys a newer version may add."""
+        """Rebuild from :meth:`to_dict`, tolerating keys another version wrote (0.1.0 wrote an unused ``extra``)."""
         known = {name: state[name] for name in cls.__dataclass_fields__ if name in state}
         return cls(**known)
 

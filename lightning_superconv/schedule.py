@@ -14,42 +14,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-
-def configured_lrs(optimizer: Optimizer) -> list[float]:
-    r"""The LR each param group was configured with.
-
-    A scheduler built in ``configure_optimizers`` may already have moved ``lr`` (a warm-up starts low); it keeps the
-    configured value in ``initial_lr``, so that is preferred.
-    """
-    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
-
-
-def group_ratios(optimizer: Optimizer) -> list[float]:
-    r"""Each param group's configured LR relative to the first group's, so a sweep or cycle keeps the user's ratios.
-
-    Raises:
-        ValueError: if the first group's LR is not positive: there is nothing to take a ratio against.
-    """
-    lrs = configured_lrs(optimizer)
-    if lrs[0] <= 0:
-        raise ValueError(
-            f"the first param group's learning rate must be > 0 to keep the ratios between groups, got {lrs[0]}"
-        )
-    return [lr / lrs[0] for lr in lrs]
-
-
-def momentum_key(optimizer: Optimizer) -> Literal["momentum", "betas"] | None:
-    """Which param-group key holds the momentum OneCycleLR would cycle (the same test torch uses), or None."""
-    if "momentum" in optimizer.defaults:
-        return "momentum"
-    if "betas" in optimizer.defaults:
-        return "betas"
-    return None
+from lightning_superconv._validation import check_bool, check_choice, check_number
+from lightning_superconv.param_groups import group_ratios, momentum_key, read_momentum, write_momentum
 
 
 def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) -> bool:
@@ -72,6 +44,67 @@ def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) ->
             "neither. Pass `cycle_momentum=None` (automatic) or False."
         )
     return cycle_momentum
+
+
+@dataclass(frozen=True)
+class OneCycleConfig:
+    r"""The shape of the one cycle, validated once: everything but its peak and its length.
+
+    The defaults are torch's, and Smith's advice fits them: start the cycle 10-25x below the peak, spend under half
+    of the run rising, and let the LR fall several orders of magnitude below its start at the end (arXiv 1708.07120
+    §3, 1803.09820 §4.1). Momentum cycles 0.95 -> 0.85 -> 0.95, inversely to the LR (1803.09820 §4.3).
+
+    Attributes:
+        pct_start: fraction of the run spent raising the LR, in (0, 1).
+        anneal_strategy: ``"cos"`` or ``"linear"``.
+        cycle_momentum: cycle momentum (``beta1``) inversely to the LR; ``None`` cycles whenever the optimizer has
+            momentum to cycle (:func:`resolve_cycle_momentum`).
+        base_momentum: momentum at the LR's peak, in [0, 1).
+        max_momentum: momentum at the cycle's ends, in [``base_momentum``, 1).
+        div_factor: the cycle starts at ``max_lr / div_factor`` (>= 1).
+        final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)`` (>= 1).
+        three_phase: torch's three-phase cycle (symmetric rise and fall, then a final annihilation).
+
+    Raises:
+        ValueError: if a value is out of range.
+        TypeError: if a value has the wrong type.
+
+    Example::
+
+        >>> OneCycleConfig(pct_start=0.25).div_factor
+        25.0
+        >>> OneCycleConfig(pct_start=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `pct_start` must be in (0.0, 1.0), got 1.5
+    """
+
+    pct_start: float = 0.3
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool | None = None
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+
+    def __post_init__(self) -> None:
+        check_number("pct_start", self.pct_start, low=0.0, high=1.0)
+        check_choice("anneal_strategy", self.anneal_strategy, ("cos", "linear"))
+        check_bool("cycle_momentum", self.cycle_momentum, allow_none=True)
+        check_number("base_momentum", self.base_momentum, low=0.0, high=1.0, low_inclusive=True)
+        check_number("max_momentum", self.max_momentum, low=0.0, high=1.0, low_inclusive=True)
+        if self.max_momentum < self.base_momentum:
+            raise ValueError(
+                f"`max_momentum` must be >= `base_momentum`, got max_momentum={self.max_momentum} and "
+                f"base_momentum={self.base_momentum}"
+            )
+        check_number("div_factor", self.div_factor, low=1.0, low_inclusive=True)
+        check_number("final_div_factor", self.final_div_factor, low=1.0, low_inclusive=True)
+        check_bool("three_phase", self.three_phase)
+        # plain floats, so the config compares and prints the same whichever numbers it was given
+        for name in ("pct_start", "base_momentum", "max_momentum", "div_factor", "final_div_factor"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
 
 class SafeOneCycleLR(OneCycleLR):
@@ -133,11 +166,9 @@ class SafeOneCycleLR(OneCycleLR):
                 continue
             group = groups[index]
             group["lr"] = float(first["lr"]) * ratio
-            if self.cycle_momentum:
-                if self.use_beta1 and "betas" in group:
-                    group["betas"] = (first["betas"][0], *tuple(group["betas"])[1:])
-                elif "momentum" in group:
-                    group["momentum"] = first["momentum"]
+            momentum = read_momentum(first)
+            if self.cycle_momentum and momentum is not None:
+                write_momentum(group, momentum)
 
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle."""
@@ -185,16 +216,8 @@ def build_one_cycle(
     optimizer: Optimizer,
     max_lr: float,
     total_steps: int,
-    *,
+    config: OneCycleConfig | None = None,
     ratios: Sequence[float] | None = None,
-    pct_start: float = 0.3,
-    anneal_strategy: Literal["cos", "linear"] = "cos",
-    cycle_momentum: bool | None = None,
-    base_momentum: float = 0.85,
-    max_momentum: float = 0.95,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    three_phase: bool = False,
 ) -> SafeOneCycleLR:
     r"""Build the one-cycle scheduler on ``optimizer``, peaking at ``max_lr`` for the first param group.
 
@@ -203,30 +226,48 @@ def build_one_cycle(
             ``max_lr``, ``min_lr``, and the momentum when it cycles).
         max_lr: the cycle's peak LR for the first param group.
         total_steps: optimizer steps in the run (>= 1).
+        config: the cycle's shape (default: torch's, see :class:`OneCycleConfig`).
         ratios: each group's LR relative to the first; default: the ratios the optimizer was configured with.
-        pct_start: fraction of the steps spent rising to ``max_lr``.
-        anneal_strategy: ``"cos"`` or ``"linear"``.
-        cycle_momentum: cycle momentum inversely to the LR; ``None`` decides from the optimizer
-            (:func:`resolve_cycle_momentum`).
-        base_momentum: the momentum at the LR's peak.
-        max_momentum: the momentum at the cycle's ends.
-        div_factor: the cycle starts at ``max_lr / div_factor``.
-        final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)``.
-        three_phase: use torch's three-phase variant (symmetric cycle, then annihilation).
     """
+    config = config or OneCycleConfig()
     if ratios is None:
         ratios = group_ratios(optimizer)
-    cycle = resolve_cycle_momentum(optimizer, cycle_momentum)
     return SafeOneCycleLR(
         optimizer,
         max_lr=[max_lr * ratio for ratio in ratios],
         total_steps=int(total_steps),
-        pct_start=float(safe_pct_start(pct_start, int(total_steps))),
-        anneal_strategy=anneal_strategy,
-        cycle_momentum=cycle,
-        base_momentum=base_momentum,
-        max_momentum=max_momentum,
-        div_factor=div_factor,
-        final_div_factor=final_div_factor,
-        three_phase=three_phase,
+        pct_start=safe_pct_start(config.pct_start, int(total_steps)),
+        anneal_strategy=config.anneal_strategy,
+        cycle_momentum=resolve_cycle_momentum(optimizer, config.cycle_momentum),
+        base_momentum=config.base_momentum,
+        max_momentum=config.max_momentum,
+        div_factor=config.div_factor,
+        final_div_factor=config.final_div_factor,
+        three_phase=config.three_phase,
     )
+
+
+def scale_peak(scheduler: OneCycleLR, factor: float) -> None:
+    r"""Scale the whole cycle, from the current step on, by ``factor``: its start, peak and end LR in every group.
+
+    torch's ``OneCycleLR`` computes each step's LR from the ``initial_lr``, ``max_lr`` and ``min_lr`` it keeps in the
+    param groups, so scaling the three keeps the cycle's shape and position: the LR follows the same curve, lower.
+    They live in the optimizer's state dict, so a checkpoint written afterwards resumes on the scaled cycle. The
+    current ``lr`` is scaled at once, so the step about to run uses the new cycle.
+
+    Example::
+
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> sched = build_one_cycle(opt, max_lr=1.0, total_steps=10)
+        >>> scale_peak(sched, 0.5)
+        >>> opt.param_groups[0]["max_lr"], round(opt.param_groups[0]["lr"], 6)
+        (0.5, 0.02)
+    """
+    for group in scheduler.optimizer.param_groups:
+        for key in ("initial_lr", "max_lr", "min_lr", "lr"):
+            if key in group:
+                group[key] = float(group[key]) * factor
+    scheduler.base_lrs = [float(lr) * factor for lr in scheduler.base_lrs]
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]

@@ -3,7 +3,7 @@ r"""Pure maths of weight-decay balancing: how each optimizer applies decay, the 
 Nothing here knows about a ``Trainer``: the functions take param-group dicts, torch schedulers and lists of floats, so
 they can be tested on bare optimizers and known schedules.
 
-How torch applies ``weight_decay=λ`` (SCIENCE.md §4):
+How torch applies ``weight_decay=λ``:
 
 - ``SGD``: coupled L2. ``λθ`` is added to the gradient *before* momentum, so in steady state a step shrinks the
   weights by ``η·λ·(1-d)/(1-μ)`` (momentum ``μ``, dampening ``d``): momentum multiplies the decay too.
@@ -12,8 +12,11 @@ How torch applies ``weight_decay=λ`` (SCIENCE.md §4):
   the shrink of a weight depends on its gradient history (``λθ / sqrt(v)``); no closed form holds.
 
 The quantity that behaves consistently across schedules is the integrated decay budget
-``K = Σ_t c_t·η_t·λ`` with ``c_t = (1-d)/(1-μ_t)`` for SGD and ``c_t = 1`` for decoupled decay (Smith & Topin,
-arXiv 1708.07120, reduce weight decay when the LR is large; the budget reading of their runs is in SCIENCE.md §4).
+``K = Σ_t c_t·η_t·λ`` with ``c_t = (1-d)/(1-μ_t)`` for SGD and ``c_t = 1`` for decoupled decay. Smith & Topin
+(arXiv 1708.07120) reduce weight decay when the LR is large; read as budgets, their super-convergence run (CLR 0.1-3
+over 10k iterations, λ=1e-4) and its conventional baseline (0.35 multistep over 80k, λ=1e-4) spend about the same
+``K`` (≈15.5 and ≈18.2), as do their 1cycle 0.08-0.8 run and He et al.'s CIFAR recipe (≈3.4 each): thin evidence,
+but the best quantitative reading of their "balance" (the README's ``WeightDecayBalancer`` section).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
+
+from lightning_superconv.param_groups import read_momentum
 
 DecayForm = Literal["coupled", "decoupled", "adaptive"]
 
@@ -65,12 +70,9 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
 
 
 def momentum_of(group: Mapping[str, Any]) -> float:
-    """The group's momentum: ``momentum`` (SGD), else Adam's ``beta1``, else 0."""
-    if "momentum" in group:
-        return float(group["momentum"])
-    if "betas" in group:
-        return float(group["betas"][0])
-    return 0.0
+    """The group's momentum (:func:`~lightning_superconv.param_groups.read_momentum`), 0 for none."""
+    momentum = read_momentum(group)  # type: ignore[arg-type]
+    return 0.0 if momentum is None else momentum
 
 
 def decay_gain(form: DecayForm, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
@@ -240,7 +242,7 @@ def clamp(value: float, bounds: tuple[float, float]) -> float:
 
 
 def budget_matched(reference_budget_value: float, trace: GroupTrace, bounds: tuple[float, float]) -> float:
-    r"""Rule 1 of SCIENCE.md §4: the constant ``λ*`` whose budget over ``trace`` equals the reference budget.
+    r"""Smith's balance as a budget: the constant ``λ*`` whose budget over ``trace`` equals the reference budget.
 
     ``λ* = K_ref / Σ_t c_t·η_t``, clamped into ``bounds``. A trace with no decay at all (all LRs zero) keeps the upper
     bound's value: there is nothing to balance against.
@@ -264,11 +266,12 @@ def timescale_bounded(
     r"""``λ`` moved just enough that the run's decay budget ``K = Σ_t c_t·η_t·λ`` lies in ``budget_range``.
 
     ``K`` counts e-foldings: decay alone would shrink the weights by ``exp(-K)`` over the run, so ``1/K`` of the run
-    is the decay's memory, the EMA timescale of Wang & Aitchison (2024), who find the best timescale roughly constant
-    in epochs across model and data size, between one epoch and the whole run (SCIENCE.md §4, rule 3; the SGD gain
-    ``c`` extends it to coupled decay). ``budget_range = (1, epochs)`` says exactly that. A ``λ`` already inside is
-    kept: the rule corrects a decay that cannot act within the run (``K < 1``) or that forgets within an epoch, and
-    leaves tuned recipes alone (Smith's CIFAR runs spend ``K`` of 3-16). The result is clamped into ``bounds``.
+    is the decay's memory, the EMA timescale of Wang & Aitchison ("How to set AdamW's weight decay as you scale model
+    and dataset size", 2024), who find the best timescale roughly constant in epochs across model and data size,
+    between one epoch and the whole run (the SGD gain ``c`` extends it to coupled decay).
+    ``budget_range = (1, epochs)`` says exactly that. A ``λ`` already inside is kept: the rule corrects a decay that
+    cannot act within the run (``K < 1``) or that forgets within an epoch, and leaves tuned recipes alone (Smith's
+    CIFAR runs spend ``K`` of 3-16). The result is clamped into ``bounds``.
 
     Example::
 
@@ -288,111 +291,3 @@ def timescale_bounded(
     elif budget > high:
         weight_decay = high / total
     return clamp(weight_decay, bounds)
-
-
-def grid_candidates(reference: float, factors: Sequence[float], bounds: tuple[float, float]) -> list[float]:
-    r"""The distinct ``λ`` values a grid tries: ``λ_ref·f`` for each factor, clamped, in rising order.
-
-    Example::
-
-        >>> grid_candidates(1e-3, [0.1, 1.0, 10.0, 30.0], (1e-5, 1e-2))
-        [0.0001, 0.001, 0.01]
-    """
-    values = sorted({clamp(reference * f, bounds) for f in factors})
-    out: list[float] = []
-    for v in values:
-        if not out or not math.isclose(v, out[-1], rel_tol=1e-9):
-            out.append(v)
-    return out
-
-
-def pick_lowest(values: Sequence[float], scores: Sequence[float]) -> int:
-    r"""Index of the lowest finite score; ties go to the value nearest the middle of the list (the least extreme).
-
-    Raises:
-        ValueError: if no score is finite.
-
-    Example::
-
-        >>> pick_lowest([0.1, 1.0, 10.0], [0.5, float("nan"), 0.4])
-        2
-    """
-    finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
-    if not finite:
-        raise ValueError("no candidate produced a finite validation loss")
-    middle = (len(values) - 1) / 2
-    return min(finite, key=lambda i: (scores[i], abs(i - middle)))
-
-
-@dataclass(frozen=True)
-class GridDecision:
-    """Which grid candidate to adopt, and why in words."""
-
-    index: int
-    reason: str
-
-
-def guarded_pick(
-    factors: Sequence[float], losses: Sequence[float], replicate: float, min_gain: float = 0.01
-) -> GridDecision:
-    r"""Adopt the grid's best ``λ`` only on clear evidence; otherwise keep the user's (factor 1).
-
-    Short branches measure ``λ`` through a lot of noise: at a large LR, two branches that differ in the order of the
-    batches alone end apart by as much as two weight decays ten times apart. So the user's branch is run twice (the
-    ``replicate``, with another data order), and another ``λ`` must beat the user's validation loss by more than twice
-    that difference, and by at least ``min_gain`` of it. A branch that diverged says the schedule is at the edge of
-    stability, where a different ``λ`` is a gamble with the whole run: the user's value is kept.
-
-    Args:
-        factors: the candidates as multiples of the user's ``λ``; one of them must be 1.
-        losses: each candidate's validation loss (NaN/inf: the branch diverged).
-        replicate: the user's branch's validation loss with another data order.
-        min_gain: the smallest relative improvement that counts.
-
-    Example::
-
-        >>> guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.40], replicate=0.51).index
-        2
-        >>> guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.47], replicate=0.48).index
-        1
-    """
-    user = min(range(len(factors)), key=lambda i: abs(math.log(factors[i]) if factors[i] > 0 else math.inf))
-    if not math.isclose(factors[user], 1.0):
-        raise ValueError(f"the grid must contain the user's λ (factor 1), got factors {list(factors)}")
-    diverged = [factors[i] for i, loss in enumerate(losses) if not math.isfinite(loss)]
-    if diverged or not math.isfinite(replicate):
-        which = ", ".join(f"{f:.3g}x" for f in diverged) or "the user's replicate"
-        return GridDecision(user, f"kept: branch(es) at {which} diverged, so the schedule is at the edge of stability")
-    best = pick_lowest(factors, losses)
-    noise = abs(losses[user] - replicate)
-    threshold = max(2.0 * noise, min_gain * abs(losses[user]))
-    gain = losses[user] - losses[best]
-    if best != user and gain > threshold:
-        return GridDecision(
-            best,
-            f"{factors[best]:.3g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
-            f"({noise:.3g} between two data orders)",
-        )
-    return GridDecision(
-        user,
-        f"kept: the best other λ ({factors[best]:.3g}x) was not ahead of the user's by more than the noise "
-        f"(gain {gain:.3g}, needed {threshold:.3g}; {noise:.3g} between two data orders)",
-    )
-
-
-def compressed_indices(total_steps: int, steps: int) -> list[int]:
-    r"""``steps`` step indices spread evenly over a run of ``total_steps``, first and last included.
-
-    A branch that follows these indices sees the whole schedule (warm-up, peak, annealing) in ``steps`` steps and ends
-    where the real run ends, at the lowest LR, so its validation loss is read from an annealed model.
-
-    Example::
-
-        >>> compressed_indices(100, 5)
-        [0, 25, 50, 74, 99]
-    """
-    if steps >= total_steps:
-        return list(range(total_steps))
-    if steps == 1:
-        return [total_steps - 1]
-    return [round(k * (total_steps - 1) / (steps - 1)) for k in range(steps)]

@@ -1,49 +1,40 @@
 r"""The ``WeightDecayBalancer`` callback: weight decay set from the LR schedule that will actually run.
 
-Thin glue over :mod:`lightning_superconv.weight_decay` (the maths) and :mod:`lightning_superconv.range_test` (training
-steps off the record, and restoring everything afterwards).
+Thin hooks over :mod:`lightning_superconv.weight_decay` (the maths), :mod:`lightning_superconv.weight_decay_grid`
+(planning the grid) and :mod:`lightning_superconv.grid_runner` (running it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_superconv import _compat
-from lightning_superconv._logging import SCHEDULE_PREFIX, log_schedule
-from lightning_superconv.curve import DivergenceMonitor
-from lightning_superconv.range_test import _loss_of, capture, dataloader_generators, quiet_trainer, restore, sweep
+from lightning_superconv import _compat, _setups, _trainer
+from lightning_superconv._logging import ScheduleLogger
+from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
+from lightning_superconv.grid_runner import ValidationSet, run_grid
+from lightning_superconv.param_groups import step_size_kind
 from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
     bounds_for,
     budget_matched,
     clamp,
-    compressed_indices,
     decay_form,
-    grid_candidates,
     group_gain,
-    guarded_pick,
     reference_budget,
     timescale_bounded,
     trace_schedule,
 )
+from lightning_superconv.weight_decay_grid import MIN_BRANCH_BUDGET, guarded_pick, plan_grid
 
 Mode = Literal["timescale", "grid", "budget", "keep"]
 _MODES = ("timescale", "grid", "budget", "keep")
 _STATE_VERSION = 1
-# Below this many steps a branch has not yet seen the schedule's peak and annealing in any useful detail.
-_MIN_BRANCH_STEPS = 4
-# A grid branch whose largest λ spends less decay budget than this (decay alone shrinks the weights by under 5 %)
-# cannot tell weight decays apart: measured on Fashion-MNIST, such branches differed by 0.03 % in validation loss
-# across a 100x range of λ, while two orders of the same batches differed by 2-30 %. The search is skipped.
-MIN_BRANCH_BUDGET = 0.05
 
 
 # `_compat.Callback` derives from the `Callback` of both Lightning distributions, so
@@ -65,7 +56,7 @@ class WeightDecayBalancer(_compat.Callback):
     - ``"timescale"`` (default): ``λ`` is moved, only as far as needed, so that the decay's timescale lies between
       one epoch and the whole run, i.e. ``1 <= K <= epochs`` (``min_budget`` is the lower end); a ``λ`` already
       inside is kept (:func:`~lightning_superconv.weight_decay.timescale_bounded`; Wang & Aitchison's EMA view of
-      weight decay, SCIENCE.md §4, rule 3, with SGD's momentum gain). Tuned recipes usually lie inside (Smith's CIFAR
+      weight decay, 2024, with SGD's momentum gain). Tuned recipes usually lie inside (Smith's CIFAR
       runs spend ``K`` of 3-16) and are left alone; short runs with a conventional ``λ`` get a larger one. Measured:
       +0.06 to +0.46 points of test accuracy over the user's ``λ`` on every pair, never worse in the mean.
     - ``"grid"``: evidence from the run itself. From a snapshot taken just before the first training step, short
@@ -74,18 +65,22 @@ class WeightDecayBalancer(_compat.Callback):
       order of batches to measure the noise; each is scored by validation loss (the module's ``training_step`` loss
       on the validation dataloader, in eval mode). Another ``λ`` is adopted only if it beats the user's by more than
       twice the noise and by at least ``min_gain``; if a branch diverges, the schedule is at the edge of stability
-      and ``λ`` is kept (:func:`~lightning_superconv.weight_decay.guarded_pick`). When even the largest ``λ`` could
-      not shrink the weights by 5 % within a branch, no branch is run (:data:`MIN_BRANCH_BUDGET`). Everything is
+      and ``λ`` is kept (:func:`~lightning_superconv.weight_decay_grid.guarded_pick`). When even the largest ``λ`` could
+      not shrink the weights by 5 % within a branch, no branch is run
+      (:data:`~lightning_superconv.weight_decay_grid.MIN_BRANCH_BUDGET`). Everything is
       restored afterwards (parameters, buffers, optimizer state, RNG streams, dataloader generators), so the run
       differs from an unbalanced one in ``λ`` alone. The branches take at most ``cost`` of the run's training time;
       what they took is reported. Without a validation dataloader ``λ`` is kept (with a warning): a choice by
       training loss would favour the smallest ``λ``. Measured: it kept the user's ``λ`` every time (at 21-26 % of
       the training time before the 5 % rule; at no cost since).
     - ``"budget"``: the constant ``λ`` whose budget ``K`` matches the user's own recipe (their configured LR,
-      momentum and ``λ`` under the scheduler from ``configure_optimizers``, over the same steps; SCIENCE.md §4,
-      rule 1), clamped to ``[bounds[0]·λ_ref, λ_ref]``: it only ever reduces ``λ``, as Smith prescribes. Measured:
-      no gain, and two of three LeNet runs diverged.
+      momentum and ``λ`` under the scheduler from ``configure_optimizers``, over the same steps; the README's
+      budget reading of Smith & Topin), clamped to ``[bounds[0]·λ_ref, λ_ref]``: it only ever reduces ``λ``, as
+      Smith prescribes. Measured: no gain, and two of three LeNet runs diverged.
     - ``"keep"``: leave ``λ`` as configured; log it and report the decay budget relative to the reference.
+
+    A Schedule-Free optimizer keeps its ``λ``: its weight decay acts on an averaged iterate, not on the schedule this
+    rule reads (there is none), so the balancer says so and leaves it.
 
     How each optimizer applies decay is read from the param group
     (:func:`~lightning_superconv.weight_decay.decay_form`): SGD's coupled L2 is amplified by momentum
@@ -153,28 +148,25 @@ class WeightDecayBalancer(_compat.Callback):
         min_gain: float = 0.01,
         log_weight_decay: bool = True,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {', '.join(repr(m) for m in _MODES)}, got {mode!r}")
+        check_choice("mode", mode, _MODES)
         if not isinstance(factors, (tuple, list)) or not factors:
             raise TypeError(f"`factors` must be a non-empty tuple of numbers >= 0, got {factors!r}")
         for i, f in enumerate(factors):
-            _check_number(f"factors[{i}]", f, low=0.0, low_inclusive=True)
-        _check_number("cost", cost, low=0.0, high=1.0, high_inclusive=True)
-        if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-            raise TypeError(f"`bounds` must be a pair (low, high) with 0 <= low <= 1 <= high, got {bounds!r}")
-        _check_number("bounds[0]", bounds[0], low=0.0, high=1.0, low_inclusive=True, high_inclusive=True)
-        _check_number("bounds[1]", bounds[1], low=1.0, low_inclusive=True)
-        _check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
-        _check_number("reference_weight_decay", reference_weight_decay, low=0.0, low_inclusive=True, allow_none=True)
-        _check_number("min_budget", min_budget, low=0.0)
-        _check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
-        if not isinstance(log_weight_decay, bool):
-            raise TypeError(f"`log_weight_decay` must be True or False, got {log_weight_decay!r}")
+            check_number(f"factors[{i}]", f, low=0.0, low_inclusive=True)
+        check_number("cost", cost, low=0.0, high=1.0, high_inclusive=True)
+        low, high = check_pair("bounds", bounds, "(low, high) with 0 <= low <= 1 <= high")
+        check_number("bounds[0]", low, low=0.0, high=1.0, low_inclusive=True, high_inclusive=True)
+        check_number("bounds[1]", high, low=1.0, low_inclusive=True)
+        check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
+        check_number("reference_weight_decay", reference_weight_decay, low=0.0, low_inclusive=True, allow_none=True)
+        check_number("min_budget", min_budget, low=0.0)
+        check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
+        check_bool("log_weight_decay", log_weight_decay)
 
         self.mode: Mode = mode
         self.factors = tuple(float(f) for f in factors)
         self.cost = float(cost)
-        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.bounds = (float(low), float(high))
         self.reference_lr = None if reference_lr is None else float(reference_lr)
         self.reference_weight_decay = None if reference_weight_decay is None else float(reference_weight_decay)
         self.min_budget = float(min_budget)
@@ -187,36 +179,36 @@ class WeightDecayBalancer(_compat.Callback):
         self.reason = ""
         self.search: dict[str, Any] | None = None
         self._restored = False
-        self._optimizer: Any = None
-        self._log_schedule = True
+        self._logger: ScheduleLogger | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode)
+        return _compat.state_key(self, mode=self.mode)
 
     # ------------------------------------------------------------------------------------------------ hooks
 
     @override
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: _compat.Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         self._restored = False
-        self._optimizer = None
-        _move_before_superconvergence(trainer, self)
+        self._logger = None
+        # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
+        from lightning_superconv.superconvergence import SuperConvergence
+
+        _setups.move_in_front(trainer, self, (SuperConvergence,))
 
     @override
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizer = _single_optimizer(trainer)
-        if trainer.fast_dev_run or self._restored:
+    def on_fit_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+        optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
+        if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
             return
         # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
         # recipe the user would have run without either callback.
-        total = _total_steps(trainer)
-        specs = _scheduler_specs(trainer)
-        if self.reference_lr is not None:
-            specs = []
-        traces, _ = trace_schedule(optimizer, specs, total, _steps_per_epoch(trainer))
+        total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
+        specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
+        traces, _ = trace_schedule(optimizer, specs, total, _trainer.steps_per_epoch(trainer))
         configured = [float(g["weight_decay"]) for g in optimizer.param_groups]
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
         lrs = _reference_lrs(optimizer, self.reference_lr)
@@ -228,11 +220,11 @@ class WeightDecayBalancer(_compat.Callback):
                 self.reference_budgets.append(reference_budget(lr, group_gain(group), wd, total))
 
     @override
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizer = _single_optimizer(trainer)
-        self._optimizer = optimizer
-        self._log_schedule = not _superconvergence_logs_schedule(trainer)
-        if trainer.fast_dev_run:
+    def on_train_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+        optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
+        if self.log_weight_decay and not _superconvergence_logs_schedule(trainer):
+            self._logger = ScheduleLogger(trainer, optimizer, all_groups=True)
+        if _compat.fast_dev_run(trainer):
             _compat.rank_zero_info(trainer, "WeightDecayBalancer: `fast_dev_run` is on, so weight decay is unchanged.")
             return
         if self._restored and self.weight_decays is not None:
@@ -241,6 +233,17 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer,
                 f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen at the start "
                 f"(user's {_fmt(self.reference_weight_decays or [])}); not balanced again.",
+            )
+            return
+        if step_size_kind(optimizer) == "schedule-free":
+            self.weight_decays = [float(g["weight_decay"]) for g in optimizer.param_groups]
+            self.reference_weight_decays = list(self.weight_decays)
+            self.reason = (
+                f"kept: `{type(optimizer).__name__}` is a Schedule-Free optimizer, whose weight decay acts on an "
+                "averaged iterate and has no LR schedule to balance against"
+            )
+            _compat.rank_zero_info(
+                trainer, f"WeightDecayBalancer: weight_decay={_fmt(self.weight_decays)} {self.reason}."
             )
             return
         if self.reference_weight_decays is None or self.reference_budgets is None:
@@ -254,8 +257,10 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
             return
         self._warn_adaptive(trainer, optimizer, decayed)
-        remaining = max(_total_steps(trainer) - int(trainer.global_step), 1)
-        traces, notes = trace_schedule(optimizer, _scheduler_specs(trainer), remaining, _steps_per_epoch(trainer))
+        remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - int(trainer.global_step), 1)
+        traces, notes = trace_schedule(
+            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer)
+        )
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
@@ -276,18 +281,16 @@ class WeightDecayBalancer(_compat.Callback):
         )
 
     @override
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if not self.log_weight_decay or self._optimizer is None:
-            return
-        if self._log_schedule:
-            log_schedule(trainer, self._optimizer)
-        _log_extra_groups(trainer, self._optimizer)
+    def on_train_batch_start(self, trainer: _compat.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._logger is not None:
+            self._logger.log(trainer)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Called before `on_fit_start` when `fit(ckpt_path=...)` resumes (after it, for the rare strategies that
         # restore after setup; `on_train_start` runs after both). The optimizer's param groups, which hold the chosen
         # λ, are restored by Lightning afterwards; the user's original λ comes from here, never from the groups.
+        check_state_version(state_dict, "WeightDecayBalancer", _STATE_VERSION)
         self.weight_decays = state_dict.get("weight_decays", self.weight_decays)
         self.reference_weight_decays = state_dict.get("reference_weight_decays", self.reference_weight_decays)
         self.reference_budgets = state_dict.get("reference_budgets", self.reference_budgets)
@@ -339,11 +342,11 @@ class WeightDecayBalancer(_compat.Callback):
         )
 
     def _timescale(
-        self, trainer: Any, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]
+        self, trainer: _compat.Trainer, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]
     ) -> tuple[list[float], str]:
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
-        epochs = len(traces[decayed[0]].lrs) / _steps_per_epoch(trainer)
+        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer)
         budget_range = (self.min_budget, max(self.min_budget, epochs))
         chosen = list(refs)
         adaptive = []
@@ -370,13 +373,16 @@ class WeightDecayBalancer(_compat.Callback):
         )
 
     def _grid(
-        self, trainer: Any, pl_module: Any, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]
+        self,
+        trainer: _compat.Trainer,
+        pl_module: Any,
+        optimizer: Any,
+        traces: Sequence[GroupTrace],
+        decayed: list[int],
     ) -> tuple[list[float], str]:
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
-        with isolate_rng():
-            # creating a DataLoader iterator draws a seed from the global RNG, even without workers
-            val_batches = _ValidationSet.of(trainer)
+        val_batches = ValidationSet.of(trainer)
         if val_batches is None:
             _compat.rank_zero_warn(
                 trainer,
@@ -386,57 +392,47 @@ class WeightDecayBalancer(_compat.Callback):
             )
             return list(refs), "left as configured: no validation dataloader to choose by"
         first = decayed[0]
-        bounds = self._bounds(optimizer, traces, first)
-        candidates = grid_candidates(refs[first], [*self.factors, 1.0], bounds)
-        factors = [c / refs[first] for c in candidates]
-        # the user's branch runs twice: the second, with another data order, measures the noise
-        runs = [(f, 0) for f in factors] + [(1.0, 1)]
         total = len(traces[first].lrs)
-        # two thirds of the budget for training steps; evaluation may take half as long again (see `_run_grid`)
-        steps = int(self.cost * total / len(runs) * (2.0 / 3.0))
-        if steps < _MIN_BRANCH_STEPS:
+        plan = plan_grid(refs[first], self.factors, self._bounds(optimizer, traces, first), total, self.cost)
+        if isinstance(plan, str):
             _compat.rank_zero_warn(
                 trainer,
-                f"WeightDecayBalancer(mode='grid'): a {total}-step run leaves {steps} step(s) for each of {len(runs)} "
-                f"branches within `cost={self.cost}`, too few to compare weight decays; weight decay is left as "
-                "configured.",
+                f"WeightDecayBalancer(mode='grid'): {plan} within `cost={self.cost}`, too few to compare weight "
+                "decays; weight decay is left as configured.",
             )
             return list(refs), f"left as configured: the run is too short for a grid within `cost={self.cost}`"
-        indices = compressed_indices(total, steps)
-        trace = traces[first]
-        branch_budget = max(factors) * refs[first] * math.fsum(trace.gains[t] * trace.lrs[t] for t in indices)
+        branch_budget = plan.budget(traces[first], refs[first])
         if branch_budget < MIN_BRANCH_BUDGET:
-            full = refs[first] * trace.decay_sum()
+            full = refs[first] * traces[first].decay_sum()
             return list(refs), (
-                f"kept: in branches of {steps} steps even {max(factors):g}x the user's λ would shrink the weights by "
-                f"{100 * (1 - math.exp(-branch_budget)):.2g} % (decay budget K = {branch_budget:.2g}), too little to "
-                f"tell weight decays apart, so no branch was run (the whole run spends K = {full:.3g} at the user's "
-                "λ)"
+                f"kept: in branches of {plan.steps} steps even {max(plan.factors):g}x the user's λ would shrink the "
+                f"weights by {100 * (1 - math.exp(-branch_budget)):.2g} % (decay budget K = {branch_budget:.2g}), too "
+                f"little to tell weight decays apart, so no branch was run (the whole run spends K = {full:.3g} at "
+                "the user's λ)"
             )
         start = time.perf_counter()
-        losses, train_seconds = _run_grid(
-            trainer, pl_module, optimizer, traces, indices, decayed, refs, runs, val_batches
-        )
+        losses, train_seconds = run_grid(trainer, pl_module, optimizer, traces, plan, decayed, refs, val_batches)
         seconds = time.perf_counter() - start
+        factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)
         factor = factors[decision.index]
         chosen = list(refs)
         for i in decayed:
             chosen[i] = clamp(refs[i] * factor, self._bounds(optimizer, traces, i))
-        step_seconds = train_seconds / max(steps * len(runs), 1)
+        step_seconds = train_seconds / max(plan.steps * len(plan.runs), 1)
         fraction = seconds / max(step_seconds * total, 1e-12)
         self.search = {
             "factors": factors,
             "val_losses": losses[: len(factors)],
             "replicate_val_loss": losses[-1],
             "factor": factor,
-            "branch_steps": steps,
+            "branch_steps": plan.steps,
             "seconds": seconds,
             "cost_fraction": fraction,
         }
         shown = ", ".join(f"{f:.3g}x: {loss:.4g}" for f, loss in zip(factors, losses, strict=False))
         return chosen, (
-            f"{decision.reason} [validation loss after {len(runs)} branches of {steps} steps: {shown}, "
+            f"{decision.reason} [validation loss after {len(plan.runs)} branches of {plan.steps} steps: {shown}, "
             f"1x again: {losses[-1]:.4g}; the search took {seconds:.1f} s, about {100 * fraction:.0f} % of the "
             "training time]"
         )
@@ -446,7 +442,7 @@ class WeightDecayBalancer(_compat.Callback):
         for group, value in zip(optimizer.param_groups, values, strict=False):
             group["weight_decay"] = float(value)
 
-    def _warn_adaptive(self, trainer: Any, optimizer: Any, decayed: list[int]) -> None:
+    def _warn_adaptive(self, trainer: _compat.Trainer, optimizer: Any, decayed: list[int]) -> None:
         if any(decay_form(optimizer.param_groups[i]) == "adaptive" for i in decayed):
             _compat.rank_zero_warn(
                 trainer,
@@ -458,231 +454,18 @@ class WeightDecayBalancer(_compat.Callback):
             )
 
 
-# ---------------------------------------------------------------------------------------------------- the grid
-
-
-def _run_grid(
-    trainer: Any,
-    pl_module: Any,
-    optimizer: Any,
-    traces: Sequence[GroupTrace],
-    indices: list[int],
-    decayed: list[int],
-    refs: Sequence[float],
-    runs: Sequence[tuple[float, int]],
-    val_batches: _ValidationSet,
-) -> tuple[list[float], float]:
-    r"""Run one compressed branch per ``(factor, data order)`` from the same snapshot; restore it; return val losses.
-
-    Every branch starts from the same parameters, optimizer state and RNG streams, so branches of data order 0 see the
-    same batches and dropout masks and differ in ``λ`` alone; order ``k > 0`` reseeds the RNG streams (global and
-    the dataloaders' own generators) to give another order of batches.
-    """
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    loaders = list(trainer.fit_loop._combined_loader.flattened)
-    generators = dataloader_generators(loaders)
-    snapshot = capture(pl_module, optimizer, scaler, generators)
-    losses: list[float] = []
-    train_seconds = 0.0
-    lrs = [traces[0].lrs[t] for t in indices]
-    handle = None
-    try:
-        for factor, order in runs:
-            restore(snapshot, scaler)
-            for i in decayed:
-                optimizer.param_groups[i]["weight_decay"] = refs[i] * factor
-            handle = optimizer.register_step_pre_hook(_schedule_hook(traces, iter(indices)))
-            start = time.perf_counter()
-            with isolate_rng(), quiet_trainer(trainer, pl_module):
-                if order:
-                    torch.manual_seed(torch.initial_seed() + order)
-                    for generator in generators:
-                        generator.manual_seed(generator.initial_seed() + order)
-                record = sweep(
-                    trainer,
-                    pl_module,
-                    optimizer,
-                    lrs,
-                    [1.0] * len(optimizer.param_groups),
-                    DivergenceMonitor(threshold=math.inf, beta=0.0),
-                )
-                elapsed = time.perf_counter() - start
-                train_seconds += elapsed
-                diverged = record.stop_reason == "non-finite"
-                # evaluation may take up to half a branch's training time: the cost budget plans for it
-                loss = math.inf if diverged else _validation_loss(trainer, pl_module, val_batches, elapsed / 2)
-                losses.append(loss)
-            handle.remove()
-            handle = None
-    finally:
-        if handle is not None:
-            handle.remove()
-        restore(snapshot, scaler)
-    return losses, train_seconds
-
-
-def _schedule_hook(traces: Sequence[GroupTrace], counter: Iterator[int]) -> Any:
-    """An optimizer step pre-hook that puts each group's traced LR and momentum of the next branch step in place."""
-
-    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
-        t = next(counter, None)
-        if t is None:
-            return
-        for group, trace in zip(optimizer.param_groups, traces, strict=True):
-            group["lr"] = trace.lrs[t]
-            if "momentum" in group:
-                group["momentum"] = trace.momenta[t]
-            elif "betas" in group:
-                group["betas"] = (trace.momenta[t], *tuple(group["betas"])[1:])
-
-    return hook
-
-
-class _ValidationSet:
-    r"""The validation batches the grid scores every branch on: the same batches, fetched once, capped in time.
-
-    The first evaluation reads batches until it has taken ``time_share`` of the first branch's training time (or the
-    loader ends); every later branch is scored on exactly those batches, so the comparison is like for like and the
-    evaluation stays a bounded part of the search's cost.
-    """
-
-    def __init__(self, loaders: list[Any]) -> None:
-        self._iterator = (batch for loader in loaders for batch in loader)
-        self.batches: list[Any] = []
-        self.fixed = False
-
-    @classmethod
-    def of(cls, trainer: Any) -> _ValidationSet | None:
-        """The run's validation dataloaders (all of them, in order), or None when the run has none."""
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        if not source.is_defined():
-            return None
-        loaders = source.dataloader()
-        if isinstance(loaders, dict):
-            loaders = list(loaders.values())
-        elif not isinstance(loaders, (list, tuple)):
-            loaders = [loaders]
-        return cls(list(loaders))
-
-    def __iter__(self) -> Iterator[Any]:
-        yield from self.batches
-        if self.fixed:
-            return
-        for batch in self._iterator:
-            self.batches.append(batch)
-            yield batch
-
-    def fix(self) -> None:
-        """Score every later branch on the batches read so far."""
-        self.fixed = True
-
-
-@torch.no_grad()
-def _validation_loss(trainer: Any, pl_module: Any, batches: _ValidationSet, time_limit: float) -> float:
-    r"""Mean ``training_step`` loss over the validation batches in eval mode, averaged over ranks.
-
-    The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
-    logs is up to the user. The first call stops reading batches once ``time_limit`` seconds have passed (on every rank
-    at the same count: the stop decision is reduced across ranks).
-    """
-    strategy = trainer.strategy
-    was_training = pl_module.training
-    pl_module.eval()
-    total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
-    count = 0
-    start = time.perf_counter()
-    try:
-        for batch_idx, batch in enumerate(batches):
-            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-            batch = strategy.batch_to_device(batch, dataloader_idx=0)
-            pl_module._current_fx_name = "training_step"
-            loss = _loss_of(strategy.training_step(batch, batch_idx))
-            if loss is not None:
-                total += loss.detach().double()
-                count += 1
-            if not batches.fixed:
-                late = torch.tensor(float(time.perf_counter() - start > time_limit), device=pl_module.device)
-                if float(strategy.reduce(late, reduce_op="max")) > 0:
-                    break
-    finally:
-        pl_module.train(was_training)
-    batches.fix()
-    mean = total / max(count, 1)
-    value = float(strategy.reduce(mean, reduce_op="mean"))
-    return value if math.isfinite(value) and count > 0 else math.inf
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _move_before_superconvergence(trainer: Any, balancer: WeightDecayBalancer) -> None:
-    """Put ``balancer`` in front of the first ``SuperConvergence`` so it reads the user's scheduler before the swap."""
+def _superconvergence_logs_schedule(trainer: _compat.Trainer) -> bool:
     from lightning_superconv.superconvergence import SuperConvergence
 
-    callbacks = list(trainer.callbacks)
-    first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, SuperConvergence)), None)
-    mine = next((i for i, cb in enumerate(callbacks) if cb is balancer), None)
-    if first is None or mine is None or mine < first:
-        return
-    callbacks.pop(mine)
-    callbacks.insert(first, balancer)
-    # a new list: the hook loop that is calling `setup` right now iterates over the old one
-    trainer.callbacks = callbacks
+    return any(isinstance(cb, SuperConvergence) and cb.log_schedule for cb in _compat.callbacks(trainer))
 
 
-def _superconvergence_logs_schedule(trainer: Any) -> bool:
-    from lightning_superconv.superconvergence import SuperConvergence
-
-    return any(isinstance(cb, SuperConvergence) and cb.log_schedule for cb in trainer.callbacks)
-
-
-def _log_extra_groups(trainer: Any, optimizer: Any) -> None:
-    """Weight decay of param groups after the first (the first is in ``superconv/weight_decay``)."""
-    if len(optimizer.param_groups) < 2 or not trainer.loggers or not trainer._logger_connector.should_update_logs:
-        return
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
-    values = {
-        f"{SCHEDULE_PREFIX}/weight_decay/pg{i}": float(g["weight_decay"])
-        for i, g in enumerate(optimizer.param_groups)
-        if i > 0
-    }
-    for logger in trainer.loggers:
-        logger.log_metrics(values, step=step)
-
-
-def _single_optimizer(trainer: Any) -> Any:
-    optimizers = trainer.optimizers
-    if len(optimizers) != 1:
-        raise _compat.misconfiguration(
-            trainer,
-            f"WeightDecayBalancer needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. "
-            "Put all parameters into one optimizer (param groups keep different weight decays), or remove the "
-            "callback.",
-        )
-    return optimizers[0]
-
-
-def _total_steps(trainer: Any) -> int:
-    total = trainer.estimated_stepping_batches
-    if not math.isfinite(total) or total < 1:
-        raise _compat.misconfiguration(
-            trainer,
-            "WeightDecayBalancer reads the schedule over the whole run, but this run's length is unknown (the train "
-            "dataloader has no length and `max_steps` is not set). Set `Trainer(max_steps=...)`.",
-        )
-    return int(total)
-
-
-def _steps_per_epoch(trainer: Any) -> int:
-    batches = trainer.num_training_batches
-    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
-        return 1
-    return max(math.ceil(int(batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
-
-
-def _scheduler_specs(trainer: Any) -> list[SchedulerSpec]:
+def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:
     return [
-        SchedulerSpec(config.scheduler, config.interval, int(config.frequency))
+        SchedulerSpec(config.scheduler, "epoch" if config.interval == "epoch" else "step", int(config.frequency))
         for config in trainer.strategy.lr_scheduler_configs
     ]
 
@@ -708,27 +491,3 @@ def _explicit_reference(configured: list[float], reference: float | None) -> lis
 def _fmt(values: Sequence[float]) -> str:
     unique = sorted(set(values))
     return f"{unique[0]:.3g}" if len(unique) == 1 else "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    low_inclusive: bool = False,
-    high_inclusive: bool = False,
-    allow_none: bool = False,
-) -> None:
-    """Raise a ``TypeError``/``ValueError`` naming the argument, the accepted range and the given value."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}")
-    above = value >= low if low_inclusive else value > low
-    below = high is None or (value <= high if high_inclusive else value < high)
-    if not (math.isfinite(value) and above and below):
-        accepted = (
-            f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}"
-            f"{']' if high_inclusive else ')'}"
-        )
-        raise ValueError(f"`{name}` must be in {accepted}, got {value}")

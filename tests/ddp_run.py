@@ -76,7 +76,7 @@ def main(out: str) -> None:  # noqa: D103
     # 1. the range test, the cycle and the balancer under DDP
     L.seed_everything(0, verbose=False)
     model = RankRecorder()
-    superconv = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=8)
+    superconv = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
     balancer = WeightDecayBalancer(mode="budget")
     trainer = L.Trainer(
         callbacks=[superconv, balancer], max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2, **common

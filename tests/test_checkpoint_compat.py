@@ -38,8 +38,11 @@ def test_resume_from_a_0_1_0_checkpoint_repeats_0_1_0s_schedule(tmp_path):
 
 
 def test_resume_from_a_0_1_0_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
-    """The resumed run ends bit-identical to an uninterrupted run of this version on the same cycle and weight decay,
-    and at 0.1.0's final weights up to float rounding of another machine or torch build."""
+    """The resumed run ends as this version's uninterrupted run does, bit for bit, and at 0.1.0's final weights.
+
+    The uninterrupted run has the checkpoint's cycle and weight decay; 0.1.0's weights are matched up to the float
+    rounding of another machine or torch build.
+    """
     model, _ = _resumed(tmp_path / "resumed")
     state = torch.load(CHECKPOINT, weights_only=True)
     max_lr = state["callbacks"]["SuperConvergence"]["max_lr"]

@@ -53,11 +53,11 @@ def test_superconvergence_is_built_from_the_yaml(cli):
     """The ``SuperConvergence`` in the trainer carries the YAML's ``init_args``."""
     (sc,) = [c for c in cli.trainer.callbacks if isinstance(c, SuperConvergence)]
     expected = _callback_args("SuperConvergence")
-    assert sc.lr_range == tuple(expected["lr_range"])
-    assert sc.num_steps == expected["num_steps"]
-    assert sc.pct_start == expected["pct_start"]
-    assert sc.div_factor == expected["div_factor"]
-    assert sc.final_div_factor == expected["final_div_factor"]
+    assert sc.range_test.lr_range == tuple(expected["lr_range"])
+    assert sc.range_test.num_steps == expected["num_steps"]
+    assert sc.cycle.pct_start == expected["pct_start"]
+    assert sc.cycle.div_factor == expected["div_factor"]
+    assert sc.cycle.final_div_factor == expected["final_div_factor"]
 
 
 def test_weight_decay_balancer_is_built_from_the_yaml(cli):
@@ -73,8 +73,8 @@ def test_both_callbacks_ran(cli):
     (sc,) = [c for c in cli.trainer.callbacks if isinstance(c, SuperConvergence)]
     (wd,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightDecayBalancer)]
     assert sc.result is not None
-    assert 2 < len(sc.result.lrs) <= sc.num_steps
-    assert sc.lr_range[0] <= sc.max_lr <= sc.lr_range[1]
+    assert 2 < len(sc.result.lrs) <= sc.range_test.num_steps
+    assert sc.range_test.lr_range[0] <= sc.max_lr <= sc.range_test.lr_range[1]
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(scheduler, OneCycleLR)
     assert scheduler.total_steps == cli.trainer.estimated_stepping_batches

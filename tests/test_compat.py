@@ -115,7 +115,7 @@ def test_lightning_cli_builds_the_callbacks_from_config(tmp_path, cli_module, mo
     callbacks = cli.trainer.callbacks
     superconv = next(cb for cb in callbacks if isinstance(cb, SuperConvergence))
     balancer = next(cb for cb in callbacks if isinstance(cb, WeightDecayBalancer))
-    assert (superconv.num_steps, superconv.lr_range) == (10, (0.01, 1.0))
+    assert (superconv.range_test.num_steps, superconv.range_test.lr_range) == (10, (0.01, 1.0))
     assert balancer.mode == "budget"
     cli.trainer.fit(cli.model)
     assert superconv.result is not None

@@ -53,7 +53,7 @@ def test_curve_is_the_mean_of_the_ranks_own_losses(ranks):
     result = r0["result"]
     steps = len(result["losses"])
     assert result["stop_reason"] == "completed"
-    assert steps == 8
+    assert steps == 10
     own0, own1 = (_step_losses(r["local_losses"], steps, accumulate=2) for r in ranks)
     expected = [(a + b) / 2 for a, b in zip(own0, own1, strict=True)]
     assert result["losses"] == pytest.approx(expected, rel=1e-6)

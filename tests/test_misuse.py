@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_superconv import SuperConvergence
-from lightning_superconv.superconvergence import _strategy_problem
+from lightning_superconv._setups import strategy_problem
 
 
 class Counting(TinyClassifier):
@@ -156,17 +156,17 @@ def test_fast_dev_run_skips_the_range_test_and_says_so(tmp_path, caplog):
 @pytest.mark.parametrize("strategy_cls", [FSDPStrategy, ModelParallelStrategy])
 def test_sharded_strategies_refuse_the_range_test_naming_max_lr(strategy_cls):
     """Under FSDP or ModelParallel the range test is refused, and the message says to pass `max_lr=`."""
-    message = _strategy_problem(strategy_cls(), range_test=True)
+    message = strategy_problem(strategy_cls(), range_test=True)
     assert f"cannot run its range test under `{strategy_cls.__name__}`" in message
     assert "`SuperConvergence(max_lr=...)`" in message
     assert "find_max_lr" in message
     # with `max_lr` given, the cycle alone is a plain torch scheduler over the strategy's optimizer
-    assert _strategy_problem(strategy_cls(), range_test=False) is None
+    assert strategy_problem(strategy_cls(), range_test=False) is None
 
 
 def test_ddp_is_served():
     """DDP needs nothing special: no problem reported, range test or not."""
-    assert _strategy_problem(DDPStrategy(), range_test=True) is None
+    assert strategy_problem(DDPStrategy(), range_test=True) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP runs on CUDA only")
@@ -185,6 +185,6 @@ def test_deepspeed_is_refused_naming_the_fix(tmp_path):
     """DeepSpeed wraps the optimizer: refused at fit start, saying to configure `OneCycleLR` yourself."""
     deepspeed_strategy = pytest.importorskip("lightning.pytorch.strategies").DeepSpeedStrategy
     pytest.importorskip("deepspeed")
-    message = _strategy_problem(deepspeed_strategy(), range_test=False)
+    message = strategy_problem(deepspeed_strategy(), range_test=False)
     assert "does not support `DeepSpeedStrategy`" in message
     assert "OneCycleLR(optimizer, max_lr=" in message

@@ -72,10 +72,10 @@ def _assert_same_state(a: L.Trainer, b: L.Trainer) -> None:
 def test_bf16_range_test_runs_under_autocast(tmp_path):
     """With `precision="bf16-mixed"` every range-test forward pass runs in bfloat16 autocast, as training does."""
     model = AutocastProbe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     trainer = _fit(tmp_path, model, callback, precision="bf16-mixed")
-    assert len(callback.result.losses) == 8
-    assert len(model.seen) == 8 + trainer.global_step
+    assert len(callback.result.losses) == 10
+    assert len(model.seen) == 10 + trainer.global_step
     assert set(model.seen) == {(True, torch.bfloat16)}
 
 
@@ -103,12 +103,12 @@ def test_cpu_grad_scaler_really_skips_steps(tmp_path):
 def test_scaler_skips_are_retried_at_the_same_lr_not_read_as_divergence(tmp_path):
     """Skipped steps repeat their LR, are counted in `skipped_steps`, and the sweep still covers every LR."""
     model = LRProbe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     trainer = _fit(tmp_path, model, callback, plugins=[_fp16(2.0**24)], max_epochs=1)
     result = callback.result
     assert result.skipped_steps > 0
     assert result.stop_reason == "completed"
-    assert len(result.lrs) == 8
+    assert len(result.lrs) == 10
     swept = [lr for lr, _ in model.steps[: len(model.steps) - trainer.global_step]]
     assert len(swept) == len(result.lrs) + result.skipped_steps
     assert swept[0] == swept[1] == result.lrs[0]  # the first step was skipped, and retried at the same LR

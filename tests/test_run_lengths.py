@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_superconv import SuperConvergence
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
 NO_DIVERGENCE = (1e-2, 1.0)
 
@@ -140,9 +140,9 @@ def test_range_test_continues_across_the_end_of_short_data(tmp_path):
 def test_range_test_draws_only_the_batches_limit_train_batches_allows(tmp_path):
     """`limit_train_batches=2` of 8: the range test cycles through the same two batches training uses."""
     model = Probe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     trainer = _fit(tmp_path, model, [callback], limit_train_batches=2, max_epochs=1)
-    assert model.batch_indices == [0, 1] * 3 + [0, 1]
+    assert model.batch_indices == [0, 1] * 5 + [0, 1]
     assert trainer.global_step == 2
 
 
@@ -261,3 +261,17 @@ def test_validation_never_runs_inside_the_range_test(tmp_path):
     assert len(callback.result.losses) == 10
     assert trainer.global_step == 4
     assert len(model.val_weights) == 2
+
+
+@pytest.mark.parametrize("callback", [SuperConvergence, WeightDecayBalancer])
+def test_train_loader_without_batches_says_so(tmp_path, callback):
+    """Fewer samples than a batch with `drop_last=True`: the message names the empty loader, not an unknown length."""
+
+    class Tiny(TinyClassifier):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(10), batch_size=32, drop_last=True)
+
+    trainer = L.Trainer(callbacks=[callback()], **trainer_kwargs(tmp_path))
+    message = r"train dataloader yields no batches.*10 samples.*batch_size=32"
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(Tiny())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
-from lightning_superconv.schedule import SafeOneCycleLR, build_one_cycle, safe_pct_start
+from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle, safe_pct_start
 
 
 def _param() -> torch.nn.Parameter:
@@ -38,7 +38,9 @@ def test_build_one_cycle_returns_a_torch_one_cycle_lr():
 def test_lr_peaks_at_max_lr_at_the_end_of_the_warm_up():
     """The LR reaches `max_lr` at step round(pct_start * total) - 1 and nowhere else."""
     optimizer = _sgd()
-    lrs = _trajectory(optimizer, build_one_cycle(optimizer, max_lr=0.5, total_steps=100, pct_start=0.3), 100)
+    lrs = _trajectory(
+        optimizer, build_one_cycle(optimizer, max_lr=0.5, total_steps=100, config=OneCycleConfig(pct_start=0.3)), 100
+    )
     assert max(lrs) == pytest.approx(0.5, rel=1e-12)
     assert lrs.index(max(lrs)) == round(0.3 * 100) - 1
 
@@ -46,14 +48,16 @@ def test_lr_peaks_at_max_lr_at_the_end_of_the_warm_up():
 def test_lr_starts_at_max_lr_over_div_factor():
     """The cycle starts at `max_lr / div_factor`."""
     optimizer = _sgd()
-    build_one_cycle(optimizer, max_lr=0.5, total_steps=100, div_factor=20.0)
+    build_one_cycle(optimizer, max_lr=0.5, total_steps=100, config=OneCycleConfig(div_factor=20.0))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 / 20.0, rel=1e-12)
 
 
 def test_lr_ends_at_max_lr_over_both_div_factors():
     """The last step's LR is `max_lr / (div_factor * final_div_factor)`."""
     optimizer = _sgd()
-    scheduler = build_one_cycle(optimizer, max_lr=0.5, total_steps=100, div_factor=20.0, final_div_factor=1e3)
+    scheduler = build_one_cycle(
+        optimizer, max_lr=0.5, total_steps=100, config=OneCycleConfig(div_factor=20.0, final_div_factor=1e3)
+    )
     lrs = _trajectory(optimizer, scheduler, 100)
     assert lrs[-1] == pytest.approx(0.5 / (20.0 * 1e3), rel=1e-9)
 
@@ -61,9 +65,9 @@ def test_lr_ends_at_max_lr_over_both_div_factors():
 def test_trajectory_matches_torch_one_cycle_lr():
     """Within `total_steps` the schedule is exactly torch's OneCycleLR with the same arguments."""
     ours_opt, ref_opt = _sgd(), _sgd()
-    kwargs = dict(total_steps=57, pct_start=0.25, div_factor=10.0, final_div_factor=100.0, anneal_strategy="linear")
-    ours = _trajectory(ours_opt, build_one_cycle(ours_opt, max_lr=0.3, **kwargs), 57)
-    ref = _trajectory(ref_opt, OneCycleLR(ref_opt, max_lr=0.3, **kwargs), 57)
+    kwargs = dict(pct_start=0.25, div_factor=10.0, final_div_factor=100.0, anneal_strategy="linear")
+    ours = _trajectory(ours_opt, build_one_cycle(ours_opt, 0.3, 57, OneCycleConfig(**kwargs)), 57)
+    ref = _trajectory(ref_opt, OneCycleLR(ref_opt, max_lr=0.3, total_steps=57, **kwargs), 57)
     assert ours == ref
 
 
@@ -87,7 +91,7 @@ def test_param_group_ratios_are_kept():
 def test_sgd_without_momentum_keeps_none_by_default():
     """An SGD built with momentum=0 keeps momentum 0 throughout when `cycle_momentum` is automatic."""
     optimizer = _sgd(momentum=0.0)
-    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, cycle_momentum=None)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, config=OneCycleConfig(cycle_momentum=None))
     assert set(_trajectory(optimizer, scheduler, 20, key="momentum")) == {0.0}
     assert scheduler.cycle_momentum is False
 
@@ -95,7 +99,7 @@ def test_sgd_without_momentum_keeps_none_by_default():
 def test_sgd_without_momentum_cycles_when_asked():
     """`cycle_momentum=True` switches momentum on for a momentum-free SGD, as the user explicitly asked."""
     optimizer = _sgd(momentum=0.0)
-    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, cycle_momentum=True)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, config=OneCycleConfig(cycle_momentum=True))
     momenta = _trajectory(optimizer, scheduler, 20, key="momentum")
     assert momenta[0] == pytest.approx(0.95)
     assert min(momenta) == pytest.approx(0.85)
@@ -104,7 +108,7 @@ def test_sgd_without_momentum_cycles_when_asked():
 def test_sgd_with_momentum_cycles_inversely_to_the_lr():
     """SGD momentum runs 0.95 -> 0.85 at the LR's peak -> 0.95, by default."""
     optimizer = _sgd(momentum=0.9)
-    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, pct_start=0.5)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, config=OneCycleConfig(pct_start=0.5))
     momenta = _trajectory(optimizer, scheduler, 20, key="momentum")
     assert momenta[0] == pytest.approx(0.95)
     assert momenta[9] == pytest.approx(0.85)
@@ -114,7 +118,7 @@ def test_sgd_with_momentum_cycles_inversely_to_the_lr():
 def test_adam_beta1_cycles_inversely_to_the_lr():
     """Adam's beta1 runs 0.95 -> 0.85 at the LR's peak -> 0.95, and beta2 is untouched."""
     optimizer = torch.optim.Adam([_param()], lr=1e-3, betas=(0.9, 0.999))
-    scheduler = build_one_cycle(optimizer, max_lr=1e-2, total_steps=20, pct_start=0.5)
+    scheduler = build_one_cycle(optimizer, max_lr=1e-2, total_steps=20, config=OneCycleConfig(pct_start=0.5))
     betas = _trajectory(optimizer, scheduler, 20, key="betas")
     assert betas[0][0] == pytest.approx(0.95)
     assert betas[9][0] == pytest.approx(0.85)
@@ -126,7 +130,7 @@ def test_cycling_momentum_on_an_optimizer_without_any_raises():
     """Adagrad has neither `momentum` nor `betas`: asking to cycle it fails, naming the argument."""
     optimizer = torch.optim.Adagrad([_param()], lr=0.01)
     with pytest.raises(ValueError, match=r"`cycle_momentum=True`.*Adagrad"):
-        build_one_cycle(optimizer, max_lr=1.0, total_steps=10, cycle_momentum=True)
+        build_one_cycle(optimizer, max_lr=1.0, total_steps=10, config=OneCycleConfig(cycle_momentum=True))
 
 
 def test_optimizer_without_momentum_gets_a_cycle_without_it_by_default():
@@ -199,7 +203,9 @@ def test_torch_one_cycle_lr_divides_by_zero_on_a_one_step_warm_up():
 def test_build_one_cycle_survives_a_one_step_warm_up():
     """With pct_start * total_steps == 1 our cycle builds and runs from `max_lr / div` down to its final LR."""
     optimizer = _sgd()
-    lrs = _trajectory(optimizer, build_one_cycle(optimizer, max_lr=1.0, total_steps=4, pct_start=0.25), 4)
+    lrs = _trajectory(
+        optimizer, build_one_cycle(optimizer, max_lr=1.0, total_steps=4, config=OneCycleConfig(pct_start=0.25)), 4
+    )
     assert lrs[0] == pytest.approx(1.0 / 25.0, rel=1e-6)
     assert all(0 < lr <= 1.0 for lr in lrs)
     assert lrs[-1] == pytest.approx(1.0 / (25.0 * 1e4), rel=1e-6)

@@ -61,7 +61,7 @@ def test_returns_a_range_test_result_with_a_pick_inside_the_sweep():
 def test_pick_matches_the_callbacks_range_test():
     """The standalone test is the callback's range test: same model, data and seed give the same curve and pick."""
     L.seed_everything(0, verbose=False)
-    standalone = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=60)
+    standalone = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=60, trainer_kwargs={"accelerator": "cpu"})
     L.seed_everything(0, verbose=False)
     callback = SuperConvergence(lr_range=LR_RANGE, num_steps=60)
     trainer = L.Trainer(

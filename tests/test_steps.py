@@ -8,8 +8,10 @@ import lightning as L
 import pytest
 import torch
 from helpers import TinyClassifier, trainer_kwargs
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_superconv import SuperConvergence
+from lightning_superconv.curve import lr_sweep
 
 NO_DIVERGENCE = (1e-2, 1.0)
 
@@ -44,7 +46,7 @@ class GradientProbe(TinyClassifier):
 
 def _fit(tmp_path, model, callback, **overrides):
     L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, limit_train_batches=4, **overrides))
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, **{"limit_train_batches": 4, **overrides}))
     trainer.fit(model)
     return trainer
 
@@ -53,12 +55,12 @@ def _fit(tmp_path, model, callback, **overrides):
 def test_recorded_loss_is_the_mean_over_the_accumulated_micro_batches(tmp_path, accumulate):
     """With `accumulate_grad_batches=k` each point of the curve is the mean of k `training_step` losses."""
     model = GradientProbe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     _fit(tmp_path, model, callback, accumulate_grad_batches=accumulate, max_epochs=1)
-    micro = torch.stack(model.losses[: 6 * accumulate]).view(6, accumulate)
+    micro = torch.stack(model.losses[: 10 * accumulate]).view(10, accumulate)
     assert callback.result.losses == pytest.approx(micro.mean(dim=1).tolist(), rel=1e-6)
     # one optimizer step per range-test step, then training's (the epoch's last, partial accumulation steps too)
-    assert len(model.norms) == 6 + math.ceil(4 / accumulate)
+    assert len(model.norms) == 10 + math.ceil(4 / accumulate)
 
 
 @pytest.mark.parametrize(
@@ -67,15 +69,51 @@ def test_recorded_loss_is_the_mean_over_the_accumulated_micro_batches(tmp_path, 
 def test_gradient_clipping_set_on_the_trainer_applies_in_the_range_test(tmp_path, algorithm, measure):
     """`gradient_clip_val` bounds every range-test step's gradient, as it bounds training's."""
     unclipped = GradientProbe()
-    _fit(tmp_path, unclipped, SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8), max_epochs=1)
+    _fit(tmp_path, unclipped, SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10), max_epochs=1)
     limit = 0.5 * min(getattr(unclipped, measure)[:8])  # every unclipped step exceeds it
     clipped = GradientProbe()
     _fit(
         tmp_path,
         clipped,
-        SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=8),
+        SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10),
         max_epochs=1,
         gradient_clip_val=limit,
         gradient_clip_algorithm=algorithm,
     )
     assert max(getattr(clipped, measure)[:8]) <= limit * (1 + 1e-5)
+
+
+class SkipsBatches(TinyClassifier):
+    """``training_step`` returns None (Lightning: skip this batch) for the batches ``skip`` says."""
+
+    def __init__(self, skip, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.skip = skip
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        if self.skip(self.calls):
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_skipped_batch_takes_no_sweep_lr_the_next_batch_tries_it(tmp_path):
+    """A `None` from `training_step` skips the batch; the same LR goes to the next batch, so no LR is left out."""
+    model = SkipsBatches(lambda call: call % 3 == 2)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=30)
+    _fit(tmp_path, model, callback, limit_train_batches=8, max_epochs=1)
+    result = callback.result
+    assert result is not None
+    assert len(result.lrs) == 30
+    assert result.lrs == pytest.approx(lr_sweep(*NO_DIVERGENCE, 30))
+    assert result.skipped_batches == 15
+    assert model.calls >= 45
+
+
+def test_training_step_returning_none_for_every_batch_fails_naming_it(tmp_path):
+    """Only a long run of skipped batches (32 in a row) ends the range test, with an error naming `training_step`."""
+    model = SkipsBatches(lambda call: True)
+    with pytest.raises(MisconfigurationException, match=r"`training_step` returned None for 32 batches in a row"):
+        _fit(tmp_path, model, SuperConvergence(num_steps=30))
+    assert model.calls == 32

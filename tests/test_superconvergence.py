@@ -310,10 +310,10 @@ def test_range_test_runs_at_most_num_steps(tmp_path):
 def test_range_test_counts_optimizer_steps_under_accumulation(tmp_path):
     """With `accumulate_grad_batches=2` every range-test step consumes two micro-batches."""
     model = CountingClassifier()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=6)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     trainer = _fit(tmp_path, model, callback, accumulate_grad_batches=2)
-    assert len(callback.result.lrs) == 6
-    assert _range_test_calls(model, trainer) == 12
+    assert len(callback.result.lrs) == 10
+    assert _range_test_calls(model, trainer) == 20
 
 
 def test_range_test_stops_early_on_divergence(tmp_path):
@@ -644,6 +644,8 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
         ({"lr_range": (0, 1)}, "`lr_range[0]`", "0"),
         ({"lr_range": 1e-3}, "`lr_range`", "0.001"),
         ({"num_steps": 1}, "`num_steps`", "1"),
+        ({"num_steps": 2}, "`num_steps`", "2"),
+        ({"num_steps": 9}, "`num_steps`", "9"),
         ({"num_steps": 2.5}, "`num_steps`", "2.5"),
         ({"mode": "cubic"}, "`mode`", "'cubic'"),
         ({"divergence_threshold": 1}, "`divergence_threshold`", "1"),

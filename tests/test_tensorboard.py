@@ -75,11 +75,11 @@ def test_schedule_is_logged_every_step(run):
     steps, lrs = _series(run["events"], "superconv/lr")
     _, momenta = _series(run["events"], "superconv/momentum")
     assert steps == list(range(trainer.global_step))
-    assert lrs[0] == pytest.approx(sc.max_lr / sc.div_factor, rel=1e-6)
+    assert lrs[0] == pytest.approx(sc.max_lr / sc.cycle.div_factor, rel=1e-6)
     assert lrs.max() == pytest.approx(sc.max_lr, rel=0.05)
     assert lrs[-1] < lrs[0]
-    assert momenta[0] == pytest.approx(sc.max_momentum)
-    assert momenta.min() == pytest.approx(sc.base_momentum, abs=0.01)
+    assert momenta[0] == pytest.approx(sc.cycle.max_momentum)
+    assert momenta.min() == pytest.approx(sc.cycle.base_momentum, abs=0.01)
     # momentum moves against the LR
     assert momenta[int(np.argmax(lrs))] == momenta.min()
 

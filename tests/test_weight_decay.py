@@ -12,17 +12,14 @@ from lightning_superconv.weight_decay import (
     SchedulerSpec,
     bounds_for,
     budget_matched,
-    compressed_indices,
     decay_budget,
     decay_form,
     decay_gain,
-    grid_candidates,
-    guarded_pick,
-    pick_lowest,
     reference_budget,
     timescale_bounded,
     trace_schedule,
 )
+from lightning_superconv.weight_decay_grid import compressed_indices, grid_candidates, guarded_pick, pick_lowest
 
 
 def _params(n: int = 1) -> list[torch.nn.Parameter]:

@@ -9,6 +9,7 @@ this file and end exactly where the uninterrupted 0.1.0 run ended. Written at co
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -89,10 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         L.seed_everything(0, verbose=False)
         checkpoint = ModelCheckpoint(dirpath=tmp, filename="stopped", every_n_train_steps=8, save_top_k=-1)
-        try:
+        with contextlib.suppress(Stopped):
             trainer(Path(tmp), [checkpoint, StopAt(9)]).fit(Classifier())
-        except Stopped:
-            pass
         (HERE / "v0_1_0_stopped_at_step_8.ckpt").write_bytes((Path(tmp) / "stopped.ckpt").read_bytes())
     L.seed_everything(0, verbose=False)
     model, schedule = Classifier(), Schedule()

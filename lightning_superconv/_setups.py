@@ -1,0 +1,92 @@
+r"""Which ``Trainer`` setups the callbacks serve, and the messages for those they do not.
+
+Strategies that shard or wrap the optimizer, Lightning's own LR finder beside ours, the order of companion callbacks,
+and optimizers that set their own step size. Each refusal names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_superconv import _compat
+
+
+def strategy_problem(strategy: Any, range_test: bool) -> str | None:
+    r"""Why ``strategy`` cannot be served (the message names the problem and the fix), or None.
+
+    DeepSpeed wraps the optimizer (ZeRO's optimizers are no ``torch.optim.Optimizer``, so no ``OneCycleLR`` can be
+    built on them) and partitions its state. FSDP and ``ModelParallelStrategy`` shard parameters and optimizer state;
+    the range test's snapshot copies them whole, and neither strategy runs on CPU, where this project is tested, so the
+    range test is refused there rather than trusted unverified. The one-cycle alone (``max_lr=`` given) is a plain
+    torch scheduler over the strategy's optimizer.
+    """
+    if isinstance(strategy, _compat.strategy_classes(strategy, "DeepSpeedStrategy")):
+        return (
+            "SuperConvergence does not support `DeepSpeedStrategy`: DeepSpeed wraps the optimizer and partitions its "
+            "state, so neither a range test that restores it nor a `OneCycleLR` on it can work. Find the max LR "
+            "without DeepSpeed (`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP), return "
+            "`torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=..., total_steps=...)` from "
+            "`configure_optimizers` yourself, and remove the callback."
+        )
+    if not range_test:
+        return None
+    for cls in _compat.strategy_classes(strategy, "FSDPStrategy", "ModelParallelStrategy"):
+        if isinstance(strategy, cls):
+            return (
+                f"SuperConvergence cannot run its range test under `{cls.__name__}`: the test snapshots and restores "
+                "whole parameters and optimizer state in memory, which sharded training does not have. Pass the max "
+                "LR: `SuperConvergence(max_lr=...)` installs the one-cycle without a range test; find the value with "
+                "`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP."
+            )
+    return None
+
+
+def refuse_lr_finder(trainer: _compat.Trainer) -> None:
+    """Lightning's ``LearningRateFinder`` and ``SuperConvergence`` would both set the LR at fit start."""
+    finders = _compat.callback_classes(trainer, "LearningRateFinder")
+    if finders and any(isinstance(cb, finders) for cb in _compat.callbacks(trainer)):
+        raise _compat.misconfiguration(
+            trainer,
+            "`LearningRateFinder` (or `Tuner.lr_find`) and `SuperConvergence` are in the same Trainer: both run an LR "
+            "range test at fit start and set the LR, and the one-cycle would overwrite the finder's suggestion. "
+            "Remove `LearningRateFinder` (SuperConvergence picks the cycle's max LR itself), or remove "
+            "`SuperConvergence`.",
+        )
+
+
+def move_behind(trainer: _compat.Trainer, anchor: Any, classes: tuple[type, ...]) -> None:
+    r"""Move callbacks of ``classes`` listed before ``anchor`` to just behind it.
+
+    A new list is assigned: the hook loop calling ``setup`` right now iterates over the old one.
+    """
+    order = _compat.callbacks(trainer)
+    mine = next(i for i, cb in enumerate(order) if cb is anchor)
+    early = [cb for cb in order[:mine] if classes and isinstance(cb, classes)]
+    if not early:
+        return
+    rest = [cb for cb in order if all(cb is not e for e in early)]
+    at = next(i for i, cb in enumerate(rest) if cb is anchor) + 1
+    _compat.set_callbacks(trainer, rest[:at] + early + rest[at:])
+
+
+def move_in_front(trainer: _compat.Trainer, mover: Any, classes: tuple[type, ...]) -> None:
+    """Put ``mover`` in front of the first callback of ``classes`` (a new list, as in :func:`move_behind`)."""
+    callbacks = _compat.callbacks(trainer)
+    first = next((i for i, cb in enumerate(callbacks) if isinstance(cb, classes)), None)
+    mine = next((i for i, cb in enumerate(callbacks) if cb is mover), None)
+    if first is None or mine is None or mine < first:
+        return
+    callbacks.pop(mine)
+    callbacks.insert(first, mover)
+    _compat.set_callbacks(trainer, callbacks)
+
+
+def schedule_free_refusal(optimizer: Any) -> str:
+    """The message that refuses a Schedule-Free optimizer in ``SuperConvergence``."""
+    return (
+        f"SuperConvergence cannot serve `{type(optimizer).__name__}`: a Schedule-Free optimizer replaces the LR "
+        "schedule (it averages its iterates instead of annealing the LR; Defazio et al., arXiv 2405.15682), so a "
+        "one-cycle on top of it would fight the method. Remove SuperConvergence and keep the optimizer, with its "
+        "warm-up (`warmup_steps`) and the `optimizer.train()`/`optimizer.eval()` switches its README asks for; or "
+        "switch to its base optimizer (e.g. `torch.optim.AdamW`) to train with SuperConvergence."
+    )

@@ -1,0 +1,106 @@
+r"""What both callbacks read off the ``Trainer`` at fit start, with the errors that say what is wrong and what to do.
+
+Thin glue over public ``Trainer`` attributes and :mod:`lightning_superconv._compat`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning_superconv import _compat
+
+
+def single_optimizer(trainer: _compat.Trainer, pl_module: Any, who: str, automatic: bool = True) -> Any:
+    r"""The one optimizer the callback ``who`` can serve, or a clear error saying why not and what to do.
+
+    Args:
+        trainer: the user's ``Trainer``, at fit start.
+        pl_module: its LightningModule.
+        who: the callback's name, for the messages.
+        automatic: the callback needs automatic optimization (it steps the optimizer or sizes a schedule for it).
+    """
+    if automatic and not pl_module.automatic_optimization:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} needs automatic optimization: with `self.automatic_optimization = False` (and "
+            "`self.manual_backward`) the callback cannot step your optimizer. Remove the callback, or switch to "
+            "automatic optimization.",
+        )
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. Put all "
+            "parameters into one optimizer (param groups keep different LRs and weight decays), or remove the "
+            "callback.",
+        )
+    if _compat.is_placeholder_optimizer(trainer, optimizers[0]):
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} needs an optimizer, but `configure_optimizers` returned None. Return the optimizer to train with "
+            "(e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or remove the callback.",
+        )
+    return optimizers[0]
+
+
+def total_steps(trainer: _compat.Trainer, who: str) -> int:
+    r"""The run's optimizer steps (0 when the user asked for none), or an error that names the real problem.
+
+    Raises:
+        MisconfigurationException: if the train dataloader yields no batches at all (e.g. fewer samples than
+            ``batch_size`` with ``drop_last=True``), or the run's length is unknown (no length, no ``max_steps``).
+    """
+    if trainer.limit_train_batches == 0 or trainer.max_steps == 0:
+        return 0
+    total = trainer.estimated_stepping_batches
+    if total == 0 or trainer.num_training_batches == 0:
+        raise _compat.misconfiguration(trainer, f"{who}: {_empty_loader_problem(trainer)}")
+    # an iterable dataset without `max_steps` reads as `max_steps`, i.e. -1
+    if not math.isfinite(total) or total < 0:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} reads the schedule over the whole run, but this run's length is unknown (the train dataloader "
+            "has no length and `max_steps` is not set). Set `Trainer(max_steps=...)`.",
+        )
+    return int(total)
+
+
+def _empty_loader_problem(trainer: _compat.Trainer) -> str:
+    """What makes the train dataloader empty, as precisely as the loader says."""
+    details = []
+    for loader in _compat.train_loaders(trainer):
+        dataset = getattr(loader, "dataset", None)
+        batch_size = getattr(loader, "batch_size", None)
+        try:
+            samples = len(dataset) if dataset is not None else None
+        except TypeError:
+            samples = None
+        if samples is not None and batch_size is not None:
+            drop = " with `drop_last=True`" if getattr(loader, "drop_last", False) else ""
+            details.append(f"{samples} samples, `batch_size={batch_size}`{drop}")
+    found = f" ({'; '.join(details)})" if details else ""
+    return (
+        f"the train dataloader yields no batches{found}, so there is no training step to plan for. Use a batch size "
+        "no larger than the dataset (or `drop_last=False`), or give the run more data."
+    )
+
+
+def steps_per_epoch(trainer: _compat.Trainer) -> int:
+    """Optimizer steps per epoch (1 when the loader has no length)."""
+    batches = trainer.num_training_batches
+    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+        return 1
+    return max(math.ceil(int(batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+
+
+def install_scheduler(trainer: _compat.Trainer, scheduler: Any) -> list[str]:
+    """Make ``scheduler`` the run's only scheduler, stepped every optimizer step; return the replaced ones' names."""
+    replaced = [type(config.scheduler).__name__ for config in trainer.strategy.lr_scheduler_configs]
+    trainer.strategy.lr_scheduler_configs = [_compat.scheduler_config(trainer, scheduler)]
+    return replaced
+
+
+def scheduler_in_use(trainer: _compat.Trainer, scheduler: Any) -> bool:
+    """Whether ``scheduler`` still drives the run (``StochasticWeightAveraging`` swaps in its own at its start)."""
+    return any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs)

@@ -1,0 +1,79 @@
+r"""Checking constructor arguments, once for every callback and config.
+
+The error names the argument, says what is accepted and repeats what was given, so a user can fix the call from the
+message alone.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    low_inclusive: bool = False,
+    high_inclusive: bool = False,
+    allow_none: bool = False,
+) -> None:
+    r"""Raise ``TypeError`` (not a number) or ``ValueError`` (outside the interval) naming ``name``.
+
+    Example::
+
+        >>> check_number("pct_start", 0.3, low=0.0, high=1.0)
+        >>> check_number("pct_start", 1.5, low=0.0, high=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: `pct_start` must be in (0.0, 1.0), got 1.5
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    below = high is None or (value <= high if high_inclusive else value < high)
+    if not (math.isfinite(value) and above and below):
+        interval = (
+            f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}"
+            f"{']' if high_inclusive and high is not None else ')'}"
+        )
+        raise ValueError(f"`{name}` must be in {interval}, got {value}")
+
+
+def check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
+    """``value`` as a 2-tuple, or a ``TypeError`` naming ``name`` and saying what a pair must hold (``what``)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"`{name}` must be a pair {what}, got {value!r}")
+    return value[0], value[1]
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        accepted = " or ".join(repr(c) for c in choices) if len(choices) <= 2 else ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be {'one of ' if len(choices) > 2 else ''}{accepted}, got {value!r}")
+
+
+def check_bool(name: str, value: Any, allow_none: bool = False) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` is True or False (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        accepted = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"`{name}` must be {accepted}, got {value!r}")
+
+
+def check_state_version(state_dict: dict[str, Any], who: str, known: int) -> None:
+    """Warn when a checkpoint's callback state was written by a newer release: the keys it added are ignored."""
+    version = state_dict.get("version", known)
+    if isinstance(version, int) and version > known:
+        warnings.warn(
+            f"{who}: the checkpoint's state was written by a newer lightning-superconv (state version {version}, this "
+            f"release reads up to {known}); what it added is ignored.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

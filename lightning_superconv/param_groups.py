@@ -1,0 +1,95 @@
+r"""What an optimizer's param groups hold that the callbacks read and write.
+
+Configured LRs and their ratios, the momentum (SGD's ``momentum`` or the Adam family's ``beta1``), and whether the
+optimizer sets its own step size.
+
+Pure torch, no ``Trainer``. Every place that reads or writes a group's momentum goes through :func:`read_momentum` and
+:func:`write_momentum`, so the ``momentum``/``betas`` distinction lives here alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+from torch.optim import Optimizer
+
+MomentumKey = Literal["momentum", "betas"]
+StepSizeKind = Literal["multiplier", "schedule-free"]
+
+
+def configured_lrs(optimizer: Optimizer) -> list[float]:
+    r"""The LR each param group was configured with.
+
+    A scheduler built in ``configure_optimizers`` may already have moved ``lr`` (a warm-up starts low); it keeps the
+    configured value in ``initial_lr``, so that is preferred.
+    """
+    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+
+
+def group_ratios(optimizer: Optimizer) -> list[float]:
+    r"""Each param group's configured LR relative to the first group's, so a sweep or cycle keeps the user's ratios.
+
+    Raises:
+        ValueError: if the first group's LR is not positive: there is nothing to take a ratio against.
+    """
+    lrs = configured_lrs(optimizer)
+    if lrs[0] <= 0:
+        raise ValueError(
+            f"the first param group's learning rate must be > 0 to keep the ratios between groups, got {lrs[0]}"
+        )
+    return [lr / lrs[0] for lr in lrs]
+
+
+def momentum_key(optimizer: Optimizer) -> MomentumKey | None:
+    """Which param-group key holds the momentum OneCycleLR would cycle (the same test torch uses), or None."""
+    if "momentum" in optimizer.defaults:
+        return "momentum"
+    if "betas" in optimizer.defaults:
+        return "betas"
+    return None
+
+
+def read_momentum(group: MutableMapping[str, Any]) -> float | None:
+    r"""The group's momentum: ``momentum`` (SGD, RMSprop), else the Adam family's ``beta1``, else None.
+
+    Example::
+
+        >>> read_momentum({"betas": (0.9, 0.999)}), read_momentum({"momentum": 0.8}), read_momentum({"lr": 0.1})
+        (0.9, 0.8, None)
+    """
+    if "momentum" in group:
+        return float(group["momentum"])
+    if "betas" in group:
+        return float(group["betas"][0])
+    return None
+
+
+def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
+    """Set the group's momentum (or ``beta1``, keeping the other betas); a group with neither is left alone."""
+    if "momentum" in group:
+        group["momentum"] = value
+    elif "betas" in group:
+        group["betas"] = (value, *tuple(group["betas"])[1:])
+
+
+def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
+    r"""Whether the optimizer sets its own step size, and how; None for an ordinary optimizer.
+
+    - ``"multiplier"``: Prodigy (``prodigyopt``) and D-Adaptation (``dadaptation``) estimate the step size
+      themselves and treat ``lr`` as a multiplier of their estimate (default 1.0). A range test sweeping that
+      multiplier measures nothing about the model; a schedule over it (warm-up, annealing) is what their authors
+      recommend.
+    - ``"schedule-free"``: Schedule-Free optimizers (``schedulefree``; Defazio et al., arXiv 2405.15682) replace the
+      LR schedule by iterate averaging and need ``optimizer.train()``/``.eval()`` switches.
+
+    Recognised by the class (its name or its package), so a subclass or another package's implementation of the
+    same method (e.g. ``pytorch_optimizer``'s ``Prodigy``, ``DAdaptAdam``, ``ScheduleFreeAdamW``) is recognised too.
+    """
+    for cls in type(optimizer).__mro__:
+        name, package = cls.__name__, cls.__module__.split(".")[0]
+        if "schedulefree" in name.lower() or package == "schedulefree":
+            return "schedule-free"
+        if name == "Prodigy" or name.startswith("DAdapt") or package in ("prodigyopt", "dadaptation"):
+            return "multiplier"
+    return None

@@ -1,0 +1,80 @@
+r"""Training off the record inside a ``Trainer``: whatever runs in a :func:`sandbox` is undone when it ends.
+
+The range test and the weight-decay grid's branches take real optimizer steps on the user's model, data and optimizer
+before training starts. Around a :class:`~lightning_superconv.snapshot.Snapshot` this adds what a ``Trainer`` needs:
+
+- the RNG streams Lightning knows (torch, CUDA, NumPy, Python) are isolated (Lightning's ``isolate_rng``), so dropout
+  masks and shuffles in training are those of a run without the callbacks;
+- no other callback sees the steps (``ModelCheckpoint``, ``EarlyStopping``, ``LearningRateMonitor``, our own
+  ``WeightDecayBalancer`` must not act on them), and the user's ``self.log`` calls go to a throwaway collection;
+- everything is restored however the block ends: normally, with an exception, or with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from lightning_superconv import _compat
+from lightning_superconv.snapshot import Snapshot, capture, dataloader_generators
+
+
+@contextlib.contextmanager
+def quiet_trainer(trainer: _compat.Trainer, pl_module: Any) -> Iterator[None]:
+    r"""Run steps that no other callback sees and whose ``self.log`` calls go nowhere.
+
+    - ``trainer.callbacks`` is emptied: ``strategy.backward`` and the precision plugin fire every callback's
+      backward and optimizer-step hooks.
+    - The user's ``self.log`` in ``training_step`` writes into a throwaway result collection, never to the loggers.
+    - The module's own hooks (``backward``, ``on_before_optimizer_step``, ``configure_gradient_clipping``) still run:
+      they are part of how the user trains.
+    """
+    saved_callbacks = _compat.callbacks(trainer)
+    saved_results = _compat.epoch_results(trainer)
+    saved_hook = _compat.current_hook(pl_module)
+    _compat.set_callbacks(trainer, [])
+    _compat.set_epoch_results(trainer, type(saved_results)(training=True))
+    try:
+        yield
+    finally:
+        _compat.set_callbacks(trainer, saved_callbacks)
+        _compat.set_epoch_results(trainer, saved_results)
+        _compat.set_current_hook(pl_module, saved_hook)
+
+
+@contextlib.contextmanager
+def sandbox(trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> Iterator[Snapshot]:
+    r"""Run the block on the user's model, data and optimizer, then put everything back exactly.
+
+    Yields the snapshot taken on entry; a block that runs several branches calls ``snapshot.restore()`` before each.
+    The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers are restored too.
+    """
+    scaler = _compat.grad_scaler(trainer)
+    loaders = _compat.train_loaders(trainer)
+    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+    failure: BaseException | None = None
+    try:
+        with _compat.isolate_rng(trainer), quiet_trainer(trainer, pl_module):
+            try:
+                yield snapshot
+            except BaseException as err:
+                # Lightning's `isolate_rng` restores the RNG only when its block exits normally: leave it normally,
+                # re-raise after it
+                failure = err
+    finally:
+        # also on KeyboardInterrupt and SystemExit: nothing the block did may survive it
+        snapshot.restore()
+        _reset_persistent_iterators(trainer, loaders)
+    if failure is not None:
+        raise failure
+
+
+def _reset_persistent_iterators(trainer: _compat.Trainer, loaders: list[Any]) -> None:
+    r"""Rebuild the fit loop's iterator if the sandbox shared it.
+
+    A loader with ``persistent_workers=True`` hands out one worker iterator for its whole life, so a fresh iterator
+    taken in the sandbox advanced the very iterator the fit loop will read from.
+    """
+    if any(getattr(loader, "persistent_workers", False) and loader.num_workers > 0 for loader in loaders):
+        _compat.restart_train_fetcher(trainer)

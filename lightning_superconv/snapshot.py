@@ -1,0 +1,211 @@
+r"""Everything a branch of training changes, copied in memory and written back bit for bit.
+
+One mechanism for every place that trains off the record: the range test, the weight-decay grid's branches, and the
+divergence guard's rollback. Pure torch, no ``Trainer``: :mod:`lightning_superconv.sandbox` adds what a ``Trainer``
+needs around it (RNG isolation, quiet callbacks and logging).
+
+What is copied, and why each part:
+
+- parameters and buffers (non-persistent buffers too, which a ``state_dict`` omits), written back *in place*, so the
+  optimizer's references to the parameters stay valid;
+- gradients and each submodule's train/eval flag;
+- torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
+  its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
+  ``_update_called`` in torchmetrics >= 1.6) are never written;
+- tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
+  batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
+  holds, such as a list a user appends diagnostics to, is the user's and left alone);
+- optimizer state per parameter, and the param-group dicts refilled in place (a scheduler holds the optimizer, and
+  some code holds its groups);
+- the gradient scaler's state and the state of the dataloaders' own ``torch.Generator`` objects.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+# torchmetrics' bookkeeping beside the states registered with `add_state`: copied where the metric holds them as plain
+# attributes (older releases keep `_update_called` as one; newer compute it from `_update_count`)
+_METRIC_BOOKKEEPING = ("_update_count", "_update_called", "_computed", "_forward_cache", "_is_synced", "_cache")
+
+
+# what every `nn.Module` keeps in its `__dict__` (its parameter and buffer dicts, hooks): never a loose tensor
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+
+def _is_metric(module: torch.nn.Module) -> bool:
+    own = vars(module)
+    return isinstance(own.get("_defaults"), dict) and "_update_count" in own
+
+
+def _metric_state(module: torch.nn.Module) -> dict[str, Any]:
+    """The accumulated state of a torchmetrics ``Metric``: its registered states and bookkeeping, as attributes."""
+    own = vars(module)
+    defaults: dict[str, Any] = own["_defaults"]
+    names = [*defaults, *_METRIC_BOOKKEEPING]
+    return {name: copy.deepcopy(own[name]) for name in names if name in own}
+
+
+def is_tensor_tree(value: Any) -> bool:
+    """Whether ``value`` is a tensor, or a non-empty tuple/list/dict of them (a hidden state, a cached mask)."""
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return len(value) > 0 and all(is_tensor_tree(v) for v in value)
+    if isinstance(value, dict):
+        return len(value) > 0 and all(is_tensor_tree(v) for v in value.values())
+    return False
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple):
+        return tuple(_clone_tree(v) for v in value)
+    if isinstance(value, list):
+        return [_clone_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    return value
+
+
+def _loose_tensors(module: torch.nn.Module) -> dict[str, tuple[Any, Any]]:
+    r"""Attributes of ``module`` that are None or tensors but neither parameters nor buffers (those are elsewhere).
+
+    Each maps to ``(the object itself, a copy)``: an attribute still holding the same object is restored in place.
+    """
+    return {
+        name: (value, _clone_tree(value))
+        for name, value in vars(module).items()
+        if name not in _MODULE_INTERNALS and (value is None or is_tensor_tree(value))
+    }
+
+
+@dataclass
+class Snapshot:
+    r"""A copy of what training changes, written back by :meth:`restore` as often as needed (branches reuse one).
+
+    Created by :func:`capture`.
+    """
+
+    tensors: list[tuple[Tensor, Tensor]]
+    optimizer: Optimizer
+    optimizer_state: dict[Tensor, Any]
+    param_groups: list[dict[str, Any]]
+    grads: list[tuple[torch.nn.Parameter, Tensor | None]] = field(default_factory=list)
+    training_flags: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
+    metric_states: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
+    loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    scaler: Any = None
+    scaler_state: dict[str, Any] | None = None
+    generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+
+    def restore(self) -> None:
+        """Write everything back, bit for bit; the snapshot stays valid for further restores."""
+        with torch.no_grad():
+            for tensor, saved in self.tensors:
+                tensor.copy_(saved)
+        for param, grad in self.grads:
+            param.grad = None if grad is None else grad.clone()
+        for module, flag in self.training_flags:
+            module.training = flag
+        for module, metric_state in self.metric_states:
+            for name, value in metric_state.items():
+                setattr(module, name, copy.deepcopy(value))
+        for owner, kept in self.loose_tensors:
+            self._restore_loose(owner, kept)
+        optimizer = self.optimizer
+        optimizer.state.clear()
+        optimizer.state.update({param: copy.deepcopy(kept) for param, kept in self.optimizer_state.items()})
+        for group, saved_group in zip(optimizer.param_groups, self.param_groups, strict=False):
+            params = group["params"]
+            group.clear()
+            group.update(copy.deepcopy(saved_group))
+            group["params"] = params
+        if self.scaler is not None and self.scaler_state is not None:
+            self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
+        for generator, generator_state in self.generator_states:
+            generator.set_state(generator_state)
+
+    @staticmethod
+    def _restore_loose(module: torch.nn.Module, saved: dict[str, tuple[Any, Any]]) -> None:
+        own = vars(module)
+        for name, (original, kept) in saved.items():
+            current = own.get(name, saved)  # `saved` stands for "gone"
+            if current is original:
+                if isinstance(original, Tensor) and not torch.equal(original, kept):
+                    with torch.no_grad():
+                        original.copy_(kept)
+                continue
+            object.__setattr__(module, name, _clone_tree(kept))
+
+    def nbytes(self) -> int:
+        """Memory the copies hold: weights, buffers and optimizer state (the rest is small)."""
+        total = sum(saved.numel() * saved.element_size() for _, saved in self.tensors)
+        for state in self.optimizer_state.values():
+            values = state.values() if isinstance(state, dict) else [state]
+            total += sum(v.numel() * v.element_size() for v in values if isinstance(v, Tensor))
+        return total
+
+
+def capture(
+    module: torch.nn.Module,
+    optimizer: Optimizer,
+    scaler: Any = None,
+    generators: Sequence[torch.Generator] = (),
+    everything: bool = True,
+) -> Snapshot:
+    r"""Copy what a branch of training will change.
+
+    Args:
+        module: the model; all its submodules are covered.
+        optimizer: its optimizer.
+        scaler: a ``torch.amp.GradScaler`` whose state is copied too, or None.
+        generators: ``torch.Generator`` objects (dataloader samplers) whose state is copied.
+        everything: also gradients, train/eval flags, torchmetrics states and tensors kept outside parameters and
+            buffers. A rollback in the middle of training (the divergence guard) needs only the weights, buffers,
+            optimizer and scaler: ``False``.
+    """
+    tensors = [(t, t.detach().clone()) for t in [*module.parameters(), *module.buffers()]]
+    snapshot = Snapshot(
+        tensors=tensors,
+        optimizer=optimizer,
+        optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()},
+        param_groups=[{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        scaler=scaler,
+        scaler_state=None if scaler is None else copy.deepcopy(scaler.state_dict()),
+        generator_states=[(g, g.get_state()) for g in generators],
+    )
+    if everything:
+        snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
+        snapshot.training_flags = [(m, m.training) for m in module.modules()]
+        for submodule in module.modules():
+            if _is_metric(submodule):
+                snapshot.metric_states.append((submodule, _metric_state(submodule)))
+            elif loose := _loose_tensors(submodule):
+                snapshot.loose_tensors.append((submodule, loose))
+    return snapshot
+
+
+def dataloader_generators(loaders: Sequence[Any]) -> list[torch.Generator]:
+    r"""The ``torch.Generator`` objects that iterating these loaders advances (loader, sampler, batch sampler).
+
+    A loader whose sampler owns a generator draws from it at every new iterator; without restoring it, a range test
+    would change the order of the user's first training epoch.
+    """
+    found: list[torch.Generator] = []
+    for loader in loaders:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        candidates = [loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)]
+        for obj in candidates:
+            generator = getattr(obj, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+    return found

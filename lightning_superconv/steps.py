@@ -1,0 +1,219 @@
+r"""Optimizer steps outside the fit loop, taken exactly as training takes them.
+
+The loop under the range test and the weight-decay grid's branches.
+
+Why an own loop rather than re-entering the fit loop (as Lightning's ``LearningRateFinder`` does): the fit loop carries
+progress counters, logging, callbacks, validation and checkpointing, and each would have to be switched off and
+restored. A loop of a few dozen lines that goes through the *strategy* keeps what matters (the DDP wrapper and its
+gradient all-reduce, the precision plugin's autocast and gradient scaler, gradient clipping, accumulation, the user's
+batch-transfer hooks) and touches nothing else. Run it inside a :func:`~lightning_superconv.sandbox.sandbox`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_superconv import _compat
+
+# GradScaler halves its scale at every skipped step: from the default 2**16, thirty halvings reach 2**-14, below which
+# no gradient that overflows is finite at any scale.
+MAX_CONSECUTIVE_SCALER_SKIPS = 30
+#: ``training_step`` may return None to skip a batch; this many in a row means it never returns a loss.
+MAX_CONSECUTIVE_SKIPPED_BATCHES = 32
+
+
+class NoLossError(RuntimeError):
+    """``training_step`` returned None for :data:`MAX_CONSECUTIVE_SKIPPED_BATCHES` batches in a row."""
+
+
+def loss_of(output: Any) -> Tensor | None:
+    """The loss in a ``training_step`` output: a tensor, a mapping's ``"loss"``, or None (batch skipped)."""
+    if output is None or isinstance(output, Tensor):
+        return output
+    if isinstance(output, dict) and "loss" in output:
+        loss = output["loss"]
+        return None if loss is None else loss
+    raise TypeError(
+        f"`training_step` must return a loss tensor, a dict with a 'loss' key, or None; got {type(output).__name__}"
+    )
+
+
+@dataclass
+class StepRecord:
+    r"""What the loop saw: the index and mean loss of each completed optimizer step, and why it stopped.
+
+    Attributes:
+        steps: the index (into the caller's plan) of each completed step.
+        losses: the raw loss of each completed step (mean over accumulated micro-batches and over ranks).
+        stop_reason: ``"completed"``, ``"data-exhausted"``, ``"scaler-skips"``, or the reason the caller's
+            ``after_step`` returned.
+        skipped_steps: steps the gradient scaler skipped (overflow); each was retried with the same plan index.
+        skipped_batches: batches ``training_step`` skipped by returning None; the next batch took their step.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    stop_reason: str = "completed"
+    skipped_steps: int = 0
+    skipped_batches: int = 0
+
+
+class BatchStream:
+    r"""Batches from the train dataloader, restarting it when it runs out (data shorter than the steps wanted).
+
+    A fresh iterator is built over the same processed dataloaders the fit loop uses (distributed sampler included) and
+    with the same per-epoch limits (``limit_train_batches``), without touching the iterator the fit loop already holds.
+    When the loader ends, it is restarted, as at a new epoch; a loader that yields nothing after a restart (a one-shot
+    iterable) ends the stream.
+    """
+
+    def __init__(self, trainer: _compat.Trainer) -> None:
+        self._combined = _compat.train_combined_loader(trainer)
+        self._iterator: Iterator[Any] | None = None
+        self._left = math.inf
+        self.restarts = 0
+        self.exhausted = False
+
+    def next(self) -> tuple[Any, int] | None:
+        """The next ``(batch, batch_idx)``, or None once the data has run out for good."""
+        if self.exhausted:
+            return None
+        for _ in range(2):
+            if self._iterator is None:
+                self._iterator, self._left = _compat.fresh_train_iterator(self._combined)
+            try:
+                if self._left <= 0:
+                    raise StopIteration
+                batch, batch_idx, _ = next(self._iterator)
+                self._left -= 1
+                return batch, batch_idx
+            except StopIteration:
+                self._iterator = None
+                self.restarts += 1
+        self.exhausted = True
+        return None
+
+
+def _takes_batch_idx(pl_module: Any) -> bool:
+    params = list(inspect.signature(pl_module.training_step).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    return len(params) >= 2 or any(p.name == "batch_idx" for p in params)
+
+
+def take_steps(
+    trainer: _compat.Trainer,
+    pl_module: Any,
+    optimizer: Any,
+    num_steps: int,
+    before_step: Callable[[int], None],
+    after_step: Callable[[int, float], str | None] | None = None,
+) -> StepRecord:
+    r"""Take up to ``num_steps`` optimizer steps on the train data; the caller sets each step up and reads its loss.
+
+    Each step: ``accumulate_grad_batches`` micro-batches go through the strategy's ``training_step`` (DDP forward,
+    autocast), ``backward`` (loss scaling, DDP all-reduce on the last micro-batch) and ``optimizer_step`` (unscaling,
+    gradient clipping, scaler skip logic). The loss of a step is the mean of its micro-batches' raw losses, averaged
+    over ranks, so every rank takes the same decisions.
+
+    - A step the gradient scaler skips (overflow) is retried with the same index: the scale was too high, not the LR.
+    - A batch for which ``training_step`` returns None is skipped, as Lightning does; the next batch takes its place,
+      so a skipped batch costs no index. After :data:`MAX_CONSECUTIVE_SKIPPED_BATCHES` in a row,
+      :class:`NoLossError`.
+
+    Args:
+        trainer: the user's ``Trainer``; its strategy, precision plugin and train dataloader are used.
+        pl_module: its LightningModule.
+        optimizer: the optimizer to step.
+        num_steps: how many optimizer steps to complete at most.
+        before_step: called with the step's index before its first micro-batch (set the LR, the momentum...).
+        after_step: called with the index and the mean loss of each completed step; a non-None return value stops the
+            loop and becomes the record's ``stop_reason``. A NaN/inf loss is passed on like any other.
+    """
+    strategy = trainer.strategy
+    accumulate = max(int(trainer.accumulate_grad_batches), 1)
+    scaler = _compat.grad_scaler(trainer)
+    stream = BatchStream(trainer)
+    with_batch_idx = _takes_batch_idx(pl_module)
+    block_sync = getattr(strategy, "block_backward_sync", None)
+    record = StepRecord()
+    scaler_skips = skipped_in_a_row = 0
+    step = 0
+    pl_module.train()
+    while step < num_steps:
+        # Draw the step's micro-batches before any forward pass, and let all ranks agree that each got them all: a rank
+        # whose data ran out must stop together with the others, not leave them waiting in DDP's gradient all-reduce.
+        drawn = [stream.next() for _ in range(accumulate)]
+        batches = [item for item in drawn if item is not None]
+        if not strategy.reduce_boolean_decision(len(batches) == accumulate, all=True):
+            record.stop_reason = "data-exhausted"
+            break
+        before_step(step)
+        micro_losses: list[Tensor] = []
+
+        def run_micro_batch(
+            item: tuple[Any, int], final: bool, micro_losses: list[Tensor] = micro_losses
+        ) -> Tensor | None:
+            batch, batch_idx = item
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = _compat.before_batch_transfer(pl_module, batch)
+            batch = strategy.batch_to_device(batch, dataloader_idx=0)
+            _compat.set_current_hook(pl_module, "training_step")
+            args = (batch, batch_idx) if with_batch_idx else (batch,)
+            loss = loss_of(strategy.training_step(*args))
+            _compat.set_current_hook(pl_module, None)
+            if loss is None:
+                return None
+            micro_losses.append(loss.detach().float())
+            context = block_sync() if (block_sync is not None and not final) else contextlib.nullcontext()
+            with context:
+                # scaled as the fit loop scales it (`ClosureResult`), so clipping thresholds mean the same
+                strategy.backward(loss / accumulate, optimizer)
+            return loss
+
+        optimizer.zero_grad()
+        for item in batches[:-1]:
+            run_micro_batch(item, final=False)
+        scale_before = scaler.get_scale() if scaler is not None else None
+        strategy.optimizer_step(optimizer, functools.partial(run_micro_batch, batches[-1], True), pl_module)
+        record.skipped_batches += len(batches) - len(micro_losses)
+        if not strategy.reduce_boolean_decision(bool(micro_losses), all=False):
+            skipped_in_a_row += len(batches)
+            if skipped_in_a_row >= MAX_CONSECUTIVE_SKIPPED_BATCHES:
+                raise NoLossError(f"`training_step` returned None for {skipped_in_a_row} batches in a row")
+            continue
+        skipped_in_a_row = 0
+        local = torch.stack(micro_losses).mean() if micro_losses else torch.zeros((), device=pl_module.device)
+        # DDP's own correctness rests on every rank receiving the same all-reduced values, so every rank reads the
+        # same mean loss and takes the same decisions, with no further broadcast
+        mean_loss = float(strategy.reduce(local, reduce_op="mean"))
+        if scaler is not None and scaler.get_scale() < scale_before and math.isfinite(mean_loss):
+            # the scaler found inf/NaN gradients and skipped the update: the scale was too high, not the LR
+            record.skipped_steps += 1
+            scaler_skips += 1
+            if scaler_skips > MAX_CONSECUTIVE_SCALER_SKIPS:
+                record.stop_reason = "scaler-skips"
+                break
+            continue
+        scaler_skips = 0
+        reason = after_step(step, mean_loss) if after_step is not None else None
+        if reason == "non-finite":
+            record.stop_reason = reason
+            break
+        record.steps.append(step)
+        record.losses.append(mean_loss)
+        if reason is not None:
+            record.stop_reason = reason
+            break
+        step += 1
+    optimizer.zero_grad()
+    return record

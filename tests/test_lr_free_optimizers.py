@@ -1,0 +1,89 @@
+"""Optimizers that set their own step size (Prodigy, D-Adaptation) or need no schedule (Schedule-Free), for real."""
+
+from __future__ import annotations
+
+import logging
+
+import dadaptation
+import prodigyopt
+import pytest
+import schedulefree
+import torch
+from helpers import TinyClassifier, trainer_kwargs
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.optim.lr_scheduler import OneCycleLR
+
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+
+
+class WithOptimizer(TinyClassifier):
+    def __init__(self, build) -> None:
+        super().__init__()
+        self.build = build
+
+    def configure_optimizers(self):
+        return self.build(self.parameters())
+
+
+ADAPTIVE_LR = {
+    "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0, weight_decay=0.01),
+    "DAdaptAdam": lambda p: dadaptation.DAdaptAdam(p, lr=1.0),
+    "DAdaptSGD": lambda p: dadaptation.DAdaptSGD(p, lr=1.0, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("build", list(ADAPTIVE_LR.values()), ids=list(ADAPTIVE_LR))
+def test_lr_multiplier_optimizers_get_a_cycle_over_the_multiplier_without_range_test(tmp_path, build, caplog):
+    """Their `lr` multiplies their own step-size estimate: no sweep, the one-cycle peaks at the configured `lr`."""
+    model = WithOptimizer(build)
+    sc = SuperConvergence()
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[sc], max_steps=6))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(model)
+    assert sc.result is None
+    assert sc.max_lr == 1.0
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, OneCycleLR)
+    assert trainer.global_step == 6
+    assert "sets its own step size" in caplog.text
+    assert "no range test" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda p: schedulefree.AdamWScheduleFree(p, lr=0.0025), lambda p: schedulefree.SGDScheduleFree(p, lr=0.5)],
+    ids=["AdamWScheduleFree", "SGDScheduleFree"],
+)
+def test_schedule_free_is_refused_by_superconvergence_saying_why(tmp_path, build):
+    """A Schedule-Free optimizer replaces the schedule: SuperConvergence refuses at fit start with the fix."""
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[SuperConvergence()], max_steps=2))
+    with pytest.raises(MisconfigurationException, match=r"Schedule-Free.*replaces the LR schedule.*Remove"):
+        trainer.fit(WithOptimizer(build))
+
+
+def test_schedule_free_keeps_its_weight_decay_in_the_balancer(tmp_path, caplog):
+    """WeightDecayBalancer leaves a Schedule-Free optimizer's `weight_decay` alone and says why."""
+
+    def build(params):
+        optimizer = schedulefree.AdamWScheduleFree(params, lr=0.0025, weight_decay=0.05)
+        optimizer.train()
+        return optimizer
+
+    balancer = WeightDecayBalancer()
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[balancer], max_steps=4))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(WithOptimizer(build))
+    assert balancer.weight_decays == [0.05]
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.05
+    assert "Schedule-Free" in balancer.reason
+
+
+def test_prodigy_trains_with_both_callbacks(tmp_path):
+    """Prodigy with both callbacks: the cycle over its multiplier, its decoupled decay balanced, loss finite."""
+    model = WithOptimizer(lambda p: prodigyopt.Prodigy(p, lr=1.0, weight_decay=0.01))
+    balancer = WeightDecayBalancer()
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[SuperConvergence(), balancer], max_epochs=2))
+    trainer.fit(model)
+    assert balancer.weight_decays is not None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
