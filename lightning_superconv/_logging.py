@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tensorboard.compat.proto.summary_pb2 import Summary
+
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import read_momentum
 from lightning_superconv.result import RangeTestResult
@@ -16,7 +18,7 @@ RANGE_TEST_PREFIX = "lr_range_test"
 SCHEDULE_PREFIX = "superconv"
 
 
-def log_range_test(trainer: Any, result: RangeTestResult) -> None:
+def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
     """Send the curve (raw and smoothed loss, LR per step), the pick and, where possible, a figure to every logger."""
     if not trainer.loggers:
         return
@@ -37,7 +39,7 @@ def log_range_test(trainer: Any, result: RangeTestResult) -> None:
         logger.save()
 
 
-def _add_figure(trainer: Any, result: RangeTestResult) -> None:
+def _add_figure(trainer: _compat.Trainer, result: RangeTestResult) -> None:
     """Add the loss-vs-LR figure to loggers that take figures (TensorBoard), when matplotlib is installed."""
     try:
         import matplotlib.pyplot as plt
@@ -75,23 +77,32 @@ def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float
 class ScheduleLogger:
     r"""Logs the schedule at the trainer's logging cadence (``log_every_n_steps``), as ``LearningRateMonitor`` does.
 
-    One ``log_metrics`` call per logger on logging steps; on other steps it only asks whether this step logs. The
-    loggers are looked up once, when the callback installs it at fit start.
+    On logging steps, one call per logger: ``log_metrics``, or for TensorBoard one event that holds all the step's
+    scalars (the same tags and values ``log_metrics`` would write, in a third of the time for three). On other steps
+    it only asks whether this step logs. The loggers are looked up once, when the callback installs it at fit start.
 
     Args:
         all_groups: log the weight decay of every param group, not only the first.
     """
 
-    def __init__(self, trainer: Any, optimizer: Any, all_groups: bool = False) -> None:
+    def __init__(self, trainer: _compat.Trainer, optimizer: Any, all_groups: bool = False) -> None:
         self.optimizer = optimizer
-        self.loggers = list(trainer.loggers)
         self.all_groups = all_groups
+        loggers: list[Any] = list(trainer.loggers)
+        # TensorBoard writes only on global rank 0 (its `log_metrics` is `rank_zero_only`); elsewhere it is skipped
+        writers = [_compat.tensorboard_event_writer(lg) if trainer.is_global_zero else None for lg in loggers]
+        self.event_writers = [w for w in writers if w is not None]
+        self.loggers = [lg for lg, w in zip(loggers, writers, strict=True) if w is None]
 
-    def log(self, trainer: Any) -> None:
+    def log(self, trainer: _compat.Trainer) -> None:
         """Send the values to every logger if this step is a logging step."""
-        if not self.loggers or not _compat.should_update_logs(trainer):
+        if not (self.loggers or self.event_writers) or not _compat.should_update_logs(trainer):
             return
         values = schedule_values(self.optimizer, self.all_groups or len(self.optimizer.param_groups) > 1)
         step = _compat.logging_step(trainer)
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
+        if self.event_writers:
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+            for writer in self.event_writers:
+                writer.add_summary(summary, global_step=step)

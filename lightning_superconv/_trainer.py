@@ -11,7 +11,9 @@ from typing import Any
 from lightning_superconv import _compat
 
 
-def single_optimizer(trainer: _compat.Trainer, pl_module: Any, who: str, automatic: bool = True) -> Any:
+def single_optimizer(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, who: str, automatic: bool = True
+) -> Any:
     r"""The one optimizer the callback ``who`` can serve, or a clear error saying why not and what to do.
 
     Args:

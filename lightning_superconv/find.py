@@ -35,7 +35,7 @@ class _RangeTestProbe(_compat.Callback):
         self.result: RangeTestResult | None = None
 
     @override
-    def on_fit_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
         self.result = run_range_test(trainer, pl_module, optimizer, self.config)
         # the fit loop checks `should_stop` before its first step and returns without training
@@ -67,8 +67,16 @@ def find_max_lr(
 
     Example::
 
-        >>> result = find_max_lr(model, datamodule=dm)  # doctest: +SKIP
-        >>> result.max_lr, result.plot()  # doctest: +SKIP
+        >>> from lightning.pytorch.demos.boring_classes import DemoModel, RandomDataset
+        >>> from torch.utils.data import DataLoader
+        >>> _ = L.seed_everything(0, verbose=False)
+        >>> model = DemoModel()  # Lightning's demo: Adam on a linear layer
+        >>> result = find_max_lr(model, DataLoader(RandomDataset(32, 256), batch_size=16),
+        ...                      trainer_kwargs={"accelerator": "cpu"})
+        >>> 1e-6 < result.max_lr < 10.0, result.stop_reason
+        (True, 'diverged')
+
+    ``result.plot()`` draws the curve with the pick marked (matplotlib).
     """
     allowed = set(RangeTestConfig.__dataclass_fields__)
     unknown = sorted(set(range_test) - allowed)

@@ -59,7 +59,7 @@ class ValidationSet:
 
 def run_grid(
     trainer: _compat.Trainer,
-    pl_module: Any,
+    pl_module: _compat.LightningModule,
     optimizer: Any,
     traces: Sequence[GroupTrace],
     plan: GridPlan,
@@ -105,7 +105,9 @@ def run_grid(
 
 
 @torch.no_grad()
-def validation_loss(trainer: _compat.Trainer, pl_module: Any, batches: ValidationSet, time_limit: float) -> float:
+def validation_loss(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batches: ValidationSet, time_limit: float
+) -> float:
     r"""Mean ``training_step`` loss over the validation batches in eval mode, averaged over ranks.
 
     The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``

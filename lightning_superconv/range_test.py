@@ -85,7 +85,7 @@ class RangeTestConfig:
 
 
 def run_range_test(
-    trainer: _compat.Trainer, pl_module: Any, optimizer: Any, config: RangeTestConfig | None = None
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any, config: RangeTestConfig | None = None
 ) -> RangeTestResult:
     r"""Run the LR range test on the trainer's model, data and optimizer, restore everything, and pick the max LR.
 

@@ -21,7 +21,7 @@ from lightning_superconv.snapshot import Snapshot, capture, dataloader_generator
 
 
 @contextlib.contextmanager
-def quiet_trainer(trainer: _compat.Trainer, pl_module: Any) -> Iterator[None]:
+def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> Iterator[None]:
     r"""Run steps that no other callback sees and whose ``self.log`` calls go nowhere.
 
     - ``trainer.callbacks`` is emptied: ``strategy.backward`` and the precision plugin fire every callback's
@@ -44,7 +44,7 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sandbox(trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> Iterator[Snapshot]:
+def sandbox(trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any) -> Iterator[Snapshot]:
     r"""Run the block on the user's model, data and optimizer, then put everything back exactly.
 
     Yields the snapshot taken on entry; a block that runs several branches calls ``snapshot.restore()`` before each.
@@ -65,16 +65,5 @@ def sandbox(trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> Iterato
     finally:
         # also on KeyboardInterrupt and SystemExit: nothing the block did may survive it
         snapshot.restore()
-        _reset_persistent_iterators(trainer, loaders)
     if failure is not None:
         raise failure
-
-
-def _reset_persistent_iterators(trainer: _compat.Trainer, loaders: list[Any]) -> None:
-    r"""Rebuild the fit loop's iterator if the sandbox shared it.
-
-    A loader with ``persistent_workers=True`` hands out one worker iterator for its whole life, so a fresh iterator
-    taken in the sandbox advanced the very iterator the fit loop will read from.
-    """
-    if any(getattr(loader, "persistent_workers", False) and loader.num_workers > 0 for loader in loaders):
-        _compat.restart_train_fetcher(trainer)

@@ -103,7 +103,7 @@ class BatchStream:
         return None
 
 
-def _takes_batch_idx(pl_module: Any) -> bool:
+def _takes_batch_idx(pl_module: _compat.LightningModule) -> bool:
     params = list(inspect.signature(pl_module.training_step).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
@@ -112,7 +112,7 @@ def _takes_batch_idx(pl_module: Any) -> bool:
 
 def take_steps(
     trainer: _compat.Trainer,
-    pl_module: Any,
+    pl_module: _compat.LightningModule,
     optimizer: Any,
     num_steps: int,
     before_step: Callable[[int], None],

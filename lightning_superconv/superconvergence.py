@@ -149,7 +149,7 @@ class SuperConvergence(_compat.Callback):
     # ------------------------------------------------------------------------------------------------ hooks
 
     @override
-    def setup(self, trainer: _compat.Trainer, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         # A new fit plans its own cycle. On `fit(ckpt_path=...)` Lightning calls `load_state_dict` after `setup`, and
@@ -174,7 +174,7 @@ class SuperConvergence(_compat.Callback):
             raise _compat.misconfiguration(trainer, problem)
 
     @override
-    def on_fit_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "SuperConvergence")
         kind = step_size_kind(optimizer)
         if kind == "schedule-free":
@@ -227,7 +227,7 @@ class SuperConvergence(_compat.Callback):
         self._install_schedule(trainer, optimizer, total_steps - start_step, own_step_size=kind is not None)
 
     @override
-    def on_train_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+    def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         if self._scheduler is None:
             return
         if trainer.ckpt_path and not self._restored:
@@ -262,7 +262,9 @@ class SuperConvergence(_compat.Callback):
             )
 
     @override
-    def on_train_batch_start(self, trainer: _compat.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         scheduler = self._scheduler
         if scheduler is None:
             return

@@ -35,6 +35,8 @@ from lightning_superconv.weight_decay_grid import MIN_BRANCH_BUDGET, guarded_pic
 Mode = Literal["timescale", "grid", "budget", "keep"]
 _MODES = ("timescale", "grid", "budget", "keep")
 _STATE_VERSION = 1
+# what a checkpoint carries across a resume: the user's λ, the chosen one and why (the mode comes from the constructor)
+_RESTORED_FIELDS = ("weight_decays", "reference_weight_decays", "reference_budgets", "reason", "search")
 
 
 # `_compat.Callback` derives from the `Callback` of both Lightning distributions, so
@@ -189,7 +191,7 @@ class WeightDecayBalancer(_compat.Callback):
     # ------------------------------------------------------------------------------------------------ hooks
 
     @override
-    def setup(self, trainer: _compat.Trainer, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._restored = False
@@ -200,7 +202,7 @@ class WeightDecayBalancer(_compat.Callback):
         _setups.move_in_front(trainer, self, (SuperConvergence,))
 
     @override
-    def on_fit_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
             return
@@ -220,7 +222,7 @@ class WeightDecayBalancer(_compat.Callback):
                 self.reference_budgets.append(reference_budget(lr, group_gain(group), wd, total))
 
     @override
-    def on_train_start(self, trainer: _compat.Trainer, pl_module: Any) -> None:
+    def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if self.log_weight_decay and not _superconvergence_logs_schedule(trainer):
             self._logger = ScheduleLogger(trainer, optimizer, all_groups=True)
@@ -281,7 +283,9 @@ class WeightDecayBalancer(_compat.Callback):
         )
 
     @override
-    def on_train_batch_start(self, trainer: _compat.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._logger is not None:
             self._logger.log(trainer)
 
@@ -291,23 +295,17 @@ class WeightDecayBalancer(_compat.Callback):
         # restore after setup; `on_train_start` runs after both). The optimizer's param groups, which hold the chosen
         # λ, are restored by Lightning afterwards; the user's original λ comes from here, never from the groups.
         check_state_version(state_dict, "WeightDecayBalancer", _STATE_VERSION)
-        self.weight_decays = state_dict.get("weight_decays", self.weight_decays)
-        self.reference_weight_decays = state_dict.get("reference_weight_decays", self.reference_weight_decays)
-        self.reference_budgets = state_dict.get("reference_budgets", self.reference_budgets)
-        self.reason = state_dict.get("reason", self.reason)
-        self.search = state_dict.get("search", self.search)
+        for name in _RESTORED_FIELDS:
+            setattr(self, name, state_dict.get(name, getattr(self, name)))
         self._restored = self.weight_decays is not None
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # plain values only, so checkpoints load with `torch.load(weights_only=True)`; the mode is kept for the record
         return {
             "version": _STATE_VERSION,
             "mode": self.mode,
-            "weight_decays": self.weight_decays,
-            "reference_weight_decays": self.reference_weight_decays,
-            "reference_budgets": self.reference_budgets,
-            "reason": self.reason,
-            "search": self.search,
+            **{name: getattr(self, name) for name in _RESTORED_FIELDS},
         }
 
     # ------------------------------------------------------------------------------------------------ modes
@@ -375,7 +373,7 @@ class WeightDecayBalancer(_compat.Callback):
     def _grid(
         self,
         trainer: _compat.Trainer,
-        pl_module: Any,
+        pl_module: _compat.LightningModule,
         optimizer: Any,
         traces: Sequence[GroupTrace],
         decayed: list[int],

@@ -7,6 +7,7 @@ import logging
 import lightning.pytorch as lp
 import pytest
 import pytorch_lightning as pl
+import torch
 from helpers import StandaloneTinyClassifier, TinyClassifier, make_dataset
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
@@ -119,3 +120,112 @@ def test_lightning_cli_builds_the_callbacks_from_config(tmp_path, cli_module, mo
     assert balancer.mode == "budget"
     cli.trainer.fit(cli.model)
     assert superconv.result is not None
+
+
+# ------------------------------------------------------------------ every private Lightning attribute we touch
+# Each `_compat` accessor, checked against the running Lightning of both distributions: when a release moves one of
+# these attributes, the failing test names it.
+
+
+class CompatProbe:
+    """Calls every `_compat` accessor at fit start and at the first training batch; records what they return."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, object] = {}
+
+    def on_fit_start(self, trainer, pl_module):
+        from lightning_superconv import _compat
+
+        _compat.setup_train_data(trainer)
+        self.seen["loaders"] = _compat.train_loaders(trainer)
+        combined = _compat.train_combined_loader(trainer)
+        iterator, length = _compat.fresh_train_iterator(combined)
+        batch, batch_idx, dataloader_idx = next(iterator)
+        self.seen["first_batch"] = (batch[0].shape, batch_idx, dataloader_idx, length)
+        self.seen["transferred"] = _compat.before_batch_transfer(pl_module, batch)
+        self.seen["results"] = _compat.epoch_results(trainer)
+        replacement = type(self.seen["results"])(training=True)
+        _compat.set_epoch_results(trainer, replacement)
+        self.seen["results_replaced"] = _compat.epoch_results(trainer) is replacement
+        _compat.set_epoch_results(trainer, self.seen["results"])
+        _compat.set_current_hook(pl_module, "training_step")
+        self.seen["hook"] = _compat.current_hook(pl_module)
+        _compat.set_current_hook(pl_module, None)
+        self.seen["scaler"] = _compat.grad_scaler(trainer)
+        self.seen["placeholder"] = _compat.is_placeholder_optimizer(trainer, trainer.optimizers[0])
+        self.seen["val"] = _compat.val_dataloaders(trainer)
+        self.seen["callbacks"] = _compat.callbacks(trainer)
+        self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
+        self.seen["state_key"] = _compat.state_key(self, mode="x")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from lightning_superconv import _compat
+
+        if "logging_step" not in self.seen:
+            self.seen["logging_step"] = _compat.logging_step(trainer)
+            self.seen["should_update_logs"] = _compat.should_update_logs(trainer)
+
+
+@pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])
+def test_every_private_accessor_reads_the_running_lightning(tmp_path, distribution, model):
+    """Each accessor finds its attribute in the running Lightning and works.
+
+    The train loaders, a fresh iterator beside the fit loop's, the result collection, the hook name, the logging step
+    and cadence, the validation loaders, the callbacks.
+    """
+    probe = type("Probe", (CompatProbe, distribution.Callback), {})()
+    trainer = distribution.Trainer(
+        **{**QUIET, "limit_val_batches": 1, "log_every_n_steps": 1, "default_root_dir": tmp_path, "max_steps": 2},
+        callbacks=[probe],
+    )
+    trainer.fit(model())
+    seen = probe.seen
+    assert len(seen["loaders"]) == 1
+    assert seen["first_batch"][1:] == (0, 0, 4)  # batch_idx, dataloader_idx, `limit_train_batches=4`
+    assert seen["first_batch"][0][0] == 32
+    assert isinstance(seen["transferred"], list)
+    assert seen["results_replaced"] is True
+    assert seen["hook"] == "training_step"
+    assert seen["scaler"] is None
+    assert seen["placeholder"] is False
+    assert len(seen["val"]) == 1
+    assert seen["callbacks"][-1] is probe
+    assert seen["fast_dev_run"] is False
+    assert seen["state_key"] == "Probe{'mode': 'x'}"
+    assert seen["logging_step"] == 0
+    assert seen["should_update_logs"] is True
+
+
+def test_placeholder_optimizer_and_scaler_are_recognised(tmp_path):
+    """`configure_optimizers` returning None leaves Lightning's stand-in; `16-mixed` on CPU has a real scaler."""
+    from lightning_superconv import _compat
+
+    class NoOptimizer(TinyClassifier):
+        def configure_optimizers(self):
+            return None
+
+    seen = {}
+
+    class Look(lp.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen["placeholder"] = _compat.is_placeholder_optimizer(trainer, trainer.optimizers[0])
+            seen["scaler"] = _compat.grad_scaler(trainer)
+
+    lp.Trainer(**{**QUIET, "max_steps": 1, "default_root_dir": tmp_path}, callbacks=[Look()]).fit(NoOptimizer())
+    assert seen["placeholder"] is True
+    fp16 = lp.plugins.MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    lp.Trainer(**{**QUIET, "max_steps": 1, "default_root_dir": tmp_path}, plugins=[fp16], callbacks=[Look()]).fit(
+        TinyClassifier()
+    )
+    assert isinstance(seen["scaler"], torch.amp.GradScaler)
+
+
+@pytest.mark.parametrize("distribution", [lp, pl])
+def test_tensorboard_event_writer_is_found_for_plain_tensorboard_only(tmp_path, distribution):
+    """A TensorBoardLogger without prefix gives its event writer; with a prefix, or a CSV logger, None."""
+    from lightning_superconv import _compat
+
+    plain = distribution.loggers.TensorBoardLogger(tmp_path)
+    assert hasattr(_compat.tensorboard_event_writer(plain), "add_summary")
+    assert _compat.tensorboard_event_writer(distribution.loggers.TensorBoardLogger(tmp_path, prefix="p")) is None
+    assert _compat.tensorboard_event_writer(distribution.loggers.CSVLogger(tmp_path)) is None

@@ -258,3 +258,12 @@ def test_state_dict_round_trips_through_a_deep_copy():
     fresh = SuperConvergence()
     fresh.load_state_dict(state)
     assert (fresh.max_lr, fresh.total_steps, fresh.result) == (0.2, 10, None)
+
+
+@pytest.mark.parametrize("callback", [SuperConvergence, WeightDecayBalancer])
+def test_state_from_a_newer_release_is_read_with_a_warning(callback):
+    """A state dict whose `version` is newer than this release's: what it knows is read, the rest ignored, and said."""
+    instance = callback()
+    state = {**instance.state_dict(), "version": 99, "added_in_a_later_release": [1, 2]}
+    with pytest.warns(RuntimeWarning, match=r"newer lightning-superconv \(state version 99"):
+        instance.load_state_dict(state)

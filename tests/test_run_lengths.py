@@ -275,3 +275,31 @@ def test_train_loader_without_batches_says_so(tmp_path, callback):
     message = r"train dataloader yields no batches.*10 samples.*batch_size=32"
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(Tiny())
+
+
+class PersistentWorkers(TinyClassifier):
+    """Its loader keeps one worker process (and one iterator) for the whole fit."""
+
+    def train_dataloader(self):
+        return DataLoader(
+            make_dataset(self.hparams.n), batch_size=32, shuffle=True, num_workers=1, persistent_workers=True
+        )
+
+
+def test_range_test_on_persistent_workers_leaves_the_first_epoch_as_it_was(tmp_path):
+    """With `persistent_workers=True` training sees the batches it would have seen without the range test.
+
+    The fit loop creates its persistent worker iterator when it loads the data; the range test reads from workers of
+    its own, so the fit ends bit-identical to a fit with the picked `max_lr`.
+    """
+    L.seed_everything(0, verbose=False)
+    tested = PersistentWorkers()
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12)
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path / "a", max_epochs=2)).fit(tested)
+    L.seed_everything(0, verbose=False)
+    given = PersistentWorkers()
+    L.Trainer(callbacks=[SuperConvergence(max_lr=callback.max_lr)], **trainer_kwargs(tmp_path / "b", max_epochs=2)).fit(
+        given
+    )
+    for a, b in zip(tested.parameters(), given.parameters(), strict=True):
+        assert torch.equal(a, b)

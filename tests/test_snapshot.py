@@ -1,0 +1,247 @@
+"""The one snapshot mechanism under the range test, the grid and the divergence guard, tested without a ``Trainer``.
+
+Capture, change everything a branch of training changes, restore, and compare bit for bit: parameters, buffers,
+gradients, train/eval flags, optimizer state and param groups, a gradient scaler, dataloader generators, torchmetrics
+states and tensors a module keeps outside its parameters. ``sandbox`` (with a ``Trainer``) adds RNG isolation and
+restores on exceptions and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torchmetrics
+from helpers import TinyClassifier, trainer_kwargs
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from lightning_superconv.sandbox import sandbox
+from lightning_superconv.snapshot import capture, dataloader_generators
+
+
+class Stateful(nn.Module):
+    """BatchNorm buffers, a metric, a carried hidden state, a user's list of diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        self.acc = torchmetrics.classification.MulticlassAccuracy(num_classes=3)
+        self.hidden: torch.Tensor | None = None
+        self.cache = torch.zeros(2)
+        self.diagnostics: list[torch.Tensor] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _train_a_little(model: Stateful, optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 4, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.acc.update(logits, y)
+        model.hidden = logits.detach()[:1]
+        model.cache.add_(1.0)
+        model.diagnostics.append(loss.detach())
+
+
+def _everything(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "optimizer": {k: v.clone() for s in optimizer.state.values() for k, v in s.items() if torch.is_tensor(v)},
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["state"].keys() == b["state"].keys()
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key]), key
+    for ga, gb in zip(a["grads"], b["grads"], strict=True):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+    assert a["training"] == b["training"]
+    assert a["optimizer"].keys() == b["optimizer"].keys()
+    for key in a["optimizer"]:
+        assert torch.equal(a["optimizer"][key], b["optimizer"][key])
+    assert a["groups"] == b["groups"]
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_restore_brings_module_and_optimizer_back_bit_for_bit(optimizer_cls):
+    """Parameters, buffers, gradients, train/eval flags, optimizer state and groups come back exactly."""
+    model = Stateful()
+    kwargs = {"lr": 0.1, "momentum": 0.9} if optimizer_cls is torch.optim.SGD else {"lr": 1e-2}
+    optimizer = optimizer_cls(model.parameters(), **kwargs)
+    _train_a_little(model, optimizer)
+    before = _everything(model, optimizer)
+    groups = optimizer.param_groups
+    snapshot = capture(model, optimizer)
+    _train_a_little(model, optimizer)
+    optimizer.param_groups[0]["lr"] = 3.0
+    model.eval()
+    snapshot.restore()
+    _assert_same(before, _everything(model, optimizer))
+    assert optimizer.param_groups is groups  # the same group dicts, refilled in place (schedulers hold them)
+
+
+def test_one_snapshot_restores_any_number_of_branches():
+    """Branches restore the same snapshot again and again; a restore never hands out the snapshot's own tensors."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_little(model, optimizer)
+    before = _everything(model, optimizer)
+    snapshot = capture(model, optimizer)
+    for _ in range(3):
+        _train_a_little(model, optimizer)
+        snapshot.restore()
+        _assert_same(before, _everything(model, optimizer))
+
+
+def test_torchmetrics_state_is_restored():
+    """A metric updated in the branch reads as before it; its update count too (read-only properties untouched)."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train_a_little(model, optimizer, steps=2)
+    value, count = model.acc.compute().clone(), model.acc._update_count
+    snapshot = capture(model, optimizer)
+    _train_a_little(model, optimizer, steps=4)
+    assert model.acc._update_count == count + 4
+    snapshot.restore()
+    assert model.acc._update_count == count
+    assert torch.equal(model.acc.compute(), value)
+
+
+def test_never_updated_metric_stays_never_updated():
+    """A metric that was never updated is still in that state (its `update_called` is False) after a branch."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer)
+    _train_a_little(model, optimizer)
+    snapshot.restore()
+    assert model.acc.update_called is False
+    assert model.acc._update_count == 0
+
+
+def test_tensors_kept_outside_parameters_are_restored_and_user_lists_left_alone():
+    """`self.hidden` (None before) is None again, an in-place-changed tensor attribute is back; a user's list stays."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer)
+    _train_a_little(model, optimizer)
+    assert model.hidden is not None
+    snapshot.restore()
+    assert model.hidden is None
+    assert torch.equal(model.cache, torch.zeros(2))
+    assert len(model.diagnostics) == 3  # the user's own record of what ran is theirs
+
+
+def test_gradient_scaler_state_is_restored():
+    """A `GradScaler` whose scale moved in the branch is back at its scale and growth tracker."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(torch.ones(()))  # the scale exists once something was scaled
+    before = scaler.state_dict()
+    snapshot = capture(model, optimizer, scaler=scaler)
+    scaler.update(new_scale=2.0**3)
+    snapshot.restore()
+    assert scaler.state_dict() == before
+
+
+def test_dataloader_generators_are_found_and_restored():
+    """The sampler's own generator advances at every new iterator; restored, the next epoch's order is unchanged."""
+    data = TensorDataset(torch.arange(32.0))
+    generator = torch.Generator().manual_seed(5)
+    loader = DataLoader(data, sampler=RandomSampler(data, generator=generator), batch_size=8)
+    assert dataloader_generators([loader]) == [generator]
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer, generators=dataloader_generators([loader]))
+    first = [b[0].tolist() for b in loader]
+    snapshot.restore()
+    assert [b[0].tolist() for b in loader] == first
+
+
+def test_rollback_snapshot_copies_weights_and_optimizer_only():
+    """`everything=False` (the divergence guard's rollback) copies weights, buffers and optimizer state only."""
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_little(model, optimizer)
+    snapshot = capture(model, optimizer, everything=False)
+    assert not snapshot.grads
+    assert not snapshot.metric_states
+    assert not snapshot.loose_tensors
+    weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    momentum = sum(p.numel() for p in model.parameters())
+    assert weights * 4 <= snapshot.nbytes() <= (weights + momentum) * 8
+
+
+# ------------------------------------------------------------------------------------------------- the sandbox
+
+
+class Boom(Exception):
+    """Raised inside a sandbox."""
+
+
+class SandboxAtFitStart(Callback):
+    """Runs ``body`` in a sandbox at fit start and records the model and RNG before and after."""
+
+    def __init__(self, body) -> None:
+        self.body = body
+        self.error: BaseException | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        trainer.fit_loop.setup_data()
+        optimizer = trainer.optimizers[0]
+        self.before = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        self.rng_before = torch.get_rng_state()
+        try:
+            with sandbox(trainer, pl_module, optimizer):
+                self.body(pl_module, optimizer)
+        except BaseException as err:  # noqa: BLE001 - the test looks at what came out
+            self.error = err
+        self.after = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        self.rng_after = torch.get_rng_state()
+        trainer.should_stop = True
+
+
+def _scramble(module, optimizer):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("error", [None, Boom(), KeyboardInterrupt()], ids=["normal", "exception", "ctrl-c"])
+def test_sandbox_restores_model_and_rng_however_it_ends(tmp_path, error):
+    """Normal exit, an exception and Ctrl-C: the model and the global RNG come back; the error propagates."""
+
+    def body(module, optimizer):
+        _scramble(module, optimizer)
+        if error is not None:
+            raise error
+
+    probe = SandboxAtFitStart(body)
+    L.Trainer(callbacks=[probe], **trainer_kwargs(tmp_path, max_steps=1)).fit(TinyClassifier())
+    assert probe.error is error
+    for key in probe.before:
+        assert torch.equal(probe.before[key], probe.after[key]), key
+    assert torch.equal(probe.rng_before, probe.rng_after)
+
+
+def test_sandbox_hides_the_steps_from_other_callbacks(tmp_path):
+    """Inside the sandbox the trainer has no callbacks; afterwards it has them all again, in order."""
+    seen = []
+    probe = SandboxAtFitStart(lambda module, optimizer: seen.append(list(module.trainer.callbacks)))
+    other = Callback()
+    trainer = L.Trainer(callbacks=[probe, other], **trainer_kwargs(tmp_path, max_steps=1))
+    trainer.fit(TinyClassifier())
+    assert seen == [[]]
+    assert trainer.callbacks[:2] == [probe, other]
