@@ -188,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default="lightning_logs", help="TensorBoard logs go here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
+    parser.add_argument("--trial-steps", type=int, default=100, help="steps of each peak trial (0: no trials)")
     parser.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 10.0), metavar=("FIRST", "LAST"))
     parser.add_argument("--limit-batches", type=float, default=1.0, help="fraction (<= 1) or number of batches")
     parser.add_argument("--no-balancer", action="store_true", help="leave the weight decay as configured")
@@ -226,7 +227,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     val_loader = DataLoader(Augmented(val, train=False), 1000, **loader_kwargs)
     test_loader = DataLoader(Augmented(test, train=False), 1000, **loader_kwargs)
 
-    callbacks: list[L.Callback] = [SuperConvergence(lr_range=tuple(args.lr_range), num_steps=args.range_test_steps)]
+    callbacks: list[L.Callback] = [
+        SuperConvergence(lr_range=tuple(args.lr_range), num_steps=args.range_test_steps, trial_steps=args.trial_steps)
+    ]
     if not args.no_balancer:
         callbacks.append(WeightDecayBalancer())
     limit = args.limit_batches if args.limit_batches <= 1 else int(args.limit_batches)

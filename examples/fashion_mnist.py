@@ -145,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPUs and AMX CPUs, else 32-true")
     parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
+    parser.add_argument("--trial-steps", type=int, default=100, help="steps of each peak trial (0: no trials)")
     parser.add_argument("--no-balancer", action="store_true", help="leave the weight decay as configured")
     parser.add_argument("--no-test", action="store_true", help="skip the test set (when choosing settings)")
     parser.add_argument("--no-progress-bar", action="store_true")
@@ -162,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = FashionClassifier(width=args.width)
     logger = TensorBoardLogger(args.log_dir, name="fashion_mnist")
     print(f"TensorBoard logs: {logger.log_dir}  (view with: tensorboard --logdir {args.log_dir})")
-    callbacks: list[L.Callback] = [SuperConvergence(num_steps=args.range_test_steps)]
+    callbacks: list[L.Callback] = [
+        SuperConvergence(num_steps=args.range_test_steps, trial_steps=args.trial_steps)
+    ]
     if not args.no_balancer:
         callbacks.append(WeightDecayBalancer())
     trainer = L.Trainer(

@@ -7,8 +7,16 @@ weight decay for the LR schedule that will actually run.
 
 from lightning_superconv.__about__ import __version__
 from lightning_superconv.find import find_max_lr
+from lightning_superconv.guard import DivergenceError
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.superconvergence import SuperConvergence
 from lightning_superconv.weight_decay_balancer import WeightDecayBalancer
 
-__all__ = ["RangeTestResult", "SuperConvergence", "WeightDecayBalancer", "__version__", "find_max_lr"]
+__all__ = [
+    "DivergenceError",
+    "RangeTestResult",
+    "SuperConvergence",
+    "WeightDecayBalancer",
+    "__version__",
+    "find_max_lr",
+]

@@ -1,17 +1,16 @@
-r"""Pure maths of the LR range test: the LR sweep, loss smoothing, divergence detection and the max-LR pick.
+r"""Pure maths of the LR range test's curve: the LR sweep, loss smoothing, divergence detection, the loss's descent.
 
 Nothing here knows about a ``Trainer``; every function works on plain lists of floats so that it can be tested on
-synthetic curves whose divergence point is known.
+synthetic curves whose divergence point is known. :mod:`lightning_superconv.peak` reads the cycle's peak off it.
 
 The range test (Smith, arXiv 1506.01186 §3.3) trains for a few steps while the LR rises from tiny to huge and reads the
-loss. Smith's reading for one-cycle training (arXiv 1708.07120, 1803.09820 §4.1) is that the cycle's *maximum* LR is
-where the loss stops falling and starts to diverge. That is far larger than the steepest-descent point that other
+loss. Smith's reading for one-cycle training (arXiv 1708.07120, 1803.09820 §4.1) is that the cycle's *maximum* LR lies
+where the loss stops falling and starts to rise. That is far larger than the steepest-descent point that other
 finders suggest, which aims at a good *constant* LR.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -162,94 +161,6 @@ def warmup_steps(beta: float) -> int:
     return max(1, math.ceil(1.0 / (1.0 - beta) - 1e-9))
 
 
-@dataclass(frozen=True)
-class Pick:
-    """The maximum LR read off a range-test curve, and where and why it was read."""
-
-    lr: float
-    index: int
-    reason: str
-
-
-def pick_max_lr(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float] | None = None) -> Pick:
-    r"""Read the one-cycle maximum LR off a range-test curve: the last LR before the loss rises out of its floor.
-
-    Smith reads the cycle's maximum LR where the loss "stops decreasing and becomes ragged or starts to rise"
-    (arXiv 1708.07120 §2, 1803.09820 §4.1). On the smoothed curve (:func:`running_median`) that reads as:
-
-    1. The *floor* is the band within ``FLOOR_FRACTION`` (10 %) of the whole drop above the lowest smoothed loss:
-       ``floor = min + 0.1 * (start - min)``.
-    2. The loss first reaches the floor, stays in it while the LR keeps rising, and then leaves it: it has stopped
-       decreasing and starts to rise. The pick is the largest LR of that first stay in the floor.
-    3. A stay shorter than the running median's half width plus one (4 steps of 100) is a blip the smoother could
-       not remove, not a floor, and is passed over; if every stay is that short (a sharp V), the longest one counts.
-       Measured: one of 12 range tests of the Fashion-MNIST example's network in ``benchmarks/speedup_benchmark.py``
-       (and none of 16 more) touched the floor for a single step at lr 0.0034, a tenth of where the others' floors
-       ended; its 8-epoch cycle ended at 89.7 % validation accuracy, against 91.6 % for the other seed's, picked at
-       0.034.
-
-    Why not the minimum itself: on a long, noisy floor the lowest point is wherever the noise put it, easily a decade
-    beyond the first rise (measured: an MLP with AdamW whose floor spans 1.5e-3 to 3e-2; the best one-cycle peak is
-    4e-3, where the loss first turns ragged). Why not the steepest descent: that point suits a constant LR and lies
-    orders of magnitude below a usable peak. The rule is scale-free in the loss (it uses fractions of the observed
-    drop) and in the LR (it uses positions on the curve), so neither the loss's units nor the LR the user configured
-    move it. Its constants were set on two of the three pairs of ``benchmarks/pick_benchmark.py``; the third is held
-    out.
-
-    Args:
-        lrs: the learning rate of each recorded step.
-        losses: the raw loss of each recorded step (all finite).
-        smoothed: the smoothed curve, if already computed with :func:`running_median`.
-
-    Raises:
-        ValueError: if fewer than 3 points were recorded, the lengths differ, or the loss never fell.
-
-    Example::
-
-        >>> lrs = [10 ** (-4 + i / 4) for i in range(17)]  # 1e-4 .. 1
-        >>> losses = [2.3, 2.3, 2.2, 2.0, 1.6, 1.1, 0.7, 0.5, 0.45, 0.44, 0.45, 0.6, 1.2, 3.0, 9.0, 30.0, 99.0]
-        >>> pick = pick_max_lr(lrs, losses, smoothed=losses)
-        >>> round(pick.lr, 4), pick.index
-        (0.0562, 11)
-    """
-    if len(lrs) != len(losses):
-        raise ValueError(f"`lrs` and `losses` must have the same length, got {len(lrs)} and {len(losses)}")
-    if len(lrs) < 3:
-        raise ValueError(f"the range test must record at least 3 steps to pick an LR, got {len(lrs)}")
-    curve = list(smoothed) if smoothed is not None else running_median(losses, median_half_width(len(losses)))
-    lowest = min(range(len(curve)), key=curve.__getitem__)
-    drop = curve[0] - curve[lowest]
-    if drop <= 0:
-        raise ValueError(
-            f"the loss never fell below its start ({curve[0]:.4g}) anywhere in the sweep from lr {lrs[0]:.3g} to "
-            f"{lrs[-1]:.3g}, so there is no floor to read a maximum LR from"
-        )
-    floor = curve[lowest] + FLOOR_FRACTION * drop
-    first, last = _first_real_stay(curve, floor, min_length=median_half_width(len(curve)) + 1)
-    rose = "rises out of it" if last + 1 < len(curve) else "stays in it to the end of the sweep"
-    return Pick(
-        lrs[last],
-        last,
-        f"the smoothed loss reaches its floor (within {FLOOR_FRACTION:.0%} of its drop above the minimum) at lr "
-        f"{lrs[first]:.3g} and {rose} after lr {lrs[last]:.3g}",
-    )
-
-
-def _first_real_stay(curve: Sequence[float], floor: float, min_length: int) -> tuple[int, int]:
-    """First and last index of the first run of ``curve <= floor`` at least ``min_length`` long, else the longest."""
-    stays: list[tuple[int, int]] = []
-    start = 0
-    for inside, run in itertools.groupby(curve, key=lambda value: value <= floor):
-        length = len(list(run))
-        if inside:
-            stays.append((start, start + length - 1))
-        start += length
-    for first, last in stays:
-        if last - first + 1 >= min_length:
-            return first, last
-    return max(stays, key=lambda stay: stay[1] - stay[0])  # max() keeps the first of equally long stays
-
-
 def smoothed_noise(losses: Sequence[float], smoothed: Sequence[float], half_width: int) -> float:
     r"""The standard error of the smoothed curve: how far it moves on batch-to-batch noise alone.
 
@@ -322,5 +233,3 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
 #: How many standard errors of the smoothed curve a fall of the loss must exceed to count (:class:`Descent`).
 CLEAR_FALL = 6.0
 
-#: The floor of the loss curve: within this fraction of the whole drop (start to minimum) above the minimum.
-FLOOR_FRACTION = 0.1

@@ -9,9 +9,11 @@ Pure torch, no ``Trainer``. Every place that reads or writes a group's momentum 
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import copy
+from collections.abc import MutableMapping, Sequence
 from typing import Any, Literal
 
+import torch
 from torch.optim import Optimizer
 
 MomentumKey = Literal["momentum", "betas"]
@@ -93,3 +95,21 @@ def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
         if name == "Prodigy" or name.startswith("DAdapt") or package in ("prodigyopt", "dadaptation"):
             return "multiplier"
     return None
+
+
+def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple[Optimizer, list[Any]]:
+    r"""Deep copies of the optimizer and the schedulers that drive it, without its parameters or state.
+
+    The parameters are swapped for empty tensors and the state for an empty dict in the copy's memo, so replaying a
+    billion-parameter model's schedule costs no memory; only the param-group hyperparameters are copied. Stepping the
+    copied schedulers moves the copy's param groups, never the real ones.
+    """
+    memo: dict[int, Any] = {id(optimizer.state): {}}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            memo[id(param)] = torch.empty(0)
+    copies = [copy.deepcopy(s, memo) for s in schedulers]
+    twin = memo.get(id(optimizer))
+    if twin is None:
+        twin = copy.deepcopy(optimizer, memo)
+    return twin, copies

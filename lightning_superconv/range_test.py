@@ -18,22 +18,19 @@ from typing import Any
 
 from lightning_superconv import _compat
 from lightning_superconv._validation import check_choice, check_number, check_pair
-from lightning_superconv.curve import (
-    DivergenceMonitor,
-    SweepMode,
-    descent,
-    lr_sweep,
-    median_half_width,
-    pick_max_lr,
-    running_median,
-)
-from lightning_superconv.param_groups import group_ratios
+from lightning_superconv.branches import Branch, HeldOutBatches, run_branches
+from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
+from lightning_superconv.param_groups import detached_copy, group_ratios
+from lightning_superconv.peak import choose, next_peak, rise_index, start_level, trial_traces
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
+from lightning_superconv.schedule import OneCycleConfig
 from lightning_superconv.steps import MAX_CONSECUTIVE_SKIPPED_BATCHES, NoLossError, StepRecord, take_steps
 
 #: The fewest range-test steps that can give a pick (see :class:`RangeTestConfig`).
 MIN_STEPS = 10
+#: The shortest trial cycle at a candidate peak (see :class:`RangeTestConfig`).
+MIN_TRIAL_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,9 @@ class RangeTestConfig:
         mode: ``"exponential"`` or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the sweep stops once the smoothed loss exceeds this many times its best (> 1).
         smoothing: EMA factor in [0, 1) of the online divergence check.
+        trial_steps: steps of each trial cycle at a candidate peak (0: no trials, the pick is a quarter of the LR
+            where the loss rose back), at least 50: shorter cycles did not separate the candidates (measured on the
+            pick zoo's tuning half, 50 steps chose a peak that collapsed a run that 100 steps avoided).
 
     Raises:
         ValueError: if a value is out of range.
@@ -60,6 +60,7 @@ class RangeTestConfig:
     mode: SweepMode = "exponential"
     divergence_threshold: float = 4.0
     smoothing: float = 0.9
+    trial_steps: int = 100
 
     def __post_init__(self) -> None:
         start, end = check_pair("lr_range", self.lr_range, "(start, end) of positive floats")
@@ -75,38 +76,78 @@ class RangeTestConfig:
         check_choice("mode", self.mode, ("exponential", "linear"))
         check_number("divergence_threshold", self.divergence_threshold, low=1.0)
         check_number("smoothing", self.smoothing, low=0.0, high=1.0, low_inclusive=True)
+        if (
+            isinstance(self.trial_steps, bool)
+            or not isinstance(self.trial_steps, int)
+            or not (self.trial_steps == 0 or self.trial_steps >= MIN_TRIAL_STEPS)
+        ):
+            raise ValueError(
+                f"`trial_steps` must be 0 (no trials) or an integer >= {MIN_TRIAL_STEPS}, got {self.trial_steps!r}"
+            )
         object.__setattr__(self, "lr_range", (float(start), float(end)))
         object.__setattr__(self, "divergence_threshold", float(self.divergence_threshold))
         object.__setattr__(self, "smoothing", float(self.smoothing))
 
-    def lrs(self) -> list[float]:
-        """The swept LRs, one per step."""
-        return lr_sweep(self.lr_range[0], self.lr_range[1], self.num_steps, self.mode)
+    def lrs(self, extended: bool = False) -> list[float]:
+        """The swept LRs, one per step; ``extended``: followed by ``num_steps // 2`` more at the same pace."""
+        lrs = lr_sweep(self.lr_range[0], self.lr_range[1], self.num_steps, self.mode)
+        if extended:
+            extra = self.num_steps // 2
+            if self.mode == "exponential":
+                ratio = lrs[-1] / lrs[-2]
+                lrs += [lrs[-1] * ratio ** (k + 1) for k in range(extra)]
+            else:
+                step = lrs[-1] - lrs[-2]
+                lrs += [lrs[-1] + step * (k + 1) for k in range(extra)]
+        return lrs
 
 
 def run_range_test(
-    trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any, config: RangeTestConfig | None = None
+    trainer: _compat.Trainer,
+    pl_module: _compat.LightningModule,
+    optimizer: Any,
+    config: RangeTestConfig | None = None,
+    cycle: OneCycleConfig | None = None,
 ) -> RangeTestResult:
-    r"""Run the LR range test on the trainer's model, data and optimizer, restore everything, and pick the max LR.
+    r"""Run the LR range test on the trainer's model, data and optimizer, try the candidate peaks, restore everything.
+
+    1. The sweep: one optimizer step per LR, from ``lr_range[0]`` up, stopped once the loss has clearly diverged. If by
+       ``lr_range[1]`` the loss has not risen back above where it started, the sweep goes on past it at the same pace
+       (at most ``num_steps // 2`` more steps) until it has: a model trained at LR 20 needs a sweep beyond 10.
+    2. The reading: the LR where the smoothed loss, after its lowest point, is back above its starting level
+       (:func:`~lightning_superconv.peak.rise_index`), Smith's "where the loss starts to rise" made robust to a
+       noisy floor. The candidate peaks are a half, a quarter and an eighth of it.
+    3. The trials: from the same snapshot, a one-cycle of ``trial_steps`` steps (the cycle's own shape, compressed) at
+       each candidate, scored by the held-out loss (the validation data, else training batches the trials never
+       train on); the lowest wins (:func:`~lightning_superconv.peak.choose`). With ``trial_steps=0``, the quarter.
 
     Call it at fit start (``on_fit_start``) or later, before training steps. Under DDP every rank calls it and all get
     the same result.
 
+    Args:
+        trainer: the ``Trainer``, its strategy and optimizer set up.
+        pl_module: its LightningModule.
+        optimizer: the optimizer to sweep (its param groups keep their LR ratios).
+        config: the sweep and the trials (:class:`RangeTestConfig`).
+        cycle: the shape of the cycle the trials run (default: torch's).
+
     Raises:
         MisconfigurationException: (of the trainer's distribution) if no curve can be read: the loss is NaN/inf or
-            diverges from the very first steps, never falls below its start, or the reading lies below the step where
-            the loss last stood at its starting level (noise read as a floor); ``training_step`` returns None for
-            every batch, or the data runs out within 3 steps. The state is restored before the error propagates,
-            and the message says what to change.
+            diverges from the very first steps, or never falls below its start; ``training_step`` returns None for
+            every batch, the data runs out within 3 steps, or every trial diverged. The state is restored before the
+            error propagates, and the message says what to change.
 
     Warns:
         RuntimeWarning: if the loss fell by less than ``CLEAR_FALL`` standard errors of its noise: the pick is
             installed, but may be noise.
     """
     config = config or RangeTestConfig()
-    lrs = config.lrs()
+    cycle = cycle or OneCycleConfig()
+    lrs = config.lrs(extended=True)
     ratios = group_ratios(optimizer)
     monitor = DivergenceMonitor(config.divergence_threshold, config.smoothing)
+    half_width = median_half_width(config.num_steps)
+    seen: list[float] = []
     # `estimated_stepping_batches` loads the train dataloader, except when `max_epochs=-1` (which `Trainer(max_steps=N)`
     # alone implies): load it here, as the fit loop would
     _compat.setup_train_data(trainer)
@@ -116,19 +157,20 @@ def run_range_test(
             group["lr"] = lrs[step] * ratio
 
     def check(step: int, loss: float) -> str | None:
-        return monitor.update(loss)
+        reason = monitor.update(loss)
+        seen.append(loss)
+        if reason is not None or step + 1 < config.num_steps:
+            return reason
+        # at or past `lr_range[1]`: go on only while the loss has not risen back above where it started
+        if monitor.last > start_level(seen, half_width):
+            return "completed" if step + 1 == config.num_steps else "rose"
+        return None
 
     try:
         with sandbox(trainer, pl_module, optimizer):
             record = take_steps(trainer, pl_module, optimizer, len(lrs), set_lr, check)
     except NoLossError as err:
-        raise _compat.misconfiguration(
-            trainer,
-            f"The range test got no loss: {err} (Lightning skips a batch whose `training_step` returns None; the range "
-            f"test moves its LR on to the next batch, and gives up after {MAX_CONSECUTIVE_SKIPPED_BATCHES} in a row). "
-            "Make `training_step` return the loss, or pass `max_lr=` to skip the range test. The model and optimizer "
-            "were restored.",
-        ) from err
+        raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
         raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs))
@@ -139,34 +181,55 @@ def run_range_test(
             "yielded nothing when restarted, so its data can be read only once: the range test stopped there, "
             "and training gets only what is left. Give the dataset an `__iter__` that starts over on each call.",
         )
-    half_width = median_half_width(config.num_steps)
     smoothed = running_median(record.losses, half_width)
     stopped = _stop_description(record, swept, monitor, config)
     fell = descent(record.losses, smoothed, half_width)
-    try:
-        pick = pick_max_lr(swept, record.losses, smoothed=smoothed)
-    except ValueError as err:
+    if fell.fall <= 0:
         raise _compat.misconfiguration(
             trainer,
-            f"The range test found no usable maximum LR: {err}. {stopped} The model may not be learning (check the "
-            "loss and the data), or the sweep does not reach LRs that train it: widen `lr_range`, or pass `max_lr=`. "
-            "The model and optimizer were restored.",
-        ) from err
-    if pick.index < fell.begins:
-        raise _compat.misconfiguration(
-            trainer,
-            f"The range test's reading, lr {pick.lr:.3g}, cannot be right: the loss was back at its starting level "
-            f"({fell.start_level:.4g}) at lr {swept[fell.begins]:.3g}, so what it read below that was batch noise, "
-            f"not the end of the loss's descent. {stopped} Pass `max_lr=` (a value near lr "
-            f"{swept[min(len(swept) - 1, fell.begins + half_width)]:.3g}, where the descent began, or your own), or "
-            "use larger batches so that one batch's loss says more. The model and optimizer were restored.",
+            f"The range test found no usable maximum LR: the loss never fell below where it started "
+            f"({fell.start_level:.4g}) anywhere in the sweep from lr {swept[0]:.3g} to {swept[-1]:.3g}. {stopped} The "
+            "model may not be learning (check the loss and the data), or the sweep does not reach LRs that train it: "
+            "widen `lr_range`, or pass `max_lr=`. The model and optimizer were restored.",
         )
+    rise = rise_index(smoothed, fell.start_level)
+    reading = (
+        f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
+        if smoothed[rise] > fell.start_level
+        else f"the sweep ended at lr {swept[rise]:.3g} ({record.stop_reason}) before the loss was back above its start"
+    )
+    trials: list[dict[str, float]] = []
+    if config.trial_steps:
+        peaks: list[float] = []
+        # the param groups as configured (the trials move the real ones), to build each trial's cycle from
+        configured, _ = detached_copy(optimizer)
+
+        def plan(scores: list[float]) -> Branch | None:
+            peak = next_peak(swept[rise], peaks, scores)
+            if peak is None:
+                return None
+            peaks.append(peak)
+            return Branch(trial_traces(configured, peak, config.trial_steps, cycle), label=peak)
+
+        scores, _ = run_branches(trainer, pl_module, optimizer, plan, HeldOutBatches.validation(trainer))
+        trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
+        try:
+            verdict = choose(peaks, scores, config.trial_steps)
+        except ValueError as err:
+            raise _compat.misconfiguration(
+                trainer,
+                f"The range test found no usable maximum LR: {err} ({reading}). {stopped} Pass `max_lr=` below "
+                f"{min(peaks):.3g}. The model and optimizer were restored.",
+            ) from err
+        max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
+    else:
+        max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
     if not fell.clear:
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the range test's loss fell only from {fell.start_level:.4g} to "
             f"{fell.start_level - fell.fall:.4g}, while batch-to-batch noise alone moves its smoothed curve by about "
-            f"{fell.noise:.2g}: the reading (max_lr={pick.lr:.3g}) may be noise. {stopped} If the model learns "
+            f"{fell.noise:.2g}: the reading (max_lr={max_lr:.3g}) may be noise. {stopped} If the model learns "
             "little at this batch size, pass `max_lr=` (your own LR is a safe start), or raise `num_steps` for more "
             "points per decade.",
         )
@@ -174,12 +237,22 @@ def run_range_test(
         lrs=swept,
         losses=record.losses,
         smoothed=smoothed,
-        max_lr=pick.lr,
-        pick_index=pick.index,
-        pick_reason=pick.reason,
+        max_lr=max_lr,
+        pick_index=rise,
+        pick_reason=reason,
         stop_reason=record.stop_reason,
         skipped_steps=record.skipped_steps,
         skipped_batches=record.skipped_batches,
+        trials=trials,
+    )
+
+
+def _no_loss_message(err: NoLossError) -> str:
+    return (
+        f"The range test got no loss: {err} (Lightning skips a batch whose `training_step` returns None; the range "
+        f"test moves its LR on to the next batch, and gives up after {MAX_CONSECUTIVE_SKIPPED_BATCHES} in a row). "
+        "Make `training_step` return the loss, or pass `max_lr=` to skip the range test. The model and optimizer "
+        "were restored."
     )
 
 

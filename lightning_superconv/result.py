@@ -2,7 +2,7 @@ r"""The record of one LR range test: what was swept, what the loss did, what was
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -15,14 +15,16 @@ class RangeTestResult:
         losses: the raw training loss of each recorded step (mean over accumulated micro-batches and over ranks).
         smoothed: the zero-lag smoothed loss the pick was read from.
         max_lr: the picked maximum LR of the cycle (first param group).
-        pick_index: the step the pick was read at.
+        pick_index: the step the reading anchors at: where the smoothed loss rose back above its start (the
+            candidate peaks are fractions of the LR there).
         pick_reason: the rule's explanation of the pick.
-        stop_reason: why the sweep ended: ``"completed"``, ``"diverged"`` (the smoothed loss rose past the
-            divergence threshold), ``"non-finite"`` (a NaN/inf loss), ``"scaler-skips"`` (mixed precision skipped
-            too many steps in a row) or ``"data-exhausted"`` (the train dataloader yielded nothing more, even after a
-            restart).
+        stop_reason: why the sweep ended: ``"completed"`` (it reached its last LR), ``"rose"`` (past ``lr_range[1]``,
+            the loss rose back above its start), ``"diverged"`` (the smoothed loss rose past the divergence
+            threshold), ``"non-finite"`` (a NaN/inf loss), ``"scaler-skips"`` (mixed precision skipped too many steps
+            in a row) or ``"data-exhausted"`` (the train dataloader yielded nothing more, even after a restart).
         skipped_steps: steps the gradient scaler skipped (overflow); they were retried at the same LR.
         skipped_batches: batches for which ``training_step`` returned None; the next batch took their LR.
+        trials: the candidate peaks tried, each with its trial's held-out loss (``inf``: it diverged).
     """
 
     lrs: list[float]
@@ -34,6 +36,7 @@ class RangeTestResult:
     stop_reason: str
     skipped_steps: int = 0
     skipped_batches: int = 0
+    trials: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only, so checkpoints load with ``torch.load(weights_only=True)``."""

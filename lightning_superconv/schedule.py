@@ -122,12 +122,18 @@ class SafeOneCycleLR(OneCycleLR):
     """
 
     _warned_past_end = False
+    # a re-warm-up after the divergence guard rolled the weights back (see `rewarm`); plain values, in the state_dict
+    rewarm_start = -1
+    rewarm_steps = 0
+    rewarm_from = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # index of each param group added after construction -> its LR relative to the first group's (plain values:
         # part of the state_dict, so a resumed run keeps them)
         self.added_group_ratios: dict[int, float] = {}
         super().__init__(*args, **kwargs)
+        #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
+        self.peak_step = float(self._schedule_phases[0]["end_step"])
 
     def adopt_added_groups(self) -> list[int]:
         r"""Give param groups that were added since the last call their place in the cycle; return their indices.
@@ -170,8 +176,32 @@ class SafeOneCycleLR(OneCycleLR):
             if self.cycle_momentum and momentum is not None:
                 write_momentum(group, momentum)
 
+    def rewarm(self, steps: int, from_factor: float) -> None:
+        r"""Ramp the LR up again over the next ``steps`` steps, from ``from_factor`` times the cycle's LR to the cycle.
+
+        After the divergence guard rolled the weights back to an earlier step, they face the cycle's LR of now, which
+        can be far above the LR they were trained at (a blow-up early in the warm-up rolls back to the initial
+        weights): without a new warm-up they would diverge at once. The factor rises linearly to 1; the cycle's own
+        shape is unchanged.
+        """
+        self.rewarm_start = self.last_epoch
+        self.rewarm_steps = max(int(steps), 1)
+        self.rewarm_from = min(max(float(from_factor), 0.0), 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(group["lr"]) * self.rewarm_from
+
+    def _rewarm_factor(self) -> float:
+        if self.rewarm_start < 0 or self.last_epoch >= self.rewarm_start + self.rewarm_steps:
+            return 1.0
+        done = (self.last_epoch - self.rewarm_start) / self.rewarm_steps
+        return self.rewarm_from + (1.0 - self.rewarm_from) * done
+
     def get_lr(self) -> list[Any]:
-        """The LR of the current step, clamped to the end of the cycle."""
+        """The LR of the current step, clamped to the end of the cycle (and re-warmed after a rollback)."""
+        factor = self._rewarm_factor()
+        return [lr * factor for lr in self._cycle_lr()]
+
+    def _cycle_lr(self) -> list[Any]:
         self.adopt_added_groups()
         # The cycle's last step is `total_steps - 1`. At step `total_steps` torch does not raise yet but extrapolates
         # the final phase past its end: with "cos" the LR climbs back to its value two steps earlier, with "linear"

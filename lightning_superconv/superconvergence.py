@@ -7,14 +7,16 @@ Thin hooks over the engines: :func:`~lightning_superconv.range_test.run_range_te
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, Literal
 
 from typing_extensions import override
 
 from lightning_superconv import _compat, _setups, _trainer
-from lightning_superconv._logging import ScheduleLogger, log_range_test
+from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_range_test
 from lightning_superconv._validation import check_bool, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
+from lightning_superconv.guard import LOWER_BY, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
@@ -37,9 +39,13 @@ class SuperConvergence(_compat.Callback):
     When ``fit`` starts, before the first training step, the callback runs Leslie Smith's LR range test on the
     model's own ``training_step`` loss, data and optimizer: the LR rises exponentially from ``lr_range[0]`` to
     ``lr_range[1]`` over at most ``num_steps`` optimizer steps, and the test stops as soon as the loss has clearly
-    diverged (see :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read off the curve
-    where the loss stops falling (see :func:`~lightning_superconv.curve.pick_max_lr`), *not* at the steepest slope:
-    that point suits a constant LR and is typically orders of magnitude too small for a one-cycle peak.
+    diverged (see :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read where the loss,
+    past its lowest point, rises back above where it started (Smith's "where the loss starts to rise"), *not* at the
+    steepest slope: that point suits a constant LR and is typically orders of magnitude too small for a one-cycle
+    peak. A half, a quarter and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
+    steps from the same snapshot, and the one that leaves the lowest held-out loss (validation data, else training
+    batches the trials never see) is the peak; when the best lies at the edge, the search goes one rung further (see
+    :func:`~lightning_superconv.range_test.run_range_test` and :mod:`lightning_superconv.peak`).
 
     Everything is then put back exactly as it was (parameters, buffers, optimizer state, gradient scaler, RNG streams,
     dataloader generators, torchmetrics states, tensors a module keeps outside its parameters; nothing is written to
@@ -71,8 +77,9 @@ class SuperConvergence(_compat.Callback):
             :class:`~lightning_superconv.range_test.RangeTestConfig`); it usually stops earlier, at divergence.
         mode: ``"exponential"`` (default) or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the test stops once the smoothed loss exceeds this many times its best (> 1).
-        smoothing: EMA factor in [0, 1) of the online divergence check (the pick reads a centered running median
+        smoothing: EMA factor in [0, 1) of the online divergence check (the reading uses a centered running median
             over 3 % of the sweep, without lag, see :func:`~lightning_superconv.curve.running_median`).
+        trial_steps: steps of the short trial cycle run at each candidate peak (0: no trials; else >= 50).
         pct_start: fraction of the run spent raising the LR, in (0, 1).
         anneal_strategy: ``"cos"`` or ``"linear"``.
         cycle_momentum: cycle momentum (``beta1``) inversely to the LR. ``None`` (default) cycles whenever the
@@ -114,6 +121,7 @@ class SuperConvergence(_compat.Callback):
         mode: SweepMode = "exponential",
         divergence_threshold: float = 4.0,
         smoothing: float = 0.9,
+        trial_steps: int = 100,
         pct_start: float = 0.3,
         anneal_strategy: Literal["cos", "linear"] = "cos",
         cycle_momentum: bool | None = None,
@@ -123,16 +131,23 @@ class SuperConvergence(_compat.Callback):
         final_div_factor: float = 1e4,
         three_phase: bool = False,
         log_schedule: bool = True,
+        guard: bool = True,
+        max_rescues: int = 3,
     ) -> None:
         check_number("max_lr", max_lr, low=0.0, allow_none=True)
         check_bool("log_schedule", log_schedule)
-        self.range_test = RangeTestConfig(lr_range, num_steps, mode, divergence_threshold, smoothing)
+        check_bool("guard", guard)
+        if isinstance(max_rescues, bool) or not isinstance(max_rescues, int) or max_rescues < 0:
+            raise ValueError(f"`max_rescues` must be an integer >= 0, got {max_rescues!r}")
+        self.range_test = RangeTestConfig(lr_range, num_steps, mode, divergence_threshold, smoothing, trial_steps)
         self.cycle = OneCycleConfig(
             pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, div_factor, final_div_factor,
             three_phase,
         )  # fmt: skip
         self.requested_max_lr = None if max_lr is None else float(max_lr)
         self.log_schedule = log_schedule
+        self.guard = guard
+        self.max_rescues = max_rescues
 
         self.max_lr: float | None = self.requested_max_lr
         self.result: RangeTestResult | None = None
@@ -142,6 +157,9 @@ class SuperConvergence(_compat.Callback):
         self._scheduler: SafeOneCycleLR | None = None
         self._group_count = 0
         self._logger: ScheduleLogger | None = None
+        self._watch: GuardedCycle | None = None
+        self._guard_state: dict[str, float] | None = None
+        self.rescues: list[dict[str, Any]] = []
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
     # built, and one optimizer can follow only one cycle anyway): a resume with changed arguments still finds its state.
@@ -161,6 +179,9 @@ class SuperConvergence(_compat.Callback):
         self._restored = False
         self._scheduler = None
         self._logger = None
+        self._watch = None
+        self._guard_state = None
+        self.rescues = []
         _setups.refuse_lr_finder(trainer)
         # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses
         # when the Trainer is built ("Found more than one stateful callback of type `SuperConvergence`").
@@ -214,7 +235,7 @@ class SuperConvergence(_compat.Callback):
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None:
-            self.result = run_range_test(trainer, pl_module, optimizer, self.range_test)
+            self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle)
             self.max_lr = self.result.max_lr
             _compat.rank_zero_info(
                 trainer,
@@ -236,6 +257,12 @@ class SuperConvergence(_compat.Callback):
         # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
         self.total_steps = int(self._scheduler.total_steps)
         self._group_count = len(self._scheduler.optimizer.param_groups)
+        if self.guard:
+            self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues)
+            if self._guard_state is not None:
+                self._watch.load_state_dict(self._guard_state)
+            self._watch.rescues = [Rescue(**r) for r in self.rescues]
+            self._watch.start(trainer, pl_module, self._scheduler.optimizer)
         if not self._restored:
             return
         _compat.rank_zero_info(
@@ -279,6 +306,24 @@ class SuperConvergence(_compat.Callback):
             self._logger.log(trainer)
 
     @override
+    def on_train_batch_end(
+        self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        watch = self._watch
+        if watch is None:
+            return
+        rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs)
+        if gave_up is not None:
+            raise DivergenceError(
+                f"SuperConvergence: the loss diverged again at step {trainer.global_step} ({gave_up}) after "
+                f"{len(self.rescues)} rescue(s) had lowered the peak to {self.max_lr:.4g}; training stops. The model "
+                "may not train at these LRs at all: check the loss and the data, pass a lower `max_lr=`, or raise "
+                "`max_rescues`."
+            )
+        if rescue is not None:
+            self._record_rescue(trainer, rescue)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
@@ -286,6 +331,8 @@ class SuperConvergence(_compat.Callback):
             "total_steps": self.total_steps,
             "start_step": self._start_step,
             "result": None if self.result is None else self.result.to_dict(),
+            "rescues": self.rescues,
+            "guard": None if self._watch is None else self._watch.state_dict(),
         }
 
     @override
@@ -299,6 +346,8 @@ class SuperConvergence(_compat.Callback):
         self._start_step = int(state_dict.get("start_step", 0))
         result = state_dict.get("result")
         self.result = None if result is None else RangeTestResult.from_dict(result)
+        self.rescues = list(state_dict.get("rescues", []))
+        self._guard_state = state_dict.get("guard")
         # a checkpoint written before the cycle was installed has nothing to resume
         self._restored = self.max_lr is not None
 
@@ -349,6 +398,27 @@ class SuperConvergence(_compat.Callback):
             f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
             f"(momentum {'cycling' if scheduler.cycle_momentum else 'unchanged'}).",
         )
+
+    def _scheduler_optimizer(self) -> Any:
+        assert self._scheduler is not None
+        return self._scheduler.optimizer
+
+    def _record_rescue(self, trainer: _compat.Trainer, rescue: Rescue) -> None:
+        assert self.max_lr is not None
+        self.max_lr *= LOWER_BY
+        self.rescues.append(asdict(rescue))
+        if self._watch is not None:
+            self._watch.rescues = [Rescue(**r) for r in self.rescues]
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the loss diverged at step {rescue.step} ({rescue.reason}); rolled back to the "
+            f"weights and optimizer state of step {rescue.restored_step} and lowered the cycle's peak from "
+            f"{rescue.old_peak:.4g} to {rescue.new_peak:.4g} for the rest of the run (rescue {len(self.rescues)} of "
+            f"at most {self.max_rescues}).",
+        )
+        values = {f"{SCHEDULE_PREFIX}/rescues": float(len(self.rescues)), f"{SCHEDULE_PREFIX}/max_lr": self.max_lr}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=_compat.logging_step(trainer))
 
     def _adopt_added_groups(self, trainer: _compat.Trainer, scheduler: SafeOneCycleLR) -> None:
         if not _trainer.scheduler_in_use(trainer, scheduler):

@@ -21,18 +21,16 @@ but the best quantitative reading of their "balance" (the README's ``WeightDecay
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
 
-from lightning_superconv.param_groups import read_momentum
+from lightning_superconv.param_groups import detached_copy, read_momentum
 
 DecayForm = Literal["coupled", "decoupled", "adaptive"]
 
@@ -126,6 +124,11 @@ class GroupTrace:
         """``max_t c_t·η_t``: the strongest per-step shrink per unit of ``λ``."""
         return max((c * lr for c, lr in zip(self.gains, self.lrs, strict=True)), default=0.0)
 
+    def at(self, steps: Sequence[int]) -> GroupTrace:
+        """The trace at these steps only (a compressed schedule)."""
+        lrs, momenta, gains = ([values[t] for t in steps] for values in (self.lrs, self.momenta, self.gains))
+        return GroupTrace(lrs, momenta, gains)
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -134,24 +137,6 @@ class SchedulerSpec:
     scheduler: Any
     interval: Literal["step", "epoch"] = "step"
     frequency: int = 1
-
-
-@contextlib.contextmanager
-def _detached_copy(optimizer: Optimizer, schedulers: Sequence[Any]) -> Iterator[tuple[Optimizer, list[Any]]]:
-    r"""Deep copies of the schedulers and the optimizer they share, without the parameters or optimizer state.
-
-    The parameters are swapped for empty tensors and the state for an empty dict in the copy's memo, so tracing a
-    billion-parameter model's schedule costs no memory; only the param-group hyperparameters are copied.
-    """
-    memo: dict[int, Any] = {id(optimizer.state): {}}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            memo[id(param)] = torch.empty(0)
-    copies = [copy.deepcopy(s, memo) for s in schedulers]
-    twin = memo.get(id(optimizer))
-    if twin is None:
-        twin = copy.deepcopy(optimizer, memo)
-    yield twin, copies
 
 
 def trace_schedule(
@@ -180,29 +165,29 @@ def trace_schedule(
             notes.append(f"`{type(spec.scheduler).__name__}` depends on a metric and was read as constant")
         else:
             usable.append(spec)
-    with _detached_copy(optimizer, [s.scheduler for s in usable]) as (twin, copies):
-        traces = [GroupTrace() for _ in twin.param_groups]
-        finished: set[int] = set()
-        for step in range(total_steps):
-            for group, trace in zip(twin.param_groups, traces, strict=True):
-                mu = momentum_of(group)
-                trace.lrs.append(float(group["lr"]))
-                trace.momenta.append(mu)
-                trace.gains.append(group_gain(group, mu))
-            if step == total_steps - 1:
-                break
-            for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):
-                if index in finished:
-                    continue
-                period = spec.frequency * ((steps_per_epoch or 1) if spec.interval == "epoch" else 1)
-                if (step + 1) % max(period, 1) == 0:
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            scheduler.step()
-                    except ValueError:
-                        # torch's OneCycleLR raises one step past its end; the LR then stays where it ended
-                        finished.add(index)
+    twin, copies = detached_copy(optimizer, [s.scheduler for s in usable])
+    traces = [GroupTrace() for _ in twin.param_groups]
+    finished: set[int] = set()
+    for step in range(total_steps):
+        for group, trace in zip(twin.param_groups, traces, strict=True):
+            mu = momentum_of(group)
+            trace.lrs.append(float(group["lr"]))
+            trace.momenta.append(mu)
+            trace.gains.append(group_gain(group, mu))
+        if step == total_steps - 1:
+            break
+        for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):
+            if index in finished:
+                continue
+            period = spec.frequency * ((steps_per_epoch or 1) if spec.interval == "epoch" else 1)
+            if (step + 1) % max(period, 1) == 0:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        scheduler.step()
+                except ValueError:
+                    # torch's OneCycleLR raises one step past its end; the LR then stays where it ended
+                    finished.add(index)
     return traces, notes
 
 

@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
-from lightning_superconv.grid_runner import ValidationSet, run_grid
+from lightning_superconv.branches import Branch, HeldOutBatches, run_branches
 from lightning_superconv.param_groups import step_size_kind
 from lightning_superconv.weight_decay import (
     GroupTrace,
@@ -380,7 +380,7 @@ class WeightDecayBalancer(_compat.Callback):
     ) -> tuple[list[float], str]:
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
-        val_batches = ValidationSet.of(trainer)
+        val_batches = HeldOutBatches.validation(trainer)
         if val_batches is None:
             _compat.rank_zero_warn(
                 trainer,
@@ -409,7 +409,16 @@ class WeightDecayBalancer(_compat.Callback):
                 "the user's λ)"
             )
         start = time.perf_counter()
-        losses, train_seconds = run_grid(trainer, pl_module, optimizer, traces, plan, decayed, refs, val_batches)
+        branches = [
+            Branch(
+                traces=[trace.at(plan.indices) for trace in traces],
+                weight_decays={i: refs[i] * factor for i in decayed},
+                order=order,
+                label=factor,
+            )
+            for factor, order in plan.runs
+        ]
+        losses, train_seconds = run_branches(trainer, pl_module, optimizer, branches, val_batches)
         seconds = time.perf_counter() - start
         factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)

@@ -9,6 +9,8 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    has its own ``default_root_dir`` and no logger or checkpoint, as on machines without a shared filesystem.
 2. A one-shot ``IterableDataset`` that runs out on rank 1 after two batches and on rank 0 after six: the range test
    must stop on both ranks at the same step (a rank that went on would wait forever in DDP's all-reduce).
+3. A cycle far too high (``max_lr=50``): the divergence guard rescues it, on both ranks at the same steps, and the
+   ranks end with the same weights.
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ def main(out: str) -> None:  # noqa: D103
     except Exception as err:  # the expected outcome: too few points to read, on every rank alike
         report["one_shot_error"] = f"{type(err).__name__}: {err}"
         report["one_shot_traceback"] = traceback.format_exc()
+
+    # 3. the divergence guard under DDP
+    L.seed_everything(0, verbose=False)
+    guarded = SuperConvergence(max_lr=50.0)
+    model = TinyClassifier(batch_size=16, n=512)
+    L.Trainer(callbacks=[guarded], max_epochs=4, **common).fit(model)
+    report["rescues"] = guarded.rescues
+    report["guarded_max_lr"] = guarded.max_lr
+    report["guarded_weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

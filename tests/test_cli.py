@@ -8,15 +8,9 @@ import pytest
 import yaml
 from torch.optim.lr_scheduler import OneCycleLR
 
-from examples.fashion_mnist_data import DEBIAN_DIR, _has_files
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_cli.yaml"
-
-pytestmark = pytest.mark.skipif(
-    not _has_files(DEBIAN_DIR), reason="needs Fashion-MNIST from `apt-get install dataset-fashion-mnist`"
-)
-
 
 def _callback_args(class_name: str) -> dict:
     config = yaml.safe_load(CONFIG.read_text())

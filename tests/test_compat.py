@@ -55,7 +55,7 @@ def test_standalone_trainer_runs_both_callbacks(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
         trainer.fit(StandaloneTinyClassifier())
     assert trainer.global_step == 8
-    assert len(superconv.result.losses) == 10
+    assert len(superconv.result.losses) >= 10  # past `lr_range[1]` while the loss has not risen back
     (config,) = trainer.lr_scheduler_configs
     assert isinstance(config, pl.utilities.types.LRSchedulerConfig)
     assert isinstance(config.scheduler, OneCycleLR)
@@ -94,7 +94,7 @@ def test_find_max_lr_with_a_standalone_module(tmp_path):
         lr_range=(1e-2, 1.0),
         num_steps=10,
     )
-    assert len(result.losses) == 10
+    assert len(result.losses) >= 10
 
 
 CLI_CALLBACKS = [

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from lightning_superconv.curve import DivergenceMonitor, ema, lr_sweep, pick_max_lr, running_median
+from lightning_superconv.curve import DivergenceMonitor, descent, ema, lr_sweep, running_median
 
 # ------------------------------------------------------------------------------------------------ lr_sweep
 
@@ -144,112 +144,21 @@ def test_monitor_stops_a_negative_loss_that_rises():
     assert 30 < stops[0] < 30 + 20
 
 
-# ------------------------------------------------------------------------------------------------ pick_max_lr
-
-# A synthetic range test of 100 exponential steps from 1e-5 to 10: flat at 2.3, a cosine descent from step
-# DESCENT_START to step FLOOR_START (steepest at their middle), a flat floor at 0.5, and a geometric blow-up from
-# step DIVERGENCE on.
-DESCENT_START, FLOOR_START, DIVERGENCE = 30, 70, 80
-STEEPEST = (DESCENT_START + FLOOR_START) // 2
+# ------------------------------------------------------------------------------------------------ the descent
 
 
-def _synthetic_curve(noise: float = 0.0, seed: int = 0) -> tuple[list[float], list[float]]:
-    rng = random.Random(seed)
-    lrs = lr_sweep(1e-5, 10.0, 100)
-    losses = []
-    for i in range(100):
-        if i < DESCENT_START:
-            loss = 2.3
-        elif i < FLOOR_START:
-            t = (i - DESCENT_START) / (FLOOR_START - DESCENT_START)
-            loss = 0.5 + 1.8 * (1 + math.cos(math.pi * t)) / 2
-        elif i < DIVERGENCE:
-            loss = 0.5
-        else:
-            loss = 0.5 * 1.35 ** (i - DIVERGENCE + 1)
-        losses.append(loss * (1 + rng.uniform(-noise, noise)))
-    return lrs, losses
+def test_descent_is_clear_for_a_real_fall_and_not_for_noise():
+    """A fall many noise levels deep is clear; the lowest point of pure noise is not."""
+    rng = random.Random(0)
+    noise = [2.0 + rng.gauss(0, 0.2) for _ in range(100)]
+    falling = [2.0 + rng.gauss(0, 0.05) for _ in range(40)] + [1.0 + rng.gauss(0, 0.05) for _ in range(60)]
+    assert descent(falling, running_median(falling, 3), 3).clear
+    assert not descent(noise, running_median(noise, 3), 3).clear
 
 
-@pytest.mark.parametrize(("noise", "seed"), [(0.0, 0), (0.02, 0), (0.02, 1), (0.02, 2), (0.05, 3)])
-def test_pick_is_before_the_divergence_point(noise, seed):
-    """The picked LR is never past the step where the loss starts to rise."""
-    lrs, losses = _synthetic_curve(noise, seed)
-    pick = pick_max_lr(lrs, losses)
-    assert pick.lr <= lrs[DIVERGENCE]
-
-
-@pytest.mark.parametrize(("noise", "seed"), [(0.0, 0), (0.02, 0), (0.02, 1), (0.02, 2), (0.05, 3)])
-def test_pick_is_past_the_steepest_descent(noise, seed):
-    """The pick is where the loss stops falling, beyond the steepest slope that constant-LR finders choose."""
-    lrs, losses = _synthetic_curve(noise, seed)
-    pick = pick_max_lr(lrs, losses)
-    assert pick.lr > lrs[STEEPEST]
-
-
-def test_pick_is_one_of_the_swept_lrs():
-    """The pick's index points at its LR on the curve."""
-    lrs, losses = _synthetic_curve(0.02)
-    pick = pick_max_lr(lrs, losses)
-    assert pick.lr == lrs[pick.index]
-    assert pick.reason
-
-
-@pytest.mark.parametrize(("scale", "shift"), [(10.0, 0.0), (0.01, 0.0), (1.0, 7.0), (3.0, -1.0)])
-def test_pick_is_invariant_to_loss_units(scale, shift):
-    """Scaling or shifting the loss (its units, a constant regularizer) does not move the pick."""
-    lrs, losses = _synthetic_curve(0.02)
-    reference = pick_max_lr(lrs, losses)
-    moved = pick_max_lr(lrs, [scale * x + shift for x in losses])
-    assert moved.index == reference.index
-
-
-@pytest.mark.parametrize("factor", [1e-3, 100.0])
-def test_pick_moves_with_the_lr_axis(factor):
-    """Multiplying every LR by a factor multiplies the pick by the same factor, at the same step."""
-    lrs, losses = _synthetic_curve(0.02)
-    reference = pick_max_lr(lrs, losses)
-    moved = pick_max_lr([factor * lr for lr in lrs], losses)
-    assert moved.index == reference.index
-    assert moved.lr == pytest.approx(factor * reference.lr, rel=1e-12)
-
-
-def test_pick_rejects_mismatched_lengths():
-    """LRs and losses must pair up; the error names both and gives their lengths."""
-    with pytest.raises(ValueError, match=r"`lrs` and `losses`.*got 3 and 2"):
-        pick_max_lr([1e-3, 1e-2, 1e-1], [1.0, 0.5])
-
-
-@pytest.mark.parametrize("n", [0, 1, 2])
-def test_pick_rejects_too_short_a_curve(n):
-    """Fewer than three points carry no curve to read; the error gives the count."""
-    with pytest.raises(ValueError, match=rf"at least 3 .*got {n}"):
-        pick_max_lr([1e-3] * n, [1.0] * n)
-
-
-def test_pick_rejects_a_curve_that_never_falls():
-    """A loss that only rises has no floor to read a maximum LR from; the error says so."""
-    lrs = lr_sweep(1e-4, 1.0, 20)
-    with pytest.raises(ValueError, match="never fell"):
-        pick_max_lr(lrs, [1.0 + 0.1 * i for i in range(20)])
-
-
-def test_pick_passes_over_a_one_step_touch_of_the_floor():
-    """A single step dipping into the floor before the real floor is noise: the pick is the real floor's end."""
-    lrs, losses = _synthetic_curve(0.0)
-    reference = pick_max_lr(lrs, losses, smoothed=losses)
-    smoothed = list(losses)
-    smoothed[DESCENT_START + 10] = 0.5  # one step, mid-descent, as low as the floor
-    pick = pick_max_lr(lrs, losses, smoothed=smoothed)
-    assert pick.index == reference.index >= FLOOR_START
-    assert pick.reason == reference.reason
-
-
-def test_pick_on_a_sharp_v_takes_the_longest_short_stay():
-    """With no stay of the minimum length (a sharp V), the longest stay counts, not an earlier, shorter blip."""
-    lrs = lr_sweep(1e-5, 10.0, 100)
-    smoothed = [2.0 - 0.02 * i for i in range(50)] + [1.0 + 0.1 * i for i in range(50)]
-    smoothed[20] = 1.0  # an early one-step touch
-    smoothed[47:52] = [1.2, 1.05, 1.02, 1.0, 1.15]  # the V's bottom: a 3-step stay, one short of the minimum (4 of 100)
-    pick = pick_max_lr(lrs, list(smoothed), smoothed=smoothed)
-    assert pick.index == 50
+def test_descent_begins_after_the_last_return_to_the_start_level():
+    """A dip at the start that the loss climbs back out of is noise: the descent begins after it."""
+    losses = [2.3, 2.3, 2.3, 1.4, 1.4, 1.4] + [2.3] * 6 + [1.8, 1.2, 0.8, 0.5, 0.5, 0.5]
+    fell = descent(losses, losses, half_width=1)
+    assert fell.begins == 11
+    assert fell.start_level == 2.3

@@ -52,8 +52,8 @@ def test_curve_is_the_mean_of_the_ranks_own_losses(ranks):
     r0, r1 = ranks
     result = r0["result"]
     steps = len(result["losses"])
-    assert result["stop_reason"] == "completed"
-    assert steps == 10
+    assert result["stop_reason"] in ("completed", "rose")
+    assert steps >= 10
     own0, own1 = (_step_losses(r["local_losses"], steps, accumulate=2) for r in ranks)
     expected = [(a + b) / 2 for a, b in zip(own0, own1, strict=True)]
     assert result["losses"] == pytest.approx(expected, rel=1e-6)
@@ -91,3 +91,12 @@ def test_data_running_out_stops_every_rank_at_the_same_step(ranks):
     assert r0["one_shot_error"] == r1["one_shot_error"]
     assert "MisconfigurationException" in r0["one_shot_error"]
     assert "ran out after 1 step(s)" in r0["one_shot_error"]
+
+
+def test_the_divergence_guard_rescues_on_every_rank_alike(ranks):
+    """A cycle far too high: both ranks roll back at the same steps, lower the peak alike, and end identical."""
+    r0, r1 = ranks
+    assert r0["rescues"], "the premise: the run is rescued"
+    assert r0["rescues"] == r1["rescues"]
+    assert r0["guarded_max_lr"] == r1["guarded_max_lr"] < 50.0
+    assert r0["guarded_weights"] == r1["guarded_weights"]

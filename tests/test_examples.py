@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from examples.fashion_mnist_data import DEBIAN_DIR, _has_files
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
 
@@ -29,7 +28,7 @@ def test_cifar10_example_runs_on_fake_data(tmp_path, capsys):
     sc, wd = _callbacks(out["trainer"])
     assert sc.result is not None
     assert 1e-3 <= sc.max_lr <= 3
-    assert len(sc.result.lrs) <= 30
+    assert len(sc.result.lrs) <= 45  # 30, and at most 15 more past `lr_range[1]`
     assert wd.weight_decays is not None
     assert out["trainer"].optimizers[0].param_groups[0]["weight_decay"] == wd.weight_decays[0]
     assert "timescale" in wd.reason
@@ -45,6 +44,7 @@ def test_cifar10_example_runs_resnet56_in_bf16(tmp_path):
         [
             "--fake-data", "--accelerator", "cpu", "--devices", "1", "--arch", "resnet56", "--width", "4",
             "--precision", "bf16-mixed", "--epochs", "1", "--batch-size", "16", "--range-test-steps", "10",
+            "--trial-steps", "0",
             "--lr-range", "1e-3", "3", "--limit-batches", "3", "--log-dir", str(tmp_path),
         ]
     )  # fmt: skip
@@ -57,7 +57,6 @@ def test_cifar10_example_runs_resnet56_in_bf16(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_files(DEBIAN_DIR), reason="needs `apt-get install dataset-fashion-mnist`")
 def test_fashion_mnist_example_runs_on_a_subset(tmp_path, capsys):
     """The README's main job on 256 images: TensorBoard path printed, one summary line with test accuracy and time."""
     from examples.fashion_mnist import main

@@ -72,10 +72,10 @@ def _assert_same_state(a: L.Trainer, b: L.Trainer) -> None:
 def test_bf16_range_test_runs_under_autocast(tmp_path):
     """With `precision="bf16-mixed"` every range-test forward pass runs in bfloat16 autocast, as training does."""
     model = AutocastProbe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10, trial_steps=0)
     trainer = _fit(tmp_path, model, callback, precision="bf16-mixed")
-    assert len(callback.result.losses) == 10
-    assert len(model.seen) == 10 + trainer.global_step
+    assert len(callback.result.losses) >= 10
+    assert len(model.seen) == len(callback.result.losses) + trainer.global_step
     assert set(model.seen) == {(True, torch.bfloat16)}
 
 
@@ -83,7 +83,7 @@ def test_bf16_range_test_then_fit_equals_fit_with_the_pick(tmp_path):
     """Under bf16 the range test leaves no trace: the run ends bit-identical to one given `max_lr` directly."""
     auto = SuperConvergence(num_steps=15)
     tested = _fit(tmp_path, _seeded(TinyClassifier), auto, precision="bf16-mixed")
-    given = _fit(tmp_path, _seeded(TinyClassifier), SuperConvergence(max_lr=auto.max_lr), precision="bf16-mixed")
+    given = _fit(tmp_path, _seeded(TinyClassifier), SuperConvergence(max_lr=auto.result.max_lr), precision="bf16-mixed")
     _assert_same_state(tested, given)
 
 
@@ -103,12 +103,12 @@ def test_cpu_grad_scaler_really_skips_steps(tmp_path):
 def test_scaler_skips_are_retried_at_the_same_lr_not_read_as_divergence(tmp_path):
     """Skipped steps repeat their LR, are counted in `skipped_steps`, and the sweep still covers every LR."""
     model = LRProbe()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10, trial_steps=0)
     trainer = _fit(tmp_path, model, callback, plugins=[_fp16(2.0**24)], max_epochs=1)
     result = callback.result
     assert result.skipped_steps > 0
-    assert result.stop_reason == "completed"
-    assert len(result.lrs) == 10
+    assert result.stop_reason in ("completed", "rose")
+    assert len(result.lrs) >= 10
     swept = [lr for lr, _ in model.steps[: len(model.steps) - trainer.global_step]]
     assert len(swept) == len(result.lrs) + result.skipped_steps
     assert swept[0] == swept[1] == result.lrs[0]  # the first step was skipped, and retried at the same LR
@@ -120,7 +120,9 @@ def test_scaler_state_is_restored_after_the_range_test(tmp_path):
     auto, auto_model = SuperConvergence(num_steps=10), _seeded(LRProbe)
     tested = _fit(tmp_path, auto_model, auto, plugins=[_fp16(2.0**20)], max_epochs=1)
     given_model = _seeded(LRProbe)
-    given = _fit(tmp_path, given_model, SuperConvergence(max_lr=auto.max_lr), plugins=[_fp16(2.0**20)], max_epochs=1)
+    given = _fit(
+        tmp_path, given_model, SuperConvergence(max_lr=auto.result.max_lr), plugins=[_fp16(2.0**20)], max_epochs=1
+    )
     assert auto.result.skipped_steps > 0
     training_steps = auto_model.steps[-tested.global_step :]
     assert training_steps == given_model.steps

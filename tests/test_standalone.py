@@ -53,8 +53,11 @@ def test_returns_a_range_test_result_with_a_pick_inside_the_sweep():
     assert len(result.lrs) == len(result.losses) == len(result.smoothed) >= 3
     assert all(a < b for a, b in zip(result.lrs, result.lrs[1:], strict=False))
     assert LR_RANGE[0] <= result.max_lr <= LR_RANGE[1]
-    assert result.max_lr == result.lrs[result.pick_index]
-    assert result.stop_reason in ("completed", "diverged", "non-finite")
+    peaks = [trial["peak"] for trial in result.trials]
+    assert result.max_lr in peaks
+    # the ladder: a quarter, a half and an eighth of the LR where the loss rose back; then up or down at its edge
+    assert peaks[:3] == pytest.approx([result.lrs[result.pick_index] * f for f in (0.25, 0.5, 0.125)])
+    assert result.stop_reason in ("completed", "rose", "diverged", "non-finite")
     assert result.pick_reason
 
 
@@ -93,7 +96,8 @@ def test_no_training_step_is_taken():
     result = find_max_lr(model, lr_range=LR_RANGE, num_steps=30, trainer_kwargs={"callbacks": [steps]})
     assert steps.batches == 0
     assert steps.trainer.global_step == 0
-    assert model.calls == len(result.losses) + result.skipped_steps
+    # the sweep's steps, each trial's steps (those that ran before a trial diverged) and the held-out scoring
+    assert model.calls >= len(result.losses) + result.skipped_steps
 
 
 def test_takes_a_datamodule():
@@ -117,7 +121,9 @@ def test_takes_dataloaders():
 def test_trainer_kwargs_reach_the_trainer():
     """``trainer_kwargs`` configure the Trainer the test runs on (here gradient accumulation)."""
     model = CountingClassifier()
-    result = find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trainer_kwargs={"accumulate_grad_batches": 2})
+    result = find_max_lr(
+        model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"accumulate_grad_batches": 2}
+    )
     assert model.calls == 2 * (len(result.losses) + result.skipped_steps)
 
 

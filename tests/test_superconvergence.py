@@ -261,10 +261,10 @@ def test_range_test_records_the_curve_at_fit_start(tmp_path):
     assert len(result.lrs) == len(result.losses) == len(result.smoothed) >= 3
     for values in (result.lrs, result.losses, result.smoothed):
         assert all(type(v) is float for v in values)
-    assert result.max_lr == result.lrs[result.pick_index]
+    assert result.max_lr in [trial["peak"] for trial in result.trials]
     assert type(callback.max_lr) is float
     assert callback.max_lr == result.max_lr
-    assert result.stop_reason in {"completed", "diverged", "non-finite"}
+    assert result.stop_reason in {"completed", "rose", "diverged", "non-finite"}
     assert result.pick_reason
 
 
@@ -285,41 +285,54 @@ def test_range_test_finishes_before_the_first_training_step(tmp_path):
 
 def test_range_test_sweeps_exponentially_through_lr_range(tmp_path):
     """The recorded LRs are the exponential sweep from `lr_range[0]` towards `lr_range[1]`."""
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12, trial_steps=0)
     _fit(tmp_path, TinyClassifier(), callback)
-    assert callback.result.lrs == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12), rel=1e-12)
+    assert callback.result.lrs[:12] == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12), rel=1e-12)
 
 
 def test_range_test_sweeps_linearly_when_asked(tmp_path):
     """`mode="linear"` spaces the recorded LRs evenly."""
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12, mode="linear")
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=12, mode="linear", trial_steps=0)
     _fit(tmp_path, TinyClassifier(), callback)
-    assert callback.result.lrs == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12, mode="linear"), rel=1e-12)
+    assert callback.result.lrs[:12] == pytest.approx(lr_sweep(*NO_DIVERGENCE, 12, mode="linear"), rel=1e-12)
+    lrs, step = callback.result.lrs, NO_DIVERGENCE[1] - callback.result.lrs[10]
+    assert lrs[12:] == pytest.approx([1.0 + step * (k + 1) for k in range(len(lrs) - 12)])  # past it, same pace
 
 
-def test_range_test_runs_at_most_num_steps(tmp_path):
-    """A sweep that never diverges runs exactly `num_steps` training steps, and no more."""
+def test_range_test_goes_past_lr_range_only_while_the_loss_has_not_risen(tmp_path):
+    """A sweep whose loss is still low at `lr_range[1]` goes on at the same pace, at most `num_steps // 2` more."""
     model = CountingClassifier()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=15)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=16, trial_steps=0)
+    trainer = _fit(tmp_path, model, callback)
+    result = callback.result
+    assert 16 < len(result.lrs) <= 16 + 8
+    assert result.lrs == pytest.approx(lr_sweep(1e-2, 1e-2 * 100 ** ((len(result.lrs) - 1) / 15), len(result.lrs)))
+    assert result.stop_reason in ("completed", "rose")
+    assert _range_test_calls(model, trainer) == len(result.lrs)
+
+
+def test_range_test_ends_at_lr_range_once_the_loss_has_risen(tmp_path):
+    """A loss that is back above its start by `lr_range[1]` ends the sweep there: `num_steps` steps, no more."""
+    model = CountingClassifier()
+    callback = SuperConvergence(lr_range=(1e-2, 30.0), num_steps=16, divergence_threshold=1e9, trial_steps=0)
     trainer = _fit(tmp_path, model, callback)
     assert callback.result.stop_reason == "completed"
-    assert _range_test_calls(model, trainer) == 15
-    assert len(callback.result.lrs) == 15
+    assert len(callback.result.lrs) == 16
+    assert _range_test_calls(model, trainer) == 16
 
 
 def test_range_test_counts_optimizer_steps_under_accumulation(tmp_path):
     """With `accumulate_grad_batches=2` every range-test step consumes two micro-batches."""
     model = CountingClassifier()
-    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10, trial_steps=0)
     trainer = _fit(tmp_path, model, callback, accumulate_grad_batches=2)
-    assert len(callback.result.lrs) == 10
-    assert _range_test_calls(model, trainer) == 20
+    assert _range_test_calls(model, trainer) == 2 * len(callback.result.lrs)
 
 
 def test_range_test_stops_early_on_divergence(tmp_path):
     """A sweep into huge LRs stops once the loss has blown up, long before `num_steps`."""
     model = CountingClassifier()
-    callback = SuperConvergence(lr_range=(1e-2, 1e6), num_steps=60)
+    callback = SuperConvergence(lr_range=(1e-2, 1e6), num_steps=60, trial_steps=0)
     trainer = _fit(tmp_path, model, callback)
     assert callback.result.stop_reason in {"diverged", "non-finite"}
     assert _range_test_calls(model, trainer) < 60
@@ -343,7 +356,9 @@ def test_range_test_then_fit_equals_fit_with_the_pick(tmp_path, optimizer):
     auto = SuperConvergence(num_steps=20)
     tested = _fit(tmp_path, _seeded(StatefulClassifier, optimizer=optimizer), auto)
     rng_after_tested = torch.get_rng_state()
-    given = _fit(tmp_path, _seeded(StatefulClassifier, optimizer=optimizer), SuperConvergence(max_lr=auto.max_lr))
+    given = _fit(
+        tmp_path, _seeded(StatefulClassifier, optimizer=optimizer), SuperConvergence(max_lr=auto.result.max_lr)
+    )
     _assert_same_training_state(tested, given)
     assert torch.equal(rng_after_tested, torch.get_rng_state())
 
@@ -352,7 +367,7 @@ def test_range_test_restores_a_sampler_generator(tmp_path):
     """A sampler with its own `torch.Generator` shuffles the first epoch as if no range test had run."""
     auto = SuperConvergence(num_steps=20)
     tested = _fit(tmp_path, _seeded(GeneratorSamplerClassifier), auto)
-    given = _fit(tmp_path, _seeded(GeneratorSamplerClassifier), SuperConvergence(max_lr=auto.max_lr))
+    given = _fit(tmp_path, _seeded(GeneratorSamplerClassifier), SuperConvergence(max_lr=auto.result.max_lr))
     _assert_same_training_state(tested, given)
 
 
@@ -647,6 +662,8 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
         ({"num_steps": 2}, "`num_steps`", "2"),
         ({"num_steps": 9}, "`num_steps`", "9"),
         ({"num_steps": 2.5}, "`num_steps`", "2.5"),
+        ({"trial_steps": 10}, "`trial_steps`", "10"),
+        ({"trial_steps": True}, "`trial_steps`", "True"),
         ({"mode": "cubic"}, "`mode`", "'cubic'"),
         ({"divergence_threshold": 1}, "`divergence_threshold`", "1"),
         ({"smoothing": 1.0}, "`smoothing`", "1.0"),
@@ -728,3 +745,70 @@ def test_run_without_training_steps_is_left_alone(tmp_path, overrides):
     _fit(tmp_path, model, callback, **overrides)
     assert model.calls == 0
     assert callback.result is None
+
+
+# ------------------------------------------------------------------------------------------------ (11) peak trials
+
+
+class EvalRecorder(TinyClassifier):
+    """Records the first input value of every batch `training_step` sees in eval mode (the trials' scoring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scored: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        if not self.training:
+            self.scored.append(float(batch[0][0, 0]))
+        return super().training_step(batch, batch_idx)
+
+
+def test_trials_try_fractions_of_the_rise_and_install_the_best(tmp_path):
+    """The ladder (a quarter, a half, an eighth of the LR where the loss rose back), then the best trial's peak."""
+    callback = SuperConvergence(num_steps=40, trial_steps=50)
+    _fit(tmp_path, TinyClassifier(), callback)
+    result = callback.result
+    rise_lr = result.lrs[result.pick_index]
+    peaks = [t["peak"] for t in result.trials]
+    scores = [t["held_out_loss"] for t in result.trials]
+    assert 3 <= len(peaks) <= 5
+    assert peaks[:3] == pytest.approx([rise_lr / 4, rise_lr / 2, rise_lr / 8])
+    assert callback.max_lr == peaks[scores.index(min(scores))]
+    assert f"{callback.max_lr:.3g} did best" in result.pick_reason
+
+
+def test_trials_are_scored_on_the_validation_data(tmp_path):
+    """With a validation dataloader, every trial is scored on the same validation batches."""
+    model = EvalRecorder()
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback, limit_val_batches=0)
+    val_x = model.val_dataloader().dataset.tensors[0]
+    first_values = {float(v) for v in val_x[:, 0]}
+    assert model.scored
+    assert set(model.scored) <= first_values
+    per_trial = len(model.scored) // len(callback.result.trials)
+    assert model.scored == model.scored[:per_trial] * len(callback.result.trials)
+
+
+def test_without_validation_data_trials_score_on_training_batches_they_never_train_on(tmp_path):
+    """No validation dataloader: the held-out batches are training batches after the ones the trials use."""
+
+    class NoVal(EvalRecorder):
+        val_dataloader = None
+
+    model = NoVal(n=1024)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback)
+    assert len(model.scored) == 5 * len(callback.result.trials)  # max(4, 50 // 10) batches per trial
+    train_x = model.train_dataloader().dataset.tensors[0]
+    assert {float(v) for v in model.scored} <= {float(v) for v in train_x[:, 0]}
+
+
+def test_without_trials_the_peak_is_a_quarter_of_the_rise(tmp_path):
+    """`trial_steps=0`: no trials; the peak is a quarter of the LR where the loss rose back."""
+    callback = SuperConvergence(num_steps=40, trial_steps=0)
+    _fit(tmp_path, TinyClassifier(), callback)
+    result = callback.result
+    assert result.trials == []
+    assert callback.max_lr == pytest.approx(result.lrs[result.pick_index] / 4)
+    assert "trial_steps=0" in result.pick_reason

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from examples.fashion_mnist_data import DEBIAN_DIR, _has_files
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not _has_files(DEBIAN_DIR), reason="needs `apt-get install dataset-fashion-mnist`"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -270,14 +270,13 @@ def test_grid_trains_with_the_lambda_it_adopts(tmp_path, monkeypatch):
     """When one λ wins clearly, the whole run trains with it, and equals a plain run configured with it."""
     from lightning_superconv import weight_decay_balancer as module
 
-    real = module.run_grid
+    real = module.run_branches
 
     def clear_winner(*args, **kwargs):
         losses, seconds = real(*args, **kwargs)
-        factors = [f for f, order in args[4].runs if order == 0]
-        return [0.1 if f == 3.0 else 1.0 for f in factors] + [1.0], seconds
+        return [0.1 if b.label == 3.0 and b.order == 0 else 1.0 for b in args[3]], seconds
 
-    monkeypatch.setattr(module, "run_grid", clear_winner)
+    monkeypatch.setattr(module, "run_branches", clear_winner)
     balancer, grid_model, plain_model = _grid_then_plain(tmp_path)
     assert balancer.search["factor"] == 3.0
     assert balancer.weight_decays[0] == pytest.approx(1.5e-2)
@@ -290,7 +289,7 @@ def test_grid_is_skipped_when_branches_cannot_see_weight_decay_act(tmp_path, mon
     """A λ so small that no branch would shrink the weights by 5 % runs no branch at all and keeps λ."""
     from lightning_superconv import weight_decay_balancer as module
 
-    monkeypatch.setattr(module, "run_grid", lambda *a, **k: pytest.fail("a branch ran"))
+    monkeypatch.setattr(module, "run_branches", lambda *a, **k: pytest.fail("a branch ran"))
     balancer = WeightDecayBalancer(mode="grid", cost=1.0)
     _fit(tmp_path, TinyClassifier(weight_decay=1e-5), [SuperConvergence(max_lr=0.5), balancer], epochs=6)
     assert balancer.weight_decays == [1e-5]

@@ -131,6 +131,8 @@ class TransformerLM(Swappable, L.LightningModule):
         return nn.functional.nll_loss(self(context, inputs), target.reshape(-1))
 
     def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(self)
         return torch.optim.SGD(self.model.parameters(), lr=0.1)
 
 
@@ -243,6 +245,8 @@ class Task:
     make: Callable[[int], tuple[L.LightningModule, DataLoader]] = field(repr=False)
     score: Callable[[Any, str], tuple[float, bool]] = field(repr=False)
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the validation split as a dataloader, as a user would pass it to ``fit``
+    validation: Callable[[], DataLoader] | None = field(default=None, repr=False)
 
     @property
     def held_out(self) -> bool:
@@ -265,12 +269,13 @@ def _cached(key: str, build: Callable[[], Any]) -> Any:
 
 Maker = Callable[[int], tuple[L.LightningModule, DataLoader]]
 Scorer = Callable[[Any, str], tuple[float, bool]]
+Validation = Callable[[], DataLoader]
 
 
 def _supervised(
     name: str, splits: Callable[[], data.Splits], net: Callable[[], nn.Module], kind: str, spec: OptimizerSpec,
     batch_size: int,
-) -> tuple[Maker, Scorer]:  # fmt: skip
+) -> tuple[Maker, Scorer, Validation]:  # fmt: skip
     def make(seed: int) -> tuple[L.LightningModule, DataLoader]:
         sets = _cached(name, splits)
         model = SupervisedModule(net(), kind, spec)
@@ -280,10 +285,13 @@ def _supervised(
     def score(model: Any, split: str) -> tuple[float, bool]:
         return supervised_score(model, getattr(_cached(name, splits), split))
 
-    return make, score
+    def validation() -> DataLoader:
+        return DataLoader(_cached(name, splits).val, batch_size=256)
+
+    return make, score, validation
 
 
-def _lstm_task() -> tuple[Callable[[int], tuple[L.LightningModule, DataLoader]], Callable[[Any, str], Any]]:
+def _lstm_task() -> tuple[Maker, Scorer, Validation]:
     def make(seed: int) -> tuple[L.LightningModule, DataLoader]:
         text = _cached("text", lambda: data.text(200_000))
         dataset = data.Blocks(text.train, block=35, offset=7919 * seed % len(text.train))
@@ -293,10 +301,14 @@ def _lstm_task() -> tuple[Callable[[int], tuple[L.LightningModule, DataLoader]],
     def score(model: Any, split: str) -> tuple[float, bool]:
         return lstm_score(model, getattr(_cached("text", lambda: data.text(200_000)), split))
 
-    return make, score
+    def validation() -> DataLoader:
+        dataset = data.Blocks(_cached("text", lambda: data.text(200_000)).val, block=35)
+        return DataLoader(dataset, batch_sampler=SequenceSampler(dataset, batch_size=20))
+
+    return make, score, validation
 
 
-def _transformer_task() -> tuple[Callable[[int], tuple[L.LightningModule, DataLoader]], Callable[[Any, str], Any]]:
+def _transformer_task() -> tuple[Maker, Scorer, Validation]:
     def make(seed: int) -> tuple[L.LightningModule, DataLoader]:
         text = _cached("text", lambda: data.text(200_000))
         dataset = data.ContextBlocks(text.train, block=32)
@@ -305,7 +317,10 @@ def _transformer_task() -> tuple[Callable[[int], tuple[L.LightningModule, DataLo
     def score(model: Any, split: str) -> tuple[float, bool]:
         return transformer_score(model, getattr(_cached("text", lambda: data.text(200_000)), split), block=32)
 
-    return make, score
+    def validation() -> DataLoader:
+        return DataLoader(data.ContextBlocks(_cached("text", lambda: data.text(200_000)).val, block=32), batch_size=64)
+
+    return make, score, validation
 
 
 def _task(
@@ -314,14 +329,14 @@ def _task(
     net: Callable[[], nn.Module] | None = None, special: Any = None, **trainer_kwargs: Any,
 ) -> Task:  # fmt: skip
     if special is not None:
-        make, score = special()
+        make, score, validation = special()
     else:
         assert splits is not None
         assert net is not None
-        make, score = _supervised(name, splits, net, kind, spec, batch_size)
+        make, score, validation = _supervised(name, splits, net, kind, spec, batch_size)
     return Task(
         name, source, kind, normalization, spec, batch_size, epochs, data_size, x2_grid(center), make, score,
-        trainer_kwargs,
+        trainer_kwargs, validation,
     )  # fmt: skip
 
 

@@ -1,0 +1,219 @@
+"""Does the divergence guard save runs whose peak is too high, and does it stay out of runs that are fine?
+
+1. Too high: one cycle at 3x, 10x and 25x a task's best peak (the pick zoo's oracle, chosen on validation), with
+   the guard on and off, on the zoo's tuning-half tasks and the two runs its issue reported (a small CNN with SGD on
+   scikit-learn's digits at ``max_lr=2.0``; an MLP with AdamW on Fashion-MNIST at ``max_lr=0.1``, the pick
+   benchmark's ``mlp_adamw`` pair); the test score, the rescues and the wall time they cost.
+2. False alarms: every run of the pick zoo's oracle grid that ended within 20 points of its task's best, trained
+   again with the guard on. The guard must never fire there, and the run must end with exactly the cached (guard off)
+   scores.
+
+Every run is cached in ``benchmarks/results/guard.json`` as it finishes. Run from the repository root::
+
+    python -m benchmarks.guard_benchmark                # both parts (part 2 re-trains about 220 zoo runs: hours)
+    python -m benchmarks.guard_benchmark --part 1       # the too-high table (about 10 minutes)
+    python -m benchmarks.guard_benchmark --table-only   # print from the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmarks.zoo.__main__ import load as load_zoo
+from benchmarks.zoo.__main__ import oracle
+from benchmarks.zoo.methods import make_trainer
+from benchmarks.zoo.tasks import TASKS, Task
+from lightning_superconv import DivergenceError, SuperConvergence
+
+CACHE = Path(__file__).resolve().parent / "results" / "guard.json"
+SEEDS = (0, 1, 2)
+FACTORS = (3.0, 10.0, 25.0)
+GUARD_TASKS = ("fmnist_bn_cnn_sgd", "fmnist_lenet_nesterov", "digits_cnn_sgd", "friedman_mlp_adam")
+
+
+def load() -> dict[str, Any]:
+    return json.loads(CACHE.read_text()) if CACHE.exists() else {}
+
+
+def save(cache: dict[str, Any]) -> None:
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, CACHE)
+
+
+def zoo_run(task: Task, seed: int, max_lr: float, guard: bool) -> dict[str, Any]:
+    """One cycle of ``task`` at ``max_lr``; the scores, the rescues, the wall time."""
+    L.seed_everything(seed, verbose=False)
+    model, loader = task.make(seed)
+    sc = SuperConvergence(max_lr=max_lr, guard=guard)
+    start = time.perf_counter()
+    error = None
+    try:
+        make_trainer(task, [sc]).fit(model, train_dataloaders=loader)
+    except DivergenceError as err:
+        error = str(err)
+    seconds = time.perf_counter() - start
+    val, bad_val = task.score(model, "val")
+    test, bad_test = task.score(model, "test")
+    return {
+        "val": val, "test": test, "nonfinite": bad_val or bad_test, "rescues": sc.rescues, "seconds": seconds,
+        "final_max_lr": sc.max_lr, "error": error,
+    }  # fmt: skip
+
+
+def mlp_run(seed: int, max_lr: float, guard: bool) -> dict[str, Any]:
+    """The issue's second run: the pick benchmark's MLP with AdamW on 12,000 Fashion-MNIST images, 3 epochs."""
+    from benchmarks.common import PAIRS, BenchModule, accuracy, datamodule, trainer
+
+    dm = datamodule(12_000)
+    L.seed_everything(seed, verbose=False)
+    model = BenchModule(PAIRS["mlp_adamw"])
+    sc = SuperConvergence(max_lr=max_lr, guard=guard)
+    start = time.perf_counter()
+    error = None
+    try:
+        trainer(3, [sc]).fit(model, datamodule=dm)
+    except DivergenceError as err:
+        error = str(err)
+    seconds = time.perf_counter() - start
+    return {
+        "val": accuracy(model, dm.val_set), "test": accuracy(model, dm.test_set), "nonfinite": False,
+        "rescues": sc.rescues, "seconds": seconds, "final_max_lr": sc.max_lr, "error": error,
+    }  # fmt: skip
+
+
+# The best peak of each row of part 1: the zoo's oracle for its tasks; the issue's own figures for its two runs.
+ISSUE_RUNS = {
+    "issue: digits CNN at max_lr=2.0": ("digits_cnn_sgd", 2.0),
+    "issue: Fashion MLP AdamW at 0.1": ("mlp", 0.1),
+}
+
+
+def part1(cache: dict[str, Any]) -> None:
+    for name in GUARD_TASKS:
+        task = TASKS[name]
+        best = oracle(task, load_zoo(task), SEEDS)
+        assert best is not None, f"the zoo's oracle grid of {name} is not filled yet"
+        for factor in FACTORS:
+            for guard in (False, True):
+                for seed in SEEDS:
+                    key = f"high|{name}|{factor:g}|{guard}|{seed}"
+                    if key not in cache:
+                        cache[key] = zoo_run(task, seed, best[0] * factor, guard)
+                        save(cache)
+                        print(key, cache[key]["test"], len(cache[key]["rescues"]), flush=True)
+    for row, (name, peak) in ISSUE_RUNS.items():
+        for guard in (False, True):
+            for seed in SEEDS:
+                key = f"issue|{row}|{guard}|{seed}"
+                if key not in cache:
+                    run = mlp_run(seed, peak, guard) if name == "mlp" else zoo_run(TASKS[name], seed, peak, guard)
+                    cache[key] = run
+                    save(cache)
+                    print(key, cache[key]["test"], len(cache[key]["rescues"]), flush=True)
+
+
+def part2(cache: dict[str, Any], tasks: list[str]) -> None:
+    for name in tasks:
+        task = TASKS[name]
+        zoo = load_zoo(task)
+        best = oracle(task, zoo, SEEDS)
+        if best is None:
+            print(f"{name}: the zoo's oracle grid is not filled yet; skipped")
+            continue
+        best_test = statistics.fmean(best[1])
+        for lr in task.grid:
+            for seed in SEEDS:
+                off = zoo[f"oracle|{lr:g}|{seed}"]
+                if off["test"] is None or off["nonfinite"] or off["test"] < best_test - 20:
+                    continue
+                key = f"alarm|{name}|{lr:g}|{seed}"
+                if key not in cache:
+                    on = zoo_run(task, seed, lr, guard=True)
+                    cache[key] = {
+                        "rescues": len(on["rescues"]), "same": on["test"] == off["test"] and on["val"] == off["val"],
+                        "test_on": on["test"], "test_off": off["test"],
+                    }  # fmt: skip
+                    save(cache)
+                    print(key, cache[key], flush=True)
+
+
+def _mean(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f}" if values else "-"
+
+
+def print_tables(cache: dict[str, Any]) -> None:
+    print("\nPeaks too high: test score (mean of 3 seeds), guard off -> on; rescues (mean), extra wall time on / off")
+    print("| run | best peak | x | guard off | guard on | rescues | wall time on / off |")
+    print("|---|---|---|---|---|---|---|")
+    for name in GUARD_TASKS:
+        best = oracle(TASKS[name], load_zoo(TASKS[name]), SEEDS)
+        for factor in FACTORS:
+            rows = {g: [cache.get(f"high|{name}|{factor:g}|{g}|{s}") for s in SEEDS] for g in (False, True)}
+            if any(r is None for rs in rows.values() for r in rs):
+                continue
+            off, on = rows[False], rows[True]
+            rescues = statistics.fmean(len(r["rescues"]) for r in on)
+            time_ratio = statistics.fmean(r["seconds"] for r in on) / statistics.fmean(r["seconds"] for r in off)
+            peak = f"{best[0]:.3g}" if best else "-"
+            print(
+                f"| {name} | {peak} | {factor:g} | {_mean([r['test'] for r in off])} | {_mean([r['test'] for r in on])}"
+                f" | {rescues:.1f} | {time_ratio:.2f} |"
+            )
+    for row in ISSUE_RUNS:
+        rows = {g: [cache.get(f"issue|{row}|{g}|{s}") for s in SEEDS] for g in (False, True)}
+        if any(r is None for rs in rows.values() for r in rs):
+            continue
+        off, on = rows[False], rows[True]
+        rescues = statistics.fmean(len(r["rescues"]) for r in on)
+        time_ratio = statistics.fmean(r["seconds"] for r in on) / statistics.fmean(r["seconds"] for r in off)
+        print(
+            f"| {row} | - | - | {_mean([r['test'] for r in off])} | {_mean([r['test'] for r in on])} | "
+            f"{rescues:.1f} | {time_ratio:.2f} |"
+        )
+    alarms = {k: v for k, v in cache.items() if k.startswith("alarm|")}
+    if alarms:
+        fired = [k for k, v in alarms.items() if v["rescues"]]
+        differ = [k for k, v in alarms.items() if not v["same"]]
+        tasks = sorted({k.split("|")[1] for k in alarms})
+        print(
+            f"\nFalse alarms: {len(alarms)} zoo runs that ended well without the guard ({len(tasks)} tasks), trained "
+            f"again with it: it fired in {len(fired)}; {len(alarms) - len(differ)} ended with exactly the same scores."
+        )
+        for key in fired + [k for k in differ if k not in fired]:
+            print(f"  {key}: {alarms[key]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", type=int, choices=[1, 2], help="only this part (default: both)")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="part 2's tasks")
+    parser.add_argument("--table-only", action="store_true", help="print from the cache, run nothing")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    cache = load()
+    if not args.table_only:
+        if args.part in (None, 1):
+            part1(cache)
+        if args.part in (None, 2):
+            part2(cache, args.tasks)
+    print_tables(cache)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+r"""Short branches of training from one snapshot, each scored on held-out data.
+
+The weight-decay grid's branches and the range test's peak trials run here.
+
+Every branch starts from the same snapshot (parameters, optimizer state, RNG streams, dataloader generators) in one
+:func:`~lightning_superconv.sandbox.sandbox`, so branches of data order 0 see the same batches and dropout masks and
+differ only in what the caller set (their schedule, their weight decay); order ``k > 0`` reseeds the RNG streams
+(global and the dataloaders' own generators) to give another order of batches. Each branch follows its own LR and
+momentum per step and param group. Everything is restored at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lightning_superconv import _compat
+from lightning_superconv.param_groups import write_momentum
+from lightning_superconv.sandbox import sandbox
+from lightning_superconv.snapshot import dataloader_generators
+from lightning_superconv.steps import BatchStream, loss_of, take_steps
+from lightning_superconv.weight_decay import GroupTrace
+
+
+@dataclass(frozen=True)
+class Branch:
+    r"""One branch: the LR and momentum of each param group at each of its steps, and what else it changes.
+
+    Attributes:
+        traces: one :class:`~lightning_superconv.weight_decay.GroupTrace` per param group; the branch runs as many
+            steps as they hold.
+        weight_decays: ``weight_decay`` to set per param-group index for this branch (the others keep theirs).
+        order: 0 for the run's own order of batches; ``k > 0`` for another one.
+        label: what the caller calls this branch (a candidate peak, a multiple of ``λ``).
+    """
+
+    traces: Sequence[GroupTrace]
+    weight_decays: dict[int, float] = field(default_factory=dict)
+    order: int = 0
+    label: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        """How many steps the branch runs."""
+        return len(self.traces[0].lrs)
+
+
+class HeldOutBatches:
+    r"""The batches every branch is scored on: the same batches, fetched once, capped in time.
+
+    The first evaluation reads batches until it has taken ``time_limit`` seconds (or the source ends); every later
+    branch is scored on exactly those batches, so the comparison is like for like and the evaluation stays a bounded
+    part of the cost.
+    """
+
+    def __init__(self, batches: Iterator[Any] | list[Any]) -> None:
+        self._iterator = iter(batches)
+        self.batches: list[Any] = []
+        self.fixed = False
+
+    @classmethod
+    def validation(cls, trainer: _compat.Trainer) -> HeldOutBatches | None:
+        """The run's validation dataloaders (all of them, in order), or None when the run has none."""
+        loaders = _compat.val_dataloaders(trainer)
+        return None if loaders is None else cls(batch for loader in loaders for batch in loader)
+
+    @classmethod
+    def after_training_batches(cls, trainer: _compat.Trainer, skip: int, count: int) -> HeldOutBatches:
+        r"""``count`` train batches that come after the first ``skip``, which the branches train on.
+
+        Call it inside the branches' sandbox: it reads the train data, and the sandbox restores what that advances.
+        """
+        stream = BatchStream(trainer)
+        for _ in range(skip):
+            stream.next()
+        drawn = [stream.next() for _ in range(count)]
+        return cls([item[0] for item in drawn if item is not None])
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.batches
+        if self.fixed:
+            return
+        for batch in self._iterator:
+            self.batches.append(batch)
+            yield batch
+
+    def fix(self) -> None:
+        """Score every later branch on the batches read so far."""
+        self.fixed = True
+
+
+def run_branches(
+    trainer: _compat.Trainer,
+    pl_module: _compat.LightningModule,
+    optimizer: Any,
+    branches: Sequence[Branch] | Callable[[list[float]], Branch | None],
+    held_out: HeldOutBatches | None,
+    time_share: float = 0.5,
+) -> tuple[list[float], float]:
+    r"""Run each branch from the same snapshot, score it, restore everything; return the scores and training seconds.
+
+    A branch's score is the mean ``training_step`` loss over the held-out batches in eval mode (:func:`held_out_loss`);
+    one whose loss turns NaN/inf scores ``inf``.
+
+    Args:
+        trainer: the ``Trainer``, its strategy and optimizer set up and its train data loaded.
+        pl_module: its LightningModule.
+        optimizer: the optimizer the branches step.
+        branches: the branches; or a function of the scores so far that returns the next branch (None: no more), for
+            a search that decides where to look next from what it saw.
+        held_out: the batches to score on; None: train batches right after the ones the branches train on (as many
+            as a tenth of a branch's steps, at least 4), which no branch sees.
+        time_share: reading the held-out batches the first time may take this share of a branch's training time.
+    """
+    generators = dataloader_generators(_compat.train_loaders(trainer))
+    scores: list[float] = []
+    train_seconds = 0.0
+    accumulate = max(int(trainer.accumulate_grad_batches), 1)
+    next_branch = (
+        branches if callable(branches) else (lambda done: branches[len(done)] if len(done) < len(branches) else None)
+    )
+
+    with sandbox(trainer, pl_module, optimizer) as snapshot:
+        branch = next_branch(scores)
+        if held_out is None and branch is not None:
+            with _compat.isolate_rng(trainer):
+                held_out = HeldOutBatches.after_training_batches(
+                    trainer, branch.steps * accumulate, max(4, branch.steps // 10)
+                )
+        while branch is not None:
+            snapshot.restore()
+            for index, value in branch.weight_decays.items():
+                optimizer.param_groups[index]["weight_decay"] = value
+
+            def follow(step: int, traces: Sequence[GroupTrace] = branch.traces) -> None:
+                for group, trace in zip(optimizer.param_groups, traces, strict=False):
+                    group["lr"] = trace.lrs[step]
+                    write_momentum(group, trace.momenta[step])
+
+            start = time.perf_counter()
+            with _compat.isolate_rng(trainer):
+                if branch.order:
+                    torch.manual_seed(torch.initial_seed() + branch.order)
+                    for generator in generators:
+                        generator.manual_seed(generator.initial_seed() + branch.order)
+                record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, _stop_if_non_finite)
+                elapsed = time.perf_counter() - start
+                train_seconds += elapsed
+                diverged = record.stop_reason == "non-finite"
+                assert held_out is not None
+                scores.append(
+                    math.inf if diverged else held_out_loss(trainer, pl_module, held_out, elapsed * time_share)
+                )
+            branch = next_branch(scores)
+    return scores, train_seconds
+
+
+def _stop_if_non_finite(step: int, loss: float) -> str | None:
+    return None if math.isfinite(loss) else "non-finite"
+
+
+@torch.no_grad()
+def held_out_loss(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batches: HeldOutBatches, time_limit: float
+) -> float:
+    r"""Mean ``training_step`` loss over the held-out batches in eval mode, averaged over ranks.
+
+    The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
+    logs is up to the user. The first call stops reading batches once ``time_limit`` seconds have passed (on every rank
+    at the same count: the stop decision is reduced across ranks).
+    """
+    strategy = trainer.strategy
+    was_training = pl_module.training
+    pl_module.eval()
+    total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
+    count = 0
+    start = time.perf_counter()
+    try:
+        for batch_idx, batch in enumerate(batches):
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = _compat.before_batch_transfer(pl_module, batch)
+            batch = strategy.batch_to_device(batch, dataloader_idx=0)
+            _compat.set_current_hook(pl_module, "training_step")
+            loss = loss_of(strategy.training_step(batch, batch_idx))
+            if loss is not None:
+                total += loss.detach().double()
+                count += 1
+            if not batches.fixed:
+                late = torch.tensor(float(time.perf_counter() - start > time_limit), device=pl_module.device)
+                if float(strategy.reduce(late, reduce_op="max")) > 0:
+                    break
+    finally:
+        pl_module.train(was_training)
+    batches.fix()
+    mean = total / max(count, 1)
+    value = float(strategy.reduce(mean, reduce_op="mean"))
+    return value if math.isfinite(value) and count > 0 else math.inf

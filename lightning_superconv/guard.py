@@ -1,0 +1,352 @@
+r"""The divergence guard: when the cycle blows up, roll back in memory, lower the peak, and go on.
+
+A peak read from any range test can be wrong on some model; a peak given by hand can be too. Without a guard the run
+is lost (a one-cycle too high for the model ends at chance accuracy). With it, a wrong peak costs a little time: the
+weights, buffers, optimizer state and gradient scaler come back from a snapshot taken before the blow-up, the rest of
+the cycle runs at a quarter of the peak (the same shape, lower; a quarter because a peak that blew up once is likely
+several times too high, and too low costs little while too high costs the run), the LR climbs back from where the
+restored weights were trained over as many steps as it took to get there, and training goes on.
+
+"Clearly diverged", so that the noise of ordinary training never triggers it: the training loss is NaN/inf; or its
+moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training started,
+or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back above
+where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
+to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it (a network that
+died at once, its loss flat at the start). The README's guard section gives the false alarms measured on the pick
+zoo.
+
+One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
+from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started
+and its average within 1.5 times its best), so the snapshot predates a blow-up by at least one check. No GPU-to-CPU
+synchronization per step: on an accelerator the average and a NaN flag are kept on the device and read every
+``check_every`` steps; on the CPU the loss is read as it comes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lightning_superconv import _compat
+from lightning_superconv.schedule import scale_peak
+from lightning_superconv.snapshot import Snapshot, capture
+
+#: A rescue halves the peak for the rest of the cycle.
+LOWER_BY = 0.25
+
+
+class DivergenceError(RuntimeError):
+    """The loss diverged once more after the guard had used all its rescues: training stops."""
+
+
+@dataclass
+class Rescue:
+    """What one rescue did: the step it happened at, the step it rolled back to, the peak before and after, why."""
+
+    step: int
+    restored_step: int
+    old_peak: float
+    new_peak: float
+    reason: str
+
+
+class DivergenceGuard:
+    r"""Watches the training loss step by step; says when to roll back, and does the rollback.
+
+    Args:
+        threshold: the moving average may rise to this many times its best before it counts as diverged (> 1).
+        window: the moving average's span in steps (its EMA factor is ``1 - 1/window``).
+        check_every: how often the device-side average and NaN flag are read (accelerators only).
+        refresh_every: how often the snapshot is refreshed while the loss is healthy.
+    """
+
+    def __init__(
+        self, threshold: float = 4.0, window: int = 20, check_every: int = 10, refresh_every: int = 50
+    ) -> None:
+        self.threshold = threshold
+        self.beta = 1.0 - 1.0 / window
+        self.check_every = check_every
+        self.refresh_every = refresh_every
+        self.snapshot: Snapshot | None = None
+        self.snapshot_step = -1
+        self._snapshot_stats: tuple[float, float, float, int] | None = None
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.average = 0.0  # the EMA's raw (biased) value; `smoothed` debiases it
+        self.count = 0
+        self.best = math.inf
+        self.start = math.nan
+        self._device_sum: torch.Tensor | None = None
+        self._device_nonfinite: torch.Tensor | None = None
+        self._device_count = 0
+        self._nonfinite = False
+
+    # ------------------------------------------------------------------------------------------------ watching
+
+    @property
+    def smoothed(self) -> float:
+        """The debiased moving average of the loss (NaN before the first step)."""
+        return self.average / (1 - self.beta**self.count) if self.count else math.nan
+
+    def observe(self, loss: torch.Tensor, device_side: bool | None = None) -> bool:
+        r"""Feed one optimizer step's loss; return True when this step is a check (the caller then decides).
+
+        On the CPU every step is a check. On an accelerator the loss stays on the device: the raw average and a
+        non-finite flag are accumulated there, and every ``check_every`` steps they are read in one transfer.
+        ``device_side`` forces one way or the other (None: by the loss's device).
+        """
+        loss = loss.detach()
+        if device_side is None:
+            device_side = loss.device.type != "cpu"
+        if not device_side:
+            self._add(float(loss))
+            return True
+        value = loss.float()
+        if self._device_sum is None:
+            self._device_sum = torch.zeros((), device=loss.device)
+            self._device_nonfinite = torch.zeros((), dtype=torch.bool, device=loss.device)
+        assert self._device_nonfinite is not None
+        finite = torch.isfinite(value)
+        self._device_nonfinite |= ~finite
+        # the EMA of the finite losses, kept raw on the device as the host keeps it: avg = beta * avg + (1 - beta) * x
+        self._device_sum.mul_(self.beta).add_(torch.where(finite, value, torch.zeros_like(value)), alpha=1 - self.beta)
+        self._device_count += 1
+        if self._device_count < self.check_every:
+            return False
+        self.sync()
+        return True
+
+    def sync(self) -> None:
+        """Read the device-side average and flag (one transfer) into the host-side statistics."""
+        if self._device_sum is None or self._device_count == 0:
+            return
+        assert self._device_nonfinite is not None
+        raw, nonfinite = torch.stack([self._device_sum, self._device_nonfinite.float()]).tolist()
+        # the device kept avg' = beta^n * 0 + sum of (1-beta) beta^k x; fold it into the host average
+        self.average = self.average * self.beta**self._device_count + raw
+        self.count += self._device_count
+        self._nonfinite |= bool(nonfinite)
+        self._device_sum.zero_()
+        self._device_nonfinite.zero_()
+        self._device_count = 0
+        self._update_marks()
+
+    def _add(self, value: float) -> None:
+        if not math.isfinite(value):
+            self._nonfinite = True
+            return
+        self.average = self.beta * self.average + (1 - self.beta) * value
+        self.count += 1
+        self._update_marks()
+
+    def _update_marks(self) -> None:
+        if self.count == 0:
+            return
+        smoothed = self.smoothed
+        if math.isnan(self.start) and self.count >= min(5, int(1 / (1 - self.beta))):
+            self.start = smoothed
+        if self.count >= int(1 / (1 - self.beta)):
+            self.best = min(self.best, smoothed)
+
+    def diverged(self) -> str | None:
+        """Why the loss counts as diverged now, or None."""
+        if self._nonfinite:
+            return "the loss became NaN/inf"
+        smoothed, best, start = self.smoothed, self.best, self.start
+        if not math.isnan(start) and smoothed - start > 0.5 * abs(start if start != 0 else 1.0):
+            return f"its moving average rose to {smoothed:.4g}, half as high again as where it started ({start:.4g})"
+        if not math.isfinite(best):
+            return None
+        if smoothed - best > (self.threshold - 1) * abs(best if best != 0 else 1.0):
+            return f"its moving average rose to {smoothed:.4g}, over {self.threshold:g} times its best ({best:.4g})"
+        if smoothed > start and best < start - 0.1 * abs(start):
+            return f"its moving average rose back above where training started ({smoothed:.4g} > {start:.4g})"
+        return None
+
+    def forgive_nonfinite(self) -> None:
+        """Forget NaN/inf losses seen since the last check (the gradient scaler skipped those steps)."""
+        self._nonfinite = False
+
+    def stalled(self) -> bool:
+        """Whether the loss never fell a tenth below where training started and stands at or above it now."""
+        if self._nonfinite or math.isnan(self.start) or self.count == 0:
+            return False
+        start = self.start
+        never_fell = not (math.isfinite(self.best) and self.best < start - 0.1 * abs(start))
+        return never_fell and self.smoothed >= start
+
+    def healthy(self) -> bool:
+        r"""Whether the model is learning and clear of divergence, so a snapshot taken now is worth returning to.
+
+        Its loss has fallen a tenth below where training started (a network that collapsed at once, its loss never
+        below the start, is no state to return to) and its moving average is within 1.5 times its best.
+        """
+        if self._nonfinite or self.count == 0 or not math.isfinite(self.best) or math.isnan(self.start):
+            return False
+        if self.smoothed > self.start - 0.1 * abs(self.start):
+            return False
+        return self.smoothed - self.best <= 0.5 * abs(self.best if self.best != 0 else 1.0)
+
+    # ------------------------------------------------------------------------------------------------ acting
+
+    def refresh(self, step: int, module: torch.nn.Module, optimizer: Any, scaler: Any = None) -> bool:
+        """Take a new snapshot if one is due and the loss is healthy; return whether one was taken."""
+        due = self.snapshot is None or step - self.snapshot_step >= self.refresh_every
+        if not due or (self.snapshot is not None and not self.healthy()):
+            return False
+        self.snapshot = capture(module, optimizer, scaler, everything=False)
+        self.snapshot_step = step
+        self._snapshot_stats = (self.average, float(self.count), self.best, int(self._nonfinite))
+        return True
+
+    def roll_back(self) -> int:
+        """Restore the snapshot and the statistics of its time; return the step it was taken at."""
+        assert self.snapshot is not None
+        self.snapshot.restore()
+        assert self._snapshot_stats is not None
+        self.average, count, self.best, _ = self._snapshot_stats
+        self.count = int(count)
+        self._nonfinite = False
+        if self._device_sum is not None:
+            self._device_sum.zero_()
+            assert self._device_nonfinite is not None
+            self._device_nonfinite.zero_()
+        self._device_count = 0
+        return self.snapshot_step
+
+    def state_dict(self) -> dict[str, float]:
+        """The loss statistics (plain values), so a resumed run judges divergence as the interrupted one would."""
+        self.sync()
+        return {"average": self.average, "count": float(self.count), "best": self.best, "start": self.start}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Take the loss statistics of :meth:`state_dict` (a resume)."""
+        self.average = float(state.get("average", 0.0))
+        self.count = int(state.get("count", 0))
+        self.best = float(state.get("best", math.inf))
+        self.start = float(state.get("start", math.nan))
+
+
+class GuardedCycle:
+    r"""The guard at work inside a ``Trainer``: fed after every training batch, it rolls back and lowers the peak.
+
+    Under DDP all ranks decide together: a rescue happens on every rank when any rank saw its loss diverge, and a
+    snapshot is refreshed on every rank when all saw it healthy, so the ranks roll back to the same step and stay
+    identical. A step the gradient scaler skipped (its loss overflowed in half precision) is not a divergence; thirty
+    halvings of the scale in a row are (no loss scale helps any more).
+
+    Args:
+        scheduler: the installed one-cycle; a rescue scales its remaining LRs by :data:`LOWER_BY`.
+        max_rescues: rescues allowed; one more divergence stops training with an error.
+    """
+
+    def __init__(self, guard: DivergenceGuard, scheduler: Any, max_rescues: int) -> None:
+        self.guard = guard
+        self.scheduler = scheduler
+        self.max_rescues = max_rescues
+        self.rescues: list[Rescue] = []
+        self._last_step = -1
+        self._scale: float | None = None
+        self._halvings = 0
+        # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
+        # is a network that cannot learn at this LR: the step from which that is checked, once
+        self._stall_check = int(_warmup_end(scheduler))
+
+    def state_dict(self) -> dict[str, float]:
+        """The guard's statistics and when it checks for a stall next (plain values, for checkpoints)."""
+        return {**self.guard.state_dict(), "stall_check": float(self._stall_check)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Take what :meth:`state_dict` gave (a resume)."""
+        self.guard.load_state_dict(state)
+        self._stall_check = int(state.get("stall_check", self._stall_check))
+
+    def start(self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> None:
+        """Take the first snapshot: the weights training starts from."""
+        step = int(trainer.global_step)
+        self._last_step = step
+        self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
+
+    def after_batch(
+        self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any, outputs: Any
+    ) -> tuple[Rescue | None, str | None]:
+        r"""Feed the batch's loss (at optimizer-step boundaries only); return a rescue made now, or why it gave up.
+
+        Returns ``(rescue, None)`` after a rescue, ``(None, reason)`` when the loss diverged with no rescue left
+        (the caller stops training), ``(None, None)`` otherwise.
+        """
+        step = int(trainer.global_step)
+        if step == self._last_step:  # a micro-batch of gradient accumulation: no optimizer step yet
+            return None, None
+        self._last_step = step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return None, None  # `training_step` skipped this batch
+        if not self.guard.observe(loss):
+            return None, None
+        reason = self._discount_scaler_skips(trainer)
+        reason = reason or self.guard.diverged()
+        if reason is None and 0 <= self._stall_check <= step:
+            self._stall_check = -1
+            if self.guard.stalled():
+                reason = (
+                    f"its loss ({self.guard.smoothed:.4g}) never fell a tenth below where training started "
+                    f"({self.guard.start:.4g}) while the LR climbed to the cycle's peak"
+                )
+        strategy = trainer.strategy
+        if strategy.reduce_boolean_decision(reason is not None, all=False):
+            # every rank records the same words: rank 0's (or, where its loss looked fine, that another's did not)
+            reason = strategy.broadcast(reason or "another rank's loss diverged", src=0)
+            if len(self.rescues) >= self.max_rescues:
+                return None, reason
+            return self._rescue(trainer, step, reason), None
+        due = self.guard.snapshot is None or step - self.guard.snapshot_step >= self.guard.refresh_every
+        if due and strategy.reduce_boolean_decision(self.guard.healthy(), all=True):
+            self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
+        return None, None
+
+    def _discount_scaler_skips(self, trainer: _compat.Trainer) -> str | None:
+        """Forgive NaN/inf losses the gradient scaler skipped; thirty halvings of its scale in a row do count."""
+        scaler = _compat.grad_scaler(trainer)
+        if scaler is None:
+            return None
+        scale = float(scaler.get_scale())
+        if self._scale is not None and scale < self._scale:
+            self._halvings += round(math.log2(self._scale / scale))
+            self.guard.forgive_nonfinite()
+        elif self._scale is not None:
+            self._halvings = 0
+        self._scale = scale
+        if self._halvings >= 30:
+            return f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)"
+        return None
+
+    def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:
+        groups = self.scheduler.optimizer.param_groups
+        # the cycle's own values stay as they are now (earlier rescues' lowered peaks included); only the weights,
+        # buffers and optimizer state go back
+        now = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        assert self.guard.snapshot is not None
+        lr_then = float(self.guard.snapshot.param_groups[0]["lr"])
+        restored = self.guard.roll_back()
+        for group, values in zip(groups, now, strict=True):
+            group.update(values)
+        old_peak = float(groups[0].get("max_lr", groups[0]["lr"]))
+        scale_peak(self.scheduler, LOWER_BY)
+        lr_now = float(groups[0]["lr"])
+        # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
+        self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
+        self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
+        rescue = Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)
+        self.rescues.append(rescue)
+        self._scale, self._halvings = None, 0
+        return rescue
+
+
+def _warmup_end(scheduler: Any) -> float:
+    """The step at which the one-cycle reaches its peak (the end of its first phase)."""
+    return float(getattr(scheduler, "peak_step", 0.0))

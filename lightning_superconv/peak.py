@@ -1,0 +1,142 @@
+r"""Pure maths of choosing the cycle's peak: candidates read off the range-test curve, then the trials' verdict.
+
+No ``Trainer`` here: :mod:`lightning_superconv.range_test` reads the curve and runs the trials
+(:mod:`lightning_superconv.branches`), this module says which peaks to try and which one won.
+
+Why trials. Smith reads the cycle's maximum LR where the range test's loss stops falling and starts to rise (arXiv
+1708.07120 §2, 1803.09820 §4.1). How far below that point the best peak of a whole run lies depends on the model:
+measured on the pick zoo's tuning half (``benchmarks/zoo``), the best peak sat at about the LR where the loss rose back
+above its start for a recurrent model with clipped gradients, a half to a quarter of it for a LeNet and a small CNN
+(whose runs collapse just above the best peak), and anywhere from a twentieth to a half for a BatchNorm CNN and an
+MLP (whose accuracy is flat across that band). No fixed fraction served them all; a short run of the cycle itself at a
+few candidate peaks told them apart. One range test of about a hundred noisy steps also moves that point by 2-3x with
+the order of the data alone, while trials compare the candidates on the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch.optim import Optimizer
+
+from lightning_superconv.param_groups import detached_copy
+from lightning_superconv.schedule import OneCycleConfig, build_one_cycle
+from lightning_superconv.weight_decay import GroupTrace, SchedulerSpec, trace_schedule
+
+#: The first candidate peaks, as fractions of the LR where the range test's loss rose back above its start.
+LADDER = (0.25, 0.5, 0.125)
+#: The most trials a search runs: the ladder, and two more rungs up or down when the best lies at its edge.
+MAX_TRIALS = 5
+#: How far up the search may climb: this many times the LR where the loss rose back.
+HIGHEST = 2.0
+
+
+def start_level(losses: Sequence[float], half_width: int) -> float:
+    """The loss before the LR moved the model: the median of the first tenth of the losses (at least ``2h + 1``)."""
+    head = max(2 * half_width + 1, len(losses) // 10)
+    return statistics.median(losses[:head])
+
+
+def rise_index(smoothed: Sequence[float], level: float) -> int:
+    r"""The step where the smoothed loss, after its lowest point, is back above ``level``; else the last step.
+
+    The last step is the LR where the sweep stopped: there the loss had diverged (or the sweep ran out), so the rise
+    lies at or above it.
+
+    Example::
+
+        >>> rise_index([2.3, 1.5, 0.6, 0.5, 0.9, 2.6, 9.0], level=2.3)
+        5
+        >>> rise_index([2.3, 1.5, 0.6, 0.5, 0.6], level=2.3)
+        4
+    """
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    return next((i for i in range(lowest, len(smoothed)) if smoothed[i] > level), len(smoothed) - 1)
+
+
+def candidates(rise_lr: float, ladder: Sequence[float] = LADDER) -> list[float]:
+    r"""The first peaks to try: ``rise_lr`` times each fraction of the ladder, in the order they are tried.
+
+    Example::
+
+        >>> candidates(0.8)
+        [0.2, 0.4, 0.1]
+    """
+    return [rise_lr * fraction for fraction in ladder]
+
+
+def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -> float | None:
+    r"""The next peak to try, or None when the search is done.
+
+    First the ladder (a quarter, a half and an eighth of ``rise_lr``). Then, while the best trial is the highest peak
+    tried, one rung (x2) higher, up to ``HIGHEST`` times ``rise_lr``; while it is the lowest, one rung lower; at most
+    ``MAX_TRIALS`` in all. A range test's rise can come early (RMSprop's first steps are large, before its averages of
+    squared gradients fill up: measured, a ShuffleNet's rose at a third of its best peak), so the search may climb
+    above it; a higher peak is kept only if its trial did better.
+
+    Example::
+
+        >>> next_peak(0.8, [0.2, 0.4, 0.1], [0.50, 0.45, 0.60])  # the top rung was best: one higher
+        0.8
+        >>> next_peak(0.8, [0.2, 0.4, 0.1, 0.8], [0.50, 0.45, 0.60, math.inf]) is None  # then no better: done
+        True
+    """
+    ladder = candidates(rise_lr)
+    if len(tried) < len(ladder):
+        return ladder[len(tried)]
+    if len(tried) >= MAX_TRIALS:
+        return None
+    best = min(range(len(scores)), key=lambda i: scores[i])
+    if not math.isfinite(scores[best]):
+        return None
+    if tried[best] == max(tried) and tried[best] * 2 <= HIGHEST * rise_lr * (1 + 1e-9):
+        return tried[best] * 2
+    if tried[best] == min(tried):
+        return tried[best] / 2
+    return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Which candidate peak the trials chose, and why in words."""
+
+    index: int
+    reason: str
+
+
+def choose(peaks: Sequence[float], scores: Sequence[float], steps: int) -> Verdict:
+    r"""The candidate whose trial left the lowest held-out loss; a trial that diverged (``inf``) never wins.
+
+    Raises:
+        ValueError: if every trial diverged.
+
+    Example::
+
+        >>> choose([0.1, 0.2, 0.4], [0.50, 0.45, math.inf], steps=100).index
+        1
+    """
+    finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
+    if not finite:
+        raise ValueError(f"every trial cycle diverged, even the lowest peak, {min(peaks):.3g}")
+    best = min(finite, key=lambda i: scores[i])
+    order = sorted(range(len(peaks)), key=lambda i: peaks[i])
+    shown = ", ".join(
+        f"{peaks[i]:.3g}: {scores[i]:.4g}" if math.isfinite(scores[i]) else f"{peaks[i]:.3g}: diverged" for i in order
+    )
+    reason = f"of one-cycles of {steps} steps peaking at {shown} (held-out loss), {peaks[best]:.3g} did best"
+    return Verdict(best, reason)
+
+
+def trial_traces(optimizer: Optimizer, peak: float, steps: int, config: OneCycleConfig) -> list[GroupTrace]:
+    r"""The LR and momentum of every param group at each step of a ``steps``-long one-cycle peaking at ``peak``.
+
+    The cycle is built on a detached copy of the optimizer (its param groups without parameters or state), exactly as
+    :func:`~lightning_superconv.schedule.build_one_cycle` builds the real one, and replayed step by step.
+    """
+    twin, _ = detached_copy(optimizer)
+    scheduler = build_one_cycle(twin, peak, steps, config)
+    traces, _ = trace_schedule(twin, [SchedulerSpec(scheduler)], steps)
+    return traces

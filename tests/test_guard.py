@@ -1,0 +1,232 @@
+"""The divergence guard: on bare losses, then for real in a ``Trainer`` (rescue, bit-identity, resume, scaler skips).
+
+The DDP agreement after a rescue is tested in ``test_distributed.py`` (two gloo processes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import TinyClassifier, trainer_kwargs
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+
+from lightning_superconv import DivergenceError, SuperConvergence
+from lightning_superconv.guard import LOWER_BY, DivergenceGuard
+
+# ------------------------------------------------------------------------------------------------ on bare losses
+
+
+def _fed(losses, **kwargs) -> tuple[DivergenceGuard, list[str | None]]:
+    guard = DivergenceGuard(**kwargs)
+    said = []
+    for loss in losses:
+        guard.observe(torch.tensor(loss))
+        said.append(guard.diverged())
+    return guard, said
+
+
+def test_noise_around_a_falling_loss_never_counts_as_divergence():
+    """A loss falling from 2.3 to 0.3 with ±30 % batch noise, and a noisy rise at the peak: never diverged."""
+    gen = torch.Generator().manual_seed(0)
+    falling = [0.3 + 2.0 * math.exp(-k / 100) for k in range(600)]
+    bump = [x * (1 + 0.5 * math.sin(math.pi * k / 600)) for k, x in enumerate(falling)]
+    noisy = [x * float(1 + 0.3 * (2 * torch.rand((), generator=gen) - 1)) for x in bump]
+    _, said = _fed(noisy)
+    assert not any(said)
+
+
+def test_nan_counts_at_once():
+    _, said = _fed([2.3] * 30 + [float("nan")])
+    assert said[-1] == "the loss became NaN/inf"
+    assert not any(said[:-1])
+
+
+def test_a_blow_up_to_four_times_the_best_counts():
+    guard, said = _fed([2.3 - 0.02 * k for k in range(100)] + [0.3 * 1.2**k for k in range(1, 30)])
+    first = next(i for i, s in enumerate(said) if s)
+    assert 100 < first < 129
+    assert said[first].startswith("its moving average rose")
+
+
+def test_a_collapse_back_to_the_start_counts():
+    """The loss fell a lot, then came back to where it started (a network gone to chance): diverged."""
+    _, said = _fed([2.3] * 20 + [1.0] * 60 + [2.5] * 60)
+    assert any(s and "above where training started" in s for s in said)
+
+
+def test_a_loss_that_never_fell_is_stalled_but_not_diverged():
+    guard, said = _fed([2.3 + 0.01 * (k % 3) for k in range(80)])
+    assert not any(said)
+    assert guard.stalled()
+    falling, _ = _fed([2.3 - 0.01 * k for k in range(80)])
+    assert not falling.stalled()
+
+
+def test_the_device_side_average_equals_the_host_one():
+    """On an accelerator the average is kept on the device and read every `check_every` steps: the same numbers."""
+    losses = [2.3 - 0.01 * k + 0.05 * math.sin(k) for k in range(57)]
+    host = DivergenceGuard()
+    device = DivergenceGuard(check_every=10)
+    checks = 0
+    for loss in losses:
+        host.observe(torch.tensor(loss))
+        checks += device.observe(torch.tensor(loss), device_side=True)
+    device.sync()
+    assert checks == 5
+    assert device.smoothed == pytest.approx(host.smoothed, rel=1e-6)
+    assert device.best == pytest.approx(host.best, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ in a Trainer
+
+
+class Steps(Callback):
+    """Each training step's LR (first group), and the weights at the end."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit(tmp_path, callback, seed=0, model=TinyClassifier, extra=(), **overrides):
+    L.seed_everything(seed, verbose=False)
+    model = model(n=512)
+    steps = Steps()
+    kwargs = trainer_kwargs(tmp_path, max_epochs=6, **overrides)
+    trainer = L.Trainer(callbacks=[callback, steps, *extra], **kwargs)
+    trainer.fit(model)
+    return trainer, model, steps
+
+
+def _final_loss(model) -> float:
+    model.eval()
+    x, y = model.train_dataloader().dataset.tensors
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model(x), y))
+
+
+def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
+    """At 50x a good peak the run diverges mid-cycle; the guard rolls back, lowers the peak and ends trained.
+
+    The same run without the guard ends diverged.
+    """
+    _, unguarded, _ = _fit(tmp_path / "off", SuperConvergence(max_lr=50.0, guard=False))
+    guarded_cb = SuperConvergence(max_lr=50.0)
+    _, guarded, steps = _fit(tmp_path / "on", guarded_cb)
+    assert not math.isfinite(_final_loss(unguarded)) or _final_loss(unguarded) > 1.3
+    assert _final_loss(guarded) < 1.0
+    assert 1 <= len(guarded_cb.rescues) <= 3
+    first = guarded_cb.rescues[0]
+    assert first["new_peak"] == pytest.approx(first["old_peak"] * LOWER_BY)
+    assert guarded_cb.max_lr == pytest.approx(50.0 * LOWER_BY ** len(guarded_cb.rescues))
+    assert max(steps.lrs[first["step"] + 1 :]) <= first["new_peak"] * (1 + 1e-9)
+
+
+def test_a_rescue_is_logged_as_a_scalar_and_said_in_one_line(tmp_path):
+    logger = CSVLogger(tmp_path, name="log")
+    callback = SuperConvergence(max_lr=50.0)
+    with pytest.warns(RuntimeWarning, match=r"lowered the cycle's peak from 50 to 12\.5"):
+        _fit(tmp_path, callback, logger=logger, log_every_n_steps=1)
+    metrics = (tmp_path / "log" / "version_0" / "metrics.csv").read_text()
+    assert "superconv/rescues" in metrics
+    assert "superconv/max_lr" in metrics
+
+
+def test_a_run_where_the_guard_never_fires_is_bit_identical_to_one_without_it(tmp_path):
+    """A good peak: no rescue, and every LR and weight equal to the same run with `guard=False`."""
+    on_cb, off_cb = SuperConvergence(max_lr=0.5), SuperConvergence(max_lr=0.5, guard=False)
+    _, on, on_steps = _fit(tmp_path / "on", on_cb)
+    _, off, off_steps = _fit(tmp_path / "off", off_cb)
+    assert on_cb.rescues == []
+    assert on_steps.lrs == off_steps.lrs
+    for a, b in zip(on.parameters(), off.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_more_divergences_than_rescues_stop_training_with_a_clear_error(tmp_path):
+    with pytest.raises(DivergenceError, match=r"diverged again .* after 0 rescue\(s\).*`max_lr=`"):
+        _fit(tmp_path, SuperConvergence(max_lr=50.0, max_rescues=0))
+
+
+class Interrupt(Exception):
+    """Stands for the job being killed."""
+
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Interrupt
+
+
+class Deterministic(TinyClassifier):
+    """No dropout, no shuffle: an interrupted and resumed run can equal an uninterrupted one bit for bit."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net[3] = nn.Identity()
+
+    def train_dataloader(self):
+        loader = super().train_dataloader()
+        return torch.utils.data.DataLoader(loader.dataset, batch_size=32, shuffle=False)
+
+
+def test_a_checkpoint_written_after_a_rescue_resumes_exactly(tmp_path):
+    """The lowered peak, the re-warm-up and the cycle's position come back.
+
+    The resumed run has the same LRs and weights as a run that was never interrupted.
+    """
+    whole_cb = SuperConvergence(max_lr=5.0)
+    _, whole, whole_steps = _fit(tmp_path / "whole", whole_cb, model=Deterministic)
+    assert whole_cb.rescues, "the premise: the run is rescued"
+    # at an epoch's end after the last rescue (a mid-epoch resume would restart the epoch's data): 16 steps an epoch
+    kill_at = 16 * (whole_cb.rescues[-1]["step"] // 16 + 1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=kill_at, save_top_k=-1)
+    first_cb = SuperConvergence(max_lr=5.0)
+    with pytest.raises(Interrupt):
+        _fit(
+            tmp_path / "a", first_cb, model=Deterministic, extra=[checkpoint, KillAt(kill_at + 1)],
+            enable_checkpointing=True,
+        )  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    resumed_cb = SuperConvergence(max_lr=5.0)
+    L.seed_everything(0, verbose=False)
+    model, steps = Deterministic(n=512), Steps()
+    trainer = L.Trainer(callbacks=[resumed_cb, steps], **trainer_kwargs(tmp_path / "b", max_epochs=6))
+    trainer.fit(model, ckpt_path=str(path))
+    assert resumed_cb.max_lr == first_cb.max_lr
+    assert resumed_cb.rescues == first_cb.rescues
+    assert steps.lrs == whole_steps.lrs[kill_at:]
+    assert resumed_cb.rescues == whole_cb.rescues  # no rescue after the resume (its snapshot would differ)
+    for a, b in zip(model.parameters(), whole.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class OverflowOnce(TinyClassifier):
+    """One batch's loss is infinite (as a half-precision overflow would make it): the gradient scaler skips it."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step == 7 and self.training:
+            return loss * float("inf")
+        return loss
+
+
+def test_a_step_the_gradient_scaler_skips_is_not_a_divergence(tmp_path):
+    """An infinite loss that the scaler skips (scale halved) triggers no rescue; training goes on as before."""
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    callback = SuperConvergence(max_lr=0.5)
+    trainer, model, _ = _fit(tmp_path, callback, model=OverflowOnce, plugins=[fp16])
+    assert trainer.precision_plugin.scaler.get_scale() < 2.0**8 or trainer.global_step > 0
+    assert callback.rescues == []
+    assert _final_loss(model) < 1.0

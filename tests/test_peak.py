@@ -1,0 +1,160 @@
+"""Choosing the cycle's peak, on bare curves and scores.
+
+The rise, the ladder, the search, the verdict, the trials' cycle; and the search replayed on range tests recorded on
+the pick zoo's tuning half, against their known good peaks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import OneCycleLR
+
+from lightning_superconv.curve import lr_sweep, median_half_width, running_median
+from lightning_superconv.peak import (
+    HIGHEST,
+    MAX_TRIALS,
+    candidates,
+    choose,
+    next_peak,
+    rise_index,
+    start_level,
+    trial_traces,
+)
+from lightning_superconv.schedule import OneCycleConfig
+
+
+def _curve(blow_up_at: int = 80) -> tuple[list[float], list[float]]:
+    """100 exponential steps from 1e-5 to 10: flat, a descent, a floor, then a geometric blow-up."""
+    lrs = lr_sweep(1e-5, 10.0, 100)
+    losses = []
+    for i in range(100):
+        if i < 30:
+            losses.append(2.3)
+        elif i < 70:
+            losses.append(0.5 + 1.8 * (1 + math.cos(math.pi * (i - 30) / 40)) / 2)
+        elif i < blow_up_at:
+            losses.append(0.5)
+        else:
+            losses.append(0.5 * 1.35 ** (i - blow_up_at + 1))
+    return lrs, losses
+
+
+def test_rise_is_where_the_loss_is_back_above_its_start():
+    """Past the floor, the first step whose smoothed loss exceeds the start level: the blow-up, not the floor."""
+    lrs, losses = _curve()
+    smoothed = running_median(losses, 3)
+    rise = rise_index(smoothed, start_level(losses, 3))
+    assert smoothed[rise] > 2.3 >= smoothed[rise - 1]
+    assert 80 < rise < 90
+
+
+def test_rise_falls_back_on_the_last_step_when_the_loss_never_climbs_back():
+    """A sweep that stops (diverged early, or ran out) before the loss is back up reads its last step."""
+    lrs, losses = _curve()
+    cut = losses[:84]
+    assert rise_index(running_median(cut, 3), start_level(cut, 3)) in (len(cut) - 1, 83)
+
+
+def test_start_level_ignores_a_lucky_first_batch():
+    """The start level is the median of the first tenth (at least 7 losses): one low first loss does not move it."""
+    losses = [0.3] + [2.3] * 99
+    assert start_level(losses, 3) == 2.3
+
+
+@pytest.mark.parametrize("rise", [1e-3, 0.8, 40.0])
+def test_ladder_is_a_quarter_a_half_and_an_eighth_of_the_rise(rise):
+    assert candidates(rise) == pytest.approx([rise / 4, rise / 2, rise / 8])
+
+
+def test_search_tries_the_ladder_first():
+    assert next_peak(0.8, [], []) == pytest.approx(0.2)
+    assert next_peak(0.8, [0.2], [0.5]) == pytest.approx(0.4)
+    assert next_peak(0.8, [0.2, 0.4], [0.5, 0.4]) == pytest.approx(0.1)
+
+
+def test_search_stops_when_the_best_is_inside_the_ladder():
+    assert next_peak(0.8, [0.2, 0.4, 0.1], [0.40, 0.45, 0.50]) is None
+
+
+def test_search_climbs_while_the_top_rung_wins_up_to_twice_the_rise():
+    """Best at the top: one rung higher, and again, but never above `HIGHEST` times the rise."""
+    tried, scores = [0.2, 0.4, 0.1], [0.5, 0.4, 0.6]
+    assert next_peak(0.8, tried, scores) == pytest.approx(0.8)
+    assert next_peak(0.8, [*tried, 0.8], [*scores, 0.3]) == pytest.approx(1.6)
+    assert pytest.approx(HIGHEST * 0.8) == 1.6
+    assert next_peak(0.8, [*tried, 0.8, 1.6], [*scores, 0.3, 0.2]) is None  # at the ceiling, and at MAX_TRIALS
+
+
+def test_search_never_climbs_past_a_diverged_trial():
+    """A higher trial that diverged is not best; the search stops rather than climbing further."""
+    assert next_peak(0.8, [0.2, 0.4, 0.1, 0.8], [0.5, 0.4, 0.6, math.inf]) is None
+
+
+def test_search_descends_while_the_bottom_rung_wins():
+    tried, scores = [0.2, 0.4, 0.1], [0.5, 0.6, 0.4]
+    assert next_peak(0.8, tried, scores) == pytest.approx(0.05)
+    assert next_peak(0.8, [*tried, 0.05], [*scores, 0.3]) == pytest.approx(0.025)
+    assert len([*tried, 0.05, 0.025]) == MAX_TRIALS
+    assert next_peak(0.8, [*tried, 0.05, 0.025], [*scores, 0.3, 0.2]) is None
+
+
+def test_verdict_is_the_lowest_held_out_loss_and_says_so():
+    verdict = choose([0.2, 0.4, 0.1], [0.5, 0.45, math.inf], steps=100)
+    assert verdict.index == 1
+    assert "0.1: diverged" in verdict.reason
+    assert "0.4 did best" in verdict.reason
+
+
+def test_verdict_refuses_when_every_trial_diverged():
+    with pytest.raises(ValueError, match="every trial cycle diverged"):
+        choose([0.2, 0.4], [math.inf, math.inf], steps=100)
+
+
+def test_trial_cycle_is_torchs_one_cycle_over_the_trial_steps():
+    """The trial's LR and momentum per step are those of a real `OneCycleLR` of that length, per param group."""
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": 0.05}], lr=0.1, momentum=0.9)
+    traces = trial_traces(optimizer, 0.8, 40, OneCycleConfig(pct_start=0.25))
+    reference_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    reference = OneCycleLR(reference_opt, max_lr=0.8, total_steps=40, pct_start=0.25)
+    lrs, momenta = [], []
+    for _ in range(40):
+        lrs.append(reference_opt.param_groups[0]["lr"])
+        momenta.append(reference_opt.param_groups[0]["momentum"])
+        reference_opt.step()
+        reference.step()
+    assert traces[0].lrs == pytest.approx(lrs)
+    assert traces[0].momenta == pytest.approx(momenta)
+    assert traces[1].lrs == pytest.approx([lr / 2 for lr in lrs])  # the configured ratio between the groups
+    assert optimizer.param_groups[0]["lr"] == 0.1  # the real optimizer is untouched
+
+
+# --------------------------------------------------------------------------- recorded range tests of the pick zoo
+
+RECORDED = json.loads((Path(__file__).parent / "data" / "zoo_range_tests.json").read_text())
+
+
+@pytest.mark.parametrize("case", RECORDED, ids=[f"{c['task']}-seed{c['seed']}" for c in RECORDED])
+def test_search_on_a_recorded_range_test_ends_in_the_known_good_band(case):
+    """Replay the search on a recorded range test with the trial scores recorded in the same run.
+
+    The peak lies where the task's oracle grid scored within a point of its best (the band recorded with it).
+    """
+    lrs, losses = case["lrs"], case["losses"]
+    half_width = median_half_width(100)
+    smoothed = running_median(losses, half_width)
+    rise_lr = lrs[rise_index(smoothed, start_level(losses, half_width))]
+    recorded = {round(t["peak"], 12): t["held_out_loss"] for t in case["trials"]}
+    tried: list[float] = []
+    scores: list[float] = []
+    while (peak := next_peak(rise_lr, tried, scores)) is not None:
+        tried.append(peak)
+        scores.append(recorded[round(peak, 12)])
+    peak = tried[choose(tried, scores, 100).index]
+    low, high = case["good_band"]
+    assert low <= peak <= high, (peak, case["good_band"])
