@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = FashionClassifier(width=args.width)
     logger = TensorBoardLogger(args.log_dir, name="fashion_mnist")
     print(f"TensorBoard logs: {logger.log_dir}  (view with: tensorboard --logdir {args.log_dir})")
-    callbacks: list[L.Callback] = [
-        SuperConvergence(num_steps=args.range_test_steps, trial_steps=args.trial_steps)
-    ]
+    callbacks: list[L.Callback] = [SuperConvergence(num_steps=args.range_test_steps, trial_steps=args.trial_steps)]
     if not args.no_balancer:
         callbacks.append(WeightDecayBalancer())
     trainer = L.Trainer(

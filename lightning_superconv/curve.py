@@ -232,4 +232,3 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
 
 #: How many standard errors of the smoothed curve a fall of the loss must exceed to count (:class:`Descent`).
 CLEAR_FALL = 6.0
-

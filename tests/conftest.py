@@ -20,8 +20,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if missing:
         raise pytest.UsageError(
             f"test dependencies are missing: {', '.join(missing)}. Install them with "
-            "`pip install -e \".[test,examples]\"` (on a machine without a network, carry their wheels: DEVELOPERS.md)."
+            '`pip install -e ".[test,examples]"` (on a machine without a network, carry their wheels: DEVELOPERS.md).'
         )
+
 
 # The models here are tiny, so a second intra-op thread only adds synchronisation; on a busy machine (a CI runner, a
 # benchmark in the background) the spinning threads made every step ten times slower. No result depends on it.

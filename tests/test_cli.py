@@ -12,6 +12,7 @@ from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
 CONFIG = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist_cli.yaml"
 
+
 def _callback_args(class_name: str) -> dict:
     config = yaml.safe_load(CONFIG.read_text())
     (entry,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(class_name)]

@@ -172,6 +172,9 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
     print("\nTargets: mean gap to the oracle >= -0.5 and worst seed >= -1.5; user's own minus ours <= 0; no run "
           "more than 20 below the oracle or NaN; picks within 2x across seeds.")  # fmt: skip
     met_all = True
+    if not any(r["ours"] is not None for r in rows):
+        print("  no `ours` runs of this version of the code yet")
+        return
     for r in rows:
         if r["ours"] is None:
             continue

@@ -97,9 +97,7 @@ def main() -> None:
     model, schedule = Classifier(), Schedule()
     with tempfile.TemporaryDirectory() as tmp:
         trainer(Path(tmp), [schedule]).fit(model)
-    torch.save(
-        {"state_dict": model.state_dict(), "schedule": schedule.rows}, HERE / "v0_1_0_uninterrupted_final.pt"
-    )
+    torch.save({"state_dict": model.state_dict(), "schedule": schedule.rows}, HERE / "v0_1_0_uninterrupted_final.pt")
 
 
 if __name__ == "__main__":
