@@ -138,11 +138,15 @@ def train_run(
     max_lr: float | None = None,
     weight_decay: float | None = None,
     extra_callbacks: list[Any] | None = None,
+    guard: bool = True,
 ) -> dict[str, Any]:
-    """One one-cycle run: ``max_lr`` None runs the range test. Returns accuracies, the max LR used and timings."""
+    """One one-cycle run: ``max_lr`` None runs the range test. Returns accuracies, the max LR used and timings.
+
+    ``guard=False`` trains a plain one-cycle at ``max_lr`` (the oracle grids: a peak too high shows what it does).
+    """
     L.seed_everything(seed, verbose=False)
     model = BenchModule(pair, weight_decay)
-    sc = SuperConvergence(max_lr=max_lr)
+    sc = SuperConvergence(max_lr=max_lr, guard=guard)
     start = time.perf_counter()
     trainer(epochs, [sc, *(extra_callbacks or [])]).fit(model, datamodule=dm)
     seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ Setups: ``example`` is the README's main job (``examples/fashion_mnist.py``: its
 and TensorBoard logging every 10 steps) on a 12,800-image subset for 4 epochs; ``bn_cnn`` is the small BatchNorm CNN
 of ``benchmarks/common.py`` (a fast step, so the hooks weigh most), fp32, logging every step.
 
-Run from the repository root (about 3 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
+Run from the repository root (about 9 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
 
     python -m benchmarks.overhead_benchmark
     python -m benchmarks.overhead_benchmark --report   # the table of the last run, from the cache

@@ -6,10 +6,11 @@ For each pair, one-cycle training runs at every max LR of a fixed log grid (x2 a
 grid point with the best mean *validation* accuracy (5,000 images held out of the training set); every column reports
 mean *test* accuracy. ``lenet_nesterov`` was kept out of every tuning of the pick rule and is reported as held out.
 
-The timing part compares, on one model and the same data in the same process, the wall time of our range test, of
-Lightning's ``Tuner.lr_find`` (100 steps, its default) and of the same number of plain training steps.
+The timing part compares, on one model and the same data in the same process, the wall time of our range test (the
+sweep and the trials), of Lightning's ``Tuner.lr_find`` (100 steps, its default) and of the same number of plain
+training steps.
 
-Run from the repository root (about 25 minutes on 2 CPU cores with an empty cache, 3 with the grid cached)::
+Run from the repository root (about 40 minutes on 2 CPU cores with an empty cache, 15 with the grid cached)::
 
     python -m benchmarks.pick_benchmark            # table + timing
     python -m benchmarks.pick_benchmark --grid-only  # fill the oracle cache only
@@ -39,7 +40,7 @@ def fill_grid(pairs: list[Pair], dm: Any) -> dict[str, Any]:
             for seed in SEEDS:
                 key = f"{pair.name}|{lr:.6g}|{seed}|{TRAIN_SIZE}|{EPOCHS}"
                 if key not in cache:
-                    run = train_run(pair, seed, dm, EPOCHS, max_lr=lr)
+                    run = train_run(pair, seed, dm, EPOCHS, max_lr=lr, guard=False)
                     cache[key] = {k: run[k] for k in ("val_acc", "test_acc")}
                     save_cache(GRID_CACHE, cache)
                     print(f"grid {key}: {cache[key]}", flush=True)
@@ -76,7 +77,7 @@ def lightning_column(pair: Pair, dm: Any) -> list[dict[str, float]]:
         key = f"{pair.name}|{seed}|{TRAIN_SIZE}|{EPOCHS}"
         if key not in cache:
             lr = lightning_suggestion(pair, seed, dm)
-            run = train_run(pair, seed, dm, EPOCHS, max_lr=lr)
+            run = train_run(pair, seed, dm, EPOCHS, max_lr=lr, guard=False)
             cache[key] = {"max_lr": lr, "test_acc": run["test_acc"]}
             save_cache(LIGHTNING_CACHE, cache)
         out.append(cache[key])
@@ -120,7 +121,7 @@ def print_table(rows: list[tuple[Any, ...]]) -> None:
 
 def _fit_seconds(pair: Pair, dm: Any, seed: int, callbacks: list[Any], max_steps: int) -> float:
     L.seed_everything(seed, verbose=False)
-    t = trainer(1, callbacks, max_steps=max_steps)
+    t = trainer(-1, callbacks, max_steps=max_steps)  # as many epochs as the steps need
     start = time.perf_counter()
     t.fit(BenchModule(pair), datamodule=dm)
     return time.perf_counter() - start
@@ -131,16 +132,20 @@ def time_range_tests(dm: Any, pair: Pair, repeats: int = 5) -> dict[str, float]:
 
     Each is measured as a difference to a one-step ``fit`` with the same setup, so the ``Trainer``'s own start-up cost
     cancels: ours = fit(range test + 1 step) - fit(1 step); plain = fit(1 + N steps) - fit(1 step) with N the number of
-    steps our range test ran; Lightning = ``lr_find`` (100 steps, its defaults) - fit(1 step).
+    optimizer steps our range test took (the sweep's and the trials'); Lightning = ``lr_find`` (100 steps, its
+    defaults) - fit(1 step). The trials' held-out evaluations are forward passes on top of those steps.
     """
     from lightning.pytorch.tuner import Tuner
 
-    times: dict[str, list[float]] = {"ours": [], "steps": [], "lightning": [], "plain": []}
+    times: dict[str, list[float]] = {"ours": [], "steps": [], "sweep": [], "lightning": [], "plain": []}
     for repeat in range(repeats):
         base = _fit_seconds(pair, dm, repeat, [SuperConvergence(max_lr=0.05)], 1)
         sc = SuperConvergence()
         times["ours"].append(_fit_seconds(pair, dm, repeat, [sc], 1) - base)
-        steps = len(sc.result.lrs) + sc.result.skipped_steps if sc.result else 0
+        assert sc.result is not None
+        sweep = len(sc.result.lrs) + sc.result.skipped_steps
+        steps = sweep + sc.range_test.trial_steps * len(sc.result.trials)
+        times["sweep"].append(sweep)
         times["steps"].append(steps)
         times["plain"].append(_fit_seconds(pair, dm, repeat, [SuperConvergence(max_lr=0.05)], 1 + steps) - base)
         L.seed_everything(repeat, verbose=False)
@@ -173,7 +178,10 @@ def main() -> None:
         print(f"\nRange-test wall time, {pair.name}, median of 5, same process and data, Trainer start-up subtracted:")
         print("| what | seconds | optimizer steps | per step (ms) |")
         print("|---|---|---|---|")
-        print(f"| SuperConvergence range test | {t['ours']:.2f} | {t['steps']:.0f} | {1000 * per_step_ours:.1f} |")
+        print(
+            f"| SuperConvergence range test (sweep {t['sweep']:.0f} steps, then trials) | {t['ours']:.2f} | "
+            f"{t['steps']:.0f} | {1000 * per_step_ours:.1f} |"
+        )
         print(f"| same number of plain steps | {t['plain']:.2f} | {t['steps']:.0f} | {1e3 * per_step_plain:.1f} |")
         print(f"| Lightning `Tuner.lr_find` (defaults) | {t['lightning']:.2f} | 100 | {10 * t['lightning']:.1f} |")
         print(

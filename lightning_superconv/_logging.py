@@ -19,7 +19,7 @@ SCHEDULE_PREFIX = "superconv"
 
 
 def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
-    """Send the curve (raw and smoothed loss, LR per step), the pick and, where possible, a figure to every logger."""
+    """Send the curve (raw and smoothed loss, LR per step), the trials, the pick and a figure to every logger."""
     if not trainer.loggers:
         return
     for logger in trainer.loggers:
@@ -33,6 +33,14 @@ def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
                 step=step,
             )
         logger.log_metrics({f"{RANGE_TEST_PREFIX}/max_lr": result.max_lr}, step=result.pick_index)
+        for order, trial in enumerate(result.trials):  # one point per trial, in the order they were tried
+            logger.log_metrics(
+                {
+                    f"{RANGE_TEST_PREFIX}/trial_peak": trial["peak"],
+                    f"{RANGE_TEST_PREFIX}/trial_loss": trial["held_out_loss"],
+                },
+                step=order,
+            )
     if trainer.is_global_zero:
         _add_figure(trainer, result)
     for logger in trainer.loggers:

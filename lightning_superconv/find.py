@@ -60,7 +60,7 @@ def find_max_lr(
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
             unless given here.
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
-            ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``.
+            ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``.
 
     Raises:
         TypeError: if ``range_test`` holds an argument that is not a range-test argument.

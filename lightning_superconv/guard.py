@@ -34,7 +34,7 @@ from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
 from lightning_superconv.snapshot import Snapshot, capture
 
-#: A rescue halves the peak for the rest of the cycle.
+#: A rescue lowers the peak to a quarter for the rest of the cycle.
 LOWER_BY = 0.25
 
 

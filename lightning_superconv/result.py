@@ -49,11 +49,12 @@ class RangeTestResult:
         return cls(**known)
 
     def plot(self, ax: Any = None, show_pick: bool = True) -> Any:
-        r"""Draw loss against LR (log axis) with the pick marked; returns the matplotlib ``Figure``.
+        r"""Draw loss against LR (log axis) with the reading marked; returns the matplotlib ``Figure``.
 
         Args:
             ax: an existing matplotlib ``Axes`` to draw on; a new figure is made when None.
-            show_pick: mark the picked maximum LR.
+            show_pick: mark where the loss rose back, the peaks tried (their held-out losses are in ``pick_reason``)
+                and the picked maximum LR.
 
         Raises:
             ModuleNotFoundError: if matplotlib is not installed (``pip install lightning-superconv[examples]``).
@@ -73,6 +74,12 @@ class RangeTestResult:
         ax.plot(self.lrs, self.losses, color="0.75", linewidth=1, label="loss")
         ax.plot(self.lrs, self.smoothed, color="C0", linewidth=2, label="smoothed")
         if show_pick:
+            if 0 <= self.pick_index < len(self.lrs):
+                rise = self.lrs[self.pick_index]
+                ax.axvline(rise, color="0.45", linestyle="-.", linewidth=1, label=f"loss rose back: {rise:.3g}")
+            for order, trial in enumerate(sorted(self.trials, key=lambda t: t["peak"])):
+                label = "peaks tried" if order == 0 else None
+                ax.axvline(trial["peak"], color="C2", linestyle=":", linewidth=1.5, label=label)
             ax.axvline(self.max_lr, color="C3", linestyle="--", label=f"max_lr = {self.max_lr:.3g}")
         ax.set_xscale("log")
         finite = [loss for loss in self.smoothed if loss == loss]

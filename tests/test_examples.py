@@ -92,3 +92,21 @@ def test_cifar10_readme_command_runs_as_written(tmp_path, monkeypatch):
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CIFAR-10 resnet9: test accuracy" in done.stdout
+
+
+def test_readme_lists_how_ci_checks_each_of_its_commands(capsys):
+    """Every README command is known to CI's checker, and the development section shows the checker's own lists."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("readme_commands", root / ".ci" / "readme_commands.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    commands = checker.readme_commands()
+    assert "python -m pytest" in commands
+    assert set(commands) <= set(checker.COMMANDS), set(commands) - set(checker.COMMANDS)
+    checker.print_lists()
+    lists = capsys.readouterr().out.strip()
+    assert lists.count("\n- ") >= len(set(commands))
+    assert lists in (root / "README.md").read_text()

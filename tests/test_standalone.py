@@ -128,8 +128,9 @@ def test_trainer_kwargs_reach_the_trainer():
 
 
 def test_plot_draws_the_curve_and_the_pick():
-    """``result.plot()`` returns a figure with a log LR axis, the raw and smoothed curves, and the pick marked."""
-    matplotlib = pytest.importorskip("matplotlib")
+    """``result.plot()``: a log LR axis, the raw and smoothed curves, the rise, the peaks tried and the pick marked."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -143,6 +144,10 @@ def test_plot_draws_the_curve_and_the_pick():
         assert list(lines["smoothed"].get_ydata()) == result.smoothed
         pick = next(line for label, line in lines.items() if label.startswith("max_lr"))
         assert pick.get_xdata()[0] == result.max_lr
+        rise = next(line for label, line in lines.items() if label.startswith("loss rose back"))
+        assert rise.get_xdata()[0] == result.lrs[result.pick_index]
+        tried = [line.get_xdata()[0] for line in ax.get_lines() if line.get_color() == lines["peaks tried"].get_color()]
+        assert sorted(tried) == sorted(t["peak"] for t in result.trials)
     finally:
         plt.close(fig)
 

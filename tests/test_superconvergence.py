@@ -570,12 +570,15 @@ def test_result_plot_returns_a_matplotlib_figure():
 
     lrs = lr_sweep(1e-4, 1.0, 10)
     losses = [2.3, 2.2, 2.0, 1.5, 1.0, 0.8, 0.7, 0.9, 2.0, 9.0]
-    result = RangeTestResult(lrs, losses, losses, lrs[6], 6, "test", "diverged")
+    trials = [{"peak": lrs[8] * f, "held_out_loss": loss} for f, loss in ((0.25, 0.6), (0.5, 0.5), (0.125, 0.7))]
+    result = RangeTestResult(lrs, losses, losses, lrs[8] * 0.5, 8, "test", "diverged", trials=trials)
     figure = result.plot()
     assert isinstance(figure, Figure)
     (ax,) = figure.axes
     assert ax.get_xscale() == "log"
-    assert len(ax.lines) == 3  # raw, smoothed, pick
+    assert len(ax.lines) == 7  # raw, smoothed, where the loss rose back, three trials, the pick
+    marked = sorted(line.get_xdata()[0] for line in ax.lines[2:])
+    assert marked == sorted([lrs[8], *(t["peak"] for t in trials), result.max_lr])
 
 
 def test_result_survives_a_dict_round_trip():

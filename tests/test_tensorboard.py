@@ -57,6 +57,18 @@ def test_pick_is_logged_at_its_step(run):
     assert values[0] == np.float32(result.max_lr)
 
 
+def test_trials_are_logged_in_the_order_tried(run):
+    """``lr_range_test/trial_peak`` and ``trial_loss``: one point per trial, the peak and its held-out loss."""
+    result = run["sc"].result
+    assert len(result.trials) >= 3
+    steps, peaks = _series(run["events"], "lr_range_test/trial_peak")
+    _, losses = _series(run["events"], "lr_range_test/trial_loss")
+    assert steps == list(range(len(result.trials)))
+    np.testing.assert_array_equal(peaks, np.array([t["peak"] for t in result.trials], dtype=np.float32))
+    np.testing.assert_array_equal(losses, np.array([t["held_out_loss"] for t in result.trials], dtype=np.float32))
+    assert result.max_lr in [t["peak"] for t in result.trials]
+
+
 def test_range_test_figure_is_an_image(run):
     """The loss-vs-LR figure is in the event file as the image ``lr_range_test/curve``."""
     (image,) = run["events"].Images("lr_range_test/curve")

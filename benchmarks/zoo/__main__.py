@@ -3,10 +3,12 @@
 For each task of ``benchmarks/zoo/tasks.py`` and each seed (its own initial weights and data order), this trains:
 the oracle (one cycle at every max LR of the task's fixed x2 grid; the table's oracle is the grid point with the best
 mean validation score), the user's own setup (the source's optimizer and LR, constant, same steps), one cycle at
-Lightning's ``lr_find`` suggestion, ``SuperConvergence()``, Prodigy and Schedule-Free (see ``methods.py``). Every
+Lightning's ``lr_find`` suggestion, ``SuperConvergence()``, the same without its trials, Prodigy and Schedule-Free
+(see ``methods.py``). Every
 column reports the mean *test* score over seeds (higher is better: accuracy %, R² x 100, next-character accuracy %);
 a diverged run counts as the score of predicting nothing (R² 0 for regression). Every run is cached in
-``benchmarks/results/zoo/<task>.json`` as it finishes; ``ours`` runs are cached per version of the package's code.
+``benchmarks/results/zoo/<task>.json`` as it finishes; the runs of our methods are cached per version of the
+package's code.
 
 The held-out half (``tasks.HELD_OUT``) was named before the pick rule was changed and is never used to tune it.
 
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.zoo.methods import METHODS, code_fingerprint, run
+from benchmarks.zoo.methods import METHODS, OUR_METHODS, code_fingerprint, run
 from benchmarks.zoo.tasks import HELD_OUT, TASKS, TUNING, Task
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "zoo"
@@ -59,8 +61,8 @@ def keys(task: Task, method: str, seed: int, fingerprint: str) -> list[tuple[str
     """The cache keys (and max LRs) of one method and seed."""
     if method == "oracle":
         return [(f"oracle|{lr:g}|{seed}", lr) for lr in task.grid]
-    if method == "ours":
-        return [(f"ours|{fingerprint}|{seed}", None)]
+    if method in OUR_METHODS:
+        return [(f"{method}|{fingerprint}|{seed}", None)]
     return [(f"{method}|{seed}", None)]
 
 
@@ -119,7 +121,7 @@ def row(task: Task, cache: dict[str, Any], seeds: tuple[int, ...], fingerprint: 
     best_lr, oracle_scores = best
     out: dict[str, Any] = {"task": task, "oracle_lr": best_lr, "oracle": oracle_scores}
     out["edge"] = best_lr in (task.grid[0], task.grid[-1])
-    for method in ("user", "lightning", "prodigy", "schedulefree", "ours"):
+    for method in ("user", "lightning", "prodigy", "schedulefree", "ours", "sweep_only"):
         runs = [cache.get(keys(task, method, seed, fingerprint)[0][0]) for seed in seeds]
         if any(r is None for r in runs):
             out[method] = None
@@ -213,6 +215,28 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
             print(f"  ours minus {method}: mean {mean:+.2f} over {len(diffs)} tasks, ahead on {wins}")
 
 
+def print_trials(rows: list[dict[str, Any]]) -> None:
+    """What the trials buy: ``SuperConvergence()`` against ``SuperConvergence(trial_steps=0)``.
+
+    Their cost in time is measured apart, in one process (``benchmarks/pick_benchmark.py``).
+    """
+    pairs = [r for r in rows if r["ours"] is not None and r.get("sweep_only") is not None]
+    if not pairs:
+        return
+    print("\nTrials against the sweep alone (trial_steps=0: a quarter of the LR where the loss rose back); test score")
+    print("| task | sweep alone: max_lr (span) | sweep alone | with trials | with trials minus sweep alone |")
+    print("|---|---|---|---|---|")
+    diffs = []
+    for r in pairs:
+        lrs = [lr for lr in r["sweep_only_lr"] if lr]
+        diffs.append(statistics.fmean(r["ours"]) - statistics.fmean(r["sweep_only"]))
+        print(
+            f"| {r['task'].name} | {statistics.geometric_mean(lrs):.3g} ({max(lrs) / min(lrs):.1f}x) | "
+            f"{_fmt(r['sweep_only'])} | {_fmt(r['ours'])} | {diffs[-1]:+.2f} |"
+        )
+    print(f"  trials minus sweep alone: mean {statistics.fmean(diffs):+.2f}, ahead on {sum(d > 0 for d in diffs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
@@ -242,6 +266,7 @@ def main() -> None:
         print_table(rows, f"Pick zoo, {half}")
         print_targets(rows)
         print_summary(rows)
+        print_trials(rows)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The methods the zoo compares, each one training run of a task and seed, scored on validation and test.
 
-- ``oracle``: one cycle at a fixed max LR (``SuperConvergence(max_lr=...)``, no range test), one run per grid point;
-  the table's oracle is the grid point with the best mean validation score.
+- ``oracle``: one cycle at a fixed max LR (``SuperConvergence(max_lr=..., guard=False)``: no range test, and no
+  divergence guard, so a peak too high shows as what it does to a plain one-cycle), one run per grid point; the
+  table's oracle is the grid point with the best mean validation score.
 - ``user``: the optimizer the task's source configures, at its LR, held constant over the same steps.
-- ``lightning``: one cycle at the suggestion of Lightning's ``Tuner.lr_find`` with its defaults.
-- ``ours``: ``SuperConvergence()`` with its defaults, given the task's validation split as a user would give it to
-  ``fit`` (its peak trials score on it; no validation loop runs during training).
+- ``lightning``: one cycle at the suggestion of Lightning's ``Tuner.lr_find`` with its defaults (no guard either).
+- ``ours``: ``SuperConvergence()`` with its defaults (the guard on), given the task's validation split as a user would
+  give it to ``fit`` (its peak trials score on it; no validation loop runs during training).
+- ``sweep_only``: ``SuperConvergence(trial_steps=0)``: the range test without its trials (the peak is a quarter of the
+  LR where the loss rose back): what the trials buy, and what they cost.
 - ``prodigy``: ``prodigyopt.Prodigy`` as its README recommends (``lr=1.0``, decoupled weight decay, cosine annealing
   over the run).
 - ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (lr 0.0025, its default) for tasks configured with an adaptive
@@ -32,17 +35,27 @@ from lightning.pytorch.callbacks import Callback
 from benchmarks.zoo.tasks import SupervisedModule, Task
 from lightning_superconv import SuperConvergence
 
-METHODS = ("oracle", "user", "lightning", "ours", "prodigy", "schedulefree")
+METHODS = ("oracle", "user", "lightning", "ours", "prodigy", "schedulefree", "sweep_only")
+#: The methods whose runs depend on this package's code: cached per code fingerprint.
+OUR_METHODS = ("ours", "sweep_only")
+
+
+#: Files that present results and never touch the model, its data or its optimizer: the version string, the logging of
+#: curves and schedules, and the range-test record with its figure. Editing them keeps the ``ours`` cache valid.
+PRESENTATION = frozenset({"__about__.py", "_logging.py", "result.py"})
 
 
 def code_fingerprint() -> str:
     r"""A short hash of what the package's code does: an ``ours`` run is cached per version of the code that picked it.
 
-    Read from the syntax tree with docstrings dropped, so editing a docstring or a comment keeps the cache valid.
+    Read from the syntax tree with docstrings dropped, so editing a docstring or a comment keeps the cache valid; the
+    files in :data:`PRESENTATION` are left out.
     """
     root = Path(__file__).resolve().parents[2] / "lightning_superconv"
     digest = hashlib.sha1()
     for path in sorted(root.glob("*.py")):
+        if path.name in PRESENTATION:
+            continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
@@ -120,9 +133,11 @@ def run(task: Task, method: str, seed: int, max_lr: float | None = None) -> dict
     callbacks: list[Any] = []
     sc = None
     if method in ("oracle", "lightning"):
-        sc = SuperConvergence(max_lr=max_lr)
+        sc = SuperConvergence(max_lr=max_lr, guard=False)
     elif method == "ours":
         sc = SuperConvergence()
+    elif method == "sweep_only":
+        sc = SuperConvergence(trial_steps=0)
     elif method == "prodigy":
         from prodigyopt import Prodigy
 
