@@ -7,13 +7,15 @@ the cycle runs at a quarter of the peak (the same shape, lower; a quarter becaus
 several times too high, and too low costs little while too high costs the run), the LR climbs back from where the
 restored weights were trained over as many steps as it took to get there, and training goes on.
 
-"Clearly diverged", so that the noise of ordinary training never triggers it: the training loss is NaN/inf; or its
-moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training started,
-or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back above
-where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
-to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it (a network that
-died at once, its loss flat at the start). The README's guard section gives the false alarms measured on the pick
-zoo.
+"Clearly diverged", chosen so that the noise of ordinary training does not trigger it: the training loss is NaN/inf; or
+its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training
+started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back
+above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
+to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it (a network that died
+at once, its loss flat at the start). Measured on the pick zoo (the README's guard section): of 232 runs that end well
+without the guard it fired in 16, 14 of which ended better for it (runs at 2-8x their best peak whose loss did blow up),
+and two worse (a ShuffleNet with RMSprop whose loss spiked and recovered on its own, at most -4.9 points); the other 216
+ended bit-identical.
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started

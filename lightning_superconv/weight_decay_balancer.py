@@ -1,7 +1,7 @@
 r"""The ``WeightDecayBalancer`` callback: weight decay set from the LR schedule that will actually run.
 
 Thin hooks over :mod:`lightning_superconv.weight_decay` (the maths), :mod:`lightning_superconv.weight_decay_grid`
-(planning the grid) and :mod:`lightning_superconv.grid_runner` (running it).
+(planning the grid) and :mod:`lightning_superconv.branches` (running it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@ r"""Pure planning of the weight-decay grid.
 
 Which ``λ`` to try, how long each branch runs, when not to run at all, and which result to adopt.
 
-No ``Trainer`` here: :mod:`lightning_superconv.grid_runner` runs the branches this module plans, and the
+No ``Trainer`` here: :mod:`lightning_superconv.branches` runs the branches this module plans, and the
 ``WeightDecayBalancer`` callback adopts what :func:`guarded_pick` decides.
 """
 
