@@ -27,7 +27,8 @@ MAIN_EXAMPLE = (
 COMMANDS: dict[str, tuple[str, str, str]] = {
     MAIN_EXAMPLE: (
         "short",
-        "python examples/fashion_mnist.py --epochs 1 --train-size 2000 --val-size 500 --log-dir {tmp}",
+        "python examples/fashion_mnist.py --epochs 1 --train-size 2000 --val-size 500 --width 8 --trial-steps 50 "
+        "--log-dir {tmp}",
         "9 epochs take 10-15 minutes on 2 CPU cores; the installs are the environment CI has already built",
     ),
     'pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[test,examples]" && python -m pytest': (
@@ -81,9 +82,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "python examples/cifar10_resnet.py --fake-data --epochs 1 --accelerator cpu": ("exact", "", "about 20 s"),
     "python examples/fashion_mnist.py": (
-        "short",
-        "python examples/fashion_mnist.py --epochs 1 --train-size 2000 --val-size 500 --log-dir {tmp}",
-        "the main example again (TensorBoard section)",
+        "help",
+        "python examples/fashion_mnist.py --help",
+        "the main example again (TensorBoard section), 10-15 minutes: its shortened run above prints the log path",
     ),
     "tensorboard --logdir lightning_logs": ("help", "tensorboard --help", "starts a server that runs until stopped"),
     "python -m pytest": ("exact", "", "CI's test phase itself"),
