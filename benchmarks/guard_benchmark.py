@@ -154,35 +154,33 @@ def _mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f}" if values else "-"
 
 
+def _off_on_row(cache: dict[str, Any], key: str, label: str) -> str | None:
+    """One table row from the 3 seeds' guard-off and guard-on runs cached under ``key`` (None while any is missing)."""
+    rows = {g: [cache.get(key.format(guard=g, seed=s)) for s in SEEDS] for g in (False, True)}
+    if any(r is None for rs in rows.values() for r in rs):
+        return None
+    off, on = rows[False], rows[True]
+    rescues = statistics.fmean(len(r["rescues"]) for r in on)
+    time_ratio = statistics.fmean(r["seconds"] for r in on) / statistics.fmean(r["seconds"] for r in off)
+    off_test, on_test = _mean([r["test"] for r in off]), _mean([r["test"] for r in on])
+    return f"| {label} | {off_test} | {on_test} | {rescues:.1f} | {time_ratio:.2f} |"
+
+
 def print_tables(cache: dict[str, Any]) -> None:
     print("\nPeaks too high: test score (mean of 3 seeds), guard off -> on; rescues (mean), extra wall time on / off")
     print("| run | best peak | x | guard off | guard on | rescues | wall time on / off |")
     print("|---|---|---|---|---|---|---|")
+    lines = []
     for name in GUARD_TASKS:
         best = oracle(TASKS[name], load_zoo(TASKS[name]), SEEDS)
+        peak = f"{best[0]:.3g}" if best else "-"
         for factor in FACTORS:
-            rows = {g: [cache.get(f"high|{name}|{factor:g}|{g}|{s}") for s in SEEDS] for g in (False, True)}
-            if any(r is None for rs in rows.values() for r in rs):
-                continue
-            off, on = rows[False], rows[True]
-            rescues = statistics.fmean(len(r["rescues"]) for r in on)
-            time_ratio = statistics.fmean(r["seconds"] for r in on) / statistics.fmean(r["seconds"] for r in off)
-            peak = f"{best[0]:.3g}" if best else "-"
-            print(
-                f"| {name} | {peak} | {factor:g} | {_mean([r['test'] for r in off])} | {_mean([r['test'] for r in on])}"
-                f" | {rescues:.1f} | {time_ratio:.2f} |"
-            )
-    for row in ISSUE_RUNS:
-        rows = {g: [cache.get(f"issue|{row}|{g}|{s}") for s in SEEDS] for g in (False, True)}
-        if any(r is None for rs in rows.values() for r in rs):
-            continue
-        off, on = rows[False], rows[True]
-        rescues = statistics.fmean(len(r["rescues"]) for r in on)
-        time_ratio = statistics.fmean(r["seconds"] for r in on) / statistics.fmean(r["seconds"] for r in off)
-        print(
-            f"| {row} | - | - | {_mean([r['test'] for r in off])} | {_mean([r['test'] for r in on])} | "
-            f"{rescues:.1f} | {time_ratio:.2f} |"
-        )
+            key = f"high|{name}|{factor:g}|{{guard}}|{{seed}}"
+            lines.append(_off_on_row(cache, key, f"{name} | {peak} | {factor:g}"))
+    lines += [_off_on_row(cache, f"issue|{row}|{{guard}}|{{seed}}", f"{row} | - | -") for row in ISSUE_RUNS]
+    for line in lines:
+        if line is not None:
+            print(line)
     alarms = {k: v for k, v in cache.items() if k.startswith("alarm|")}
     if alarms:
         fired = [k for k, v in alarms.items() if v["rescues"]]

@@ -44,6 +44,25 @@ def check_number(
         raise ValueError(f"`{name}` must be in {interval}, got {value}")
 
 
+def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: str = "") -> None:
+    r"""Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= ``low`` (or 0, where ``zero_means``).
+
+    Example::
+
+        >>> check_integer("trial_steps", 0, low=50, zero_means="no trials")
+        >>> check_integer("trial_steps", 20, low=50, zero_means="no trials")
+        Traceback (most recent call last):
+        ...
+        ValueError: `trial_steps` must be 0 (no trials) or an integer >= 50, got 20
+    """
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if integer and (value >= low or (zero_means and value == 0)):
+        return
+    zero = f"0 ({zero_means}) or " if zero_means else ""
+    reason = f" ({why})" if why else ""
+    raise ValueError(f"`{name}` must be {zero}an integer >= {low}{reason}, got {value!r}")
+
+
 def check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
     """``value`` as a 2-tuple, or a ``TypeError`` naming ``name`` and saying what a pair must hold (``what``)."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:

@@ -74,7 +74,7 @@ class DivergenceGuard:
         self.refresh_every = refresh_every
         self.snapshot: Snapshot | None = None
         self.snapshot_step = -1
-        self._snapshot_stats: tuple[float, float, float, int] | None = None
+        self._snapshot_stats: tuple[float, int, float] | None = None  # average, count, best at the snapshot
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -195,14 +195,17 @@ class DivergenceGuard:
 
     # ------------------------------------------------------------------------------------------------ acting
 
+    def refresh_due(self, step: int) -> bool:
+        """Whether a snapshot is due at ``step``: none yet, or ``refresh_every`` steps since the last one."""
+        return self.snapshot is None or step - self.snapshot_step >= self.refresh_every
+
     def refresh(self, step: int, module: torch.nn.Module, optimizer: Any, scaler: Any = None) -> bool:
         """Take a new snapshot if one is due and the loss is healthy; return whether one was taken."""
-        due = self.snapshot is None or step - self.snapshot_step >= self.refresh_every
-        if not due or (self.snapshot is not None and not self.healthy()):
+        if not self.refresh_due(step) or (self.snapshot is not None and not self.healthy()):
             return False
         self.snapshot = capture(module, optimizer, scaler, everything=False)
         self.snapshot_step = step
-        self._snapshot_stats = (self.average, float(self.count), self.best, int(self._nonfinite))
+        self._snapshot_stats = (self.average, self.count, self.best)
         return True
 
     def roll_back(self) -> int:
@@ -210,8 +213,7 @@ class DivergenceGuard:
         assert self.snapshot is not None
         self.snapshot.restore()
         assert self._snapshot_stats is not None
-        self.average, count, self.best, _ = self._snapshot_stats
-        self.count = int(count)
+        self.average, self.count, self.best = self._snapshot_stats
         self._nonfinite = False
         if self._device_sum is not None:
             self._device_sum.zero_()
@@ -244,13 +246,14 @@ class GuardedCycle:
     Args:
         scheduler: the installed one-cycle; a rescue scales its remaining LRs by :data:`LOWER_BY`.
         max_rescues: rescues allowed; one more divergence stops training with an error.
+        rescued: rescues already made in this run (a resume), counted against ``max_rescues``.
     """
 
-    def __init__(self, guard: DivergenceGuard, scheduler: Any, max_rescues: int) -> None:
+    def __init__(self, guard: DivergenceGuard, scheduler: Any, max_rescues: int, rescued: int = 0) -> None:
         self.guard = guard
         self.scheduler = scheduler
         self.max_rescues = max_rescues
-        self.rescues: list[Rescue] = []
+        self.rescued = rescued
         self._last_step = -1
         self._scale: float | None = None
         self._halvings = 0
@@ -303,11 +306,10 @@ class GuardedCycle:
         if strategy.reduce_boolean_decision(reason is not None, all=False):
             # every rank records the same words: rank 0's (or, where its loss looked fine, that another's did not)
             reason = strategy.broadcast(reason or "another rank's loss diverged", src=0)
-            if len(self.rescues) >= self.max_rescues:
+            if self.rescued >= self.max_rescues:
                 return None, reason
             return self._rescue(trainer, step, reason), None
-        due = self.guard.snapshot is None or step - self.guard.snapshot_step >= self.guard.refresh_every
-        if due and strategy.reduce_boolean_decision(self.guard.healthy(), all=True):
+        if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(self.guard.healthy(), all=True):
             self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
         return None, None
 
@@ -343,10 +345,9 @@ class GuardedCycle:
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
         self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
         self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
-        rescue = Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)
-        self.rescues.append(rescue)
+        self.rescued += 1
         self._scale, self._halvings = None, 0
-        return rescue
+        return Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)
 
 
 def _warmup_end(scheduler: Any) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_superconv import _compat
-from lightning_superconv._validation import check_choice, check_number, check_pair
+from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
 from lightning_superconv.branches import Branch, HeldOutBatches, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
@@ -68,22 +68,16 @@ class RangeTestConfig:
         check_number("lr_range[1]", end, low=0.0)
         if start >= end:
             raise ValueError(f"`lr_range` must rise: start < end, got start={start} and end={end}")
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < MIN_STEPS:
-            raise ValueError(
-                f"`num_steps` must be an integer >= {MIN_STEPS} (fewer range-test steps cannot show the loss fall, "
-                f"level off and rise), got {self.num_steps!r}"
-            )
+        check_integer(
+            "num_steps",
+            self.num_steps,
+            MIN_STEPS,
+            why="fewer range-test steps cannot show the loss fall, level off and rise",
+        )
         check_choice("mode", self.mode, ("exponential", "linear"))
         check_number("divergence_threshold", self.divergence_threshold, low=1.0)
         check_number("smoothing", self.smoothing, low=0.0, high=1.0, low_inclusive=True)
-        if (
-            isinstance(self.trial_steps, bool)
-            or not isinstance(self.trial_steps, int)
-            or not (self.trial_steps == 0 or self.trial_steps >= MIN_TRIAL_STEPS)
-        ):
-            raise ValueError(
-                f"`trial_steps` must be 0 (no trials) or an integer >= {MIN_TRIAL_STEPS}, got {self.trial_steps!r}"
-            )
+        check_integer("trial_steps", self.trial_steps, MIN_TRIAL_STEPS, zero_means="no trials")
         object.__setattr__(self, "lr_range", (float(start), float(end)))
         object.__setattr__(self, "divergence_threshold", float(self.divergence_threshold))
         object.__setattr__(self, "smoothing", float(self.smoothing))

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_range_test
-from lightning_superconv._validation import check_bool, check_number, check_state_version
+from lightning_superconv._validation import check_bool, check_integer, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
 from lightning_superconv.guard import LOWER_BY, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
@@ -137,8 +137,7 @@ class SuperConvergence(_compat.Callback):
         check_number("max_lr", max_lr, low=0.0, allow_none=True)
         check_bool("log_schedule", log_schedule)
         check_bool("guard", guard)
-        if isinstance(max_rescues, bool) or not isinstance(max_rescues, int) or max_rescues < 0:
-            raise ValueError(f"`max_rescues` must be an integer >= 0, got {max_rescues!r}")
+        check_integer("max_rescues", max_rescues, 0)
         self.range_test = RangeTestConfig(lr_range, num_steps, mode, divergence_threshold, smoothing, trial_steps)
         self.cycle = OneCycleConfig(
             pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, div_factor, final_div_factor,
@@ -258,10 +257,9 @@ class SuperConvergence(_compat.Callback):
         self.total_steps = int(self._scheduler.total_steps)
         self._group_count = len(self._scheduler.optimizer.param_groups)
         if self.guard:
-            self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues)
+            self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues, len(self.rescues))
             if self._guard_state is not None:
                 self._watch.load_state_dict(self._guard_state)
-            self._watch.rescues = [Rescue(**r) for r in self.rescues]
             self._watch.start(trainer, pl_module, self._scheduler.optimizer)
         if not self._restored:
             return
@@ -407,8 +405,6 @@ class SuperConvergence(_compat.Callback):
         assert self.max_lr is not None
         self.max_lr *= LOWER_BY
         self.rescues.append(asdict(rescue))
-        if self._watch is not None:
-            self._watch.rescues = [Rescue(**r) for r in self.rescues]
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the loss diverged at step {rescue.step} ({rescue.reason}); rolled back to the "
