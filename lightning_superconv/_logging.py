@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from lightning_superconv import _compat
@@ -86,8 +87,9 @@ class ScheduleLogger:
     r"""Logs the schedule at the trainer's logging cadence (``log_every_n_steps``), as ``LearningRateMonitor`` does.
 
     On logging steps, one call per logger: ``log_metrics``, or for TensorBoard one event that holds all the step's
-    scalars (the same tags and values ``log_metrics`` would write, in a third of the time for three). On other steps
-    it only asks whether this step logs. The loggers are looked up once, when the callback installs it at fit start.
+    scalars (the same tags and values ``log_metrics`` would write, in a third of the time for three). That event is
+    built once and refilled at each logging step (building it costs more than writing it). On other steps it only
+    asks whether this step logs. The loggers are looked up once, when the callback installs it at fit start.
 
     Args:
         all_groups: log the weight decay of every param group, not only the first.
@@ -101,6 +103,9 @@ class ScheduleLogger:
         writers = [_compat.tensorboard_event_writer(lg) if trainer.is_global_zero else None for lg in loggers]
         self.event_writers = [w for w in writers if w is not None]
         self.loggers = [lg for lg, w in zip(loggers, writers, strict=True) if w is None]
+        self._event = Event()
+        self._tags: tuple[str, ...] = ()
+        self._slots: list[Any] = []  # the event's summary values, one per tag
 
     def log(self, trainer: _compat.Trainer) -> None:
         """Send the values to every logger if this step is a logging step."""
@@ -111,6 +116,17 @@ class ScheduleLogger:
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
         if self.event_writers:
-            summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+            event = self._event_of(values)
             for writer in self.event_writers:
-                writer.add_summary(summary, global_step=step)
+                writer.add_event(event, step=step)  # stamps the step and the wall time, and writes it out now
+
+    def _event_of(self, values: dict[str, float]) -> Event:
+        """The one TensorBoard event of this step's scalars: the event built for these tags, holding these values."""
+        tags = tuple(values)
+        if tags != self._tags:  # the first logging step, or a param group was added
+            self._event = Event(summary=Summary(value=[Summary.Value(tag=tag) for tag in tags]))
+            self._tags = tags
+            self._slots = list(self._event.summary.value)
+        for slot, value in zip(self._slots, values.values(), strict=True):
+            slot.simple_value = value
+        return self._event

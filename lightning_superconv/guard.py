@@ -19,9 +19,11 @@ ended bit-identical.
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started
-and its average within 1.5 times its best), so the snapshot predates a blow-up by at least one check. No GPU-to-CPU
-synchronization per step: on an accelerator the average and a NaN flag are kept on the device and read every
-``check_every`` steps; on the CPU the loss is read as it comes.
+and its average within 1.5 times its best), so the snapshot predates a blow-up by at least one check; a refresh copies
+into the snapshot's own tensors (no new memory). Nothing is read per step: each step's loss is kept as it comes (on
+its device), and every ``check_every`` steps the kept losses are read in one transfer and judged one by one, in order,
+exactly as if each had been judged at its own step; the guard acts at that check, at most ``check_every - 1`` steps
+after the loss that diverged. The same on every device, and no GPU-to-CPU synchronization between checks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
-from lightning_superconv.snapshot import Snapshot, capture
+from lightning_superconv.snapshot import Snapshot, recapture
 
 #: A rescue lowers the peak to a quarter for the rest of the cycle.
 LOWER_BY = 0.25
@@ -61,7 +63,7 @@ class DivergenceGuard:
     Args:
         threshold: the moving average may rise to this many times its best before it counts as diverged (> 1).
         window: the moving average's span in steps (its EMA factor is ``1 - 1/window``).
-        check_every: how often the device-side average and NaN flag are read (accelerators only).
+        check_every: how often, in optimizer steps, the kept losses are read and judged.
         refresh_every: how often the snapshot is refreshed while the loss is healthy.
     """
 
@@ -75,6 +77,9 @@ class DivergenceGuard:
         self.snapshot: Snapshot | None = None
         self.snapshot_step = -1
         self._snapshot_stats: tuple[float, int, float] | None = None  # average, count, best at the snapshot
+        # losses kept since the last check, with their steps; a resumed run's come back as plain numbers
+        self._kept: list[torch.Tensor | float] = []
+        self._kept_steps: list[int] = []
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -82,9 +87,6 @@ class DivergenceGuard:
         self.count = 0
         self.best = math.inf
         self.start = math.nan
-        self._device_sum: torch.Tensor | None = None
-        self._device_nonfinite: torch.Tensor | None = None
-        self._device_count = 0
         self._nonfinite = False
 
     # ------------------------------------------------------------------------------------------------ watching
@@ -94,52 +96,36 @@ class DivergenceGuard:
         """The debiased moving average of the loss (NaN before the first step)."""
         return self.average / (1 - self.beta**self.count) if self.count else math.nan
 
-    def observe(self, loss: torch.Tensor, device_side: bool | None = None) -> bool:
-        r"""Feed one optimizer step's loss; return True when this step is a check (the caller then decides).
+    def keep(self, loss: torch.Tensor, step: int) -> None:
+        """Keep one optimizer step's loss where it is (no transfer, no copy) until the next :meth:`read_kept`."""
+        self._kept.append(loss.detach() if loss.requires_grad else loss)
+        self._kept_steps.append(step)
 
-        On the CPU every step is a check. On an accelerator the loss stays on the device: the raw average and a
-        non-finite flag are accumulated there, and every ``check_every`` steps they are read in one transfer.
-        ``device_side`` forces one way or the other (None: by the loss's device).
+    def read_kept(self) -> list[tuple[int, float]]:
+        """The kept losses as ``(step, value)`` in the order they came, read in one transfer; the keep empties."""
+        kept, steps = self._kept, self._kept_steps
+        self._kept, self._kept_steps = [], []
+        if not kept:
+            return []
+        values: list[float] | None = None
+        if all(isinstance(loss, torch.Tensor) for loss in kept):
+            try:
+                stacked = torch.stack(kept)  # type: ignore[arg-type]
+            except RuntimeError:  # losses of different shapes or devices: one by one
+                stacked = None
+            if stacked is not None and stacked.numel() == len(kept):
+                values = stacked.reshape(-1).tolist()
+        if values is None:
+            values = [float(loss) for loss in kept]  # a resumed run's numbers; a loss of several elements raises
+        return list(zip(steps, values, strict=True))
+
+    def add(self, value: float, forgive_nonfinite: bool = False) -> None:
+        """Take one step's loss into the moving average, the start and the best (NaN/inf is flagged, not averaged).
+
+        ``forgive_nonfinite``: a NaN/inf loss is not flagged either (the gradient scaler skipped that step).
         """
-        loss = loss.detach()
-        if device_side is None:
-            device_side = loss.device.type != "cpu"
-        if not device_side:
-            self._add(float(loss))
-            return True
-        value = loss.float()
-        if self._device_sum is None:
-            self._device_sum = torch.zeros((), device=loss.device)
-            self._device_nonfinite = torch.zeros((), dtype=torch.bool, device=loss.device)
-        assert self._device_nonfinite is not None
-        finite = torch.isfinite(value)
-        self._device_nonfinite |= ~finite
-        # the EMA of the finite losses, kept raw on the device as the host keeps it: avg = beta * avg + (1 - beta) * x
-        self._device_sum.mul_(self.beta).add_(torch.where(finite, value, torch.zeros_like(value)), alpha=1 - self.beta)
-        self._device_count += 1
-        if self._device_count < self.check_every:
-            return False
-        self.sync()
-        return True
-
-    def sync(self) -> None:
-        """Read the device-side average and flag (one transfer) into the host-side statistics."""
-        if self._device_sum is None or self._device_count == 0:
-            return
-        assert self._device_nonfinite is not None
-        raw, nonfinite = torch.stack([self._device_sum, self._device_nonfinite.float()]).tolist()
-        # the device kept avg' = beta^n * 0 + sum of (1-beta) beta^k x; fold it into the host average
-        self.average = self.average * self.beta**self._device_count + raw
-        self.count += self._device_count
-        self._nonfinite |= bool(nonfinite)
-        self._device_sum.zero_()
-        self._device_nonfinite.zero_()
-        self._device_count = 0
-        self._update_marks()
-
-    def _add(self, value: float) -> None:
         if not math.isfinite(value):
-            self._nonfinite = True
+            self._nonfinite = self._nonfinite or not forgive_nonfinite
             return
         self.average = self.beta * self.average + (1 - self.beta) * value
         self.count += 1
@@ -168,10 +154,6 @@ class DivergenceGuard:
         if smoothed > start and best < start - 0.1 * abs(start):
             return f"its moving average rose back above where training started ({smoothed:.4g} > {start:.4g})"
         return None
-
-    def forgive_nonfinite(self) -> None:
-        """Forget NaN/inf losses seen since the last check (the gradient scaler skipped those steps)."""
-        self._nonfinite = False
 
     def stalled(self) -> bool:
         """Whether the loss never fell a tenth below where training started and stands at or above it now."""
@@ -203,7 +185,7 @@ class DivergenceGuard:
         """Take a new snapshot if one is due and the loss is healthy; return whether one was taken."""
         if not self.refresh_due(step) or (self.snapshot is not None and not self.healthy()):
             return False
-        self.snapshot = capture(module, optimizer, scaler, everything=False)
+        self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
         self._snapshot_stats = (self.average, self.count, self.best)
         return True
@@ -215,24 +197,28 @@ class DivergenceGuard:
         assert self._snapshot_stats is not None
         self.average, self.count, self.best = self._snapshot_stats
         self._nonfinite = False
-        if self._device_sum is not None:
-            self._device_sum.zero_()
-            assert self._device_nonfinite is not None
-            self._device_nonfinite.zero_()
-        self._device_count = 0
+        self._kept, self._kept_steps = [], []
         return self.snapshot_step
 
-    def state_dict(self) -> dict[str, float]:
-        """The loss statistics (plain values), so a resumed run judges divergence as the interrupted one would."""
-        self.sync()
-        return {"average": self.average, "count": float(self.count), "best": self.best, "start": self.start}
+    def state_dict(self) -> dict[str, Any]:
+        """The loss statistics and the losses kept since the last check, as plain values.
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+        A resumed run judges divergence as the interrupted one would.
+        """
+        return {
+            "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
+            "kept": [[step, float(loss)] for step, loss in zip(self._kept_steps, self._kept, strict=True)],
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take the loss statistics of :meth:`state_dict` (a resume)."""
         self.average = float(state.get("average", 0.0))
         self.count = int(state.get("count", 0))
         self.best = float(state.get("best", math.inf))
         self.start = float(state.get("start", math.nan))
+        kept = state.get("kept", [])
+        self._kept_steps = [int(step) for step, _ in kept]
+        self._kept = [float(value) for _, value in kept]
 
 
 class GuardedCycle:
@@ -261,11 +247,11 @@ class GuardedCycle:
         # is a network that cannot learn at this LR: the step from which that is checked, once
         self._stall_check = int(_warmup_end(scheduler))
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, Any]:
         """The guard's statistics and when it checks for a stall next (plain values, for checkpoints)."""
         return {**self.guard.state_dict(), "stall_check": float(self._stall_check)}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take what :meth:`state_dict` gave (a resume)."""
         self.guard.load_state_dict(state)
         self._stall_check = int(state.get("stall_check", self._stall_check))
@@ -274,6 +260,7 @@ class GuardedCycle:
         """Take the first snapshot: the weights training starts from."""
         step = int(trainer.global_step)
         self._last_step = step
+        self._scale = _scale_of(trainer)
         self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
 
     def after_batch(
@@ -289,19 +276,12 @@ class GuardedCycle:
             return None, None
         self._last_step = step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if not isinstance(loss, torch.Tensor):
-            return None, None  # `training_step` skipped this batch
-        if not self.guard.observe(loss):
+        if isinstance(loss, torch.Tensor):  # else `training_step` skipped this batch
+            self.guard.keep(loss, step)
+        # the same steps on every rank and in a resumed run: the check is a collective under DDP
+        if step % self.guard.check_every:
             return None, None
-        reason = self._discount_scaler_skips(trainer)
-        reason = reason or self.guard.diverged()
-        if reason is None and 0 <= self._stall_check <= step:
-            self._stall_check = -1
-            if self.guard.stalled():
-                reason = (
-                    f"its loss ({self.guard.smoothed:.4g}) never fell a tenth below where training started "
-                    f"({self.guard.start:.4g}) while the LR climbed to the cycle's peak"
-                )
+        reason = self._judge(trainer)
         strategy = trainer.strategy
         if strategy.reduce_boolean_decision(reason is not None, all=False):
             # every rank records the same words: rank 0's (or, where its loss looked fine, that another's did not)
@@ -313,21 +293,45 @@ class GuardedCycle:
             self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
         return None, None
 
-    def _discount_scaler_skips(self, trainer: _compat.Trainer) -> str | None:
-        """Forgive NaN/inf losses the gradient scaler skipped; thirty halvings of its scale in a row do count."""
-        scaler = _compat.grad_scaler(trainer)
-        if scaler is None:
-            return None
-        scale = float(scaler.get_scale())
-        if self._scale is not None and scale < self._scale:
+    def _judge(self, trainer: _compat.Trainer) -> str | None:
+        """Read the kept losses and judge them one by one, in order: why the first that counts as diverged does."""
+        reason, forgive = self._discount_scaler_skips(trainer)
+        if reason is not None:
+            return reason
+        guard = self.guard
+        for step, value in guard.read_kept():
+            guard.add(value, forgive_nonfinite=forgive)
+            reason = guard.diverged()
+            if reason is None and 0 <= self._stall_check <= step:
+                self._stall_check = -1
+                if guard.stalled():
+                    reason = (
+                        f"its loss ({guard.smoothed:.4g}) never fell a tenth below where training started "
+                        f"({guard.start:.4g}) while the LR climbed to the cycle's peak"
+                    )
+            if reason is not None:
+                return reason
+        return None
+
+    def _discount_scaler_skips(self, trainer: _compat.Trainer) -> tuple[str | None, bool]:
+        """Why the scaler's skips count as a divergence (thirty halvings of its scale in a row), and whether to forgive.
+
+        The NaN/inf losses since the last check are forgiven when the scaler lowered its scale since: it skipped them.
+        """
+        scale = _scale_of(trainer)
+        if scale is None:
+            return None, False
+        forgive = self._scale is not None and scale < self._scale
+        if forgive:
+            assert self._scale is not None
             self._halvings += round(math.log2(self._scale / scale))
-            self.guard.forgive_nonfinite()
         elif self._scale is not None:
             self._halvings = 0
         self._scale = scale
         if self._halvings >= 30:
-            return f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)"
-        return None
+            why = f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)"
+            return why, True
+        return None, forgive
 
     def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:
         groups = self.scheduler.optimizer.param_groups
@@ -346,8 +350,14 @@ class GuardedCycle:
         self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
         self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
         self.rescued += 1
-        self._scale, self._halvings = None, 0
+        self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
         return Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)
+
+
+def _scale_of(trainer: _compat.Trainer) -> float | None:
+    """The gradient scaler's scale now, or None without a scaler."""
+    scaler = _compat.grad_scaler(trainer)
+    return None if scaler is None else float(scaler.get_scale())
 
 
 def _warmup_end(scheduler: Any) -> float:

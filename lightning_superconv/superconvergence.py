@@ -157,7 +157,7 @@ class SuperConvergence(_compat.Callback):
         self._group_count = 0
         self._logger: ScheduleLogger | None = None
         self._watch: GuardedCycle | None = None
-        self._guard_state: dict[str, float] | None = None
+        self._guard_state: dict[str, Any] | None = None
         self.rescues: list[dict[str, Any]] = []
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import capture, dataloader_generators
+from lightning_superconv.snapshot import capture, dataloader_generators, recapture
 
 
 class Stateful(nn.Module):
@@ -182,6 +182,56 @@ def test_rollback_snapshot_copies_weights_and_optimizer_only():
     weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     momentum = sum(p.numel() for p in model.parameters())
     assert weights * 4 <= snapshot.nbytes() <= (weights + momentum) * 8
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_a_snapshot_taken_again_is_written_into_its_own_tensors_and_restores_the_new_moment(optimizer_cls):
+    """`recapture` (the guard's refresh) copies into the tensors it holds; a restore brings back the later moment."""
+    model = Stateful()
+    kwargs = {"lr": 0.1, "momentum": 0.9} if optimizer_cls is torch.optim.SGD else {"lr": 1e-2}
+    optimizer = optimizer_cls(model.parameters(), **kwargs)
+    _train_a_little(model, optimizer)
+    first = recapture(None, model, optimizer)
+    held = [saved for _, saved in first.tensors]
+    held_state = [v for s in first.optimizer_state.values() for v in s.values() if torch.is_tensor(v)]
+    _train_a_little(model, optimizer)
+    optimizer.param_groups[0]["lr"] = 0.05
+    before = _everything(model, optimizer)
+    again = recapture(first, model, optimizer)
+    assert again is first
+    assert all(a is b for a, b in zip(held, (saved for _, saved in again.tensors), strict=True))
+    again_state = [v for s in again.optimizer_state.values() for v in s.values() if torch.is_tensor(v)]
+    assert all(a is b for a, b in zip(held_state, again_state, strict=True))
+    _train_a_little(model, optimizer)
+    optimizer.param_groups[0]["lr"] = 3.0
+    again.restore()
+    after = _everything(model, optimizer)
+    # `everything=False`: gradients and flags are not the snapshot's business
+    after["grads"], before["grads"] = [], []
+    _assert_same(before, after)
+
+
+def test_a_snapshot_taken_again_after_the_optimizer_changed_shape_is_a_new_one():
+    """Optimizer state that grew since (first momentum buffers; a group added and trained): a fresh capture.
+
+    It restores that moment.
+    """
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.net[0].parameters(), lr=0.1, momentum=0.9)
+    first = recapture(None, model, optimizer)  # no momentum buffers yet
+    _train_a_little(model, optimizer)
+    again = recapture(first, model, optimizer)
+    assert again is not first
+    optimizer.add_param_group({"params": list(model.net[3].parameters()), "lr": 0.01})
+    _train_a_little(model, optimizer)
+    third = recapture(again, model, optimizer)
+    assert third is not again
+    before = _everything(model, optimizer)
+    _train_a_little(model, optimizer)
+    third.restore()
+    after = _everything(model, optimizer)
+    after["grads"], before["grads"] = [], []
+    _assert_same(before, after)
 
 
 # ------------------------------------------------------------------------------------------------- the sandbox
