@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "python -m benchmarks.overhead_benchmark": (
         "short",
         "python -m benchmarks.overhead_benchmark --setups bn_cnn --repeats 1 --no-save",
-        "the full run takes about 9 minutes; one fit of the fast setup shows the table",
+        "the full run takes about 18 minutes; one fit of the fast setup shows the table",
     ),
     "python -m benchmarks.zoo --table-only": (
         "exact",

@@ -6,7 +6,8 @@
    benchmark's ``mlp_adamw`` pair); the test score, the rescues and the wall time they cost.
 2. False alarms: every run of the pick zoo's oracle grid that ended within 20 points of its task's best, trained
    again with the guard on. The guard must never fire there, and the run must end with exactly the cached (guard off)
-   scores.
+   scores; where it does not and the guard never fired, the run is trained again with the guard off on this machine
+   and compared with that (a cache written on another CPU can differ in the last bits).
 
 Every run is cached in ``benchmarks/results/guard.json`` as it finishes. Run from the repository root::
 
@@ -142,9 +143,14 @@ def part2(cache: dict[str, Any], tasks: list[str]) -> None:
                 key = f"alarm|{name}|{lr:g}|{seed}"
                 if key not in cache:
                     on = zoo_run(task, seed, lr, guard=True)
+                    same = on["test"] == off["test"] and on["val"] == off["val"]
+                    if not same and not on["rescues"]:
+                        # the zoo's cached run may come from another CPU (other vector units round differently): the
+                        # same run with the guard off, trained again here, is what the guard must not change
+                        off = zoo_run(task, seed, lr, guard=False)
+                        same = on["test"] == off["test"] and on["val"] == off["val"]
                     cache[key] = {
-                        "rescues": len(on["rescues"]), "same": on["test"] == off["test"] and on["val"] == off["val"],
-                        "test_on": on["test"], "test_off": off["test"],
+                        "rescues": len(on["rescues"]), "same": same, "test_on": on["test"], "test_off": off["test"],
                     }  # fmt: skip
                     save(cache)
                     print(key, cache[key], flush=True)

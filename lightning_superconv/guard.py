@@ -76,7 +76,10 @@ class DivergenceGuard:
         self.refresh_every = refresh_every
         self.snapshot: Snapshot | None = None
         self.snapshot_step = -1
-        self._snapshot_stats: tuple[float, int, float] | None = None  # average, count, best at the snapshot
+        # average, count, best and start at the snapshot: a rollback to the first snapshot forgets where training
+        # "started" too (it is read again from the losses that follow), else the restored weights' own loss, above the
+        # start the first steps fell to, counts as a divergence at once and every rescue is spent on it
+        self._snapshot_stats: tuple[float, int, float, float] | None = None
         # losses kept since the last check, with their steps; a resumed run's come back as plain numbers
         self._kept: list[torch.Tensor | float] = []
         self._kept_steps: list[int] = []
@@ -187,7 +190,7 @@ class DivergenceGuard:
             return False
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
-        self._snapshot_stats = (self.average, self.count, self.best)
+        self._snapshot_stats = (self.average, self.count, self.best, self.start)
         return True
 
     def roll_back(self) -> int:
@@ -195,7 +198,7 @@ class DivergenceGuard:
         assert self.snapshot is not None
         self.snapshot.restore()
         assert self._snapshot_stats is not None
-        self.average, self.count, self.best = self._snapshot_stats
+        self.average, self.count, self.best, self.start = self._snapshot_stats
         self._nonfinite = False
         self._kept, self._kept_steps = [], []
         return self.snapshot_step

@@ -114,6 +114,27 @@ def test_kept_losses_survive_a_checkpoint():
     assert (resumed.average, resumed.count) == (guard.average, guard.count)
 
 
+def test_a_rollback_to_the_first_snapshot_forgets_where_training_started():
+    """Rolled back to the weights training started from, their own loss is no divergence.
+
+    That loss is above where the first steps fell to; the start is read again from the losses that follow, and no
+    rescue is spent on it.
+    """
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = DivergenceGuard()
+    assert guard.refresh(0, model, optimizer)
+    for loss in [3.0, 1.0, 0.8, 0.7, 0.6] + [0.6] * 20 + [50.0] * 5:
+        guard.add(loss)
+    assert guard.start < 2.0
+    assert guard.diverged() is not None
+    assert guard.roll_back() == 0
+    for _ in range(25):
+        guard.add(3.0)
+        assert guard.diverged() is None
+    assert guard.start == pytest.approx(3.0)
+
+
 # ------------------------------------------------------------------------------------------------ in a Trainer
 
 

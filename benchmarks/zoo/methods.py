@@ -180,7 +180,8 @@ def run(task: Task, method: str, seed: int, max_lr: float | None = None) -> dict
     test, bad_test = task.score(model, "test")
     out.update(val=val, test=test, nonfinite=bad_val or bad_test)
     if sc is not None:
-        out["max_lr"] = sc.max_lr
+        out["max_lr"] = sc.max_lr  # after any rescue of the guard: the pick times LOWER_BY per rescue
+        out["rescues"] = len(sc.rescues)
     if sc is not None and sc.result is not None:
         out["curve"] = {
             "lrs": [round(v, 8) for v in sc.result.lrs],
