@@ -110,16 +110,13 @@ class DivergenceGuard:
         self._kept, self._kept_steps = [], []
         if not kept:
             return []
-        values: list[float] | None = None
-        if all(isinstance(loss, torch.Tensor) for loss in kept):
-            try:
-                stacked = torch.stack(kept)  # type: ignore[arg-type]
-            except RuntimeError:  # losses of different shapes or devices: one by one
-                stacked = None
-            if stacked is not None and stacked.numel() == len(kept):
-                values = stacked.reshape(-1).tolist()
-        if values is None:
-            values = [float(loss) for loss in kept]  # a resumed run's numbers; a loss of several elements raises
+        # one run's losses share a shape and a device; a resumed run's come back as numbers, and a loss of several
+        # elements is read one by one so that `float` names the problem
+        stacked = torch.stack(kept) if all(isinstance(loss, torch.Tensor) for loss in kept) else None  # type: ignore[arg-type]
+        if stacked is not None and stacked.numel() == len(kept):
+            values = stacked.reshape(-1).tolist()
+        else:
+            values = [float(loss) for loss in kept]
         return list(zip(steps, values, strict=True))
 
     def add(self, value: float, forgive_nonfinite: bool = False) -> None:
@@ -324,16 +321,15 @@ class GuardedCycle:
         scale = _scale_of(trainer)
         if scale is None:
             return None, False
-        forgive = self._scale is not None and scale < self._scale
-        if forgive:
-            assert self._scale is not None
-            self._halvings += round(math.log2(self._scale / scale))
-        elif self._scale is not None:
-            self._halvings = 0
-        self._scale = scale
+        previous, self._scale = self._scale, scale
+        forgive = previous is not None and scale < previous
+        if previous is not None:
+            self._halvings = self._halvings + round(math.log2(previous / scale)) if forgive else 0
         if self._halvings >= 30:
-            why = f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)"
-            return why, True
+            return (
+                f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)",
+                forgive,
+            )
         return None, forgive
 
     def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:

@@ -177,6 +177,7 @@ def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
     assert not math.isfinite(_final_loss(unguarded)) or _final_loss(unguarded) > 1.3
     assert _final_loss(guarded) < 1.0
     assert 1 <= len(guarded_cb.rescues) <= 3
+    assert all(r["step"] % 10 == 0 for r in guarded_cb.rescues)  # judged at the 10-step checks only
     first = guarded_cb.rescues[0]
     assert first["new_peak"] == pytest.approx(first["old_peak"] * LOWER_BY)
     assert guarded_cb.max_lr == pytest.approx(50.0 * LOWER_BY ** len(guarded_cb.rescues))

@@ -74,13 +74,19 @@ def _assert_same(a: dict, b: dict) -> None:
     assert a["groups"] == b["groups"]
 
 
-@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam])
-def test_restore_brings_module_and_optimizer_back_bit_for_bit(optimizer_cls):
-    """Parameters, buffers, gradients, train/eval flags, optimizer state and groups come back exactly."""
+def _trained(optimizer_cls: type[torch.optim.Optimizer]) -> tuple[Stateful, torch.optim.Optimizer]:
+    """A `Stateful` model and its SGD-with-momentum or Adam optimizer, a few steps into training (state filled)."""
     model = Stateful()
     kwargs = {"lr": 0.1, "momentum": 0.9} if optimizer_cls is torch.optim.SGD else {"lr": 1e-2}
     optimizer = optimizer_cls(model.parameters(), **kwargs)
     _train_a_little(model, optimizer)
+    return model, optimizer
+
+
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_restore_brings_module_and_optimizer_back_bit_for_bit(optimizer_cls):
+    """Parameters, buffers, gradients, train/eval flags, optimizer state and groups come back exactly."""
+    model, optimizer = _trained(optimizer_cls)
     before = _everything(model, optimizer)
     groups = optimizer.param_groups
     snapshot = capture(model, optimizer)
@@ -187,10 +193,7 @@ def test_rollback_snapshot_copies_weights_and_optimizer_only():
 @pytest.mark.parametrize("optimizer_cls", [torch.optim.SGD, torch.optim.Adam])
 def test_a_snapshot_taken_again_is_written_into_its_own_tensors_and_restores_the_new_moment(optimizer_cls):
     """`recapture` (the guard's refresh) copies into the tensors it holds; a restore brings back the later moment."""
-    model = Stateful()
-    kwargs = {"lr": 0.1, "momentum": 0.9} if optimizer_cls is torch.optim.SGD else {"lr": 1e-2}
-    optimizer = optimizer_cls(model.parameters(), **kwargs)
-    _train_a_little(model, optimizer)
+    model, optimizer = _trained(optimizer_cls)
     first = recapture(None, model, optimizer)
     held = [saved for _, saved in first.tensors]
     held_state = [v for s in first.optimizer_state.values() for v in s.values() if torch.is_tensor(v)]
