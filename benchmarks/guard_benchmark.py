@@ -151,6 +151,7 @@ def part2(cache: dict[str, Any], tasks: list[str]) -> None:
                         same = on["test"] == off["test"] and on["val"] == off["val"]
                     cache[key] = {
                         "rescues": len(on["rescues"]), "same": same, "test_on": on["test"], "test_off": off["test"],
+                        "reasons": [f"step {r['step']}: {r['reason']}" for r in on["rescues"]],
                     }  # fmt: skip
                     save(cache)
                     print(key, cache[key], flush=True)
@@ -198,6 +199,13 @@ def print_tables(cache: dict[str, Any]) -> None:
         )
         for key in fired + [k for k in differ if k not in fired]:
             print(f"  {key}: {alarms[key]}")
+        for half, held_out in (("tuning", False), ("held-out", True)):
+            mine = [alarms[k] for k in fired if TASKS[k.split("|")[1]].held_out == held_out]
+            gains = [v["test_on"] - v["test_off"] for v in mine]
+            print(
+                f"  {half} half: fired in {len(mine)}, ended better in {sum(g > 0 for g in gains)}, worse in "
+                f"{sum(g < 0 for g in gains)}" + (f" (from {min(gains):+.2f} to {max(gains):+.2f})" if gains else "")
+            )
 
 
 def main() -> None:

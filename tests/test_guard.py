@@ -68,6 +68,22 @@ def test_a_loss_that_never_fell_is_stalled_but_not_diverged():
     assert not falling.stalled()
 
 
+def test_a_slow_starter_whose_latest_losses_fall_is_not_stalled():
+    """An early spike keeps the average above the start, but the latest losses fell well below it: still learning.
+
+    The shape of a ShuffleNet with RMSprop on the pick zoo at the end of its warm-up, where the check on the average
+    alone rolled back a run that, left alone, trained to within a point of its best.
+    """
+    start, spike = [2.35, 2.3, 2.25, 2.3, 2.3, 2.3], [2.9, 3.4, 3.1, 3.0, 4.3, 3.3, 2.6, 2.4, 2.9, 2.6]
+    slow, said = _fed(start + spike + [1.9, 1.7, 1.5, 1.4])
+    assert not any(said)
+    assert slow.smoothed >= slow.start  # the average alone says "never fell"
+    assert not slow.stalled()
+    # the same spike followed by a loss flat at the start: a dead network, stalled
+    dead, _ = _fed(start + spike + [2.3] * 10)
+    assert dead.stalled()
+
+
 def test_kept_losses_read_in_one_transfer_are_the_values_fed_one_by_one():
     """Losses are kept as they come and read every `check_every` steps: the same values, steps and statistics."""
     losses = [2.3 - 0.01 * k + 0.05 * math.sin(k) for k in range(57)]
@@ -112,6 +128,26 @@ def test_kept_losses_survive_a_checkpoint():
     resumed.load_state_dict(guard.state_dict())
     assert resumed.read_kept() == guard.read_kept() == [(1, 3.0), (2, 4.0), (3, 5.0), (4, 6.0)]
     assert (resumed.average, resumed.count) == (guard.average, guard.count)
+
+
+def test_the_latest_losses_survive_a_checkpoint_and_a_rollback():
+    """The stall check reads the latest losses: a resume and a rollback bring back those of their time."""
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = DivergenceGuard()
+    for loss in [2.3] * 6 + [3.5] * 10 + [1.5] * 3:
+        guard.add(loss)
+    assert not guard.stalled()  # the last losses fell well below the start
+    resumed = DivergenceGuard()
+    resumed.load_state_dict(guard.state_dict())
+    assert list(resumed._recent) == list(guard._recent)
+    assert not resumed.stalled()
+    guard.refresh(19, model, optimizer)
+    for loss in [2.5] * 10:
+        guard.add(loss)
+    assert guard.stalled()
+    guard.roll_back()
+    assert not guard.stalled()
 
 
 def test_a_rollback_to_the_first_snapshot_forgets_where_training_started():
