@@ -13,17 +13,23 @@ started, or above ``threshold`` (4) times its best (for a negative loss: by thre
 above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
 to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it, and none of the
 last ``window // 2`` losses fell a tenth below it either (a network that died at once, its loss flat at the start; a
-slow starter whose average still carries an early spike while its latest losses fall is left to train). How often it
-fires in runs that end well without it, and what that costs them, is measured on the pick zoo (the README's guard
-section).
+slow starter whose average still carries an early spike while its latest losses fall is left to train); or, from then
+on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the
+moving average once stood at twice that mean (a network that blew up and died, predicting the same for every input
+about as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other
+criterion sees it; a network still learning differs more from batch to batch, one that trained has fallen further,
+and one flat at its first loss never blew up). How often it fires in runs that end well without it, and what that
+costs them, is measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
-from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started
-and its average within 1.5 times its best), so the snapshot predates a blow-up by at least one check; a refresh copies
-into the snapshot's own tensors (no new memory). Nothing is read per step: each step's loss is kept as it comes (on
-its device), and every ``check_every`` steps the kept losses are read in one transfer and judged one by one, in order,
-exactly as if each had been judged at its own step; the guard acts at that check, at most ``check_every - 1`` steps
-after the loss that diverged. The same on every device, and no GPU-to-CPU synchronization between checks.
+from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
+its average within 1.5 times its best, and never blown up to twice its first loss), so the snapshot predates a
+blow-up by at least one check; a refresh copies into the snapshot's own tensors (no new memory). Nothing is read per
+step: each step's loss is kept as it comes (on its device), and every ``check_every`` steps the kept losses are read
+in one transfer and judged one by one, in order, exactly as if each had been judged at its own step (the flat line
+after a blow-up is judged once per check, on the losses up to it); the guard acts at that check, at most
+``check_every - 1`` steps after the loss that diverged. The same on every device, and no GPU-to-CPU synchronization
+between checks.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from lightning_superconv.snapshot import Snapshot, recapture
 
 #: A rescue lowers the peak to a quarter for the rest of the cycle.
 LOWER_BY = 0.25
+#: Losses this close together (their spread over their mean) over a whole window are a flat line.
+FLAT = 0.05
 
 
 class DivergenceError(RuntimeError):
@@ -80,12 +88,13 @@ class DivergenceGuard:
         # average, count, best, start and latest losses at the snapshot: a rollback to the first snapshot forgets where
         # training "started" too (it is read again from the losses that follow), else the restored weights' own loss,
         # above the start the first steps fell to, counts as a divergence at once and every rescue is spent on it
-        self._snapshot_stats: tuple[float, int, float, float, tuple[float, ...]] | None = None
+        self._snapshot_stats: tuple[float, int, float, float, float, float, tuple[float, ...]] | None = None
         # losses kept since the last check, with their steps; a resumed run's come back as plain numbers
         self._kept: list[torch.Tensor | float] = []
         self._kept_steps: list[int] = []
-        # the latest losses as they came (finite ones), for the stall check: a dead network's are flat at the start
-        self._recent: deque[float] = deque(maxlen=max(1, window // 2))
+        # the latest losses as they came (finite ones): a dead network's lie flat
+        self.window = window
+        self._recent: deque[float] = deque(maxlen=max(2, window))
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -93,6 +102,8 @@ class DivergenceGuard:
         self.count = 0
         self.best = math.inf
         self.start = math.nan
+        self.highest = -math.inf  # the highest the moving average stood, once `start` was read
+        self.first = math.nan  # the first loss
         self._nonfinite = False
         self._recent.clear()
 
@@ -133,6 +144,8 @@ class DivergenceGuard:
             return
         self.average = self.beta * self.average + (1 - self.beta) * value
         self.count += 1
+        if self.count == 1:
+            self.first = value
         self._recent.append(value)
         self._update_marks()
 
@@ -142,6 +155,8 @@ class DivergenceGuard:
         smoothed = self.smoothed
         if math.isnan(self.start) and self.count >= min(5, int(1 / (1 - self.beta))):
             self.start = smoothed
+        if not math.isnan(self.start):
+            self.highest = max(self.highest, smoothed)
         if self.count >= int(1 / (1 - self.beta)):
             self.best = min(self.best, smoothed)
 
@@ -171,17 +186,45 @@ class DivergenceGuard:
         start = self.start
         floor = start - 0.1 * abs(start)
         never_fell = not (math.isfinite(self.best) and self.best < floor)
-        return never_fell and self.smoothed >= start and all(loss >= floor for loss in self._recent)
+        latest = list(self._recent)[-max(1, self.window // 2) :]
+        return never_fell and self.smoothed >= start and all(loss >= floor for loss in latest)
+
+    def flat(self, within: float = FLAT) -> float | None:
+        """The mean of the last ``window`` losses if they lie within ``within`` of it (max - min), else None."""
+        if len(self._recent) < (self._recent.maxlen or 0):
+            return None
+        mean = sum(self._recent) / len(self._recent)
+        return mean if max(self._recent) - min(self._recent) <= within * abs(mean) else None
+
+    def collapsed(self) -> bool:
+        r"""Whether the loss lies flat after a blow-up: a network that died, predicting the same for every input.
+
+        Its last ``window`` losses lie within :data:`FLAT` (5 %) of their mean, the moving average once stood at
+        twice that mean or more, and the mean is no lower than half the first loss (a dead network predicts about as
+        badly as an untrained one; a trained one whose loss settled has fallen further). A network still learning has
+        losses that differ from batch to batch by more; one that has not yet started (flat at its first loss, never
+        blown up) is the stall check's to judge. A blow-up in the first few steps also raises where training
+        "started", so a dead network's flat loss can lie below it: the other criteria do not see it.
+        """
+        mean = self.flat()
+        if mean is None or self._nonfinite:
+            return False
+        return self.highest >= 2 * abs(mean) and abs(mean) >= 0.5 * abs(self.first)
 
     def healthy(self) -> bool:
         r"""Whether the model is learning and clear of divergence, so a snapshot taken now is worth returning to.
 
         Its loss has fallen a tenth below where training started (a network that collapsed at once, its loss never
-        below the start, is no state to return to) and its moving average is within 1.5 times its best.
+        below the start, is no state to return to), its moving average is within 1.5 times its best, and it never
+        rose to twice the first loss (weights after such a blow-up may be dead; the snapshot stays from before it).
         """
         if self._nonfinite or self.count == 0 or not math.isfinite(self.best) or math.isnan(self.start):
             return False
         if self.smoothed > self.start - 0.1 * abs(self.start):
+            return False
+        if self.highest >= 2 * abs(self.first):
+            # the loss blew up to twice its first value since: a network that died in the blow-up reads as healthy
+            # otherwise (its flat loss can lie below a start that a blow-up in the first steps inflated)
             return False
         return self.smoothed - self.best <= 0.5 * abs(self.best if self.best != 0 else 1.0)
 
@@ -197,7 +240,9 @@ class DivergenceGuard:
             return False
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
-        self._snapshot_stats = (self.average, self.count, self.best, self.start, tuple(self._recent))
+        self._snapshot_stats = (
+            self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent)
+        )  # fmt: skip
         return True
 
     def roll_back(self) -> int:
@@ -205,7 +250,7 @@ class DivergenceGuard:
         assert self.snapshot is not None
         self.snapshot.restore()
         assert self._snapshot_stats is not None
-        self.average, self.count, self.best, self.start, recent = self._snapshot_stats
+        self.average, self.count, self.best, self.start, self.highest, self.first, recent = self._snapshot_stats
         self._recent.clear()
         self._recent.extend(recent)
         self._nonfinite = False
@@ -219,7 +264,7 @@ class DivergenceGuard:
         """
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
-            "recent": list(self._recent),
+            "highest": self.highest, "first": self.first, "recent": list(self._recent),
             "kept": [[step, float(loss)] for step, loss in zip(self._kept_steps, self._kept, strict=True)],
         }  # fmt: skip
 
@@ -229,6 +274,8 @@ class DivergenceGuard:
         self.count = int(state.get("count", 0))
         self.best = float(state.get("best", math.inf))
         self.start = float(state.get("start", math.nan))
+        self.highest = float(state.get("highest", -math.inf))
+        self.first = float(state.get("first", math.nan))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
         kept = state.get("kept", [])
@@ -261,15 +308,21 @@ class GuardedCycle:
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
         # is a network that cannot learn at this LR: the step from which that is checked, once
         self._stall_check = int(_warmup_end(scheduler))
+        # from the same step on, at every check: a loss lying flat after a blow-up (a network that died)
+        self._collapse_from = self._stall_check
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's statistics and when it checks for a stall next (plain values, for checkpoints)."""
-        return {**self.guard.state_dict(), "stall_check": float(self._stall_check)}
+        return {
+            **self.guard.state_dict(), "stall_check": float(self._stall_check),
+            "collapse_from": float(self._collapse_from),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take what :meth:`state_dict` gave (a resume)."""
         self.guard.load_state_dict(state)
         self._stall_check = int(state.get("stall_check", self._stall_check))
+        self._collapse_from = int(state.get("collapse_from", self._collapse_from))
 
     def start(self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> None:
         """Take the first snapshot: the weights training starts from."""
@@ -314,7 +367,9 @@ class GuardedCycle:
         if reason is not None:
             return reason
         guard = self.guard
+        last = -1
         for step, value in guard.read_kept():
+            last = step
             guard.add(value, forgive_nonfinite=forgive)
             reason = guard.diverged()
             if reason is None and 0 <= self._stall_check <= step:
@@ -326,6 +381,12 @@ class GuardedCycle:
                     )
             if reason is not None:
                 return reason
+        # judged once per check, on the losses up to its last: a flat line needs a whole window to show
+        if 0 <= self._collapse_from <= last and guard.collapsed():
+            return (
+                f"its last {guard.window} losses lie flat (within {FLAT:.0%} of {guard.flat():.4g}) after its moving "
+                f"average had stood at {guard.highest:.4g}: a network that died, predicting the same for every input"
+            )
         return None
 
     def _discount_scaler_skips(self, trainer: _compat.Trainer) -> tuple[str | None, bool]:
@@ -363,6 +424,7 @@ class GuardedCycle:
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
         self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
         self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
+        self._collapse_from = self._stall_check
         self.rescued += 1
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
         return Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)

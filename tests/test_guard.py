@@ -84,6 +84,34 @@ def test_a_slow_starter_whose_latest_losses_fall_is_not_stalled():
     assert dead.stalled()
 
 
+def test_a_loss_lying_flat_after_a_blow_up_is_collapsed_and_never_healthy():
+    """A network that blew up in its first steps and died: its loss lies flat below a start the blow-up inflated.
+
+    The shape of the pick zoo's BatchNorm CNN at 25x its best peak: no other criterion sees it, and the dead weights
+    would pass for healthy (a tenth below that start) and be taken as the snapshot to return to.
+    """
+    blow_up = [2.66, 4.1, 5.1, 6.4, 10.4, 12.6, 9.3, 3.6]
+    dead, said = _fed(blow_up + [2.30 + 0.01 * (k % 3) for k in range(30)])
+    assert not any(said)
+    assert not dead.stalled()  # it fell far below where it "started"
+    assert dead.collapsed()
+    assert not dead.healthy()
+    # the same blow-up, then a loss still learning (falling, batch to batch noise): not collapsed
+    gen = torch.Generator().manual_seed(0)
+    alive, _ = _fed(
+        blow_up + [(2.3 - 0.03 * k) * float(1 + 0.2 * (2 * torch.rand((), generator=gen) - 1)) for k in range(30)]
+    )
+    assert not alive.collapsed()
+    # flat at its first loss without a blow-up (a slow starter, or one not yet started): the stall check's to judge
+    slow, _ = _fed([2.30 + 0.01 * (k % 3) for k in range(40)])
+    assert not slow.collapsed()
+    # a blow-up, then a loss that trained and settled flat at a third of its first: converged, not dead
+    settled, _ = _fed(blow_up + [0.9 + 0.01 * (k % 3) for k in range(30)])
+    assert settled.flat() is not None
+    assert settled.highest >= 2 * 0.9
+    assert not settled.collapsed()
+
+
 def test_kept_losses_read_in_one_transfer_are_the_values_fed_one_by_one():
     """Losses are kept as they come and read every `check_every` steps: the same values, steps and statistics."""
     losses = [2.3 - 0.01 * k + 0.05 * math.sin(k) for k in range(57)]
@@ -300,6 +328,33 @@ def test_a_checkpoint_written_after_a_rescue_resumes_exactly(tmp_path):
     assert resumed_cb.rescues == whole_cb.rescues  # no rescue after the resume (its snapshot would differ)
     for a, b in zip(model.parameters(), whole.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class DiesAfterABlowUp(TinyClassifier):
+    """Its loss blows up in the first steps, then lies flat with no gradient (a dead network) until a rescue."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        rescued = any(getattr(cb, "rescues", None) for cb in self.trainer.callbacks)
+        if rescued or not self.training:
+            return loss
+        step = self.trainer.global_step
+        scripted = [3.0, 5.0, 8.0, 10.0, 12.0, 9.0][step] if step < 6 else 2.30 + 0.01 * (step % 3)
+        return loss * 0.0 + scripted
+
+
+def test_a_network_that_died_after_a_blow_up_is_rolled_back_and_trained(tmp_path):
+    """A loss flat after a blow-up is caught at the first check past the warm-up; the run then trains."""
+    off_cb = SuperConvergence(max_lr=0.5, guard=False)
+    _, unguarded, _ = _fit(tmp_path / "off", off_cb, model=DiesAfterABlowUp)
+    callback = SuperConvergence(max_lr=0.5)
+    _, guarded, _ = _fit(tmp_path / "on", callback, model=DiesAfterABlowUp)
+    assert len(callback.rescues) == 1
+    rescue = callback.rescues[0]
+    assert "died" in rescue["reason"]
+    assert rescue["restored_step"] == 0  # the dead weights were never taken as a snapshot
+    assert _final_loss(unguarded) > 0.6  # no gradient ever reached it
+    assert _final_loss(guarded) < 0.5 * _final_loss(unguarded)
 
 
 class OverflowOnce(TinyClassifier):
