@@ -3,23 +3,27 @@ r"""The divergence guard: when the cycle blows up, roll back in memory, lower th
 A peak read from any range test can be wrong on some model; a peak given by hand can be too. Without a guard the run
 is lost (a one-cycle too high for the model ends at chance accuracy). With it, a wrong peak costs a little time: the
 weights, buffers, optimizer state and gradient scaler come back from a snapshot taken before the blow-up, the rest of
-the cycle runs at a quarter of the peak (the same shape, lower; a quarter because a peak that blew up once is likely
-several times too high, and too low costs little while too high costs the run), the LR climbs back from where the
-restored weights were trained over as many steps as it took to get there, and training goes on.
+the cycle runs lower, its highest LR ahead at a quarter of the LR the loss diverged at (a quarter of the peak at or
+after it; in the warm-up, where the loss diverged below the peak, less: :func:`lowering`), the same shape, lower (a
+quarter because an LR that blew up once is likely several times too high, and too low costs little while too high
+costs the run); the LR climbs back from where the restored weights were trained over as many steps as it took to get
+there, and training goes on.
 
 "Clearly diverged", chosen so that the noise of ordinary training does not trigger it: the training loss is NaN/inf; or
 its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training
 started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back
 above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
-to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it, and none of the
-last ``window // 2`` losses fell a tenth below it either (a network that died at once, its loss flat at the start; a
-slow starter whose average still carries an early spike while its latest losses fall is left to train); or, from then
-on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the
-moving average once stood at twice that mean (a network that blew up and died, predicting the same for every input
-about as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other
-criterion sees it; a network still learning differs more from batch to batch, one that trained has fallen further,
-and one flat at its first loss never blew up). How often it fires in runs that end well without it, and what that
-costs them, is measured on the pick zoo (the README's guard section).
+to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it, and none of the last
+``window // 2`` losses fell a tenth below it either (a network that died at once, its loss flat at the start; a slow
+starter whose average still carries an early spike while its latest losses fall is left to train); after a rescue that
+check repeats at every step until the average has fallen a tenth below the start (the peak that blew up was too high: a
+network that dips as the LR climbs back and then dies at the loss it started from is caught); or, from then on, at a
+check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the moving
+average once stood at twice that mean (a network that blew up and died, predicting the same for every input about as
+badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other criterion sees
+it; a network still learning differs more from batch to batch, one that trained has fallen further, and one flat at its
+first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is measured on
+the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
@@ -45,7 +49,7 @@ from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
 from lightning_superconv.snapshot import Snapshot, recapture
 
-#: A rescue lowers the peak to a quarter for the rest of the cycle.
+#: A rescue lowers the highest LR ahead to a quarter of the LR the loss diverged at (see :func:`lowering`).
 LOWER_BY = 0.25
 #: Losses this close together (their spread over their mean) over a whole window are a flat line.
 FLAT = 0.05
@@ -175,6 +179,12 @@ class DivergenceGuard:
             return f"its moving average rose back above where training started ({smoothed:.4g} > {start:.4g})"
         return None
 
+    def fell(self) -> bool:
+        """Whether the moving average has fallen a tenth below where training started (the model learned)."""
+        if math.isnan(self.start) or not math.isfinite(self.best):
+            return False
+        return self.best < self.start - 0.1 * abs(self.start)
+
     def stalled(self) -> bool:
         """Whether the loss never fell a tenth below where training started and stands at or above it now.
 
@@ -185,9 +195,8 @@ class DivergenceGuard:
             return False
         start = self.start
         floor = start - 0.1 * abs(start)
-        never_fell = not (math.isfinite(self.best) and self.best < floor)
         latest = list(self._recent)[-max(1, self.window // 2) :]
-        return never_fell and self.smoothed >= start and all(loss >= floor for loss in latest)
+        return not self.fell() and self.smoothed >= start and all(loss >= floor for loss in latest)
 
     def flat(self, within: float = FLAT) -> float | None:
         """The mean of the last ``window`` losses if they lie within ``within`` of it (max - min), else None."""
@@ -292,7 +301,7 @@ class GuardedCycle:
     halvings of the scale in a row are (no loss scale helps any more).
 
     Args:
-        scheduler: the installed one-cycle; a rescue scales its remaining LRs by :data:`LOWER_BY`.
+        scheduler: the installed one-cycle; a rescue scales its remaining LRs by :func:`lowering`'s factor.
         max_rescues: rescues allowed; one more divergence stops training with an error.
         rescued: rescues already made in this run (a resume), counted against ``max_rescues``.
     """
@@ -306,7 +315,10 @@ class GuardedCycle:
         self._scale: float | None = None
         self._halvings = 0
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
-        # is a network that cannot learn at this LR: the step from which that is checked, once
+        # is a network that cannot learn at this LR: the step from which that is checked; once in a run not yet
+        # rescued (a slow starter exempted by its latest losses is left to train), and after a rescue at every step
+        # until the loss has fallen a tenth below where it started (a peak that blew up once was too high: a network
+        # that dips as the LR climbs back and then dies at the loss it started from is caught)
         self._stall_check = int(_warmup_end(scheduler))
         # from the same step on, at every check: a loss lying flat after a blow-up (a network that died)
         self._collapse_from = self._stall_check
@@ -373,12 +385,13 @@ class GuardedCycle:
             guard.add(value, forgive_nonfinite=forgive)
             reason = guard.diverged()
             if reason is None and 0 <= self._stall_check <= step:
-                self._stall_check = -1
                 if guard.stalled():
                     reason = (
                         f"its loss ({guard.smoothed:.4g}) never fell a tenth below where training started "
-                        f"({guard.start:.4g}) while the LR climbed to the cycle's peak"
+                        f"({guard.start:.4g}) by the time the LR had climbed to the cycle's peak, and stands above it"
                     )
+                elif not self.rescued or guard.fell():
+                    self._stall_check = -1  # once in a run not yet rescued; after a rescue, until the loss has fallen
             if reason is not None:
                 return reason
         # judged once per check, on the losses up to its last: a flat line needs a whole window to show
@@ -419,7 +432,8 @@ class GuardedCycle:
         for group, values in zip(groups, now, strict=True):
             group.update(values)
         old_peak = float(groups[0].get("max_lr", groups[0]["lr"]))
-        scale_peak(self.scheduler, LOWER_BY)
+        factor = lowering(float(now[0]["lr"]), old_peak, self.scheduler.last_epoch < _warmup_end(self.scheduler))
+        scale_peak(self.scheduler, factor)
         lr_now = float(groups[0]["lr"])
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
         self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
@@ -427,7 +441,28 @@ class GuardedCycle:
         self._collapse_from = self._stall_check
         self.rescued += 1
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
-        return Rescue(step, restored, old_peak, old_peak * LOWER_BY, reason)
+        return Rescue(step, restored, old_peak, old_peak * factor, reason)
+
+
+def lowering(lr_seen: float, peak: float, before_peak: bool) -> float:
+    r"""The factor a rescue scales the rest of the cycle by: the highest LR ahead becomes a quarter of ``lr_seen``.
+
+    ``lr_seen`` is the LR the loss was seen diverging at (the step of the check). At or after the cycle's peak the
+    highest LR ahead is the LR now, so the factor is :data:`LOWER_BY`. In the warm-up it is the peak, still to come:
+    a loss that diverged on the way up at a fraction of it would diverge again at a quarter of the peak when that
+    fraction is below a quarter, so the peak becomes a quarter of ``lr_seen`` instead: the reading of the range test
+    without trials (``trial_steps=0``: a quarter of the LR where the loss rose back). The check comes after the loss
+    turned, so ``lr_seen`` lies at or above the LR where it did. On a recurrent model whose best peak lies about at
+    the LR where its loss rose, a quarter is too low (the README's guard section measures what that costs).
+
+    Example::
+
+        >>> lowering(1.0, 1.0, before_peak=False), lowering(0.5, 1.0, before_peak=True)
+        (0.25, 0.125)
+    """
+    if not before_peak or peak <= 0 or not math.isfinite(lr_seen) or lr_seen <= 0:
+        return LOWER_BY
+    return LOWER_BY * min(1.0, lr_seen / peak)
 
 
 def _scale_of(trainer: _compat.Trainer) -> float | None:

@@ -91,9 +91,14 @@ class SuperConvergence(_compat.Callback):
         final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)`` (>= 1).
         three_phase: use torch's three-phase cycle (symmetric rise and fall, then a final annihilation).
         log_schedule: log LR and momentum of the first param group every ``log_every_n_steps`` steps.
+        guard: watch the training loss; when it clearly diverges, roll back to an in-memory snapshot, lower the rest
+            of the cycle and go on (:mod:`lightning_superconv.guard` says when and by how much).
+        max_rescues: rescues allowed (>= 0); one more divergence raises
+            :class:`~lightning_superconv.guard.DivergenceError`.
 
     Attributes:
-        max_lr: the cycle's maximum LR once ``fit`` has started (the given one or the pick).
+        max_lr: the cycle's maximum LR once ``fit`` has started (the given one or the pick; lowered by rescues).
+        rescues: one dict per rescue of the guard: ``step``, ``restored_step``, ``old_peak``, ``new_peak``, ``reason``.
         result: the :class:`~lightning_superconv.result.RangeTestResult`, or None when no range test ran.
         range_test: the range test's settings (:class:`~lightning_superconv.range_test.RangeTestConfig`).
         cycle: the cycle's shape (:class:`~lightning_superconv.schedule.OneCycleConfig`).
@@ -403,7 +408,7 @@ class SuperConvergence(_compat.Callback):
 
     def _record_rescue(self, trainer: _compat.Trainer, rescue: Rescue) -> None:
         assert self.max_lr is not None
-        self.max_lr *= LOWER_BY
+        self.max_lr *= rescue.new_peak / rescue.old_peak if rescue.old_peak > 0 else LOWER_BY
         self.rescues.append(asdict(rescue))
         _compat.rank_zero_warn(
             trainer,
