@@ -16,7 +16,7 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_range_test
 from lightning_superconv._validation import check_bool, check_integer, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
-from lightning_superconv.guard import LOWER_BY, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
+from lightning_superconv.guard import DivergenceError, DivergenceGuard, GuardedCycle, Rescue
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
@@ -408,7 +408,7 @@ class SuperConvergence(_compat.Callback):
 
     def _record_rescue(self, trainer: _compat.Trainer, rescue: Rescue) -> None:
         assert self.max_lr is not None
-        self.max_lr *= rescue.new_peak / rescue.old_peak if rescue.old_peak > 0 else LOWER_BY
+        self.max_lr *= rescue.new_peak / rescue.old_peak  # the cycle's peak is positive, and so is every factor
         self.rescues.append(asdict(rescue))
         _compat.rank_zero_warn(
             trainer,

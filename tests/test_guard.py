@@ -303,8 +303,12 @@ def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
 def test_a_rescue_is_logged_as_a_scalar_and_said_in_one_line(tmp_path):
     logger = CSVLogger(tmp_path, name="log")
     callback = SuperConvergence(max_lr=50.0)
-    with pytest.warns(RuntimeWarning, match=r"lowered the cycle's peak from 50 to \d"):
+    with pytest.warns(RuntimeWarning, match=r"lowered the cycle's peak from 50 to ") as said:
         _fit(tmp_path, callback, logger=logger, log_every_n_steps=1)
+    first = callback.rescues[0]
+    assert first["new_peak"] < 50.0 * LOWER_BY  # seen diverging in the warm-up: below a quarter of the peak
+    line = f"at step {first['step']}"
+    assert any(line in str(w.message) and f"from 50 to {first['new_peak']:.4g} " in str(w.message) for w in said)
     metrics = (tmp_path / "log" / "version_0" / "metrics.csv").read_text()
     assert "superconv/rescues" in metrics
     assert "superconv/max_lr" in metrics
