@@ -3,8 +3,8 @@ r"""The divergence guard: when the cycle blows up, roll back in memory, lower th
 A peak read from any range test can be wrong on some model; a peak given by hand can be too. Without a guard the run
 is lost (a one-cycle too high for the model ends at chance accuracy). With it, a wrong peak costs a little time: the
 weights, buffers, optimizer state and gradient scaler come back from a snapshot taken before the blow-up, the rest of
-the cycle runs lower, its highest LR ahead at a quarter of the LR the loss diverged at (a quarter of the peak at or
-after it; in the warm-up, where the loss diverged below the peak, less: :func:`lowering`), the same shape, lower (a
+the cycle runs lower, its highest LR ahead at a quarter of the LR the loss diverged at (that of its first blow-up
+since the snapshot, where it blew up; else that of the check that saw it: :func:`lowering`), the same shape, lower (a
 quarter because an LR that blew up once is likely several times too high, and too low costs little while too high
 costs the run); the LR climbs back from where the restored weights were trained over as many steps as it took to get
 there, and training goes on.
@@ -93,9 +93,10 @@ class DivergenceGuard:
         # training "started" too (it is read again from the losses that follow), else the restored weights' own loss,
         # above the start the first steps fell to, counts as a divergence at once and every rescue is spent on it
         self._snapshot_stats: tuple[float, int, float, float, float, float, tuple[float, ...]] | None = None
-        # losses kept since the last check, with their steps; a resumed run's come back as plain numbers
+        # losses kept since the last check, with their steps and LRs; a resumed run's come back as plain numbers
         self._kept: list[torch.Tensor | float] = []
         self._kept_steps: list[int] = []
+        self._kept_lrs: list[float] = []
         # the latest losses as they came (finite ones): a dead network's lie flat
         self.window = window
         self._recent: deque[float] = deque(maxlen=max(2, window))
@@ -108,6 +109,7 @@ class DivergenceGuard:
         self.start = math.nan
         self.highest = -math.inf  # the highest the moving average stood, once `start` was read
         self.first = math.nan  # the first loss
+        self.blow_up_lr = math.nan  # the LR of the first loss since the snapshot half as high again as the first loss
         self._nonfinite = False
         self._recent.clear()
 
@@ -118,15 +120,16 @@ class DivergenceGuard:
         """The debiased moving average of the loss (NaN before the first step)."""
         return self.average / (1 - self.beta**self.count) if self.count else math.nan
 
-    def keep(self, loss: torch.Tensor, step: int) -> None:
-        """Keep one optimizer step's loss where it is (no transfer, no copy) until the next :meth:`read_kept`."""
+    def keep(self, loss: torch.Tensor, step: int, lr: float = math.nan) -> None:
+        """Keep one optimizer step's loss where it is (no transfer, no copy), with its LR, until :meth:`read_kept`."""
         self._kept.append(loss.detach() if loss.requires_grad else loss)
         self._kept_steps.append(step)
+        self._kept_lrs.append(lr)
 
-    def read_kept(self) -> list[tuple[int, float]]:
-        """The kept losses as ``(step, value)`` in the order they came, read in one transfer; the keep empties."""
-        kept, steps = self._kept, self._kept_steps
-        self._kept, self._kept_steps = [], []
+    def read_kept(self) -> list[tuple[int, float, float]]:
+        """The kept losses as ``(step, value, lr)`` in the order they came, read in one transfer; the keep empties."""
+        kept, steps, lrs = self._kept, self._kept_steps, self._kept_lrs
+        self._kept, self._kept_steps, self._kept_lrs = [], [], []
         if not kept:
             return []
         # one run's losses share a shape and a device; a resumed run's come back as numbers, and a loss of several
@@ -136,22 +139,32 @@ class DivergenceGuard:
             values = stacked.reshape(-1).tolist()
         else:
             values = [float(loss) for loss in kept]
-        return list(zip(steps, values, strict=True))
+        return list(zip(steps, values, lrs, strict=True))
 
-    def add(self, value: float, forgive_nonfinite: bool = False) -> None:
+    def add(self, value: float, forgive_nonfinite: bool = False, lr: float = math.nan) -> None:
         """Take one step's loss into the moving average, the start and the best (NaN/inf is flagged, not averaged).
 
         ``forgive_nonfinite``: a NaN/inf loss is not flagged either (the gradient scaler skipped that step).
+        ``lr``: the LR of the step; the first blow-up's (a NaN/inf loss, or one half as high again as the first loss)
+        is :attr:`blow_up_lr`, the LR a rescue reads the loss as diverged at.
         """
         if not math.isfinite(value):
-            self._nonfinite = self._nonfinite or not forgive_nonfinite
+            if not forgive_nonfinite:
+                self._nonfinite = True
+                self._note_blow_up(lr)
             return
         self.average = self.beta * self.average + (1 - self.beta) * value
         self.count += 1
         if self.count == 1:
             self.first = value
+        elif value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
+            self._note_blow_up(lr)
         self._recent.append(value)
         self._update_marks()
+
+    def _note_blow_up(self, lr: float) -> None:
+        if math.isnan(self.blow_up_lr):
+            self.blow_up_lr = lr
 
     def _update_marks(self) -> None:
         if self.count == 0:
@@ -249,6 +262,7 @@ class DivergenceGuard:
             return False
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
+        self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
         self._snapshot_stats = (
             self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent)
         )  # fmt: skip
@@ -263,7 +277,8 @@ class DivergenceGuard:
         self._recent.clear()
         self._recent.extend(recent)
         self._nonfinite = False
-        self._kept, self._kept_steps = [], []
+        self.blow_up_lr = math.nan
+        self._kept, self._kept_steps, self._kept_lrs = [], [], []
         return self.snapshot_step
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,10 +286,11 @@ class DivergenceGuard:
 
         A resumed run judges divergence as the interrupted one would.
         """
+        kept = self._kept_steps, self._kept, self._kept_lrs
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
-            "highest": self.highest, "first": self.first, "recent": list(self._recent),
-            "kept": [[step, float(loss)] for step, loss in zip(self._kept_steps, self._kept, strict=True)],
+            "highest": self.highest, "first": self.first, "recent": list(self._recent), "blow_up_lr": self.blow_up_lr,
+            "kept": [[step, float(loss), lr] for step, loss, lr in zip(*kept, strict=True)],
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -287,9 +303,11 @@ class DivergenceGuard:
         self.first = float(state.get("first", math.nan))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
-        kept = state.get("kept", [])
-        self._kept_steps = [int(step) for step, _ in kept]
-        self._kept = [float(value) for _, value in kept]
+        self.blow_up_lr = float(state.get("blow_up_lr", math.nan))
+        kept = state.get("kept", [])  # [step, loss, lr]; a checkpoint written before the LR was kept: [step, loss]
+        self._kept_steps = [int(entry[0]) for entry in kept]
+        self._kept = [float(entry[1]) for entry in kept]
+        self._kept_lrs = [float(entry[2]) if len(entry) > 2 else math.nan for entry in kept]
 
 
 class GuardedCycle:
@@ -312,6 +330,7 @@ class GuardedCycle:
         self.max_rescues = max_rescues
         self.rescued = rescued
         self._last_step = -1
+        self._lr = math.nan  # the LR the next batch runs at (read at the end of the one before)
         self._scale: float | None = None
         self._halvings = 0
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
@@ -340,6 +359,7 @@ class GuardedCycle:
         """Take the first snapshot: the weights training starts from."""
         step = int(trainer.global_step)
         self._last_step = step
+        self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])
         self._scale = _scale_of(trainer)
         self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
 
@@ -357,7 +377,8 @@ class GuardedCycle:
         self._last_step = step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # else `training_step` skipped this batch
-            self.guard.keep(loss, step)
+            self.guard.keep(loss, step, self._lr)  # the LR its batch ran at
+        self._lr = self.scheduler.optimizer.param_groups[0]["lr"]  # stepped already: the next batch's
         # the same steps on every rank and in a resumed run: the check is a collective under DDP
         if step % self.guard.check_every:
             return None, None
@@ -380,9 +401,9 @@ class GuardedCycle:
             return reason
         guard = self.guard
         last = -1
-        for step, value in guard.read_kept():
+        for step, value, lr in guard.read_kept():
             last = step
-            guard.add(value, forgive_nonfinite=forgive)
+            guard.add(value, forgive_nonfinite=forgive, lr=lr)
             reason = guard.diverged()
             if reason is None and 0 <= self._stall_check <= step:
                 if guard.stalled():
@@ -428,11 +449,16 @@ class GuardedCycle:
         now = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         assert self.guard.snapshot is not None
         lr_then = float(self.guard.snapshot.param_groups[0]["lr"])
+        lr_seen = float(now[0]["lr"])
+        # the loss diverged where it first blew up since the snapshot, if it did; else it is seen now (a slow rise)
+        blow_up_lr = self.guard.blow_up_lr
+        diverged_at = blow_up_lr if math.isfinite(blow_up_lr) and blow_up_lr > 0 else lr_seen
         restored = self.guard.roll_back()
         for group, values in zip(groups, now, strict=True):
             group.update(values)
         old_peak = float(groups[0].get("max_lr", groups[0]["lr"]))
-        factor = lowering(float(now[0]["lr"]), old_peak, self.scheduler.last_epoch < _warmup_end(self.scheduler))
+        before_peak = self.scheduler.last_epoch < _warmup_end(self.scheduler)
+        factor = lowering(diverged_at, old_peak if before_peak else lr_seen)
         scale_peak(self.scheduler, factor)
         lr_now = float(groups[0]["lr"])
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
@@ -440,29 +466,31 @@ class GuardedCycle:
         self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
         self._collapse_from = self._stall_check
         self.rescued += 1
+        self._lr = float(groups[0]["lr"])
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
         return Rescue(step, restored, old_peak, old_peak * factor, reason)
 
 
-def lowering(lr_seen: float, peak: float, before_peak: bool) -> float:
-    r"""The factor a rescue scales the rest of the cycle by: the highest LR ahead becomes a quarter of ``lr_seen``.
+def lowering(diverged_at: float, highest_ahead: float) -> float:
+    r"""The factor a rescue scales the rest of the cycle by: the highest LR ahead becomes a quarter of ``diverged_at``.
 
-    ``lr_seen`` is the LR the loss was seen diverging at (the step of the check). At or after the cycle's peak the
-    highest LR ahead is the LR now, so the factor is :data:`LOWER_BY`. In the warm-up it is the peak, still to come:
-    a loss that diverged on the way up at a fraction of it would diverge again at a quarter of the peak when that
-    fraction is below a quarter, so the peak becomes a quarter of ``lr_seen`` instead: the reading of the range test
-    without trials (``trial_steps=0``: a quarter of the LR where the loss rose back). The check comes after the loss
-    turned, so ``lr_seen`` lies at or above the LR where it did. On a recurrent model whose best peak lies about at
-    the LR where its loss rose, a quarter is too low (the README's guard section measures what that costs).
+    ``diverged_at`` is the LR the loss diverged at: that of the first blow-up since the snapshot (a NaN/inf loss or
+    one half as high again as the first loss) where there was one, else that of the check that saw it (a slow rise
+    shows at the check; a spike shows when it happens, and a loss that died after a spike is seen only steps later, at
+    a higher LR in the warm-up or at the peak). ``highest_ahead`` is the peak in the warm-up, the LR now at or after
+    it. A quarter because an LR that blew up once is likely several times too high, and too low costs little while too
+    high costs the run: the reading of the range test without trials (``trial_steps=0``: a quarter of the LR where
+    the loss rose back); never more than a quarter of the highest LR ahead. On a recurrent model whose best peak lies
+    about at the LR where its loss rose, a quarter is too low (the README's guard section measures what that costs).
 
     Example::
 
-        >>> lowering(1.0, 1.0, before_peak=False), lowering(0.5, 1.0, before_peak=True)
-        (0.25, 0.125)
+        >>> lowering(1.0, 1.0), lowering(0.5, 1.0), lowering(2.0, 1.0)
+        (0.25, 0.125, 0.25)
     """
-    if not before_peak or peak <= 0 or not math.isfinite(lr_seen) or lr_seen <= 0:
+    if highest_ahead <= 0 or not math.isfinite(diverged_at) or diverged_at <= 0:
         return LOWER_BY
-    return LOWER_BY * min(1.0, lr_seen / peak)
+    return LOWER_BY * min(1.0, diverged_at / highest_ahead)
 
 
 def _scale_of(trainer: _compat.Trainer) -> float | None:
