@@ -109,7 +109,9 @@ class DivergenceGuard:
         self.start = math.nan
         self.highest = -math.inf  # the highest the moving average stood, once `start` was read
         self.first = math.nan  # the first loss
-        self.blow_up_lr = math.nan  # the LR of the first loss since the snapshot half as high again as the first loss
+        # the LR of the first loss since the snapshot half as high again as the first loss, or NaN/inf (not kept in
+        # checkpoints: a resumed run takes a new snapshot, and only a blow-up after it tells where the loss diverged)
+        self.blow_up_lr = math.nan
         self._nonfinite = False
         self._recent.clear()
 
@@ -289,7 +291,7 @@ class DivergenceGuard:
         kept = self._kept_steps, self._kept, self._kept_lrs
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
-            "highest": self.highest, "first": self.first, "recent": list(self._recent), "blow_up_lr": self.blow_up_lr,
+            "highest": self.highest, "first": self.first, "recent": list(self._recent),
             "kept": [[step, float(loss), lr] for step, loss, lr in zip(*kept, strict=True)],
         }  # fmt: skip
 
@@ -303,11 +305,10 @@ class DivergenceGuard:
         self.first = float(state.get("first", math.nan))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
-        self.blow_up_lr = float(state.get("blow_up_lr", math.nan))
-        kept = state.get("kept", [])  # [step, loss, lr]; a checkpoint written before the LR was kept: [step, loss]
-        self._kept_steps = [int(entry[0]) for entry in kept]
-        self._kept = [float(entry[1]) for entry in kept]
-        self._kept_lrs = [float(entry[2]) if len(entry) > 2 else math.nan for entry in kept]
+        kept = state.get("kept", [])
+        self._kept_steps = [int(step) for step, _, _ in kept]
+        self._kept = [float(value) for _, value, _ in kept]
+        self._kept_lrs = [float(lr) for _, _, lr in kept]
 
 
 class GuardedCycle:
@@ -378,7 +379,7 @@ class GuardedCycle:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # else `training_step` skipped this batch
             self.guard.keep(loss, step, self._lr)  # the LR its batch ran at
-        self._lr = self.scheduler.optimizer.param_groups[0]["lr"]  # stepped already: the next batch's
+        self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
         # the same steps on every rank and in a resumed run: the check is a collective under DDP
         if step % self.guard.check_every:
             return None, None
@@ -450,15 +451,19 @@ class GuardedCycle:
         assert self.guard.snapshot is not None
         lr_then = float(self.guard.snapshot.param_groups[0]["lr"])
         lr_seen = float(now[0]["lr"])
-        # the loss diverged where it first blew up since the snapshot, if it did; else it is seen now (a slow rise)
-        blow_up_lr = self.guard.blow_up_lr
+        # the loss diverged where it first blew up since the snapshot, if it did; else it is seen now (a slow rise).
+        # Ranks see different batches: all take the lowest LR any rank saw a blow-up at, so their cycles stay alike
+        blow_up_lr = _lowest_on_any_rank(trainer, self.guard.blow_up_lr)
         diverged_at = blow_up_lr if math.isfinite(blow_up_lr) and blow_up_lr > 0 else lr_seen
         restored = self.guard.roll_back()
         for group, values in zip(groups, now, strict=True):
             group.update(values)
         old_peak = float(groups[0].get("max_lr", groups[0]["lr"]))
         before_peak = self.scheduler.last_epoch < _warmup_end(self.scheduler)
-        factor = lowering(diverged_at, old_peak if before_peak else lr_seen)
+        # after the peak the highest LR ahead is the cycle's own LR now: above the LR seen while an earlier rescue's
+        # re-warm-up is still climbing back, and that own LR is what the lowering scales
+        rewarm = float(self.scheduler.rewarm_factor())
+        factor = lowering(diverged_at, old_peak if before_peak else lr_seen / rewarm if rewarm > 0 else lr_seen)
         scale_peak(self.scheduler, factor)
         lr_now = float(groups[0]["lr"])
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
@@ -474,14 +479,15 @@ class GuardedCycle:
 def lowering(diverged_at: float, highest_ahead: float) -> float:
     r"""The factor a rescue scales the rest of the cycle by: the highest LR ahead becomes a quarter of ``diverged_at``.
 
-    ``diverged_at`` is the LR the loss diverged at: that of the first blow-up since the snapshot (a NaN/inf loss or
-    one half as high again as the first loss) where there was one, else that of the check that saw it (a slow rise
-    shows at the check; a spike shows when it happens, and a loss that died after a spike is seen only steps later, at
-    a higher LR in the warm-up or at the peak). ``highest_ahead`` is the peak in the warm-up, the LR now at or after
-    it. A quarter because an LR that blew up once is likely several times too high, and too low costs little while too
-    high costs the run: the reading of the range test without trials (``trial_steps=0``: a quarter of the LR where
-    the loss rose back); never more than a quarter of the highest LR ahead. On a recurrent model whose best peak lies
-    about at the LR where its loss rose, a quarter is too low (the README's guard section measures what that costs).
+    ``diverged_at`` is the LR the loss diverged at: that of the first blow-up since the snapshot (a NaN/inf loss or one
+    half as high again as the first loss) where there was one, else that of the check that saw it (a slow rise shows at
+    the check; a spike shows when it happens, and a loss that died after a spike is seen only steps later, at a higher
+    LR in the warm-up or at the peak). ``highest_ahead`` is the cycle's own peak in the warm-up, its own LR now (a
+    re-warm-up left out) at or after it. A quarter because an LR that blew up once is likely several times too high, and
+    too low costs little while too high costs the run: the reading of the range test without trials (``trial_steps=0``:
+    a quarter of the LR where the loss rose back); never more than a quarter of the highest LR ahead. On a recurrent
+    model whose best peak lies about at the LR where its loss rose, a quarter is too low (the README's guard section
+    measures what that costs).
 
     Example::
 
@@ -491,6 +497,16 @@ def lowering(diverged_at: float, highest_ahead: float) -> float:
     if highest_ahead <= 0 or not math.isfinite(diverged_at) or diverged_at <= 0:
         return LOWER_BY
     return LOWER_BY * min(1.0, diverged_at / highest_ahead)
+
+
+def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
+    """The lowest finite positive ``value`` over the ranks, NaN where no rank has one (a collective: call on all)."""
+    if trainer.world_size <= 1:
+        return value
+    mine = value if math.isfinite(value) and value > 0 else math.inf
+    strategy = trainer.strategy
+    lowest = float(strategy.all_gather(torch.tensor(mine, dtype=torch.float64, device=strategy.root_device)).min())
+    return lowest if math.isfinite(lowest) else math.nan
 
 
 def _scale_of(trainer: _compat.Trainer) -> float | None:

@@ -190,7 +190,8 @@ class SafeOneCycleLR(OneCycleLR):
         for group in self.optimizer.param_groups:
             group["lr"] = float(group["lr"]) * self.rewarm_from
 
-    def _rewarm_factor(self) -> float:
+    def rewarm_factor(self) -> float:
+        """The re-warm-up's factor at the current step (1 outside one): the LR is the cycle's own LR times this."""
         if self.rewarm_start < 0 or self.last_epoch >= self.rewarm_start + self.rewarm_steps:
             return 1.0
         done = (self.last_epoch - self.rewarm_start) / self.rewarm_steps
@@ -198,7 +199,7 @@ class SafeOneCycleLR(OneCycleLR):
 
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle (and re-warmed after a rollback)."""
-        factor = self._rewarm_factor()
+        factor = self.rewarm_factor()
         return [lr * factor for lr in self._cycle_lr()]
 
     def _cycle_lr(self) -> list[Any]:

@@ -11,6 +11,8 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    must stop on both ranks at the same step (a rank that went on would wait forever in DDP's all-reduce).
 3. A cycle far too high (``max_lr=50``): the divergence guard rescues it, on both ranks at the same steps, and the
    ranks end with the same weights.
+4. The same, with a blow-up only rank 1 sees (its loss at step 1 reads three times higher): both ranks lower the peak
+   by the LR of that blow-up.
 """
 
 from __future__ import annotations
@@ -119,6 +121,30 @@ def main(out: str) -> None:  # noqa: D103
     report["rescues"] = guarded.rescues
     report["guarded_max_lr"] = guarded.max_lr
     report["guarded_weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
+
+    # 4. a blow-up only one rank sees
+    class SpikesOnRankOne(TinyClassifier):
+        """Rank 1's loss at step 1 reads three times higher; every rank records its losses and LRs until a rescue."""
+
+        def __init__(self) -> None:
+            super().__init__(batch_size=16, n=512)
+            self.seen: list[tuple[float, float]] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            if self.trainer.global_rank == 1 and self.trainer.global_step == 1:
+                loss = loss * 3.0
+            if not any(getattr(cb, "rescues", None) for cb in self.trainer.callbacks):
+                self.seen.append((float(loss.detach()), self.trainer.optimizers[0].param_groups[0]["lr"]))
+            return loss
+
+    L.seed_everything(0, verbose=False)
+    one_rank = SuperConvergence(max_lr=50.0)
+    model = SpikesOnRankOne()
+    L.Trainer(callbacks=[one_rank], max_epochs=4, **common).fit(model)
+    report["one_rank_rescues"] = one_rank.rescues
+    report["one_rank_seen"] = model.seen
+    report["one_rank_weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

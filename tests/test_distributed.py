@@ -6,6 +6,7 @@ One launch (``tests/ddp_run.py``, 15-25 s here) serves every test in this module
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,3 +101,21 @@ def test_the_divergence_guard_rescues_on_every_rank_alike(ranks):
     assert r0["rescues"] == r1["rescues"]
     assert r0["guarded_max_lr"] == r1["guarded_max_lr"] < 50.0
     assert r0["guarded_weights"] == r1["guarded_weights"]
+
+
+def _first_blow_up_lr(seen: list[list[float]]) -> float:
+    """The LR of a rank's first loss half as high again as its first (or NaN/inf), inf where there is none."""
+    first = seen[0][0]
+    return next((lr for loss, lr in seen[1:] if not loss - first <= 0.5 * abs(first)), math.inf)
+
+
+def test_ranks_lower_the_peak_alike_when_only_one_saw_the_blow_up(ranks):
+    """A blow-up only rank 1 sees: both ranks read the lowest LR any rank saw one at, and stay identical."""
+    r0, r1 = ranks
+    assert r0["one_rank_rescues"], "the premise: the run is rescued"
+    assert r0["one_rank_rescues"] == r1["one_rank_rescues"]
+    assert r0["one_rank_weights"] == r1["one_rank_weights"]
+    rank0, rank1 = _first_blow_up_lr(r0["one_rank_seen"]), _first_blow_up_lr(r1["one_rank_seen"])
+    assert rank1 < rank0, "the premise: rank 1 saw a blow-up first, at a lower LR"
+    first = r0["one_rank_rescues"][0]
+    assert first["new_peak"] == pytest.approx(min(0.25 * rank1, 0.25 * first["old_peak"]))

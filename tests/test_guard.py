@@ -171,11 +171,35 @@ def test_the_lr_of_the_first_blow_up_since_the_snapshot_is_where_the_loss_diverg
     assert math.isnan(guard.blow_up_lr)
     guard.add(float("inf"), lr=1.7)
     assert guard.blow_up_lr == 1.7
-    resumed = DivergenceGuard()
-    resumed.load_state_dict(guard.state_dict())
-    assert resumed.blow_up_lr == 1.7
     guard.roll_back()
     assert math.isnan(guard.blow_up_lr)
+
+
+def test_a_rescue_during_a_re_warm_up_after_the_peak_lowers_the_cycle_s_own_lr_to_a_quarter_of_the_blow_up_s():
+    """While an earlier rescue's re-warm-up climbs back, the LR seen is below the cycle's own: the lowering reads that.
+
+    Read from the LR seen, the cycle would end its re-warm-up above a quarter of the LR the loss blew up at.
+    """
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=100)
+    cycle = GuardedCycle(DivergenceGuard(), scheduler, max_rescues=3)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    cycle.guard.refresh(0, model, optimizer)
+    for _ in range(50):  # past the peak (step 29)
+        optimizer.step()
+        scheduler.step()
+    scheduler.rewarm(20, 0.2)  # an earlier rescue's re-warm-up, under way
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    own = optimizer.param_groups[0]["lr"] / scheduler.rewarm_factor()
+    assert optimizer.param_groups[0]["lr"] < 0.4 * own
+    cycle.guard.blow_up_lr = 0.4 * own  # above the LR seen, below the cycle's own
+    rescue = cycle._rescue(trainer, 52, "a test")
+    # the whole cycle scales by one factor: its own LR now becomes a quarter of the blow-up's, 0.1 of what it was
+    assert rescue.new_peak / rescue.old_peak == pytest.approx(LOWER_BY * 0.4)
+    assert optimizer.param_groups[0]["max_lr"] == pytest.approx(LOWER_BY * 0.4)
 
 
 def test_a_rescue_lowers_the_highest_lr_ahead_to_a_quarter_of_the_lr_it_diverged_at():
@@ -445,6 +469,11 @@ def test_a_network_that_died_after_a_blow_up_is_rolled_back_and_trained(tmp_path
     assert len(callback.rescues) == 1
     rescue = callback.rescues[0]
     assert "died" in rescue["reason"]
+    # after the peak: the cycle's LR at the check becomes a quarter of the LR its first blown-up loss (5.0 against a
+    # first 3.0, at step 1) was trained at; the unguarded run follows the same cycle up to the check
+    _, _, cycle = _fit(tmp_path / "cycle", SuperConvergence(max_lr=5.0, guard=False), model=DiesAfterABlowUp)
+    blown, seen = cycle.lrs[1], cycle.lrs[rescue["step"]]
+    assert rescue["new_peak"] / rescue["old_peak"] == pytest.approx(LOWER_BY * blown / seen)
     assert rescue["restored_step"] == 0  # the dead weights were never taken as a snapshot
     assert _final_loss(unguarded) > 0.6  # no gradient ever reached it
     assert _final_loss(guarded) < 0.5 * _final_loss(unguarded)
