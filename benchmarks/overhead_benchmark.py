@@ -19,10 +19,16 @@ Setups: ``example`` is the README's main job (``examples/fashion_mnist.py``: its
 and TensorBoard logging every 10 steps) on a 12,800-image subset for 4 epochs; ``bn_cnn`` is the small BatchNorm CNN
 of ``benchmarks/common.py`` (a fast step, so the hooks weigh most), fp32, logging every step.
 
+Beside the fits, it times what a TensorBoard write costs the code that makes it, outside any fit: the first write
+after a stretch of torch work (TensorBoard's writer thread is asleep and wakes for it) against a second write right
+after it (the thread is awake). The callback that writes first in a step pays the wake; that is why the order of the
+callbacks moves their per-step times.
+
 Run from the repository root (about 18 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
 
     python -m benchmarks.overhead_benchmark
     python -m benchmarks.overhead_benchmark --report   # the table of the last run, from the cache
+    python -m benchmarks.overhead_benchmark --setups   # the TensorBoard write alone (seconds)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from typing import Any
 
 import lightning as L
@@ -37,6 +44,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import SimpleProfiler
+from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.common import PAIRS, BenchModule, load_cache, save_cache
 from examples.fashion_mnist import FashionClassifier, default_precision
@@ -44,6 +52,7 @@ from examples.fashion_mnist_data import FashionMNISTDataModule
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
 CACHE = "overhead.json"
+WRITE_CACHE = "overhead_tensorboard_write.json"
 # Hooks that run once per fit (their cost is reported as one-off), not per training step.
 ONE_OFF = {"setup", "on_fit_start", "on_train_start", "on_train_end", "on_fit_end", "teardown", "on_save_checkpoint",
            "state_dict", "load_state_dict", "on_sanity_check_start", "on_sanity_check_end"}  # fmt: skip
@@ -114,6 +123,44 @@ def _profile(setup: str, logdir: str, ours_first: bool) -> dict[str, Any]:
     }
 
 
+def _tensorboard_writes(logdir: str, steps: int = 400) -> dict[str, float]:
+    r"""Median time of a ``SummaryWriter.add_scalar`` (and 20 µs of Python after it) first and second in a "step".
+
+    Each step first runs torch work that releases the GIL (as forward and backward do), long enough for TensorBoard's
+    writer thread to finish the previous step's events and sleep; then one write wakes it and a second follows.
+    """
+
+    def python_for(seconds: float) -> None:  # a hook's own Python after the write, where the woken thread cuts in
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            pass
+
+    writer = SummaryWriter(logdir)
+    work = torch.randn(256, 256)
+    first, second = [], []
+    for step in range(steps):
+        for _ in range(20):
+            work @ work
+        t0 = time.perf_counter()
+        writer.add_scalar("write/first", 0.1, step)
+        python_for(2e-5)
+        t1 = time.perf_counter()
+        writer.add_scalar("write/second", 0.9, step)
+        python_for(2e-5)
+        second.append(time.perf_counter() - t1)
+        first.append(t1 - t0)
+    writer.close()
+    return {"first_ms": 1000 * statistics.median(first), "second_ms": 1000 * statistics.median(second)}
+
+
+def print_writes(writes: dict[str, float]) -> None:
+    print(
+        f"\nA TensorBoard write (add_scalar, and 20 µs of Python after it), median over steps of torch work: first in "
+        f"its step {writes['first_ms']:.3f} ms, right after another {writes['second_ms']:.3f} ms: waking "
+        f"TensorBoard's writer thread costs the first writer {writes['first_ms'] - writes['second_ms']:.3f} ms."
+    )
+
+
 def print_table(results: dict[str, Any]) -> None:
     repeats = len(next(iter(results.values()))["runs"])
     print(f"\nPer training step, median of {repeats} profiled fits (Lightning's SimpleProfiler):")
@@ -168,6 +215,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         print_table(load_cache(CACHE))
+        if writes := load_cache(WRITE_CACHE):
+            print_writes(writes)
         return
     torch.set_num_threads(2)
     results: dict[str, Any] = {}
@@ -176,9 +225,14 @@ def main() -> None:
             runs = [_profile(setup, logdir, ours_first=i % 2 == 0) for i in range(args.repeats)]
             results[setup] = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "ours_first"}
             results[setup]["runs"] = runs
+        writes = _tensorboard_writes(logdir)
     if not args.no_save:
-        save_cache(CACHE, results)
-    print_table(results)
+        if results:
+            save_cache(CACHE, results)
+        save_cache(WRITE_CACHE, writes)
+    if results:
+        print_table(results)
+    print_writes(writes)
 
 
 if __name__ == "__main__":
