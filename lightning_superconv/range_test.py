@@ -39,7 +39,8 @@ class RangeTestConfig:
 
     Attributes:
         lr_range: the first and last LR of the sweep, ``0 < start < end``.
-        num_steps: optimizer steps of the sweep at most, at least 10 (:data:`MIN_STEPS`): the online divergence check
+        num_steps: optimizer steps of the sweep up to ``lr_range[1]`` (up to ``num_steps // 2`` more follow past it:
+            :meth:`lrs`), at least 10 (:data:`MIN_STEPS`): the online divergence check
             averages about 10 losses before it trusts a best (at ``smoothing=0.9``), and the pick reads a running
             median of at least 3 neighbours off a curve that must fall, stay in its floor and rise; fewer points
             cannot show that.

@@ -38,9 +38,10 @@ class SuperConvergence(_compat.Callback):
 
     When ``fit`` starts, before the first training step, the callback runs Leslie Smith's LR range test on the
     model's own ``training_step`` loss, data and optimizer: the LR rises exponentially from ``lr_range[0]`` to
-    ``lr_range[1]`` over at most ``num_steps`` optimizer steps, and the test stops as soon as the loss has clearly
-    diverged (see :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read where the loss,
-    past its lowest point, rises back above where it started (Smith's "where the loss starts to rise"), *not* at the
+    ``lr_range[1]`` over ``num_steps`` optimizer steps (and on at the same pace for up to half as many more, where the
+    loss has not diverged by then), and the test stops as soon as the loss has clearly diverged (see
+    :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read where the loss, past its
+    lowest point, rises back above where it started (Smith's "where the loss starts to rise"), *not* at the
     steepest slope: that point suits a constant LR and is typically orders of magnitude too small for a one-cycle
     peak. A half, a quarter and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
     steps from the same snapshot, and the one that leaves the lowest held-out loss (validation data, else training
@@ -73,12 +74,14 @@ class SuperConvergence(_compat.Callback):
     Args:
         max_lr: the cycle's maximum LR; when given, no range test runs.
         lr_range: the first and last LR of the range test, ``0 < start < end``.
-        num_steps: optimizer steps of the range test at most (>= 10, see
-            :class:`~lightning_superconv.range_test.RangeTestConfig`); it usually stops earlier, at divergence.
+        num_steps: optimizer steps of the sweep from ``lr_range[0]`` to ``lr_range[1]`` (>= 10, see
+            :class:`~lightning_superconv.range_test.RangeTestConfig`), followed by up to ``num_steps // 2`` more past
+            ``lr_range[1]``; it usually stops earlier, at divergence. The trials come on top.
         mode: ``"exponential"`` (default) or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the test stops once the smoothed loss exceeds this many times its best (> 1).
         smoothing: EMA factor in [0, 1) of the online divergence check (the reading uses a centered running median
-            over 3 % of the sweep, without lag, see :func:`~lightning_superconv.curve.running_median`).
+            whose half width is 3 % of the sweep, 7 steps of 100, without lag, see
+            :func:`~lightning_superconv.curve.running_median`).
         trial_steps: steps of the short trial cycle run at each candidate peak (0: no trials; else >= 50).
         pct_start: fraction of the run spent raising the LR, in (0, 1).
         anneal_strategy: ``"cos"`` or ``"linear"``.
@@ -104,7 +107,7 @@ class SuperConvergence(_compat.Callback):
         cycle: the cycle's shape (:class:`~lightning_superconv.schedule.OneCycleConfig`).
 
     Raises:
-        ValueError: if an argument is out of range.
+        ValueError: if an argument is out of range, or an integer argument is not an integer.
         TypeError: if an argument has the wrong type.
         MisconfigurationException: at fit start, for a setup the callback cannot serve: manual optimization, no
             optimizer, an unknown run length, a train dataloader without batches, Lightning's ``LearningRateFinder``

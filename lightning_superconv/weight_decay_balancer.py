@@ -48,7 +48,7 @@ class WeightDecayBalancer(_compat.Callback):
     Large learning rates regularize, so Smith's super-convergence recipe (arXiv 1708.07120 §3) reduces the other
     regularization, weight decay above all. How much is an empirical question. Measured here (Fashion-MNIST, 3,000
     images for 15 epochs, one-cycle at the ``SuperConvergence`` pick; the README's table): the user recipes spent a
-    decay budget ``K = Σ c_t·η_t·λ`` of only 0.01-0.1 over the run, so decay hardly acted; larger ``λ`` helped the
+    decay budget ``K = Σ c_t·η_t·λ`` of only 0.006-0.07 over the run, so decay hardly acted; larger ``λ`` helped the
     BatchNorm CNN a little; shrinking ``λ`` by the budget (Smith's prescription) helped nowhere and, at the edge of
     stability, tipped a LeNet into divergence; and short branches could not tell weight decays apart within a quarter
     of the training time. The default is therefore the rule that measured best and costs nothing.
@@ -87,10 +87,10 @@ class WeightDecayBalancer(_compat.Callback):
     How each optimizer applies decay is read from the param group
     (:func:`~lightning_superconv.weight_decay.decay_form`): SGD's coupled L2 is amplified by momentum
     (``c = 1/(1-μ)``), AdamW's decoupled decay is not (``c = 1``). ``Adam(weight_decay=λ)`` couples the decay
-    through its adaptive normalization, where none of this algebra holds: the callback warns, and the budget modes
-    treat it like decoupled decay. Param groups with ``weight_decay=0`` (norms and biases, by convention) are never
-    touched. Every ``λ`` is clamped to ``bounds`` times the user's value, and so that no step decays the weights by
-    more than 10 %.
+    through its adaptive normalization, where none of this algebra holds: the callback warns; the default
+    ``timescale`` mode keeps the user's ``λ`` there, and the ``budget`` mode treats it like decoupled decay. Param
+    groups with ``weight_decay=0`` (norms and biases, by convention) are never touched. Every ``λ`` is clamped to
+    ``bounds`` times the user's value, and so that no step decays the weights by more than 10 %.
 
     When it acts: at ``on_train_start``, after every callback's ``on_fit_start`` (so after ``SuperConvergence`` ran
     its range test and installed the one-cycle) and after Lightning restored a checkpoint. The range test runs at the
@@ -128,7 +128,7 @@ class WeightDecayBalancer(_compat.Callback):
         search: the grid's candidates and validation losses (``"grid"`` mode), else None.
 
     Raises:
-        ValueError: if an argument is out of range.
+        ValueError: if an argument is out of range, or an integer argument is not an integer.
         TypeError: if an argument has the wrong type.
 
     Example::
