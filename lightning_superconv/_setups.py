@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from lightning_superconv import _compat
 
 
@@ -79,6 +81,33 @@ def move_in_front(trainer: _compat.Trainer, mover: Any, classes: tuple[type, ...
     callbacks.pop(mine)
     callbacks.insert(first, mover)
     _compat.set_callbacks(trainer, callbacks)
+
+
+def schedule_blind_refusal(optimizer: Any) -> str | None:
+    """The message that refuses an optimizer on which an LR schedule has no meaning (``Rprop``, ``LBFGS``), or None.
+
+    ``Rprop`` reads ``lr`` once, as every weight's first step size, and then sets each step size by itself: a range
+    test and a cycle over ``lr`` change nothing after the first step (its trials tie, and the pick is noise).
+    ``LBFGS`` evaluates the loss several times per step, and its ``lr`` is the length of a quasi-Newton step (or the
+    start of its line search): neither a range test of one loss per step nor a one-cycle of step lengths applies.
+    """
+    name = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.Rprop):
+        why = (
+            "reads `lr` only once, as each weight's first step size, and then sets every step size by itself, so a "
+            "schedule over `lr` changes nothing after the first step"
+        )
+    elif isinstance(optimizer, torch.optim.LBFGS):
+        why = (
+            "evaluates the loss several times per step and takes `lr` as the length of a quasi-Newton step, so "
+            "neither a range test of one loss per step nor a one-cycle of step lengths applies"
+        )
+    else:
+        return None
+    return (
+        f"SuperConvergence cannot serve `{name}`: it {why}. Remove SuperConvergence and keep the optimizer, or "
+        "switch to one whose `lr` scales every step (`torch.optim.SGD` with momentum, `AdamW`, `RMSprop`, ...)."
+    )
 
 
 def schedule_free_refusal(optimizer: Any) -> str:

@@ -58,14 +58,32 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
     total = trainer.estimated_stepping_batches
     if total == 0 or trainer.num_training_batches == 0:
         raise _compat.misconfiguration(trainer, f"{who}: {_empty_loader_problem(trainer)}")
-    # an iterable dataset without `max_steps` reads as `max_steps`, i.e. -1
+    # an iterable dataset without `max_steps` reads as `max_steps`, i.e. -1; no epoch limit (`max_epochs=-1`, or
+    # `max_time` alone) as infinity
     if not math.isfinite(total) or total < 0:
         raise _compat.misconfiguration(
-            trainer,
-            f"{who} reads the schedule over the whole run, but this run's length is unknown (the train dataloader "
-            "has no length and `max_steps` is not set). Set `Trainer(max_steps=...)`.",
+            trainer, f"{who} reads the schedule over the whole run, but {_unknown_length(trainer)}"
         )
     return int(total)
+
+
+def _unknown_length(trainer: _compat.Trainer) -> str:
+    """Why the run's length is unknown, and what sets it."""
+    if trainer.max_epochs is None or trainer.max_epochs < 0:
+        if _timed(trainer):
+            return (
+                "this run's length is unknown: `max_time` alone limits it (no `max_epochs`, no `max_steps`), and it "
+                "stops by the clock after a number of steps nobody knows in advance. Set `Trainer(max_epochs=...)` or "
+                "`Trainer(max_steps=...)`; the cycle is planned over those."
+            )
+        return (
+            f"this run's length is unknown: it has no epoch limit (`max_epochs={trainer.max_epochs}`) and `max_steps` "
+            "is not set. Set `Trainer(max_epochs=...)` or `Trainer(max_steps=...)`."
+        )
+    return (
+        "this run's length is unknown (the train dataloader has no length and `max_steps` is not set). Set "
+        "`Trainer(max_steps=...)`."
+    )
 
 
 def _empty_loader_problem(trainer: _compat.Trainer) -> str:
@@ -106,3 +124,9 @@ def install_scheduler(trainer: _compat.Trainer, scheduler: Any) -> list[str]:
 def scheduler_in_use(trainer: _compat.Trainer, scheduler: Any) -> bool:
     """Whether ``scheduler`` still drives the run (``StochasticWeightAveraging`` swaps in its own at its start)."""
     return any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs)
+
+
+def _timed(trainer: _compat.Trainer) -> bool:
+    """Whether a ``Timer`` callback (what ``Trainer(max_time=...)`` adds) may stop the run."""
+    timers = _compat.callback_classes(trainer, "Timer")
+    return bool(timers) and any(isinstance(callback, timers) for callback in _compat.callbacks(trainer))

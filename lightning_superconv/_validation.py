@@ -7,6 +7,7 @@ message alone.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -22,6 +23,8 @@ def check_number(
 ) -> None:
     r"""Raise ``TypeError`` (not a number) or ``ValueError`` (outside the interval) naming ``name``.
 
+    A number is any real number but a bool: Python's, and NumPy's scalars (``np.float32(0.1)``) too.
+
     Example::
 
         >>> check_number("pct_start", 0.3, low=0.0, high=1.0)
@@ -32,11 +35,13 @@ def check_number(
     """
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}")
-    above = value >= low if low_inclusive else value > low
-    below = high is None or (value <= high if high_inclusive else value < high)
-    if not (math.isfinite(value) and above and below):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = " (a tensor: pass `.item()`)" if hasattr(value, "item") and hasattr(value, "dim") else ""
+        raise TypeError(f"`{name}` must be a number{hint}, got {value!r}")
+    number = float(value)
+    above = number >= low if low_inclusive else number > low
+    below = high is None or (number <= high if high_inclusive else number < high)
+    if not (math.isfinite(number) and above and below):
         interval = (
             f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}"
             f"{']' if high_inclusive and high is not None else ')'}"
@@ -55,7 +60,7 @@ def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: st
         ...
         ValueError: `trial_steps` must be 0 (no trials) or an integer >= 50, got 20
     """
-    integer = isinstance(value, int) and not isinstance(value, bool)
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if integer and (value >= low or (zero_means and value == 0)):
         return
     zero = f"0 ({zero_means}) or " if zero_means else ""

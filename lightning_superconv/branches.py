@@ -50,24 +50,39 @@ class Branch:
         return len(self.traces[0].lrs)
 
 
+class UnscorableBatchesError(RuntimeError):
+    """``training_step`` cannot score the validation batches (it fails on them, or returns no loss for any).
+
+    A validation batch can have another form than a training batch (a dict with ids, say); the caller then scores on
+    training batches instead, or leaves its setting as configured. Raised inside the branches' sandbox, so everything
+    they changed is restored before the caller sees it.
+    """
+
+
 class HeldOutBatches:
     r"""The batches every branch is scored on: the same batches, fetched once, capped in time.
 
     The first evaluation reads batches until it has taken ``time_limit`` seconds (or the source ends); every later
     branch is scored on exactly those batches, so the comparison is like for like and the evaluation stays a bounded
     part of the cost.
+
+    Args:
+        batches: where the batches come from.
+        validation: whether they are validation batches, which ``training_step`` may not accept
+            (:class:`UnscorableBatchesError`); training batches it has just trained on, it does.
     """
 
-    def __init__(self, batches: Iterator[Any] | list[Any]) -> None:
+    def __init__(self, batches: Iterator[Any] | list[Any], validation: bool = False) -> None:
         self._iterator = iter(batches)
         self.batches: list[Any] = []
         self.fixed = False
+        self.validation_batches = validation
 
     @classmethod
     def validation(cls, trainer: _compat.Trainer) -> HeldOutBatches | None:
         """The run's validation dataloaders (all of them, in order), or None when the run has none."""
         loaders = _compat.val_dataloaders(trainer)
-        return None if loaders is None else cls(batch for loader in loaders for batch in loader)
+        return None if loaders is None else cls((batch for loader in loaders for batch in loader), validation=True)
 
     @classmethod
     def after_training_batches(cls, trainer: _compat.Trainer, skip: int, count: int) -> HeldOutBatches:
@@ -173,6 +188,9 @@ def held_out_loss(
     The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
     logs is up to the user. The first call stops reading batches once ``time_limit`` seconds have passed (on every rank
     at the same count: the stop decision is reduced across ranks).
+
+    Raises:
+        UnscorableBatchesError: validation batches that ``training_step`` fails on, or returns no loss for.
     """
     strategy = trainer.strategy
     was_training = pl_module.training
@@ -186,7 +204,14 @@ def held_out_loss(
             batch = _compat.before_batch_transfer(pl_module, batch)
             batch = strategy.batch_to_device(batch, dataloader_idx=0)
             _compat.set_current_hook(pl_module, "training_step")
-            loss = loss_of(strategy.training_step(batch, batch_idx))
+            try:
+                loss = loss_of(strategy.training_step(batch, batch_idx))
+            except Exception as err:
+                if not batches.validation_batches:
+                    raise
+                raise UnscorableBatchesError(
+                    f"`training_step` failed on validation batch {batch_idx} ({type(err).__name__}: {err})"
+                ) from err
             if loss is not None:
                 total += loss.detach().double()
                 count += 1
@@ -197,6 +222,8 @@ def held_out_loss(
     finally:
         pl_module.train(was_training)
     batches.fix()
+    if count == 0 and batches.validation_batches and batches.batches:
+        raise UnscorableBatchesError("`training_step` returned no loss for any validation batch")
     mean = total / max(count, 1)
     value = float(strategy.reduce(mean, reduce_op="mean"))
     return value if math.isfinite(value) and count > 0 else math.inf

@@ -2,7 +2,7 @@ r"""Look before you train: :func:`find_max_lr`, the range test on its own, in th
 
 It runs the range-test engine (:func:`~lightning_superconv.range_test.run_range_test`, the one ``SuperConvergence``
 runs at fit start) inside a ``Trainer`` of its own, and hands back the curve, the pick and the plot. The model comes
-back unchanged (the range test restores it bit for bit) and no training step is taken.
+back unchanged (the range test restores it bit for bit), so do the RNG streams, and no training step is taken.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def find_max_lr(
     kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
-    trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
+    # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it
+    with _compat.isolate_rng(trainer):
+        trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
     assert probe.result is not None
     return probe.result

@@ -13,17 +13,18 @@ there, and training goes on.
 its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training
 started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back
 above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
-to the cycle's peak, the loss never fell a tenth below where it started and stands at or above it, and none of the last
-``window // 2`` losses fell a tenth below it either (a network that died at once, its loss flat at the start; a slow
-starter whose average still carries an early spike while its latest losses fall is left to train); after a rescue that
-check repeats at every step until the average has fallen a tenth below the start (the peak that blew up was too high: a
-network that dips as the LR climbs back and then dies at the loss it started from is caught); or, from then on, at a
-check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the moving
-average once stood at twice that mean (a network that blew up and died, predicting the same for every input about as
-badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other criterion sees
-it; a network still learning differs more from batch to batch, one that trained has fallen further, and one flat at its
-first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is measured on
-the pick zoo (the README's guard section).
+to the cycle's peak and the moving average spans a whole window (``window`` losses: in a run whose peak comes sooner, a
+loss falling as it should has had no time to fall a tenth), the loss never fell a tenth below where it started and
+stands at or above it, and none of the last ``window // 2`` losses fell a tenth below it either (a network that died at
+once, its loss flat at the start; a slow starter whose average still carries an early spike while its latest losses fall
+is left to train); after a rescue that check repeats at every step until the average has fallen a tenth below the start
+(the peak that blew up was too high: a network that dips as the LR climbs back and then dies at the loss it started from
+is caught); or, from then on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half
+the first loss, while the moving average once stood at twice that mean (a network that blew up and died, predicting the
+same for every input about as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated,
+where no other criterion sees it; a network still learning differs more from batch to batch, one that trained has fallen
+further, and one flat at its first loss never blew up). How often it fires in runs that end well without it, and what
+that costs them, is measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
@@ -402,11 +403,18 @@ class GuardedCycle:
             return reason
         guard = self.guard
         last = -1
+        # Lightning hands the hooks the loss divided by `accumulate_grad_batches`; the criteria are ratios, but the
+        # words of a rescue quote losses, which should read as the user's own
+        accumulate = max(int(trainer.accumulate_grad_batches), 1)
         for step, value, lr in guard.read_kept():
+            if accumulate > 1:
+                value *= accumulate
             last = step
             guard.add(value, forgive_nonfinite=forgive, lr=lr)
             reason = guard.diverged()
-            if reason is None and 0 <= self._stall_check <= step:
+            # a stall shows only over a whole window of losses: before that, a loss falling as it should (a short
+            # run whose peak comes within its first steps) has not had the time to fall a tenth below the start
+            if reason is None and 0 <= self._stall_check <= step and guard.count >= guard.window:
                 if guard.stalled():
                     reason = (
                         f"its loss ({guard.smoothed:.4g}) never fell a tenth below where training started "

@@ -18,7 +18,7 @@ from typing import Any
 
 from lightning_superconv import _compat
 from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
-from lightning_superconv.branches import Branch, HeldOutBatches, run_branches
+from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
 from lightning_superconv.peak import choose, next_peak, rise_index, start_level, trial_traces
@@ -82,6 +82,8 @@ class RangeTestConfig:
         object.__setattr__(self, "lr_range", (float(start), float(end)))
         object.__setattr__(self, "divergence_threshold", float(self.divergence_threshold))
         object.__setattr__(self, "smoothing", float(self.smoothing))
+        object.__setattr__(self, "num_steps", int(self.num_steps))  # a NumPy integer too: plain, for checkpoints
+        object.__setattr__(self, "trial_steps", int(self.trial_steps))
 
     def lrs(self, extended: bool = False) -> list[float]:
         """The swept LRs, one per step; ``extended``: followed by ``num_steps // 2`` more at the same pace."""
@@ -206,7 +208,18 @@ def run_range_test(
             peaks.append(peak)
             return Branch(trial_traces(configured, peak, config.trial_steps, cycle), label=peak)
 
-        scores, _ = run_branches(trainer, pl_module, optimizer, plan, HeldOutBatches.validation(trainer))
+        try:
+            scores, _ = run_branches(trainer, pl_module, optimizer, plan, HeldOutBatches.validation(trainer))
+        except UnscorableBatchesError as err:
+            # everything the trials changed is back: try again on training batches the trials never train on
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
+                f"validation batches, but {err}; they score training batches the trials do not train on instead. "
+                "Make `training_step` accept validation batches to have the peak chosen on them.",
+            )
+            peaks.clear()
+            scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         try:
             verdict = choose(peaks, scores, config.trial_steps)

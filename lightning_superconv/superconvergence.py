@@ -112,8 +112,8 @@ class SuperConvergence(_compat.Callback):
         MisconfigurationException: at fit start, for a setup the callback cannot serve: manual optimization, no
             optimizer, an unknown run length, a train dataloader without batches, Lightning's ``LearningRateFinder``
             in the same ``Trainer``, DeepSpeed, a range test under FSDP or ``ModelParallelStrategy``, a Schedule-Free
-            optimizer, a first param group with LR 0, a resume from a checkpoint without this callback's state, or a
-            range test that reads no curve.
+            optimizer, ``Rprop`` or ``LBFGS`` (an LR schedule means nothing to them), a first param group with LR 0,
+            a resume from a checkpoint without this callback's state, or a range test that reads no curve.
 
     Example::
 
@@ -154,7 +154,7 @@ class SuperConvergence(_compat.Callback):
         self.requested_max_lr = None if max_lr is None else float(max_lr)
         self.log_schedule = log_schedule
         self.guard = guard
-        self.max_rescues = max_rescues
+        self.max_rescues = int(max_rescues)
 
         self.max_lr: float | None = self.requested_max_lr
         self.result: RangeTestResult | None = None
@@ -207,6 +207,9 @@ class SuperConvergence(_compat.Callback):
         kind = step_size_kind(optimizer)
         if kind == "schedule-free":
             raise _compat.misconfiguration(trainer, _setups.schedule_free_refusal(optimizer))
+        refusal = _setups.schedule_blind_refusal(optimizer)
+        if refusal is not None:
+            raise _compat.misconfiguration(trainer, refusal)
         if _compat.fast_dev_run(trainer):
             _compat.rank_zero_info(
                 trainer, "SuperConvergence: `fast_dev_run` is on, so no range test runs and the schedule is unchanged."

@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
-from lightning_superconv.branches import Branch, HeldOutBatches, run_branches
+from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.param_groups import step_size_kind
 from lightning_superconv.weight_decay import (
     GroupTrace,
@@ -114,7 +114,8 @@ class WeightDecayBalancer(_compat.Callback):
         reference_lr: the LR of the reference recipe for the first param group (other groups keep their configured
             ratios), held constant; default: the recipe from ``configure_optimizers``.
         reference_weight_decay: the ``λ`` of the reference recipe for the first decayed group (others keep their
-            ratios); default: each group's configured ``weight_decay``.
+            ratios), > 0 (a recipe without weight decay has nothing to balance: leave the balancer out); default: each
+            group's configured ``weight_decay``.
         min_budget: the smallest decay budget ``K`` in ``"timescale"`` mode (> 0): 1 lets decay alone shrink the
             weights by at least ``1/e`` over the run.
         min_gain: the smallest relative improvement of validation loss over the user's ``λ`` that the grid acts on.
@@ -160,7 +161,7 @@ class WeightDecayBalancer(_compat.Callback):
         check_number("bounds[0]", low, low=0.0, high=1.0, low_inclusive=True, high_inclusive=True)
         check_number("bounds[1]", high, low=1.0, low_inclusive=True)
         check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
-        check_number("reference_weight_decay", reference_weight_decay, low=0.0, low_inclusive=True, allow_none=True)
+        check_number("reference_weight_decay", reference_weight_decay, low=0.0, allow_none=True)
         check_number("min_budget", min_budget, low=0.0)
         check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
         check_bool("log_weight_decay", log_weight_decay)
@@ -418,7 +419,16 @@ class WeightDecayBalancer(_compat.Callback):
             )
             for factor, order in plan.runs
         ]
-        losses, train_seconds = run_branches(trainer, pl_module, optimizer, branches, val_batches)
+        try:
+            losses, train_seconds = run_branches(trainer, pl_module, optimizer, branches, val_batches)
+        except UnscorableBatchesError as err:  # everything the branches changed is back
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer(mode='grid') chooses weight decay by the `training_step` loss on the validation "
+                f"batches, but {err}; weight decay is left as configured. Make `training_step` accept validation "
+                "batches, or use `mode='timescale'`.",
+            )
+            return list(refs), "left as configured: `training_step` cannot score the validation batches"
         seconds = time.perf_counter() - start
         factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)

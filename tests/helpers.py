@@ -79,6 +79,20 @@ class TinyClassifier(_TinyClassifierSteps, L.LightningModule):
         self.net = _tiny_net()
 
 
+class DictValidationBatches(TinyClassifier):
+    """Validation batches are dicts with ids beside the inputs and targets; ``training_step`` unpacks ``(x, y)``.
+
+    The form of validation data in many real modules; ``training_step`` fails on such a batch.
+    """
+
+    def val_dataloader(self):
+        x, y = make_dataset(64, seed=1).tensors
+        return DataLoader([{"x": x[i], "y": y[i], "id": i} for i in range(len(x))], batch_size=32)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.cross_entropy(self(batch["x"]), batch["y"]))
+
+
 class StandaloneTinyClassifier(_TinyClassifierSteps, pl.LightningModule):
     """``TinyClassifier`` written against the standalone ``pytorch_lightning`` distribution."""
 

@@ -89,6 +89,26 @@ def test_model_is_bit_identical_afterwards():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_rng_streams_come_back_as_they_were():
+    """A seeded ``fit`` after ``find_max_lr`` sees the data order it would have seen without it.
+
+    Found trying the package as a new user: the Trainer that ``find_max_lr`` runs drew from the global RNG.
+    """
+    import random
+
+    import numpy as np
+
+    model = TinyClassifier()
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+
+
 def test_no_training_step_is_taken():
     """The range test's steps are the only ones: the fit loop runs no batch and the global step stays 0."""
     model = CountingClassifier()

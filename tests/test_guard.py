@@ -6,6 +6,7 @@ The DDP agreement after a rescue is tested in ``test_distributed.py`` (two gloo 
 from __future__ import annotations
 
 import math
+import re
 
 import lightning as L
 import pytest
@@ -85,13 +86,13 @@ def test_a_slow_starter_whose_latest_losses_fall_is_not_stalled():
     assert dead.stalled()
 
 
-def _judged_at_checks(losses: list[float], rescued: int) -> list[tuple[int, str]]:
-    """Feed ``losses`` to a guarded 100-step cycle (its peak at step 30), judged every 10 steps: (step, why) fired.
+def _judged_at_checks(losses: list[float], rescued: int, total_steps: int = 100) -> list[tuple[int, str]]:
+    """Feed ``losses`` to a guarded cycle (100 steps: its peak at step 30), judged every 10 steps: (step, why) fired.
 
     ``rescued``: the rescues the run has had (the stall check repeats only after one).
     """
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=100)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=total_steps)
     cycle = GuardedCycle(DivergenceGuard(), scheduler, max_rescues=3, rescued=rescued)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     fired = []
@@ -122,6 +123,23 @@ def test_after_a_rescue_the_stall_check_repeats_until_the_loss_falls_and_a_dead_
     # one that goes on learning after the dip is left alone: its average falls a tenth below the start and stays there
     learning = [1.9 - 0.02 * k for k in range(30)]
     assert _judged_at_checks(start + dip + learning, rescued=1) == []
+
+
+def test_a_short_run_whose_peak_comes_within_its_first_steps_is_not_stalled_while_its_loss_falls():
+    """A 20-step run peaks at step 5: its loss, falling as it should, has not had the time to fall a tenth by then.
+
+    The shape of a digits MLP trained for 20 batches (found by trying the package as a new user): the check at the
+    peak, on the first six losses, rolled it back and lowered its peak 4x, and the ten steps left ended at chance.
+    The stall check waits for a whole window of losses (20) and judges the loss then; a dead short run is still caught.
+    """
+    falling = [2.29 - 0.035 * k for k in range(20)]  # 2.29 -> 1.63, about what that run's loss did
+    assert _judged_at_checks(falling, rescued=0, total_steps=20) == []
+    assert _judged_at_checks(falling + [1.6 - 0.01 * k for k in range(20)], rescued=0, total_steps=40) == []
+    dead = [2.30 + 0.02 * (k % 3) for k in range(40)]
+    fired = _judged_at_checks(dead, rescued=0, total_steps=40)
+    assert fired
+    assert fired[0][0] == 20
+    assert "never fell a tenth" in fired[0][1]
 
 
 def test_a_loss_lying_flat_after_a_blow_up_is_collapsed_and_never_healthy():
@@ -357,6 +375,22 @@ def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
     assert first["new_peak"] < first["old_peak"] * LOWER_BY
     assert guarded_cb.max_lr == pytest.approx(guarded_cb.rescues[-1]["new_peak"])
     assert max(steps.lrs[first["step"] + 1 :]) <= first["new_peak"] * (1 + 1e-9)
+
+
+def test_under_gradient_accumulation_a_rescue_quotes_the_loss_as_training_step_returned_it(tmp_path):
+    """Lightning hands the hooks the loss divided by ``accumulate_grad_batches``: the words quote the user's own loss.
+
+    Found trying the package as a new user: with 4 micro-batches a rescue said "where it started (0.5056)" of a loss
+    that started at about 2.3.
+    """
+    callback = SuperConvergence(max_lr=50.0)
+    _, _, steps = _fit(tmp_path, callback, accumulate_grad_batches=2, max_epochs=20)
+    assert callback.rescues
+    quoted = re.search(r"started \(([-\d.e]+)\)|> ([-\d.e]+)\)", callback.rescues[0]["reason"])
+    assert quoted is not None
+    started = float(next(group for group in quoted.groups() if group is not None))
+    first = 2 * steps.losses[0]  # the first micro-batch's loss, as `training_step` returned it
+    assert started == pytest.approx(first, rel=0.3)
 
 
 def test_a_rescue_is_logged_as_a_scalar_and_said_in_one_line(tmp_path):

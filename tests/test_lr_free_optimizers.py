@@ -62,6 +62,28 @@ def test_schedule_free_is_refused_by_superconvergence_saying_why(tmp_path, build
         trainer.fit(WithOptimizer(build))
 
 
+@pytest.mark.parametrize(
+    ("build", "why"),
+    [
+        (lambda p: torch.optim.Rprop(p, lr=0.01), r"reads `lr` only once"),
+        (lambda p: torch.optim.LBFGS(p, lr=0.1), r"evaluates the loss several times per step"),
+    ],
+    ids=["Rprop", "LBFGS"],
+)
+@pytest.mark.parametrize("max_lr", [None, 0.1], ids=["range-test", "max_lr"])
+def test_optimizers_an_lr_schedule_means_nothing_to_are_refused_saying_why(tmp_path, build, why, max_lr):
+    """Rprop (``lr`` is only its first step size) and LBFGS (several losses per step): a clear error, not a pick.
+
+    Before, both were served: Rprop's three trials tied exactly and its pick (9063) was noise; LBFGS's tied too.
+    """
+    model = WithOptimizer(build)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[SuperConvergence(max_lr=max_lr)], max_steps=2))
+    with pytest.raises(MisconfigurationException, match=rf"cannot serve `(Rprop|LBFGS)`: it {why}.*Remove"):
+        trainer.fit(model)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_schedule_free_keeps_its_weight_decay_in_the_balancer(tmp_path, caplog):
     """WeightDecayBalancer leaves a Schedule-Free optimizer's `weight_decay` alone and says why."""
 

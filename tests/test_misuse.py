@@ -137,6 +137,26 @@ def test_unknown_run_length_names_the_argument_to_set(tmp_path):
     assert model.calls == 0
 
 
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"max_epochs": None, "max_time": {"minutes": 5}}, r"`max_time` alone limits it"),
+        ({"max_epochs": -1}, r"it has no epoch limit \(`max_epochs=-1`\)"),
+    ],
+)
+def test_a_run_without_an_epoch_or_step_limit_names_what_limits_it_and_what_to_set(tmp_path, limits, named):
+    """A loader with a length, but no epoch or step limit (`max_time` alone, `max_epochs=-1`): the message says so.
+
+    Before, it said the train dataloader had no length, which was not the problem (found trying the package as a
+    new user would).
+    """
+    model = Counting()
+    match = rf"length is unknown: {named}.*Set `Trainer\(max_epochs=\.\.\.\)` or `Trainer\(max_steps=\.\.\.\)`"
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(tmp_path, model, **limits)
+    assert model.calls == 0
+
+
 def test_fast_dev_run_skips_the_range_test_and_says_so(tmp_path, caplog):
     """`fast_dev_run` runs no range test and leaves the configured scheduler; an info line says why."""
     model = Counting(scheduler="step")

@@ -11,7 +11,7 @@ import signal
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from helpers import DictValidationBatches, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -679,6 +679,7 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
         ({"div_factor": 0.5}, "`div_factor`", "0.5"),
         ({"final_div_factor": 0}, "`final_div_factor`", "0"),
         ({"max_lr": "0.1"}, "`max_lr`", "'0.1'"),
+        ({"max_lr": torch.tensor(0.1)}, "`max_lr`", "tensor(0.1000)"),
     ],
 )
 def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given):
@@ -815,3 +816,55 @@ def test_without_trials_the_peak_is_a_quarter_of_the_rise(tmp_path):
     assert result.trials == []
     assert callback.max_lr == pytest.approx(result.lrs[result.pick_index] / 4)
     assert "trial_steps=0" in result.pick_reason
+
+
+class NoValidationData(TinyClassifier):
+    val_dataloader = None  # type: ignore[assignment]
+
+
+def test_trials_pass_over_validation_batches_training_step_cannot_take_for_training_batches(tmp_path):
+    """Validation batches of another form (dicts) than the training batches: the trials score on training batches.
+
+    Found by trying the package as a new user: ``training_step`` was called on them and failed deep in the range test.
+    Now the first attempt is undone exactly and the trials run as for a module without validation data: the same
+    trials, the same pick, the same trained model, and one warning that says why.
+    """
+    runs = {}
+    for name, cls in (("dicts", DictValidationBatches), ("none", NoValidationData)):
+        L.seed_everything(0)
+        model = cls(n=512)
+        callback = SuperConvergence(num_steps=30, trial_steps=50)
+        trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
+        if name == "dicts":
+            with pytest.warns(RuntimeWarning, match=r"failed on validation batch 0 \(ValueError"):
+                trainer.fit(model)
+        else:
+            trainer.fit(model)
+        runs[name] = (callback.result, model)
+    (dicts, dict_model), (none, none_model) = runs["dicts"], runs["none"]
+    assert dicts.trials
+    assert all(math.isfinite(t["held_out_loss"]) for t in dicts.trials)
+    assert dicts.trials == none.trials
+    assert dicts.max_lr == none.max_lr
+    for a, b in zip(dict_model.parameters(), none_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_numpy_numbers_are_numbers():
+    """NumPy scalars (what a config read with NumPy gives) are accepted and kept as plain Python numbers."""
+    import numpy as np
+
+    callback = SuperConvergence(
+        max_lr=np.float32(0.25), num_steps=np.int64(40), trial_steps=np.int32(0), pct_start=np.float32(0.25),
+        lr_range=(np.float64(1e-5), np.float32(2.0)), max_rescues=np.int64(2),
+    )  # fmt: skip
+    assert callback.max_lr == pytest.approx(0.25)
+    assert type(callback.max_lr) is float
+    assert callback.range_test.num_steps == 40
+    assert type(callback.range_test.num_steps) is int
+    assert type(callback.range_test.trial_steps) is int
+    assert type(callback.max_rescues) is int
+    assert type(callback.cycle.pct_start) is float
+    assert type(callback.range_test.lr_range[1]) is float
+    with pytest.raises(ValueError, match=r"`num_steps` must be an integer >= 10 .*, got np.int64\(5\)"):
+        SuperConvergence(num_steps=np.int64(5))

@@ -6,7 +6,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import DictValidationBatches, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim.lr_scheduler import OneCycleLR
@@ -133,13 +133,27 @@ def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) 
         ({"bounds": (2.0, 10.0)}, ValueError, r"`bounds\[0\]` must be in \[0.0, 1.0\], got 2.0"),
         ({"bounds": (0.1, 0.5)}, ValueError, r"`bounds\[1\]` must be in \[1.0, inf\), got 0.5"),
         ({"reference_lr": 0.0}, ValueError, r"`reference_lr` must be in \(0.0, inf\), got 0.0"),
-        ({"reference_weight_decay": -1e-4}, ValueError, r"`reference_weight_decay` must be in \[0.0, inf\)"),
+        ({"reference_weight_decay": -1e-4}, ValueError, r"`reference_weight_decay` must be in \(0.0, inf\)"),
+        # a recipe without weight decay has nothing to balance (accepted, it reported λ = 0 while the optimizer kept
+        # its own)
+        ({"reference_weight_decay": 0.0}, ValueError, r"`reference_weight_decay` must be in \(0.0, inf\), got 0.0"),
         ({"log_weight_decay": "yes"}, TypeError, r"`log_weight_decay` must be True or False, got 'yes'"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_what_is_accepted(kwargs, error, match):
     with pytest.raises(error, match=match):
         WeightDecayBalancer(**kwargs)
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    balancer = WeightDecayBalancer(
+        reference_lr=np.float32(0.1), reference_weight_decay=np.float64(1e-4), cost=np.float32(0.5)
+    )
+    assert type(balancer.reference_lr) is float
+    assert type(balancer.cost) is float
+    assert balancer.reference_lr == pytest.approx(0.1)
 
 
 def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
@@ -302,6 +316,18 @@ def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
     with pytest.warns(RuntimeWarning, match="no validation dataloader"):
         _fit(tmp_path, NoValidation(), [SuperConvergence(max_lr=0.5), balancer], epochs=4)
     assert balancer.weight_decays == [5e-4]
+
+
+def test_grid_on_validation_batches_training_step_cannot_take_keeps_weight_decay_and_warns(tmp_path):
+    """The grid chooses by the ``training_step`` loss on validation batches; batches it fails on leave λ as it was."""
+    L.seed_everything(0)
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    model = DictValidationBatches(weight_decay=5e-3)
+    with pytest.warns(RuntimeWarning, match="failed on validation batch 0"):
+        _fit(tmp_path, model, [SuperConvergence(max_lr=0.5), balancer], epochs=6)
+    assert balancer.weight_decays == [5e-3]
+    assert "cannot score the validation batches" in balancer.reason
+    assert model.trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-3
 
 
 def test_grid_on_a_run_too_short_keeps_weight_decay_and_warns(tmp_path):
