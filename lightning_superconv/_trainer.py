@@ -70,15 +70,17 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
 def _unknown_length(trainer: _compat.Trainer) -> str:
     """Why the run's length is unknown, and what sets it."""
     if trainer.max_epochs is None or trainer.max_epochs < 0:
-        if _timed(trainer):
-            return (
-                "this run's length is unknown: `max_time` alone limits it (no `max_epochs`, no `max_steps`), and it "
-                "stops by the clock after a number of steps nobody knows in advance. Set `Trainer(max_epochs=...)` or "
-                "`Trainer(max_steps=...)`; the cycle is planned over those."
-            )
+        # Lightning does not load the train dataloader to estimate a run without an epoch limit: whether it has a
+        # length is not known here, and `max_epochs` helps only if it has
+        limit = (
+            "`max_time` alone limits it (no `max_epochs`, no `max_steps`), and it stops by the clock after a number "
+            "of steps nobody knows in advance"
+            if _timed(trainer)
+            else f"it has no epoch limit (`max_epochs={trainer.max_epochs}`) and `max_steps` is not set"
+        )
         return (
-            f"this run's length is unknown: it has no epoch limit (`max_epochs={trainer.max_epochs}`) and `max_steps` "
-            "is not set. Set `Trainer(max_epochs=...)` or `Trainer(max_steps=...)`."
+            f"this run's length is unknown: {limit}. Set `Trainer(max_steps=...)`, or `Trainer(max_epochs=...)` if "
+            "the train dataloader has a length; the cycle is planned over those."
         )
     return (
         "this run's length is unknown (the train dataloader has no length and `max_steps` is not set). Set "

@@ -197,33 +197,50 @@ def held_out_loss(
     pl_module.eval()
     total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
     count = 0
+    failure: str | None = None
     start = time.perf_counter()
     try:
         for batch_idx, batch in enumerate(batches):
-            batch = trainer.precision_plugin.convert_input(batch)
-            batch = _compat.before_batch_transfer(pl_module, batch)
-            batch = strategy.batch_to_device(batch, dataloader_idx=0)
-            _compat.set_current_hook(pl_module, "training_step")
             try:
+                batch = trainer.precision_plugin.convert_input(batch)
+                batch = _compat.before_batch_transfer(pl_module, batch)
+                batch = strategy.batch_to_device(batch, dataloader_idx=0)
+                _compat.set_current_hook(pl_module, "training_step")
                 loss = loss_of(strategy.training_step(batch, batch_idx))
             except Exception as err:
                 if not batches.validation_batches:
                     raise
-                raise UnscorableBatchesError(
-                    f"`training_step` failed on validation batch {batch_idx} ({type(err).__name__}: {err})"
-                ) from err
+                # said on every rank together below: a rank that raised here alone would leave the others waiting
+                # in the reductions that follow (DDP's forward without gradients reduces nothing)
+                failure = f"`training_step` failed on validation batch {batch_idx} ({type(err).__name__}: {err})"
+                loss = None
             if loss is not None:
                 total += loss.detach().double()
                 count += 1
             if not batches.fixed:
-                late = torch.tensor(float(time.perf_counter() - start > time_limit), device=pl_module.device)
-                if float(strategy.reduce(late, reduce_op="max")) > 0:
+                # 2: this rank cannot score; 1: the time is up; every rank stops at the same batch
+                flag = 2.0 if failure else float(time.perf_counter() - start > time_limit)
+                if float(strategy.reduce(torch.tensor(flag, device=pl_module.device), reduce_op="max")) > 0:
                     break
+            elif failure:
+                break
     finally:
         pl_module.train(was_training)
     batches.fix()
-    if count == 0 and batches.validation_batches and batches.batches:
-        raise UnscorableBatchesError("`training_step` returned no loss for any validation batch")
+    if batches.validation_batches:
+        if failure is None and count == 0 and batches.batches:
+            failure = "`training_step` returned no loss for any validation batch"
+        if strategy.reduce_boolean_decision(failure is not None, all=False):
+            if not strategy.reduce_boolean_decision(failure is not None, all=True):
+                # a forward that raised inside DDP's wrapper on some ranks only leaves DDP's own per-rank state out of
+                # step (whether its next forward broadcasts the buffers): no rank can take a step with the others
+                raise RuntimeError(
+                    "The range test's trials (and `WeightDecayBalancer(mode='grid')`) score by the `training_step` "
+                    f"loss on the validation batches, but on some ranks only that fails "
+                    f"({failure or 'on another rank'}). Give every rank validation batches of the same form, or pass "
+                    "`trial_steps=0` (and another balancer mode)."
+                )
+            raise UnscorableBatchesError(failure or "`training_step` could not score the validation batches")
     mean = total / max(count, 1)
     value = float(strategy.reduce(mean, reduce_op="mean"))
     return value if math.isfinite(value) and count > 0 else math.inf

@@ -92,8 +92,15 @@ def find_max_lr(
     kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
-    # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it
+    # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.
+    # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
+    error: BaseException | None = None
     with _compat.isolate_rng(trainer):
-        trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
+        try:
+            trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
+        except BaseException as err:  # Ctrl-C too
+            error = err
+    if error is not None:
+        raise error
     assert probe.result is not None
     return probe.result

@@ -98,6 +98,7 @@ class DivergenceGuard:
         self._kept: list[torch.Tensor | float] = []
         self._kept_steps: list[int] = []
         self._kept_lrs: list[float] = []
+        self._kept_scales: list[int] = []  # what each kept loss is to be multiplied by (see `keep`)
         # the latest losses as they came (finite ones): a dead network's lie flat
         self.window = window
         self._recent: deque[float] = deque(maxlen=max(2, window))
@@ -123,16 +124,23 @@ class DivergenceGuard:
         """The debiased moving average of the loss (NaN before the first step)."""
         return self.average / (1 - self.beta**self.count) if self.count else math.nan
 
-    def keep(self, loss: torch.Tensor, step: int, lr: float = math.nan) -> None:
-        """Keep one optimizer step's loss where it is (no transfer, no copy), with its LR, until :meth:`read_kept`."""
+    def keep(self, loss: torch.Tensor, step: int, lr: float = math.nan, scale: int = 1) -> None:
+        """Keep one optimizer step's loss where it is (no transfer, no copy), with its LR, until :meth:`read_kept`.
+
+        ``scale``: what the loss is read multiplied by. Lightning hands the hooks the loss divided by the
+        ``accumulate_grad_batches`` of its step (which ``GradientAccumulationScheduler`` may change between epochs):
+        multiplied back, every loss reads as ``training_step`` returned it, on one scale, and so does a rescue's
+        message.
+        """
         self._kept.append(loss.detach() if loss.requires_grad else loss)
         self._kept_steps.append(step)
         self._kept_lrs.append(lr)
+        self._kept_scales.append(scale)
 
     def read_kept(self) -> list[tuple[int, float, float]]:
         """The kept losses as ``(step, value, lr)`` in the order they came, read in one transfer; the keep empties."""
-        kept, steps, lrs = self._kept, self._kept_steps, self._kept_lrs
-        self._kept, self._kept_steps, self._kept_lrs = [], [], []
+        kept, steps, lrs, scales = self._kept, self._kept_steps, self._kept_lrs, self._kept_scales
+        self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         if not kept:
             return []
         # one run's losses share a shape and a device; a resumed run's come back as numbers, and a loss of several
@@ -142,6 +150,8 @@ class DivergenceGuard:
             values = stacked.reshape(-1).tolist()
         else:
             values = [float(loss) for loss in kept]
+        if any(scale != 1 for scale in scales):
+            values = [value * scale for value, scale in zip(values, scales, strict=True)]
         return list(zip(steps, values, lrs, strict=True))
 
     def add(self, value: float, forgive_nonfinite: bool = False, lr: float = math.nan) -> None:
@@ -281,7 +291,7 @@ class DivergenceGuard:
         self._recent.extend(recent)
         self._nonfinite = False
         self.blow_up_lr = math.nan
-        self._kept, self._kept_steps, self._kept_lrs = [], [], []
+        self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         return self.snapshot_step
 
     def state_dict(self) -> dict[str, Any]:
@@ -289,27 +299,33 @@ class DivergenceGuard:
 
         A resumed run judges divergence as the interrupted one would.
         """
-        kept = self._kept_steps, self._kept, self._kept_lrs
+        kept = self._kept_steps, self._kept, self._kept_lrs, self._kept_scales
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
             "highest": self.highest, "first": self.first, "recent": list(self._recent),
-            "kept": [[step, float(loss), lr] for step, loss, lr in zip(*kept, strict=True)],
+            "kept": [[step, float(loss) * scale, lr] for step, loss, lr, scale in zip(*kept, strict=True)],
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take the loss statistics of :meth:`state_dict` (a resume)."""
-        self.average = float(state.get("average", 0.0))
+    def load_state_dict(self, state: dict[str, Any], loss_scale: float = 1.0) -> None:
+        """Take the loss statistics of :meth:`state_dict` (a resume).
+
+        ``loss_scale``: what the saved losses are to be multiplied by: 1 for a state this release wrote; for one written
+        before the guard read losses as ``training_step`` returned them, the run's ``accumulate_grad_batches``.
+        """
+        k = float(loss_scale)
+        self.average = k * float(state.get("average", 0.0))
         self.count = int(state.get("count", 0))
-        self.best = float(state.get("best", math.inf))
-        self.start = float(state.get("start", math.nan))
-        self.highest = float(state.get("highest", -math.inf))
-        self.first = float(state.get("first", math.nan))
+        self.best = k * float(state.get("best", math.inf))
+        self.start = k * float(state.get("start", math.nan))
+        self.highest = k * float(state.get("highest", -math.inf))
+        self.first = k * float(state.get("first", math.nan))
         self._recent.clear()
-        self._recent.extend(float(loss) for loss in state.get("recent", []))
+        self._recent.extend(k * float(loss) for loss in state.get("recent", []))
         kept = state.get("kept", [])
         self._kept_steps = [int(step) for step, _, _ in kept]
-        self._kept = [float(value) for _, value, _ in kept]
+        self._kept = [k * float(value) for _, value, _ in kept]
         self._kept_lrs = [float(lr) for _, _, lr in kept]
+        self._kept_scales = [1] * len(kept)
 
 
 class GuardedCycle:
@@ -351,9 +367,9 @@ class GuardedCycle:
             "collapse_from": float(self._collapse_from),
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take what :meth:`state_dict` gave (a resume)."""
-        self.guard.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], loss_scale: float = 1.0) -> None:
+        """Take what :meth:`state_dict` gave (a resume); ``loss_scale``: see :meth:`DivergenceGuard.load_state_dict`."""
+        self.guard.load_state_dict(state, loss_scale)
         self._stall_check = int(state.get("stall_check", self._stall_check))
         self._collapse_from = int(state.get("collapse_from", self._collapse_from))
 
@@ -379,7 +395,8 @@ class GuardedCycle:
         self._last_step = step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):  # else `training_step` skipped this batch
-            self.guard.keep(loss, step, self._lr)  # the LR its batch ran at
+            # the LR its batch ran at; Lightning divided the loss by the accumulation of this step: read multiplied back
+            self.guard.keep(loss, step, self._lr, max(int(trainer.accumulate_grad_batches), 1))
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
         # the same steps on every rank and in a resumed run: the check is a collective under DDP
         if step % self.guard.check_every:
@@ -403,12 +420,7 @@ class GuardedCycle:
             return reason
         guard = self.guard
         last = -1
-        # Lightning hands the hooks the loss divided by `accumulate_grad_batches`; the criteria are ratios, but the
-        # words of a rescue quote losses, which should read as the user's own
-        accumulate = max(int(trainer.accumulate_grad_batches), 1)
         for step, value, lr in guard.read_kept():
-            if accumulate > 1:
-                value *= accumulate
             last = step
             guard.add(value, forgive_nonfinite=forgive, lr=lr)
             reason = guard.diverged()

@@ -22,7 +22,8 @@ from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle
 
-_STATE_VERSION = 2
+# 3: the guard's loss statistics are read as `training_step` returned them (before, divided by the accumulation)
+_STATE_VERSION = 3
 
 _NO_STATE_TO_RESUME = (
     "`fit(ckpt_path=...)` resumes from a checkpoint that holds no `SuperConvergence` state: it was written by a run "
@@ -166,6 +167,7 @@ class SuperConvergence(_compat.Callback):
         self._logger: ScheduleLogger | None = None
         self._watch: GuardedCycle | None = None
         self._guard_state: dict[str, Any] | None = None
+        self._guard_state_version = _STATE_VERSION
         self.rescues: list[dict[str, Any]] = []
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
@@ -188,6 +190,7 @@ class SuperConvergence(_compat.Callback):
         self._logger = None
         self._watch = None
         self._guard_state = None
+        self._guard_state_version = _STATE_VERSION
         self.rescues = []
         _setups.refuse_lr_finder(trainer)
         # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses
@@ -270,7 +273,12 @@ class SuperConvergence(_compat.Callback):
         if self.guard:
             self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues, len(self.rescues))
             if self._guard_state is not None:
-                self._watch.load_state_dict(self._guard_state)
+                # a state written before version 3 holds the losses as Lightning hands them to hooks: divided by the
+                # accumulation
+                legacy = self._guard_state_version < 3
+                self._watch.load_state_dict(
+                    self._guard_state, max(int(trainer.accumulate_grad_batches), 1) if legacy else 1
+                )
             self._watch.start(trainer, pl_module, self._scheduler.optimizer)
         if not self._restored:
             return
@@ -357,6 +365,8 @@ class SuperConvergence(_compat.Callback):
         self.result = None if result is None else RangeTestResult.from_dict(result)
         self.rescues = list(state_dict.get("rescues", []))
         self._guard_state = state_dict.get("guard")
+        version = state_dict.get("version", _STATE_VERSION)
+        self._guard_state_version = version if isinstance(version, int) else _STATE_VERSION
         # a checkpoint written before the cycle was installed has nothing to resume
         self._restored = self.max_lr is not None
 

@@ -212,7 +212,7 @@ class WeightDecayBalancer(_compat.Callback):
         total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(optimizer, specs, total, _trainer.steps_per_epoch(trainer))
-        configured = [float(g["weight_decay"]) for g in optimizer.param_groups]
+        configured = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
         lrs = _reference_lrs(optimizer, self.reference_lr)
         self.reference_budgets = []
@@ -239,7 +239,7 @@ class WeightDecayBalancer(_compat.Callback):
             )
             return
         if step_size_kind(optimizer) == "schedule-free":
-            self.weight_decays = [float(g["weight_decay"]) for g in optimizer.param_groups]
+            self.weight_decays = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
             self.reference_weight_decays = list(self.weight_decays)
             self.reason = (
                 f"kept: `{type(optimizer).__name__}` is a Schedule-Free optimizer, whose weight decay acts on an "
@@ -251,7 +251,7 @@ class WeightDecayBalancer(_compat.Callback):
             return
         if self.reference_weight_decays is None or self.reference_budgets is None:
             # a resume from a checkpoint written before the balancer was added: nothing to compare against
-            self.reference_weight_decays = [float(g["weight_decay"]) for g in optimizer.param_groups]
+            self.reference_weight_decays = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
             self.reference_budgets = [math.nan] * len(optimizer.param_groups)
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         if not decayed:

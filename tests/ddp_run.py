@@ -13,6 +13,9 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    ranks end with the same weights.
 4. The same, with a blow-up only rank 1 sees (its loss at step 1 reads three times higher): both ranks lower the peak
    by the LR of that blow-up.
+5. Validation batches that ``training_step`` cannot take (dicts) on both ranks: both pass them over together for
+   training batches in the trials. 6. On rank 1 only: a clear error on both ranks (a forward that raised inside DDP on
+   one rank only leaves DDP's per-rank state out of step), where a rank left alone would wait forever.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 
 
 def main(out: str) -> None:  # noqa: D103
@@ -145,6 +149,34 @@ def main(out: str) -> None:  # noqa: D103
     report["one_rank_rescues"] = one_rank.rescues
     report["one_rank_seen"] = model.seen
     report["one_rank_weights"] = [float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])]
+
+    # 5. validation batches that `training_step` cannot take (dicts), on every rank; 6. on rank 1 only
+    class DictValidation(TinyClassifier):
+        def __init__(self, dicts_on: tuple[int, ...]) -> None:
+            super().__init__(batch_size=16, n=256)
+            self.dicts_on = dicts_on
+
+        def val_dataloader(self):
+            x, y = make_dataset(64, seed=1).tensors
+            if self.trainer.global_rank in self.dicts_on:
+                return DataLoader([{"x": x[i], "y": y[i]} for i in range(len(x))], batch_size=16)
+            return DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+    L.seed_everything(0, verbose=False)
+    trials = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10, trial_steps=50)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        L.Trainer(callbacks=[trials], max_steps=2, **common).fit(DictValidation(dicts_on=(0, 1)))
+    report["fallback_trials"] = trials.result.trials
+    report["fallback_max_lr"] = trials.max_lr
+    report["fallback_warnings"] = [str(w.message) for w in said if "trials score" in str(w.message)]
+    L.seed_everything(0, verbose=False)
+    try:
+        trials = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10, trial_steps=50)
+        L.Trainer(callbacks=[trials], max_steps=2, **common).fit(DictValidation(dicts_on=(1,)))
+        report["one_rank_dicts_error"] = None
+    except Exception as err:  # the expected outcome: a clear error on every rank, no rank left waiting
+        report["one_rank_dicts_error"] = f"{type(err).__name__}: {err}"
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

@@ -119,3 +119,22 @@ def test_ranks_lower_the_peak_alike_when_only_one_saw_the_blow_up(ranks):
     assert rank1 < rank0, "the premise: rank 1 saw a blow-up first, at a lower LR"
     first = r0["one_rank_rescues"][0]
     assert first["new_peak"] == pytest.approx(min(0.25 * rank1, 0.25 * first["old_peak"]))
+
+
+def test_validation_batches_training_step_cannot_take_are_passed_over_on_every_rank_alike(ranks):
+    """Both ranks' validation batches fail ``training_step``: both fall back to training batches together, and agree."""
+    r0, r1 = ranks
+    assert r0["fallback_trials"], "the premise: the trials ran"
+    assert r0["fallback_trials"] == r1["fallback_trials"]
+    assert all(math.isfinite(trial["held_out_loss"]) for trial in r0["fallback_trials"])
+    assert r0["fallback_max_lr"] == r1["fallback_max_lr"]
+    assert any("failed on validation batch 0" in message for message in r0["fallback_warnings"])  # said by rank 0
+
+
+def test_validation_batches_only_one_rank_cannot_take_stop_every_rank_with_a_clear_error(ranks):
+    """Rank 1's validation batches alone fail ``training_step``: both ranks raise the same clear error, none hangs."""
+    errors = [r["one_rank_dicts_error"] for r in ranks]
+    assert errors[0] is not None
+    assert errors[0] == errors[1] or all("on some ranks only" in e for e in errors)
+    assert "on some ranks only" in errors[0]
+    assert "`trial_steps=0`" in errors[0]

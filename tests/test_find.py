@@ -108,6 +108,20 @@ def test_the_rng_streams_come_back_as_they_were():
     assert random.getstate() == before[1]
     assert np.array_equal(np.random.get_state()[1], before[2])
 
+    class FailsAtStep3(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 3:
+                raise ValueError("a bug at step 3")
+            return super().training_step(batch, batch_idx)
+
+    failing = FailsAtStep3()
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    with pytest.raises(ValueError, match="a bug at step 3"):  # also when the range test raises
+        find_max_lr(failing, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+
 
 def test_no_training_step_is_taken():
     """The range test's steps are the only ones: the fit loop runs no batch and the global step stays 0."""

@@ -297,6 +297,56 @@ def test_the_latest_losses_survive_a_checkpoint_and_a_rollback():
     assert not guard.stalled()
 
 
+def test_kept_losses_read_as_training_step_returned_them_when_the_accumulation_changes():
+    """Lightning divides the hooks' loss by the accumulation of its step, which may change between epochs.
+
+    Each loss is read multiplied back by its own step's accumulation (``GradientAccumulationScheduler`` going from 1 to
+    4 within a check), and a checkpoint keeps it so: one scale throughout, no false rise at the change.
+    """
+    raw = [2.3 - 0.005 * step for step in range(1, 21)]
+    scales = [1] * 6 + [4] * 14
+    guard = DivergenceGuard()
+    for step, (loss, k) in enumerate(zip(raw[:10], scales[:10], strict=True), start=1):
+        guard.keep(torch.tensor(loss / k), step, scale=k)
+    assert [value for _, value, _ in guard.read_kept()] == pytest.approx(raw[:10])
+    for step, (loss, k) in enumerate(zip(raw[10:], scales[10:], strict=True), start=11):
+        guard.keep(torch.tensor(loss / k), step, scale=k)
+    resumed = DivergenceGuard()
+    resumed.load_state_dict(guard.state_dict())
+    assert [value for _, value, _ in resumed.read_kept()] == pytest.approx(raw[10:])
+
+
+def _cycle_of(total_steps: int = 200) -> GuardedCycle:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    return GuardedCycle(DivergenceGuard(), build_one_cycle(optimizer, max_lr=1.0, total_steps=total_steps), 3)
+
+
+def test_a_state_written_with_losses_divided_by_the_accumulation_is_scaled_back_on_load():
+    """A guard state written before version 3 (losses divided by the accumulation) is multiplied back on resume.
+
+    Before version 3 the guard kept the losses as Lightning hands them to hooks; the losses that follow a resume are
+    read multiplied back, and next to unscaled statistics they would look like a rise.
+    """
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    loss = [2.3 - 0.0025 * step for step in range(141)]
+    before = _cycle_of()
+    for step in range(1, 101):  # what the guard kept before version 3: the loss divided by the accumulation, 2
+        before.guard.keep(torch.tensor(loss[step] / 2), step)
+        if step % 10 == 0:
+            assert before._judge(trainer) is None
+    fired = {}
+    for scale in (2, 1):
+        after = _cycle_of()
+        after.load_state_dict(before.state_dict(), loss_scale=scale)
+        fired[scale] = []
+        for step in range(101, 141):
+            after.guard.keep(torch.tensor(loss[step] / 2), step, scale=2)
+            if step % 10 == 0 and (reason := after._judge(trainer)) is not None:
+                fired[scale].append(reason)
+    assert fired[2] == []
+    assert fired[1], "the premise: left unscaled, the old statistics make the loss look like it doubled"
+
+
 def test_a_rollback_to_the_first_snapshot_forgets_where_training_started():
     """Rolled back to the weights training started from, their own loss is no divergence.
 
@@ -475,6 +525,58 @@ def test_a_checkpoint_written_after_a_rescue_resumes_exactly(tmp_path):
     assert resumed_cb.rescues == first_cb.rescues
     assert steps.lrs == whole_steps.lrs[kill_at:]
     assert resumed_cb.rescues == whole_cb.rescues  # no rescue after the resume (its snapshot would differ)
+    for a, b in zip(model.parameters(), whole.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_state_version_2_resumes_under_accumulation_on_the_loss_s_own_scale(tmp_path):
+    """A checkpoint whose guard state holds losses divided by the accumulation (state version 2) resumes exactly.
+
+    Written here by today's code and rewritten as version 2 would have held it (every loss statistic divided by 4, at
+    ``accumulate_grad_batches=4``): the resume multiplies them back, onto the scale of the losses that follow it
+    (next to which unscaled ones would read as a fourfold rise), and the run ends as the uninterrupted one.
+    """
+    kwargs = {"model": Deterministic, "accumulate_grad_batches": 4, "max_epochs": 12}
+    whole_cb = SuperConvergence(max_lr=0.5)
+    _, whole, _ = _fit(tmp_path / "whole", whole_cb, **kwargs)
+    assert not whole_cb.rescues
+    kill_at = 16  # optimizer steps: 4 an epoch (16 batches, 4 a step), so the end of the fourth epoch
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=kill_at, save_top_k=-1)
+    with pytest.raises(Interrupt):
+        _fit(
+            tmp_path / "a", SuperConvergence(max_lr=0.5), extra=[checkpoint, KillAt(kill_at + 1)],
+            enable_checkpointing=True, **kwargs,
+        )  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    saved = torch.load(path, weights_only=True)
+    state = saved["callbacks"]["SuperConvergence"]
+    assert state["version"] == 3
+    guard = state["guard"]
+    written = {name: guard[name] for name in ("average", "start", "highest", "first")}
+    assert all(math.isfinite(value) for value in written.values()), "the premise: statistics to carry over"
+    state["version"] = 2
+    for name in written:
+        guard[name] /= 4
+    guard["recent"] = [loss / 4 for loss in guard["recent"]]
+    guard["kept"] = [[step, loss / 4, lr] for step, loss, lr in guard["kept"]]
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(saved, legacy)
+
+    class Loaded(Callback):
+        """The guard's statistics right after the resume loaded them."""
+
+        def on_train_start(self, trainer, pl_module):
+            watched = resumed_cb._watch.guard
+            self.loaded = {"average": watched.average, "start": watched.start, "highest": watched.highest,
+                           "first": watched.first}  # fmt: skip
+
+    resumed_cb, loaded = SuperConvergence(max_lr=0.5), Loaded()
+    L.seed_everything(0, verbose=False)
+    model = Deterministic(n=512)
+    trainer_args = trainer_kwargs(tmp_path / "b", max_epochs=12, accumulate_grad_batches=4)
+    L.Trainer(callbacks=[resumed_cb, loaded], **trainer_args).fit(model, ckpt_path=str(legacy))
+    assert loaded.loaded == written  # x/4*4 is exact: the statistics as today's code wrote them
+    assert resumed_cb.rescues == []
     for a, b in zip(model.parameters(), whole.parameters(), strict=True):
         assert torch.equal(a, b)
 

@@ -78,10 +78,23 @@ def test_optimizers_an_lr_schedule_means_nothing_to_are_refused_saying_why(tmp_p
     """
     model = WithOptimizer(build)
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[SuperConvergence(max_lr=max_lr)], max_steps=2))
+    # beside the balancer too, which runs first and must not trip over their param groups (no `weight_decay` key)
+    callbacks = [SuperConvergence(max_lr=max_lr), WeightDecayBalancer()]
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=callbacks, max_steps=2))
     with pytest.raises(MisconfigurationException, match=rf"cannot serve `(Rprop|LBFGS)`: it {why}.*Remove"):
         trainer.fit(model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_balancer_alone_leaves_an_optimizer_without_weight_decay_as_it_is(tmp_path):
+    """Rprop has no ``weight_decay`` in its param groups: nothing to balance, said so, and training goes on."""
+    balancer = WeightDecayBalancer()
+    trainer = Trainer(**trainer_kwargs(tmp_path, callbacks=[balancer], max_steps=2))
+    trainer.fit(WithOptimizer(lambda p: torch.optim.Rprop(p, lr=0.01)))
+    assert trainer.global_step == 2
+    assert balancer.weight_decays == [0.0]
+    assert balancer.reason == "no param group has weight decay, nothing to balance"
+    assert "weight_decay" not in trainer.optimizers[0].param_groups[0]
 
 
 def test_schedule_free_keeps_its_weight_decay_in_the_balancer(tmp_path, caplog):

@@ -132,7 +132,8 @@ def test_several_optimizers_are_refused_by_lightning_itself_saying_what_to_do(tm
 def test_unknown_run_length_names_the_argument_to_set(tmp_path):
     """An `IterableDataset` without `max_steps`: the message says the length is unknown and to set `max_steps`."""
     model = Streaming()
-    with pytest.raises(MisconfigurationException, match=r"length is unknown.*Set `Trainer\(max_steps=\.\.\.\)`"):
+    match = r"the train dataloader has no length and `max_steps` is not set\)\. Set `Trainer\(max_steps=\.\.\.\)`\.$"
+    with pytest.raises(MisconfigurationException, match=match):
         _fit(tmp_path, model, limit_train_batches=1.0)
     assert model.calls == 0
 
@@ -151,7 +152,7 @@ def test_a_run_without_an_epoch_or_step_limit_names_what_limits_it_and_what_to_s
     new user would).
     """
     model = Counting()
-    match = rf"length is unknown: {named}.*Set `Trainer\(max_epochs=\.\.\.\)` or `Trainer\(max_steps=\.\.\.\)`"
+    match = rf"length is unknown: {named}.*Set `Trainer\(max_steps=\.\.\.\)`, or `Trainer\(max_epochs=\.\.\.\)` if"
     with pytest.raises(MisconfigurationException, match=match):
         _fit(tmp_path, model, **limits)
     assert model.calls == 0
