@@ -55,7 +55,7 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
     """
     if trainer.limit_train_batches == 0 or trainer.max_steps == 0:
         return 0
-    total = trainer.estimated_stepping_batches
+    total = estimated_steps(trainer)
     if total == 0 or trainer.num_training_batches == 0:
         raise _compat.misconfiguration(trainer, f"{who}: {_empty_loader_problem(trainer)}")
     # an iterable dataset without `max_steps` reads as `max_steps`, i.e. -1; no epoch limit (`max_epochs=-1`, or
@@ -65,6 +65,26 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
             trainer, f"{who} reads the schedule over the whole run, but {_unknown_length(trainer)}"
         )
     return int(total)
+
+
+def estimated_steps(trainer: _compat.Trainer) -> float:
+    r"""``trainer.estimated_stepping_batches``, counting the accumulation a ``GradientAccumulationScheduler`` sets.
+
+    Lightning's estimate divides every epoch by the accumulation in force when it is asked (before the first epoch),
+    while the scheduler changes it epoch by epoch: with ``{0: 1, 1: 4}`` over 4 epochs of 44 batches it says 176 steps,
+    and the run takes 44 + 3 x 11 = 77 (a cycle sized to 176 would never anneal). An epoch of ``n`` batches at
+    accumulation ``k`` takes ``ceil(n / k)`` optimizer steps (its last, short group steps too).
+    """
+    total = trainer.estimated_stepping_batches
+    batches, epochs = trainer.num_training_batches, trainer.max_epochs
+    if not math.isfinite(total) or not math.isfinite(batches) or epochs is None or epochs < 0:
+        return total
+    classes = _compat.callback_classes(trainer, "GradientAccumulationScheduler")
+    schedule: Any = next((cb for cb in _compat.callbacks(trainer) if classes and isinstance(cb, classes)), None)
+    if schedule is None:
+        return total
+    steps = sum(math.ceil(batches / schedule.get_accumulate_grad_batches(epoch)) for epoch in range(max(epochs, 1)))
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 def _unknown_length(trainer: _compat.Trainer) -> str:

@@ -32,6 +32,10 @@ LADDER = (0.25, 0.5, 0.125)
 MAX_TRIALS = 5
 #: How far up the search may climb: this many times the LR where the loss rose back.
 HIGHEST = 2.0
+#: A trial learned when its held-out loss ended this fraction (of its magnitude) below where the range test's loss
+#: started. One that did not never wins: a network killed by too high a peak predicts chance, a loss (ln 10 for ten
+#: classes) that can sit just below a start its first noisy steps raised; dead networks' trials differ by noise alone.
+LEARNED = 0.1
 
 
 def start_level(losses: Sequence[float], half_width: int) -> float:
@@ -68,14 +72,32 @@ def candidates(rise_lr: float, ladder: Sequence[float] = LADDER) -> list[float]:
     return [rise_lr * fraction for fraction in ladder]
 
 
+def learned(score: float, start: float) -> bool:
+    r"""Whether a trial's held-out loss ended a tenth (:data:`LEARNED`) below ``start``, the range test's start level.
+
+    Example::
+
+        >>> learned(1.2, start=2.3), learned(2.303, start=2.39), learned(math.inf, start=2.3)
+        (True, False, False)
+    """
+    return math.isfinite(score) and score < start - LEARNED * abs(start)
+
+
+def usable(scores: Sequence[float], start: float) -> list[float]:
+    """The trials' scores as the search reads them: ``inf`` for one that diverged or did not learn (:func:`learned`)."""
+    return [score if learned(score, start) else math.inf for score in scores]
+
+
 def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -> float | None:
     r"""The next peak to try, or None when the search is done.
 
-    First the ladder (a quarter, a half and an eighth of ``rise_lr``). Then, while the best trial is the highest peak
-    tried, one rung (x2) higher, up to ``HIGHEST`` times ``rise_lr``; while it is the lowest, one rung lower; at most
-    ``MAX_TRIALS`` in all. A range test's rise can come early (RMSprop's first steps are large, before its averages of
-    squared gradients fill up: measured, a ShuffleNet's rose at a third of its best peak), so the search may climb
-    above it; a higher peak is kept only if its trial did better.
+    ``scores``: the held-out losses of the trials so far, ``inf`` for one that diverged or did not learn
+    (:func:`usable`). First the ladder (a quarter, a half and an eighth of ``rise_lr``). Then, while the best trial is
+    the highest peak tried, one rung (x2) higher, up to ``HIGHEST`` times ``rise_lr``; while it is the lowest, or no
+    trial has learned yet, one rung below the lowest tried; at most ``MAX_TRIALS`` in all. A range test's rise can come
+    early (RMSprop's first steps are large, before its averages of squared gradients fill up: measured, a ShuffleNet's
+    rose at a third of its best peak), so the search may climb above it; a higher peak is kept only if its trial did
+    better.
 
     Example::
 
@@ -90,8 +112,8 @@ def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -
     if len(tried) >= MAX_TRIALS:
         return None
     best = min(range(len(scores)), key=lambda i: scores[i])
-    if not math.isfinite(scores[best]):
-        return None
+    if not math.isfinite(scores[best]):  # every peak tried so far was too high: lower still
+        return min(tried) / 2
     if tried[best] == max(tried) and tried[best] * 2 <= HIGHEST * rise_lr * (1 + 1e-9):
         return tried[best] * 2
     if tried[best] == min(tried):
@@ -101,14 +123,24 @@ def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -
 
 @dataclass(frozen=True)
 class Verdict:
-    """Which candidate peak the trials chose, and why in words."""
+    """Which candidate peak the trials chose, and why in words; ``learned``: whether its trial learned.
+
+    A verdict that did not learn is the least bad of trials none of which learned: a warning's matter, not a pick to
+    trust (every peak tried may have killed the network, or the held-out loss barely moves in a trial's few steps).
+    """
 
     index: int
     reason: str
+    learned: bool = True
 
 
-def choose(peaks: Sequence[float], scores: Sequence[float], steps: int) -> Verdict:
-    r"""The candidate whose trial left the lowest held-out loss; a trial that diverged (``inf``) never wins.
+def choose(peaks: Sequence[float], scores: Sequence[float], steps: int, start: float = math.inf) -> Verdict:
+    r"""The candidate whose trial left the lowest held-out loss, among those that learned if any did.
+
+    A trial that diverged (``inf``) never wins. ``start``: the range test's start level, which a trial's held-out loss
+    must end a tenth below to have learned (:func:`learned`); while any did, one that did not never wins (a network
+    killed by too high a peak predicts chance, just below a noisy start). If none did, the lowest loss wins, with
+    ``learned=False``. ``inf``: any finite loss counts as learned.
 
     Raises:
         ValueError: if every trial diverged.
@@ -117,17 +149,25 @@ def choose(peaks: Sequence[float], scores: Sequence[float], steps: int) -> Verdi
 
         >>> choose([0.1, 0.2, 0.4], [0.50, 0.45, math.inf], steps=100).index
         1
+        >>> verdict = choose([0.25, 0.5, 1.0, 2.0], [1.4, 2.31, 2.309, 2.334], steps=100, start=2.39)
+        >>> verdict.index, verdict.learned
+        (0, True)
     """
     finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
     if not finite:
         raise ValueError(f"every trial cycle diverged, even the lowest peak, {min(peaks):.3g}")
-    best = min(finite, key=lambda i: scores[i])
+    kept = [i for i in finite if not math.isfinite(start) or learned(scores[i], start)]
+    best = min(kept or finite, key=lambda i: scores[i])
     order = sorted(range(len(peaks)), key=lambda i: peaks[i])
-    shown = ", ".join(
-        f"{peaks[i]:.3g}: {scores[i]:.4g}" if math.isfinite(scores[i]) else f"{peaks[i]:.3g}: diverged" for i in order
-    )
+
+    def said(i: int) -> str:
+        if not math.isfinite(scores[i]):
+            return f"{peaks[i]:.3g}: diverged"
+        return f"{peaks[i]:.3g}: {scores[i]:.4g}" + ("" if i in kept else " (learned nothing)")
+
+    shown = ", ".join(said(i) for i in order)
     reason = f"of one-cycles of {steps} steps peaking at {shown} (held-out loss), {peaks[best]:.3g} did best"
-    return Verdict(best, reason)
+    return Verdict(best, reason, learned=bool(kept))
 
 
 def trial_traces(optimizer: Optimizer, peak: float, steps: int, config: OneCycleConfig) -> list[GroupTrace]:

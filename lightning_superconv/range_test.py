@@ -21,7 +21,7 @@ from lightning_superconv._validation import check_choice, check_integer, check_n
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
-from lightning_superconv.peak import choose, next_peak, rise_index, start_level, trial_traces
+from lightning_superconv.peak import choose, next_peak, rise_index, start_level, trial_traces, usable
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.schedule import OneCycleConfig
@@ -202,7 +202,7 @@ def run_range_test(
         configured, _ = detached_copy(optimizer)
 
         def plan(scores: list[float]) -> Branch | None:
-            peak = next_peak(swept[rise], peaks, scores)
+            peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level))
             if peak is None:
                 return None
             peaks.append(peak)
@@ -222,7 +222,7 @@ def run_range_test(
             scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         try:
-            verdict = choose(peaks, scores, config.trial_steps)
+            verdict = choose(peaks, scores, config.trial_steps, fell.start_level)
         except ValueError as err:
             raise _compat.misconfiguration(
                 trainer,
@@ -230,6 +230,15 @@ def run_range_test(
                 f"{min(peaks):.3g}. The model and optimizer were restored.",
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
+        if not verdict.learned:
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: no trial's held-out loss fell a tenth below where the range test's loss started "
+                f"({fell.start_level:.4g}), even at {min(peaks):.3g}, the lowest peak tried; the least bad, "
+                f"max_lr={max_lr:.3g}, may train poorly: every peak tried may have killed the network (its loss at "
+                "chance), or the held-out loss barely moves in a trial's few steps (a validation set unlike the "
+                "training data, a task with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
+            )
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
     if not fell.clear:

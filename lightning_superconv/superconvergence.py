@@ -289,7 +289,7 @@ class SuperConvergence(_compat.Callback):
         )
         # (a new fit sized its cycle from this very estimate; only a resume can disagree with it)
         planned = self._start_step + self.total_steps
-        steps = trainer.estimated_stepping_batches
+        steps = _trainer.estimated_steps(trainer)
         if math.isfinite(steps) and int(steps) != planned:
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
             outcome = (

@@ -109,7 +109,8 @@ def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_pa
     assert [g[0][0] for g in recorder.groups[:8]] == pytest.approx(_reference_lrs(callback.max_lr, 12)[:8], rel=1e-12)
     assert trainer.state.finished
     assert int(swa.n_averaged) > 0
-    assert not [w for w in recwarn if "SuperConvergence" in str(w.message)]  # SWA's extra epoch is no surprise
+    # SWA's extra epoch is no surprise (the trials' warning is this fixture's: its validation set is another task's)
+    assert not [w for w in recwarn if "SuperConvergence" in str(w.message) and "no trial" not in str(w.message)]
 
 
 # ------------------------------------------------------------------------------------------------ LearningRateMonitor

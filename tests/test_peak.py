@@ -20,10 +20,12 @@ from lightning_superconv.peak import (
     MAX_TRIALS,
     candidates,
     choose,
+    learned,
     next_peak,
     rise_index,
     start_level,
     trial_traces,
+    usable,
 )
 from lightning_superconv.schedule import OneCycleConfig
 
@@ -113,6 +115,42 @@ def test_verdict_is_the_lowest_held_out_loss_and_says_so():
 def test_verdict_refuses_when_every_trial_diverged():
     with pytest.raises(ValueError, match="every trial cycle diverged"):
         choose([0.2, 0.4], [math.inf, math.inf], steps=100)
+
+
+def test_trials_that_learned_nothing_never_win_while_one_did_and_are_said_so():
+    """Dead networks' trials end at chance, which can sit just below a noisy start: the one a hair lower must not win.
+
+    The shape of a digits CNN in bf16 with a 40-step sweep (found trying the package as a new user): all three rungs
+    of the ladder ended at chance (2.31 against a start of 2.39), the middle one won by 0.003, and the whole run
+    trained at chance; the search now goes lower, where trials learn, and one of those wins.
+    """
+    assert learned(2.0, start=2.39)
+    assert not learned(
+        2.303, start=2.39
+    )  # below the start, but not a tenth below: ln 10, a network that predicts chance
+    assert usable([2.0, 2.303, math.inf], start=2.39) == [2.0, math.inf, math.inf]
+    verdict = choose([0.137, 0.273, 0.547, 1.09, 2.19], [0.146, 0.104, 2.312, 2.309, 2.334], steps=50, start=2.39)
+    assert verdict.index == 1
+    assert verdict.learned
+    assert "1.09: 2.309 (learned nothing)" in verdict.reason
+    # none learned: the least bad wins, flagged, for the range test to warn about
+    verdict = choose([0.547, 1.09, 2.19], [2.312, 2.309, 2.334], steps=50, start=2.39)
+    assert verdict.index == 1
+    assert not verdict.learned
+
+
+def test_search_descends_while_no_trial_has_learned():
+    """Every rung of the ladder diverged or died: one rung below the lowest tried, and again, up to `MAX_TRIALS`.
+
+    Before, the search stopped there: with every trial dead it picked the least dead; with every one diverged it gave
+    up, although a lower peak might have trained.
+    """
+    tried = [0.2, 0.4, 0.1]
+    assert next_peak(0.8, tried, [math.inf] * 3) == pytest.approx(0.05)
+    assert next_peak(0.8, [*tried, 0.05], [math.inf] * 4) == pytest.approx(0.025)
+    assert next_peak(0.8, [*tried, 0.05, 0.025], [math.inf] * 5) is None  # at MAX_TRIALS
+    # once one learned, the usual rules: the lowest won, so one rung lower still
+    assert next_peak(0.8, [*tried, 0.05], [math.inf] * 3 + [0.4]) == pytest.approx(0.025)
 
 
 def test_trial_cycle_is_torchs_one_cycle_over_the_trial_steps():

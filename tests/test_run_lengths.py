@@ -304,3 +304,27 @@ def test_range_test_on_persistent_workers_leaves_the_first_epoch_as_it_was(tmp_p
     ).fit(given)
     for a, b in zip(tested.parameters(), given.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ accumulation schedule
+
+
+@pytest.mark.parametrize(("scheduling", "steps"), [({0: 1, 1: 4}, 8 + 2 + 2), ({0: 4, 2: 1}, 2 + 2 + 8)])
+def test_a_gradient_accumulation_schedule_sizes_the_cycle_to_the_steps_it_takes(tmp_path, scheduling, steps):
+    """``GradientAccumulationScheduler`` changes the accumulation between epochs; the cycle counts each epoch's steps.
+
+    Lightning's estimate divides every epoch by the accumulation in force before the first (found trying the package
+    as a new user: a cycle sized to 176 steps in a run of 77 never annealed, and no warning said so). 8 batches an
+    epoch, 3 epochs: the cycle spans the steps the run takes and ends annealed.
+    """
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    callback = SuperConvergence(max_lr=0.5)
+    trainer = _fit(
+        tmp_path, TinyClassifier(), [callback, GradientAccumulationScheduler(scheduling)], max_epochs=3,
+        limit_train_batches=8,
+    )  # fmt: skip
+    assert callback.total_steps == steps
+    assert trainer.global_step == steps
+    group = trainer.optimizers[0].param_groups[0]
+    assert group["lr"] == pytest.approx(0.5 / 25 / 1e4)  # the cycle's final LR: max_lr / div_factor / final_div_factor

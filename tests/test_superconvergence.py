@@ -868,3 +868,25 @@ def test_numpy_numbers_are_numbers():
     assert type(callback.range_test.lr_range[1]) is float
     with pytest.raises(ValueError, match=r"`num_steps` must be an integer >= 10 .*, got np.int64\(5\)"):
         SuperConvergence(num_steps=np.int64(5))
+
+
+class ValidationOfAnotherTask(TinyClassifier):
+    """Validation batches labelled by another rule than the training batches: no trial's held-out loss can fall."""
+
+    def val_dataloader(self):
+        x, _ = make_dataset(64, seed=1).tensors
+        return DataLoader(torch.utils.data.TensorDataset(x, torch.arange(64) % 4), batch_size=32)
+
+
+def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_why():
+    """No trial's held-out loss fell a tenth below the start: the search went lower, then the least bad won, said so."""
+    L.seed_everything(0)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_train_batches=2))
+    with pytest.warns(RuntimeWarning, match=r"no trial's held-out loss fell a tenth below .* pass `max_lr=`"):
+        trainer.fit(ValidationOfAnotherTask(n=512))
+    trials = callback.result.trials
+    assert len(trials) == 5  # the ladder, then two rungs ever lower: none learned
+    assert [t["peak"] for t in trials[3:]] == pytest.approx([min(t["peak"] for t in trials[:3]) / 2**k for k in (1, 2)])
+    assert callback.max_lr == min(trials, key=lambda t: t["held_out_loss"])["peak"]
+    assert "(learned nothing)" in callback.result.pick_reason
