@@ -87,6 +87,13 @@ def estimated_steps(trainer: _compat.Trainer) -> float:
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
+def accumulates(trainer: _compat.Trainer) -> bool:
+    """Whether gradients accumulate: ``accumulate_grad_batches`` above 1, or a ``GradientAccumulationScheduler``."""
+    classes = _compat.callback_classes(trainer, "GradientAccumulationScheduler")
+    scheduled = bool(classes) and any(isinstance(cb, classes) for cb in _compat.callbacks(trainer))
+    return scheduled or int(trainer.accumulate_grad_batches) > 1
+
+
 def _unknown_length(trainer: _compat.Trainer) -> str:
     """Why the run's length is unknown, and what sets it."""
     if trainer.max_epochs is None or trainer.max_epochs < 0:

@@ -190,7 +190,11 @@ def held_out_loss(
     at the same count: the stop decision is reduced across ranks).
 
     Raises:
-        UnscorableBatchesError: validation batches that ``training_step`` fails on, or returns no loss for.
+        UnscorableBatchesError: validation batches that ``training_step`` fails on, or returns no loss for, on every
+            rank.
+        RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks). A failure
+            in the transfer hooks on one rank only, before DDP's first forward without gradients, may leave the others
+            waiting in that forward's buffer broadcast instead.
     """
     strategy = trainer.strategy
     was_training = pl_module.training

@@ -306,24 +306,19 @@ class DivergenceGuard:
             "kept": [[step, float(loss) * scale, lr] for step, loss, lr, scale in zip(*kept, strict=True)],
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any], loss_scale: float = 1.0) -> None:
-        """Take the loss statistics of :meth:`state_dict` (a resume).
-
-        ``loss_scale``: what the saved losses are to be multiplied by: 1 for a state this release wrote; for one written
-        before the guard read losses as ``training_step`` returned them, the run's ``accumulate_grad_batches``.
-        """
-        k = float(loss_scale)
-        self.average = k * float(state.get("average", 0.0))
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the loss statistics of :meth:`state_dict` (a resume); those left out start afresh."""
+        self.average = float(state.get("average", 0.0))
         self.count = int(state.get("count", 0))
-        self.best = k * float(state.get("best", math.inf))
-        self.start = k * float(state.get("start", math.nan))
-        self.highest = k * float(state.get("highest", -math.inf))
-        self.first = k * float(state.get("first", math.nan))
+        self.best = float(state.get("best", math.inf))
+        self.start = float(state.get("start", math.nan))
+        self.highest = float(state.get("highest", -math.inf))
+        self.first = float(state.get("first", math.nan))
         self._recent.clear()
-        self._recent.extend(k * float(loss) for loss in state.get("recent", []))
+        self._recent.extend(float(loss) for loss in state.get("recent", []))
         kept = state.get("kept", [])
         self._kept_steps = [int(step) for step, _, _ in kept]
-        self._kept = [k * float(value) for _, value, _ in kept]
+        self._kept = [float(value) for _, value, _ in kept]
         self._kept_lrs = [float(lr) for _, _, lr in kept]
         self._kept_scales = [1] * len(kept)
 
@@ -367,9 +362,9 @@ class GuardedCycle:
             "collapse_from": float(self._collapse_from),
         }  # fmt: skip
 
-    def load_state_dict(self, state: dict[str, Any], loss_scale: float = 1.0) -> None:
-        """Take what :meth:`state_dict` gave (a resume); ``loss_scale``: see :meth:`DivergenceGuard.load_state_dict`."""
-        self.guard.load_state_dict(state, loss_scale)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take what :meth:`state_dict` gave (a resume)."""
+        self.guard.load_state_dict(state)
         self._stall_check = int(state.get("stall_check", self._stall_check))
         self._collapse_from = int(state.get("collapse_from", self._collapse_from))
 

@@ -136,7 +136,9 @@ def run_range_test(
 
     Warns:
         RuntimeWarning: if the loss fell by less than ``CLEAR_FALL`` standard errors of its noise: the pick is
-            installed, but may be noise.
+            installed, but may be noise; if no trial learned (:func:`~lightning_superconv.peak.learned`): the least bad
+            is installed, but may train poorly; if ``training_step`` cannot score the validation batches: the trials
+            score training batches instead.
     """
     config = config or RangeTestConfig()
     cycle = cycle or OneCycleConfig()

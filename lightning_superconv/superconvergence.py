@@ -22,7 +22,7 @@ from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle
 
-# 3: the guard's loss statistics are read as `training_step` returned them (before, divided by the accumulation)
+# 3: the guard keeps its losses as `training_step` returned them (before, some or all divided by the accumulation)
 _STATE_VERSION = 3
 
 _NO_STATE_TO_RESUME = (
@@ -51,7 +51,8 @@ class SuperConvergence(_compat.Callback):
 
     Everything is then put back exactly as it was (parameters, buffers, optimizer state, gradient scaler, RNG streams,
     dataloader generators, torchmetrics states, tensors a module keeps outside its parameters; nothing is written to
-    disk), and a :class:`torch.optim.lr_scheduler.OneCycleLR` sized by ``trainer.estimated_stepping_batches`` replaces
+    disk), and a :class:`torch.optim.lr_scheduler.OneCycleLR` sized by ``trainer.estimated_stepping_batches`` (each
+    epoch's accumulation counted under a ``GradientAccumulationScheduler``) replaces
     any scheduler from ``configure_optimizers``. With several param groups, the configured LR ratios between groups
     are kept in the test and the cycle; ``max_lr`` is the first group's. The cycle's shape arguments are those of
     :class:`~lightning_superconv.schedule.OneCycleConfig` (torch's defaults, which fit Smith's advice).
@@ -273,12 +274,12 @@ class SuperConvergence(_compat.Callback):
         if self.guard:
             self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues, len(self.rescues))
             if self._guard_state is not None:
-                # a state written before version 3 holds the losses as Lightning hands them to hooks: divided by the
-                # accumulation
-                legacy = self._guard_state_version < 3
-                self._watch.load_state_dict(
-                    self._guard_state, max(int(trainer.accumulate_grad_batches), 1) if legacy else 1
-                )
+                state = self._guard_state
+                if self._guard_state_version < 3 and _trainer.accumulates(trainer):
+                    # before version 3 the guard kept some or all of its losses on the hooks' scale (divided by the
+                    # accumulation): its loss statistics are left out, and it reads where training started again
+                    state = {key: state[key] for key in ("stall_check", "collapse_from") if key in state}
+                self._watch.load_state_dict(state)
             self._watch.start(trainer, pl_module, self._scheduler.optimizer)
         if not self._restored:
             return
