@@ -105,6 +105,12 @@ def callback_classes(obj: Any, *names: str) -> tuple[type, ...]:
     return tuple(cls for name in names if (cls := getattr(callbacks, name, None)) is not None)
 
 
+def callback_of(trainer: Trainer, name: str) -> Any:
+    """The trainer's first callback of Lightning's class ``name`` (or a subclass), or None (also when it has none)."""
+    classes = callback_classes(trainer, name)
+    return next((cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)), None)
+
+
 def scheduler_config(trainer: Trainer, scheduler: Any) -> Any:
     """A step-wise ``LRSchedulerConfig`` of the user's distribution for ``scheduler``."""
     return module(trainer, "utilities.types").LRSchedulerConfig(scheduler, interval="step", frequency=1)

@@ -45,8 +45,7 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
 
 def refuse_lr_finder(trainer: _compat.Trainer) -> None:
     """Lightning's ``LearningRateFinder`` and ``SuperConvergence`` would both set the LR at fit start."""
-    finders = _compat.callback_classes(trainer, "LearningRateFinder")
-    if finders and any(isinstance(cb, finders) for cb in _compat.callbacks(trainer)):
+    if _compat.callback_of(trainer, "LearningRateFinder") is not None:
         raise _compat.misconfiguration(
             trainer,
             "`LearningRateFinder` (or `Tuner.lr_find`) and `SuperConvergence` are in the same Trainer: both run an LR "

@@ -79,8 +79,7 @@ def estimated_steps(trainer: _compat.Trainer) -> float:
     batches, epochs = trainer.num_training_batches, trainer.max_epochs
     if not math.isfinite(total) or not math.isfinite(batches) or epochs is None or epochs < 0:
         return total
-    classes = _compat.callback_classes(trainer, "GradientAccumulationScheduler")
-    schedule: Any = next((cb for cb in _compat.callbacks(trainer) if classes and isinstance(cb, classes)), None)
+    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
     if schedule is None:
         return total
     steps = sum(math.ceil(batches / schedule.get_accumulate_grad_batches(epoch)) for epoch in range(max(epochs, 1)))
@@ -89,8 +88,7 @@ def estimated_steps(trainer: _compat.Trainer) -> float:
 
 def accumulates(trainer: _compat.Trainer) -> bool:
     """Whether gradients accumulate: ``accumulate_grad_batches`` above 1, or a ``GradientAccumulationScheduler``."""
-    classes = _compat.callback_classes(trainer, "GradientAccumulationScheduler")
-    scheduled = bool(classes) and any(isinstance(cb, classes) for cb in _compat.callbacks(trainer))
+    scheduled = _compat.callback_of(trainer, "GradientAccumulationScheduler") is not None
     return scheduled or int(trainer.accumulate_grad_batches) > 1
 
 
@@ -102,7 +100,7 @@ def _unknown_length(trainer: _compat.Trainer) -> str:
         limit = (
             "`max_time` alone limits it (no `max_epochs`, no `max_steps`), and it stops by the clock after a number "
             "of steps nobody knows in advance"
-            if _timed(trainer)
+            if _compat.callback_of(trainer, "Timer") is not None  # what `Trainer(max_time=...)` adds
             else f"it has no epoch limit (`max_epochs={trainer.max_epochs}`) and `max_steps` is not set"
         )
         return (
@@ -153,9 +151,3 @@ def install_scheduler(trainer: _compat.Trainer, scheduler: Any) -> list[str]:
 def scheduler_in_use(trainer: _compat.Trainer, scheduler: Any) -> bool:
     """Whether ``scheduler`` still drives the run (``StochasticWeightAveraging`` swaps in its own at its start)."""
     return any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs)
-
-
-def _timed(trainer: _compat.Trainer) -> bool:
-    """Whether a ``Timer`` callback (what ``Trainer(max_time=...)`` adds) may stop the run."""
-    timers = _compat.callback_classes(trainer, "Timer")
-    return bool(timers) and any(isinstance(callback, timers) for callback in _compat.callbacks(trainer))

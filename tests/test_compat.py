@@ -197,6 +197,25 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["should_update_logs"] is True
 
 
+@pytest.mark.parametrize("distribution", [lp, pl])
+def test_callback_of_finds_a_callback_of_the_running_lightning_by_class_name(tmp_path, distribution):
+    """The first callback of Lightning class ``name`` (or a subclass), of the Trainer's own distribution; else None."""
+    from lightning_superconv import _compat
+
+    class MyMonitor(distribution.callbacks.LearningRateMonitor):
+        pass
+
+    monitor, accumulation = MyMonitor(), distribution.callbacks.GradientAccumulationScheduler({0: 1, 1: 2})
+    trainer = distribution.Trainer(
+        **QUIET, default_root_dir=tmp_path, callbacks=[accumulation, monitor], max_time={"minutes": 5}
+    )
+    assert _compat.callback_of(trainer, "LearningRateMonitor") is monitor
+    assert _compat.callback_of(trainer, "GradientAccumulationScheduler") is accumulation
+    assert isinstance(_compat.callback_of(trainer, "Timer"), distribution.callbacks.Timer)  # from `max_time`
+    assert _compat.callback_of(trainer, "StochasticWeightAveraging") is None
+    assert _compat.callback_of(trainer, "NoSuchCallback") is None
+
+
 def test_placeholder_optimizer_and_scaler_are_recognised(tmp_path):
     """`configure_optimizers` returning None leaves Lightning's stand-in; `16-mixed` on CPU has a real scaler."""
     from lightning_superconv import _compat
