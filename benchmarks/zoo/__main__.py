@@ -1,4 +1,4 @@
-"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 12 tasks, 7 methods, 3 seeds.
+"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 18 tasks, 7 methods, 3 seeds.
 
 For each task of ``benchmarks/zoo/tasks.py`` and each seed (its own initial weights and data order), this trains:
 the oracle (one cycle at every max LR of the task's fixed x2 grid; the table's oracle is the grid point with the best
@@ -10,7 +10,8 @@ a diverged run counts as the score of predicting nothing (R² 0 for regression).
 ``benchmarks/results/zoo/<task>.json`` as it finishes; the runs of our methods are cached per version of the
 package's code.
 
-The held-out half (``tasks.HELD_OUT``) was named before the pick rule was changed and is never used to tune it.
+The held-out half (``tasks.HELD_OUT``) was named in a commit of its own before the pick rule was changed and is never
+used to tune it (the first held-out half, ``tasks.FIRST_HELD_OUT``, was spent and joined the tuning half).
 
 Run from the repository root::
 

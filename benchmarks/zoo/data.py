@@ -92,6 +92,27 @@ def friedman(n_train: int = 4000) -> Splits:
     return _standardize(_split(xt, yt, (n_train, 1000, 1000)), targets=True)
 
 
+def breast_cancer() -> Splits:
+    """scikit-learn's breast cancer set (569 patients, 30 features, 2 classes): 300 train, 120 validation, 149 test."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    return _standardize(_split(x, y, (300, 120, 149)), targets=False)
+
+
+def friedman_other(kind: int, n_train: int) -> Splits:
+    """Friedman's regression problem #2 or #3 (generated, 4 features, no noise added: ``make_friedman2/3``)."""
+    from sklearn import datasets
+
+    make = {2: datasets.make_friedman2, 3: datasets.make_friedman3}[kind]
+    x, y = make(n_samples=n_train + 2000, random_state=17 + kind)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32).unsqueeze(1)
+    return _standardize(_split(xt, yt, (n_train, 1000, 1000)), targets=True)
+
+
 def classification(n_train: int, features: int, classes: int, informative: int, sep: float, seed: int) -> Splits:
     """A generated classification problem (``make_classification``: clusters on a hypercube, 3 % label noise)."""
     from sklearn.datasets import make_classification
