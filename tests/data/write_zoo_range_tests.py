@@ -4,8 +4,10 @@ Each case is one task and seed: the swept LRs and losses, the trials' peaks and 
 run, the peak that run picked, its test score and the oracle's on the same seed (the oracle: the task's grid point with
 the best mean validation score, as in the zoo's table).
 
-Only the tuning half: the held-out half is for judging the rule, not for regression tests of it. ``lstm_text_sgd`` is
-left out: its 100-step trials cannot rank its peaks (the README's known miss). Run from the repository root after
+Only the tuning half (which holds the spent first held-out half): the held-out half is for judging the rule, not for
+regression tests of it. Two known misses of the README are left out: ``lstm_text_sgd``, whose 100-step trials cannot
+rank its peaks, and ``diabetes_mlp_adamw``, whose validation score has two modes in the peak (the trials find the upper
+one, the oracle sits at the lower). Run from the repository root after
 ``python -m benchmarks.zoo --half tuning``::
 
     python tests/data/write_zoo_range_tests.py
@@ -25,7 +27,7 @@ from benchmarks.zoo.__main__ import SEEDS, load, score  # noqa: E402
 from benchmarks.zoo.methods import code_fingerprint  # noqa: E402
 from benchmarks.zoo.tasks import TASKS, TUNING  # noqa: E402
 
-LEFT_OUT = {"lstm_text_sgd"}
+LEFT_OUT = {"lstm_text_sgd", "diabetes_mlp_adamw"}
 
 
 def oracle_lr(task, cache) -> float:
