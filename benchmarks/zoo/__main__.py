@@ -1,4 +1,4 @@
-"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 22 tasks, 7 methods, 3 seeds.
+"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 21 tasks, 7 methods, 3 seeds.
 
 For each task of ``benchmarks/zoo/tasks.py`` and each seed (its own initial weights and data order), this trains:
 the oracle (one cycle at every max LR of the task's fixed x2 grid; the table's oracle is the grid point with the best

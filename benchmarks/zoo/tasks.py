@@ -182,12 +182,6 @@ def tv_shufflenet() -> nn.Module:
     return shufflenet_v2_x0_5(num_classes=10)
 
 
-def tv_mobilenet() -> nn.Module:
-    from torchvision.models import mobilenet_v3_small
-
-    return mobilenet_v3_small(num_classes=10)
-
-
 def tv_mlp(inputs: int, hidden: int, outputs: int) -> nn.Module:
     """The ``ops.MLP`` of torchvision as its docs show it: LayerNorm and dropout after each layer."""
     from torchvision.ops import MLP
@@ -419,10 +413,7 @@ TASKS: dict[str, Task] = {
         _task("fmnist_tv_mlp_adamw", "torchvision ops.MLP", "classification", "LayerNorm",
               OptimizerSpec("adamw", 1e-3, weight_decay=1e-2), 64, 2, "6,000 images", 0.004,
               lambda: data.fashion(6000), lambda: tv_mlp(784, 256, 10)),
-        # ------------- the second held-out half, extended before any of these runs: convolutional and recurrent models
-        _task("mobilenet_v3_adam", "torchvision mobilenet_v3_small", "classification", "BatchNorm",
-              OptimizerSpec("adam", 1e-3), 64, 2, "4,000 images", 0.004, lambda: data.fashion(4000, rgb32=True),
-              tv_mobilenet),
+        # ---------------- the second held-out half, extended before any of these runs: convolutional and recurrent
         _task("digits_cnn_adam", "scikit-learn digits", "classification", "none", OptimizerSpec("adam", 1e-3), 64, 8,
               "1,000 images", 0.004, data.digits, digits_cnn),
         _task("fmnist_lenet_rmsprop", "this project (benchmarks/common.py)", "classification", "none",
@@ -440,8 +431,11 @@ FIRST_HELD_OUT = ("transformer_text_sgd", "resnet18_nesterov", "diabetes_mlp_ada
 TUNING = ("fmnist_bn_cnn_sgd", "fmnist_lenet_nesterov", "digits_cnn_sgd", "lstm_text_sgd", "friedman_mlp_adam",
           "shufflenet_rmsprop", *FIRST_HELD_OUT)  # fmt: skip
 #: The second held-out half, named in a commit of its own before the rule was changed again; never used to tune it.
-#: Its last four (convolutional and recurrent models, which its first six lacked) were added in a later commit, after
+#: Its last three (convolutional and recurrent models, which its first six lacked) were added in a later commit, after
 #: the first six had been run with the rule of ``111c0b8657`` and before any run of theirs; the rule did not change.
+#: A fourth, torchvision's ``mobilenet_v3_small`` with Adam, was dropped after eleven oracle runs, every one of them at
+#: or near chance (10-28 %): its BatchNorm layers' momentum of 0.01 leaves their running statistics near their
+#: initial values after the task's 124 steps, so the scores, read in eval mode, measured no method.
 HELD_OUT = ("breast_cancer_mlp_adamw", "digits_mlp_nesterov", "friedman3_mlp_rmsprop", "friedman2_mlp_sgd",
-            "fmnist_bn_mlp_adam", "fmnist_tv_mlp_adamw", "mobilenet_v3_adam", "digits_cnn_adam",
-            "fmnist_lenet_rmsprop", "lstm_text_adam")  # fmt: skip
+            "fmnist_bn_mlp_adam", "fmnist_tv_mlp_adamw", "digits_cnn_adam", "fmnist_lenet_rmsprop",
+            "lstm_text_adam")  # fmt: skip
