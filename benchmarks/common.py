@@ -125,7 +125,7 @@ def trainer(epochs: int, callbacks: list[Any], **kwargs: Any) -> L.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
+        check_val_every_n_epoch=10_000,  # no validation loop (`limit_val_batches=0` would hide the data)
         **kwargs,
     )
 

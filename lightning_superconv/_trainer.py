@@ -22,26 +22,27 @@ def single_optimizer(
         who: the callback's name, for the messages.
         automatic: the callback needs automatic optimization (it steps the optimizer or sizes a schedule for it).
     """
+    # what to do instead: a callback can be removed; `find_max_lr` is simply not for this module
+    instead = "do not run `find_max_lr` on this module" if who == "find_max_lr" else "remove the callback"
     if automatic and not pl_module.automatic_optimization:
         raise _compat.misconfiguration(
             trainer,
             f"{who} needs automatic optimization: with `self.automatic_optimization = False` (and "
-            "`self.manual_backward`) the callback cannot step your optimizer. Remove the callback, or switch to "
-            "automatic optimization.",
+            f"`self.manual_backward`) {who} cannot step your optimizer. Switch to automatic optimization, or "
+            f"{instead}.",
         )
     optimizers = trainer.optimizers
     if len(optimizers) != 1:
         raise _compat.misconfiguration(
             trainer,
             f"{who} needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. Put all "
-            "parameters into one optimizer (param groups keep different LRs and weight decays), or remove the "
-            "callback.",
+            f"parameters into one optimizer (param groups keep different LRs and weight decays), or {instead}.",
         )
     if _compat.is_placeholder_optimizer(trainer, optimizers[0]):
         raise _compat.misconfiguration(
             trainer,
             f"{who} needs an optimizer, but `configure_optimizers` returned None. Return the optimizer to train with "
-            "(e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or remove the callback.",
+            f"(e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or {instead}.",
         )
     return optimizers[0]
 

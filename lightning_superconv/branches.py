@@ -11,6 +11,7 @@ momentum per step and param group. Everything is restored at the end.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -80,9 +81,17 @@ class HeldOutBatches:
 
     @classmethod
     def validation(cls, trainer: _compat.Trainer) -> HeldOutBatches | None:
-        """The run's validation dataloaders (all of them, in order), or None when the run has none."""
+        r"""The run's validation dataloaders in order, as far as ``limit_val_batches`` lets the run validate on them.
+
+        None when the run has none, or validates on none (``limit_val_batches=0``): the held-out batches then come
+        from the training data.
+        """
         loaders = _compat.val_dataloaders(trainer)
-        return None if loaders is None else cls((batch for loader in loaders for batch in loader), validation=True)
+        limit = trainer.limit_val_batches
+        if loaders is None or limit == 0:
+            return None
+        limited = (itertools.islice(loader, _batch_limit(loader, limit)) for loader in loaders)
+        return cls((batch for loader in limited for batch in loader), validation=True)
 
     @classmethod
     def after_training_batches(cls, trainer: _compat.Trainer, skip: int, count: int) -> HeldOutBatches:
@@ -107,6 +116,24 @@ class HeldOutBatches:
     def fix(self) -> None:
         """Score every later branch on the batches read so far."""
         self.fixed = True
+
+
+def _batch_limit(loader: Any, limit: int | float) -> int | None:
+    r"""How many of ``loader``'s batches ``limit_val_batches`` lets a run read (None: all), as Lightning counts them.
+
+    An int is a number of batches; a float a fraction of the loader's length (at least one batch), all of a loader
+    without a length.
+
+    Example::
+
+        >>> _batch_limit(range(10), 3), _batch_limit(range(10), 0.25), _batch_limit(range(10), 1.0)
+        (3, 2, None)
+    """
+    if isinstance(limit, int):
+        return limit
+    if limit >= 1.0 or not hasattr(loader, "__len__"):
+        return None
+    return max(1, int(len(loader) * limit))
 
 
 def run_branches(

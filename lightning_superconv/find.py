@@ -58,7 +58,7 @@ def find_max_lr(
         datamodule: a LightningDataModule instead of ``train_dataloaders``.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
-            unless given here.
+            unless given here; ``min_epochs`` and ``min_steps`` are ignored (no training step is taken).
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
             ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``.
 
@@ -89,6 +89,8 @@ def find_max_lr(
         range_test["lr_range"] = tuple(range_test["lr_range"])
     probe = _RangeTestProbe(RangeTestConfig(**range_test))
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
+    # the probe stops the fit before its first step; a minimum length would make Lightning train on regardless
+    kwargs["min_epochs"] = kwargs["min_steps"] = None
     kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)

@@ -122,6 +122,7 @@ class SafeOneCycleLR(OneCycleLR):
     """
 
     _warned_past_end = False
+    _warned_epoch = False
     # a re-warm-up after the divergence guard rolled the weights back (see `rewarm`); plain values, in the state_dict
     rewarm_start = -1
     rewarm_steps = 0
@@ -196,6 +197,24 @@ class SafeOneCycleLR(OneCycleLR):
             return 1.0
         done = (self.last_epoch - self.rewarm_start) / self.rewarm_steps
         return self.rewarm_from + (1.0 - self.rewarm_from) * done
+
+    def step(self, epoch: int | None = None) -> None:
+        r"""Advance the cycle by one optimizer step. An ``epoch`` argument is ignored, with a warning once.
+
+        Lightning steps the installed cycle through the module's ``lr_scheduler_step`` hook, once per optimizer step. A
+        module that overrides that hook for a scheduler of its own (timm's idiom: ``scheduler.step(epoch=...)``) would
+        otherwise set the cycle's position to the epoch number, and the LR would stay at the start of the warm-up.
+        """
+        if epoch is not None and not self._warned_epoch:
+            self._warned_epoch = True
+            warnings.warn(
+                f"The one-cycle schedule was stepped with `epoch={epoch}` (an `lr_scheduler_step` override of your "
+                "module?); it advances one optimizer step per call whatever the argument, as Lightning calls it once "
+                "per optimizer step.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        super().step()
 
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle (and re-warmed after a rollback)."""

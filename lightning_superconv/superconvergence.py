@@ -332,10 +332,16 @@ class SuperConvergence(_compat.Callback):
             return
         rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs)
         if gave_up is not None:
+            if self.rescues:
+                what = (
+                    f"diverged again at step {trainer.global_step} ({gave_up}) after {len(self.rescues)} rescue(s) had "
+                    f"lowered the peak to {self.max_lr:.4g}"
+                )
+            else:  # `max_rescues=0`: the guard only stops the run
+                what = f"diverged at step {trainer.global_step} ({gave_up}) with the peak at {self.max_lr:.4g}"
             raise DivergenceError(
-                f"SuperConvergence: the loss diverged again at step {trainer.global_step} ({gave_up}) after "
-                f"{len(self.rescues)} rescue(s) had lowered the peak to {self.max_lr:.4g}; training stops. The model "
-                "may not train at these LRs at all: check the loss and the data, pass a lower `max_lr=`, or raise "
+                f"SuperConvergence: the loss {what}; training stops (`max_rescues={self.max_rescues}`). The model may "
+                "not train at these LRs at all: check the loss and the data, pass a lower `max_lr=`, or raise "
                 "`max_rescues`."
             )
         if rescue is not None:

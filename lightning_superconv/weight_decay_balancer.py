@@ -383,13 +383,16 @@ class WeightDecayBalancer(_compat.Callback):
         refs = self.reference_weight_decays
         val_batches = HeldOutBatches.validation(trainer)
         if val_batches is None:
+            off = trainer.limit_val_batches == 0 and _compat.val_dataloaders(trainer) is not None
             _compat.rank_zero_warn(
                 trainer,
-                "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run has no "
-                "validation dataloader; weight decay is left as configured. Add a `val_dataloader`, or use "
-                "`mode='budget'`.",
+                "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run "
+                + ("validates on no batch (`limit_val_batches=0`)" if off else "has no validation dataloader")
+                + "; weight decay is left as configured. "
+                + ("Let it validate" if off else "Add a `val_dataloader`")
+                + ", or use `mode='budget'`.",
             )
-            return list(refs), "left as configured: no validation dataloader to choose by"
+            return list(refs), "left as configured: no validation data to choose by"
         first = decayed[0]
         total = len(traces[first].lrs)
         plan = plan_grid(refs[first], self.factors, self._bounds(optimizer, traces, first), total, self.cost)

@@ -270,7 +270,7 @@ def test_resume_after_backbone_finetuning_added_its_group_continues_the_cycle(tm
 
     whole = Recorder()
     _fit(tmp_path / "whole", BackboneClassifier(), callbacks(whole), max_epochs=3)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     with pytest.raises(Interrupt):
         _fit(tmp_path / "a", BackboneClassifier(), callbacks(ckpt, KillAt(8)), max_epochs=3, enable_checkpointing=True)
     resumed = Recorder()

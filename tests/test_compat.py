@@ -20,7 +20,7 @@ QUIET = dict(
     devices=1,
     max_epochs=2,
     limit_train_batches=4,
-    limit_val_batches=0,
+    check_val_every_n_epoch=10_000,
     logger=False,
     enable_checkpointing=False,
     enable_progress_bar=False,
@@ -75,7 +75,7 @@ def test_standalone_trainer_gets_its_own_exception_class(tmp_path):
 def test_standalone_resume_continues_the_cycle(tmp_path):
     """`pytorch_lightning`'s checkpoint and resume carry the callback state and the cycle's position."""
     first = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     kwargs = {**QUIET, "enable_checkpointing": True, "max_epochs": 1}
     pl.Trainer(default_root_dir=tmp_path, callbacks=[first, ckpt], **kwargs).fit(StandaloneTinyClassifier())
     resumed = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)

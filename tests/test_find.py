@@ -69,7 +69,7 @@ def test_pick_matches_the_callbacks_range_test():
     callback = SuperConvergence(lr_range=LR_RANGE, num_steps=60)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=10_000,
     )  # fmt: skip
     trainer.fit(TinyClassifier())
     assert callback.result is not None
@@ -132,6 +132,32 @@ def test_no_training_step_is_taken():
     assert steps.trainer.global_step == 0
     # the sweep's steps, each trial's steps (those that ran before a trial diverged) and the held-out scoring
     assert model.calls >= len(result.losses) + result.skipped_steps
+
+
+@pytest.mark.parametrize("minimum", [{"min_epochs": 3}, {"min_steps": 5}], ids=["min_epochs", "min_steps"])
+def test_a_minimum_run_length_in_trainer_kwargs_does_not_make_it_train(minimum):
+    """Lightning trains on past ``should_stop`` until ``min_epochs``/``min_steps``: the probe's Trainer drops them."""
+    model = TinyClassifier()
+    before = _state(model)
+    steps = TrainingSteps()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"callbacks": [steps], **minimum})
+    assert steps.batches == 0
+    assert steps.trainer.global_step == 0
+    after = _state(model)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_manual_optimization_module_is_refused_with_what_to_do():
+    """The message speaks of `find_max_lr`, not of a callback the user never added."""
+
+    class Manual(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(Exception, match=r"find_max_lr cannot step your optimizer") as info:
+        find_max_lr(Manual(), lr_range=LR_RANGE, num_steps=20)
+    assert "callback" not in str(info.value)
 
 
 def test_takes_a_datamodule():

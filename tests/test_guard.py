@@ -438,8 +438,17 @@ def test_a_run_where_the_guard_never_fires_is_bit_identical_to_one_without_it(tm
 
 
 def test_more_divergences_than_rescues_stop_training_with_a_clear_error(tmp_path):
-    with pytest.raises(DivergenceError, match=r"diverged again .* after 0 rescue\(s\).*`max_lr=`"):
+    stopped = r"diverged at step \d+ .* with the peak at 50.*`max_rescues=0`.*`max_lr=`"
+    with pytest.raises(DivergenceError, match=stopped):
         _fit(tmp_path, SuperConvergence(max_lr=50.0, max_rescues=0))
+
+
+def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
+    callback = SuperConvergence(max_lr=1e4, max_rescues=1)
+    stopped = r"diverged again at step \d+ .* after 1 rescue\(s\) had lowered the peak"
+    with pytest.raises(DivergenceError, match=stopped):
+        _fit(tmp_path, callback)
+    assert len(callback.rescues) == 1
 
 
 class Interrupt(Exception):

@@ -93,7 +93,7 @@ def _fit(tmp_path, model, callback=None, **overrides):
 @pytest.mark.parametrize(
     ("model", "problem", "fix"),
     [
-        (Manual, r"needs automatic optimization", r"Remove the callback, or switch to automatic optimization"),
+        (Manual, r"needs automatic optimization", r"Switch to automatic optimization, or remove the callback"),
         (NoOptimizer, r"`configure_optimizers` returned None", r"Return the optimizer to train with"),
         (ZeroFirstGroup, r"first group's `lr` must be > 0, got 0.0", r"Give the first param group a"),
         (lambda: NonFinite(float("nan")), r"loss was non-finite \(NaN/inf\) after 0 step", r"`max_lr=`"),

@@ -323,7 +323,7 @@ def test_lstm_hidden_state_is_restored_after_the_range_test():
 
 def test_manual_backward_module_is_refused_with_the_fix():
     """``self.manual_backward`` means manual optimization: refused at fit start, naming what to do."""
-    with pytest.raises(MisconfigurationException, match=r"automatic optimization.*Remove the callback"):
+    with pytest.raises(MisconfigurationException, match=r"automatic optimization.*remove the callback"):
         _fit(ManualBackward, [SuperConvergence()])
 
 

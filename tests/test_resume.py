@@ -92,7 +92,7 @@ def _interrupted_then_resumed(tmp_path, kill_at, every_n_train_steps=None, with_
     checkpoint = (
         ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=every_n_train_steps)
         if every_n_train_steps
-        else ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        else ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     )
     first = _callbacks(with_balancer)
     trainer = _trainer(tmp_path / "a", [*first, checkpoint, KillAt(kill_at)])
@@ -155,7 +155,7 @@ def test_resume_loads_with_weights_only(tmp_path):
     """Lightning's own loader restricted to `weights_only=True` resumes the run (fp16: the scaler state too)."""
     plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
     first = _callbacks(with_balancer=True)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path / "a", [*first, ckpt], max_epochs=2, plugins=plugins).fit(_seeded())
     path = str(tmp_path / "ckpt" / "last.ckpt")
     callbacks = _callbacks(with_balancer=True)
@@ -169,7 +169,7 @@ def test_resume_loads_with_weights_only(tmp_path):
 def test_checkpoint_holds_plain_values_only(tmp_path):
     """`torch.load(weights_only=True)` reads the checkpoint, and both callbacks' states are plain Python values."""
     callbacks = _callbacks(with_balancer=True)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path, [*callbacks, ckpt], max_epochs=1).fit(_seeded())
     loaded = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     states = loaded["callbacks"]
@@ -196,7 +196,7 @@ def test_checkpoint_holds_plain_values_only(tmp_path):
 def test_resume_with_a_larger_max_epochs_holds_the_final_lr_and_warns(tmp_path):
     """A finished 2-epoch run resumed with `max_epochs=3` says so and trains on at the cycle's final LR, no crash."""
     first = _callbacks(with_balancer=False)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path / "a", [*first, ckpt], max_epochs=2).fit(_seeded())
     recorder = StepRecorder()
     callbacks = _callbacks(with_balancer=False)
@@ -216,7 +216,7 @@ def test_resume_with_a_larger_max_epochs_holds_the_final_lr_and_warns(tmp_path):
 def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path):
     """The state key is the class name: `num_steps` changed on resume does not trigger a new range test."""
     first = _callbacks(with_balancer=False)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path / "a", [*first, ckpt], max_epochs=1).fit(_seeded())
     model = _seeded()
     callbacks = _callbacks(with_balancer=False, num_steps=40)
@@ -228,7 +228,7 @@ def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path
 
 def test_resume_from_a_checkpoint_without_superconvergence_fails_with_the_fix(tmp_path):
     """Adding the callback on resume would mix the old scheduler's state into a new cycle: refused, naming the fix."""
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path / "a", [ckpt], max_epochs=1).fit(_seeded(TinyClassifier, scheduler="step"))
     model = _seeded()
     trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), max_epochs=2)
@@ -240,7 +240,7 @@ def test_resume_from_a_checkpoint_without_superconvergence_fails_with_the_fix(tm
 def test_resume_with_a_different_max_lr_keeps_the_checkpoints_cycle_and_warns(tmp_path):
     """`max_lr=` given on resume does not silently change the running cycle."""
     first = _callbacks(with_balancer=False)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
     _trainer(tmp_path / "a", [*first, ckpt], max_epochs=1).fit(_seeded())
     callbacks = [SuperConvergence(max_lr=0.123)]
     trainer = _trainer(tmp_path / "b", callbacks, max_epochs=2)

@@ -257,7 +257,14 @@ def test_validation_never_runs_inside_the_range_test(tmp_path):
     model = ValidationProbe()
     callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
     trainer = _fit(
-        tmp_path, model, [callback], val_check_interval=2, limit_val_batches=1, limit_train_batches=4, max_epochs=1
+        tmp_path,
+        model,
+        [callback],
+        val_check_interval=2,
+        check_val_every_n_epoch=1,
+        limit_val_batches=1,
+        limit_train_batches=4,
+        max_epochs=1,
     )
     assert len(callback.result.losses) >= 10
     assert trainer.global_step == 4

@@ -512,6 +512,49 @@ def test_user_scheduler_is_replaced_with_a_message_naming_both(tmp_path, caplog)
     assert any("`StepLR`" in m and "`OneCycleLR`" in m for m in messages), messages
 
 
+class EpochSteppedScheduler:
+    """A scheduler of the timm kind: ``step(epoch)``, which Lightning steps only through ``lr_scheduler_step``."""
+
+    def __init__(self, optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self, epoch=None) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.01 * 0.5 ** (epoch or 0)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+class EpochSteppingClassifier(TinyClassifier):
+    """Its own scheduler and the ``lr_scheduler_step`` override Lightning requires for it: ``step(epoch=...)``."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": EpochSteppedScheduler(optimizer)}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step(epoch=self.current_epoch)
+
+
+def test_an_lr_scheduler_step_override_passing_the_epoch_steps_the_cycle_once_per_call(tmp_path):
+    """Through the module's override the cycle still advances one step per optimizer step, with one warning."""
+    plain, overriding = ScheduleRecorder(), ScheduleRecorder()
+    _fit(tmp_path / "plain", TinyClassifier(), SuperConvergence(max_lr=0.3), callbacks=[plain], max_epochs=2)
+    with pytest.warns(RuntimeWarning, match=r"stepped with `epoch=0`.*one optimizer step per call") as caught:
+        _fit(
+            tmp_path / "override", EpochSteppingClassifier(), SuperConvergence(max_lr=0.3), callbacks=[overriding],
+            max_epochs=2,
+        )  # fmt: skip
+    assert sum("stepped with `epoch=" in str(w.message) for w in caught) == 1
+    assert overriding.lrs == plain.lrs
+    expected, _ = _reference_cycle([0.3], 8)  # torch's own cycle over the run's 4 x 2 steps
+    assert [lr for (lr,) in overriding.lrs] == pytest.approx([lr for (lr,) in expected], rel=1e-12)
+
+
 def test_param_group_ratios_are_kept_in_the_cycle(tmp_path):
     """Groups configured at 0.01 and 0.001 peak at `max_lr` and `max_lr / 10` and keep 10:1 at every step."""
     recorder = ScheduleRecorder()
@@ -785,13 +828,36 @@ def test_trials_are_scored_on_the_validation_data(tmp_path):
     """With a validation dataloader, every trial is scored on the same validation batches."""
     model = EvalRecorder()
     callback = SuperConvergence(num_steps=30, trial_steps=50)
-    _fit(tmp_path, model, callback, limit_val_batches=0)
+    _fit(tmp_path, model, callback)
     val_x = model.val_dataloader().dataset.tensors[0]
     first_values = {float(v) for v in val_x[:, 0]}
     assert model.scored
     assert set(model.scored) <= first_values
     per_trial = len(model.scored) // len(callback.result.trials)
+    assert per_trial == 2  # all 64 validation samples, in batches of 32
     assert model.scored == model.scored[:per_trial] * len(callback.result.trials)
+
+
+@pytest.mark.parametrize("limit", [1, 0.5], ids=["one-batch", "half"])
+def test_trials_read_no_more_validation_batches_than_limit_val_batches_allows(tmp_path, limit):
+    """``limit_val_batches`` caps the trials' validation batches as it caps the run's validation (here at one)."""
+    model = EvalRecorder()
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback, limit_val_batches=limit)
+    val_x = model.val_dataloader().dataset.tensors[0]
+    assert model.scored == [float(val_x[0, 0])] * len(callback.result.trials)
+
+
+def test_with_limit_val_batches_0_the_trials_score_on_training_batches(tmp_path):
+    """A run told to validate on nothing (``limit_val_batches=0``) has no validation data for the trials either."""
+    model = EvalRecorder(n=1024)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback, limit_val_batches=0)
+    assert len(model.scored) == 5 * len(callback.result.trials)  # training batches: max(4, 50 // 10) per trial
+    val_x = model.val_dataloader().dataset.tensors[0]
+    train_x = model.train_dataloader().dataset.tensors[0]
+    assert not {float(v) for v in model.scored} & {float(v) for v in val_x[:, 0]}
+    assert {float(v) for v in model.scored} <= {float(v) for v in train_x[:, 0]}
 
 
 def test_without_validation_data_trials_score_on_training_batches_they_never_train_on(tmp_path):

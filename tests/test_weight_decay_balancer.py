@@ -318,6 +318,15 @@ def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
     assert balancer.weight_decays == [5e-4]
 
 
+def test_grid_on_a_run_that_validates_on_no_batch_keeps_weight_decay_and_says_why(tmp_path):
+    """``limit_val_batches=0``: the validation data is there, but the run uses none of it, and neither does the grid."""
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    with pytest.warns(RuntimeWarning, match=r"validates on no batch \(`limit_val_batches=0`\)"):
+        _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer], epochs=4, limit_val_batches=0)
+    assert balancer.weight_decays == [5e-4]
+    assert balancer.reason.endswith("no validation data to choose by")
+
+
 def test_grid_on_validation_batches_training_step_cannot_take_keeps_weight_decay_and_warns(tmp_path):
     """The grid chooses by the ``training_step`` loss on validation batches; batches it fails on leave λ as it was."""
     L.seed_everything(0)
@@ -459,7 +468,7 @@ def test_resume_continues_exactly_and_does_not_balance_again(tmp_path):
          epochs=epochs)  # fmt: skip
 
     L.seed_everything(0)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
     first = WeightDecayBalancer(mode="budget")
     _fit(tmp_path / "part", TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt, StopAfter(2)],
          epochs=epochs, enable_checkpointing=True)  # fmt: skip
@@ -483,7 +492,7 @@ def test_resume_continues_exactly_and_does_not_balance_again(tmp_path):
 
 def test_resume_keeps_the_users_lambda_even_if_the_module_now_says_otherwise(tmp_path):
     """The reference λ is the one in the checkpoint's callback state, not what `configure_optimizers` says now."""
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
     first = WeightDecayBalancer(mode="budget")
     _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt], epochs=1,
          enable_checkpointing=True)  # fmt: skip
