@@ -135,11 +135,17 @@ def _empty_loader_problem(trainer: _compat.Trainer) -> str:
 
 
 def steps_per_epoch(trainer: _compat.Trainer) -> int:
-    """Optimizer steps per epoch (1 when the loader has no length)."""
+    """Optimizer steps per epoch (1 when the loader has no length: see :func:`epoch_length_known`)."""
     batches = trainer.num_training_batches
-    if not isinstance(batches, int) and not (isinstance(batches, float) and math.isfinite(batches)):
+    if not epoch_length_known(trainer):
         return 1
     return max(math.ceil(int(batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+
+
+def epoch_length_known(trainer: _compat.Trainer) -> bool:
+    """Whether an epoch has a known number of batches (a stream without a length, an ``IterableDataset``, has not)."""
+    batches = trainer.num_training_batches
+    return isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches))
 
 
 def install_scheduler(trainer: _compat.Trainer, scheduler: Any) -> list[str]:

@@ -345,7 +345,9 @@ class WeightDecayBalancer(_compat.Callback):
     ) -> tuple[list[float], str]:
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
-        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer)
+        # a stream without a length has no epoch to measure by: the whole run is the one span known
+        known = _trainer.epoch_length_known(trainer)
+        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer) if known else 1.0
         budget_range = (self.min_budget, max(self.min_budget, epochs))
         chosen = list(refs)
         adaptive = []
@@ -368,7 +370,8 @@ class WeightDecayBalancer(_compat.Callback):
             )
         return chosen, (
             f"{verdict} (`mode='timescale'`); at the user's λ the run would spend a decay budget K = Σ c·η·λ of "
-            f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} ({epochs:.3g} epochs)"
+            f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} "
+            + (f"({epochs:.3g} epochs)" if known else "(a data stream without a length: the run counts as one epoch)")
         )
 
     def _grid(

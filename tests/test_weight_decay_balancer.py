@@ -6,10 +6,11 @@ import math
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, TinyClassifier, trainer_kwargs
+from helpers import DictValidationBatches, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim.lr_scheduler import OneCycleLR
+from torch.utils.data import DataLoader
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 from lightning_superconv.schedule import build_one_cycle
@@ -216,6 +217,30 @@ def test_timescale_keeps_a_weight_decay_already_in_range(tmp_path):
     _fit(tmp_path, TinyClassifier(weight_decay=inside), [SuperConvergence(max_lr=0.05), balancer], epochs=6)
     assert balancer.weight_decays == [inside]
     assert balancer.reason.startswith("kept")
+
+
+class StreamingClassifier(TinyClassifier):
+    """Its training data is a stream without a length (an ``IterableDataset``): 40 steps, no epoch to count by."""
+
+    def train_dataloader(self):
+        x, y = make_dataset(640).tensors
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                for start in range(0, len(x), 16):
+                    yield x[start : start + 16], y[start : start + 16]
+
+        return DataLoader(Stream(), batch_size=None)
+
+
+def test_timescale_on_a_stream_without_a_length_counts_the_run_as_one_epoch(tmp_path):
+    """A stream has no epoch length: its whole run is one span, as a one-pass run over a sized dataset is."""
+    weight_decay = 2.0 / _one_cycle_sum(0.01, 0.9, 0.05, 40)  # K = 2: above one epoch, inside 40 "epochs" of 1 step
+    balancer = WeightDecayBalancer(mode="timescale")
+    model = StreamingClassifier(weight_decay=weight_decay)
+    _fit(tmp_path, model, [SuperConvergence(max_lr=0.05), balancer], epochs=-1, max_steps=40)
+    assert balancer.weight_decays[0] == pytest.approx(1.0 / _one_cycle_sum(0.01, 0.9, 0.05, 40))  # lowered to K = 1
+    assert "the run counts as one epoch" in balancer.reason
 
 
 def test_keep_mode_leaves_weight_decay_as_configured(tmp_path):
