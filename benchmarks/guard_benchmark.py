@@ -11,7 +11,7 @@
 
 Every run is cached in ``benchmarks/results/guard.json`` as it finishes. Run from the repository root::
 
-    python -m benchmarks.guard_benchmark                # both parts (part 2 re-trains 362 zoo runs: about an hour)
+    python -m benchmarks.guard_benchmark                # both parts (part 2 re-trains 429 zoo runs: about an hour)
     python -m benchmarks.guard_benchmark --part 1       # the too-high table (about 10 minutes)
     python -m benchmarks.guard_benchmark --table-only   # print from the cache
 """
