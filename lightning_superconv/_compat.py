@@ -233,6 +233,11 @@ def logging_step(trainer: Trainer) -> int:
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
+def has_val_dataloaders(trainer: Trainer) -> bool:
+    """Whether the run has validation dataloaders, without calling the hook that builds them."""
+    return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
+
+
 def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     """The run's validation dataloaders, in order, or None when the run has none."""
     source = trainer.fit_loop.epoch_loop.val_loop._data_source

@@ -122,7 +122,7 @@ def _batch_limit(loader: Any, limit: int | float) -> int | None:
     r"""How many of ``loader``'s batches ``limit_val_batches`` lets a run read (None: all), as Lightning counts them.
 
     An int is a number of batches; a float a fraction of the loader's length (at least one batch), all of a loader
-    without a length.
+    whose length cannot be read.
 
     Example::
 
@@ -131,9 +131,13 @@ def _batch_limit(loader: Any, limit: int | float) -> int | None:
     """
     if isinstance(limit, int):
         return limit
-    if limit >= 1.0 or not hasattr(loader, "__len__"):
+    if limit >= 1.0:
         return None
-    return max(1, int(len(loader) * limit))
+    try:
+        length = len(loader)
+    except (TypeError, NotImplementedError, RuntimeError):  # a stream; a CombinedLoader not yet iterated
+        return None
+    return max(1, int(length * limit))
 
 
 def run_branches(

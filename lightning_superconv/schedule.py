@@ -12,11 +12,11 @@ scheduler so that:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
@@ -207,12 +207,11 @@ class SafeOneCycleLR(OneCycleLR):
         """
         if epoch is not None and not self._warned_epoch:
             self._warned_epoch = True
-            warnings.warn(
+            rank_zero_warn(
                 f"The one-cycle schedule was stepped with `epoch={epoch}` (an `lr_scheduler_step` override of your "
                 "module?); it advances one optimizer step per call whatever the argument, as Lightning calls it once "
                 "per optimizer step.",
-                RuntimeWarning,
-                stacklevel=2,
+                category=RuntimeWarning,
             )
         super().step()
 
@@ -230,11 +229,10 @@ class SafeOneCycleLR(OneCycleLR):
             return super().get_lr()
         if self.last_epoch > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
-            warnings.warn(
+            rank_zero_warn(
                 f"The one-cycle schedule was sized for {self.total_steps} steps and training went past it; the LR "
                 "stays at the cycle's final value.",
-                RuntimeWarning,
-                stacklevel=2,
+                category=RuntimeWarning,
             )
         stepped = self.last_epoch
         self.last_epoch = self.total_steps - 1

@@ -345,9 +345,9 @@ class WeightDecayBalancer(_compat.Callback):
     ) -> tuple[list[float], str]:
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
-        # a stream without a length has no epoch to measure by: the whole run is the one span known
+        # a stream without a length has no epoch to bound the timescale by: only the lower bound holds
         known = _trainer.epoch_length_known(trainer)
-        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer) if known else 1.0
+        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer) if known else math.inf
         budget_range = (self.min_budget, max(self.min_budget, epochs))
         chosen = list(refs)
         adaptive = []
@@ -371,7 +371,7 @@ class WeightDecayBalancer(_compat.Callback):
         return chosen, (
             f"{verdict} (`mode='timescale'`); at the user's λ the run would spend a decay budget K = Σ c·η·λ of "
             f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} "
-            + (f"({epochs:.3g} epochs)" if known else "(a data stream without a length: the run counts as one epoch)")
+            + (f"({epochs:.3g} epochs)" if known else "(a data stream without a length: no epoch to bound it by)")
         )
 
     def _grid(
@@ -386,7 +386,7 @@ class WeightDecayBalancer(_compat.Callback):
         refs = self.reference_weight_decays
         val_batches = HeldOutBatches.validation(trainer)
         if val_batches is None:
-            off = trainer.limit_val_batches == 0 and _compat.val_dataloaders(trainer) is not None
+            off = trainer.limit_val_batches == 0 and _compat.has_val_dataloaders(trainer)
             _compat.rank_zero_warn(
                 trainer,
                 "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run "

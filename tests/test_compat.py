@@ -155,6 +155,7 @@ class CompatProbe:
         self.seen["scaler"] = _compat.grad_scaler(trainer)
         self.seen["placeholder"] = _compat.is_placeholder_optimizer(trainer, trainer.optimizers[0])
         self.seen["val"] = _compat.val_dataloaders(trainer)
+        self.seen["has_val"] = _compat.has_val_dataloaders(trainer)
         self.seen["callbacks"] = _compat.callbacks(trainer)
         self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
         self.seen["state_key"] = _compat.state_key(self, mode="x")
@@ -190,6 +191,7 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["scaler"] is None
     assert seen["placeholder"] is False
     assert len(seen["val"]) == 1
+    assert seen["has_val"] is True
     assert seen["callbacks"][-1] is probe
     assert seen["fast_dev_run"] is False
     assert seen["state_key"] == "Probe{'mode': 'x'}"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import TinyClassifier, make_dataset
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
 from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
@@ -155,7 +156,7 @@ def test_a_manual_optimization_module_is_refused_with_what_to_do():
             super().__init__()
             self.automatic_optimization = False
 
-    with pytest.raises(Exception, match=r"find_max_lr cannot step your optimizer") as info:
+    with pytest.raises(MisconfigurationException, match=r"find_max_lr cannot step your optimizer") as info:
         find_max_lr(Manual(), lr_range=LR_RANGE, num_steps=20)
     assert "callback" not in str(info.value)
 

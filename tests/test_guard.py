@@ -444,6 +444,7 @@ def test_more_divergences_than_rescues_stop_training_with_a_clear_error(tmp_path
 
 
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
+    """A peak far too high for one rescue: the error names the rescues and the peak they left."""
     callback = SuperConvergence(max_lr=1e4, max_rescues=1)
     stopped = r"diverged again at step \d+ .* after 1 rescue\(s\) had lowered the peak"
     with pytest.raises(DivergenceError, match=stopped):

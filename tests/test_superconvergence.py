@@ -14,6 +14,7 @@ import torch
 from helpers import DictValidationBatches, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.lr_scheduler import OneCycleLR
@@ -846,6 +847,36 @@ def test_trials_read_no_more_validation_batches_than_limit_val_batches_allows(tm
     _fit(tmp_path, model, callback, limit_val_batches=limit)
     val_x = model.val_dataloader().dataset.tensors[0]
     assert model.scored == [float(val_x[0, 0])] * len(callback.result.trials)
+
+
+def test_limit_val_batches_caps_each_validation_loader_on_its_own(tmp_path):
+    """With two validation loaders and ``limit_val_batches=1`` the trials read the first batch of each, as Lightning."""
+
+    class TwoLoaders(EvalRecorder):
+        def val_dataloader(self):
+            return [
+                DataLoader(make_dataset(64, seed=1), batch_size=32),
+                DataLoader(make_dataset(64, seed=2), batch_size=32),
+            ]
+
+    model = TwoLoaders()
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback, limit_val_batches=1)
+    firsts = [float(loader.dataset.tensors[0][0, 0]) for loader in model.val_dataloader()]
+    assert model.scored == firsts * len(callback.result.trials)
+
+
+def test_a_validation_loader_whose_length_cannot_be_read_is_read_whole(tmp_path):
+    """A ``CombinedLoader`` not yet iterated has no length to take a fraction of: the trials read it all, as before."""
+
+    class Combined(EvalRecorder):
+        def val_dataloader(self):
+            return CombinedLoader([DataLoader(make_dataset(64, seed=1), batch_size=32)], "sequential")
+
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    with pytest.warns(RuntimeWarning, match="validation batch"):  # its (batch, index, loader) triples: unscorable
+        _fit(tmp_path, Combined(), callback, limit_val_batches=0.5)
+    assert callback.result.trials
 
 
 def test_with_limit_val_batches_0_the_trials_score_on_training_batches(tmp_path):

@@ -233,14 +233,23 @@ class StreamingClassifier(TinyClassifier):
         return DataLoader(Stream(), batch_size=None)
 
 
-def test_timescale_on_a_stream_without_a_length_counts_the_run_as_one_epoch(tmp_path):
-    """A stream has no epoch length: its whole run is one span, as a one-pass run over a sized dataset is."""
-    weight_decay = 2.0 / _one_cycle_sum(0.01, 0.9, 0.05, 40)  # K = 2: above one epoch, inside 40 "epochs" of 1 step
+def test_timescale_on_a_stream_without_a_length_keeps_a_budget_above_one(tmp_path):
+    """A stream has no epoch length, so no upper bound on the budget (not 40 "epochs" of one step): K = 2 is kept."""
+    weight_decay = 2.0 / _one_cycle_sum(0.01, 0.9, 0.05, 40)
     balancer = WeightDecayBalancer(mode="timescale")
     model = StreamingClassifier(weight_decay=weight_decay)
     _fit(tmp_path, model, [SuperConvergence(max_lr=0.05), balancer], epochs=-1, max_steps=40)
-    assert balancer.weight_decays[0] == pytest.approx(1.0 / _one_cycle_sum(0.01, 0.9, 0.05, 40))  # lowered to K = 1
-    assert "the run counts as one epoch" in balancer.reason
+    assert balancer.weight_decays == [weight_decay]
+    assert "a data stream without a length: no epoch to bound it by" in balancer.reason
+
+
+def test_timescale_on_a_stream_without_a_length_still_raises_a_budget_below_one(tmp_path):
+    """The lower bound holds without an epoch length: K = 0.1 is raised to K = 1."""
+    total = _one_cycle_sum(0.01, 0.9, 0.05, 40)
+    balancer = WeightDecayBalancer(mode="timescale")
+    _fit(tmp_path, StreamingClassifier(weight_decay=0.1 / total), [SuperConvergence(max_lr=0.05), balancer], epochs=-1,
+         max_steps=40)  # fmt: skip
+    assert balancer.weight_decays[0] == pytest.approx(1.0 / total)
 
 
 def test_keep_mode_leaves_weight_decay_as_configured(tmp_path):
