@@ -240,10 +240,9 @@ def has_val_dataloaders(trainer: Trainer) -> bool:
 
 def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     """The run's validation dataloaders, in order, or None when the run has none."""
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
-    if not source.is_defined():
+    if not has_val_dataloaders(trainer):
         return None
-    loaders = source.dataloader()
+    loaders = trainer.fit_loop.epoch_loop.val_loop._data_source.dataloader()
     if isinstance(loaders, dict):
         return list(loaders.values())
     if isinstance(loaders, (list, tuple)):

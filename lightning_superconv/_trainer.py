@@ -136,10 +136,9 @@ def _empty_loader_problem(trainer: _compat.Trainer) -> str:
 
 def steps_per_epoch(trainer: _compat.Trainer) -> int:
     """Optimizer steps per epoch (1 when the loader has no length: see :func:`epoch_length_known`)."""
-    batches = trainer.num_training_batches
     if not epoch_length_known(trainer):
         return 1
-    return max(math.ceil(int(batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+    return max(math.ceil(int(trainer.num_training_batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
 
 
 def epoch_length_known(trainer: _compat.Trainer) -> bool:

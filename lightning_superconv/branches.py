@@ -86,9 +86,9 @@ class HeldOutBatches:
         None when the run has none, or validates on none (``limit_val_batches=0``): the held-out batches then come
         from the training data.
         """
-        loaders = _compat.val_dataloaders(trainer)
         limit = trainer.limit_val_batches
-        if loaders is None or limit == 0:
+        loaders = None if limit == 0 else _compat.val_dataloaders(trainer)  # not built when not read
+        if loaders is None:
             return None
         limited = (itertools.islice(loader, _batch_limit(loader, limit)) for loader in loaders)
         return cls((batch for loader in limited for batch in loader), validation=True)

@@ -881,9 +881,18 @@ def test_a_validation_loader_whose_length_cannot_be_read_is_read_whole(tmp_path)
 
 def test_with_limit_val_batches_0_the_trials_score_on_training_batches(tmp_path):
     """A run told to validate on nothing (``limit_val_batches=0``) has no validation data for the trials either."""
-    model = EvalRecorder(n=1024)
+
+    class CountsLoaders(EvalRecorder):
+        built = 0
+
+        def val_dataloader(self):
+            self.built += 1
+            return super().val_dataloader()
+
+    model = CountsLoaders(n=1024)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     _fit(tmp_path, model, callback, limit_val_batches=0)
+    assert model.built == 0  # not even built: its workers would start for nothing
     assert len(model.scored) == 5 * len(callback.result.trials)  # training batches: max(4, 50 // 10) per trial
     val_x = model.val_dataloader().dataset.tensors[0]
     train_x = model.train_dataloader().dataset.tensors[0]
