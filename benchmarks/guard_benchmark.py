@@ -9,10 +9,16 @@
    scores; where it does not and the guard never fired, the run is trained again with the guard off on this machine
    and compared with that (a cache written on another CPU can differ in the last bits).
 
+3. The balancer beside the guard: the zoo's tasks with weight decay at 3x, 10x and 25x their best peak, the guard on,
+   alone, beside ``WeightDecayBalancer()`` (its λ kept after a rescue) and beside
+   ``WeightDecayBalancer(rebalance_on_rescue=True)`` (λ set again for the lowered cycle).
+
 Every run is cached in ``benchmarks/results/guard.json`` as it finishes. Run from the repository root::
 
-    python -m benchmarks.guard_benchmark                # both parts (part 2 re-trains 429 zoo runs: about an hour)
+    python -m benchmarks.guard_benchmark                # all three (part 2 re-trains 429 zoo runs: about an hour)
     python -m benchmarks.guard_benchmark --part 1       # the too-high table (about 10 minutes)
+    python -m benchmarks.guard_benchmark --part 3 --tasks fmnist_bn_cnn_sgd fmnist_lenet_nesterov \
+        diabetes_mlp_adamw breast_cancer_mlp_adamw digits_mlp_nesterov fmnist_tv_mlp_adamw  # part 3 (~15 minutes)
     python -m benchmarks.guard_benchmark --table-only   # print from the cache
 """
 
@@ -35,7 +41,7 @@ from benchmarks.zoo.__main__ import load as load_zoo
 from benchmarks.zoo.__main__ import oracle
 from benchmarks.zoo.methods import make_trainer
 from benchmarks.zoo.tasks import FIRST_HELD_OUT, HELD_OUT, TASKS, TUNING, Task
-from lightning_superconv import DivergenceError, SuperConvergence
+from lightning_superconv import DivergenceError, SuperConvergence, WeightDecayBalancer
 
 CACHE = Path(__file__).resolve().parent / "results" / "guard.json"
 SEEDS = (0, 1, 2)
@@ -54,24 +60,30 @@ def save(cache: dict[str, Any]) -> None:
     os.replace(tmp, CACHE)
 
 
-def zoo_run(task: Task, seed: int, max_lr: float, guard: bool) -> dict[str, Any]:
-    """One cycle of ``task`` at ``max_lr``; the scores, the rescues, the wall time."""
+def zoo_run(
+    task: Task, seed: int, max_lr: float, guard: bool, balancer: WeightDecayBalancer | None = None
+) -> dict[str, Any]:
+    """One cycle of ``task`` at ``max_lr`` (beside ``balancer``, if given); the scores, the rescues, the wall time."""
     L.seed_everything(seed, verbose=False)
     model, loader = task.make(seed)
     sc = SuperConvergence(max_lr=max_lr, guard=guard)
     start = time.perf_counter()
     error = None
     try:
-        make_trainer(task, [sc]).fit(model, train_dataloaders=loader)
+        make_trainer(task, [sc] + ([balancer] if balancer is not None else [])).fit(model, train_dataloaders=loader)
     except DivergenceError as err:
         error = str(err)
     seconds = time.perf_counter() - start
     val, bad_val = task.score(model, "val")
     test, bad_test = task.score(model, "test")
-    return {
+    run = {
         "val": val, "test": test, "nonfinite": bad_val or bad_test, "rescues": sc.rescues, "seconds": seconds,
         "final_max_lr": sc.max_lr, "error": error,
     }  # fmt: skip
+    if balancer is not None:
+        run["weight_decays"] = balancer.weight_decays
+        run["rebalances"] = balancer.rebalances
+    return run
 
 
 def mlp_run(seed: int, max_lr: float, guard: bool) -> dict[str, Any]:
@@ -157,6 +169,60 @@ def part2(cache: dict[str, Any], tasks: list[str]) -> None:
                     print(key, cache[key], flush=True)
 
 
+#: Part 3's tasks: the zoo's with weight decay, whose balance a rescue can change.
+BALANCE_TASKS = tuple(name for name, task in TASKS.items() if task.optimizer.weight_decay > 0)
+#: Part 3's variants: the guard alone; beside the balancer, its λ kept after a rescue; rebalanced after it.
+BALANCE_VARIANTS = ("no balancer", "kept", "rebalanced")
+
+
+def part3(cache: dict[str, Any], tasks: list[str]) -> None:
+    for name in (t for t in BALANCE_TASKS if t in tasks):
+        task = TASKS[name]
+        best = oracle(task, load_zoo(task), SEEDS)
+        assert best is not None, f"the zoo's oracle grid of {name} is not filled yet"
+        for factor in FACTORS:
+            for variant in BALANCE_VARIANTS:
+                for seed in SEEDS:
+                    key = f"balance|{name}|{factor:g}|{variant}|{seed}"
+                    if key in cache:
+                        continue
+                    balancer = None if variant == "no balancer" else WeightDecayBalancer(
+                        rebalance_on_rescue=variant == "rebalanced"
+                    )  # fmt: skip
+                    cache[key] = zoo_run(task, seed, best[0] * factor, True, balancer)
+                    save(cache)
+                    print(key, cache[key]["test"], len(cache[key]["rescues"]), flush=True)
+
+
+def print_balance_table(cache: dict[str, Any]) -> None:
+    rows = []
+    for name in BALANCE_TASKS:
+        for factor in FACTORS:
+            runs = {v: [cache.get(f"balance|{name}|{factor:g}|{v}|{s}") for s in SEEDS] for v in BALANCE_VARIANTS}
+            if any(r is None for rs in runs.values() for r in rs):
+                continue
+            kept, rebalanced = runs["kept"], runs["rebalanced"]
+            moved = [
+                r["rebalances"][-1]["weight_decays"][0] / k["weight_decays"][0]
+                for r, k in zip(rebalanced, kept, strict=True)
+                if r["rebalances"] and k["weight_decays"][0] > 0
+            ]
+            means = " | ".join(_mean([r["test"] for r in runs[v]]) for v in BALANCE_VARIANTS)
+            rescued = sum(bool(r["rescues"]) for r in rebalanced)
+            ratio = f"{statistics.median(moved):.3g}x" if moved else "-"
+            rows.append(f"| {name} | {factor:g} | {means} | {rescued} of {len(SEEDS)} | {ratio} |")
+    if rows:
+        print(
+            "\nThe balancer after a rescue: test score (mean of 3 seeds) with the guard alone, beside "
+            "WeightDecayBalancer() keeping its λ after a rescue (the default), and rebalancing it "
+            "(`rebalance_on_rescue=True`)"
+        )
+        print("| task | x | no balancer | λ kept | λ rebalanced | rescued | λ rebalanced / kept (median) |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(row)
+
+
 def _mean(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f}" if values else "-"
 
@@ -212,8 +278,8 @@ def print_tables(cache: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", type=int, choices=[1, 2], help="only this part (default: both)")
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="part 2's tasks")
+    parser.add_argument("--part", type=int, choices=[1, 2, 3], help="only this part (default: all three)")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="part 2's and 3's tasks")
     parser.add_argument("--table-only", action="store_true", help="print from the cache, run nothing")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -226,7 +292,10 @@ def main() -> None:
             part1(cache)
         if args.part in (None, 2):
             part2(cache, args.tasks)
+        if args.part in (None, 3):
+            part3(cache, args.tasks)
     print_tables(cache)
+    print_balance_table(cache)
 
 
 if __name__ == "__main__":

@@ -250,11 +250,6 @@ def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     return [loaders]
 
 
-def state_key(callback: Any, **key: Any) -> str:
-    """The callback's checkpoint key with ``key`` in it, as Lightning's own stateful callbacks build theirs."""
-    return str(callback._generate_state_key(**key))
-
-
 def tensorboard_event_writer(logger: Any) -> Any:
     r"""The event-file writer behind a ``TensorBoardLogger`` (either distribution), or None for any other logger.
 

@@ -50,7 +50,10 @@ def check_number(
 
 
 def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: str = "") -> None:
-    r"""Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= ``low`` (or 0, where ``zero_means``).
+    r"""Raise ``TypeError`` (not an integer) or ``ValueError`` (below ``low``) naming ``name``.
+
+    An integer is Python's or NumPy's, never a bool or a float (``50.0`` is a ``TypeError``, as in ``range(50.0)``);
+    0 is accepted too where ``zero_means`` says what it means.
 
     Example::
 
@@ -59,19 +62,28 @@ def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: st
         Traceback (most recent call last):
         ...
         ValueError: `trial_steps` must be 0 (no trials) or an integer >= 50, got 20
+        >>> check_integer("trial_steps", "100", low=50)
+        Traceback (most recent call last):
+        ...
+        TypeError: `trial_steps` must be an integer >= 50, got '100'
     """
     integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if integer and (value >= low or (zero_means and value == 0)):
         return
     zero = f"0 ({zero_means}) or " if zero_means else ""
     reason = f" ({why})" if why else ""
-    raise ValueError(f"`{name}` must be {zero}an integer >= {low}{reason}, got {value!r}")
+    raise (ValueError if integer else TypeError)(f"`{name}` must be {zero}an integer >= {low}{reason}, got {value!r}")
 
 
 def check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
-    """``value`` as a 2-tuple, or a ``TypeError`` naming ``name`` and saying what a pair must hold (``what``)."""
+    """``value``'s two elements, or a ``TypeError`` naming ``name`` and saying what a pair must hold (``what``).
+
+    A pair is a tuple or a list of two, or a NumPy array or tensor of two numbers (read as Python numbers).
+    """
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+        value = value.tolist()
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"`{name}` must be a pair {what}, got {value!r}")
+        raise TypeError(f"`{name}` must be a pair {what} (a tuple or a list of two), got {value!r}")
     return value[0], value[1]
 
 

@@ -47,6 +47,7 @@ def find_max_lr(
     train_dataloaders: Any = None,
     datamodule: L.LightningDataModule | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
+    val_dataloaders: Any = None,
     **range_test: Any,
 ) -> RangeTestResult:
     r"""Run the LR range test on ``model`` and its data; return the record with the picked ``max_lr``.
@@ -55,7 +56,9 @@ def find_max_lr(
         model: the LightningModule (its ``configure_optimizers`` provides the optimizer); it is left unchanged.
             A ``pytorch_lightning`` module runs on a ``pytorch_lightning.Trainer``.
         train_dataloaders: the training data, as for ``Trainer.fit``; or the model's own ``train_dataloader``.
-        datamodule: a LightningDataModule instead of ``train_dataloaders``.
+        datamodule: a LightningDataModule instead of ``train_dataloaders`` (and ``val_dataloaders``).
+        val_dataloaders: the validation data the trials score each candidate peak on, as for ``Trainer.fit``; or the
+            model's own ``val_dataloader``; with none, training batches the trials never train on.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
             unless given here; ``min_epochs`` and ``min_steps`` are ignored (no training step is taken).
@@ -99,7 +102,9 @@ def find_max_lr(
     error: BaseException | None = None
     with _compat.isolate_rng(trainer):
         try:
-            trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
+            trainer.fit(
+                model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders, datamodule=datamodule
+            )
         except BaseException as err:  # Ctrl-C too
             error = err
     if error is not None:

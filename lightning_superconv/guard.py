@@ -15,16 +15,19 @@ started, or above ``threshold`` (4) times its best (for a negative loss: by thre
 above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
 to the cycle's peak and the moving average spans a whole window (``window`` losses: in a run whose peak comes sooner, a
 loss falling as it should has had no time to fall a tenth), the loss never fell a tenth below where it started and
-stands at or above it, and none of the last ``window // 2`` losses fell a tenth below it either (a network that died at
-once, its loss flat at the start; a slow starter whose average still carries an early spike while its latest losses fall
-is left to train); after a rescue that check repeats at every step until the average has fallen a tenth below the start
-(the peak that blew up was too high: a network that dips as the LR climbs back and then dies at the loss it started from
-is caught); or, from then on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half
-the first loss, while the moving average once stood at twice that mean (a network that blew up and died, predicting the
-same for every input about as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated,
-where no other criterion sees it; a network still learning differs more from batch to batch, one that trained has fallen
-further, and one flat at its first loss never blew up). How often it fires in runs that end well without it, and what
-that costs them, is measured on the pick zoo (the README's guard section).
+stands at or above it, and none of the last ``window // 2`` losses fell a tenth below it either, in a run whose loss
+moved since the snapshot, one loss a tenth below the first or half as high again (a network that too high an LR killed
+spiked, or fell and came back, before it lay flat at the start; a slow starter whose average still carries an early
+spike while its latest losses fall is left to train, and so is a plateau, a loss that lies flat for a while before it
+falls and never left its first loss's neighbourhood: a GRU on a marked-sum task sits at ln 2 for some 40 steps); after a
+rescue that check repeats at every step until the average has fallen a tenth below the start (the peak that blew up was
+too high: a network that dips as the LR climbs back and then dies at the loss it started from is caught); or, from then
+on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the
+moving average once stood at twice that mean (a network that blew up and died, predicting the same for every input about
+as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other criterion
+sees it; a network still learning differs more from batch to batch, one that trained has fallen further, and one flat at
+its first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is
+measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
@@ -114,6 +117,9 @@ class DivergenceGuard:
         # the LR of the first loss since the snapshot half as high again as the first loss, or NaN/inf (not kept in
         # checkpoints: a resumed run takes a new snapshot, and only a blow-up after it tells where the loss diverged)
         self.blow_up_lr = math.nan
+        # whether a loss since the snapshot left the first's neighbourhood: a tenth below it, half as high again, or
+        # NaN/inf. A loss that never did is a plateau (or a slow start), not a network that died (see `GuardedCycle`)
+        self.moved = False
         self._nonfinite = False
         self._recent.clear()
 
@@ -172,10 +178,13 @@ class DivergenceGuard:
             self.first = value
         elif value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
             self._note_blow_up(lr)
+        elif value < self.first - 0.1 * abs(self.first):
+            self.moved = True
         self._recent.append(value)
         self._update_marks()
 
     def _note_blow_up(self, lr: float) -> None:
+        self.moved = True
         if math.isnan(self.blow_up_lr):
             self.blow_up_lr = lr
 
@@ -276,6 +285,7 @@ class DivergenceGuard:
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
         self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
+        self.moved = False
         self._snapshot_stats = (
             self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent)
         )  # fmt: skip
@@ -291,6 +301,7 @@ class DivergenceGuard:
         self._recent.extend(recent)
         self._nonfinite = False
         self.blow_up_lr = math.nan
+        self.moved = False
         self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         return self.snapshot_step
 
@@ -303,6 +314,7 @@ class DivergenceGuard:
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
             "highest": self.highest, "first": self.first, "recent": list(self._recent),
+            "moved": float(self.moved),
             "kept": [[step, float(loss) * scale, lr] for step, loss, lr, scale in zip(*kept, strict=True)],
         }  # fmt: skip
 
@@ -314,6 +326,7 @@ class DivergenceGuard:
         self.start = float(state.get("start", math.nan))
         self.highest = float(state.get("highest", -math.inf))
         self.first = float(state.get("first", math.nan))
+        self.moved = bool(state.get("moved", 0.0))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
         kept = state.get("kept", [])
@@ -420,9 +433,12 @@ class GuardedCycle:
             guard.add(value, forgive_nonfinite=forgive, lr=lr)
             reason = guard.diverged()
             # a stall shows only over a whole window of losses: before that, a loss falling as it should (a short
-            # run whose peak comes within its first steps) has not had the time to fall a tenth below the start
+            # run whose peak comes within its first steps) has not had the time to fall a tenth below the start.
+            # In a run not yet rescued it counts only where the loss moved since the snapshot, up or down (a network
+            # that too high an LR killed spiked, or fell and came back, first; a task whose loss lies flat for a while
+            # before it falls, a plateau, never left its first loss's neighbourhood)
             if reason is None and 0 <= self._stall_check <= step and guard.count >= guard.window:
-                if guard.stalled():
+                if guard.stalled() and (self.rescued or guard.moved):
                     reason = (
                         f"its loss ({guard.smoothed:.4g}) never fell a tenth below where training started "
                         f"({guard.start:.4g}) by the time the LR had climbed to the cycle's peak, and stands above it"

@@ -135,10 +135,10 @@ def run_range_test(
             error propagates, and the message says what to change.
 
     Warns:
-        RuntimeWarning: if the loss fell by less than ``CLEAR_FALL`` standard errors of its noise: the pick is
-            installed, but may be noise; if no trial learned (:func:`~lightning_superconv.peak.learned`): the least bad
-            is installed, but may train poorly; if ``training_step`` cannot score the validation batches: the trials
-            score training batches instead.
+        RuntimeWarning: if the loss fell by less than ``CLEAR_FALL`` standard errors of its noise and no trial
+            showed the pick learns (none ran, or none learned): the pick is installed, but may be noise; if no trial
+            learned (:func:`~lightning_superconv.peak.learned`): the least bad is installed, but may train poorly; if
+            ``training_step`` cannot score the validation batches: the trials score training batches instead.
     """
     config = config or RangeTestConfig()
     cycle = cycle or OneCycleConfig()
@@ -241,9 +241,12 @@ def run_range_test(
                 "chance), or the held-out loss barely moves in a trial's few steps (a validation set unlike the "
                 "training data, a task with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
             )
+        confirmed = verdict.learned
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
-    if not fell.clear:
+        confirmed = False
+    # a trial that learned at the pick answers the doubt: the advice below would cost such a run what the pick gained
+    if not fell.clear and not confirmed:
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the range test's loss fell only from {fell.start_level:.4g} to "

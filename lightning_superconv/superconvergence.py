@@ -109,8 +109,8 @@ class SuperConvergence(_compat.Callback):
         cycle: the cycle's shape (:class:`~lightning_superconv.schedule.OneCycleConfig`).
 
     Raises:
-        ValueError: if an argument is out of range, or an integer argument is not an integer.
-        TypeError: if an argument has the wrong type.
+        ValueError: if an argument is out of range.
+        TypeError: if an argument has the wrong type (a string, a bool or a float where an integer is asked for, too).
         MisconfigurationException: at fit start, for a setup the callback cannot serve: manual optimization, no
             optimizer, an unknown run length, a train dataloader without batches, Lightning's ``LearningRateFinder``
             in the same ``Trainer``, DeepSpeed, a range test under FSDP or ``ModelParallelStrategy``, a Schedule-Free

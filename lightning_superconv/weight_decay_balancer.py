@@ -36,7 +36,9 @@ Mode = Literal["timescale", "grid", "budget", "keep"]
 _MODES = ("timescale", "grid", "budget", "keep")
 _STATE_VERSION = 1
 # what a checkpoint carries across a resume: the user's λ, the chosen one and why (the mode comes from the constructor)
-_RESTORED_FIELDS = ("weight_decays", "reference_weight_decays", "reference_budgets", "reason", "search")
+_RESTORED_FIELDS = (
+    "weight_decays", "reference_weight_decays", "reference_budgets", "reason", "search", "rebalances", "planned_steps"
+)  # fmt: skip
 
 
 # `_compat.Callback` derives from the `Callback` of both Lightning distributions, so
@@ -121,16 +123,31 @@ class WeightDecayBalancer(_compat.Callback):
         min_gain: the smallest relative improvement of validation loss over the user's ``λ`` that the grid acts on.
         log_weight_decay: log the weight decay every ``log_every_n_steps`` steps (``superconv/weight_decay``; with no
             ``SuperConvergence`` logging them, the LR and momentum too).
+        rebalance_on_rescue: when the divergence guard of a ``SuperConvergence`` in the same Trainer rolls back and
+            lowers the cycle's peak, set ``λ`` again for the schedule that runs from there (see "After a rescue").
+
+    After a rescue: a rescue lowers the rest of the cycle, often tenfold or more, so the ``λ`` chosen for the old
+    peak no longer fits the schedule that actually runs. By default it is kept: on the pick zoo's tasks with weight
+    decay, at peaks 3, 10 and 25 times too high, rebalancing ended no better than keeping it (the README's guard
+    section). With ``rebalance_on_rescue=True`` the balancer traces the lowered cycle from the current step to the
+    end before the next step, and applies its mode's rule to that rest of the run, from the user's ``λ`` again: in
+    ``"timescale"`` mode ``K`` over the remaining steps between ``min_budget`` times their share of the run and their
+    epochs (the same decay rate per step as the first balance allowed); in ``"budget"`` mode the reference budget's
+    share of the remaining steps. The ``"grid"`` mode keeps its ``λ`` (its branches ran the old schedule; running them
+    again mid-run would cost as much as at the start), and ``"keep"`` the user's. Each rebalance is recorded in
+    :attr:`rebalances` and in checkpoints; a resume re-applies the latest ``λ``.
 
     Attributes:
         weight_decays: the ``λ`` of each param group once training has started.
         reference_weight_decays: the user's ``λ`` of each param group.
         reason: one line on what was chosen and why.
         search: the grid's candidates and validation losses (``"grid"`` mode), else None.
+        rebalances: one dict per rebalance after a rescue: ``step``, ``peak`` (the cycle's new peak),
+            ``weight_decays`` (chosen then) and ``previous``.
 
     Raises:
-        ValueError: if an argument is out of range, or an integer argument is not an integer.
-        TypeError: if an argument has the wrong type.
+        ValueError: if an argument is out of range.
+        TypeError: if an argument has the wrong type (a string, a bool or a float where an integer is asked for, too).
 
     Example::
 
@@ -150,6 +167,7 @@ class WeightDecayBalancer(_compat.Callback):
         min_budget: float = 1.0,
         min_gain: float = 0.01,
         log_weight_decay: bool = True,
+        rebalance_on_rescue: bool = False,
     ) -> None:
         check_choice("mode", mode, _MODES)
         if not isinstance(factors, (tuple, list)) or not factors:
@@ -165,6 +183,7 @@ class WeightDecayBalancer(_compat.Callback):
         check_number("min_budget", min_budget, low=0.0)
         check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
         check_bool("log_weight_decay", log_weight_decay)
+        check_bool("rebalance_on_rescue", rebalance_on_rescue)
 
         self.mode: Mode = mode
         self.factors = tuple(float(f) for f in factors)
@@ -175,19 +194,26 @@ class WeightDecayBalancer(_compat.Callback):
         self.min_budget = float(min_budget)
         self.min_gain = float(min_gain)
         self.log_weight_decay = log_weight_decay
+        self.rebalance_on_rescue = rebalance_on_rescue
 
         self.weight_decays: list[float] | None = None
         self.reference_weight_decays: list[float] | None = None
         self.reference_budgets: list[float] | None = None
         self.reason = ""
         self.search: dict[str, Any] | None = None
+        self.rebalances: list[dict[str, Any]] = []
+        # the optimizer steps the first balance was planned over (this fit's, from where it started)
+        self.planned_steps: int | None = None
         self._restored = False
         self._logger: ScheduleLogger | None = None
+        # the SuperConvergence whose guard's rescues change the schedule, and how many rescues were balanced for
+        self._rescuer: Any = None
+        self._rescues_seen = 0
+        self._restored_mode: str = mode  # the mode the restored λ was chosen in
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return _compat.state_key(self, mode=self.mode)
+    # The state is keyed by the class name alone (Lightning's default), like `SuperConvergence`'s: a resume with
+    # another `mode` finds it and re-applies the checkpoint's λ. Releases up to 0.3 keyed it by mode too; such a state
+    # is taken over in `on_load_checkpoint`.
 
     # ------------------------------------------------------------------------------------------------ hooks
 
@@ -197,6 +223,15 @@ class WeightDecayBalancer(_compat.Callback):
             return
         self._restored = False
         self._logger = None
+        self._rescuer = None
+        # what a fit found out describes that fit: cleared here, so a fit with no step left to run does not show the
+        # previous fit's λ beside an optimizer that `configure_optimizers` built afresh (a resume brings its own back:
+        # `load_state_dict` runs after `setup`)
+        self.weight_decays = self.reference_weight_decays = self.reference_budgets = self.search = None
+        self.reason = ""
+        self.rebalances = []
+        self.planned_steps = None
+        self._restored_mode = self.mode
         # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
         from lightning_superconv.superconvergence import SuperConvergence
 
@@ -232,10 +267,14 @@ class WeightDecayBalancer(_compat.Callback):
             return
         if self._restored and self.weight_decays is not None:
             self._apply(optimizer, self.weight_decays)
+            self._watch_rescues(trainer)
+            other = self._restored_mode != self.mode
             _compat.rank_zero_info(
                 trainer,
                 f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen at the start "
-                f"(user's {_fmt(self.reference_weight_decays or [])}); not balanced again.",
+                + (f"in `mode='{self._restored_mode}'` " if other else "")
+                + f"(user's {_fmt(self.reference_weight_decays or [])}); not balanced again"
+                + (f" (`mode='{self.mode}'` applies to new runs)." if other else "."),
             )
             return
         if step_size_kind(optimizer) == "schedule-free":
@@ -261,6 +300,7 @@ class WeightDecayBalancer(_compat.Callback):
             return
         self._warn_adaptive(trainer, optimizer, decayed)
         remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - int(trainer.global_step), 1)
+        self.planned_steps = remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer)
         )
@@ -282,13 +322,30 @@ class WeightDecayBalancer(_compat.Callback):
             f"WeightDecayBalancer: weight_decay={_fmt([chosen[i] for i in decayed])} "
             f"(user's {_fmt([self.reference_weight_decays[i] for i in decayed])}): {self.reason}.",
         )
+        self._watch_rescues(trainer)
 
     @override
     def on_train_batch_start(
         self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # the one per-step check: has the guard lowered the cycle since the last balance? (an int compared)
+        rescuer = self._rescuer
+        if rescuer is not None and len(rescuer.rescues) != self._rescues_seen:
+            self._rebalance(trainer, pl_module)
         if self._logger is not None:
             self._logger.log(trainer)
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning loads the callbacks' states after this hook: a state under an older release's key (the class
+        # name with the mode, e.g. "WeightDecayBalancer{'mode': 'timescale'}") is offered under today's
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:
+            older = [k for k in states if isinstance(k, str) and k.startswith(f"{type(self).__qualname__}{{")]
+            if len(older) == 1:
+                states[self.state_key] = states[older[0]]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -299,6 +356,7 @@ class WeightDecayBalancer(_compat.Callback):
         for name in _RESTORED_FIELDS:
             setattr(self, name, state_dict.get(name, getattr(self, name)))
         self._restored = self.weight_decays is not None
+        self._restored_mode = str(state_dict.get("mode", self.mode))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -308,6 +366,50 @@ class WeightDecayBalancer(_compat.Callback):
             "mode": self.mode,
             **{name: getattr(self, name) for name in _RESTORED_FIELDS},
         }
+
+    # ------------------------------------------------------------------------------------------------ rescues
+
+    def _watch_rescues(self, trainer: _compat.Trainer) -> None:
+        """Follow the rescues of the ``SuperConvergence`` guard in this Trainer, if ``λ`` is to follow them."""
+        from lightning_superconv.superconvergence import SuperConvergence
+
+        self._rescuer = None
+        if not self.rebalance_on_rescue or self.mode not in ("timescale", "budget"):
+            return
+        rescuer = next((cb for cb in _compat.callbacks(trainer) if isinstance(cb, SuperConvergence)), None)
+        if rescuer is not None and rescuer.guard:
+            self._rescuer = rescuer
+            self._rescues_seen = len(rescuer.rescues)  # those of a resumed run were balanced for before it stopped
+
+    def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it."""
+        rescues = self._rescuer.rescues
+        self._rescues_seen = len(rescues)
+        assert self.reference_weight_decays is not None
+        assert self.weight_decays is not None
+        optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
+        step = int(trainer.global_step)
+        remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - step, 1)
+        traces, _ = trace_schedule(optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer))
+        # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
+        traces = traces[: len(self.reference_weight_decays)]
+        decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
+        share = remaining / max(self.planned_steps or remaining, remaining)
+        if self.mode == "timescale":
+            chosen, _ = self._timescale(trainer, optimizer, traces, decayed, share)
+        else:
+            chosen, _ = self._budget(optimizer, traces, decayed, share)
+        previous = list(self.weight_decays)
+        self.weight_decays = chosen
+        self._apply(optimizer, chosen)
+        peak = float(rescues[-1]["new_peak"])
+        self.rebalances.append({"step": step, "peak": peak, "weight_decays": list(chosen), "previous": previous})
+        _compat.rank_zero_info(
+            trainer,
+            f"WeightDecayBalancer: the divergence guard lowered the cycle's peak to {peak:.4g} at step {step}; "
+            f"weight_decay={_fmt([chosen[i] for i in decayed])} for the remaining {remaining} steps (was "
+            f"{_fmt([previous[i] for i in decayed])}, `mode='{self.mode}'`).",
+        )
 
     # ------------------------------------------------------------------------------------------------ modes
 
@@ -322,13 +424,16 @@ class WeightDecayBalancer(_compat.Callback):
         form = decay_form(optimizer.param_groups[index])
         return bounds_for(self.reference_weight_decays[index], traces[index], self.bounds[0], self.bounds[1], form)
 
-    def _budget(self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]) -> tuple[list[float], str]:
+    def _budget(
+        self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int], share: float = 1.0
+    ) -> tuple[list[float], str]:
+        """``share``: the traces' part of the run the reference budget is for (the rest of it, after a rescue)."""
         assert self.reference_weight_decays is not None
         assert self.reference_budgets is not None
         chosen = list(self.reference_weight_decays)
         for i in decayed:
             low, high = self._bounds(optimizer, traces, i)
-            ref_budget = self.reference_budgets[i]
+            ref_budget = self.reference_budgets[i] * share
             chosen[i] = (
                 chosen[i]
                 if not math.isfinite(ref_budget)
@@ -341,14 +446,21 @@ class WeightDecayBalancer(_compat.Callback):
         )
 
     def _timescale(
-        self, trainer: _compat.Trainer, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int]
+        self,
+        trainer: _compat.Trainer,
+        optimizer: Any,
+        traces: Sequence[GroupTrace],
+        decayed: list[int],
+        share: float = 1.0,
     ) -> tuple[list[float], str]:
+        """``share``: the traces' part of the run (the rest of it, after a rescue): ``min_budget`` scales with it."""
         assert self.reference_weight_decays is not None
         refs = self.reference_weight_decays
         # a stream without a length has no epoch to bound the timescale by: only the lower bound holds
         known = _trainer.epoch_length_known(trainer)
         epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer) if known else math.inf
-        budget_range = (self.min_budget, max(self.min_budget, epochs))
+        least = self.min_budget * share
+        budget_range = (least, max(least, epochs))
         chosen = list(refs)
         adaptive = []
         for i in decayed:
@@ -361,6 +473,13 @@ class WeightDecayBalancer(_compat.Callback):
         now = chosen[first] * traces[first].decay_sum()
         if first in adaptive:
             verdict = "kept: adaptive coupled decay has no decay budget to bound"
+        elif not budget_range[0] * (1 - 1e-9) <= now <= budget_range[1] * (1 + 1e-9):
+            # `bounds` or the 10 %-per-step cap stopped it short: say so rather than claim the range was reached
+            verdict = (
+                f"{'raised' if now < budget_range[0] else 'lowered'} only as far as `bounds` "
+                f"({self.bounds[0]:g}-{self.bounds[1]:g}x the user's λ) and the cap of 10 % decay per step allow: "
+                f"K = {now:.3g}, still {'below' if now < budget_range[0] else 'above'} the range it aims for"
+            )
         elif math.isclose(chosen[first], refs[first]):
             verdict = "kept: its decay timescale already lies between one epoch and the whole run"
         else:
@@ -393,11 +512,22 @@ class WeightDecayBalancer(_compat.Callback):
                 + ("validates on no batch (`limit_val_batches=0`)" if off else "has no validation dataloader")
                 + "; weight decay is left as configured. "
                 + ("Let it validate" if off else "Add a `val_dataloader`")
-                + ", or use `mode='budget'`.",
+                + ", or use the default `mode='timescale'`, which needs no validation data.",
             )
             return list(refs), "left as configured: no validation data to choose by"
         first = decayed[0]
         total = len(traces[first].lrs)
+        high = self._bounds(optimizer, traces, first)[1]
+        if refs[first] > high:
+            # the grid measures other λ against the user's, which cannot run here: capped, like every mode's choice
+            capped = [
+                clamp(refs[i], self._bounds(optimizer, traces, i)) if i in decayed else refs[i]
+                for i in range(len(refs))
+            ]
+            return capped, (
+                f"capped at {high:.3g}, no grid: at the user's λ one step at the cycle's peak would shrink the weights "
+                "by more than 10 %, and the grid compares other λ with the user's"
+            )
         plan = plan_grid(refs[first], self.factors, self._bounds(optimizer, traces, first), total, self.cost)
         if isinstance(plan, str):
             _compat.rank_zero_warn(

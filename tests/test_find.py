@@ -179,6 +179,32 @@ def test_takes_dataloaders():
     assert math.isfinite(result.max_lr)
 
 
+def test_val_dataloaders_are_what_the_trials_score_on_as_in_the_callback():
+    """Given as for ``Trainer.fit``, the validation data scores the trials: the held-out losses of the callback's."""
+    train = make_dataset(256)
+    val = DataLoader(make_dataset(128, seed=5), batch_size=32)
+    L.seed_everything(0, verbose=False)
+    given = find_max_lr(
+        TinyClassifier(), DataLoader(train, batch_size=32, shuffle=True), val_dataloaders=val, num_steps=40,
+        trainer_kwargs={"accelerator": "cpu"},
+    )  # fmt: skip
+    L.seed_everything(0, verbose=False)
+    callback = SuperConvergence(num_steps=40)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=10_000,
+    )  # fmt: skip
+    trainer.fit(TinyClassifier(), DataLoader(train, batch_size=32, shuffle=True), val)
+    assert callback.result is not None
+    assert given.trials == callback.result.trials
+    L.seed_everything(0, verbose=False)
+    unvalidated = find_max_lr(
+        TinyClassifier(), DataLoader(train, batch_size=32, shuffle=True), num_steps=40,
+        trainer_kwargs={"accelerator": "cpu", "limit_val_batches": 0},
+    )  # fmt: skip
+    assert [t["held_out_loss"] for t in unvalidated.trials] != [t["held_out_loss"] for t in given.trials]
+
+
 def test_trainer_kwargs_reach_the_trainer():
     """``trainer_kwargs`` configure the Trainer the test runs on (here gradient accumulation)."""
     model = CountingClassifier()

@@ -7,6 +7,7 @@ import csv
 import logging
 import math
 import signal
+import warnings
 
 import lightning as L
 import pytest
@@ -338,6 +339,38 @@ def test_range_test_stops_early_on_divergence(tmp_path):
     assert callback.result.stop_reason in {"diverged", "non-finite"}
     assert _range_test_calls(model, trainer) < 60
     assert len(callback.result.lrs) < 60
+
+
+class NoisyTrainingLoss(TinyClassifier):
+    """Its training loss carries zero-mean noise of 1.0 per batch (not in the gradient), its held-out loss none.
+
+    Validation is a sample of the training task, so a trial can show that a peak learns.
+    """
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss + torch.randn(()) if self.training else loss
+
+    def val_dataloader(self):
+        return DataLoader(make_dataset(self.hparams.n), batch_size=64)
+
+
+def test_a_fall_within_the_noise_is_warned_about_unless_a_trial_showed_the_pick_learns(tmp_path):
+    """Without trials a fall within the batch noise may be noise: a warning says so and what to do.
+
+    A trial whose held-out loss fell a tenth below the start answers that doubt; the advice (your own LR, say) would
+    cost such a run what the pick gained, so it is not given (found trying the package on a GRU whose trials learned).
+    """
+    for trial_steps, warned in ((0, True), (100, False)):
+        sc = SuperConvergence(trial_steps=trial_steps)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _fit(tmp_path, NoisyTrainingLoss(n=512), sc, limit_train_batches=1.0, max_epochs=4)
+        noise = [w for w in caught if "while batch-to-batch noise alone moves its smoothed curve" in str(w.message)]
+        assert bool(noise) == warned, trial_steps
+        assert bool(sc.result.trials) == bool(trial_steps)
+        if sc.result.trials:
+            assert "no trial's held-out loss fell" not in " ".join(str(w.message) for w in caught)
 
 
 # ------------------------------------------------------------------------------------------------ (4) exact restore
@@ -793,6 +826,36 @@ def test_run_without_training_steps_is_left_alone(tmp_path, overrides):
     _fit(tmp_path, model, callback, **overrides)
     assert model.calls == 0
     assert callback.result is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"num_steps": "100"}, TypeError),
+        ({"num_steps": 100.0}, TypeError),
+        ({"num_steps": True}, TypeError),
+        ({"max_rescues": None}, TypeError),
+        ({"trial_steps": 50.0}, TypeError),
+        ({"num_steps": 5}, ValueError),
+        ({"max_rescues": -1}, ValueError),
+        ({"trial_steps": 10}, ValueError),
+    ],
+)
+def test_an_integer_argument_of_the_wrong_type_is_a_type_error_and_one_out_of_range_a_value_error(kwargs, error):
+    """As in Python (``range("3")``, ``range(3.0)``): ``except TypeError`` catches a string where a count goes."""
+    with pytest.raises(error, match=f"`{next(iter(kwargs))}` must be"):
+        SuperConvergence(**kwargs)
+
+
+def test_lr_range_as_a_numpy_array_or_a_tensor_of_two_is_a_pair():
+    import numpy as np  # torch depends on it
+
+    for given in (np.array([1e-6, 1.0]), torch.tensor([1e-6, 1.0], dtype=torch.float64), [1e-6, 1.0]):
+        assert SuperConvergence(lr_range=given).range_test.lr_range == (1e-6, 1.0)
+    with pytest.raises(TypeError, match=r"`lr_range` must be a pair .* \(a tuple or a list of two\), got array"):
+        SuperConvergence(lr_range=np.array([[1e-6, 1.0]]))
+    with pytest.raises(TypeError, match=r"`lr_range` must be a pair .* \(a tuple or a list of two\), got \[1e-06\]"):
+        SuperConvergence(lr_range=[1e-6])
 
 
 # ------------------------------------------------------------------------------------------------ (11) peak trials

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 from lightning_superconv.schedule import build_one_cycle
-from lightning_superconv.weight_decay import decay_gain
+from lightning_superconv.weight_decay import GroupTrace, bounds_for, decay_gain, timescale_bounded
 
 # 8 steps per epoch (256 samples, batch 32)
 STEPS_PER_EPOCH = 8
@@ -207,6 +207,17 @@ def test_default_timescale_mode_sets_the_bounded_value_at_every_step(tmp_path):
     assert balancer.mode == "timescale"
     assert [s[0][2] for s in recorder.steps] == pytest.approx([expected] * epochs * STEPS_PER_EPOCH)
     assert "timescale" in balancer.reason
+    # the bounds stop it short of K = 1 here, and the report says so rather than claim the range was reached
+    assert expected < 1.0 / sum(terms)
+    allowed = "raised only as far as `bounds` (0.01-10x the user's λ) and the cap of 10 % decay per step allow: K = "
+    assert allowed in balancer.reason
+    assert "still below the range it aims for" in balancer.reason
+
+
+def test_timescale_that_reaches_its_range_says_it_moved_there(tmp_path):
+    balancer = WeightDecayBalancer(bounds=(0.01, 1000.0))
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer], epochs=3)
+    assert balancer.reason.startswith("moved so that decay acts on a timescale between one epoch and the whole run")
 
 
 def test_timescale_keeps_a_weight_decay_already_in_range(tmp_path):
@@ -536,6 +547,156 @@ def test_resume_keeps_the_users_lambda_even_if_the_module_now_says_otherwise(tmp
     trainer.fit(TinyClassifier(weight_decay=1e-2), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed.reference_weight_decays == [5e-4]
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(first.weight_decays[0])
+
+
+def test_resume_with_another_mode_re_applies_the_checkpoints_lambda_and_says_so(tmp_path, caplog):
+    """The state is keyed by the class name: a resume with another `mode` finds it and never balances mid-run."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+    first = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt], epochs=1,
+         enable_checkpointing=True)  # fmt: skip
+    assert first.weight_decays != [5e-4], "the premise: timescale moved λ"
+    for mode in ("keep", "grid", "budget"):
+        resumed, recorder = WeightDecayBalancer(mode=mode), Recorder()
+        callbacks = [SuperConvergence(max_lr=0.5), resumed, recorder]
+        trainer = L.Trainer(**trainer_kwargs(tmp_path / mode, max_epochs=2, callbacks=callbacks))
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            trainer.fit(TinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+        assert resumed.weight_decays == first.weight_decays
+        assert {step[0][2] for step in recorder.steps} == {first.weight_decays[0]}
+        assert "chosen at the start in `mode='timescale'`" in caplog.text
+        assert f"`mode='{mode}'` applies to new runs" in caplog.text
+
+
+def test_a_checkpoint_keyed_by_mode_as_releases_up_to_0_3_wrote_it_is_read(tmp_path):
+    """Older releases keyed the balancer's state `WeightDecayBalancer{'mode': ...}`: a resume still finds it."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+    first = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt], epochs=1,
+         enable_checkpointing=True)  # fmt: skip
+    path = tmp_path / "ckpt" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["callbacks"]["WeightDecayBalancer{'mode': 'timescale'}"] = checkpoint["callbacks"].pop(
+        "WeightDecayBalancer"
+    )
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    resumed, recorder = WeightDecayBalancer(mode="keep"), Recorder()
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path / "b", max_epochs=2, callbacks=[SuperConvergence(max_lr=0.5), resumed, recorder])
+    )
+    trainer.fit(TinyClassifier(), ckpt_path=str(tmp_path / "old.ckpt"))
+    assert resumed.weight_decays == first.weight_decays
+    assert {step[0][2] for step in recorder.steps} == {first.weight_decays[0]}
+
+
+def test_a_second_fit_with_no_step_left_clears_what_the_first_chose(tmp_path):
+    """Its optimizer is built afresh with the user's λ and never trains: the balancer shows no earlier fit's λ."""
+    balancer = WeightDecayBalancer()
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[SuperConvergence(max_lr=0.5), balancer]))
+    trainer.fit(TinyClassifier())
+    assert balancer.weight_decays is not None
+    assert balancer.reason
+    trainer.fit(TinyClassifier())
+    assert balancer.weight_decays is None
+    assert balancer.reason == ""
+
+
+# ---------------------------------------------------------------------------------------------------- rescues
+
+# 16 steps per epoch (512 samples, batch 32); at a peak of 50 the tiny classifier diverges in the warm-up
+RESCUE_STEPS_PER_EPOCH = 16
+
+
+def _rescued_fit(tmp_path, balancer, epochs=10):
+    recorder, sc = Recorder(), SuperConvergence(max_lr=50.0)
+    L.seed_everything(0, verbose=False)
+    _fit(tmp_path, TinyClassifier(n=512), [sc, balancer, recorder], epochs=epochs)
+    assert sc.rescues, "the premise: the run is rescued"
+    return sc, recorder
+
+
+def test_after_a_rescue_timescale_balances_the_rest_of_the_run_as_the_lowered_cycle_runs_it(tmp_path):
+    """λ is set again at the rescue's step, from the user's λ, for the LRs and momenta that then run to the end.
+
+    ``K`` over the remaining steps between ``min_budget`` times their share of the run and their epochs.
+    """
+    balancer = WeightDecayBalancer(rebalance_on_rescue=True)
+    sc, recorder = _rescued_fit(tmp_path, balancer)
+    assert [r["step"] for r in balancer.rebalances] == [r["step"] for r in sc.rescues]
+    last = balancer.rebalances[-1]
+    assert last["peak"] == sc.max_lr
+    rest = recorder.steps[last["step"] :]
+    lrs, momenta = [s[0][0] for s in rest], [s[0][1] for s in rest]
+    trace = GroupTrace(lrs, momenta, [decay_gain("coupled", m) for m in momenta])
+    share, epochs_left = len(rest) / len(recorder.steps), len(rest) / RESCUE_STEPS_PER_EPOCH
+    expected = timescale_bounded(
+        5e-4, trace, (share, max(share, epochs_left)), bounds_for(5e-4, trace, 0.01, 10.0, "coupled")
+    )
+    assert last["weight_decays"][0] == pytest.approx(expected, rel=1e-9)
+    assert {s[0][2] for s in rest} == {last["weight_decays"][0]}
+    assert balancer.weight_decays == last["weight_decays"]
+    # the lowered cycle spends far less decay at the old λ: it is raised
+    assert last["weight_decays"][0] > 2 * last["previous"][0]
+    assert {s[0][2] for s in recorder.steps[: sc.rescues[0]["step"]]} == {balancer.rebalances[0]["previous"][0]}
+
+
+def test_by_default_the_lambda_chosen_at_the_start_is_kept_after_a_rescue(tmp_path):
+    """What measured best (the README's guard section): λ raised for the lowered cycle ended no better."""
+    balancer = WeightDecayBalancer()
+    _, recorder = _rescued_fit(tmp_path, balancer)
+    assert balancer.rebalances == []
+    assert {s[0][2] for s in recorder.steps} == set(balancer.weight_decays)
+
+
+def test_after_a_rescue_budget_mode_matches_the_reference_budget_s_share_of_the_remaining_steps(tmp_path):
+    balancer = WeightDecayBalancer(mode="budget", rebalance_on_rescue=True)
+    _, recorder = _rescued_fit(tmp_path, balancer)
+    last = balancer.rebalances[-1]
+    rest = recorder.steps[last["step"] :]
+    terms = [decay_gain("coupled", s[0][1]) * s[0][0] for s in rest]
+    reference = 5e-4 * decay_gain("coupled", 0.9) * 0.01 * len(recorder.steps)  # the user's constant recipe
+    expected = min(reference * len(rest) / len(recorder.steps) / sum(terms), 5e-4, 0.1 / max(terms))
+    assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
+
+
+def test_grid_and_keep_modes_keep_their_lambda_after_a_rescue(tmp_path):
+    for mode in ("grid", "keep"):
+        balancer = WeightDecayBalancer(mode=mode, rebalance_on_rescue=True)
+        _, recorder = _rescued_fit(tmp_path / mode, balancer)
+        assert balancer.rebalances == []
+        assert {s[0][2] for s in recorder.steps} == set(balancer.weight_decays)
+
+
+def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does_not_rebalance_again(tmp_path):
+    """The rebalanced λ and the record of it come back; the rescues of the resumed run were balanced for already."""
+    from test_guard import Deterministic
+
+    def fit(root, callbacks, **kwargs):
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(**trainer_kwargs(root, max_epochs=6, callbacks=callbacks, **kwargs))
+        trainer.fit(Deterministic(n=512), ckpt_path=kwargs.pop("ckpt_path", None))
+
+    whole, whole_recorder, whole_sc = (
+        WeightDecayBalancer(rebalance_on_rescue=True),
+        Recorder(),
+        SuperConvergence(max_lr=5.0),
+    )
+    fit(tmp_path / "whole", [whole_sc, whole, whole_recorder])
+    assert whole.rebalances, "the premise: the run is rescued and rebalanced"
+    stop = 1 + whole.rebalances[-1]["step"] // RESCUE_STEPS_PER_EPOCH  # an epoch's end after the last rescue
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+    first = WeightDecayBalancer(rebalance_on_rescue=True)
+    fit(tmp_path / "a", [SuperConvergence(max_lr=5.0), first, ckpt, StopAfter(stop)], enable_checkpointing=True)
+    resumed, recorder = WeightDecayBalancer(rebalance_on_rescue=True), Recorder()
+    trainer = L.Trainer(
+        **trainer_kwargs(tmp_path / "b", max_epochs=6, callbacks=[SuperConvergence(max_lr=5.0), resumed, recorder])
+    )
+    L.seed_everything(0, verbose=False)
+    trainer.fit(Deterministic(n=512), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.rebalances == whole.rebalances
+    assert resumed.weight_decays == whole.weight_decays
+    assert recorder.steps == whole_recorder.steps[stop * RESCUE_STEPS_PER_EPOCH :]
 
 
 # ---------------------------------------------------------------------------------------------------- logging
