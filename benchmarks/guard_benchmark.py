@@ -13,9 +13,12 @@
    alone, beside ``WeightDecayBalancer()`` (its λ kept after a rescue) and beside
    ``WeightDecayBalancer(rebalance_on_rescue=True)`` (λ set again for the lowered cycle).
 
+4. Models of kinds the zoo lacks, on which trying the package found the guard firing on good runs
+   (:mod:`benchmarks.guard_foreign`): ``SuperConvergence()`` at its own pick, guard off and on.
+
 Every run is cached in ``benchmarks/results/guard.json`` as it finishes. Run from the repository root::
 
-    python -m benchmarks.guard_benchmark                # all three (part 2 re-trains 429 zoo runs: about an hour)
+    python -m benchmarks.guard_benchmark                # all four (part 2 re-trains 429 zoo runs: about an hour)
     python -m benchmarks.guard_benchmark --part 1       # the too-high table (about 10 minutes)
     python -m benchmarks.guard_benchmark --part 3 --tasks fmnist_bn_cnn_sgd fmnist_lenet_nesterov \
         diabetes_mlp_adamw breast_cancer_mlp_adamw digits_mlp_nesterov fmnist_tv_mlp_adamw  # part 3 (~15 minutes)
@@ -37,6 +40,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from benchmarks.guard_foreign import FOREIGN_TASKS, foreign_run
 from benchmarks.zoo.__main__ import load as load_zoo
 from benchmarks.zoo.__main__ import oracle
 from benchmarks.zoo.methods import make_trainer
@@ -169,6 +173,36 @@ def part2(cache: dict[str, Any], tasks: list[str]) -> None:
                     print(key, cache[key], flush=True)
 
 
+def part4(cache: dict[str, Any]) -> None:
+    for name, task in FOREIGN_TASKS.items():
+        for guard in (False, True):
+            for seed in SEEDS:
+                key = f"foreign|{name}|{guard}|{seed}"
+                if key not in cache:
+                    cache[key] = foreign_run(task, seed, guard)
+                    save(cache)
+                    print(key, cache[key]["test"], len(cache[key]["rescues"]), flush=True)
+
+
+def print_foreign_table(cache: dict[str, Any]) -> None:
+    rows = []
+    for name, task in FOREIGN_TASKS.items():
+        for seed in SEEDS:
+            off, on = cache.get(f"foreign|{name}|False|{seed}"), cache.get(f"foreign|{name}|True|{seed}")
+            if off is None or on is None:
+                continue
+            said = "; ".join(f"step {r['step']}: {r['reason']}" for r in on["rescues"]) or "-"
+            said += f" (then {on['error'].split(':')[0]})" if on["error"] else ""
+            scores = [f"{r['test']:.2f}" if r["test"] is not None else "NaN" for r in (off, on)]
+            rows.append(f"| {name} | {task.score_name} | {seed} | {on['pick']:.3g} | {' | '.join(scores)} | {said} |")
+    if rows:
+        print("\nModels of other kinds (benchmarks/guard_foreign.py): SuperConvergence() at its pick, guard off and on")
+        print("| task | score | seed | pick | guard off | guard on | rescues |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(row)
+
+
 #: Part 3's tasks: the zoo's with weight decay, whose balance a rescue can change.
 BALANCE_TASKS = tuple(name for name, task in TASKS.items() if task.optimizer.weight_decay > 0)
 #: Part 3's variants: the guard alone; beside the balancer, its λ kept after a rescue; rebalanced after it.
@@ -278,7 +312,7 @@ def print_tables(cache: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", type=int, choices=[1, 2, 3], help="only this part (default: all three)")
+    parser.add_argument("--part", type=int, choices=[1, 2, 3, 4], help="only this part (default: all four)")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="part 2's and 3's tasks")
     parser.add_argument("--table-only", action="store_true", help="print from the cache, run nothing")
     parser.add_argument("--threads", type=int, default=2)
@@ -294,8 +328,11 @@ def main() -> None:
             part2(cache, args.tasks)
         if args.part in (None, 3):
             part3(cache, args.tasks)
+        if args.part in (None, 4):
+            part4(cache)
     print_tables(cache)
     print_balance_table(cache)
+    print_foreign_table(cache)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,24 @@ there, and training goes on.
 
 "Clearly diverged", chosen so that the noise of ordinary training does not trigger it: the training loss is NaN/inf; or
 its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training
-started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude), or back
-above where training started after it had fallen by a tenth (a network collapsed to chance); or, once the LR has climbed
-to the cycle's peak and the moving average spans a whole window (``window`` losses: in a run whose peak comes sooner, a
-loss falling as it should has had no time to fall a tenth), the loss never fell a tenth below where it started and
-stands at or above it, and none of the last ``window // 2`` losses fell a tenth below it either, in a run whose loss
-moved since the snapshot, one loss a tenth below the first or half as high again (a network that too high an LR killed
-spiked, or fell and came back, before it lay flat at the start; a slow starter whose average still carries an early
-spike while its latest losses fall is left to train, and so is a plateau, a loss that lies flat for a while before it
-falls and never left its first loss's neighbourhood: a GRU on a marked-sum task sits at ln 2 for some 40 steps); after a
-rescue that check repeats at every step until the average has fallen a tenth below the start (the peak that blew up was
-too high: a network that dips as the LR climbs back and then dies at the loss it started from is caught); or, from then
-on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the
-moving average once stood at twice that mean (a network that blew up and died, predicting the same for every input about
-as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other criterion
-sees it; a network still learning differs more from batch to batch, one that trained has fallen further, and one flat at
-its first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is
-measured on the pick zoo (the README's guard section).
+started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude; the rise
+is never measured in less than a tenth of the start, so a loss that nears or crosses zero, a negative log-likelihood, is
+not judged by a best that is no scale), or back above where training started after it had fallen by a tenth (a network
+collapsed to chance); or, once the LR has climbed to the cycle's peak and the moving average spans a whole window
+(``window`` losses: in a run whose peak comes sooner, a loss falling as it should has had no time to fall a tenth), the
+loss never fell a tenth below where it started and stands at or above it, and none of the last ``window // 2`` losses
+fell a tenth below it either, in a run whose loss moved since the snapshot, one loss a tenth below the first or half as
+high again (a network that too high an LR killed spiked, or fell and came back, before it lay flat at the start; a slow
+starter whose average still carries an early spike while its latest losses fall is left to train, and so is a plateau, a
+loss that lies flat for a while before it falls and never left its first loss's neighbourhood: a GRU on a marked-sum
+task sits at ln 2 for some 40 steps); after a rescue that check repeats at every step until the average has fallen a
+tenth below the start (the peak that blew up was too high: a network that dips as the LR climbs back and then dies at
+the loss it started from is caught); or, from then on, at a check, the last ``window`` losses lie within 5 % of their
+mean, no lower than half the first loss, while the moving average once stood at twice that mean (a network that blew up
+and died, predicting the same for every input about as badly as an untrained one: its flat loss can lie below a start
+that the blow-up inflated, where no other criterion sees it; a network still learning differs more from batch to batch,
+one that trained has fallen further, and one flat at its first loss never blew up). How often it fires in runs that end
+well without it, and what that costs them, is measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
@@ -78,7 +79,8 @@ class DivergenceGuard:
     r"""Watches the training loss step by step; says when to roll back, and does the rollback.
 
     Args:
-        threshold: the moving average may rise to this many times its best before it counts as diverged (> 1).
+        threshold: the moving average may rise to this many times its best before it counts as diverged (> 1); the
+            rise is measured in the best's magnitude, never in less than a tenth of where training started.
         window: the moving average's span in steps (its EMA factor is ``1 - 1/window``).
         check_every: how often, in optimizer steps, the kept losses are read and judged.
         refresh_every: how often the snapshot is refreshed while the loss is healthy.
@@ -208,8 +210,18 @@ class DivergenceGuard:
             return f"its moving average rose to {smoothed:.4g}, half as high again as where it started ({start:.4g})"
         if not math.isfinite(best):
             return None
-        if smoothed - best > (self.threshold - 1) * abs(best if best != 0 else 1.0):
-            return f"its moving average rose to {smoothed:.4g}, over {self.threshold:g} times its best ({best:.4g})"
+        # the rise is measured in the best's magnitude, but never in less than a tenth of where training started: a
+        # loss that nears or crosses zero (a negative log-likelihood, a reconstruction error near 0) has a best that
+        # is no scale at all, and its ordinary noise would be "four times the best"
+        tenth = 0.1 * abs(start) if math.isfinite(start) else 0.0
+        scale = max(abs(best), tenth)
+        if smoothed - best > (self.threshold - 1) * (scale if scale > 0 else 1.0):
+            if abs(best) >= tenth:
+                return f"its moving average rose to {smoothed:.4g}, over {self.threshold:g} times its best ({best:.4g})"
+            return (
+                f"its moving average rose to {smoothed:.4g}, {self.threshold - 1:g} tenths of where training started "
+                f"({start:.4g}) above its best ({best:.4g})"
+            )
         if smoothed > start and best < start - 0.1 * abs(start):
             return f"its moving average rose back above where training started ({smoothed:.4g} > {start:.4g})"
         return None
@@ -285,7 +297,8 @@ class DivergenceGuard:
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
         self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
-        self.moved = False
+        # `moved` stays: it is read before any rescue only, where a refresh needs a loss that fell (not stalled), and
+        # a resumed run's first snapshot must not forget that its loss moved before the checkpoint
         self._snapshot_stats = (
             self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent)
         )  # fmt: skip

@@ -37,7 +37,8 @@ _MODES = ("timescale", "grid", "budget", "keep")
 _STATE_VERSION = 1
 # what a checkpoint carries across a resume: the user's λ, the chosen one and why (the mode comes from the constructor)
 _RESTORED_FIELDS = (
-    "weight_decays", "reference_weight_decays", "reference_budgets", "reason", "search", "rebalances", "planned_steps"
+    "weight_decays", "reference_weight_decays", "reference_budgets", "reason", "search", "rebalances", "planned_steps",
+    "rescues_balanced",
 )  # fmt: skip
 
 
@@ -204,6 +205,9 @@ class WeightDecayBalancer(_compat.Callback):
         self.rebalances: list[dict[str, Any]] = []
         # the optimizer steps the first balance was planned over (this fit's, from where it started)
         self.planned_steps: int | None = None
+        # the guard's rescues λ was balanced for (a checkpoint written at a rescue's step holds the rescue, not yet
+        # its rebalance, which comes at the next batch: the resumed run makes it)
+        self.rescues_balanced: int | None = None
         self._restored = False
         self._logger: ScheduleLogger | None = None
         # the SuperConvergence whose guard's rescues change the schedule, and how many rescues were balanced for
@@ -231,6 +235,7 @@ class WeightDecayBalancer(_compat.Callback):
         self.reason = ""
         self.rebalances = []
         self.planned_steps = None
+        self.rescues_balanced = None
         self._restored_mode = self.mode
         # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
         from lightning_superconv.superconvergence import SuperConvergence
@@ -374,17 +379,22 @@ class WeightDecayBalancer(_compat.Callback):
         from lightning_superconv.superconvergence import SuperConvergence
 
         self._rescuer = None
-        if not self.rebalance_on_rescue or self.mode not in ("timescale", "budget"):
+        # the mode that chose λ decides (a resume with another mode keeps the checkpoint's)
+        if not self.rebalance_on_rescue or self._restored_mode not in ("timescale", "budget"):
             return
+        if not any(wd > 0 for wd in self.reference_weight_decays or []):
+            return  # nothing decayed, nothing to balance
         rescuer = next((cb for cb in _compat.callbacks(trainer) if isinstance(cb, SuperConvergence)), None)
         if rescuer is not None and rescuer.guard:
             self._rescuer = rescuer
-            self._rescues_seen = len(rescuer.rescues)  # those of a resumed run were balanced for before it stopped
+            if self.rescues_balanced is None:  # a fresh balance: for the rescues so far (none in a fresh fit)
+                self.rescues_balanced = len(rescuer.rescues)
+            self._rescues_seen = self.rescues_balanced
 
     def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it."""
         rescues = self._rescuer.rescues
-        self._rescues_seen = len(rescues)
+        self._rescues_seen = self.rescues_balanced = len(rescues)
         assert self.reference_weight_decays is not None
         assert self.weight_decays is not None
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
@@ -395,7 +405,7 @@ class WeightDecayBalancer(_compat.Callback):
         traces = traces[: len(self.reference_weight_decays)]
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         share = remaining / max(self.planned_steps or remaining, remaining)
-        if self.mode == "timescale":
+        if self._restored_mode == "timescale":
             chosen, _ = self._timescale(trainer, optimizer, traces, decayed, share)
         else:
             chosen, _ = self._budget(optimizer, traces, decayed, share)
@@ -408,7 +418,7 @@ class WeightDecayBalancer(_compat.Callback):
             trainer,
             f"WeightDecayBalancer: the divergence guard lowered the cycle's peak to {peak:.4g} at step {step}; "
             f"weight_decay={_fmt([chosen[i] for i in decayed])} for the remaining {remaining} steps (was "
-            f"{_fmt([previous[i] for i in decayed])}, `mode='{self.mode}'`).",
+            f"{_fmt([previous[i] for i in decayed])}, `mode='{self._restored_mode}'`).",
         )
 
     # ------------------------------------------------------------------------------------------------ modes

@@ -358,7 +358,7 @@ def test_grid_is_skipped_when_branches_cannot_see_weight_decay_act(tmp_path, mon
 
 def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
     balancer = WeightDecayBalancer(mode="grid", cost=1.0)
-    with pytest.warns(RuntimeWarning, match="no validation dataloader"):
+    with pytest.warns(RuntimeWarning, match=r"no validation dataloader.*or use the default `mode='timescale'`"):
         _fit(tmp_path, NoValidation(), [SuperConvergence(max_lr=0.5), balancer], epochs=4)
     assert balancer.weight_decays == [5e-4]
 
@@ -697,6 +697,67 @@ def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does
     assert resumed.rebalances == whole.rebalances
     assert resumed.weight_decays == whole.weight_decays
     assert recorder.steps == whole_recorder.steps[stop * RESCUE_STEPS_PER_EPOCH :]
+
+
+def test_a_checkpoint_written_at_a_rescue_s_step_is_rebalanced_when_resumed(tmp_path):
+    """A checkpoint at a rescue's step holds the rescue, not its rebalance: the resumed run makes it at its first batch.
+
+    The rescue comes at the batch's end, its rebalance at the next batch's start.
+    """
+    from test_guard import Deterministic, Interrupt, KillAt
+
+    def trainer(root, callbacks, **kwargs):
+        return L.Trainer(**trainer_kwargs(root, max_epochs=6, callbacks=callbacks, **kwargs))
+
+    whole = WeightDecayBalancer(rebalance_on_rescue=True)
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path / "whole", [SuperConvergence(max_lr=5.0), whole]).fit(Deterministic(n=512))
+    rescue_step = whole.rebalances[0]["step"]
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=rescue_step, save_top_k=-1)
+    first = WeightDecayBalancer(rebalance_on_rescue=True)
+    L.seed_everything(0, verbose=False)
+    with pytest.raises(Interrupt):
+        trainer(
+            tmp_path / "a", [SuperConvergence(max_lr=5.0), first, ckpt, KillAt(rescue_step + 1)],
+            enable_checkpointing=True,
+        ).fit(Deterministic(n=512))  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    assert torch.load(path, weights_only=True)["callbacks"]["WeightDecayBalancer"]["rebalances"] == []  # the premise
+    resumed, recorder = WeightDecayBalancer(rebalance_on_rescue=True), Recorder()
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path / "b", [SuperConvergence(max_lr=5.0), resumed, recorder]).fit(
+        Deterministic(n=512), ckpt_path=str(path)
+    )
+    assert resumed.rebalances[0] == whole.rebalances[0]
+    assert recorder.steps[0][0][2] == whole.rebalances[0]["weight_decays"][0]
+
+
+def test_a_resume_without_weight_decay_and_a_rescue_after_it_changes_nothing(tmp_path):
+    """No group decays: nothing to rebalance, on a resume as at the start."""
+    from test_guard import Deterministic
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+    L.seed_everything(0, verbose=False)
+    model = Deterministic(n=512, weight_decay=0.0)
+    first = WeightDecayBalancer(rebalance_on_rescue=True)
+    callbacks = [SuperConvergence(max_lr=0.5), first, ckpt, StopAfter(1)]
+    L.Trainer(**trainer_kwargs(tmp_path / "a", max_epochs=6, callbacks=callbacks, enable_checkpointing=True)).fit(model)
+    sc, resumed = SuperConvergence(max_lr=50.0), WeightDecayBalancer(rebalance_on_rescue=True)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path / "b", max_epochs=6, callbacks=[sc, resumed]))
+    trainer.fit(Deterministic(n=512, weight_decay=0.0), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.rebalances == []
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.0
+
+
+def test_grid_caps_a_user_lambda_above_the_per_step_cap_instead_of_crashing(tmp_path):
+    """At a peak far too high the user's λ itself would shrink the weights by over 10 % in a step: capped, said."""
+    balancer = WeightDecayBalancer(mode="grid")
+    _fit(tmp_path, TinyClassifier(weight_decay=0.5), [SuperConvergence(max_lr=2.0, guard=False), balancer], epochs=2)
+    cap = balancer.weight_decays[0]
+    assert cap < 0.5
+    assert balancer.reason.startswith(f"capped at {cap:.3g}, no grid")
+    assert balancer.search is None
 
 
 # ---------------------------------------------------------------------------------------------------- logging
