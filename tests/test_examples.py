@@ -110,3 +110,19 @@ def test_readme_lists_how_ci_checks_each_of_its_commands(capsys):
     lists = capsys.readouterr().out.strip()
     assert lists.count("\n- ") >= len(set(commands))
     assert lists in (root / "README.md").read_text()
+
+
+def test_readme_headings_code_fences_and_tables_start_their_lines():
+    """A paragraph reflow that runs past its paragraph pulls headings, fences and table rows into running text.
+
+    It happened once (35a724e): the commands of a code block it swallowed vanished from CI's checker unnoticed.
+    """
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.count("```") % 2 == 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        assert "```" not in line or line.lstrip().startswith("```"), (number, line)
+        assert not re.search(r"\S\s+#{2,4} \S", line), (number, line)  # a heading inside running text
+        assert not re.search(r"[^|`]\s\|---\|", line), (number, line)  # a table's rule inside running text
