@@ -210,9 +210,8 @@ class WeightDecayBalancer(_compat.Callback):
         self.rescues_balanced: int | None = None
         self._restored = False
         self._logger: ScheduleLogger | None = None
-        # the SuperConvergence whose guard's rescues change the schedule, and how many rescues were balanced for
+        # the SuperConvergence whose guard's rescues change the schedule (None: λ does not follow them)
         self._rescuer: Any = None
-        self._rescues_seen = 0
         self._restored_mode: str = mode  # the mode the restored λ was chosen in
 
     # The state is keyed by the class name alone (Lightning's default), like `SuperConvergence`'s: a resume with
@@ -335,7 +334,7 @@ class WeightDecayBalancer(_compat.Callback):
     ) -> None:
         # the one per-step check: has the guard lowered the cycle since the last balance? (an int compared)
         rescuer = self._rescuer
-        if rescuer is not None and len(rescuer.rescues) != self._rescues_seen:
+        if rescuer is not None and len(rescuer.rescues) != self.rescues_balanced:
             self._rebalance(trainer, pl_module)
         if self._logger is not None:
             self._logger.log(trainer)
@@ -389,12 +388,11 @@ class WeightDecayBalancer(_compat.Callback):
             self._rescuer = rescuer
             if self.rescues_balanced is None:  # a fresh balance: for the rescues so far (none in a fresh fit)
                 self.rescues_balanced = len(rescuer.rescues)
-            self._rescues_seen = self.rescues_balanced
 
     def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it."""
         rescues = self._rescuer.rescues
-        self._rescues_seen = self.rescues_balanced = len(rescues)
+        self.rescues_balanced = len(rescues)
         assert self.reference_weight_decays is not None
         assert self.weight_decays is not None
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
@@ -527,7 +525,8 @@ class WeightDecayBalancer(_compat.Callback):
             return list(refs), "left as configured: no validation data to choose by"
         first = decayed[0]
         total = len(traces[first].lrs)
-        high = self._bounds(optimizer, traces, first)[1]
+        first_bounds = self._bounds(optimizer, traces, first)
+        high = first_bounds[1]
         if refs[first] > high:
             # the grid measures other λ against the user's, which cannot run here: capped, like every mode's choice
             capped = [
@@ -538,7 +537,7 @@ class WeightDecayBalancer(_compat.Callback):
                 f"capped at {high:.3g}, no grid: at the user's λ one step at the cycle's peak would shrink the weights "
                 "by more than 10 %, and the grid compares other λ with the user's"
             )
-        plan = plan_grid(refs[first], self.factors, self._bounds(optimizer, traces, first), total, self.cost)
+        plan = plan_grid(refs[first], self.factors, first_bounds, total, self.cost)
         if isinstance(plan, str):
             _compat.rank_zero_warn(
                 trainer,

@@ -740,12 +740,13 @@ def test_a_resume_without_weight_decay_and_a_rescue_after_it_changes_nothing(tmp
     L.seed_everything(0, verbose=False)
     model = Deterministic(n=512, weight_decay=0.0)
     first = WeightDecayBalancer(rebalance_on_rescue=True)
-    callbacks = [SuperConvergence(max_lr=0.5), first, ckpt, StopAfter(1)]
+    callbacks = [SuperConvergence(max_lr=5.0), first, ckpt, StopAfter(1)]
     L.Trainer(**trainer_kwargs(tmp_path / "a", max_epochs=6, callbacks=callbacks, enable_checkpointing=True)).fit(model)
-    sc, resumed = SuperConvergence(max_lr=50.0), WeightDecayBalancer(rebalance_on_rescue=True)
+    sc, resumed = SuperConvergence(max_lr=5.0), WeightDecayBalancer(rebalance_on_rescue=True)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(**trainer_kwargs(tmp_path / "b", max_epochs=6, callbacks=[sc, resumed]))
     trainer.fit(Deterministic(n=512, weight_decay=0.0), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert any(r["step"] > 16 for r in sc.rescues), "the premise: a rescue after the resume (16 steps an epoch)"
     assert resumed.rebalances == []
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.0
 
