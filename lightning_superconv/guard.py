@@ -4,7 +4,8 @@ A peak read from any range test can be wrong on some model; a peak given by hand
 is lost (a one-cycle too high for the model ends at chance accuracy). With it, a wrong peak costs a little time: the
 weights, buffers, optimizer state and gradient scaler come back from a snapshot taken before the blow-up, the rest of
 the cycle runs lower, its highest LR ahead at a quarter of the LR the loss diverged at (that of its first blow-up
-since the snapshot, where it blew up; else that of the check that saw it: :func:`lowering`), the same shape, lower (a
+since the snapshot, where it blew up: a NaN/inf loss, or one half as high again as the first that also stands out of
+the noise of the losses before it; else that of the check that saw it: :func:`lowering`), the same shape, lower (a
 quarter because an LR that blew up once is likely several times too high, and too low costs little while too high
 costs the run); the LR climbs back from where the restored weights were trained over as many steps as it took to get
 there, and training goes on.
@@ -58,6 +59,12 @@ from lightning_superconv.snapshot import Snapshot, recapture
 LOWER_BY = 0.25
 #: Losses this close together (their spread over their mean) over a whole window are a flat line.
 FLAT = 0.05
+#: A loss counts as a blow-up only this many standard deviations above the mean of the latest losses (and half as
+#: high again as the first): see :meth:`DivergenceGuard._beyond_noise`.
+NOISE = 4.0
+#: Losses needed to measure their noise. A loss among the first ones half as high again as the first is a blow-up
+#: only if the mean of the first ``NOISE_MIN`` is as well (the loss stayed up).
+NOISE_MIN = 5
 
 
 class DivergenceError(RuntimeError):
@@ -122,6 +129,8 @@ class DivergenceGuard:
         # whether a loss since the snapshot left the first's neighbourhood: a tenth below it, half as high again, or
         # NaN/inf. A loss that never did is a plateau (or a slow start), not a network that died (see `GuardedCycle`)
         self.moved = False
+        # the LR of a loss in the first few half as high again as the first: a blow-up if the loss stays up
+        self._early_blow_up_lr = math.nan
         self._nonfinite = False
         self._recent.clear()
 
@@ -166,8 +175,9 @@ class DivergenceGuard:
         """Take one step's loss into the moving average, the start and the best (NaN/inf is flagged, not averaged).
 
         ``forgive_nonfinite``: a NaN/inf loss is not flagged either (the gradient scaler skipped that step).
-        ``lr``: the LR of the step; the first blow-up's (a NaN/inf loss, or one half as high again as the first loss)
-        is :attr:`blow_up_lr`, the LR a rescue reads the loss as diverged at.
+        ``lr``: the LR of the step; the first blow-up's (a NaN/inf loss, or one half as high again as the first loss
+        and above the noise of the losses before it: :meth:`_beyond_noise`) is :attr:`blow_up_lr`, the LR a rescue
+        reads the loss as diverged at.
         """
         if not math.isfinite(value):
             if not forgive_nonfinite:
@@ -179,11 +189,40 @@ class DivergenceGuard:
         if self.count == 1:
             self.first = value
         elif value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
-            self._note_blow_up(lr)
+            if self.count <= NOISE_MIN:  # too few losses to measure their noise: judged once there are enough
+                if math.isnan(self._early_blow_up_lr):
+                    self._early_blow_up_lr = lr
+            elif self._beyond_noise(value):
+                self._note_blow_up(lr)
         elif value < self.first - 0.1 * abs(self.first):
             self.moved = True
         self._recent.append(value)
+        if self.count == NOISE_MIN and not math.isnan(self._early_blow_up_lr):
+            # a loss in the first few half as high again as the first was a blow-up if the loss stayed up: the mean
+            # of the first few is too (a network blowing up from its first steps on), else it was their noise
+            if sum(self._recent) / len(self._recent) - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
+                self._note_blow_up(self._early_blow_up_lr)
+            self._early_blow_up_lr = math.nan
         self._update_marks()
+
+    def _beyond_noise(self, value: float) -> bool:
+        """Whether ``value`` stands out of the noise of the latest losses (:data:`NOISE` deviations above their mean).
+
+        A loss half as high again as the first is a blow-up only where batches do not differ that much anyway: at
+        batches of 4 a regression's single losses spread over several times their mean, and one such loss in the first
+        steps of the warm-up, at an LR far below any that harms, was read as the blow-up and lowered the cycle a
+        hundredfold (an RMSprop MLP on Friedman #3 ended 18 points lower than without the guard; a batch-4 regression
+        used up its rescues and stopped). Asked only while a blow-up can still be noted, so it costs nothing on most
+        steps.
+        """
+        if self.moved and not math.isnan(self.blow_up_lr):
+            return True  # both noted already: the answer changes nothing
+        recent = self._recent
+        if len(recent) < NOISE_MIN:  # a resumed guard's few latest losses: no noise to measure
+            return True
+        mean = sum(recent) / len(recent)
+        spread = math.sqrt(sum((loss - mean) ** 2 for loss in recent) / len(recent))
+        return value - mean > NOISE * spread
 
     def _note_blow_up(self, lr: float) -> None:
         self.moved = True
@@ -313,7 +352,7 @@ class DivergenceGuard:
         self._recent.clear()
         self._recent.extend(recent)
         self._nonfinite = False
-        self.blow_up_lr = math.nan
+        self.blow_up_lr = self._early_blow_up_lr = math.nan
         self.moved = False
         self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         return self.snapshot_step
@@ -524,14 +563,14 @@ def lowering(diverged_at: float, highest_ahead: float) -> float:
     r"""The factor a rescue scales the rest of the cycle by: the highest LR ahead becomes a quarter of ``diverged_at``.
 
     ``diverged_at`` is the LR the loss diverged at: that of the first blow-up since the snapshot (a NaN/inf loss or one
-    half as high again as the first loss) where there was one, else that of the check that saw it (a slow rise shows at
-    the check; a spike shows when it happens, and a loss that died after a spike is seen only steps later, at a higher
-    LR in the warm-up or at the peak). ``highest_ahead`` is the cycle's own peak in the warm-up, its own LR now (a
-    re-warm-up left out) at or after it. A quarter because an LR that blew up once is likely several times too high, and
-    too low costs little while too high costs the run: the reading of the range test without trials (``trial_steps=0``:
-    a quarter of the LR where the loss rose back); never more than a quarter of the highest LR ahead. On a recurrent
-    model whose best peak lies about at the LR where its loss rose, a quarter is too low (the README's guard section
-    measures what that costs).
+    half as high again as the first loss, above the noise of those before it) where there was one, else that of the
+    check that saw it (a slow rise shows at the check; a spike shows when it happens, and a loss that died after a
+    spike is seen only steps later, at a higher LR in the warm-up or at the peak). ``highest_ahead`` is the cycle's own
+    peak in the warm-up, its own LR now (a re-warm-up left out) at or after it. A quarter because an LR that blew up
+    once is likely several times too high, and too low costs little while too high costs the run: the reading of the
+    range test without trials (``trial_steps=0``: a quarter of the LR where the loss rose back); never more than a
+    quarter of the highest LR ahead. On a recurrent model whose best peak lies about at the LR where its loss rose, a
+    quarter is too low (the README's guard section measures what that costs).
 
     Example::
 
