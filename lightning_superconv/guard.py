@@ -59,11 +59,10 @@ from lightning_superconv.snapshot import Snapshot, recapture
 LOWER_BY = 0.25
 #: Losses this close together (their spread over their mean) over a whole window are a flat line.
 FLAT = 0.05
-#: A loss counts as a blow-up only this many standard deviations above the mean of the latest losses (and half as
-#: high again as the first): see :meth:`DivergenceGuard._beyond_noise`.
+#: A loss half as high again as the first is a blow-up only this many times the noise of the latest losses above
+#: their mean: see :meth:`DivergenceGuard._read_blow_up`.
 NOISE = 4.0
-#: Losses needed to measure their noise. A loss among the first ones half as high again as the first is a blow-up
-#: only if the mean of the first ``NOISE_MIN`` is as well (the loss stayed up).
+#: Losses needed to measure their noise; before them a high loss is a blow-up if the loss stays up over this many.
 NOISE_MIN = 5
 
 
@@ -123,14 +122,17 @@ class DivergenceGuard:
         self.start = math.nan
         self.highest = -math.inf  # the highest the moving average stood, once `start` was read
         self.first = math.nan  # the first loss
-        # the LR of the first loss since the snapshot half as high again as the first loss, or NaN/inf (not kept in
-        # checkpoints: a resumed run takes a new snapshot, and only a blow-up after it tells where the loss diverged)
+        # the LR of the first loss since the snapshot that blew up: NaN/inf, or half as high again as the first loss and
+        # out of the noise (`_read_blow_up`). Not kept in checkpoints: a resumed run takes a new snapshot, and only a
+        # blow-up after it tells where the loss diverged
         self.blow_up_lr = math.nan
         # whether a loss since the snapshot left the first's neighbourhood: a tenth below it, half as high again, or
         # NaN/inf. A loss that never did is a plateau (or a slow start), not a network that died (see `GuardedCycle`)
         self.moved = False
-        # the LR of a loss in the first few half as high again as the first: a blow-up if the loss stays up
-        self._early_blow_up_lr = math.nan
+        # a loss among the first few half as high again as the first, waiting to be judged (a blow-up if the loss
+        # stays up; see `_read_blow_up`): its LR, and the losses from it on
+        self._pending_lr = math.nan
+        self._pending_losses: list[float] = []
         self._nonfinite = False
         self._recent.clear()
 
@@ -176,8 +178,8 @@ class DivergenceGuard:
 
         ``forgive_nonfinite``: a NaN/inf loss is not flagged either (the gradient scaler skipped that step).
         ``lr``: the LR of the step; the first blow-up's (a NaN/inf loss, or one half as high again as the first loss
-        and above the noise of the losses before it: :meth:`_beyond_noise`) is :attr:`blow_up_lr`, the LR a rescue
-        reads the loss as diverged at.
+        that stands out of the noise of the losses before it: :meth:`_read_blow_up`) is :attr:`blow_up_lr`, the LR a
+        rescue reads the loss as diverged at.
         """
         if not math.isfinite(value):
             if not forgive_nonfinite:
@@ -188,46 +190,55 @@ class DivergenceGuard:
         self.count += 1
         if self.count == 1:
             self.first = value
-        elif value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
-            if self.count <= NOISE_MIN:  # too few losses to measure their noise: judged once there are enough
-                if math.isnan(self._early_blow_up_lr):
-                    self._early_blow_up_lr = lr
-            elif self._beyond_noise(value):
-                self._note_blow_up(lr)
-        elif value < self.first - 0.1 * abs(self.first):
+        high = self.count > 1 and value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0)
+        if high or value < self.first - 0.1 * abs(self.first):
             self.moved = True
+        if math.isnan(self.blow_up_lr):
+            self._read_blow_up(value, lr, high)
         self._recent.append(value)
-        if self.count == NOISE_MIN and not math.isnan(self._early_blow_up_lr):
-            # a loss in the first few half as high again as the first was a blow-up if the loss stayed up: the mean
-            # of the first few is too (a network blowing up from its first steps on), else it was their noise
-            if sum(self._recent) / len(self._recent) - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0):
-                self._note_blow_up(self._early_blow_up_lr)
-            self._early_blow_up_lr = math.nan
         self._update_marks()
 
-    def _beyond_noise(self, value: float) -> bool:
-        """Whether ``value`` stands out of the noise of the latest losses (:data:`NOISE` deviations above their mean).
+    def _read_blow_up(self, value: float, lr: float, high: bool) -> None:
+        r"""Note ``lr`` as :attr:`blow_up_lr` if this loss, half as high again as the first (``high``), blew up.
 
-        A loss half as high again as the first is a blow-up only where batches do not differ that much anyway: at
-        batches of 4 a regression's single losses spread over several times their mean, and one such loss in the first
-        steps of the warm-up, at an LR far below any that harms, was read as the blow-up and lowered the cycle a
-        hundredfold (an RMSprop MLP on Friedman #3 ended 18 points lower than without the guard; a batch-4 regression
-        used up its rescues and stopped). Asked only while a blow-up can still be noted, so it costs nothing on most
-        steps.
+        One batch's loss against the first batch's is not enough: at batches of 4 a regression's single losses spread
+        over several times their mean, and one such loss early in the warm-up, at an LR far below any that harms, was
+        read as the blow-up and the rescue lowered the cycle a hundredfold (an RMSprop MLP on Friedman #3 ended 18
+        points lower than without the guard; a batch-4 regression used up its rescues and stopped). So the loss must
+        also stand :data:`NOISE` (4) times the noise of the latest losses above their mean, the noise measured from
+        one loss to the next (a rise that builds over several steps is a trend, not noise, and still stands out).
+        Among the first :data:`NOISE_MIN` losses there is no noise to measure yet: a high loss there is a blow-up if
+        the loss stayed up, the mean of it and the ``NOISE_MIN - 1`` losses after it half as high again as the first
+        too and :data:`NOISE` standard errors above it, in the noise of all the losses so far (a BatchNorm CNN at 25x
+        its best peak climbs from its second loss on; a first loss that happened to be low, at batches of 4, makes
+        every later one look high). Called only until a blow-up is noted: nothing is computed on most steps.
         """
-        if self.moved and not math.isnan(self.blow_up_lr):
-            return True  # both noted already: the answer changes nothing
+        pending = self._pending_losses
+        if pending:
+            pending.append(value)
+            if len(pending) == NOISE_MIN:
+                # the mean of the waiting loss and the next ones against the first loss, in the noise of all so far
+                rise = sum(pending) / NOISE_MIN - self.first
+                noise = _step_noise([*self._recent, value]) / math.sqrt(NOISE_MIN)
+                if rise > 0.5 * abs(self.first if self.first != 0 else 1.0) and rise > NOISE * noise:
+                    self.blow_up_lr = self._pending_lr
+                pending.clear()
+            return
+        if not high:
+            return
         recent = self._recent
-        if len(recent) < NOISE_MIN:  # a resumed guard's few latest losses: no noise to measure
-            return True
-        mean = sum(recent) / len(recent)
-        spread = math.sqrt(sum((loss - mean) ** 2 for loss in recent) / len(recent))
-        return value - mean > NOISE * spread
+        if len(recent) < NOISE_MIN:
+            self._pending_lr, self._pending_losses[:] = lr, [value]
+            return
+        if value - sum(recent) / len(recent) > NOISE * _step_noise(list(recent)):
+            self.blow_up_lr = lr
 
     def _note_blow_up(self, lr: float) -> None:
+        """A NaN/inf loss: a blow-up at once (at the LR of a high loss just before it that was waiting to be judged)."""
         self.moved = True
         if math.isnan(self.blow_up_lr):
-            self.blow_up_lr = lr
+            self.blow_up_lr = self._pending_lr if self._pending_losses else lr
+        self._pending_losses.clear()
 
     def _update_marks(self) -> None:
         if self.count == 0:
@@ -336,6 +347,7 @@ class DivergenceGuard:
         self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
         self.snapshot_step = step
         self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
+        self._pending_losses.clear()
         # `moved` stays: it is read before any rescue only, where a refresh needs a loss that fell (not stalled), and
         # a resumed run's first snapshot must not forget that its loss moved before the checkpoint
         self._snapshot_stats = (
@@ -352,7 +364,8 @@ class DivergenceGuard:
         self._recent.clear()
         self._recent.extend(recent)
         self._nonfinite = False
-        self.blow_up_lr = self._early_blow_up_lr = math.nan
+        self.blow_up_lr = math.nan
+        self._pending_losses.clear()
         self.moved = False
         self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         return self.snapshot_step
@@ -580,6 +593,16 @@ def lowering(diverged_at: float, highest_ahead: float) -> float:
     if highest_ahead <= 0 or not math.isfinite(diverged_at) or diverged_at <= 0:
         return LOWER_BY
     return LOWER_BY * min(1.0, diverged_at / highest_ahead)
+
+
+def _step_noise(losses: list[float]) -> float:
+    """The spread of one loss, read from its changes from one loss to the next (a trend is not noise).
+
+    Half the mean squared difference of consecutive losses is the variance of white noise around any slowly moving
+    level (von Neumann's estimator); the spread of the losses themselves would count a rise over several steps in.
+    """
+    steps = sum((b - a) ** 2 for a, b in zip(losses, losses[1:], strict=False))
+    return math.sqrt(steps / (2 * (len(losses) - 1)))
 
 
 def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
