@@ -183,8 +183,10 @@ class DivergenceGuard:
         """
         if not math.isfinite(value):
             if not forgive_nonfinite:
-                self._nonfinite = True
-                self._note_blow_up(lr)
+                self._nonfinite = self.moved = True
+                if math.isnan(self.blow_up_lr):  # at the LR of a high loss just before it still waiting to be judged
+                    self.blow_up_lr = self._pending_lr if self._pending_losses else lr
+                self._pending_losses.clear()
             return
         self.average = self.beta * self.average + (1 - self.beta) * value
         self.count += 1
@@ -228,17 +230,11 @@ class DivergenceGuard:
             return
         recent = self._recent
         if len(recent) < NOISE_MIN:
-            self._pending_lr, self._pending_losses[:] = lr, [value]
+            self._pending_lr = lr
+            pending.append(value)
             return
         if value - sum(recent) / len(recent) > NOISE * _step_noise(list(recent)):
             self.blow_up_lr = lr
-
-    def _note_blow_up(self, lr: float) -> None:
-        """A NaN/inf loss: a blow-up at once (at the LR of a high loss just before it that was waiting to be judged)."""
-        self.moved = True
-        if math.isnan(self.blow_up_lr):
-            self.blow_up_lr = self._pending_lr if self._pending_losses else lr
-        self._pending_losses.clear()
 
     def _update_marks(self) -> None:
         if self.count == 0:
