@@ -133,6 +133,16 @@ def classification(n_train: int, features: int, classes: int, informative: int, 
     return _standardize(_split(xt, yt, (n_train, 2000, 2000)), targets=False)
 
 
+def hastie(n_train: int) -> Splits:
+    """Hastie et al.'s binary problem (``make_hastie_10_2``: is the squared norm of 10 normal features above 9.34?)."""
+    from sklearn.datasets import make_hastie_10_2
+
+    x, y = make_hastie_10_2(n_samples=n_train + 4000, random_state=23)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor((y > 0).astype("int64"))
+    return _split(xt, yt, (n_train, 2000, 2000))
+
+
 # Python's own standard library as a text corpus: always on disk, no download. Fixed files, read in this order.
 TEXT_FILES = ("argparse.py", "collections/__init__.py", "dataclasses.py", "inspect.py", "typing.py", "pathlib.py")
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline; anything else reads as "?"
