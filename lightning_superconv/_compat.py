@@ -138,6 +138,17 @@ def fast_dev_run(trainer: Trainer) -> bool:
 # ----------------------------------------------------------------------------------- Lightning's private attributes
 
 
+def checkpoint_to_resume(trainer: Trainer) -> bool:
+    """Whether ``fit`` resumes from a checkpoint whose training state (optimizers, schedulers) Lightning loads next.
+
+    ``trainer.ckpt_path`` alone does not say so: ``BatchSizeFinder`` restores its own temporary checkpoint inside its
+    ``on_fit_start`` (everything, training state included) and leaves ``ckpt_path`` pointing at it, though nothing is
+    left to resume. Lightning reads a real resume's checkpoint before ``on_fit_start`` and loads its training state
+    after it, so the checkpoint is still held then.
+    """
+    return bool(trainer.ckpt_path) and bool(getattr(trainer._checkpoint_connector, "_loaded_checkpoint", True))
+
+
 def grad_scaler(trainer: Trainer) -> Any:
     """The precision plugin's ``GradScaler`` (``16-mixed``), or None."""
     return getattr(trainer.precision_plugin, "scaler", None)

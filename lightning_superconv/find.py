@@ -2,12 +2,14 @@ r"""Look before you train: :func:`find_max_lr`, the range test on its own, in th
 
 It runs the range-test engine (:func:`~lightning_superconv.range_test.run_range_test`, the one ``SuperConvergence``
 runs at fit start) inside a ``Trainer`` of its own, and hands back the curve, the pick and the plot. The model comes
-back unchanged (the range test restores it bit for bit), so do the RNG streams, and no training step is taken.
+back unchanged (the range test restores it bit for bit), so do the RNG streams and the generators the given dataloaders
+own, and no training step is taken.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -16,6 +18,7 @@ from typing_extensions import override
 from lightning_superconv import _compat, _trainer
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
+from lightning_superconv.snapshot import dataloader_generators
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -99,6 +102,9 @@ def find_max_lr(
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
     # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.
     # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
+    # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
+    # it sets up its data, whose range test then restores them to that later state
+    generators = [(g, g.get_state()) for g in dataloader_generators(_loaders_in(train_dataloaders))]
     error: BaseException | None = None
     with _compat.isolate_rng(trainer):
         try:
@@ -107,7 +113,23 @@ def find_max_lr(
             )
         except BaseException as err:  # Ctrl-C too
             error = err
+    for generator, state in generators:
+        generator.set_state(state)
     if error is not None:
         raise error
     assert probe.result is not None
     return probe.result
+
+
+def _loaders_in(data: Any) -> list[Any]:
+    """The loaders in what ``fit`` takes as its train data: one, a list, tuple or dict of them, or a CombinedLoader."""
+    if data is None:
+        return []
+    flattened = getattr(data, "flattened", None)  # Lightning's CombinedLoader
+    if isinstance(flattened, list):
+        return flattened
+    if isinstance(data, Mapping):
+        return [loader for value in data.values() for loader in _loaders_in(value)]
+    if isinstance(data, (list, tuple)):
+        return [loader for value in data for loader in _loaders_in(value)]
+    return [data]

@@ -53,7 +53,7 @@ import torch
 
 from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
-from lightning_superconv.snapshot import Snapshot, recapture
+from lightning_superconv.snapshot import Snapshot, lazy_modules, recapture
 
 #: A rescue lowers the highest LR ahead to a quarter of the LR the loss diverged at (see :func:`lowering`).
 LOWER_BY = 0.25
@@ -443,11 +443,13 @@ class GuardedCycle:
         self._collapse_from = int(state.get("collapse_from", self._collapse_from))
 
     def start(self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> None:
-        """Take the first snapshot: the weights training starts from."""
+        """Take the first snapshot: the weights training starts from (after the first step, for a lazy module)."""
         step = int(trainer.global_step)
         self._last_step = step
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])
         self._scale = _scale_of(trainer)
+        if lazy_modules(pl_module):
+            return  # no weights to copy before the first forward: `after_batch` takes the first snapshot
         self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
 
     def after_batch(
@@ -467,6 +469,8 @@ class GuardedCycle:
             # the LR its batch ran at; Lightning divided the loss by the accumulation of this step: read multiplied back
             self.guard.keep(loss, step, self._lr, max(int(trainer.accumulate_grad_batches), 1))
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
+        if self.guard.snapshot is None:  # a lazy module's weights exist now
+            self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
         # the same steps on every rank and in a resumed run: the check is a collective under DDP
         if step % self.guard.check_every:
             return None, None

@@ -88,6 +88,20 @@ def usable(scores: Sequence[float], start: float) -> list[float]:
     return [score if learned(score, start) else math.inf for score in scores]
 
 
+def all_equal(scores: Sequence[float]) -> bool:
+    r"""Whether two or more trials left the same finite held-out loss, to one part in a million: they measured nothing.
+
+    Example::
+
+        >>> all_equal([2.3131, 2.3131, 2.3131]), all_equal([0.50, 0.45]), all_equal([0.5])
+        (True, False, False)
+    """
+    finite = [s for s in scores if math.isfinite(s)]
+    if len(finite) < 2 or len(finite) < len(scores):
+        return False
+    return max(finite) - min(finite) <= 1e-6 * max(abs(min(finite)), 1e-12)
+
+
 def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -> float | None:
     r"""The next peak to try, or None when the search is done.
 

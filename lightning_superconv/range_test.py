@@ -21,7 +21,7 @@ from lightning_superconv._validation import check_choice, check_integer, check_n
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
-from lightning_superconv.peak import choose, next_peak, rise_index, start_level, trial_traces, usable
+from lightning_superconv.peak import all_equal, choose, next_peak, rise_index, start_level, trial_traces, usable
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.schedule import OneCycleConfig
@@ -232,7 +232,18 @@ def run_range_test(
                 f"{min(peaks):.3g}. The model and optimizer were restored.",
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
-        if not verdict.learned:
+        if all_equal(scores):
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: every trial left the same held-out loss ({scores[0]:.6g}) at peaks from "
+                f"{min(peaks):.3g} to {max(peaks):.3g}: what the trials score does not change as the model trains, so "
+                f"they chose nothing (max_lr={max_lr:.3g} is the first tried). The held-out loss is `training_step`'s "
+                "on validation batches in eval mode; it may read weights the trials do not move, such as an average "
+                "of the weights (EMA) that your module updates in a hook of its own (`on_train_batch_end`): the "
+                "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Pass "
+                "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
+            )
+        elif not verdict.learned:
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: no trial's held-out loss fell a tenth below where the range test's loss started "
@@ -245,6 +256,16 @@ def run_range_test(
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
         confirmed = False
+    if smoothed[rise] <= fell.start_level:
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
+            f"up to lr {swept[-1]:.3g}, where the sweep ended ({record.stop_reason}): there was no divergence to read "
+            f"the peak from, and max_lr={max_lr:.3g} comes from the sweep's end. LRs this high may change nothing in "
+            "your setup: an optimizer that bounds its own step (`torch.optim.Adafactor` steps by min(lr, 1/sqrt(step)) "
+            "of each weight's size), gradients clipped by norm under an adaptive optimizer, or a loss that saturates. "
+            "Look at the curve (`result.plot()`), widen `lr_range`, or pass `max_lr=`.",
+        )
     # a trial that learned at the pick answers the doubt: the advice below would cost such a run what the pick gained
     if not fell.clear and not confirmed:
         _compat.rank_zero_warn(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lightning_superconv import _compat
-from lightning_superconv.snapshot import Snapshot, capture, dataloader_generators
+from lightning_superconv.snapshot import Snapshot, capture, dataloader_generators, lazy_modules
 
 
 @contextlib.contextmanager
@@ -49,7 +49,21 @@ def sandbox(trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimi
 
     Yields the snapshot taken on entry; a block that runs several branches calls ``snapshot.restore()`` before each.
     The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers are restored too.
+
+    Raises:
+        MisconfigurationException: if a lazy module has not created its weights yet (nothing to snapshot).
     """
+    lazy = lazy_modules(pl_module)
+    if lazy:
+        raise _compat.misconfiguration(
+            trainer,
+            f"Training off the record (the range test, the weight-decay grid) starts from a snapshot of your model and "
+            f"puts it back afterwards, but {', '.join(lazy)} {'has' if len(lazy) == 1 else 'have'} no weights yet: a "
+            "lazy module creates them at its first forward pass. Run one forward pass on an example batch before "
+            "`fit` (`model(x)`; torch's docs advise it for lazy modules before the optimizer is built, too), or pass "
+            "`SuperConvergence(max_lr=...)` (and `WeightDecayBalancer(mode='timescale')`), which take no snapshot "
+            "before training.",
+        )
     scaler = _compat.grad_scaler(trainer)
     loaders = _compat.train_loaders(trainer)
     snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))

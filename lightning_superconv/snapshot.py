@@ -257,6 +257,19 @@ def _group_values(optimizer: Optimizer) -> list[dict[str, Any]]:
     return [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
+def lazy_modules(module: torch.nn.Module) -> list[str]:
+    r"""The submodules (``"name (Type)"``) whose parameters do not exist yet: lazy modules before their first forward.
+
+    ``torch.nn.LazyLinear`` and its kin create their weights from the first input's shape; until then there is nothing
+    to copy, and a snapshot cannot be taken.
+    """
+    return [
+        f"{name or 'the module'} ({type(sub).__name__})"
+        for name, sub in module.named_modules()
+        if any(torch.nn.parameter.is_lazy(p) for p in sub.parameters(recurse=False))
+    ]
+
+
 def dataloader_generators(loaders: Sequence[Any]) -> list[torch.Generator]:
     r"""The ``torch.Generator`` objects that iterating these loaders advances (loader, sampler, batch sampler).
 

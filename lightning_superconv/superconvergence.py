@@ -158,18 +158,19 @@ class SuperConvergence(_compat.Callback):
         self.guard = guard
         self.max_rescues = int(max_rescues)
 
-        self.max_lr: float | None = self.requested_max_lr
-        self.result: RangeTestResult | None = None
-        self.total_steps: int | None = None
-        self._start_step = 0
-        self._restored = False
-        self._scheduler: SafeOneCycleLR | None = None
+        self.max_lr: float | None
+        self.result: RangeTestResult | None
+        self.total_steps: int | None
+        self._start_step: int
+        self._restored: bool
+        self._scheduler: SafeOneCycleLR | None
         self._group_count = 0
-        self._logger: ScheduleLogger | None = None
-        self._watch: GuardedCycle | None = None
-        self._guard_state: dict[str, Any] | None = None
-        self._guard_state_version = _STATE_VERSION
-        self.rescues: list[dict[str, Any]] = []
+        self._logger: ScheduleLogger | None
+        self._watch: GuardedCycle | None
+        self._guard_state: dict[str, Any] | None
+        self._guard_state_version: int
+        self.rescues: list[dict[str, Any]]
+        self._new_fit()
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
     # built, and one optimizer can follow only one cycle anyway): a resume with changed arguments still finds its state.
@@ -180,19 +181,7 @@ class SuperConvergence(_compat.Callback):
     def setup(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        # A new fit plans its own cycle. On `fit(ckpt_path=...)` Lightning calls `load_state_dict` after `setup`, and
-        # the checkpoint's pick and cycle replace these.
-        self.max_lr = self.requested_max_lr
-        self.result = None
-        self.total_steps = None
-        self._start_step = 0
-        self._restored = False
-        self._scheduler = None
-        self._logger = None
-        self._watch = None
-        self._guard_state = None
-        self._guard_state_version = _STATE_VERSION
-        self.rescues = []
+        self._new_fit()
         _setups.refuse_lr_finder(trainer)
         # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses
         # when the Trainer is built ("Found more than one stateful callback of type `SuperConvergence`").
@@ -220,10 +209,14 @@ class SuperConvergence(_compat.Callback):
             )
             return
         if trainer.ckpt_path and not trainer.strategy.restore_checkpoint_after_setup:
-            self._resume(trainer, optimizer)
-            return
-        total_steps = _trainer.total_steps(trainer, "SuperConvergence")
-        if total_steps == 0:
+            if _compat.checkpoint_to_resume(trainer):
+                self._resume(trainer, optimizer)
+                return
+            # a checkpoint restored inside another callback's `on_fit_start` (BatchSizeFinder's own, written when this
+            # fit started): all of it is loaded already, this is still a new fit
+            self._new_fit()
+        steps = _trainer.steps_this_fit(trainer, "SuperConvergence")
+        if _trainer.total_steps(trainer, "SuperConvergence") == 0:
             # Lightning runs such a fit without a training step; a range test would train where the user asked not to
             _compat.rank_zero_info(
                 trainer,
@@ -232,14 +225,17 @@ class SuperConvergence(_compat.Callback):
             )
             return
         start_step = int(trainer.global_step)
-        if start_step >= total_steps:
+        if steps == 0:
             _compat.rank_zero_info(
                 trainer,
-                f"SuperConvergence: this Trainer has already run its {total_steps} training steps (a second `fit` "
-                "without a larger `max_epochs`/`max_steps`), so no range test runs and the schedule is unchanged.",
+                f"SuperConvergence: this Trainer has no training step left ({start_step} run, epoch "
+                f"{trainer.current_epoch} of `max_epochs={trainer.max_epochs}`, `max_steps={trainer.max_steps}`: a "
+                "second `fit` without a larger `max_epochs`/`max_steps`), so no range test runs and the schedule is "
+                "unchanged.",
             )
             return
         _check_first_group_lr(trainer, optimizer)
+        _warn_of_a_clock(trainer, steps)
         if self.max_lr is None and kind == "multiplier":
             self.max_lr = configured_lrs(optimizer)[0]
             _compat.rank_zero_info(
@@ -259,13 +255,13 @@ class SuperConvergence(_compat.Callback):
             log_range_test(trainer, self.result)
         # a second `fit` on the same Trainer continues from the step it reached: the cycle spans the steps left
         self._start_step = start_step
-        self._install_schedule(trainer, optimizer, total_steps - start_step, own_step_size=kind is not None)
+        self._install_schedule(trainer, optimizer, steps, own_step_size=kind is not None)
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         if self._scheduler is None:
             return
-        if trainer.ckpt_path and not self._restored:
+        if trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup and not self._restored:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
             raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
         # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
@@ -379,6 +375,24 @@ class SuperConvergence(_compat.Callback):
 
     # ------------------------------------------------------------------------------------------------ work
 
+    def _new_fit(self) -> None:
+        """Forget any earlier fit: a new fit plans its own cycle.
+
+        On ``fit(ckpt_path=...)`` Lightning calls ``load_state_dict`` after ``setup``, and the checkpoint's pick and
+        cycle replace these.
+        """
+        self.max_lr = self.requested_max_lr
+        self.result = None
+        self.total_steps = None
+        self._start_step = 0
+        self._restored = False
+        self._scheduler = None
+        self._logger = None
+        self._watch = None
+        self._guard_state = None
+        self._guard_state_version = _STATE_VERSION
+        self.rescues = []
+
     def _resume(self, trainer: _compat.Trainer, optimizer: Any) -> None:
         """Install the scheduler object Lightning will load the checkpoint's cycle into; no range test."""
         if not self._restored:
@@ -456,6 +470,20 @@ class SuperConvergence(_compat.Callback):
                 f"`BackboneFinetuning`); they join the one-cycle at {ratios} the first group's LR, and the cycle sets "
                 "their LR and momentum from now on.",
             )
+
+
+def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
+    """Say that ``max_time`` may end the run mid-cycle: the cycle is sized in steps, the clock knows nothing of them."""
+    timer = _compat.callback_of(trainer, "Timer")
+    if timer is None or timer.time_remaining("train") is None:
+        return
+    _compat.rank_zero_warn(
+        trainer,
+        f"SuperConvergence: `max_time` ({timer.time_remaining('train'):.0f} s) may stop this run before its cycle "
+        f"ends: the cycle is planned over the {steps} steps that `max_epochs`/`max_steps` allow, and a run the clock "
+        "stops ends with the LR not yet annealed. The range test runs before the clock starts (it starts with "
+        "training). To end on the cycle's final LR, set `max_epochs` or `max_steps` to what fits in the time.",
+    )
 
 
 def _check_first_group_lr(trainer: _compat.Trainer, optimizer: Any) -> None:

@@ -303,7 +303,7 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
             return
         self._warn_adaptive(trainer, optimizer, decayed)
-        remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - int(trainer.global_step), 1)
+        remaining = max(_trainer.steps_this_fit(trainer, "WeightDecayBalancer"), 1)
         self.planned_steps = remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer)

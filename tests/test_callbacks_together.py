@@ -11,6 +11,7 @@ import torch
 from helpers import TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import (
     BackboneFinetuning,
+    BatchSizeFinder,
     Callback,
     EarlyStopping,
     LearningRateFinder,
@@ -82,6 +83,31 @@ def test_tuner_lr_find_on_a_trainer_with_superconvergence_is_refused(tmp_path):
     trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))
     with pytest.raises(MisconfigurationException, match=r"`Tuner.lr_find`.*`SuperConvergence`"):
         Tuner(trainer).lr_find(_seeded(), num_training=5)
+
+
+@pytest.mark.parametrize("finder_first", [True, False], ids=["finder-first", "finder-last"])
+def test_batch_size_finder_then_a_range_test_and_a_cycle_over_the_found_batch_size(tmp_path, finder_first):
+    """`BatchSizeFinder` restores its own checkpoint inside `on_fit_start`, which leaves `trainer.ckpt_path` set.
+
+    That is no resume: the range test runs on the restored model, the balancer measures, and the cycle spans the steps
+    run at the batch size found (before, `fit` stopped with "resumes from a checkpoint that holds no state").
+    """
+    finder = BatchSizeFinder(mode="power", steps_per_trial=1, max_trials=2, init_val=16)
+    sc, balancer, recorder = SuperConvergence(num_steps=20, trial_steps=50), WeightDecayBalancer(), Recorder()
+    callbacks = [finder, sc, balancer, recorder] if finder_first else [sc, balancer, recorder, finder]
+    model = _seeded(n=256)
+    trainer = _fit(tmp_path, model, callbacks, limit_train_batches=None, max_epochs=1)
+    found = model.hparams.batch_size
+    assert found == finder.optimal_batch_size > 16
+    assert trainer.ckpt_path is not None  # the finder's (the premise)
+    assert sc.result is not None
+    assert sc.max_lr == sc.result.max_lr
+    assert trainer.global_step == 256 // found == sc.total_steps == len(recorder.groups)
+    assert all(issubclass(kind, OneCycleLR) for kind in recorder.schedulers)
+    assert balancer.weight_decays is not None
+    assert balancer.weight_decays[0] != 5e-4
+    final = trainer.optimizers[0].param_groups[0]["lr"]
+    assert final == pytest.approx(sc.max_lr / (25 * 1e4))
 
 
 def test_two_superconvergence_callbacks_are_refused_when_the_trainer_is_built(tmp_path):

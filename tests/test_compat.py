@@ -158,6 +158,7 @@ class CompatProbe:
         self.seen["has_val"] = _compat.has_val_dataloaders(trainer)
         self.seen["callbacks"] = _compat.callbacks(trainer)
         self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
+        self.seen["resume"] = _compat.checkpoint_to_resume(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         from lightning_superconv import _compat
@@ -193,8 +194,22 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["has_val"] is True
     assert seen["callbacks"][-1] is probe
     assert seen["fast_dev_run"] is False
+    assert seen["resume"] is False
     assert seen["logging_step"] == 0
     assert seen["should_update_logs"] is True
+
+
+@pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])
+def test_checkpoint_to_resume_is_true_at_fit_start_of_a_resume_only(tmp_path, distribution, model):
+    """At `on_fit_start` of `fit(ckpt_path=...)` the checkpoint is still held (its training state loads next)."""
+    trainer = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 2})
+    trainer.fit(module := model())
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    probe = type("Probe", (CompatProbe, distribution.Callback), {})()
+    resumed = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 4}, callbacks=[probe])
+    resumed.fit(module, ckpt_path=tmp_path / "two.ckpt")
+    assert probe.seen["resume"] is True
+    assert resumed.global_step == 4
 
 
 @pytest.mark.parametrize("distribution", [lp, pl])

@@ -124,6 +124,45 @@ def test_the_rng_streams_come_back_as_they_were():
     assert np.array_equal(np.random.get_state()[1], before[2])
 
 
+@pytest.mark.parametrize("form", ["loader", "dict"])
+def test_the_generators_the_given_loaders_own_come_back_as_they_were(form):
+    """A ``fit`` after ``find_max_lr`` on a loader with its own generator sees the first batches it would without it.
+
+    Found trying the package as a new user: the fit inside ``find_max_lr`` draws a seed from the loader's generator
+    when it sets up its data, so the next ``fit`` shuffled differently (the callback's own range test was unaffected).
+    """
+
+    def loader(seed: int) -> DataLoader:
+        return DataLoader(make_dataset(128), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+    class Records(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch if form == "loader" else batch["a"]
+            self.seen.append(y)
+            return super().training_step((x, y), batch_idx)
+
+    def first_targets(data) -> torch.Tensor:
+        model = Records()
+        L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(model, data)  # fmt: skip
+        return torch.cat(model.seen)
+
+    def data():
+        return loader(0) if form == "loader" else {"a": loader(0), "b": loader(1)}
+
+    plain = first_targets(data())
+    searched = data()
+    generators = [searched.generator] if form == "loader" else [v.generator for v in searched.values()]
+    states = [g.get_state() for g in generators]
+    find_max_lr(Records(), searched, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert all(torch.equal(g.get_state(), state) for g, state in zip(generators, states, strict=True))
+    assert torch.equal(first_targets(searched), plain)
+
+
 def test_no_training_step_is_taken():
     """The range test's steps are the only ones: the fit loop runs no batch and the global step stays 0."""
     model = CountingClassifier()

@@ -537,6 +537,33 @@ def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
     assert max(steps.lrs[first["step"] + 1 :]) <= first["new_peak"] * (1 + 1e-9)
 
 
+class LazyTiny(TinyClassifier):
+    """``TinyClassifier`` whose first layer is a ``LazyLinear``: no weights until the first forward pass."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net[0] = nn.LazyLinear(32)
+
+
+def test_a_lazy_module_is_guarded_from_its_first_step_on(tmp_path):
+    """No weights to copy before the first forward: the first snapshot is taken after the first step.
+
+    A peak far too high is still rescued. Found trying the package as a new user: `max_lr=` with the guard on crashed
+    at fit start, copying an uninitialized parameter.
+    """
+    _, unguarded, _ = _fit(tmp_path / "off", SuperConvergence(max_lr=50.0, guard=False), model=LazyTiny, max_epochs=10)
+    callback = SuperConvergence(max_lr=50.0)
+    _, guarded, _ = _fit(tmp_path / "on", callback, model=LazyTiny, max_epochs=10)
+    assert not math.isfinite(_final_loss(unguarded)) or _final_loss(unguarded) > 1.3
+    assert callback.rescues
+    assert _final_loss(guarded) < 1.0
+    on_cb, off_cb = SuperConvergence(max_lr=0.5), SuperConvergence(max_lr=0.5, guard=False)
+    _, on, _ = _fit(tmp_path / "quiet-on", on_cb, model=LazyTiny)
+    _, off, _ = _fit(tmp_path / "quiet-off", off_cb, model=LazyTiny)
+    assert on_cb.rescues == []
+    assert all(torch.equal(a, b) for a, b in zip(on.parameters(), off.parameters(), strict=True))
+
+
 def test_under_gradient_accumulation_a_rescue_quotes_the_loss_as_training_step_returned_it(tmp_path):
     """Lightning hands the hooks the loss divided by ``accumulate_grad_batches``: the words quote the user's own loss.
 

@@ -122,3 +122,17 @@ def test_prodigy_trains_with_both_callbacks(tmp_path):
     trainer.fit(model)
     assert balancer.weight_decays is not None
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_adafactor_whose_step_is_bounded_by_1_over_sqrt_t_gets_a_warning_that_the_loss_never_rose(tmp_path):
+    """`torch.optim.Adafactor` steps by min(lr, 1/sqrt(step)): above that bound the LR changes nothing.
+
+    The sweep sees no rise, and the pick comes from the sweep's end; the user is told so. Found trying the package as a
+    new user: the pick was 1.7e4, silently.
+    """
+    model = WithOptimizer(lambda p: torch.optim.Adafactor(p, lr=1e-2))
+    sc = SuperConvergence(num_steps=30, trial_steps=0)
+    with pytest.warns(RuntimeWarning, match=r"never rose back above where it started.*`torch.optim.Adafactor`"):
+        Trainer(callbacks=[sc], **trainer_kwargs(tmp_path, limit_train_batches=4)).fit(model)
+    assert sc.result is not None
+    assert sc.max_lr > 1.0  # far above where Adafactor's own bound (1/sqrt(step) <= 1) lets the LR matter

@@ -210,3 +210,22 @@ def test_deepspeed_is_refused_naming_the_fix(tmp_path):
     message = strategy_problem(DeepSpeedStrategy.__new__(DeepSpeedStrategy), range_test=False)
     assert "does not support `DeepSpeedStrategy`" in message
     assert "OneCycleLR(optimizer, max_lr=" in message
+
+
+def test_a_lazy_module_without_weights_is_refused_with_what_to_do_and_works_after_one_forward(tmp_path):
+    """A range test snapshots the weights, which a lazy module creates only at its first forward pass."""
+
+    class Lazy(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net[0] = torch.nn.LazyLinear(32)
+
+    model = Lazy()
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=20, trial_steps=0)], **trainer_kwargs(tmp_path))
+    with pytest.raises(MisconfigurationException, match=r"net\.0 \(LazyLinear\) has no weights yet.*one forward pass"):
+        trainer.fit(model)
+    assert torch.nn.parameter.is_lazy(model.net[0].weight)
+    model.net(make_dataset(2).tensors[0])  # what the message says to do
+    callback = SuperConvergence(num_steps=20, trial_steps=0)
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path)).fit(model)
+    assert callback.result is not None

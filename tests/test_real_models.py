@@ -367,3 +367,47 @@ def test_boring_model_gets_a_real_pick_or_is_told_the_test_stopped_on_divergence
         text = outcome[1] if outcome[0] == "error" else " ".join(outcome[2])
         assert "diverged" in text, (seed, outcome)
         assert "`divergence_threshold`" in text or "`max_lr=`" in text, (seed, outcome)
+
+
+class EvaluatesAnAverageOfItsWeights(L.LightningModule):
+    """Evaluates (eval mode) through an exponential moving average of its weights, updated in its own batch hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.average = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).requires_grad_(False)
+        self.average.load_state_dict(self.net.state_dict())
+
+    def forward(self, x):
+        return self.net(x) if self.training else self.average(x)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        with torch.no_grad():
+            for mean, weight in zip(self.average.parameters(), self.net.parameters(), strict=True):
+                mean.lerp_(weight, 0.05)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.parameters(), lr=1e-3)
+
+
+def test_trials_that_score_weights_they_do_not_move_are_said_to_have_chosen_nothing():
+    """The average moves in a hook the trials do not call: every trial leaves the same held-out loss.
+
+    The warning says why. Found trying the package as a new user: it blamed the validation data or a killed network.
+    """
+    L.seed_everything(0, verbose=False)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    data = DataLoader(make_dataset(256), batch_size=32, shuffle=True)
+    val = DataLoader(make_dataset(64, seed=1), batch_size=32)
+    with pytest.warns(RuntimeWarning, match=r"every trial left the same held-out loss.*`on_train_batch_end`") as said:
+        L.Trainer(
+            callbacks=[callback], accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        ).fit(EvaluatesAnAverageOfItsWeights(), data, val)  # fmt: skip
+    assert not any("no trial's held-out loss fell" in str(w.message) for w in said)
+    scores = {trial["held_out_loss"] for trial in callback.result.trials}
+    assert len(callback.result.trials) >= 3
+    assert len(scores) == 1

@@ -198,7 +198,7 @@ def test_second_fit_on_a_finished_trainer_runs_no_range_test(tmp_path, caplog):
         trainer.fit(model)
     assert len(model.batch_indices) == calls
     assert callback.result is None
-    assert any("has already run its 4 training steps" in r.getMessage() for r in caplog.records)
+    assert any("has no training step left (4 run, epoch 2 of `max_epochs=2`" in r.getMessage() for r in caplog.records)
 
 
 def test_second_fit_with_more_epochs_plans_a_new_cycle_over_the_steps_left(tmp_path):
@@ -213,6 +213,34 @@ def test_second_fit_with_more_epochs_plans_a_new_cycle_over_the_steps_left(tmp_p
     assert callback.result != first  # measured again, on the trained model
     assert callback.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == 2
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+@pytest.mark.parametrize(("n", "steps"), [(384, 24), (128, 8)], ids=["longer-data", "shorter-data"])
+def test_second_fit_on_data_of_another_length_sizes_the_cycle_to_the_steps_it_runs(tmp_path, n, steps):
+    """After 2 epochs of 8 steps, 2 more epochs of data of another length: the cycle spans the steps that run.
+
+    Found trying the package as a new user: the steps left were read as the whole run at the new length minus the
+    steps taken (4 x 12 - 16 = 32 for 24 that ran, the LR left at a third of its peak; 4 x 4 - 16 = 0 for 8 that ran,
+    with a message that no step was left and the configured LR kept).
+    """
+    model, callback, lrs = Probe(n=256), SuperConvergence(max_lr=0.1), LRLog()
+    trainer = _fit(tmp_path, model, [callback, lrs], limit_train_batches=None)
+    assert trainer.global_step == 16
+    model.hparams.n = n
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(model)
+    assert trainer.global_step == 16 + steps
+    assert callback.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == steps
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9), max_lr=0.1, total_steps=steps
+    )
+    expected = []
+    for _ in range(steps):
+        expected.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step() if len(expected) < steps else None
+    assert lrs.lrs[16:] == pytest.approx(expected)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 / (25 * 1e4))
 
 
 def test_callback_reused_in_a_new_trainer_measures_again(tmp_path):
@@ -335,3 +363,15 @@ def test_a_gradient_accumulation_schedule_sizes_the_cycle_to_the_steps_it_takes(
     assert trainer.global_step == steps
     group = trainer.optimizers[0].param_groups[0]
     assert group["lr"] == pytest.approx(0.5 / 25 / 1e4)  # the cycle's final LR: max_lr / div_factor / final_div_factor
+
+
+def test_a_time_limit_beside_the_epoch_limit_is_said_to_possibly_end_the_cycle_early(tmp_path, recwarn):
+    """The cycle is sized in steps; `max_time` stops by the clock, mid-cycle, with the LR not annealed: said at start.
+
+    Found trying the package as a new user: a run stopped at step 897 of 8000, silently.
+    """
+    with pytest.warns(RuntimeWarning, match=r"`max_time` \(3600 s\) may stop this run before its cycle ends.*8 steps"):
+        _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1)], max_time={"hours": 1}, limit_train_batches=4)
+    recwarn.clear()
+    _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1)], limit_train_batches=4)
+    assert not [w for w in recwarn if "max_time" in str(w.message)]
