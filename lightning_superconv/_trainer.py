@@ -68,6 +68,23 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
     return int(total)
 
 
+def check_batches_to_run(trainer: _compat.Trainer, who: str) -> None:
+    r"""Refuse a run with no training batch at all, saying why (``limit_train_batches=0``, an empty loader).
+
+    Raises:
+        MisconfigurationException: if the train dataloader yields no batch, or the Trainer is told to run none.
+    """
+    if trainer.limit_train_batches == 0 or trainer.max_steps == 0:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} has no training batch to run: the Trainer is told to run none (`limit_train_batches="
+            f"{trainer.limit_train_batches}`, `max_steps={trainer.max_steps}`). Leave both at their defaults.",
+        )
+    _compat.setup_train_data(trainer)
+    if trainer.num_training_batches == 0:
+        raise _compat.misconfiguration(trainer, f"{who}: {_empty_loader_problem(trainer)}")
+
+
 def steps_this_fit(trainer: _compat.Trainer, who: str) -> int:
     r"""The optimizer steps this ``fit`` will run from where the Trainer stands (0: none left).
 

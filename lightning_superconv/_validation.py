@@ -94,13 +94,19 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ValueError(f"`{name}` must be {'one of ' if len(choices) > 2 else ''}{accepted}, got {value!r}")
 
 
-def check_bool(name: str, value: Any, allow_none: bool = False) -> None:
-    """Raise ``TypeError`` naming ``name`` unless ``value`` is True or False (or None when allowed)."""
+def check_bool(name: str, value: Any, allow_none: bool = False) -> Any:
+    """``value`` as a plain bool (or None when allowed), or a ``TypeError`` naming ``name``.
+
+    NumPy's booleans (``np.bool_``) count, as NumPy's numbers do for :func:`check_number`.
+    """
     if value is None and allow_none:
-        return
+        return None
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        value = value.item()
     if not isinstance(value, bool):
         accepted = "True, False or None" if allow_none else "True or False"
         raise TypeError(f"`{name}` must be {accepted}, got {value!r}")
+    return value
 
 
 def check_state_version(state_dict: dict[str, Any], who: str, known: int) -> None:

@@ -40,6 +40,7 @@ class _RangeTestProbe(_compat.Callback):
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
+        _trainer.check_batches_to_run(trainer, "find_max_lr")
         self.result = run_range_test(trainer, pl_module, optimizer, self.config)
         # the fit loop checks `should_stop` before its first step and returns without training
         trainer.should_stop = True
@@ -91,13 +92,13 @@ def find_max_lr(
             f"`find_max_lr` got unexpected argument(s) {unknown}; the range test takes {sorted(allowed)}, and the "
             "Trainer's arguments go into `trainer_kwargs`"
         )
-    if "lr_range" in range_test:
-        range_test["lr_range"] = tuple(range_test["lr_range"])
     probe = _RangeTestProbe(RangeTestConfig(**range_test))
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
     # the probe stops the fit before its first step; a minimum length would make Lightning train on regardless
     kwargs["min_epochs"] = kwargs["min_steps"] = None
-    kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
+    given = kwargs.get("callbacks") or []
+    # `Trainer(callbacks=...)` takes one callback or a list of them
+    kwargs["callbacks"] = [*(given if isinstance(given, (list, tuple)) else [given]), probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
     # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.

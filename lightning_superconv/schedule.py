@@ -91,7 +91,7 @@ class OneCycleConfig:
     def __post_init__(self) -> None:
         check_number("pct_start", self.pct_start, low=0.0, high=1.0)
         check_choice("anneal_strategy", self.anneal_strategy, ("cos", "linear"))
-        check_bool("cycle_momentum", self.cycle_momentum, allow_none=True)
+        object.__setattr__(self, "cycle_momentum", check_bool("cycle_momentum", self.cycle_momentum, allow_none=True))
         check_number("base_momentum", self.base_momentum, low=0.0, high=1.0, low_inclusive=True)
         check_number("max_momentum", self.max_momentum, low=0.0, high=1.0, low_inclusive=True)
         if self.max_momentum < self.base_momentum:
@@ -101,7 +101,7 @@ class OneCycleConfig:
             )
         check_number("div_factor", self.div_factor, low=1.0, low_inclusive=True)
         check_number("final_div_factor", self.final_div_factor, low=1.0, low_inclusive=True)
-        check_bool("three_phase", self.three_phase)
+        object.__setattr__(self, "three_phase", check_bool("three_phase", self.three_phase))
         # plain floats, so the config compares and prints the same whichever numbers it was given
         for name in ("pct_start", "base_momentum", "max_momentum", "div_factor", "final_div_factor"):
             object.__setattr__(self, name, float(getattr(self, name)))

@@ -145,8 +145,8 @@ class SuperConvergence(_compat.Callback):
         max_rescues: int = 3,
     ) -> None:
         check_number("max_lr", max_lr, low=0.0, allow_none=True)
-        check_bool("log_schedule", log_schedule)
-        check_bool("guard", guard)
+        log_schedule = check_bool("log_schedule", log_schedule)
+        guard = check_bool("guard", guard)
         check_integer("max_rescues", max_rescues, 0)
         self.range_test = RangeTestConfig(lr_range, num_steps, mode, divergence_threshold, smoothing, trial_steps)
         self.cycle = OneCycleConfig(

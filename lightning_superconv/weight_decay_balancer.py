@@ -121,7 +121,8 @@ class WeightDecayBalancer(_compat.Callback):
             group's configured ``weight_decay``.
         min_budget: the smallest decay budget ``K`` in ``"timescale"`` mode (> 0): 1 lets decay alone shrink the
             weights by at least ``1/e`` over the run.
-        min_gain: the smallest relative improvement of validation loss over the user's ``λ`` that the grid acts on.
+        min_gain: the smallest relative improvement of validation loss over the user's ``λ`` that the grid acts on
+            (``0 <= min_gain < 1``).
         log_weight_decay: log the weight decay every ``log_every_n_steps`` steps (``superconv/weight_decay``; with no
             ``SuperConvergence`` logging them, the LR and momentum too).
         rebalance_on_rescue: when the divergence guard of a ``SuperConvergence`` in the same Trainer rolls back and
@@ -171,8 +172,12 @@ class WeightDecayBalancer(_compat.Callback):
         rebalance_on_rescue: bool = False,
     ) -> None:
         check_choice("mode", mode, _MODES)
+        if hasattr(factors, "tolist") and getattr(factors, "ndim", None) == 1:
+            factors = factors.tolist()  # a NumPy array or a tensor, as for `bounds`
         if not isinstance(factors, (tuple, list)) or not factors:
-            raise TypeError(f"`factors` must be a non-empty tuple of numbers >= 0, got {factors!r}")
+            raise TypeError(
+                f"`factors` must be a non-empty tuple or list (or 1-D array) of numbers >= 0, got {factors!r}"
+            )
         for i, f in enumerate(factors):
             check_number(f"factors[{i}]", f, low=0.0, low_inclusive=True)
         check_number("cost", cost, low=0.0, high=1.0, high_inclusive=True)
@@ -182,9 +187,10 @@ class WeightDecayBalancer(_compat.Callback):
         check_number("reference_lr", reference_lr, low=0.0, allow_none=True)
         check_number("reference_weight_decay", reference_weight_decay, low=0.0, allow_none=True)
         check_number("min_budget", min_budget, low=0.0)
-        check_number("min_gain", min_gain, low=0.0, low_inclusive=True)
-        check_bool("log_weight_decay", log_weight_decay)
-        check_bool("rebalance_on_rescue", rebalance_on_rescue)
+        # a relative gain in loss, (user's - other) / user's, is below 1 for any loss >= 0
+        check_number("min_gain", min_gain, low=0.0, high=1.0, low_inclusive=True)
+        log_weight_decay = check_bool("log_weight_decay", log_weight_decay)
+        rebalance_on_rescue = check_bool("rebalance_on_rescue", rebalance_on_rescue)
 
         self.mode: Mode = mode
         self.factors = tuple(float(f) for f in factors)
@@ -273,11 +279,16 @@ class WeightDecayBalancer(_compat.Callback):
             self._apply(optimizer, self.weight_decays)
             self._watch_rescues(trainer)
             other = self._restored_mode != self.mode
+            when = (
+                f"when the guard's rescue at step {self.rebalances[-1]['step']} lowered the peak"
+                if self.rebalances
+                else "at the start"
+            )
             _compat.rank_zero_info(
                 trainer,
-                f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen at the start "
+                f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen {when} "
                 + (f"in `mode='{self._restored_mode}'` " if other else "")
-                + f"(user's {_fmt(self.reference_weight_decays or [])}); not balanced again"
+                + f"({self._whose} {_fmt(self.reference_weight_decays or [])}); not balanced again"
                 + (f" (`mode='{self.mode}'` applies to new runs)." if other else "."),
             )
             return
@@ -299,7 +310,11 @@ class WeightDecayBalancer(_compat.Callback):
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         if not decayed:
             self.weight_decays = list(self.reference_weight_decays)
-            self.reason = "no param group has weight decay, nothing to balance"
+            self.reason = "no param group has weight decay, nothing to balance" + (
+                " (`reference_weight_decay` sets the reference of the groups that decay; none does)"
+                if self.reference_weight_decay is not None
+                else ""
+            )
             _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
             return
         self._warn_adaptive(trainer, optimizer, decayed)
@@ -315,7 +330,7 @@ class WeightDecayBalancer(_compat.Callback):
         elif self.mode == "grid":
             chosen, reason = self._grid(trainer, pl_module, optimizer, traces, decayed)
         else:
-            chosen = list(self.reference_weight_decays)
+            chosen = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
             ratio = self._budget_ratio(traces, decayed[0])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
         self.weight_decays = chosen
@@ -324,7 +339,7 @@ class WeightDecayBalancer(_compat.Callback):
         _compat.rank_zero_info(
             trainer,
             f"WeightDecayBalancer: weight_decay={_fmt([chosen[i] for i in decayed])} "
-            f"(user's {_fmt([self.reference_weight_decays[i] for i in decayed])}): {self.reason}.",
+            f"({self._whose} {_fmt([self.reference_weight_decays[i] for i in decayed])}): {self.reason}.",
         )
         self._watch_rescues(trainer)
 
@@ -370,6 +385,11 @@ class WeightDecayBalancer(_compat.Callback):
             "mode": self.mode,
             **{name: getattr(self, name) for name in _RESTORED_FIELDS},
         }
+
+    @property
+    def _whose(self) -> str:
+        """Whose ``λ`` the balance starts from, in the messages: the user's, or the ``reference_weight_decay`` given."""
+        return "user's" if self.reference_weight_decay is None else "`reference_weight_decay`"
 
     # ------------------------------------------------------------------------------------------------ rescues
 

@@ -282,3 +282,30 @@ def test_unknown_argument_raises_type_error():
     """A misspelt range-test argument fails before anything runs, naming it and what is accepted."""
     with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['num_step'\].*trainer_kwargs"):
         find_max_lr(TinyClassifier(), num_step=10)
+
+
+def test_a_loader_without_batches_or_a_run_told_to_run_none_gets_the_callback_s_message():
+    """The callback's messages, where an empty loader was blamed on data read only once.
+
+    Found trying the package as a new user; `limit_train_batches=0` crashed inside Lightning.
+    """
+    empty = DataLoader(make_dataset(20), batch_size=32, drop_last=True)
+    with pytest.raises(MisconfigurationException, match=r"yields no batches \(20 samples, `batch_size=32` with `drop_"):
+        find_max_lr(TinyClassifier(), empty, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    with pytest.raises(MisconfigurationException, match=r"no training batch to run.*`limit_train_batches=0`"):
+        find_max_lr(TinyClassifier(), trainer_kwargs={"limit_train_batches": 0}, num_steps=20, trial_steps=0)
+
+
+def test_lr_range_and_trainer_callbacks_are_taken_as_the_callback_and_the_trainer_take_them():
+    """`lr_range` as a tensor pair, a bad one with the callback's message; one callback in `trainer_kwargs`."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    result = find_max_lr(TinyClassifier(), lr_range=torch.tensor(LR_RANGE), num_steps=20, trial_steps=0)
+    assert result.lrs[0] == pytest.approx(LR_RANGE[0])
+    with pytest.raises(TypeError, match=r"`lr_range` must be a pair \(start, end\) of positive floats.*got 0.1"):
+        find_max_lr(TinyClassifier(), lr_range=0.1)
+    found = find_max_lr(
+        TinyClassifier(), trainer_kwargs={"callbacks": LearningRateMonitor()}, lr_range=LR_RANGE, num_steps=20,
+        trial_steps=0,
+    )  # fmt: skip
+    assert found.max_lr > 0

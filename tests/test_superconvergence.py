@@ -1037,6 +1037,11 @@ def test_numpy_numbers_are_numbers():
     assert type(callback.range_test.lr_range[1]) is float
     with pytest.raises(ValueError, match=r"`num_steps` must be an integer >= 10 .*, got np.int64\(5\)"):
         SuperConvergence(num_steps=np.int64(5))
+    # NumPy's booleans too, kept as plain bools (found trying the package as a new user: refused)
+    flags = SuperConvergence(guard=np.bool_(False), cycle_momentum=np.bool_(True), three_phase=np.bool_(False))
+    assert flags.guard is False
+    assert flags.cycle.cycle_momentum is True
+    assert flags.cycle.three_phase is False
 
 
 class ValidationOfAnotherTask(TinyClassifier):

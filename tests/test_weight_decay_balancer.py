@@ -155,6 +155,16 @@ def test_numpy_numbers_are_numbers():
     assert type(balancer.reference_lr) is float
     assert type(balancer.cost) is float
     assert balancer.reference_lr == pytest.approx(0.1)
+    # arrays of factors as of bounds, NumPy's booleans (found trying the package as a new user: both refused)
+    assert WeightDecayBalancer(factors=np.logspace(-1, 1, 3)).factors == pytest.approx((0.1, 1.0, 10.0))
+    assert WeightDecayBalancer(factors=torch.tensor([0.5, 2.0])).factors == pytest.approx((0.5, 2.0))
+    assert WeightDecayBalancer(rebalance_on_rescue=np.bool_(True)).rebalance_on_rescue is True
+
+
+def test_a_minimum_gain_no_loss_can_reach_is_refused():
+    """A relative gain (user's loss - another's) / user's is below 1: `min_gain >= 1` would never adopt a λ."""
+    with pytest.raises(ValueError, match=r"`min_gain` must be in \[0.0, 1.0\), got 5.0"):
+        WeightDecayBalancer(min_gain=5.0)
 
 
 def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
@@ -263,10 +273,17 @@ def test_timescale_on_a_stream_without_a_length_still_raises_a_budget_below_one(
     assert balancer.weight_decays[0] == pytest.approx(1.0 / total)
 
 
-def test_keep_mode_leaves_weight_decay_as_configured(tmp_path):
+@pytest.mark.parametrize("reference", [None, 0.1])
+def test_keep_mode_leaves_weight_decay_as_configured(tmp_path, reference):
+    """Also with a `reference_weight_decay`, which only sets the recipe its budget is compared with.
+
+    Found trying the package as a new user: `keep` trained at the reference's 0.1 and said "kept as configured".
+    """
     recorder = Recorder()
-    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), WeightDecayBalancer(mode="keep"), recorder])
+    balancer = WeightDecayBalancer(mode="keep", reference_weight_decay=reference)
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer, recorder])
     assert {s[0][2] for s in recorder.steps} == {5e-4}
+    assert balancer.weight_decays == [5e-4]
 
 
 def test_groups_without_weight_decay_are_left_alone(tmp_path):
@@ -287,6 +304,13 @@ def test_no_decay_at_all_is_reported_and_untouched(tmp_path, caplog):
         _fit(tmp_path, TinyClassifier(weight_decay=0.0), [SuperConvergence(max_lr=0.5), balancer])
     assert balancer.weight_decays == [0.0]
     assert "no param group has weight decay" in caplog.text
+    assert "reference_weight_decay" not in caplog.text
+    caplog.clear()
+    given = WeightDecayBalancer(reference_weight_decay=1e-3)
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, TinyClassifier(weight_decay=0.0), [SuperConvergence(max_lr=0.5), given])
+    assert given.weight_decays == [0.0]
+    assert "`reference_weight_decay` sets the reference of the groups that decay; none does" in caplog.text
 
 
 def test_fit_start_reports_the_choice_and_why_in_one_line(tmp_path, caplog):
@@ -668,7 +692,7 @@ def test_grid_and_keep_modes_keep_their_lambda_after_a_rescue(tmp_path):
         assert {s[0][2] for s in recorder.steps} == set(balancer.weight_decays)
 
 
-def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does_not_rebalance_again(tmp_path):
+def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does_not_rebalance_again(tmp_path, caplog):
     """The rebalanced λ and the record of it come back; the rescues of the resumed run were balanced for already."""
     from test_guard import Deterministic
 
@@ -693,7 +717,10 @@ def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does
         **trainer_kwargs(tmp_path / "b", max_epochs=6, callbacks=[SuperConvergence(max_lr=5.0), resumed, recorder])
     )
     L.seed_everything(0, verbose=False)
-    trainer.fit(Deterministic(n=512), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(Deterministic(n=512), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    step = whole.rebalances[-1]["step"]
+    assert f"chosen when the guard's rescue at step {step} lowered the peak" in caplog.text  # not "at the start"
     assert resumed.rebalances == whole.rebalances
     assert resumed.weight_decays == whole.weight_decays
     assert recorder.steps == whole_recorder.steps[stop * RESCUE_STEPS_PER_EPOCH :]
