@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.zoo.methods import METHODS, OUR_METHODS, code_fingerprint, run
+from benchmarks.zoo.methods import CANDIDATES, METHODS, OUR_METHODS, code_fingerprint, run
 from benchmarks.zoo.tasks import HELD_OUT, TASKS, THIRD_HELD_OUT, TUNING, Task
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "zoo"
@@ -123,7 +123,7 @@ def row(task: Task, cache: dict[str, Any], seeds: tuple[int, ...], fingerprint: 
     best_lr, oracle_scores = best
     out: dict[str, Any] = {"task": task, "oracle_lr": best_lr, "oracle": oracle_scores}
     out["edge"] = best_lr in (task.grid[0], task.grid[-1])
-    for method in ("user", "lightning", "prodigy", "schedulefree", "ours", "sweep_only"):
+    for method in ("user", "lightning", "prodigy", "schedulefree", "ours", "sweep_only", *CANDIDATES):
         runs = [cache.get(keys(task, method, seed, fingerprint)[0][0]) for seed in seeds]
         if any(r is None for r in runs):
             out[method] = None
@@ -239,11 +239,34 @@ def print_trials(rows: list[dict[str, Any]]) -> None:
     print(f"  trials minus sweep alone: mean {statistics.fmean(diffs):+.2f}, ahead on {sum(d > 0 for d in diffs)}")
 
 
+def print_candidates(rows: list[dict[str, Any]]) -> None:
+    """A candidate rule against ``SuperConvergence()`` as it is, where both ran (``--methods long_trials``)."""
+    for method in CANDIDATES:
+        pairs = [r for r in rows if r["ours"] is not None and r.get(method) is not None]
+        if not pairs:
+            continue
+        print(f"\nCandidate `{method}` against SuperConvergence() as it is; test score (gap to the oracle)")
+        print("| task | ours: max_lr (span) | ours | candidate: max_lr (span) | candidate | candidate minus ours |")
+        print("|---|---|---|---|---|---|")
+        diffs = []
+        for r in pairs:
+            mine, lrs = [lr for lr in r["ours_lr"] if lr], [lr for lr in r[method + "_lr"] if lr]
+            diffs.append(statistics.fmean(r[method]) - statistics.fmean(r["ours"]))
+            oracle = statistics.fmean(r["oracle"])
+            print(
+                f"| {r['task'].name} | {statistics.geometric_mean(mine):.3g} ({max(mine) / min(mine):.1f}x) "
+                f"| {_fmt(r['ours'])} ({statistics.fmean(r['ours']) - oracle:+.2f}) | "
+                f"{statistics.geometric_mean(lrs):.3g} ({max(lrs) / min(lrs):.1f}x) | {_fmt(r[method])} "
+                f"({statistics.fmean(r[method]) - oracle:+.2f}) | {diffs[-1]:+.2f} |"
+            )
+        print(f"  {method} minus ours: mean {statistics.fmean(diffs):+.2f}, ahead on {sum(d > 0 for d in diffs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--half", choices=["tuning", "held-out", "third", "all"], default="all")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=[*METHODS, *CANDIDATES])
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     parser.add_argument("--table-only", action="store_true", help="print from the cache, run nothing")
     parser.add_argument("--threads", type=int, default=2)
@@ -256,6 +279,8 @@ def main() -> None:
     halves = {"tuning": TUNING, "held-out": HELD_OUT, "third": THIRD_HELD_OUT, "all": everything}
     names = [n for n in halves[args.half] if n in args.tasks]
     seeds = tuple(args.seeds)
+    if set(args.methods) & set(CANDIDATES) and set(names) & set(THIRD_HELD_OUT):
+        parser.error(f"{', '.join(CANDIDATES)} runs on the 21 tasks a rule may be tuned on, never on --half third")
     fingerprint = code_fingerprint()
     caches = {}
     for name in names:
@@ -271,6 +296,8 @@ def main() -> None:
         print_targets(rows)
         print_summary(rows)
         print_trials(rows)
+        if members is not THIRD_HELD_OUT:
+            print_candidates(rows)
 
 
 if __name__ == "__main__":
