@@ -85,31 +85,22 @@ def check_batches_to_run(trainer: _compat.Trainer, who: str) -> None:
         raise _compat.misconfiguration(trainer, f"{who}: {_empty_loader_problem(trainer)}")
 
 
-def steps_this_fit(trainer: _compat.Trainer, who: str) -> int:
+def steps_this_fit(trainer: _compat.Trainer, total: int) -> int:
     r"""The optimizer steps this ``fit`` will run from where the Trainer stands (0: none left).
 
-    On a new Trainer, the run's (:func:`total_steps`). A second ``fit`` on the same Trainer continues from the epoch
-    the first reached, over the data it is given now, whose length may differ: Lightning runs the epochs left
-    (``max_epochs`` minus ``current_epoch``; a fit that ``max_steps`` stopped mid-epoch counts that epoch as done) at
-    the new length, within ``max_steps``. Sizing it as the whole run at the new length minus the steps taken would
-    stretch a cycle over steps that never run, or see no step left where there are some.
-
-    Raises:
-        MisconfigurationException: as :func:`total_steps`.
+    ``total``: the run's steps (:func:`total_steps`), which a new Trainer runs. A second ``fit`` on the same Trainer
+    continues from the epoch the first reached, over the data it is given now, whose length may differ: Lightning runs
+    the epochs left (``max_epochs`` minus ``current_epoch``; a fit that ``max_steps`` stopped mid-epoch counts that
+    epoch as done) at the new length, within ``max_steps``. Sizing it as the whole run at the new length minus the
+    steps taken would stretch a cycle over steps that never run, or see no step left where there are some.
     """
-    total = total_steps(trainer, who)
     done = int(trainer.global_step)
     if done == 0 or total == 0:
         return total
     epochs, batches = trainer.max_epochs, trainer.num_training_batches
     if epochs is None or epochs < 0 or not math.isfinite(batches):
         return max(total - done, 0)  # `max_steps` bounds the run
-    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
-
-    def accumulation(epoch: int) -> int:
-        return schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
-
-    left = sum(math.ceil(batches / max(int(accumulation(e)), 1)) for e in range(trainer.current_epoch, epochs))
+    left = _steps_in_epochs(trainer, range(trainer.current_epoch, epochs))
     if trainer.max_steps != -1:
         left = min(left, trainer.max_steps - done)
     return max(left, 0)
@@ -127,11 +118,21 @@ def estimated_steps(trainer: _compat.Trainer) -> float:
     batches, epochs = trainer.num_training_batches, trainer.max_epochs
     if not math.isfinite(total) or not math.isfinite(batches) or epochs is None or epochs < 0:
         return total
-    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
-    if schedule is None:
+    if _compat.callback_of(trainer, "GradientAccumulationScheduler") is None:
         return total
-    steps = sum(math.ceil(batches / schedule.get_accumulate_grad_batches(epoch)) for epoch in range(max(epochs, 1)))
+    steps = _steps_in_epochs(trainer, range(max(epochs, 1)))
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
+def _steps_in_epochs(trainer: _compat.Trainer, epochs: range) -> int:
+    """Optimizer steps in these epochs: ``ceil(batches / accumulation)`` each, at each epoch's own accumulation."""
+    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
+    batches = trainer.num_training_batches
+
+    def accumulation(epoch: int) -> int:
+        return schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
+
+    return sum(math.ceil(batches / max(int(accumulation(epoch)), 1)) for epoch in epochs)
 
 
 def accumulates(trainer: _compat.Trainer) -> bool:

@@ -9,7 +9,6 @@ own, and no training step is taken.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -105,7 +104,7 @@ def find_max_lr(
     # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
     # it sets up its data, whose range test then restores them to that later state
-    generators = [(g, g.get_state()) for g in dataloader_generators(_loaders_in(train_dataloaders))]
+    generators = [(g, g.get_state()) for g in dataloader_generators(_loaders_in(model, train_dataloaders))]
     error: BaseException | None = None
     with _compat.isolate_rng(trainer):
         try:
@@ -122,15 +121,10 @@ def find_max_lr(
     return probe.result
 
 
-def _loaders_in(data: Any) -> list[Any]:
-    """The loaders in what ``fit`` takes as its train data: one, a list, tuple or dict of them, or a CombinedLoader."""
+def _loaders_in(model: Any, data: Any) -> list[Any]:
+    """The loaders in what ``fit`` takes as its train data (one, a collection of them, a CombinedLoader), flattened."""
     if data is None:
         return []
-    flattened = getattr(data, "flattened", None)  # Lightning's CombinedLoader
-    if isinstance(flattened, list):
-        return flattened
-    if isinstance(data, Mapping):
-        return [loader for value in data.values() for loader in _loaders_in(value)]
-    if isinstance(data, (list, tuple)):
-        return [loader for value in data for loader in _loaders_in(value)]
-    return [data]
+    if not hasattr(data, "flattened"):
+        data = _compat.module(model, "utilities.combined_loader").CombinedLoader(data)
+    return list(data.flattened)

@@ -29,6 +29,11 @@ def configured_lrs(optimizer: Optimizer) -> list[float]:
     return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
 
 
+def configured_weight_decays(optimizer: Optimizer) -> list[float]:
+    """The weight decay each param group holds now (0 where it has none)."""
+    return [float(group.get("weight_decay", 0.0)) for group in optimizer.param_groups]
+
+
 def group_ratios(optimizer: Optimizer) -> list[float]:
     r"""Each param group's configured LR relative to the first group's, so a sweep or cycle keeps the user's ratios.
 

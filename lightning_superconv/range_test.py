@@ -192,9 +192,10 @@ def run_range_test(
             "widen `lr_range`, or pass `max_lr=`. The model and optimizer were restored.",
         )
     rise = rise_index(smoothed, fell.start_level)
+    rose = smoothed[rise] > fell.start_level
     reading = (
         f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
-        if smoothed[rise] > fell.start_level
+        if rose
         else f"the sweep ended at lr {swept[rise]:.3g} ({record.stop_reason}) before the loss was back above its start"
     )
     trials: list[dict[str, float]] = []
@@ -256,7 +257,7 @@ def run_range_test(
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
         confirmed = False
-    if smoothed[rise] <= fell.start_level:
+    if not rose:
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "

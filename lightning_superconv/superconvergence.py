@@ -215,8 +215,8 @@ class SuperConvergence(_compat.Callback):
             # a checkpoint restored inside another callback's `on_fit_start` (BatchSizeFinder's own, written when this
             # fit started): all of it is loaded already, this is still a new fit
             self._new_fit()
-        steps = _trainer.steps_this_fit(trainer, "SuperConvergence")
-        if _trainer.total_steps(trainer, "SuperConvergence") == 0:
+        total_steps = _trainer.total_steps(trainer, "SuperConvergence")
+        if total_steps == 0:
             # Lightning runs such a fit without a training step; a range test would train where the user asked not to
             _compat.rank_zero_info(
                 trainer,
@@ -225,6 +225,7 @@ class SuperConvergence(_compat.Callback):
             )
             return
         start_step = int(trainer.global_step)
+        steps = _trainer.steps_this_fit(trainer, total_steps)
         if steps == 0:
             _compat.rank_zero_info(
                 trainer,

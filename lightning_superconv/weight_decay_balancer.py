@@ -17,7 +17,7 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
-from lightning_superconv.param_groups import step_size_kind
+from lightning_superconv.param_groups import configured_weight_decays, step_size_kind
 from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
@@ -257,7 +257,7 @@ class WeightDecayBalancer(_compat.Callback):
         total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(optimizer, specs, total, _trainer.steps_per_epoch(trainer))
-        configured = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+        configured = configured_weight_decays(optimizer)
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
         lrs = _reference_lrs(optimizer, self.reference_lr)
         self.reference_budgets = []
@@ -293,7 +293,7 @@ class WeightDecayBalancer(_compat.Callback):
             )
             return
         if step_size_kind(optimizer) == "schedule-free":
-            self.weight_decays = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+            self.weight_decays = configured_weight_decays(optimizer)
             self.reference_weight_decays = list(self.weight_decays)
             self.reason = (
                 f"kept: `{type(optimizer).__name__}` is a Schedule-Free optimizer, whose weight decay acts on an "
@@ -305,7 +305,7 @@ class WeightDecayBalancer(_compat.Callback):
             return
         if self.reference_weight_decays is None or self.reference_budgets is None:
             # a resume from a checkpoint written before the balancer was added: nothing to compare against
-            self.reference_weight_decays = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+            self.reference_weight_decays = configured_weight_decays(optimizer)
             self.reference_budgets = [math.nan] * len(optimizer.param_groups)
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         if not decayed:
@@ -318,7 +318,7 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
             return
         self._warn_adaptive(trainer, optimizer, decayed)
-        remaining = max(_trainer.steps_this_fit(trainer, "WeightDecayBalancer"), 1)
+        remaining = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
         self.planned_steps = remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer)
@@ -330,7 +330,7 @@ class WeightDecayBalancer(_compat.Callback):
         elif self.mode == "grid":
             chosen, reason = self._grid(trainer, pl_module, optimizer, traces, decayed)
         else:
-            chosen = [float(g.get("weight_decay", 0.0)) for g in optimizer.param_groups]
+            chosen = configured_weight_decays(optimizer)
             ratio = self._budget_ratio(traces, decayed[0])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
         self.weight_decays = chosen
