@@ -49,11 +49,11 @@ def check_number(
         raise ValueError(f"`{name}` must be in {interval}, got {value}")
 
 
-def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: str = "") -> None:
+def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: str = "", none_means: str = "") -> None:
     r"""Raise ``TypeError`` (not an integer) or ``ValueError`` (below ``low``) naming ``name``.
 
     An integer is Python's or NumPy's, never a bool or a float (``50.0`` is a ``TypeError``, as in ``range(50.0)``);
-    0 is accepted too where ``zero_means`` says what it means.
+    0 is accepted too where ``zero_means`` says what it means, and None where ``none_means`` does.
 
     Example::
 
@@ -66,11 +66,18 @@ def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: st
         Traceback (most recent call last):
         ...
         TypeError: `trial_steps` must be an integer >= 50, got '100'
+        >>> check_integer("trial_steps", 1.5, low=50, zero_means="no trials", none_means="sized to the run")
+        Traceback (most recent call last):
+        ...
+        TypeError: `trial_steps` must be None (sized to the run), 0 (no trials) or an integer >= 50, got 1.5
     """
+    if value is None and none_means:
+        return
     integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if integer and (value >= low or (zero_means and value == 0)):
         return
-    zero = f"0 ({zero_means}) or " if zero_means else ""
+    others = [f"{what} ({means})" for what, means in (("None", none_means), ("0", zero_means)) if means]
+    zero = ", ".join(others) + " or " if others else ""
     reason = f" ({why})" if why else ""
     raise (ValueError if integer else TypeError)(f"`{name}` must be {zero}an integer >= {low}{reason}, got {value!r}")
 

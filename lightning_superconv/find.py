@@ -9,6 +9,7 @@ own, and no training step is taken.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import lightning as L
@@ -40,7 +41,10 @@ class _RangeTestProbe(_compat.Callback):
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
         _trainer.check_batches_to_run(trainer, "find_max_lr")
-        self.result = run_range_test(trainer, pl_module, optimizer, self.config)
+        # the run this Trainer describes (`trainer_kwargs`' `max_epochs`, `max_steps`) sizes the trials
+        run = _trainer.estimated_steps(trainer)
+        run_steps = int(run) if math.isfinite(run) and run > 0 else None
+        self.result = run_range_test(trainer, pl_module, optimizer, self.config, run_steps=run_steps)
         # the fit loop checks `should_stop` before its first step and returns without training
         trainer.should_stop = True
 
@@ -66,7 +70,9 @@ def find_max_lr(
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
             unless given here; ``min_epochs`` and ``min_steps`` are ignored (no training step is taken).
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
-            ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``.
+            ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``. By default
+            (``trial_steps=None``) the trials last a third of the run ``trainer_kwargs`` describes, from 100 to 300
+            steps: pass the ``max_epochs`` (or ``max_steps``) of the run the peak is for (one epoch otherwise).
 
     Raises:
         TypeError: if ``range_test`` holds an argument that is not a range-test argument.

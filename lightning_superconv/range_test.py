@@ -21,7 +21,16 @@ from lightning_superconv._validation import check_choice, check_integer, check_n
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
-from lightning_superconv.peak import all_equal, choose, next_peak, rise_index, start_level, trial_traces, usable
+from lightning_superconv.peak import (
+    all_equal,
+    choose,
+    next_peak,
+    rise_index,
+    start_level,
+    trial_length,
+    trial_traces,
+    usable,
+)
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.schedule import OneCycleConfig
@@ -47,9 +56,11 @@ class RangeTestConfig:
         mode: ``"exponential"`` or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the sweep stops once the smoothed loss exceeds this many times its best (> 1).
         smoothing: EMA factor in [0, 1) of the online divergence check.
-        trial_steps: steps of each trial cycle at a candidate peak (0: no trials, the pick is a quarter of the LR
-            where the loss rose back), at least 50: shorter cycles did not separate the candidates (measured on the
-            pick zoo's tuning half, 50 steps chose a peak that collapsed a run that 100 steps avoided).
+        trial_steps: steps of each trial cycle at a candidate peak; ``None`` (the default): a third of the run the
+            peak is for, from 100 to 300 steps (:func:`~lightning_superconv.peak.trial_length`); 0: no trials, the
+            pick is a quarter of the LR where the loss rose back; else at least 50: shorter cycles did not separate
+            the candidates (measured on the pick zoo's tuning half, 50 steps chose a peak that collapsed a run that
+            100 steps avoided).
 
     Raises:
         ValueError: if a value is out of range.
@@ -61,7 +72,7 @@ class RangeTestConfig:
     mode: SweepMode = "exponential"
     divergence_threshold: float = 4.0
     smoothing: float = 0.9
-    trial_steps: int = 100
+    trial_steps: int | None = None
 
     def __post_init__(self) -> None:
         start, end = check_pair("lr_range", self.lr_range, "(start, end) of positive floats")
@@ -78,12 +89,19 @@ class RangeTestConfig:
         check_choice("mode", self.mode, ("exponential", "linear"))
         check_number("divergence_threshold", self.divergence_threshold, low=1.0)
         check_number("smoothing", self.smoothing, low=0.0, high=1.0, low_inclusive=True)
-        check_integer("trial_steps", self.trial_steps, MIN_TRIAL_STEPS, zero_means="no trials")
+        check_integer(
+            "trial_steps", self.trial_steps, MIN_TRIAL_STEPS, zero_means="no trials", none_means="sized to the run"
+        )
         object.__setattr__(self, "lr_range", (float(start), float(end)))
         object.__setattr__(self, "divergence_threshold", float(self.divergence_threshold))
         object.__setattr__(self, "smoothing", float(self.smoothing))
         object.__setattr__(self, "num_steps", int(self.num_steps))  # a NumPy integer too: plain, for checkpoints
-        object.__setattr__(self, "trial_steps", int(self.trial_steps))
+        if self.trial_steps is not None:
+            object.__setattr__(self, "trial_steps", int(self.trial_steps))
+
+    def trial_length(self, run_steps: int | None) -> int:
+        """Steps of each trial cycle for a run of ``run_steps`` (0: no trials): as given, else sized to the run."""
+        return trial_length(run_steps) if self.trial_steps is None else self.trial_steps
 
     def lrs(self, extended: bool = False) -> list[float]:
         """The swept LRs, one per step; ``extended``: followed by ``num_steps // 2`` more at the same pace."""
@@ -105,6 +123,7 @@ def run_range_test(
     optimizer: Any,
     config: RangeTestConfig | None = None,
     cycle: OneCycleConfig | None = None,
+    run_steps: int | None = None,
 ) -> RangeTestResult:
     r"""Run the LR range test on the trainer's model, data and optimizer, try the candidate peaks, restore everything.
 
@@ -114,7 +133,8 @@ def run_range_test(
     2. The reading: the LR where the smoothed loss, after its lowest point, is back above its starting level
        (:func:`~lightning_superconv.peak.rise_index`), Smith's "where the loss starts to rise" made robust to a
        noisy floor. The candidate peaks are a half, a quarter and an eighth of it.
-    3. The trials: from the same snapshot, a one-cycle of ``trial_steps`` steps (the cycle's own shape, compressed) at
+    3. The trials: from the same snapshot, a one-cycle of ``trial_steps`` steps (by default a third of ``run_steps``,
+       from 100 to 300: :func:`~lightning_superconv.peak.trial_length`; the cycle's own shape, compressed) at
        each candidate, scored by the held-out loss (the validation data, else training batches the trials never
        train on); the lowest wins (:func:`~lightning_superconv.peak.choose`). With ``trial_steps=0``, the quarter.
 
@@ -127,6 +147,8 @@ def run_range_test(
         optimizer: the optimizer to sweep (its param groups keep their LR ratios).
         config: the sweep and the trials (:class:`RangeTestConfig`).
         cycle: the shape of the cycle the trials run (default: torch's).
+        run_steps: the optimizer steps of the run the peak is for, which sizes the trials when ``config.trial_steps``
+            is None (unknown: 100-step trials).
 
     Raises:
         MisconfigurationException: (of the trainer's distribution) if no curve can be read: the loss is NaN/inf or
@@ -199,7 +221,8 @@ def run_range_test(
         else f"the sweep ended at lr {swept[rise]:.3g} ({record.stop_reason}) before the loss was back above its start"
     )
     trials: list[dict[str, float]] = []
-    if config.trial_steps:
+    trial_steps = config.trial_length(run_steps)
+    if trial_steps:
         peaks: list[float] = []
         # the param groups as configured (the trials move the real ones), to build each trial's cycle from
         configured, _ = detached_copy(optimizer)
@@ -209,7 +232,7 @@ def run_range_test(
             if peak is None:
                 return None
             peaks.append(peak)
-            return Branch(trial_traces(configured, peak, config.trial_steps, cycle), label=peak)
+            return Branch(trial_traces(configured, peak, trial_steps, cycle), label=peak)
 
         try:
             scores, _ = run_branches(trainer, pl_module, optimizer, plan, HeldOutBatches.validation(trainer))
@@ -225,7 +248,7 @@ def run_range_test(
             scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         try:
-            verdict = choose(peaks, scores, config.trial_steps, fell.start_level)
+            verdict = choose(peaks, scores, trial_steps, fell.start_level)
         except ValueError as err:
             raise _compat.misconfiguration(
                 trainer,

@@ -45,9 +45,10 @@ class SuperConvergence(_compat.Callback):
     lowest point, rises back above where it started (Smith's "where the loss starts to rise"), *not* at the
     steepest slope: that point suits a constant LR and is typically orders of magnitude too small for a one-cycle
     peak. A half, a quarter and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
-    steps from the same snapshot, and the one that leaves the lowest held-out loss (validation data, else training
-    batches the trials never see) is the peak; when the best lies at the edge, the search goes one rung further (see
-    :func:`~lightning_superconv.range_test.run_range_test` and :mod:`lightning_superconv.peak`).
+    steps (a third of the run, from 100 to 300) from the same snapshot, and the one that leaves the lowest held-out
+    loss (validation data, else training batches the trials never see) is the peak; when the best lies at the edge, the
+    search goes one rung further (see :func:`~lightning_superconv.range_test.run_range_test` and
+    :mod:`lightning_superconv.peak`).
 
     Everything is then put back exactly as it was (parameters, buffers, optimizer state, gradient scaler, RNG streams,
     dataloader generators, torchmetrics states, tensors a module keeps outside its parameters; nothing is written to
@@ -84,7 +85,9 @@ class SuperConvergence(_compat.Callback):
         smoothing: EMA factor in [0, 1) of the online divergence check (the reading uses a centered running median
             whose half width is 3 % of the sweep, 7 steps of 100, without lag, see
             :func:`~lightning_superconv.curve.running_median`).
-        trial_steps: steps of the short trial cycle run at each candidate peak (0: no trials; else >= 50).
+        trial_steps: steps of the short trial cycle run at each candidate peak. ``None`` (default): a third of the
+            run, from 100 to 300 steps (:func:`~lightning_superconv.peak.trial_length`: a cycle compressed much more
+            than that favoured peaks far below the best of long runs); 0: no trials; else >= 50.
         pct_start: fraction of the run spent raising the LR, in (0, 1).
         anneal_strategy: ``"cos"`` or ``"linear"``.
         cycle_momentum: cycle momentum (``beta1``) inversely to the LR. ``None`` (default) cycles whenever the
@@ -131,7 +134,7 @@ class SuperConvergence(_compat.Callback):
         mode: SweepMode = "exponential",
         divergence_threshold: float = 4.0,
         smoothing: float = 0.9,
-        trial_steps: int = 100,
+        trial_steps: int | None = None,
         pct_start: float = 0.3,
         anneal_strategy: Literal["cos", "linear"] = "cos",
         cycle_momentum: bool | None = None,
@@ -246,7 +249,7 @@ class SuperConvergence(_compat.Callback):
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None:
-            self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle)
+            self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle, run_steps=steps)
             self.max_lr = self.result.max_lr
             _compat.rank_zero_info(
                 trainer,

@@ -62,6 +62,14 @@ def test_returns_a_range_test_result_with_a_pick_inside_the_sweep():
     assert result.pick_reason
 
 
+@pytest.mark.parametrize(("epochs", "steps"), [(None, 100), (45, 120)], ids=["one-epoch", "45-epochs"])
+def test_trials_last_a_third_of_the_run_the_trainer_kwargs_describe(epochs, steps):
+    """One epoch by default (8 steps: 100-step trials); `max_epochs=45` of 8 steps: 360, so trials of 120."""
+    kwargs = {"accelerator": "cpu"} if epochs is None else {"accelerator": "cpu", "max_epochs": epochs}
+    result = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=30, trainer_kwargs=kwargs)
+    assert f"of one-cycles of {steps} steps" in result.pick_reason
+
+
 def test_pick_matches_the_callbacks_range_test():
     """The standalone test is the callback's range test: same model, data and seed give the same curve and pick."""
     L.seed_everything(0, verbose=False)

@@ -16,14 +16,17 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_superconv.curve import lr_sweep, median_half_width, running_median
 from lightning_superconv.peak import (
+    FEWEST_TRIAL_STEPS,
     HIGHEST,
     MAX_TRIALS,
+    MOST_TRIAL_STEPS,
     candidates,
     choose,
     learned,
     next_peak,
     rise_index,
     start_level,
+    trial_length,
     trial_traces,
     usable,
 )
@@ -151,6 +154,16 @@ def test_search_descends_while_no_trial_has_learned():
     assert next_peak(0.8, [*tried, 0.05, 0.025], [math.inf] * 5) is None  # at MAX_TRIALS
     # once one learned, the usual rules: the lowest won, so one rung lower still
     assert next_peak(0.8, [*tried, 0.05], [math.inf] * 3 + [0.4]) == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(
+    ("run", "steps"),
+    [(None, 100), (1, 100), (299, 100), (300, 100), (303, 101), (855, 285), (899, 299), (900, 300), (10**6, 300)],
+)
+def test_trial_length_is_a_third_of_the_run_from_100_to_300_steps(run, steps):
+    """A third of the run (rounded down), never under 100 steps (nor when the run's length is unknown), nor over 300."""
+    assert trial_length(run) == steps
+    assert FEWEST_TRIAL_STEPS <= trial_length(run) <= MOST_TRIAL_STEPS
 
 
 def test_trial_cycle_is_torchs_one_cycle_over_the_trial_steps():

@@ -744,6 +744,7 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
         ({"num_steps": 2.5}, "`num_steps`", "2.5"),
         ({"trial_steps": 10}, "`trial_steps`", "10"),
         ({"trial_steps": True}, "`trial_steps`", "True"),
+        ({"trial_steps": 120.0}, "`trial_steps`", "120.0"),
         ({"mode": "cubic"}, "`mode`", "'cubic'"),
         ({"divergence_threshold": 1}, "`divergence_threshold`", "1"),
         ({"smoothing": 1.0}, "`smoothing`", "1.0"),
@@ -900,6 +901,34 @@ def test_trials_are_scored_on_the_validation_data(tmp_path):
     per_trial = len(model.scored) // len(callback.result.trials)
     assert per_trial == 2  # all 64 validation samples, in batches of 32
     assert model.scored == model.scored[:per_trial] * len(callback.result.trials)
+
+
+class TrainModeCounter(TinyClassifier):
+    """Counts the ``training_step`` calls made in train mode: the sweep's, the trials' and the run's steps."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.train_calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.train_calls += int(self.training)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("epochs", "trial_steps", "expected"),
+    [(2, None, 100), (120, None, 160), (120, 100, 100), (120, 60, 60)],
+    ids=["short-run", "a-third-of-480", "given-100", "given-60"],
+)
+def test_trials_last_a_third_of_the_run_from_100_steps_unless_given(tmp_path, epochs, trial_steps, expected):
+    """By default each trial cycle is a third of the run (480 steps: 160), never under 100; a given length is kept."""
+    model, callback = TrainModeCounter(), SuperConvergence(num_steps=30, trial_steps=trial_steps)
+    trainer = _fit(tmp_path, model, callback, max_epochs=epochs)
+    result = callback.result
+    trial_calls = model.train_calls - len(result.lrs) - trainer.global_step
+    assert trainer.global_step == 4 * epochs
+    assert trial_calls == expected * len(result.trials)
+    assert f"of one-cycles of {expected} steps" in result.pick_reason
 
 
 @pytest.mark.parametrize("limit", [1, 0.5], ids=["one-batch", "half"])

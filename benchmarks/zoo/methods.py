@@ -12,8 +12,9 @@
 - ``long_trials`` (a candidate rule, not run by default, never on the third held-out half): ``SuperConvergence()``
   whose trials are as long as the run, up to 300 steps (``trial_steps=min(300, run steps)``, at least 50). On long
   runs (the demo LSTM's 855 steps) 100-step trials favoured peaks far below the oracle's.
-- ``third_trials`` (a candidate too, after ``long_trials``): trials a third of the run, from 100 steps (today's
-  default, so runs of up to 300 steps are searched exactly as by ``ours``) to 300.
+- ``trials_100`` (the rule before the trials were sized to the run, kept as a candidate to compare against):
+  ``SuperConvergence(trial_steps=100)``, trials of 100 steps whatever the run. ``ours`` is the rule ``third_trials``
+  was as a candidate: trials a third of the run, from 100 to 300 steps (``trial_steps=None``).
 - ``prodigy``: ``prodigyopt.Prodigy`` as its README recommends (``lr=1.0``, decoupled weight decay, cosine annealing
   over the run).
 - ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (lr 0.0025, its default) for tasks configured with an adaptive
@@ -42,7 +43,7 @@ from lightning_superconv import SuperConvergence
 
 METHODS = ("oracle", "user", "lightning", "ours", "prodigy", "schedulefree", "sweep_only")
 #: Candidate rules, run only when asked for (``--methods long_trials``), on the 21 tasks a rule may be tuned on.
-CANDIDATES = ("long_trials", "third_trials")
+CANDIDATES = ("long_trials", "trials_100")
 #: The methods whose runs depend on this package's code: cached per code fingerprint.
 OUR_METHODS = ("ours", "sweep_only", *CANDIDATES)
 #: The longest trial of ``long_trials``.
@@ -149,8 +150,8 @@ def run(task: Task, method: str, seed: int, max_lr: float | None = None) -> dict
         sc = SuperConvergence(trial_steps=0)
     elif method == "long_trials":
         sc = SuperConvergence(trial_steps=max(min(LONG_TRIALS, _steps(task, loader)), 50))
-    elif method == "third_trials":
-        sc = SuperConvergence(trial_steps=max(min(LONG_TRIALS, _steps(task, loader) // 3), 100))
+    elif method == "trials_100":
+        sc = SuperConvergence(trial_steps=100)
     elif method == "prodigy":
         from prodigyopt import Prodigy
 
