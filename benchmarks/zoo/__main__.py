@@ -1,4 +1,4 @@
-"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 27 tasks, 7 methods, 3 seeds.
+"""Does ``SuperConvergence()`` make other people's models better? The pick zoo: 32 tasks, 7 methods, 3 seeds.
 
 For each task of ``benchmarks/zoo/tasks.py`` and each seed (its own initial weights and data order), this trains:
 the oracle (one cycle at every max LR of the task's fixed x2 grid; the table's oracle is the grid point with the best
@@ -12,7 +12,9 @@ package's code.
 
 The held-out half (``tasks.HELD_OUT``) was named in a commit of its own before the pick rule was changed and is never
 used to tune it (the first held-out half, ``tasks.FIRST_HELD_OUT``, was spent and joined the tuning half). The third
-(``tasks.THIRD_HELD_OUT``, ``--half third``) is for judging the next rule: its ``ours`` runs wait for it.
+(``tasks.THIRD_HELD_OUT``, ``--half third``) judged the rule of trials sized to the run, once. The fourth
+(``tasks.FOURTH_HELD_OUT``, ``--half fourth``) is for judging the next rule: its ``ours`` and ``sweep_only`` runs wait
+for it (``--methods oracle user lightning prodigy schedulefree`` fills the rest).
 
 Run from the repository root::
 
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 
 from benchmarks.zoo.methods import CANDIDATES, METHODS, OUR_METHODS, code_fingerprint, run
-from benchmarks.zoo.tasks import HELD_OUT, TASKS, THIRD_HELD_OUT, TUNING, Task
+from benchmarks.zoo.tasks import FOURTH_HELD_OUT, HELD_OUT, TASKS, THIRD_HELD_OUT, TUNING, Task
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "zoo"
 SEEDS = (0, 1, 2)
@@ -265,7 +267,7 @@ def print_candidates(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--half", choices=["tuning", "held-out", "third", "all"], default="all")
+    parser.add_argument("--half", choices=["tuning", "held-out", "third", "fourth", "all"], default="all")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=[*METHODS, *CANDIDATES])
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     parser.add_argument("--table-only", action="store_true", help="print from the cache, run nothing")
@@ -275,19 +277,26 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    everything = TUNING + HELD_OUT + THIRD_HELD_OUT
-    halves = {"tuning": TUNING, "held-out": HELD_OUT, "third": THIRD_HELD_OUT, "all": everything}
+    everything = TUNING + HELD_OUT + THIRD_HELD_OUT + FOURTH_HELD_OUT
+    halves = {
+        "tuning": TUNING, "held-out": HELD_OUT, "third": THIRD_HELD_OUT, "fourth": FOURTH_HELD_OUT, "all": everything
+    }  # fmt: skip
     names = [n for n in halves[args.half] if n in args.tasks]
     seeds = tuple(args.seeds)
-    if set(args.methods) & set(CANDIDATES) and set(names) & set(THIRD_HELD_OUT):
-        parser.error(f"{', '.join(CANDIDATES)} runs on the 21 tasks a rule may be tuned on, never on --half third")
+    if set(args.methods) & set(CANDIDATES) and set(names) & set(THIRD_HELD_OUT + FOURTH_HELD_OUT):
+        parser.error(
+            f"{', '.join(CANDIDATES)} runs on the tasks a rule may be tuned on, never on --half third or fourth"
+        )
     fingerprint = code_fingerprint()
     caches = {}
     for name in names:
         task = TASKS[name]
         caches[name] = load(task) if args.table_only else fill(task, args.methods, seeds, fingerprint)
     print(f"\nour code's fingerprint: {fingerprint}")
-    halves_shown = (("tuning half", TUNING), ("held-out half", HELD_OUT), ("third held-out half", THIRD_HELD_OUT))
+    halves_shown = (
+        ("tuning half", TUNING), ("held-out half", HELD_OUT), ("third held-out half", THIRD_HELD_OUT),
+        ("fourth held-out half", FOURTH_HELD_OUT),
+    )  # fmt: skip
     for half, members in halves_shown:
         rows = [r for n in members if n in caches and (r := row(TASKS[n], caches[n], seeds, fingerprint))]
         if not rows:
@@ -296,7 +305,7 @@ def main() -> None:
         print_targets(rows)
         print_summary(rows)
         print_trials(rows)
-        if members is not THIRD_HELD_OUT:
+        if members is not THIRD_HELD_OUT and members is not FOURTH_HELD_OUT:
             print_candidates(rows)
 
 

@@ -143,6 +143,36 @@ def hastie(n_train: int) -> Splits:
     return _split(xt, yt, (n_train, 2000, 2000))
 
 
+def wine() -> Splits:
+    """scikit-learn's wine recognition set (178 wines, 13 features, 3 cultivars): 100 train, 38 validation, 40 test."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    return _standardize(_split(x, y, (100, 38, 40)), targets=False)
+
+
+def moons(n_train: int) -> Splits:
+    """Two interleaving half circles (``make_moons``, noise 0.3): a 2-D problem no straight line separates."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n_train + 4000, noise=0.3, random_state=31)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.long)
+    return _standardize(_split(xt, yt, (n_train, 2000, 2000)), targets=False)
+
+
+def linear_regression(n_train: int) -> Splits:
+    """A generated regression (``make_regression``: 20 features, 10 of them informative, noise 10); standardized."""
+    from sklearn.datasets import make_regression
+
+    x, y = make_regression(n_samples=n_train + 2000, n_features=20, n_informative=10, noise=10.0, random_state=37)
+    xt = torch.tensor(x, dtype=torch.float32)
+    yt = torch.tensor(y, dtype=torch.float32).unsqueeze(1)
+    return _standardize(_split(xt, yt, (n_train, 1000, 1000)), targets=True)
+
+
 # Python's own standard library as a text corpus: always on disk, no download. Fixed files, read in this order.
 TEXT_FILES = ("argparse.py", "collections/__init__.py", "dataclasses.py", "inspect.py", "typing.py", "pathlib.py")
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n"]  # printable ASCII and newline; anything else reads as "?"
