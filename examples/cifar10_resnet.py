@@ -188,7 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default="lightning_logs", help="TensorBoard logs go here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
-    parser.add_argument("--trial-steps", type=int, default=100, help="steps of each peak trial (0: no trials)")
+    parser.add_argument(
+        "--trial-steps",
+        type=int,
+        default=None,
+        help="steps of each peak trial (default: a third of the run, 100 to 300; 0: none)",
+    )
     parser.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 10.0), metavar=("FIRST", "LAST"))
     parser.add_argument("--limit-batches", type=float, default=1.0, help="fraction (<= 1) or number of batches")
     parser.add_argument("--no-balancer", action="store_true", help="leave the weight decay as configured")

@@ -145,7 +145,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPUs and AMX CPUs, else 32-true")
     parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
-    parser.add_argument("--trial-steps", type=int, default=100, help="steps of each peak trial (0: no trials)")
+    parser.add_argument(
+        "--trial-steps",
+        type=int,
+        default=None,
+        help="steps of each peak trial (default: a third of the run, 100 to 300; 0: none)",
+    )
     parser.add_argument("--no-balancer", action="store_true", help="leave the weight decay as configured")
     parser.add_argument("--no-test", action="store_true", help="skip the test set (when choosing settings)")
     parser.add_argument("--no-progress-bar", action="store_true")

@@ -116,6 +116,35 @@ def usable(scores: Sequence[float], start: float) -> list[float]:
     return [score if learned(score, start) else math.inf for score in scores]
 
 
+def stuck_above_sweep(score: float, smoothed: Sequence[float], start: float) -> bool:
+    r"""Whether the winning trial barely learned: over half of ``start`` left, and no lower than the sweep's lowest.
+
+    "The sweep's lowest" is the lowest point of the sweep's smoothed curve.
+
+    A trial trains from the same snapshot for 100-300 steps, several times the few steps the sweep spent reaching its
+    lowest loss. The best of them ending no lower than that, with more than half the untrained loss still there, says
+    every peak tried was too high for a whole cycle: a network that collapsed to one output for every input, whose
+    loss sits still below where it started, where neither the trials' "learned" test nor the divergence guard sees
+    it. Measured on the pick zoo's 81 range tests (27 tasks, 3 seeds), it holds on exactly three: Lightning's demo
+    Transformer with Adam, whose trials all ended at the loss of predicting the characters' frequencies (5-9 % above
+    its sweep's lowest, at two thirds of its start) and whose runs at the picked peak ended at that score. Both
+    conditions are needed: on scikit-learn's breast-cancer MLP the best trial's held-out loss (0.035-0.05) lies above
+    a training loss the sweep drove to 0.001-0.009, a generalization gap on 300 patients, but at a fourteenth of its
+    start; on every other task the best trial ended 4-98 % below the sweep's lowest. A held-out set much harder than
+    the training data can make it hold too (the held-out loss is compared with a training loss).
+
+    Example::
+
+        >>> stuck_above_sweep(3.24, [4.7, 3.9, 3.0, 3.1, 5.2], start=4.7)  # the demo Transformer's shape
+        True
+        >>> stuck_above_sweep(0.05, [0.7, 0.1, 0.004, 0.3], start=0.7)  # a generalization gap, the model learned
+        False
+        >>> stuck_above_sweep(0.41, [2.4, 0.7, 0.69, 1.5], start=2.4)
+        False
+    """
+    return math.isfinite(score) and score >= min(smoothed) and start - score < 0.5 * abs(start)
+
+
 def all_equal(scores: Sequence[float]) -> bool:
     r"""Whether two or more trials left the same finite held-out loss, to one part in a million: they measured nothing.
 

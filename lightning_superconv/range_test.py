@@ -27,6 +27,7 @@ from lightning_superconv.peak import (
     next_peak,
     rise_index,
     start_level,
+    stuck_above_sweep,
     trial_length,
     trial_traces,
     usable,
@@ -266,6 +267,20 @@ def run_range_test(
                 "of the weights (EMA) that your module updates in a hook of its own (`on_train_batch_end`): the "
                 "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Pass "
                 "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
+            )
+        elif verdict.learned and stuck_above_sweep(scores[verdict.index], smoothed, fell.start_level):
+            floor = min(range(len(smoothed)), key=smoothed.__getitem__)
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: the best trial's held-out loss ({scores[verdict.index]:.4g}, at peak {max_lr:.3g}) "
+                f"kept over half of where the range test's loss started ({fell.start_level:.4g}) and ended no lower "
+                f"than the range test's own lowest (smoothed) loss, {smoothed[floor]:.4g} at lr {swept[floor]:.3g}, "
+                f"reached in a few steps: every peak tried ({min(peaks):.3g} to {max(peaks):.3g}) "
+                "may be too high for a whole cycle of this model. A network that collapsed to one output for every "
+                "input looks like this (measured: Lightning's demo Transformer with Adam, whose trials all ended at "
+                "the loss of predicting character frequencies, and so did its runs at the pick); so does held-out data "
+                f"much harder than the training data. max_lr={max_lr:.3g} is installed; pass a lower `max_lr=` (a few "
+                f"times below {swept[floor]:.3g}) if the run does no better than that loss.",
             )
         elif not verdict.learned:
             _compat.rank_zero_warn(

@@ -19,10 +19,11 @@ from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.lr_scheduler import OneCycleLR
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
 from lightning_superconv import RangeTestResult, SuperConvergence
-from lightning_superconv.curve import lr_sweep
+from lightning_superconv.curve import lr_sweep, median_half_width
+from lightning_superconv.peak import start_level
 
 # A sweep over which TinyClassifier's loss falls and does not diverge, so the test runs its full length.
 NO_DIVERGENCE = (1e-2, 1.0)
@@ -371,6 +372,44 @@ def test_a_fall_within_the_noise_is_warned_about_unless_a_trial_showed_the_pick_
         assert bool(sc.result.trials) == bool(trial_steps)
         if sc.result.trials:
             assert "no trial's held-out loss fell" not in " ".join(str(w.message) for w in caught)
+
+
+class HeldOutFrom(TinyClassifier):
+    """Its validation data are the first 128 training samples, ``flipped`` of their labels moved to another class."""
+
+    def __init__(self, flipped: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flipped = flipped
+
+    def val_dataloader(self):
+        x, y = make_dataset(self.hparams.n).tensors
+        x, y = x[:128], y[:128].clone()
+        moved = torch.arange(len(y)) < int(self.flipped * len(y))
+        y[moved] = (y[moved] + 1) % 4
+        return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+@pytest.mark.parametrize(("flipped", "warned"), [(0.0, False), (0.15, True)], ids=["clean", "harder"])
+def test_a_best_trial_that_barely_learned_and_ended_above_the_sweeps_lowest_loss_is_warned_about(
+    tmp_path, flipped, warned
+):
+    """The winning trial kept over half the start and ended above the sweep's lowest loss: a warning, pick installed.
+
+    Every peak may be too high; or the held-out data are much harder than the training data, as here with 15 % of
+    their labels wrong.
+    """
+    sc = SuperConvergence(num_steps=40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, HeldOutFrom(flipped, n=512), sc, limit_train_batches=1.0, max_epochs=4)
+    said = [str(w.message) for w in caught if "ended no lower than the range test's own lowest" in str(w.message)]
+    best = min(t["held_out_loss"] for t in sc.result.trials)
+    assert not any("no trial's held-out loss fell" in str(w.message) for w in caught)  # the best trial learned
+    start = start_level(sc.result.losses, median_half_width(40))
+    assert (best >= min(sc.result.smoothed) and best > 0.5 * start) == warned
+    assert bool(said) == warned
+    if said:
+        assert f"max_lr={sc.max_lr:.3g} is installed" in said[0]
 
 
 # ------------------------------------------------------------------------------------------------ (4) exact restore
