@@ -144,7 +144,8 @@ def time_range_tests(dm: Any, pair: Pair, repeats: int = 5) -> dict[str, float]:
         times["ours"].append(_fit_seconds(pair, dm, repeat, [sc], 1) - base)
         assert sc.result is not None
         sweep = len(sc.result.lrs) + sc.result.skipped_steps
-        steps = sweep + sc.range_test.trial_steps * len(sc.result.trials)
+        # the trials' length as this 1-step fit sized them (`trial_steps=None`: a third of the run, at least 100)
+        steps = sweep + sc.range_test.trial_length(sc.total_steps) * len(sc.result.trials)
         times["sweep"].append(sweep)
         times["steps"].append(steps)
         times["plain"].append(_fit_seconds(pair, dm, repeat, [SuperConvergence(max_lr=0.05)], 1 + steps) - base)

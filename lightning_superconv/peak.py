@@ -100,49 +100,54 @@ def candidates(rise_lr: float, ladder: Sequence[float] = LADDER) -> list[float]:
     return [rise_lr * fraction for fraction in ladder]
 
 
-def learned(score: float, start: float) -> bool:
-    r"""Whether a trial's held-out loss ended a tenth (:data:`LEARNED`) below ``start``, the range test's start level.
+def learned(score: float, start: float, lowest: float = math.inf) -> bool:
+    r"""Whether a trial's held-out loss ended a tenth (:data:`LEARNED`) below ``start`` and not stuck above ``lowest``.
+
+    ``start``: the range test's start level; ``lowest``: the sweep's lowest smoothed loss, above which a trial that
+    kept over half of ``start`` learned nothing either (:func:`stuck_above_sweep`; ``inf``: not compared).
 
     Example::
 
         >>> learned(1.2, start=2.3), learned(2.303, start=2.39), learned(math.inf, start=2.3)
         (True, False, False)
+        >>> learned(3.24, start=4.7, lowest=3.0), learned(2.8, start=4.7, lowest=3.0)  # stuck above the sweep, below
+        (False, True)
     """
-    return math.isfinite(score) and score < start - LEARNED * abs(start)
+    fell = math.isfinite(score) and score < start - LEARNED * abs(start)
+    return fell and not stuck_above_sweep(score, lowest, start)
 
 
-def usable(scores: Sequence[float], start: float) -> list[float]:
+def usable(scores: Sequence[float], start: float, lowest: float = math.inf) -> list[float]:
     """The trials' scores as the search reads them: ``inf`` for one that diverged or did not learn (:func:`learned`)."""
-    return [score if learned(score, start) else math.inf for score in scores]
+    return [score if learned(score, start, lowest) else math.inf for score in scores]
 
 
-def stuck_above_sweep(score: float, smoothed: Sequence[float], start: float) -> bool:
-    r"""Whether the winning trial barely learned: over half of ``start`` left, and no lower than the sweep's lowest.
+def stuck_above_sweep(score: float, lowest: float, start: float) -> bool:
+    r"""Whether a trial barely learned: over half of ``start`` left, and no lower than the sweep's ``lowest`` loss.
 
-    "The sweep's lowest" is the lowest point of the sweep's smoothed curve.
-
-    A trial trains from the same snapshot for 100-300 steps, several times the few steps the sweep spent reaching its
-    lowest loss. The best of them ending no lower than that, with more than half the untrained loss still there, says
-    every peak tried was too high for a whole cycle: a network that collapsed to one output for every input, whose
-    loss sits still below where it started, where neither the trials' "learned" test nor the divergence guard sees
-    it. Measured on the pick zoo's 81 range tests (27 tasks, 3 seeds), it holds on exactly three: Lightning's demo
-    Transformer with Adam, whose trials all ended at the loss of predicting the characters' frequencies (5-9 % above
-    its sweep's lowest, at two thirds of its start) and whose runs at the picked peak ended at that score. Both
-    conditions are needed: on scikit-learn's breast-cancer MLP the best trial's held-out loss (0.035-0.05) lies above
-    a training loss the sweep drove to 0.001-0.009, a generalization gap on 300 patients, but at a fourteenth of its
-    start; on every other task the best trial ended 4-98 % below the sweep's lowest. A held-out set much harder than
-    the training data can make it hold too (the held-out loss is compared with a training loss).
+    ``lowest``: the lowest point of the sweep's smoothed curve. A trial trains from the same snapshot for 100-300
+    steps, several times the few steps the sweep spent reaching its lowest loss. Ending no lower than that, with more
+    than half the untrained loss still there, says its peak was too high for a whole cycle: a network that collapsed
+    to one output for every input, whose loss sits still below where it started, where neither the tenth-below-start
+    test nor the divergence guard sees it. Measured on the pick zoo's 81 range tests (27 tasks, 3 seeds), the best
+    trial was stuck so on exactly three: Lightning's demo Transformer with Adam, whose trials all ended at the loss of
+    predicting the characters' frequencies (5-9 % above its sweep's lowest, at two thirds of its start) and whose runs
+    at the peak they picked ended at that score. Both conditions are needed: on scikit-learn's breast-cancer MLP the
+    best trial's held-out loss (0.035-0.05) lies above a training loss the sweep drove to 0.001-0.009, a
+    generalization gap on 300 patients, but at a fourteenth of its start; on every other task the best trial ended
+    4-98 % below its sweep's lowest. A held-out set much harder than the training data can make every trial stuck
+    too (the held-out loss is compared with a training loss): then the search goes lower, and warns.
 
     Example::
 
-        >>> stuck_above_sweep(3.24, [4.7, 3.9, 3.0, 3.1, 5.2], start=4.7)  # the demo Transformer's shape
+        >>> stuck_above_sweep(3.24, lowest=3.0, start=4.7)  # the demo Transformer's shape
         True
-        >>> stuck_above_sweep(0.05, [0.7, 0.1, 0.004, 0.3], start=0.7)  # a generalization gap, the model learned
+        >>> stuck_above_sweep(0.05, lowest=0.004, start=0.7)  # a generalization gap: the model learned
         False
-        >>> stuck_above_sweep(0.41, [2.4, 0.7, 0.69, 1.5], start=2.4)
+        >>> stuck_above_sweep(0.41, lowest=0.69, start=2.4)
         False
     """
-    return math.isfinite(score) and score >= min(smoothed) and start - score < 0.5 * abs(start)
+    return math.isfinite(score) and score >= lowest and start - score < 0.5 * abs(start)
 
 
 def all_equal(scores: Sequence[float]) -> bool:
@@ -159,13 +164,18 @@ def all_equal(scores: Sequence[float]) -> bool:
     return max(finite) - min(finite) <= 1e-6 * max(abs(min(finite)), 1e-12)
 
 
-def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -> float | None:
+def next_peak(
+    rise_lr: float, tried: Sequence[float], scores: Sequence[float], lowest_lr: float = math.inf
+) -> float | None:
     r"""The next peak to try, or None when the search is done.
 
     ``scores``: the held-out losses of the trials so far, ``inf`` for one that diverged or did not learn
     (:func:`usable`). First the ladder (a quarter, a half and an eighth of ``rise_lr``). Then, while the best trial is
     the highest peak tried, one rung (x2) higher, up to ``HIGHEST`` times ``rise_lr``; while it is the lowest, or no
-    trial has learned yet, one rung below the lowest tried; at most ``MAX_TRIALS`` in all. A range test's rise can come
+    trial has learned yet, one rung below the lowest tried, or below ``lowest_lr`` (the LR of the sweep's lowest loss)
+    if that is lower: a model whose every trial got stuck above that loss (:func:`stuck_above_sweep`) needs a peak
+    below where the sweep did best (the demo Transformer with Adam: its best peaks lie at a half to a quarter of that
+    LR, where the ladder had tried 2-12 times above it); at most ``MAX_TRIALS`` in all. A range test's rise can come
     early (RMSprop's first steps are large, before its averages of squared gradients fill up: measured, a ShuffleNet's
     rose at a third of its best peak), so the search may climb above it; a higher peak is kept only if its trial did
     better.
@@ -184,7 +194,7 @@ def next_peak(rise_lr: float, tried: Sequence[float], scores: Sequence[float]) -
         return None
     best = min(range(len(scores)), key=lambda i: scores[i])
     if not math.isfinite(scores[best]):  # every peak tried so far was too high: lower still
-        return min(tried) / 2
+        return min(min(tried), lowest_lr) / 2
     if tried[best] == max(tried) and tried[best] * 2 <= HIGHEST * rise_lr * (1 + 1e-9):
         return tried[best] * 2
     if tried[best] == min(tried):
@@ -205,13 +215,16 @@ class Verdict:
     learned: bool = True
 
 
-def choose(peaks: Sequence[float], scores: Sequence[float], steps: int, start: float = math.inf) -> Verdict:
+def choose(
+    peaks: Sequence[float], scores: Sequence[float], steps: int, start: float = math.inf, lowest: float = math.inf
+) -> Verdict:
     r"""The candidate whose trial left the lowest held-out loss, among those that learned if any did.
 
     A trial that diverged (``inf``) never wins. ``start``: the range test's start level, which a trial's held-out loss
     must end a tenth below to have learned (:func:`learned`); while any did, one that did not never wins (a network
-    killed by too high a peak predicts chance, just below a noisy start). If none did, the lowest loss wins, with
-    ``learned=False``. ``inf``: any finite loss counts as learned.
+    killed by too high a peak predicts chance, just below a noisy start), nor does one stuck above the sweep's
+    ``lowest`` loss (:func:`stuck_above_sweep`). If none learned, the lowest loss wins, with ``learned=False``.
+    ``start=inf``: any finite loss counts as learned.
 
     Raises:
         ValueError: if every trial diverged.
@@ -227,14 +240,18 @@ def choose(peaks: Sequence[float], scores: Sequence[float], steps: int, start: f
     finite = [i for i, s in enumerate(scores) if math.isfinite(s)]
     if not finite:
         raise ValueError(f"every trial cycle diverged, even the lowest peak, {min(peaks):.3g}")
-    kept = [i for i in finite if not math.isfinite(start) or learned(scores[i], start)]
+    kept = [i for i in finite if not math.isfinite(start) or learned(scores[i], start, lowest)]
     best = min(kept or finite, key=lambda i: scores[i])
     order = sorted(range(len(peaks)), key=lambda i: peaks[i])
 
     def said(i: int) -> str:
         if not math.isfinite(scores[i]):
             return f"{peaks[i]:.3g}: diverged"
-        return f"{peaks[i]:.3g}: {scores[i]:.4g}" + ("" if i in kept else " (learned nothing)")
+        if i in kept:
+            return f"{peaks[i]:.3g}: {scores[i]:.4g}"
+        stuck = learned(scores[i], start) and stuck_above_sweep(scores[i], lowest, start)
+        why = "stuck above the sweep's lowest" if stuck else "learned nothing"
+        return f"{peaks[i]:.3g}: {scores[i]:.4g} ({why})"
 
     shown = ", ".join(said(i) for i in order)
     reason = f"of one-cycles of {steps} steps peaking at {shown} (held-out loss), {peaks[best]:.3g} did best"

@@ -27,7 +27,6 @@ from lightning_superconv.peak import (
     next_peak,
     rise_index,
     start_level,
-    stuck_above_sweep,
     trial_length,
     trial_traces,
     usable,
@@ -223,13 +222,16 @@ def run_range_test(
     )
     trials: list[dict[str, float]] = []
     trial_steps = config.trial_length(run_steps)
+    # the sweep's lowest smoothed loss and its LR: a trial stuck above it with over half the start left learned nothing
+    bottom = min(range(len(smoothed)), key=smoothed.__getitem__)
+    lowest = smoothed[bottom]
     if trial_steps:
         peaks: list[float] = []
         # the param groups as configured (the trials move the real ones), to build each trial's cycle from
         configured, _ = detached_copy(optimizer)
 
         def plan(scores: list[float]) -> Branch | None:
-            peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level))
+            peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level, lowest), lowest_lr=swept[bottom])
             if peak is None:
                 return None
             peaks.append(peak)
@@ -249,7 +251,7 @@ def run_range_test(
             scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         try:
-            verdict = choose(peaks, scores, trial_steps, fell.start_level)
+            verdict = choose(peaks, scores, trial_steps, fell.start_level, lowest)
         except ValueError as err:
             raise _compat.misconfiguration(
                 trainer,
@@ -268,28 +270,16 @@ def run_range_test(
                 "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Pass "
                 "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
             )
-        elif verdict.learned and stuck_above_sweep(scores[verdict.index], smoothed, fell.start_level):
-            floor = min(range(len(smoothed)), key=smoothed.__getitem__)
-            _compat.rank_zero_warn(
-                trainer,
-                f"SuperConvergence: the best trial's held-out loss ({scores[verdict.index]:.4g}, at peak {max_lr:.3g}) "
-                f"kept over half of where the range test's loss started ({fell.start_level:.4g}) and ended no lower "
-                f"than the range test's own lowest (smoothed) loss, {smoothed[floor]:.4g} at lr {swept[floor]:.3g}, "
-                f"reached in a few steps: every peak tried ({min(peaks):.3g} to {max(peaks):.3g}) "
-                "may be too high for a whole cycle of this model. A network that collapsed to one output for every "
-                "input looks like this (measured: Lightning's demo Transformer with Adam, whose trials all ended at "
-                "the loss of predicting character frequencies, and so did its runs at the pick); so does held-out data "
-                f"much harder than the training data. max_lr={max_lr:.3g} is installed; pass a lower `max_lr=` (a few "
-                f"times below {swept[floor]:.3g}) if the run does no better than that loss.",
-            )
         elif not verdict.learned:
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: no trial's held-out loss fell a tenth below where the range test's loss started "
-                f"({fell.start_level:.4g}), even at {min(peaks):.3g}, the lowest peak tried; the least bad, "
-                f"max_lr={max_lr:.3g}, may train poorly: every peak tried may have killed the network (its loss at "
-                "chance), or the held-out loss barely moves in a trial's few steps (a validation set unlike the "
-                "training data, a task with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
+                f"SuperConvergence: no trial learned: none ended a tenth below where the range test's loss started "
+                f"({fell.start_level:.4g}) and below the sweep's own lowest loss ({lowest:.4g}, at lr "
+                f"{swept[bottom]:.3g}; or, above it, with under half of the start left), even at {min(peaks):.3g}, the "
+                f"lowest peak tried; the least bad, max_lr={max_lr:.3g}, may train poorly: every peak tried may have "
+                "killed the network (its loss at chance, or collapsed to one output for every input), or the held-out "
+                "loss barely moves in a trial's few steps (a validation set unlike the training data, a task with "
+                "little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
             )
         confirmed = verdict.learned
     else:

@@ -26,6 +26,7 @@ from lightning_superconv.peak import (
     next_peak,
     rise_index,
     start_level,
+    stuck_above_sweep,
     trial_length,
     trial_traces,
     usable,
@@ -142,6 +143,33 @@ def test_trials_that_learned_nothing_never_win_while_one_did_and_are_said_so():
     assert not verdict.learned
 
 
+def test_a_trial_stuck_above_the_sweeps_lowest_with_over_half_the_start_left_learned_nothing():
+    """Trials stuck above the sweep's lowest loss with over half the start left learned nothing: the search goes lower.
+
+    The demo Transformer with Adam on the pick zoo (seed 1): its ladder's trials all ended at 3.24-3.25, the loss of
+    predicting character frequencies, above its sweep's lowest (3.01) with two thirds of the start (4.73) left. They
+    learned nothing: the search goes below the LR of the sweep's lowest loss (0.0242), half of it first. A
+    breast-cancer MLP's trials end above its sweep's lowest too (a training loss near 0), at a fourteenth of the start:
+    they learned.
+    """
+    start, lowest = 4.734, 3.0147
+    ladder, scores = [0.133, 0.267, 0.0667], [3.2396, 3.2416, 3.2476]
+    assert all(stuck_above_sweep(score, lowest, start) for score in scores)
+    assert usable(scores, start, lowest) == [math.inf] * 3
+    assert next_peak(0.534, ladder, usable(scores, start, lowest), lowest_lr=0.0242) == pytest.approx(0.0121)
+    # a trial there that ended well below the sweep's lowest learned, and wins; the search goes on below it
+    assert next_peak(0.534, [*ladder, 0.0121], [*usable(scores, start, lowest), 2.6], lowest_lr=0.0242) == 0.0121 / 2
+    verdict = choose([*ladder, 0.0121], [*scores, 2.6], steps=130, start=start, lowest=lowest)
+    assert verdict.index == 3
+    assert verdict.learned
+    assert "0.133: 3.24 (stuck above the sweep's lowest)" in verdict.reason
+    # breast cancer: above the sweep's lowest, but far below half the start
+    assert learned(0.0498, start=0.735, lowest=0.0012)
+    assert not stuck_above_sweep(0.0498, 0.0012, 0.735)
+    # without the sweep's lowest, as before
+    assert learned(3.24, start=4.734)
+
+
 def test_search_descends_while_no_trial_has_learned():
     """Every rung of the ladder diverged or died: one rung below the lowest tried, and again, up to `MAX_TRIALS`.
 
@@ -201,15 +229,18 @@ def test_search_on_a_recorded_range_test_picks_what_trained_well(case):
     lrs, losses = case["lrs"], case["losses"]
     half_width = median_half_width(100)
     smoothed = running_median(losses, half_width)
-    rise_lr = lrs[rise_index(smoothed, start_level(losses, half_width))]
+    start = start_level(losses, half_width)
+    rise_lr = lrs[rise_index(smoothed, start)]
+    bottom = min(range(len(smoothed)), key=smoothed.__getitem__)
+    lowest = smoothed[bottom]
     tried: list[float] = []
     scores: list[float] = []
-    while (peak := next_peak(rise_lr, tried, scores)) is not None:
+    while (peak := next_peak(rise_lr, tried, usable(scores, start, lowest), lowest_lr=lrs[bottom])) is not None:
         tried.append(peak)
         # the cache keeps the swept LRs to 8 digits, the trials' peaks in full: the same peak within rounding
         recorded = [t["held_out_loss"] for t in case["trials"] if math.isclose(t["peak"], peak, rel_tol=1e-5)]
         assert recorded, f"the replay tried {peak:.4g}, which the recorded run did not: {case['trials']}"
         scores.append(recorded[0])
-    peak = tried[choose(tried, scores, 100).index]
+    peak = tried[choose(tried, scores, 100, start, lowest).index]
     assert peak == pytest.approx(case["picked"], rel=1e-5)
     assert case["test"] >= case["oracle_test"] - 1.5

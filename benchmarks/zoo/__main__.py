@@ -13,8 +13,8 @@ package's code.
 The held-out half (``tasks.HELD_OUT``) was named in a commit of its own before the pick rule was changed and is never
 used to tune it (the first held-out half, ``tasks.FIRST_HELD_OUT``, was spent and joined the tuning half). The third
 (``tasks.THIRD_HELD_OUT``, ``--half third``) judged the rule of trials sized to the run, once. The fourth
-(``tasks.FOURTH_HELD_OUT``, ``--half fourth``) is for judging the next rule: its ``ours`` and ``sweep_only`` runs wait
-for it (``--methods oracle user lightning prodigy schedulefree`` fills the rest).
+(``tasks.FOURTH_HELD_OUT``, ``--half fourth``) judged the next, a trial stuck above the sweep's lowest loss learning
+nothing, once. Both are spent: the next change to the rule needs a fifth, named before it.
 
 Run from the repository root::
 
