@@ -99,6 +99,9 @@ def find_max_lr(
         )
     probe = _RangeTestProbe(RangeTestConfig(**range_test))
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
+    if (trainer_kwargs or {}).get("max_steps") not in (None, -1) and "max_epochs" not in (trainer_kwargs or {}):
+        # `max_steps` alone describes the run (its length sizes the trials); the default one epoch would cap it
+        kwargs["max_epochs"] = None
     # the probe stops the fit before its first step; a minimum length would make Lightning train on regardless
     kwargs["min_epochs"] = kwargs["min_steps"] = None
     given = kwargs.get("callbacks") or []

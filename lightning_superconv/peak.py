@@ -77,14 +77,14 @@ def trial_length(run_steps: int | None) -> int:
     points from the oracle); trials of 285 steps closed 5.02 points of that, and the 21 tasks the rule may be tuned on
     gained 0.30 points on average (a demo Transformer +0.79, an MLP on scikit-learn's diabetes -2.60: its 80 held-out
     patients cannot rank peaks, whatever the trials' length). Capped because the trials are paid for before training:
-    five trials of 300 steps are a tenth of a 15,000-step run. ``None`` (the run's length unknown): 100.
+    five trials of 300 steps are a tenth of a 15,000-step run. ``None`` or not positive (the run's length unknown): 100.
 
     Example::
 
         >>> trial_length(240), trial_length(855), trial_length(20_000), trial_length(None)
         (100, 285, 300, 100)
     """
-    if run_steps is None:
+    if run_steps is None or run_steps <= 0:
         return FEWEST_TRIAL_STEPS
     return max(FEWEST_TRIAL_STEPS, min(MOST_TRIAL_STEPS, run_steps // RUN_PER_TRIAL))
 
@@ -135,8 +135,12 @@ def stuck_above_sweep(score: float, lowest: float, start: float) -> bool:
     at the peak they picked ended at that score. Both conditions are needed: on scikit-learn's breast-cancer MLP the
     best trial's held-out loss (0.035-0.05) lies above a training loss the sweep drove to 0.001-0.009, a
     generalization gap on 300 patients, but at a fourteenth of its start; on every other task the best trial ended
-    4-98 % below its sweep's lowest. A held-out set much harder than the training data can make every trial stuck
-    too (the held-out loss is compared with a training loss): then the search goes lower, and warns.
+    4-98 % below its sweep's lowest. Its limits: a held-out set much harder than the training data can make every
+    trial stuck (the held-out loss is compared with a training loss, whose running median reads low on noisy
+    batches); and "over half of ``start`` left" depends on where the loss's zero lies, so a loss with a large constant
+    offset, or one that crosses zero (a negative log-likelihood), can read as stuck when it learned (on the zoo,
+    diabetes's best trials end only 4-8 % below its sweep's lowest, and one of its lesser trials is stuck). Then the
+    search goes lower: a lower peak costs little where a collapse costs the run, and a warning says so.
 
     Example::
 

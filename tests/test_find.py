@@ -62,10 +62,18 @@ def test_returns_a_range_test_result_with_a_pick_inside_the_sweep():
     assert result.pick_reason
 
 
-@pytest.mark.parametrize(("epochs", "steps"), [(None, 100), (45, 120)], ids=["one-epoch", "45-epochs"])
-def test_trials_last_a_third_of_the_run_the_trainer_kwargs_describe(epochs, steps):
-    """One epoch by default (8 steps: 100-step trials); `max_epochs=45` of 8 steps: 360, so trials of 120."""
-    kwargs = {"accelerator": "cpu"} if epochs is None else {"accelerator": "cpu", "max_epochs": epochs}
+@pytest.mark.parametrize(
+    ("run", "steps"),
+    [({}, 100), ({"max_epochs": 45}, 120), ({"max_steps": 450}, 150), ({"max_epochs": 2, "max_steps": 450}, 100)],
+    ids=["one-epoch", "45-epochs", "450-steps", "2-epochs-within-450-steps"],
+)
+def test_trials_last_a_third_of_the_run_the_trainer_kwargs_describe(run, steps):
+    """Trials a third of the run `trainer_kwargs` describe, at least 100 steps.
+
+    One epoch by default (8 steps: 100-step trials); 45 epochs of 8 steps: 360, trials of 120; `max_steps=450` alone:
+    150 (the default one epoch does not cap it); with `max_epochs=2` too, the run is 16 steps: 100.
+    """
+    kwargs = {"accelerator": "cpu", **run}
     result = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=30, trainer_kwargs=kwargs)
     assert f"of one-cycles of {steps} steps" in result.pick_reason
 

@@ -9,9 +9,9 @@
   give it to ``fit`` (its peak trials score on it; no validation loop runs during training).
 - ``sweep_only``: ``SuperConvergence(trial_steps=0)``: the range test without its trials (the peak is a quarter of the
   LR where the loss rose back): what the trials buy, and what they cost.
-- ``long_trials`` (a candidate rule, not run by default, never on the third held-out half): ``SuperConvergence()``
-  whose trials are as long as the run, up to 300 steps (``trial_steps=min(300, run steps)``, at least 50). On long
-  runs (the demo LSTM's 855 steps) 100-step trials favoured peaks far below the oracle's.
+- ``long_trials`` (a candidate rule, not run by default, never on the third or fourth held-out half):
+  ``SuperConvergence()`` whose trials are as long as the run, up to 300 steps (``trial_steps=min(300, run steps)``,
+  at least 50). On long runs (the demo LSTM's 855 steps) 100-step trials favoured peaks far below the oracle's.
 - ``trials_100`` (the rule before the trials were sized to the run, kept as a candidate to compare against):
   ``SuperConvergence(trial_steps=100)``, trials of 100 steps whatever the run. ``ours`` is the rule ``third_trials``
   was as a candidate: trials a third of the run, from 100 to 300 steps (``trial_steps=None``).

@@ -9,12 +9,13 @@ accuracy in % (classification), R² x 100 (regression), next-character accuracy 
 half (:data:`TUNING`); no decision about the rule may look at it. The first held-out half (:data:`FIRST_HELD_OUT`),
 named in the commit that added the zoo, was evaluated against the rule for many commits, so it became part of the
 tuning half when a second held-out half of six new tasks was named. That one was evaluated once with the rule of the
-time; a third (:data:`THIRD_HELD_OUT`) is named for judging the next rule, which may be tuned on the 21 tasks before it.
+time; a third (:data:`THIRD_HELD_OUT`) judged the next rule once, a fourth (:data:`FOURTH_HELD_OUT`) the one after it.
 
 Sources: this project's benchmark networks (``benchmarks/common.py``), ``lightning.pytorch.demos`` (the LSTM and the
 Transformer, unchanged but for their sizes), a recipe after Lightning's ``backbone_image_classifier`` example,
-torchvision's architectures (ResNet-18, ShuffleNet, ``ops.MLP``, ``VisionTransformer``), ``torch.nn.GRU``,
-scikit-learn's bundled (digits, diabetes, breast cancer) and generated data, and Fashion-MNIST.
+torchvision's architectures (ResNet-18, ShuffleNet, ``ops.MLP``, ``VisionTransformer``), ``torch.nn.GRU`` and
+``torch.nn.TransformerEncoder``, scikit-learn's bundled (digits, diabetes, breast cancer, wine) and generated data, and
+Fashion-MNIST.
 """
 
 from __future__ import annotations
