@@ -170,6 +170,12 @@ def train_combined_loader(trainer: Trainer) -> Any:
     return trainer.fit_loop._combined_loader
 
 
+def train_loader_mode(trainer: Trainer) -> str | None:
+    """The mode of the fit loop's ``CombinedLoader`` (``"max_size_cycle"`` unless the user's says otherwise)."""
+    combined = train_combined_loader(trainer)
+    return None if combined is None else str(combined._mode)
+
+
 def train_loaders(trainer: Trainer) -> list[Any]:
     """The processed train dataloaders, flattened."""
     combined = train_combined_loader(trainer)

@@ -12,7 +12,11 @@ from lightning_superconv import _compat
 
 
 def single_optimizer(
-    trainer: _compat.Trainer, pl_module: _compat.LightningModule, who: str, automatic: bool = True
+    trainer: _compat.Trainer,
+    pl_module: _compat.LightningModule,
+    who: str,
+    automatic: bool = True,
+    instead: str | None = None,
 ) -> Any:
     r"""The one optimizer the callback ``who`` can serve, or a clear error saying why not and what to do.
 
@@ -21,9 +25,11 @@ def single_optimizer(
         pl_module: its LightningModule.
         who: the callback's name, for the messages.
         automatic: the callback needs automatic optimization (it steps the optimizer or sizes a schedule for it).
+        instead: what the messages suggest doing instead (default: remove the callback).
     """
     # what to do instead: a callback can be removed; `find_max_lr` is simply not for this module
-    instead = "do not run `find_max_lr` on this module" if who == "find_max_lr" else "remove the callback"
+    if instead is None:
+        instead = "do not run `find_max_lr` on this module" if who == "find_max_lr" else "remove the callback"
     if automatic and not pl_module.automatic_optimization:
         raise _compat.misconfiguration(
             trainer,

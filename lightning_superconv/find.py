@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -53,7 +54,7 @@ def find_max_lr(
     model: L.LightningModule,
     train_dataloaders: Any = None,
     datamodule: L.LightningDataModule | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    trainer_kwargs: Mapping[str, Any] | None = None,
     val_dataloaders: Any = None,
     **range_test: Any,
 ) -> RangeTestResult:
@@ -96,6 +97,11 @@ def find_max_lr(
         raise TypeError(
             f"`find_max_lr` got unexpected argument(s) {unknown}; the range test takes {sorted(allowed)}, and the "
             "Trainer's arguments go into `trainer_kwargs`"
+        )
+    if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
+        raise TypeError(
+            "`find_max_lr`'s `trainer_kwargs` takes a mapping of `Trainer` arguments, e.g. "
+            f"`{{'max_epochs': 3, 'accelerator': 'cpu'}}`; got {type(trainer_kwargs).__name__} {trainer_kwargs!r}"
         )
     probe = _RangeTestProbe(RangeTestConfig(**range_test))
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}

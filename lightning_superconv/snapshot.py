@@ -11,7 +11,8 @@ What is copied, and why each part:
 - gradients and each submodule's train/eval flag;
 - torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
   its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
-  ``_update_called`` in torchmetrics >= 1.6) are never written;
+  ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds in a plain dict, list or
+  tuple, which are not submodules;
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
   batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
   holds, such as a list a user appends diagnostics to, is the user's and left alone);
@@ -191,7 +192,33 @@ def capture(
                 snapshot.metric_states.append((submodule, _metric_state(submodule)))
             elif loose := _loose_tensors(submodule):
                 snapshot.loose_tensors.append((submodule, loose))
+        submodules = {id(m) for m in module.modules()}
+        snapshot.metric_states += [(metric, _metric_state(metric)) for metric in _contained_metrics(module, submodules)]
     return snapshot
+
+
+def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:
+    r"""The torchmetrics metrics held in plain dicts, lists or tuples of ``module``'s submodules (not submodules).
+
+    ``self.metrics = {"train": Accuracy(...), "val": Accuracy(...)}`` is common in users' modules; such a metric is no
+    submodule (torch sees a dict), so a branch's updates would stay in it. A ``MetricCollection`` held so is covered
+    with the metrics inside it.
+    """
+    found: list[torch.nn.Module] = []
+    seen = set(submodules)
+    for submodule in module.modules():
+        for name, value in vars(submodule).items():
+            if name in _MODULE_INTERNALS or not isinstance(value, (dict, list, tuple)):
+                continue
+            for item in value.values() if isinstance(value, dict) else value:
+                if not isinstance(item, torch.nn.Module) or id(item) in seen:
+                    continue
+                for inner in item.modules():
+                    if id(inner) not in seen:
+                        seen.add(id(inner))
+                        if _is_metric(inner):
+                            found.append(inner)
+    return found
 
 
 def recapture(previous: Snapshot | None, module: torch.nn.Module, optimizer: Optimizer, scaler: Any = None) -> Snapshot:

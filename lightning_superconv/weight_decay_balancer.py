@@ -249,7 +249,11 @@ class WeightDecayBalancer(_compat.Callback):
 
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
-        optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
+        # the grid trains short branches, stepping the optimizer itself: that needs automatic optimization
+        grid = self.mode == "grid"
+        who = "WeightDecayBalancer(mode='grid')" if grid else "WeightDecayBalancer"
+        instead = "choose another `mode` ('budget', 'timescale' or 'keep')" if grid else None
+        optimizer = _trainer.single_optimizer(trainer, pl_module, who, automatic=grid, instead=instead)
         if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
             return
         # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
@@ -631,9 +635,18 @@ class WeightDecayBalancer(_compat.Callback):
                 f"WeightDecayBalancer: {type(optimizer).__name__} applies `weight_decay` as L2 added to the gradient "
                 "before its adaptive normalization, so each weight decays in proportion to 1/sqrt(its gradient's "
                 "second moment) and weights with large gradients hardly decay at all. The decay budget has no closed "
-                "form there; 'budget' mode treats it like decoupled decay (shrink η·λ per step). For weight decay "
-                "that behaves as specified use AdamW, or `decoupled_weight_decay=True`.",
+                f"form there; {_ADAPTIVE_HANDLING[self.mode]}. For weight decay that behaves as specified use AdamW, "
+                "or `decoupled_weight_decay=True`.",
             )
+
+
+#: What each mode does with a param group whose decay is coupled through Adam's normalization (the warning's words).
+_ADAPTIVE_HANDLING = {
+    "timescale": "`mode='timescale'` keeps your weight decay for such groups",
+    "budget": "`mode='budget'` treats it like decoupled decay (shrinks η·λ per step)",
+    "grid": "`mode='grid'` compares weight decays by training with them, which needs none",
+    "keep": "`mode='keep'` leaves it as configured",
+}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

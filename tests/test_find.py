@@ -300,6 +300,13 @@ def test_unknown_argument_raises_type_error():
         find_max_lr(TinyClassifier(), num_step=10)
 
 
+@pytest.mark.parametrize("given", [[("max_epochs", 1)], "max_epochs=1"])
+def test_trainer_kwargs_that_are_no_mapping_are_refused_naming_the_argument(given):
+    """Found trying the package as a new user: a list gave a bare ``TypeError`` from deep inside, naming nothing."""
+    with pytest.raises(TypeError, match=r"`trainer_kwargs` takes a mapping of `Trainer` arguments.*got (list|str)"):
+        find_max_lr(TinyClassifier(), trainer_kwargs=given)
+
+
 def test_a_loader_without_batches_or_a_run_told_to_run_none_gets_the_callback_s_message():
     """The callback's messages, where an empty loader was blamed on data read only once.
 

@@ -112,6 +112,31 @@ def test_unservable_model_fails_at_fit_start_naming_problem_and_fix(tmp_path, mo
     assert instance.trainer.global_step == 0
 
 
+class SequentialTrainData(Counting):
+    def train_dataloader(self):
+        from lightning.pytorch.utilities import CombinedLoader
+
+        loaders = [DataLoader(make_dataset(64), batch_size=32), DataLoader(make_dataset(64, seed=1), batch_size=32)]
+        return CombinedLoader(loaders, "sequential")
+
+
+def test_train_data_in_sequential_mode_is_refused_before_the_range_test(tmp_path):
+    """Lightning refuses ``CombinedLoader(mode="sequential")`` for training only when its first epoch starts.
+
+    Found trying the package as a new user: that came after a whole range test had run on it. Now before any step, in
+    the callback and in ``find_max_lr``, naming the modes training takes.
+    """
+    from lightning_superconv import find_max_lr
+
+    model = SequentialTrainData()
+    with pytest.raises(ValueError, match=r'mode="sequential"\).*\'max_size_cycle\' \(the default\)'):
+        _fit(tmp_path, model)
+    assert model.calls == 0
+    with pytest.raises(ValueError, match=r'mode="sequential"'):
+        find_max_lr(model, trainer_kwargs={"accelerator": "cpu"})
+    assert model.calls == 0
+
+
 def test_non_finite_loss_leaves_the_model_as_it_was(tmp_path):
     """After the NaN error the model's weights and buffers are those it had before `fit`."""
     model = NonFinite(float("nan"))

@@ -125,6 +125,29 @@ def test_torchmetrics_state_is_restored():
     assert torch.equal(model.acc.compute(), value)
 
 
+def test_metrics_held_in_a_plain_dict_or_list_are_restored():
+    """Metrics in a plain dict (no ``ModuleDict``) or list are no submodules: their states come back all the same.
+
+    Found trying the package as a new user: a metric kept in ``self.metrics = {...}`` kept the range test's updates.
+    """
+    model = Stateful()
+    model.metrics = {"train": torchmetrics.classification.MulticlassAccuracy(num_classes=3)}
+    model.listed = [torchmetrics.MetricCollection({"f1": torchmetrics.classification.MulticlassF1Score(num_classes=3)})]
+    held = [model.metrics["train"], model.listed[0]["f1"]]
+    assert not any(m is metric for m in model.modules() for metric in held)  # the premise: no submodules
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for metric in held:
+        metric.update(model(x), y)
+    values = [metric.compute().clone() for metric in held]
+    snapshot = capture(model, optimizer)
+    for metric in held:
+        metric.update(model(x * 3), (y + 1) % 3)
+    snapshot.restore()
+    assert [m._update_count for m in held] == [1, 1]
+    assert all(torch.equal(m.compute(), v) for m, v in zip(held, values, strict=True))
+
+
 def test_never_updated_metric_stays_never_updated():
     """A metric that was never updated is still in that state (its `update_called` is False) after a branch."""
     model = Stateful()

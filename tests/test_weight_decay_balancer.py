@@ -186,6 +186,42 @@ def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
         _fit(tmp_path, TwoOptimizers(), [WeightDecayBalancer()])
 
 
+class ManualOptimization(TinyClassifier):
+    """Steps its own optimizer (``automatic_optimization = False``), as a GAN or a custom loop does."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.steps = 0
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.steps += 1
+
+
+def test_the_grid_refuses_manual_optimization_before_anything_runs_and_the_other_modes_serve_it(tmp_path):
+    """The grid trains branches by stepping the optimizer: under manual optimization torch failed mid-grid.
+
+    Found trying the package as a new user ("Trying to backward through the graph a second time"); now a clear error
+    at fit start that names the mode and what to do, before any step, while the modes that only set λ serve it.
+    """
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    model = ManualOptimization()
+    refused = r"WeightDecayBalancer\(mode='grid'\) needs automatic.*'budget'"
+    with pytest.raises(MisconfigurationException, match=refused):
+        _fit(tmp_path / "grid", model, [WeightDecayBalancer(mode="grid")])
+    assert model.steps == 0
+    served = WeightDecayBalancer(mode="timescale")
+    _fit(tmp_path / "timescale", ManualOptimization(), [served])
+    assert served.weight_decays is not None
+
+
 # ---------------------------------------------------------------------------------------------------- what is set
 
 
@@ -474,15 +510,19 @@ def test_epoch_scheduler_is_traced_per_epoch(tmp_path):
 
 
 def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
-    with pytest.warns(RuntimeWarning, match=r"before its adaptive normalization.*use AdamW"):
+    said = r"before its adaptive normalization.*`mode='budget'` treats it like.*AdamW"
+    with pytest.warns(RuntimeWarning, match=said):
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), WeightDecayBalancer(mode="budget")])
 
 
 def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
-    """Adam's coupled decay has no budget to bound: the default keeps it (and warns)."""
+    """Adam's coupled decay has no budget to bound: the default keeps it, and its warning says so (not 'budget')."""
     balancer = WeightDecayBalancer()
-    with pytest.warns(RuntimeWarning, match="adaptive normalization"):
+    with pytest.warns(RuntimeWarning, match="adaptive normalization") as said:
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), balancer])
+    message = next(str(w.message) for w in said if "adaptive normalization" in str(w.message))
+    assert "`mode='timescale'` keeps your weight decay" in message
+    assert "'budget'" not in message
     assert balancer.weight_decays == [1e-4]
 
 
