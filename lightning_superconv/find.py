@@ -76,7 +76,12 @@ def find_max_lr(
             steps: pass the ``max_epochs`` (or ``max_steps``) of the run the peak is for (one epoch otherwise).
 
     Raises:
-        TypeError: if ``range_test`` holds an argument that is not a range-test argument.
+        TypeError: if ``range_test`` holds an argument that is not a range-test argument, or ``trainer_kwargs`` is
+            no mapping.
+        ValueError: if a range-test argument is out of range, or the train data is in
+            ``CombinedLoader(mode="sequential")``.
+        MisconfigurationException: for a model the range test cannot serve, as ``SuperConvergence`` raises at fit
+            start (manual optimization, no optimizer, no training batch, ...).
 
     Example::
 
@@ -112,7 +117,9 @@ def find_max_lr(
     kwargs["min_epochs"] = kwargs["min_steps"] = None
     given = kwargs.get("callbacks") or []
     # `Trainer(callbacks=...)` takes one callback or a list of them
-    kwargs["callbacks"] = [*(given if isinstance(given, (list, tuple)) else [given]), probe]
+    given = list(given) if isinstance(given, (list, tuple)) else [given]
+    _refuse_what_would_run_a_second_test(given, kwargs.get("fast_dev_run", False))
+    kwargs["callbacks"] = [*given, probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
     # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.
@@ -134,6 +141,30 @@ def find_max_lr(
         raise error
     assert probe.result is not None
     return probe.result
+
+
+def _refuse_what_would_run_a_second_test(callbacks: list[Any], fast_dev_run: Any) -> None:
+    """Refuse this package's callbacks and ``fast_dev_run`` among the ``trainer_kwargs``.
+
+    The callbacks would run a range test or a grid of their own before the one asked for, and change the optimizer it
+    starts from; ``fast_dev_run`` runs a batch or a few.
+    """
+    from lightning_superconv.superconvergence import SuperConvergence
+    from lightning_superconv.weight_decay_balancer import WeightDecayBalancer
+
+    ours = [type(cb).__name__ for cb in callbacks if isinstance(cb, (SuperConvergence, WeightDecayBalancer))]
+    if ours:
+        raise ValueError(
+            f"`find_max_lr` runs the range test itself: remove {', '.join(ours)} from `trainer_kwargs['callbacks']` "
+            "(it would run its own range test or grid first and change the optimizer the test starts from). Give it "
+            "to the Trainer that trains, e.g. `SuperConvergence(max_lr=result.max_lr)`."
+        )
+    if fast_dev_run not in (False, 0, None):
+        raise ValueError(
+            f"`find_max_lr` got `fast_dev_run={fast_dev_run!r}` in `trainer_kwargs`: it limits the run to a batch or "
+            "a few, and a range test reads its curve over `num_steps` batches (SuperConvergence skips its range "
+            "test under `fast_dev_run`). Remove it from `trainer_kwargs`."
+        )
 
 
 def _loaders_in(model: Any, data: Any) -> list[Any]:

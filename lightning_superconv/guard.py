@@ -11,25 +11,27 @@ costs the run); the LR climbs back from where the restored weights were trained 
 there, and training goes on.
 
 "Clearly diverged", chosen so that the noise of ordinary training does not trigger it: the training loss is NaN/inf; or
-its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training
-started, or above ``threshold`` (4) times its best (for a negative loss: by three times the best's magnitude; the rise
-is never measured in less than a tenth of the start, so a loss that nears or crosses zero, a negative log-likelihood, is
-not judged by a best that is no scale), or back above where training started after it had fallen by a tenth (a network
-collapsed to chance); or, once the LR has climbed to the cycle's peak and the moving average spans a whole window
-(``window`` losses: in a run whose peak comes sooner, a loss falling as it should has had no time to fall a tenth), the
-loss never fell a tenth below where it started and stands at or above it, and none of the last ``window // 2`` losses
-fell a tenth below it either, in a run whose loss moved since the snapshot, one loss a tenth below the first or half as
-high again (a network that too high an LR killed spiked, or fell and came back, before it lay flat at the start; a slow
-starter whose average still carries an early spike while its latest losses fall is left to train, and so is a plateau, a
-loss that lies flat for a while before it falls and never left its first loss's neighbourhood: a GRU on a marked-sum
-task sits at ln 2 for some 40 steps); after a rescue that check repeats at every step until the average has fallen a
-tenth below the start (the peak that blew up was too high: a network that dips as the LR climbs back and then dies at
-the loss it started from is caught); or, from then on, at a check, the last ``window`` losses lie within 5 % of their
-mean, no lower than half the first loss, while the moving average once stood at twice that mean (a network that blew up
-and died, predicting the same for every input about as badly as an untrained one: its flat loss can lie below a start
-that the blow-up inflated, where no other criterion sees it; a network still learning differs more from batch to batch,
-one that trained has fallen further, and one flat at its first loss never blew up). How often it fires in runs that end
-well without it, and what that costs them, is measured on the pick zoo (the README's guard section).
+its moving average (an EMA over about ``window`` steps, debiased) has risen half as high again as where training started
+(and beyond what the noise of the run's first batches can put between the two readings, unless it is twice as high:
+:meth:`DivergenceGuard.start_margin`), or above ``threshold`` (4) times its best (for a negative loss: by three times
+the best's magnitude; the rise is never measured in less than a tenth of the start, so a loss that nears or crosses
+zero, a negative log-likelihood, is not judged by a best that is no scale), or back above where training started after
+it had fallen by a tenth, and by more than that noise (a network collapsed to chance); or, once the LR has climbed to
+the cycle's peak and the moving average spans a whole window (``window`` losses: in a run whose peak comes sooner, a
+loss falling as it should has had no time to fall a tenth), the loss never fell a tenth below where it started and
+stands at or above it, and none of the last ``window // 2`` losses fell a tenth below it either, in a run whose loss
+moved since the snapshot, one loss a tenth below the first or half as high again (a network that too high an LR killed
+spiked, or fell and came back, before it lay flat at the start; a slow starter whose average still carries an early
+spike while its latest losses fall is left to train, and so is a plateau, a loss that lies flat for a while before it
+falls and never left its first loss's neighbourhood: a GRU on a marked-sum task sits at ln 2 for some 40 steps); after a
+rescue that check repeats at every step until the average has fallen a tenth below the start (the peak that blew up was
+too high: a network that dips as the LR climbs back and then dies at the loss it started from is caught); or, from then
+on, at a check, the last ``window`` losses lie within 5 % of their mean, no lower than half the first loss, while the
+moving average once stood at twice that mean (a network that blew up and died, predicting the same for every input about
+as badly as an untrained one: its flat loss can lie below a start that the blow-up inflated, where no other criterion
+sees it; a network still learning differs more from batch to batch, one that trained has fallen further, and one flat at
+its first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is
+measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
@@ -45,6 +47,7 @@ between checks.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +67,9 @@ FLAT = 0.05
 NOISE = 4.0
 #: Losses needed to measure their noise; before them a high loss is a blow-up if the loss stays up over this many.
 NOISE_MIN = 5
+#: Standard errors of the batches' noise that a rise from, or a fall below, where training started must also exceed
+#: (see :meth:`DivergenceGuard.start_margin`).
+MARGIN = 2.0
 
 
 class DivergenceError(RuntimeError):
@@ -104,7 +110,9 @@ class DivergenceGuard:
         # average, count, best, start and latest losses at the snapshot: a rollback to the first snapshot forgets where
         # training "started" too (it is read again from the losses that follow), else the restored weights' own loss,
         # above the start the first steps fell to, counts as a divergence at once and every rescue is spent on it
-        self._snapshot_stats: tuple[float, int, float, float, float, float, tuple[float, ...]] | None = None
+        self._snapshot_stats: (
+            tuple[float, int, float, float, float, float, tuple[float, ...], tuple[float, ...]] | None
+        ) = None
         # losses kept since the last check, with their steps and LRs; a resumed run's come back as plain numbers
         self._kept: list[torch.Tensor | float] = []
         self._kept_steps: list[int] = []
@@ -113,6 +121,10 @@ class DivergenceGuard:
         # the latest losses as they came (finite ones): a dead network's lie flat
         self.window = window
         self._recent: deque[float] = deque(maxlen=max(2, window))
+        # the first `window` losses (finite ones): their noise is the batches' noise around where training started
+        # (`start_margin`). A rollback to the first snapshot reads them again with the start: a blow-up among them
+        # (the peak that was rolled back) would make the margin that of the blow-up
+        self._early: list[float] = []
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -190,6 +202,8 @@ class DivergenceGuard:
             return
         self.average = self.beta * self.average + (1 - self.beta) * value
         self.count += 1
+        if len(self._early) < self.window:
+            self._early.append(value)
         if self.count == 1:
             self.first = value
         high = self.count > 1 and value - self.first > 0.5 * abs(self.first if self.first != 0 else 1.0)
@@ -252,7 +266,10 @@ class DivergenceGuard:
         if self._nonfinite:
             return "the loss became NaN/inf"
         smoothed, best, start = self.smoothed, self.best, self.start
-        if not math.isnan(start) and smoothed - start > 0.5 * abs(start if start != 0 else 1.0):
+        rise = smoothed - start
+        # half as high again; beyond the batches' noise too, unless twice as high (see `start_margin`)
+        half_again = not math.isnan(start) and rise > 0.5 * abs(start if start != 0 else 1.0)
+        if half_again and (rise > abs(start) or rise > self.start_margin()):
             return f"its moving average rose to {smoothed:.4g}, half as high again as where it started ({start:.4g})"
         if not math.isfinite(best):
             return None
@@ -268,9 +285,34 @@ class DivergenceGuard:
                 f"its moving average rose to {smoothed:.4g}, {self.threshold - 1:g} tenths of where training started "
                 f"({start:.4g}) above its best ({best:.4g})"
             )
-        if smoothed > start and best < start - 0.1 * abs(start):
+        fallen = start - 0.1 * abs(start)  # a tenth below the start; by more than the batches' noise too
+        if smoothed > start and best < fallen and best < fallen - self.start_margin():
             return f"its moving average rose back above where training started ({smoothed:.4g} > {start:.4g})"
         return None
+
+    def start_margin(self) -> float:
+        r"""How far the moving average can lie from where training started by the batches' noise alone.
+
+        Where training started is read from the first five losses, the moving average from about ``window``: both carry
+        the noise of single batches, and where that noise is large against the loss, two readings of the same loss
+        differ by a good part of it. Trained weights fine-tuned at a small peak scatter their batch losses over several
+        times their mean (five batches read 0.046 where the mean was 0.081: "half as high again" at an LR that could not
+        harm them); at batches of 4 a loss that lay within its noise of the start for its whole run read as having
+        fallen a tenth and then "rose back above where it started". So "half as high again" (unless the average is twice
+        as high: a blow-up is noisy too) and "fell a tenth" (for "rose back above where training started") also ask for
+        :data:`MARGIN` (2) standard errors of the difference between the two readings. The noise is that of the run's
+        first ``window`` losses, read from one loss to the next (:func:`_robust_step_noise`), at the LRs of the
+        warm-up's start, before most blow-ups of a peak too high can inflate it; after a rollback to the weights
+        training started from it is read again, with the start (the losses rolled back may hold the blow-up). A network
+        killed early and lying at its start, the stall check's to catch, is judged without it. In a run from scratch
+        those losses lie close together and the margin far inside the tenth and the half (the README's guard section
+        measures what it changes).
+        """
+        if len(self._early) < 2:
+            return 0.0
+        started_over = min(5, int(1 / (1 - self.beta)))  # as `_update_marks` reads the start
+        spread = math.sqrt(1 / started_over + (1 - self.beta) / (1 + self.beta))  # the EMA's: (1-β)/(1+β) of a loss
+        return MARGIN * spread * _robust_step_noise(self._early)
 
     def fell(self) -> bool:
         """Whether the moving average has fallen a tenth below where training started (the model learned)."""
@@ -347,7 +389,8 @@ class DivergenceGuard:
         # `moved` stays: it is read before any rescue only, where a refresh needs a loss that fell (not stalled), and
         # a resumed run's first snapshot must not forget that its loss moved before the checkpoint
         self._snapshot_stats = (
-            self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent)
+            self.average, self.count, self.best, self.start, self.highest, self.first, tuple(self._recent),
+            tuple(self._early),
         )  # fmt: skip
         return True
 
@@ -356,7 +399,8 @@ class DivergenceGuard:
         assert self.snapshot is not None
         self.snapshot.restore()
         assert self._snapshot_stats is not None
-        self.average, self.count, self.best, self.start, self.highest, self.first, recent = self._snapshot_stats
+        self.average, self.count, self.best, self.start, self.highest, self.first, recent, early = self._snapshot_stats
+        self._early = list(early)
         self._recent.clear()
         self._recent.extend(recent)
         self._nonfinite = False
@@ -374,7 +418,7 @@ class DivergenceGuard:
         kept = self._kept_steps, self._kept, self._kept_lrs, self._kept_scales
         return {
             "average": self.average, "count": float(self.count), "best": self.best, "start": self.start,
-            "highest": self.highest, "first": self.first, "recent": list(self._recent),
+            "highest": self.highest, "first": self.first, "recent": list(self._recent), "early": list(self._early),
             "moved": float(self.moved),
             "kept": [[step, float(loss) * scale, lr] for step, loss, lr, scale in zip(*kept, strict=True)],
         }  # fmt: skip
@@ -390,6 +434,8 @@ class DivergenceGuard:
         self.moved = bool(state.get("moved", 0.0))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
+        # a checkpoint of an earlier release kept no first losses: the latest stand in for them
+        self._early = [float(loss) for loss in state.get("early", state.get("recent", []))][: self.window]
         kept = state.get("kept", [])
         self._kept_steps = [int(step) for step, _, _ in kept]
         self._kept = [float(value) for _, value, _ in kept]
@@ -603,6 +649,18 @@ def _step_noise(losses: list[float]) -> float:
     """
     steps = sum((b - a) ** 2 for a, b in zip(losses, losses[1:], strict=False))
     return math.sqrt(steps / (2 * (len(losses) - 1)))
+
+
+def _robust_step_noise(losses: list[float]) -> float:
+    """The spread of one loss, read from the median change from one loss to the next (a spike among them is not noise).
+
+    For white noise of spread σ the change from one loss to the next has spread σ·√2, and the median of its size is
+    0.6745 of that. A spike moves two changes only, which the median passes over: a network that learned fast and spiked
+    once in its first 20 steps, then died, had its noise read nine times too high by :func:`_step_noise`, and the
+    margin hid the collapse (the pick zoo's LeNet at 1.4x its best peak ended at chance).
+    """
+    changes = [abs(b - a) for a, b in zip(losses, losses[1:], strict=False)]
+    return statistics.median(changes) / (0.6745 * math.sqrt(2)) if changes else 0.0
 
 
 def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:

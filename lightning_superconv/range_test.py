@@ -132,7 +132,7 @@ def run_range_test(
        (at most ``num_steps // 2`` more steps) until it has: a model trained at LR 20 needs a sweep beyond 10.
     2. The reading: the LR where the smoothed loss, after its lowest point, is back above its starting level
        (:func:`~lightning_superconv.peak.rise_index`), Smith's "where the loss starts to rise" made robust to a
-       noisy floor. The candidate peaks are a half, a quarter and an eighth of it.
+       noisy floor. The candidate peaks are a quarter, a half and an eighth of it.
     3. The trials: from the same snapshot, a one-cycle of ``trial_steps`` steps (by default a third of ``run_steps``,
        from 100 to 300: :func:`~lightning_superconv.peak.trial_length`; the cycle's own shape, compressed) at
        each candidate, scored by the held-out loss (the validation data, else training batches the trials never

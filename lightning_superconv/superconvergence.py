@@ -44,7 +44,7 @@ class SuperConvergence(_compat.Callback):
     :class:`~lightning_superconv.curve.DivergenceMonitor`). The cycle's maximum LR is read where the loss, past its
     lowest point, rises back above where it started (Smith's "where the loss starts to rise"), *not* at the
     steepest slope: that point suits a constant LR and is typically orders of magnitude too small for a one-cycle
-    peak. A half, a quarter and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
+    peak. A quarter, a half and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
     steps (a third of the run, from 100 to 300) from the same snapshot, and the one that leaves the lowest held-out
     loss (validation data, else training batches the trials never see) is the peak; when the best lies at the edge, the
     search goes one rung further (see :func:`~lightning_superconv.range_test.run_range_test` and
@@ -83,7 +83,7 @@ class SuperConvergence(_compat.Callback):
         mode: ``"exponential"`` (default) or ``"linear"`` spacing of the swept LRs.
         divergence_threshold: the test stops once the smoothed loss exceeds this many times its best (> 1).
         smoothing: EMA factor in [0, 1) of the online divergence check (the reading uses a centered running median
-            whose half width is 3 % of the sweep, 7 steps of 100, without lag, see
+            whose half width is 3 % of the sweep, a window of 7 steps of 100, without lag, see
             :func:`~lightning_superconv.curve.running_median`).
         trial_steps: steps of the short trial cycle run at each candidate peak. ``None`` (default): a third of the
             run, from 100 to 300 steps (:func:`~lightning_superconv.peak.trial_length`: a cycle compressed much more
@@ -98,7 +98,8 @@ class SuperConvergence(_compat.Callback):
         div_factor: the cycle starts at ``max_lr / div_factor`` (>= 1).
         final_div_factor: the cycle ends at ``max_lr / (div_factor * final_div_factor)`` (>= 1).
         three_phase: use torch's three-phase cycle (symmetric rise and fall, then a final annihilation).
-        log_schedule: log LR and momentum of the first param group every ``log_every_n_steps`` steps.
+        log_schedule: log LR and momentum of the first param group, and each group's weight decay, every
+            ``log_every_n_steps`` steps.
         guard: watch the training loss; when it clearly diverges, roll back to an in-memory snapshot, lower the rest
             of the cycle and go on (:mod:`lightning_superconv.guard` says when and by how much).
         max_rescues: rescues allowed (>= 0); one more divergence raises
@@ -118,7 +119,10 @@ class SuperConvergence(_compat.Callback):
             optimizer, an unknown run length, a train dataloader without batches, Lightning's ``LearningRateFinder``
             in the same ``Trainer``, DeepSpeed, a range test under FSDP or ``ModelParallelStrategy``, a Schedule-Free
             optimizer, ``Rprop`` or ``LBFGS`` (an LR schedule means nothing to them), a first param group with LR 0,
-            a resume from a checkpoint without this callback's state, or a range test that reads no curve.
+            a resume from a checkpoint without this callback's state, a range test that reads no curve, or one on a
+            lazy module whose weights do not exist yet.
+        ValueError: at fit start, for train data in ``CombinedLoader(mode="sequential")`` (Lightning trains on no
+            such data).
 
     Example::
 
@@ -249,6 +253,7 @@ class SuperConvergence(_compat.Callback):
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None:
+            _warn_of_a_frozen_backbone(trainer)
             self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle, run_steps=steps)
             self.max_lr = self.result.max_lr
             _compat.rank_zero_info(
@@ -329,6 +334,17 @@ class SuperConvergence(_compat.Callback):
     ) -> None:
         watch = self._watch
         if watch is None:
+            return
+        checks_now = trainer.global_step % watch.guard.check_every == 0
+        if checks_now and not _trainer.scheduler_in_use(trainer, self._scheduler):
+            # StochasticWeightAveraging's SWALR replaced the cycle: a rescue would lower a cycle that sets no LR any
+            # more, and roll the LR back to the cycle's value of the snapshot's time until SWALR sets its own again
+            self._watch = None
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: StochasticWeightAveraging's SWALR sets the LR from step {trainer.global_step}; the "
+                "divergence guard stands down (it lowers the one-cycle, which no longer runs).",
+            )
             return
         rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs)
         if gave_up is not None:
@@ -474,6 +490,24 @@ class SuperConvergence(_compat.Callback):
                 f"`BackboneFinetuning`); they join the one-cycle at {ratios} the first group's LR, and the cycle sets "
                 "their LR and momentum from now on.",
             )
+
+
+def _warn_of_a_frozen_backbone(trainer: _compat.Trainer) -> None:
+    """Say that the range test measures the head alone while ``BaseFinetuning`` (e.g. ``BackboneFinetuning``) freezes.
+
+    Found trying the package as a new user: a digits MLP whose backbone joined at epoch 2 got a pick 15x its whole
+    network's (7 against 0.44); once the backbone trained, the run diverged on every seed without the guard.
+    """
+    finetuning = _compat.callback_of(trainer, "BaseFinetuning")
+    if finetuning is None:
+        return
+    _compat.rank_zero_warn(
+        trainer,
+        f"SuperConvergence: the range test runs while `{type(finetuning).__name__}` holds part of the model frozen, so "
+        "its pick suits the trainable part alone and can be many times too high once the rest joins (15x on a small "
+        "MLP; the divergence guard then lowers it, at the cost of rescues). Pass `max_lr=`, e.g. from `find_max_lr` "
+        "on the model with nothing frozen.",
+    )
 
 
 def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:

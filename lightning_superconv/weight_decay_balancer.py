@@ -191,6 +191,11 @@ class WeightDecayBalancer(_compat.Callback):
         check_number("min_gain", min_gain, low=0.0, high=1.0, low_inclusive=True)
         log_weight_decay = check_bool("log_weight_decay", log_weight_decay)
         rebalance_on_rescue = check_bool("rebalance_on_rescue", rebalance_on_rescue)
+        if mode == "grid" and all(float(f) == 1.0 for f in factors):
+            raise ValueError(
+                "`factors` must hold a multiple of your λ other than 1 for the grid to compare it with (your own, 1, "
+                f"is always tried), got {tuple(factors)!r}"
+            )
 
         self.mode: Mode = mode
         self.factors = tuple(float(f) for f in factors)

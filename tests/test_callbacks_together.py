@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import warnings
 
 import lightning as L
 import pytest
@@ -139,6 +140,27 @@ def test_stochastic_weight_averaging_takes_over_the_schedule_at_its_start(tmp_pa
     assert not [w for w in recwarn if "SuperConvergence" in str(w.message) and "no trial" not in str(w.message)]
 
 
+def test_the_guard_stands_down_once_swa_s_schedule_replaces_the_cycle(tmp_path, caplog):
+    """After SWA's start its ``SWALR`` sets the LR; the guard lowered a cycle that no longer ran.
+
+    Found trying the package as a new user (SWA at an LR that diverges): each rescue said it lowered the peak, put back
+    the cycle's LR of its snapshot's time until ``SWALR`` set its own again, and the run used up its rescues. Now the
+    guard stands down when ``SWALR`` takes over (and says so): no rescue after it, the LR is SWA's at every step.
+    """
+    recorder = Recorder()
+    callback = SuperConvergence(max_lr=0.05)
+    swa = StochasticWeightAveraging(swa_lrs=50.0, swa_epoch_start=3, annealing_epochs=1)  # an LR that blows up
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, _seeded(), [callback, swa, recorder], max_epochs=6)
+    assert trainer.state.finished
+    assert callback.rescues == []
+    swa_steps = [i for i, kind in enumerate(recorder.schedulers) if kind is SWALR]
+    annealed = swa_steps[4:]  # SWALR climbs to 50 over its first epoch (4 steps), then holds it
+    assert annealed
+    assert all(recorder.groups[i][0][0] == pytest.approx(50.0) for i in annealed)
+    assert "the divergence guard stands down" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------ LearningRateMonitor
 
 
@@ -270,6 +292,21 @@ def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, capl
     assert [b[1] for b in backbone] == pytest.approx([h[1] for h in head], rel=1e-12)
     assert [g[0][0] for g in recorder.groups] == pytest.approx(_reference_lrs(0.2, 12), rel=1e-12)
     assert any("join the one-cycle at 0.1x" in r.getMessage() for r in caplog.records)
+
+
+def test_a_range_test_beside_backbone_finetuning_warns_that_it_measures_the_head_alone(tmp_path):
+    """The backbone is frozen while the range test runs: its pick suits the head alone (found by a new user: 15x).
+
+    Given ``max_lr=`` there is no range test and no warning.
+    """
+    with pytest.warns(RuntimeWarning, match=r"`BackboneFinetuning` holds part of the model frozen.*Pass `max_lr=`"):
+        _fit(tmp_path / "test", BackboneClassifier(), [BackboneFinetuning(unfreeze_backbone_at_epoch=1),
+             SuperConvergence(num_steps=15, trial_steps=0)], max_epochs=2)  # fmt: skip
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _fit(tmp_path / "given", BackboneClassifier(), [BackboneFinetuning(unfreeze_backbone_at_epoch=1),
+             SuperConvergence(max_lr=0.2)], max_epochs=2)  # fmt: skip
+    assert not [w for w in said if "frozen" in str(w.message)]
 
 
 class Interrupt(Exception):

@@ -50,6 +50,7 @@ def test_superconvergence_is_built_from_the_yaml(cli):
     expected = _callback_args("SuperConvergence")
     assert sc.range_test.lr_range == tuple(expected["lr_range"])
     assert sc.range_test.num_steps == expected["num_steps"]
+    assert sc.range_test.trial_steps == expected["trial_steps"]  # None: the main example's trials, sized to the run
     assert sc.cycle.pct_start == expected["pct_start"]
     assert sc.cycle.div_factor == expected["div_factor"]
     assert sc.cycle.final_div_factor == expected["final_div_factor"]

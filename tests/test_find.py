@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
 
-from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
+from lightning_superconv import RangeTestResult, SuperConvergence, WeightDecayBalancer, find_max_lr
 
 LR_RANGE = (1e-3, 30.0)
 
@@ -305,6 +305,28 @@ def test_trainer_kwargs_that_are_no_mapping_are_refused_naming_the_argument(give
     """Found trying the package as a new user: a list gave a bare ``TypeError`` from deep inside, naming nothing."""
     with pytest.raises(TypeError, match=r"`trainer_kwargs` takes a mapping of `Trainer` arguments.*got (list|str)"):
         find_max_lr(TinyClassifier(), trainer_kwargs=given)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"callbacks": [SuperConvergence()]}, r"remove SuperConvergence from `trainer_kwargs\['callbacks'\]`"),
+        ({"callbacks": WeightDecayBalancer()}, r"remove WeightDecayBalancer from"),
+        ({"fast_dev_run": True}, r"`fast_dev_run=True`.*Remove it"),
+        ({"fast_dev_run": 3}, r"`fast_dev_run=3`"),
+    ],
+)
+def test_our_callbacks_and_fast_dev_run_in_trainer_kwargs_are_refused_before_anything_runs(given, said):
+    """Our callbacks or ``fast_dev_run`` in ``trainer_kwargs`` fail before any step.
+
+    Found trying the package as a new user: a SuperConvergence there ran a range test of its own first and installed
+    its cycle; ``fast_dev_run`` ran the range test on one batch.
+    """
+    model = TinyClassifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=said):
+        find_max_lr(model, trainer_kwargs=given)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_loader_without_batches_or_a_run_told_to_run_none_gets_the_callback_s_message():

@@ -128,6 +128,8 @@ def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) 
         ({"factors": ()}, TypeError, r"`factors` must be a non-empty tuple"),
         ({"factors": (1.0, -1.0)}, ValueError, r"`factors\[1\]` must be in \[0.0, inf\), got -1.0"),
         ({"factors": (1.0, "3")}, TypeError, r"`factors\[1\]` must be a number, got '3'"),
+        # a grid of the user's own λ alone compares nothing (found trying the package as a new user: accepted)
+        ({"mode": "grid", "factors": (1.0, 1)}, ValueError, r"`factors` must hold a multiple .* than 1.*\(1.0, 1\)"),
         ({"cost": 0.0}, ValueError, r"`cost` must be in \(0.0, 1.0\], got 0.0"),
         ({"cost": 1.5}, ValueError, r"`cost` must be in \(0.0, 1.0\], got 1.5"),
         ({"bounds": (0.5,)}, TypeError, r"`bounds` must be a pair"),
