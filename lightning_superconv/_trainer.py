@@ -53,6 +53,20 @@ def single_optimizer(
     return optimizers[0]
 
 
+def refuse_sequential_train_data(trainer: _compat.Trainer, who: str) -> None:
+    """Refuse train data in ``CombinedLoader(mode="sequential")`` before ``who`` trains on it.
+
+    Lightning refuses it only when its first epoch starts: after a whole range test or weight-decay grid had run on it.
+    The train dataloader must be loaded (``_compat.setup_train_data``).
+    """
+    if _compat.train_loader_mode(trainer) == "sequential":
+        raise ValueError(
+            f'{who} cannot run on train data in `CombinedLoader(mode="sequential")`, and neither can `Trainer.fit`: '
+            "training takes the modes 'max_size_cycle' (the default), 'max_size' and 'min_size'. Pass one of these "
+            "as the CombinedLoader's `mode`."
+        )
+
+
 def total_steps(trainer: _compat.Trainer, who: str) -> int:
     r"""The run's optimizer steps (0 when the user asked for none), or an error that names the real problem.
 

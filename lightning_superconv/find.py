@@ -78,8 +78,9 @@ def find_max_lr(
     Raises:
         TypeError: if ``range_test`` holds an argument that is not a range-test argument, or ``trainer_kwargs`` is
             no mapping.
-        ValueError: if a range-test argument is out of range, or the train data is in
-            ``CombinedLoader(mode="sequential")``.
+        ValueError: if a range-test argument is out of range, the train data is in
+            ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
+            callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``.
         MisconfigurationException: for a model the range test cannot serve, as ``SuperConvergence`` raises at fit
             start (manual optimization, no optimizer, no training batch, ...).
 

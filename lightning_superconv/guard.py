@@ -434,7 +434,8 @@ class DivergenceGuard:
         self.moved = bool(state.get("moved", 0.0))
         self._recent.clear()
         self._recent.extend(float(loss) for loss in state.get("recent", []))
-        # a checkpoint of an earlier release kept no first losses: the latest stand in for them
+        # a checkpoint of an earlier release kept no first losses: the latest stand in for them (read at the LR of the
+        # checkpoint's time, so the margin may be wider than the start's own noise until the start is read again)
         self._early = [float(loss) for loss in state.get("early", state.get("recent", []))][: self.window]
         kept = state.get("kept", [])
         self._kept_steps = [int(step) for step, _, _ in kept]

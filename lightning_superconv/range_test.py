@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_superconv import _compat
+from lightning_superconv import _compat, _trainer
 from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
@@ -172,13 +172,7 @@ def run_range_test(
     # `estimated_stepping_batches` loads the train dataloader, except when `max_epochs=-1` (which `Trainer(max_steps=N)`
     # alone implies): load it here, as the fit loop would
     _compat.setup_train_data(trainer)
-    if _compat.train_loader_mode(trainer) == "sequential":
-        # Lightning refuses it only when its first epoch starts: after a whole range test, which would run on it
-        raise ValueError(
-            'The range test cannot run on train data in `CombinedLoader(mode="sequential")`, and neither can '
-            "`Trainer.fit`: training takes the modes 'max_size_cycle' (the default), 'max_size' and 'min_size'. "
-            "Pass one of these as the CombinedLoader's `mode`."
-        )
+    _trainer.refuse_sequential_train_data(trainer, "The range test")
 
     def set_lr(step: int) -> None:
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):

@@ -11,8 +11,8 @@ What is copied, and why each part:
 - gradients and each submodule's train/eval flag;
 - torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
   its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
-  ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds in a plain dict, list or
-  tuple, which are not submodules;
+  ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds directly in a plain dict,
+  list or tuple, which are not submodules (one more level of nesting, a list in a dict, is not searched);
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
   batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
   holds, such as a list a user appends diagnostics to, is the user's and left alone);

@@ -121,8 +121,8 @@ class SuperConvergence(_compat.Callback):
             optimizer, ``Rprop`` or ``LBFGS`` (an LR schedule means nothing to them), a first param group with LR 0,
             a resume from a checkpoint without this callback's state, a range test that reads no curve, or one on a
             lazy module whose weights do not exist yet.
-        ValueError: at fit start, for train data in ``CombinedLoader(mode="sequential")`` (Lightning trains on no
-            such data).
+        ValueError: at fit start, for train data in ``CombinedLoader(mode="sequential")`` when a range test would run
+            on it (Lightning trains on no such data, and refuses it when its first epoch starts).
 
     Example::
 
@@ -499,7 +499,7 @@ def _warn_of_a_frozen_backbone(trainer: _compat.Trainer) -> None:
     network's (7 against 0.44); once the backbone trained, the run diverged on every seed without the guard.
     """
     finetuning = _compat.callback_of(trainer, "BaseFinetuning")
-    if finetuning is None:
+    if finetuning is None or all(p.requires_grad for p in trainer.lightning_module.parameters()):
         return
     _compat.rank_zero_warn(
         trainer,

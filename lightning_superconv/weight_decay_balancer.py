@@ -254,13 +254,18 @@ class WeightDecayBalancer(_compat.Callback):
 
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
-        # the grid trains short branches, stepping the optimizer itself: that needs automatic optimization
-        grid = self.mode == "grid"
-        who = "WeightDecayBalancer(mode='grid')" if grid else "WeightDecayBalancer"
-        instead = "choose another `mode` ('budget', 'timescale' or 'keep')" if grid else None
-        optimizer = _trainer.single_optimizer(trainer, pl_module, who, automatic=grid, instead=instead)
+        optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
             return
+        if self.mode == "grid":
+            # the grid trains short branches, stepping the optimizer itself: that needs automatic optimization, and
+            # train data Lightning trains on
+            _trainer.single_optimizer(
+                trainer, pl_module, "WeightDecayBalancer(mode='grid')", automatic=True,
+                instead="choose another `mode` ('budget', 'timescale' or 'keep')",
+            )  # fmt: skip
+            _compat.setup_train_data(trainer)
+            _trainer.refuse_sequential_train_data(trainer, "WeightDecayBalancer(mode='grid')")
         # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
         # recipe the user would have run without either callback.
         total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
@@ -649,7 +654,8 @@ class WeightDecayBalancer(_compat.Callback):
 _ADAPTIVE_HANDLING = {
     "timescale": "`mode='timescale'` keeps your weight decay for such groups",
     "budget": "`mode='budget'` treats it like decoupled decay (shrinks η·λ per step)",
-    "grid": "`mode='grid'` compares weight decays by training with them, which needs none",
+    "grid": "`mode='grid'` compares weight decays by training with them (its check that a grid is worth running "
+    "still reads that budget)",
     "keep": "`mode='keep'` leaves it as configured",
 }
 

@@ -82,10 +82,10 @@ class ZeroFirstGroup(Counting):
         return torch.optim.SGD([{"params": first, "lr": 0.0}, {"params": rest, "lr": 0.01}], lr=0.01, momentum=0.9)
 
 
-def _fit(tmp_path, model, callback=None, **overrides):
+def _fit(tmp_path, model, callback=None, extra=(), **overrides):
     overrides.setdefault("limit_train_batches", 4)
     callback = callback or SuperConvergence(num_steps=10)
-    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, **overrides))
+    trainer = L.Trainer(callbacks=[callback, *extra], **trainer_kwargs(tmp_path, **overrides))
     trainer.fit(model)
     return trainer
 
@@ -134,6 +134,12 @@ def test_train_data_in_sequential_mode_is_refused_before_the_range_test(tmp_path
     assert model.calls == 0
     with pytest.raises(ValueError, match=r'mode="sequential"'):
         find_max_lr(model, trainer_kwargs={"accelerator": "cpu"})
+    assert model.calls == 0
+    # nor does the weight-decay grid train on it (with the peak given, no range test runs first)
+    from lightning_superconv import WeightDecayBalancer
+
+    with pytest.raises(ValueError, match=r"WeightDecayBalancer\(mode='grid'\) cannot run on train data"):
+        _fit(tmp_path / "grid", model, SuperConvergence(max_lr=0.1), extra=[WeightDecayBalancer(mode="grid")])
     assert model.calls == 0
 
 

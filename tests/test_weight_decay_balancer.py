@@ -219,6 +219,8 @@ def test_the_grid_refuses_manual_optimization_before_anything_runs_and_the_other
     with pytest.raises(MisconfigurationException, match=refused):
         _fit(tmp_path / "grid", model, [WeightDecayBalancer(mode="grid")])
     assert model.steps == 0
+    # where no grid runs (`fast_dev_run`; a resume, which re-applies its λ) the grid's needs are not asked
+    _fit(tmp_path / "dev", ManualOptimization(), [WeightDecayBalancer(mode="grid")], fast_dev_run=True)
     served = WeightDecayBalancer(mode="timescale")
     _fit(tmp_path / "timescale", ManualOptimization(), [served])
     assert served.weight_decays is not None
