@@ -45,6 +45,9 @@ class _RangeTestProbe(_compat.Callback):
         # the run this Trainer describes (`trainer_kwargs`' `max_epochs`, `max_steps`) sizes the trials
         run = _trainer.estimated_steps(trainer)
         run_steps = int(run) if math.isfinite(run) and run > 0 else None
+        _trainer.warn_of_a_frozen_backbone(
+            trainer, "find_max_lr", "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network."
+        )
         self.result = run_range_test(trainer, pl_module, optimizer, self.config, run_steps=run_steps)
         # the fit loop checks `should_stop` before its first step and returns without training
         trainer.should_stop = True

@@ -11,8 +11,8 @@ What is copied, and why each part:
 - gradients and each submodule's train/eval flag;
 - torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
   its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
-  ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds directly in a plain dict,
-  list or tuple, which are not submodules (one more level of nesting, a list in a dict, is not searched);
+  ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds in plain dicts, lists
+  or tuples (up to three levels deep, e.g. a list in a dict), which are not submodules;
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
   batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
   holds, such as a list a user appends diagnostics to, is the user's and left alone);
@@ -39,6 +39,10 @@ _METRIC_BOOKKEEPING = ("_update_count", "_update_called", "_computed", "_forward
 
 # what every `nn.Module` keeps in its `__dict__` (its parameter and buffer dicts, hooks): never a loose tensor
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+# how deep plain containers are searched for metrics: a dict of lists of metrics is two levels; a third spares a user
+# one more wrapper, and a limit keeps a module that holds its data as nested lists from being walked item by item
+_CONTAINER_DEPTH = 3
 
 
 def _is_metric(module: torch.nn.Module) -> bool:
@@ -200,24 +204,31 @@ def capture(
 def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:
     r"""The torchmetrics metrics held in plain dicts, lists or tuples of ``module``'s submodules (not submodules).
 
-    ``self.metrics = {"train": Accuracy(...), "val": Accuracy(...)}`` is common in users' modules; such a metric is no
-    submodule (torch sees a dict), so a branch's updates would stay in it. A ``MetricCollection`` held so is covered
-    with the metrics inside it.
+    ``self.metrics = {"train": Accuracy(...), "val": Accuracy(...)}`` is common in users' modules, and so is one more
+    level (``{"train": [Accuracy(...), F1Score(...)]}``); such a metric is no submodule (torch sees a dict), so a
+    branch's updates would stay in it. Containers are searched ``_CONTAINER_DEPTH`` levels deep, each once. A
+    ``MetricCollection`` held so is covered with the metrics inside it.
     """
     found: list[torch.nn.Module] = []
     seen = set(submodules)
+    searched: set[int] = set()  # containers already searched: one held twice, or holding itself
+
+    def search(value: Any, depth: int) -> None:
+        if isinstance(value, torch.nn.Module):
+            for inner in value.modules():
+                if id(inner) not in seen:
+                    seen.add(id(inner))
+                    if _is_metric(inner):
+                        found.append(inner)
+        elif depth > 0 and isinstance(value, (dict, list, tuple)) and id(value) not in searched:
+            searched.add(id(value))
+            for item in value.values() if isinstance(value, dict) else value:
+                search(item, depth - 1)
+
     for submodule in module.modules():
         for name, value in vars(submodule).items():
-            if name in _MODULE_INTERNALS or not isinstance(value, (dict, list, tuple)):
-                continue
-            for item in value.values() if isinstance(value, dict) else value:
-                if not isinstance(item, torch.nn.Module) or id(item) in seen:
-                    continue
-                for inner in item.modules():
-                    if id(inner) not in seen:
-                        seen.add(id(inner))
-                        if _is_metric(inner):
-                            found.append(inner)
+            if name not in _MODULE_INTERNALS and isinstance(value, (dict, list, tuple)):
+                search(value, _CONTAINER_DEPTH)
     return found
 
 

@@ -253,7 +253,9 @@ class SuperConvergence(_compat.Callback):
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None:
-            _warn_of_a_frozen_backbone(trainer)
+            _trainer.warn_of_a_frozen_backbone(
+                trainer, "SuperConvergence", "Pass `max_lr=`, e.g. from `find_max_lr` on the model with nothing frozen."
+            )
             self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle, run_steps=steps)
             self.max_lr = self.result.max_lr
             _compat.rank_zero_info(
@@ -490,24 +492,6 @@ class SuperConvergence(_compat.Callback):
                 f"`BackboneFinetuning`); they join the one-cycle at {ratios} the first group's LR, and the cycle sets "
                 "their LR and momentum from now on.",
             )
-
-
-def _warn_of_a_frozen_backbone(trainer: _compat.Trainer) -> None:
-    """Say that the range test measures the head alone while ``BaseFinetuning`` (e.g. ``BackboneFinetuning``) freezes.
-
-    Found trying the package as a new user: a digits MLP whose backbone joined at epoch 2 got a pick 15x its whole
-    network's (7 against 0.44); once the backbone trained, the run diverged on every seed without the guard.
-    """
-    finetuning = _compat.callback_of(trainer, "BaseFinetuning")
-    if finetuning is None or all(p.requires_grad for p in trainer.lightning_module.parameters()):
-        return
-    _compat.rank_zero_warn(
-        trainer,
-        f"SuperConvergence: the range test runs while `{type(finetuning).__name__}` holds part of the model frozen, so "
-        "its pick suits the trainable part alone and can be many times too high once the rest joins (15x on a small "
-        "MLP; the divergence guard then lowers it, at the cost of rescues). Pass `max_lr=`, e.g. from `find_max_lr` "
-        "on the model with nothing frozen.",
-    )
 
 
 def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:

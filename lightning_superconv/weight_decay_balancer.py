@@ -126,7 +126,8 @@ class WeightDecayBalancer(_compat.Callback):
         log_weight_decay: log the weight decay every ``log_every_n_steps`` steps (``superconv/weight_decay``; with no
             ``SuperConvergence`` logging them, the LR and momentum too).
         rebalance_on_rescue: when the divergence guard of a ``SuperConvergence`` in the same Trainer rolls back and
-            lowers the cycle's peak, set ``λ`` again for the schedule that runs from there (see "After a rescue").
+            lowers the cycle's peak, set ``λ`` again for the schedule that runs from there (see "After a rescue"); in
+            ``"grid"`` or ``"keep"`` mode, or with no guard to follow, a warning at fit start says it does nothing.
 
     After a rescue: a rescue lowers the rest of the cycle, often tenfold or more, so the ``λ`` chosen for the old
     peak no longer fits the schedule that actually runs. By default it is kept: on the pick zoo's tasks with weight
@@ -412,16 +413,37 @@ class WeightDecayBalancer(_compat.Callback):
         from lightning_superconv.superconvergence import SuperConvergence
 
         self._rescuer = None
+        if not self.rebalance_on_rescue:
+            return
         # the mode that chose λ decides (a resume with another mode keeps the checkpoint's)
-        if not self.rebalance_on_rescue or self._restored_mode not in ("timescale", "budget"):
+        if self._restored_mode not in ("timescale", "budget"):
+            why = (
+                "its branches ran the schedule of the first peak, and running them again mid-run would cost as much "
+                "as at the start"
+                if self._restored_mode == "grid"
+                else "it keeps the user's λ"
+            )
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer: `rebalance_on_rescue=True` does nothing in `mode='{self._restored_mode}'` "
+                f"({why}): λ stays as chosen after a rescue. It applies to `mode='timescale'` and `mode='budget'`.",
+            )
             return
         if not any(wd > 0 for wd in self.reference_weight_decays or []):
             return  # nothing decayed, nothing to balance
         rescuer = next((cb for cb in _compat.callbacks(trainer) if isinstance(cb, SuperConvergence)), None)
-        if rescuer is not None and rescuer.guard:
-            self._rescuer = rescuer
-            if self.rescues_balanced is None:  # a fresh balance: for the rescues so far (none in a fresh fit)
-                self.rescues_balanced = len(rescuer.rescues)
+        if rescuer is None or not rescuer.guard:
+            _compat.rank_zero_warn(
+                trainer,
+                "WeightDecayBalancer: `rebalance_on_rescue=True` follows the rescues of a `SuperConvergence`'s "
+                "divergence guard, but "
+                + ("this Trainer has no `SuperConvergence`" if rescuer is None else "its guard is off (`guard=False`)")
+                + ": λ stays as chosen.",
+            )
+            return
+        self._rescuer = rescuer
+        if self.rescues_balanced is None:  # a fresh balance: for the rescues so far (none in a fresh fit)
+            self.rescues_balanced = len(rescuer.rescues)
 
     def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it."""
@@ -579,6 +601,12 @@ class WeightDecayBalancer(_compat.Callback):
                 "decays; weight decay is left as configured.",
             )
             return list(refs), f"left as configured: the run is too short for a grid within `cost={self.cost}`"
+        if len(plan.factors) < 2:
+            return list(refs), (
+                f"kept: `bounds` ({self.bounds[0]:g}-{self.bounds[1]:g}x the user's λ) and the cap of 10 % decay per "
+                f"step clamp every factor of {_fmt(list(self.factors))} onto the user's λ, so the grid has nothing to "
+                "compare and no branch was run"
+            )
         branch_budget = plan.budget(traces[first], refs[first])
         if branch_budget < MIN_BRANCH_BUDGET:
             full = refs[first] * traces[first].decay_sum()

@@ -79,6 +79,25 @@ class TinyClassifier(_TinyClassifierSteps, L.LightningModule):
         self.net = _tiny_net()
 
 
+class BackboneClassifier(TinyClassifier):
+    """A `backbone` that `BackboneFinetuning` freezes at first and unfreezes at epoch 1, adding a param group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.net[3] = nn.Identity()
+
+    def forward(self, x):
+        return self.net(self.backbone(x))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(128), batch_size=32)
+
+
 class DictValidationBatches(TinyClassifier):
     """Validation batches are dicts with ids beside the inputs and targets; ``training_step`` unpacks ``(x, y)``.
 

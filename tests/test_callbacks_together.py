@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from helpers import BackboneClassifier, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import (
     BackboneFinetuning,
     BatchSizeFinder,
@@ -23,10 +23,8 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.optim.swa_utils import SWALR
-from torch.utils.data import DataLoader
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
 
@@ -254,25 +252,6 @@ def test_the_two_callbacks_give_the_same_run_in_either_order(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ BackboneFinetuning
-
-
-class BackboneClassifier(TinyClassifier):
-    """A `backbone` that `BackboneFinetuning` freezes at first and unfreezes at epoch 1, adding a param group."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
-        self.net[3] = nn.Identity()
-
-    def forward(self, x):
-        return self.net(self.backbone(x))
-
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
-
-    def train_dataloader(self):
-        return DataLoader(make_dataset(128), batch_size=32)
 
 
 def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, caplog):

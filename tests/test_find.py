@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, make_dataset
+from helpers import BackboneClassifier, TinyClassifier, make_dataset
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
@@ -354,3 +355,21 @@ def test_lr_range_and_trainer_callbacks_are_taken_as_the_callback_and_the_traine
         trial_steps=0,
     )  # fmt: skip
     assert found.max_lr > 0
+
+
+def test_a_frozen_backbone_in_trainer_kwargs_warns_that_the_test_measures_the_head_alone():
+    """``BackboneFinetuning`` freezes the backbone at fit start: the range test measures the head, as in the callback.
+
+    The callback warned (a new user's pick was 15x the whole network's); ``find_max_lr`` said nothing.
+    """
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    with pytest.warns(RuntimeWarning, match=r"find_max_lr: .*`BackboneFinetuning` holds part of the model frozen"):
+        find_max_lr(
+            BackboneClassifier(), trainer_kwargs={"callbacks": [BackboneFinetuning(unfreeze_backbone_at_epoch=1)]},
+            lr_range=LR_RANGE, num_steps=20, trial_steps=0,
+        )  # fmt: skip
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        find_max_lr(BackboneClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert not [w for w in said if "frozen" in str(w.message)]

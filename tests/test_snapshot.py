@@ -126,14 +126,17 @@ def test_torchmetrics_state_is_restored():
 
 
 def test_metrics_held_in_a_plain_dict_or_list_are_restored():
-    """Metrics in a plain dict (no ``ModuleDict``) or list are no submodules: their states come back all the same.
+    """Metrics in a plain dict (no ``ModuleDict``) or list, or a list in a dict, are no submodules: they come back too.
 
     Found trying the package as a new user: a metric kept in ``self.metrics = {...}`` kept the range test's updates.
     """
     model = Stateful()
     model.metrics = {"train": torchmetrics.classification.MulticlassAccuracy(num_classes=3)}
     model.listed = [torchmetrics.MetricCollection({"f1": torchmetrics.classification.MulticlassF1Score(num_classes=3)})]
-    held = [model.metrics["train"], model.listed[0]["f1"]]
+    # one level deeper, a list in a dict, and the same dict held twice (searched once)
+    model.nested = {"val": [torchmetrics.classification.MulticlassAccuracy(num_classes=3)]}
+    model.again = (model.nested,)
+    held = [model.metrics["train"], model.listed[0]["f1"], model.nested["val"][0]]
     assert not any(m is metric for m in model.modules() for metric in held)  # the premise: no submodules
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
@@ -144,7 +147,7 @@ def test_metrics_held_in_a_plain_dict_or_list_are_restored():
     for metric in held:
         metric.update(model(x * 3), (y + 1) % 3)
     snapshot.restore()
-    assert [m._update_count for m in held] == [1, 1]
+    assert [m._update_count for m in held] == [1, 1, 1]
     assert all(torch.equal(m.compute(), v) for m, v in zip(held, values, strict=True))
 
 

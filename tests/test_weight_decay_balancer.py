@@ -420,6 +420,18 @@ def test_grid_is_skipped_when_branches_cannot_see_weight_decay_act(tmp_path, mon
     assert balancer.search is None
 
 
+def test_grid_whose_factors_all_clamp_onto_the_user_s_lambda_runs_no_branch(tmp_path, monkeypatch):
+    """``bounds=(1, 1)`` leaves one candidate, the user's λ: comparing it with itself would only cost time."""
+    from lightning_superconv import weight_decay_balancer as module
+
+    monkeypatch.setattr(module, "run_branches", lambda *a, **k: pytest.fail("a branch ran"))
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0, bounds=(1.0, 1.0))
+    _fit(tmp_path, TinyClassifier(weight_decay=5e-3), [SuperConvergence(max_lr=0.5), balancer], epochs=6)
+    assert balancer.weight_decays == [5e-3]
+    assert "clamp every factor of [0.1, 0.3, 1, 3, 10] onto the user's λ" in balancer.reason
+    assert balancer.search is None
+
+
 def test_grid_without_validation_data_keeps_weight_decay_and_warns(tmp_path):
     balancer = WeightDecayBalancer(mode="grid", cost=1.0)
     with pytest.warns(RuntimeWarning, match=r"no validation dataloader.*or use the default `mode='timescale'`"):
@@ -728,12 +740,25 @@ def test_after_a_rescue_budget_mode_matches_the_reference_budget_s_share_of_the_
     assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
 
 
-def test_grid_and_keep_modes_keep_their_lambda_after_a_rescue(tmp_path):
+def test_grid_and_keep_modes_keep_their_lambda_after_a_rescue_and_say_so(tmp_path):
+    """``rebalance_on_rescue=True`` does nothing in these modes by design; a warning says so at fit start."""
     for mode in ("grid", "keep"):
         balancer = WeightDecayBalancer(mode=mode, rebalance_on_rescue=True)
-        _, recorder = _rescued_fit(tmp_path / mode, balancer)
+        with pytest.warns(RuntimeWarning, match=rf"`rebalance_on_rescue=True` does nothing in `mode='{mode}'`"):
+            _, recorder = _rescued_fit(tmp_path / mode, balancer)
         assert balancer.rebalances == []
         assert {s[0][2] for s in recorder.steps} == set(balancer.weight_decays)
+
+
+@pytest.mark.parametrize("guard", [None, False])
+def test_rebalance_on_rescue_without_a_guard_to_follow_says_so(tmp_path, guard):
+    """With no ``SuperConvergence``, or one whose guard is off, there is no rescue to rebalance after."""
+    callbacks = [] if guard is None else [SuperConvergence(max_lr=0.1, guard=guard)]
+    said = "this Trainer has no `SuperConvergence`" if guard is None else r"its guard is off \(`guard=False`\)"
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[*callbacks, WeightDecayBalancer(
+        rebalance_on_rescue=True)]))  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=rf"`rebalance_on_rescue=True` follows the rescues.*{said}"):
+        trainer.fit(TinyClassifier())
 
 
 def test_a_checkpoint_written_after_a_rebalance_resumes_with_its_lambda_and_does_not_rebalance_again(tmp_path, caplog):
