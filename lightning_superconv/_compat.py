@@ -111,9 +111,9 @@ def callback_of(trainer: Trainer, name: str) -> Any:
     return next((cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)), None)
 
 
-def scheduler_config(trainer: Trainer, scheduler: Any) -> Any:
-    """A step-wise ``LRSchedulerConfig`` of the user's distribution for ``scheduler``."""
-    return module(trainer, "utilities.types").LRSchedulerConfig(scheduler, interval="step", frequency=1)
+def scheduler_config(trainer: Trainer, scheduler: Any, name: str | None = None) -> Any:
+    """A step-wise ``LRSchedulerConfig`` of the user's distribution for ``scheduler``, under ``name`` if given."""
+    return module(trainer, "utilities.types").LRSchedulerConfig(scheduler, name=name, interval="step", frequency=1)
 
 
 # ------------------------------------------------------- public Trainer attributes that Lightning sets at run time
@@ -265,6 +265,17 @@ def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     if isinstance(loaders, (list, tuple)):
         return list(loaders)
     return [loaders]
+
+
+def weight_averages(trainer: Trainer) -> list[Any]:
+    """The averages Lightning's ``WeightAveraging`` callbacks (``EMAWeightAveraging``) keep beside the model.
+
+    Each is a ``torch.optim.swa_utils.AveragedModel``, built in the callback's ``setup`` and kept in its private
+    ``_average_model``; at the end of training the callback copies it into the model. None before Lightning 2.6.
+    """
+    classes = callback_classes(trainer, "WeightAveraging")
+    found = (getattr(cb, "_average_model", None) for cb in callbacks(trainer) if classes and isinstance(cb, classes))
+    return [average for average in found if average is not None]
 
 
 def tensorboard_event_writer(logger: Any) -> Any:

@@ -216,9 +216,16 @@ def epoch_length_known(trainer: _compat.Trainer) -> bool:
 
 
 def install_scheduler(trainer: _compat.Trainer, scheduler: Any) -> list[str]:
-    """Make ``scheduler`` the run's only scheduler, stepped every optimizer step; return the replaced ones' names."""
-    replaced = [type(config.scheduler).__name__ for config in trainer.strategy.lr_scheduler_configs]
-    trainer.strategy.lr_scheduler_configs = [_compat.scheduler_config(trainer, scheduler)]
+    """Make ``scheduler`` the run's only scheduler, stepped every optimizer step; return the replaced ones' classes.
+
+    It takes over the ``name`` the user gave the scheduler it replaces (``{"lr_scheduler": ..., "name": ...}``), under
+    which ``LearningRateMonitor`` logs the LR: the user's dashboards and monitored keys stay as they were.
+    """
+    configs = trainer.strategy.lr_scheduler_configs
+    replaced = [type(config.scheduler).__name__ for config in configs]
+    names = {config.name for config in configs if config.name}
+    name = names.pop() if len(names) == 1 else None
+    trainer.strategy.lr_scheduler_configs = [_compat.scheduler_config(trainer, scheduler, name)]
     return replaced
 
 

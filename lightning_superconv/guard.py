@@ -2,7 +2,8 @@ r"""The divergence guard: when the cycle blows up, roll back in memory, lower th
 
 A peak read from any range test can be wrong on some model; a peak given by hand can be too. Without a guard the run
 is lost (a one-cycle too high for the model ends at chance accuracy). With it, a wrong peak costs a little time: the
-weights, buffers, optimizer state and gradient scaler come back from a snapshot taken before the blow-up, the rest of
+weights, buffers, optimizer state and gradient scaler (and the average of a ``WeightAveraging`` callback, which
+replaces the weights when training ends) come back from a snapshot taken before the blow-up, the rest of
 the cycle runs lower, its highest LR ahead at a quarter of the LR the loss diverged at (that of its first blow-up
 since the snapshot, where it blew up: a NaN/inf loss, or one half as high again as the first that also stands out of
 the noise of the losses before it; else that of the check that saw it: :func:`lowering`), the same shape, lower (a
@@ -33,7 +34,8 @@ sees it; a network still learning differs more from batch to batch, one that tra
 its first loss never blew up). How often it fires in runs that end well without it, and what that costs them, is
 measured on the pick zoo (the README's guard section).
 
-One snapshot in memory at a time (a copy of the weights, buffers and optimizer state): the weights training started
+One snapshot in memory at a time (a copy of the weights, buffers and optimizer state, and of a weight average where a
+``WeightAveraging`` callback keeps one): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
 its average within 1.5 times its best, and never blown up to twice its first loss), so the snapshot predates a
 blow-up by at least one check; a refresh copies into the snapshot's own tensors (no new memory). Nothing is read per
@@ -49,6 +51,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -378,11 +381,16 @@ class DivergenceGuard:
         """Whether a snapshot is due at ``step``: none yet, or ``refresh_every`` steps since the last one."""
         return self.snapshot is None or step - self.snapshot_step >= self.refresh_every
 
-    def refresh(self, step: int, module: torch.nn.Module, optimizer: Any, scaler: Any = None) -> bool:
-        """Take a new snapshot if one is due and the loss is healthy; return whether one was taken."""
+    def refresh(
+        self, step: int, module: torch.nn.Module, optimizer: Any, scaler: Any = None, also: Sequence[Any] = ()
+    ) -> bool:
+        """Take a new snapshot if one is due and the loss is healthy; return whether one was taken.
+
+        ``also``: modules the training steps change beside ``module`` (a weight average), rolled back with it.
+        """
         if not self.refresh_due(step) or (self.snapshot is not None and not self.healthy()):
             return False
-        self.snapshot = recapture(self.snapshot, module, optimizer, scaler)
+        self.snapshot = recapture(self.snapshot, module, optimizer, scaler, also)
         self.snapshot_step = step
         self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
         self._pending_losses.clear()
@@ -497,7 +505,7 @@ class GuardedCycle:
         self._scale = _scale_of(trainer)
         if lazy_modules(pl_module):
             return  # no weights to copy before the first forward: `after_batch` takes the first snapshot
-        self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
+        self._refresh(trainer, step, pl_module, optimizer)
 
     def after_batch(
         self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any, outputs: Any
@@ -517,7 +525,7 @@ class GuardedCycle:
             self.guard.keep(loss, step, self._lr, max(int(trainer.accumulate_grad_batches), 1))
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
         if self.guard.snapshot is None:  # a lazy module's weights exist now
-            self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
+            self._refresh(trainer, step, pl_module, optimizer)
         # the same steps on every rank and in a resumed run: the check is a collective under DDP
         if step % self.guard.check_every:
             return None, None
@@ -530,8 +538,17 @@ class GuardedCycle:
                 return None, reason
             return self._rescue(trainer, step, reason), None
         if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(self.guard.healthy(), all=True):
-            self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer))
+            self._refresh(trainer, step, pl_module, optimizer)
         return None, None
+
+    def _refresh(self, trainer: _compat.Trainer, step: int, pl_module: Any, optimizer: Any) -> None:
+        """Refresh the snapshot if due and healthy: the model, its optimizer and scaler, and any weight average.
+
+        Lightning's ``WeightAveraging`` (``EMAWeightAveraging``) averages the weights of every step into a copy that
+        replaces the model when training ends: rolled back with the model, or the blown-up weights stay in it (found
+        trying the package as a new user: a rescued run ended at a validation loss of 1e9 against 0.11).
+        """
+        self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer), _compat.weight_averages(trainer))
 
     def _judge(self, trainer: _compat.Trainer) -> str | None:
         """Read the kept losses and judge them one by one, in order: why the first that counts as diverged does."""

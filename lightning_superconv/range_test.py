@@ -216,11 +216,20 @@ def run_range_test(
         )
     rise = rise_index(smoothed, fell.start_level)
     rose = smoothed[rise] > fell.start_level
-    reading = (
-        f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
-        if rose
-        else f"the sweep ended at lr {swept[rise]:.3g} ({record.stop_reason}) before the loss was back above its start"
-    )
+    # a sweep stopped by a loss that blew up (the online check) ends in a divergence that the centred running median,
+    # made to pass over single batches, may not show yet: the LR it stopped at is where the loss diverged
+    diverged = record.stop_reason in ("diverged", "non-finite")
+    if rose:
+        reading = f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
+    elif diverged:
+        reading = (
+            f"the loss diverged at lr {swept[rise]:.3g}, where the sweep stopped ({record.stop_reason}), before its "
+            f"smoothed curve was back above its start ({fell.start_level:.3g})"
+        )
+    else:
+        reading = (
+            f"the sweep ended at lr {swept[rise]:.3g} ({record.stop_reason}) before the loss was back above its start"
+        )
     trials: list[dict[str, float]] = []
     trial_steps = config.trial_length(run_steps)
     # the sweep's lowest smoothed loss and its LR: a trial stuck above it with over half the start left learned nothing
@@ -286,7 +295,7 @@ def run_range_test(
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
         confirmed = False
-    if not rose:
+    if not rose and not diverged:
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "

@@ -166,6 +166,7 @@ def capture(
     scaler: Any = None,
     generators: Sequence[torch.Generator] = (),
     everything: bool = True,
+    also: Sequence[torch.nn.Module] = (),
 ) -> Snapshot:
     r"""Copy what a branch of training will change.
 
@@ -177,8 +178,10 @@ def capture(
         everything: also gradients, train/eval flags, torchmetrics states and tensors kept outside parameters and
             buffers. A rollback in the middle of training (the divergence guard) needs only the weights, buffers,
             optimizer and scaler: ``False``.
+        also: other modules whose parameters and buffers are copied too: the weight average a ``WeightAveraging``
+            callback keeps beside the model, which the training steps being rolled back also changed.
     """
-    tensors = [(t, t.detach().clone()) for t in [*module.parameters(), *module.buffers()]]
+    tensors = [(t, t.detach().clone()) for t in _weights(module, also)]
     snapshot = Snapshot(
         tensors=tensors,
         optimizer=optimizer,
@@ -232,7 +235,13 @@ def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[to
     return found
 
 
-def recapture(previous: Snapshot | None, module: torch.nn.Module, optimizer: Optimizer, scaler: Any = None) -> Snapshot:
+def recapture(
+    previous: Snapshot | None,
+    module: torch.nn.Module,
+    optimizer: Optimizer,
+    scaler: Any = None,
+    also: Sequence[torch.nn.Module] = (),
+) -> Snapshot:
     r"""A snapshot of the weights, buffers, optimizer and scaler (``capture(..., everything=False)``), taken again.
 
     Written into the tensors ``previous`` holds: the divergence guard retakes its snapshot every few dozen steps, and a
@@ -240,8 +249,8 @@ def recapture(previous: Snapshot | None, module: torch.nn.Module, optimizer: Opt
     example on a CPU). A new capture where ``previous`` was taken of other tensors or shapes (a param group added,
     optimizer state grown) or of more than that.
     """
-    if previous is None or not _same_layout(previous, module, optimizer, scaler):
-        return capture(module, optimizer, scaler, everything=False)
+    if previous is None or not _same_layout(previous, module, optimizer, scaler, also):
+        return capture(module, optimizer, scaler, everything=False, also=also)
     with torch.no_grad():
         for live, saved in previous.tensors:
             saved.copy_(live)
@@ -257,7 +266,14 @@ def recapture(previous: Snapshot | None, module: torch.nn.Module, optimizer: Opt
     return previous
 
 
-def _same_layout(snapshot: Snapshot, module: torch.nn.Module, optimizer: Optimizer, scaler: Any) -> bool:
+def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module]) -> list[Tensor]:
+    """The parameters and buffers of ``module`` and of the modules ``also``, in a fixed order."""
+    return [t for m in (module, *also) for t in (*m.parameters(), *m.buffers())]
+
+
+def _same_layout(
+    snapshot: Snapshot, module: torch.nn.Module, optimizer: Optimizer, scaler: Any, also: Sequence[torch.nn.Module]
+) -> bool:
     """Whether ``snapshot`` holds exactly the tensors of these objects, shape for shape, and nothing else."""
     if snapshot.optimizer is not optimizer or snapshot.scaler is not scaler:
         return False
@@ -265,7 +281,7 @@ def _same_layout(snapshot: Snapshot, module: torch.nn.Module, optimizer: Optimiz
         return False
     if snapshot.generator_states:
         return False
-    live = [*module.parameters(), *module.buffers()]
+    live = _weights(module, also)
     if len(live) != len(snapshot.tensors):
         return False
     pairs = zip(live, snapshot.tensors, strict=True)

@@ -48,7 +48,8 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
     ``RAdam`` and ``NAdam`` switch to decoupled decay with their ``decoupled_weight_decay`` flag.
 
     - ``"decoupled"``: the group has ``decoupled_weight_decay=True`` (``AdamW``, ``Adam(decoupled_weight_decay=True)``).
-    - ``"coupled"``: SGD-style L2 through momentum (the group has ``momentum`` and ``dampening`` and no ``eps``).
+    - ``"coupled"``: SGD-style L2 through momentum (the group has ``momentum`` and ``dampening`` and no ``eps``), or
+      ``ASGD``'s (``lambd`` and ``t0``: L2 added to the gradient, no momentum and no normalization, so ``c = 1``).
     - ``"adaptive"``: anything else (``Adam``, ``RMSprop``, ``Adagrad``, unknown optimizers): L2 added to the gradient
       and then rescaled by the optimizer's own normalization.
 
@@ -63,6 +64,8 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
     if group.get("decoupled_weight_decay", False):
         return "decoupled"
     if "momentum" in group and "dampening" in group and "eps" not in group:
+        return "coupled"
+    if "lambd" in group and "t0" in group:  # ASGD: its averaging starts at step `t0`; the steps are plain SGD's
         return "coupled"
     return "adaptive"
 

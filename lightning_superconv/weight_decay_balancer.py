@@ -667,14 +667,21 @@ class WeightDecayBalancer(_compat.Callback):
             group["weight_decay"] = float(value)
 
     def _warn_adaptive(self, trainer: _compat.Trainer, optimizer: Any, decayed: list[int]) -> None:
-        if any(decay_form(optimizer.param_groups[i]) == "adaptive" for i in decayed):
+        adaptive = [optimizer.param_groups[i] for i in decayed if decay_form(optimizer.param_groups[i]) == "adaptive"]
+        if adaptive:
+            # Adam, NAdam and RAdam take the flag; Adagrad, RMSprop, Adamax... raise a TypeError on it
+            remedy = (
+                "pass `decoupled_weight_decay=True`, or use AdamW"
+                if "decoupled_weight_decay" in adaptive[0]
+                else "use an optimizer with decoupled decay, such as AdamW"
+            )
             _compat.rank_zero_warn(
                 trainer,
                 f"WeightDecayBalancer: {type(optimizer).__name__} applies `weight_decay` as L2 added to the gradient "
-                "before its adaptive normalization, so each weight decays in proportion to 1/sqrt(its gradient's "
-                "second moment) and weights with large gradients hardly decay at all. The decay budget has no closed "
-                f"form there; {_ADAPTIVE_HANDLING[self.mode]}. For weight decay that behaves as specified use AdamW, "
-                "or `decoupled_weight_decay=True`.",
+                "before its adaptive normalization, so each weight decays inversely to the scale of its gradients "
+                "(1/sqrt of their second moment for Adam and RMSprop) and weights with large gradients hardly decay "
+                f"at all. The decay budget has no closed form there; {_ADAPTIVE_HANDLING[self.mode]}. For weight "
+                f"decay that behaves as specified, {remedy}.",
             )
 
 

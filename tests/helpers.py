@@ -48,6 +48,9 @@ class _TinyClassifierSteps:
             raise ValueError(hp.optimizer)
         if hp.scheduler == "step":
             return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=5)}
+        if hp.scheduler == "named":  # a scheduler config with a name, under which LearningRateMonitor logs the LR
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "name": "my_lr"}}
         return opt
 
     def train_dataloader(self):

@@ -231,6 +231,28 @@ def test_callback_of_finds_a_callback_of_the_running_lightning_by_class_name(tmp
     assert _compat.callback_of(trainer, "NoSuchCallback") is None
 
 
+@pytest.mark.parametrize("distribution", [lp, pl])
+def test_weight_averages_are_the_averaged_models_of_weight_averaging_callbacks(tmp_path, distribution):
+    """``WeightAveraging`` (``EMAWeightAveraging``) builds its ``AveragedModel`` in ``setup``: found from then on."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from lightning_superconv import _compat
+
+    averaging = distribution.callbacks.EMAWeightAveraging(decay=0.9)
+    trainer = distribution.Trainer(**QUIET, default_root_dir=tmp_path, callbacks=[averaging], max_steps=1)
+    assert _compat.weight_averages(trainer) == []  # none before `setup`
+    seen = []
+    probe = type("Probe", (distribution.Callback,), {"on_train_start": lambda s, t, m: seen.extend(
+        _compat.weight_averages(t))})()  # fmt: skip
+    trainer.callbacks.append(probe)
+    trainer.fit(TinyClassifier() if distribution is lp else StandaloneTinyClassifier())
+    (average,) = seen
+    assert isinstance(average, AveragedModel)
+    assert average is averaging._average_model
+    plain = distribution.Trainer(**QUIET, default_root_dir=tmp_path)
+    assert _compat.weight_averages(plain) == []
+
+
 def test_placeholder_optimizer_and_scaler_are_recognised(tmp_path):
     """`configure_optimizers` returning None leaves Lightning's stand-in; `16-mixed` on CPU has a real scaler."""
     from lightning_superconv import _compat

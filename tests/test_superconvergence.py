@@ -374,6 +374,36 @@ def test_a_fall_within_the_noise_is_warned_about_unless_a_trial_showed_the_pick_
             assert "no trial learned" not in " ".join(str(w.message) for w in caught)
 
 
+class SuddenBlowUp(TinyClassifier):
+    """Trains as usual until the LR passes ``at``, where its loss jumps a hundredfold from one step to the next."""
+
+    def __init__(self, at: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.at = at
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 100.0 if self.trainer.optimizers[0].param_groups[0]["lr"] > self.at else loss
+
+
+def test_a_sweep_stopped_by_a_sudden_blow_up_reads_it_as_the_divergence_without_a_no_divergence_warning(tmp_path):
+    """One loss a hundred times the last stops the sweep ("diverged"); the centred running median passes over it.
+
+    Found trying the package as a new user (a Gaussian negative log-likelihood): the warning said in one sentence that
+    the sweep ended "(diverged)" and that "there was no divergence to read the peak from", and blamed optimizers that
+    bound their own step. The LR it stopped at is where the loss diverged, and the pick reads it so.
+    """
+    sc = SuperConvergence(trial_steps=0, lr_range=(1e-4, 10.0), num_steps=60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, SuddenBlowUp(at=0.1, n=512), sc, limit_train_batches=1.0, max_epochs=4)
+    assert sc.result.stop_reason == "diverged"
+    assert sc.result.smoothed[-1] < sc.result.smoothed[0]  # the premise: the smoothed curve shows no rise
+    assert not [w for w in caught if "never rose back" in str(w.message)]
+    assert sc.result.pick_reason.startswith(f"the loss diverged at lr {sc.result.lrs[-1]:.3g}, where the sweep stopped")
+    assert sc.max_lr == pytest.approx(0.25 * sc.result.lrs[-1])
+
+
 class HeldOutFrom(TinyClassifier):
     """Its validation data are the first 128 training samples, ``flipped`` of their labels moved to another class."""
 
@@ -590,6 +620,25 @@ def test_user_scheduler_is_replaced_with_a_message_naming_both(tmp_path, caplog)
     assert isinstance(config.scheduler, OneCycleLR)
     messages = [record.getMessage() for record in caplog.records]
     assert any("`StepLR`" in m and "`OneCycleLR`" in m for m in messages), messages
+
+
+def test_the_replacing_cycle_keeps_the_name_of_the_scheduler_it_replaces(tmp_path):
+    """``LearningRateMonitor`` logs the LR under the scheduler's ``name``: the same key with the cycle installed.
+
+    Found trying the package as a new user: the key went from ``my_lr`` to ``lr-SGD``, so dashboards lost the curve.
+    """
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    monitor = LearningRateMonitor(logging_interval="step")
+    trainer = _fit(
+        tmp_path, TinyClassifier(scheduler="named"), SuperConvergence(max_lr=0.3), callbacks=[monitor],
+        logger=CSVLogger(tmp_path),
+    )  # fmt: skip
+    (config,) = trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, OneCycleLR)
+    assert config.name == "my_lr"
+    assert list(monitor.lrs) == ["my_lr"]
 
 
 class EpochSteppedScheduler:

@@ -43,10 +43,13 @@ def _constant_trace(lr: float, momentum: float, steps: int, gain: float) -> Grou
         (lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
         (lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, weight_decay=1e-4), "adaptive"),
         (lambda p: torch.optim.Adagrad(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
+        (lambda p: torch.optim.Adamax(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
+        # plain L2 on the gradient, no momentum, no normalization (a new user's ASGD was told it was "adaptive")
+        (lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-4), "coupled"),
     ],
 )
 def test_decay_form_is_read_from_the_param_group(build, form):
-    """SGD couples through momentum, AdamW/flagged Adam decouple, Adam/RMSprop/Adagrad couple through their scaling."""
+    """SGD and ASGD couple plainly, AdamW/flagged Adam decouple, Adam/RMSprop/Adagrad couple through their scaling."""
     assert decay_form(build(_params()).param_groups[0]) == form
 
 

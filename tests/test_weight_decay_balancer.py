@@ -2,6 +2,7 @@
 
 import logging
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -529,6 +530,42 @@ def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
     said = r"before its adaptive normalization.*`mode='budget'` treats it like.*AdamW"
     with pytest.warns(RuntimeWarning, match=said):
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), WeightDecayBalancer(mode="budget")])
+
+
+class OptimizerModule(TinyClassifier):
+    """``TinyClassifier`` trained with the optimizer ``build`` makes of its parameters."""
+
+    def __init__(self, build) -> None:
+        super().__init__()
+        self.build = build
+
+    def configure_optimizers(self):
+        return self.build(self.parameters())
+
+
+def test_the_adaptive_warning_suggests_the_decoupled_flag_only_to_optimizers_that_take_it(tmp_path):
+    """Adam takes ``decoupled_weight_decay=True``; Adagrad raises a TypeError on it, so it is told to use AdamW.
+
+    ASGD's decay is plain L2 on the gradient (no normalization): balanced like SGD's, with no warning.
+    """
+    adam = OptimizerModule(lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4))
+    with pytest.warns(
+        RuntimeWarning, match=r"adaptive normalization.*pass `decoupled_weight_decay=True`, or use AdamW"
+    ):
+        _fit(tmp_path / "adam", adam, [WeightDecayBalancer()])
+    adagrad = OptimizerModule(lambda p: torch.optim.Adagrad(p, lr=1e-2, weight_decay=1e-4))
+    with pytest.warns(RuntimeWarning, match="adaptive normalization") as said:
+        _fit(tmp_path / "adagrad", adagrad, [WeightDecayBalancer()])
+    message = next(str(w.message) for w in said if "adaptive normalization" in str(w.message))
+    assert "decoupled_weight_decay" not in message
+    assert message.endswith("use an optimizer with decoupled decay, such as AdamW.")
+    balancer = WeightDecayBalancer(mode="budget")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path / "asgd", OptimizerModule(lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-4)),
+             [SuperConvergence(max_lr=0.1), balancer])  # fmt: skip
+    assert not [w for w in caught if "adaptive normalization" in str(w.message)]
+    assert balancer.weight_decays[0] < 1e-4  # the cycle's larger LRs spend the budget sooner: λ shrinks, as for SGD
 
 
 def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
