@@ -202,11 +202,20 @@ def _empty_loader_problem(trainer: _compat.Trainer) -> str:
     )
 
 
-def steps_per_epoch(trainer: _compat.Trainer) -> int:
-    """Optimizer steps per epoch (1 when the loader has no length: see :func:`epoch_length_known`)."""
+def steps_per_epoch(trainer: _compat.Trainer) -> int | list[int]:
+    """Optimizer steps per epoch (1 when the loader has no length: see :func:`epoch_length_known`).
+
+    Under a ``GradientAccumulationScheduler``, each epoch's own from the current one on, until the last change of the
+    accumulation (the last repeats): the accumulation at fit start is only the first epoch's.
+    """
     if not epoch_length_known(trainer):
         return 1
-    return max(math.ceil(int(trainer.num_training_batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
+    if schedule is None:
+        return max(math.ceil(int(trainer.num_training_batches) / max(int(trainer.accumulate_grad_batches), 1)), 1)
+    first = int(trainer.current_epoch)
+    last = max(first, *(int(epoch) for epoch in schedule.scheduling))
+    return [max(_steps_in_epochs(trainer, range(epoch, epoch + 1)), 1) for epoch in range(first, last + 1)]
 
 
 def epoch_length_known(trainer: _compat.Trainer) -> bool:

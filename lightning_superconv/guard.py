@@ -625,9 +625,10 @@ class GuardedCycle:
         rewarm = float(self.scheduler.rewarm_factor())
         factor = lowering(diverged_at, old_peak if before_peak else lr_seen / rewarm if rewarm > 0 else lr_seen)
         scale_peak(self.scheduler, factor)
-        lr_now = float(groups[0]["lr"])
+        # the lowered cycle's own LR now (an earlier re-warm-up still climbing left out: this one replaces it)
+        own_now = float(groups[0]["lr"]) / rewarm if rewarm > 0 else float(groups[0]["lr"])
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
-        self.scheduler.rewarm(step - restored, lr_then / lr_now if lr_now > 0 else 1.0)
+        self.scheduler.rewarm(step - restored, lr_then / own_now if own_now > 0 else 1.0)
         self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
         self._collapse_from = self._stall_check
         self.rescued += 1

@@ -183,13 +183,16 @@ class SafeOneCycleLR(OneCycleLR):
         After the divergence guard rolled the weights back to an earlier step, they face the cycle's LR of now, which
         can be far above the LR they were trained at (a blow-up early in the warm-up rolls back to the initial
         weights): without a new warm-up they would diverge at once. The factor rises linearly to 1; the cycle's own
-        shape is unchanged.
+        shape is unchanged. It replaces a re-warm-up still climbing (a second rescue soon after the first): the
+        groups' LRs carry that one's factor, which comes off before this one's goes on.
         """
+        earlier = self.rewarm_factor()
+        own = [float(g["lr"]) / earlier for g in self.optimizer.param_groups] if earlier > 0 else self._cycle_lr()
         self.rewarm_start = self.last_epoch
         self.rewarm_steps = max(int(steps), 1)
         self.rewarm_from = min(max(float(from_factor), 0.0), 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(group["lr"]) * self.rewarm_from
+        for group, lr in zip(self.optimizer.param_groups, own, strict=True):
+            group["lr"] = float(lr) * self.rewarm_from
 
     def rewarm_factor(self) -> float:
         """The re-warm-up's factor at the current step (1 outside one): the LR is the cycle's own LR times this."""

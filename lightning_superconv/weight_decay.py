@@ -142,8 +142,50 @@ class SchedulerSpec:
     frequency: int = 1
 
 
+def epoch_ends(steps_per_epoch: int | Sequence[int] | None, total_steps: int) -> list[int]:
+    r"""The optimizer steps, counted from 1, after which each epoch of a ``total_steps``-step run ends.
+
+    ``steps_per_epoch``: one length for every epoch, or each epoch's own in order (a ``GradientAccumulationScheduler``
+    changes them), the last repeating; None: epochs of one step.
+
+    Example::
+
+        >>> epoch_ends(4, 10), epoch_ends([4, 1], 7)
+        ([4, 8], [4, 5, 6, 7])
+    """
+    lengths = [steps_per_epoch or 1] if not isinstance(steps_per_epoch, Sequence) else list(steps_per_epoch) or [1]
+    ends: list[int] = []
+    step = index = 0
+    while True:
+        step += max(int(lengths[min(index, len(lengths) - 1)]), 1)
+        if step > total_steps:
+            return ends
+        ends.append(step)
+        index += 1
+
+
+def epochs_spanned(steps_per_epoch: int | Sequence[int], steps: int) -> float:
+    r"""How many epochs ``steps`` optimizer steps span: the whole ones, and the part of the next.
+
+    Example::
+
+        >>> epochs_spanned(4, 10), epochs_spanned([16, 4], 28)
+        (2.5, 4.0)
+    """
+    if not isinstance(steps_per_epoch, Sequence):
+        return steps / max(int(steps_per_epoch), 1)
+    ends = epoch_ends(steps_per_epoch, steps)
+    done = ends[-1] if ends else 0
+    lengths = list(steps_per_epoch) or [1]
+    following = max(int(lengths[min(len(ends), len(lengths) - 1)]), 1)
+    return len(ends) + (steps - done) / following
+
+
 def trace_schedule(
-    optimizer: Optimizer, schedulers: Sequence[SchedulerSpec], total_steps: int, steps_per_epoch: int | None = None
+    optimizer: Optimizer,
+    schedulers: Sequence[SchedulerSpec],
+    total_steps: int,
+    steps_per_epoch: int | Sequence[int] | None = None,
 ) -> tuple[list[GroupTrace], list[str]]:
     r"""Replay the schedulers on a detached copy of the optimizer and record each group's LR and momentum per step.
 
@@ -156,7 +198,8 @@ def trace_schedule(
         optimizer: the optimizer the schedulers drive, in the state it will start training from.
         schedulers: the run's schedulers (empty: constant LR and momentum).
         total_steps: optimizer steps of the run.
-        steps_per_epoch: optimizer steps per epoch, for ``"epoch"`` schedulers.
+        steps_per_epoch: optimizer steps per epoch, for ``"epoch"`` schedulers: one for all, or each epoch's own
+            (:func:`epoch_ends`).
 
     Returns:
         One :class:`GroupTrace` per param group, and notes on what could not be traced.
@@ -171,6 +214,8 @@ def trace_schedule(
     twin, copies = detached_copy(optimizer, [s.scheduler for s in usable])
     traces = [GroupTrace() for _ in twin.param_groups]
     finished: set[int] = set()
+    # the step (counted from 1) each epoch ends at -> that epoch's number (from 1), for "epoch" schedulers
+    ended = {end: number for number, end in enumerate(epoch_ends(steps_per_epoch, total_steps), start=1)}
     for step in range(total_steps):
         for group, trace in zip(twin.param_groups, traces, strict=True):
             mu = momentum_of(group)
@@ -182,8 +227,11 @@ def trace_schedule(
         for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):
             if index in finished:
                 continue
-            period = spec.frequency * ((steps_per_epoch or 1) if spec.interval == "epoch" else 1)
-            if (step + 1) % max(period, 1) == 0:
+            if spec.interval == "epoch":
+                due = step + 1 in ended and ended[step + 1] % max(spec.frequency, 1) == 0
+            else:
+                due = (step + 1) % max(spec.frequency, 1) == 0
+            if due:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")

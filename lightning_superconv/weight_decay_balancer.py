@@ -25,6 +25,7 @@ from lightning_superconv.weight_decay import (
     budget_matched,
     clamp,
     decay_form,
+    epochs_spanned,
     group_gain,
     reference_budget,
     timescale_bounded,
@@ -522,7 +523,7 @@ class WeightDecayBalancer(_compat.Callback):
         refs = self.reference_weight_decays
         # a stream without a length has no epoch to bound the timescale by: only the lower bound holds
         known = _trainer.epoch_length_known(trainer)
-        epochs = len(traces[decayed[0]].lrs) / _trainer.steps_per_epoch(trainer) if known else math.inf
+        epochs = epochs_spanned(_trainer.steps_per_epoch(trainer), len(traces[decayed[0]].lrs)) if known else math.inf
         least = self.min_budget * share
         budget_range = (least, max(least, epochs))
         chosen = list(refs)

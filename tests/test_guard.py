@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_superconv import DivergenceError, SuperConvergence
 from lightning_superconv.guard import LOWER_BY, DivergenceGuard, GuardedCycle, _step_noise, lowering
-from lightning_superconv.schedule import build_one_cycle
+from lightning_superconv.schedule import OneCycleConfig, build_one_cycle
 
 # ------------------------------------------------------------------------------------------------ on bare losses
 
@@ -319,6 +319,43 @@ def test_a_rescue_during_a_re_warm_up_after_the_peak_lowers_the_cycle_s_own_lr_t
     # the whole cycle scales by one factor: its own LR now becomes a quarter of the blow-up's, 0.1 of what it was
     assert rescue.new_peak / rescue.old_peak == pytest.approx(LOWER_BY * 0.4)
     assert optimizer.param_groups[0]["max_lr"] == pytest.approx(LOWER_BY * 0.4)
+
+
+@pytest.mark.parametrize(("div_factor", "second_at"), [(25.0, 115), (1000.0, 70)])
+def test_a_second_rescue_during_the_first_s_re_warm_up_climbs_back_from_the_snapshot_s_lr(div_factor, second_at):
+    """The new re-warm-up replaces the one still climbing: from the snapshot's LR, over as many steps as it took.
+
+    Found reviewing the code: the old re-warm-up's factor stayed in the LR the new one started from, so from the step
+    after the rescue the LR was the snapshot's divided by that factor (about 6x it with `div_factor=1000`).
+    """
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = build_one_cycle(optimizer, 1.0, 300, OneCycleConfig(div_factor=div_factor))  # peak at step 89
+    cycle = GuardedCycle(DivergenceGuard(), scheduler, max_rescues=3)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    cycle.guard.refresh(0, model, optimizer)  # the first snapshot, as `start` takes it
+    lr_then = optimizer.param_groups[0]["lr"]
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            optimizer.step()
+            scheduler.step()
+
+    step(60)
+    cycle.guard.blow_up_lr = optimizer.param_groups[0]["lr"]
+    cycle._rescue(trainer, 60, "the first")  # back to step 0: a re-warm-up over 60 steps
+    step(second_at - 60)
+    assert 0 < scheduler.rewarm_factor() < 1  # the premise: that re-warm-up still climbs
+    cycle.guard.blow_up_lr = optimizer.param_groups[0]["lr"]
+    cycle._rescue(trainer, second_at, "the second")  # back to step 0 again: a re-warm-up over `second_at` steps
+    own = scheduler._cycle_lr()[0]  # the lowered cycle's own LR at the rescue
+    assert own > lr_then  # the premise: the restored weights face a higher LR, so the LR climbs back
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_then, rel=1e-12)
+    start = lr_then / own
+    for k in range(1, second_at + 1):
+        step(1)
+        expected = scheduler._cycle_lr()[0] * (start + (1 - start) * k / second_at)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-9), k
 
 
 def test_a_rescue_lowers_the_highest_lr_ahead_to_a_quarter_of_the_lr_it_diverged_at():

@@ -15,6 +15,8 @@ from lightning_superconv.weight_decay import (
     decay_budget,
     decay_form,
     decay_gain,
+    epoch_ends,
+    epochs_spanned,
     reference_budget,
     timescale_bounded,
     trace_schedule,
@@ -141,6 +143,21 @@ def test_trace_of_an_epoch_scheduler_steps_once_per_epoch():
     sched = StepLR(opt, step_size=1, gamma=0.5)
     traces, _ = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 1)], total_steps=6, steps_per_epoch=2)
     assert traces[0].lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_an_epoch_scheduler_steps_at_each_epoch_s_own_end_when_the_epochs_differ_in_length():
+    """Under a ``GradientAccumulationScheduler`` epochs differ in steps: given each one's, the trace follows them."""
+    opt = torch.optim.SGD(_params(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 1)], total_steps=7, steps_per_epoch=[4, 1])
+    assert traces[0].lrs == [1.0] * 4 + [0.5, 0.25, 0.125]  # 4 steps, then epochs of 1 (the last length repeats)
+    every_second = [SchedulerSpec(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), "epoch", 2)]
+    traces, _ = trace_schedule(opt, every_second, total_steps=7, steps_per_epoch=[4, 1])
+    assert traces[0].lrs == [1.0] * 5 + [0.5, 0.5]  # after the second epoch (step 5), then the fourth (step 7)
+    assert epoch_ends([4, 1], 7) == [4, 5, 6, 7]
+    assert epochs_spanned([16, 4], 28) == 4.0
+    assert epochs_spanned([16, 4], 26) == pytest.approx(3.5)
+    assert epochs_spanned(4, 10) == 2.5
 
 
 def test_trace_holds_the_last_lr_past_a_one_cycle_end():

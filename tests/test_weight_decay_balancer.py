@@ -526,6 +526,25 @@ def test_epoch_scheduler_is_traced_per_epoch(tmp_path):
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == pytest.approx(5e-4)
 
 
+def test_timescale_counts_the_epochs_of_a_gradient_accumulation_scheduler_each_at_its_own_length(tmp_path):
+    """``{0: 1, 1: 4}`` over 4 epochs of 64 batches: 112 steps, 4 epochs; a λ whose budget lies in [1, 4] is kept.
+
+    Found reviewing the code: the epochs were counted at the first epoch's length (1.75 of them), so the range's top
+    read 1.75, and a λ inside the real range was lowered by 40 %.
+    """
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    L.seed_everything(0, verbose=False)
+    balancer = WeightDecayBalancer()
+    callbacks = [SuperConvergence(max_lr=0.1), balancer, GradientAccumulationScheduler(scheduling={0: 1, 1: 4})]
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=4, limit_val_batches=0))
+    trainer.fit(TinyClassifier(n=2048, weight_decay=0.06))
+    assert trainer.global_step == 64 + 3 * 16
+    assert "(4 epochs)" in balancer.reason
+    assert balancer.weight_decays == [0.06]
+    assert balancer.reason.startswith("kept: its decay timescale already lies between one epoch and the whole run")
+
+
 def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
     said = r"before its adaptive normalization.*`mode='budget'` treats it like.*AdamW"
     with pytest.warns(RuntimeWarning, match=said):
