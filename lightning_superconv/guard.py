@@ -35,7 +35,7 @@ its first loss never blew up). How often it fires in runs that end well without 
 measured on the pick zoo (the README's guard section).
 
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state, and of a weight average where a
-``WeightAveraging`` callback keeps one): the weights training started
+``WeightAveraging`` callback keeps one; none once no rescue is left): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
 its average within 1.5 times its best, and never blown up to twice its first loss), so the snapshot predates a
 blow-up by at least one check; a refresh copies into the snapshot's own tensors (no new memory). Nothing is read per
@@ -59,7 +59,7 @@ import torch
 
 from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
-from lightning_superconv.snapshot import Snapshot, lazy_modules, recapture
+from lightning_superconv.snapshot import Snapshot, lazy_modules, nothing, recapture
 
 #: A rescue lowers the highest LR ahead to a quarter of the LR the loss diverged at (see :func:`lowering`).
 LOWER_BY = 0.25
@@ -382,15 +382,22 @@ class DivergenceGuard:
         return self.snapshot is None or step - self.snapshot_step >= self.refresh_every
 
     def refresh(
-        self, step: int, module: torch.nn.Module, optimizer: Any, scaler: Any = None, also: Sequence[Any] = ()
+        self,
+        step: int,
+        module: torch.nn.Module,
+        optimizer: Any,
+        scaler: Any = None,
+        also: Sequence[Any] = (),
+        copy: bool = True,
     ) -> bool:
         """Take a new snapshot if one is due and the loss is healthy; return whether one was taken.
 
         ``also``: modules the training steps change beside ``module`` (a weight average), rolled back with it.
+        ``copy=False``: no rollback can come (no rescue left): the statistics of now are kept, and no copy.
         """
         if not self.refresh_due(step) or (self.snapshot is not None and not self.healthy()):
             return False
-        self.snapshot = recapture(self.snapshot, module, optimizer, scaler, also)
+        self.snapshot = recapture(self.snapshot, module, optimizer, scaler, also) if copy else nothing(optimizer)
         self.snapshot_step = step
         self.blow_up_lr = math.nan  # a rollback comes back here: only a blow-up after it tells where the loss diverged
         self._pending_losses.clear()
@@ -548,7 +555,10 @@ class GuardedCycle:
         replaces the model when training ends: rolled back with the model, or the blown-up weights stay in it (found
         trying the package as a new user: a rescued run ended at a validation loss of 1e9 against 0.11).
         """
-        self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer), _compat.weight_averages(trainer))
+        also = _compat.weight_averages(trainer)
+        # with no rescue left the next divergence stops the run: nothing will be rolled back, so nothing is copied
+        copy = self.rescued < self.max_rescues
+        self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer), also, copy)
 
     def _judge(self, trainer: _compat.Trainer) -> str | None:
         """Read the kept losses and judge them one by one, in order: why the first that counts as diverged does."""

@@ -111,9 +111,13 @@ class Snapshot:
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+    #: it copied nothing (:func:`nothing`): there is nothing to write back
+    empty: bool = False
 
     def restore(self) -> None:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
+        if self.empty:
+            raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 tensor.copy_(saved)
@@ -233,6 +237,15 @@ def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[to
             if name not in _MODULE_INTERNALS and isinstance(value, (dict, list, tuple)):
                 search(value, _CONTAINER_DEPTH)
     return found
+
+
+def nothing(optimizer: Optimizer) -> Snapshot:
+    r"""A snapshot that copies nothing and cannot be restored: the divergence guard's once it has no rescue left.
+
+    Such a guard only stops the run at the next divergence, so a copy of the weights and optimizer state would be
+    memory held for nothing (``max_rescues=0`` from the start; the last rescue made). Its memory is freed.
+    """
+    return Snapshot(tensors=[], optimizer=optimizer, optimizer_state={}, param_groups=[], empty=True)
 
 
 def recapture(

@@ -103,7 +103,8 @@ class SuperConvergence(_compat.Callback):
         guard: watch the training loss; when it clearly diverges, roll back to an in-memory snapshot, lower the rest
             of the cycle and go on (:mod:`lightning_superconv.guard` says when and by how much).
         max_rescues: rescues allowed (>= 0); one more divergence raises
-            :class:`~lightning_superconv.guard.DivergenceError`.
+            :class:`~lightning_superconv.guard.DivergenceError`. With none left (``0`` from the start) the guard holds
+            no copy of the weights.
 
     Attributes:
         max_lr: the cycle's maximum LR once ``fit`` has started (the given one or the pick; lowered by rescues).

@@ -555,7 +555,11 @@ class WeightDecayBalancer(_compat.Callback):
         return chosen, (
             f"{verdict} (`mode='timescale'`); at the user's λ the run would spend a decay budget K = Σ c·η·λ of "
             f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} "
-            + (f"({epochs:.3g} epochs)" if known else "(a data stream without a length: no epoch to bound it by)")
+            + (
+                f"({epochs:.3g} epoch{'' if epochs == 1 else 's'})"
+                if known
+                else "(a data stream without a length: no epoch to bound it by)"
+            )
         )
 
     def _grid(

@@ -5,6 +5,7 @@ The DDP agreement after a rescue is tested in ``test_distributed.py`` (two gloo 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -865,10 +866,35 @@ def test_a_batch_norm_mlp_at_batches_of_four_within_its_noise_is_no_divergence(t
     assert same
 
 
+class SnapshotBytes(Callback):
+    """The memory the guard's snapshot holds, after each step's hooks (listed after ``SuperConvergence``)."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+        self.held: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        snapshot = self.callback._watch.guard.snapshot
+        self.held.append(-1 if snapshot is None else snapshot.nbytes())
+
+
 def test_more_divergences_than_rescues_stop_training_with_a_clear_error(tmp_path):
+    """``max_rescues=0``: the guard only stops the run, so it holds no copy of the weights (found in a code review)."""
     stopped = r"diverged at step \d+ .* with the peak at 50.*`max_rescues=0`.*`max_lr=`"
+    callback = SuperConvergence(max_lr=50.0, max_rescues=0)
+    held = SnapshotBytes(callback)
     with pytest.raises(DivergenceError, match=stopped):
-        _fit(tmp_path, SuperConvergence(max_lr=50.0, max_rescues=0))
+        _fit(tmp_path, callback, extra=[held])
+    assert held.held
+    assert set(held.held) == {0}
+    with pytest.raises(RuntimeError, match="copied nothing"):
+        callback._watch.guard.roll_back()
+    # with a rescue left, the same run holds its copy until the rescue
+    rescuing = SuperConvergence(max_lr=50.0, max_rescues=1)
+    held_then = SnapshotBytes(rescuing)
+    with contextlib.suppress(DivergenceError):
+        _fit(tmp_path / "one", rescuing, extra=[held_then])
+    assert held_then.held[0] > 0
 
 
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
