@@ -101,6 +101,17 @@ class BackboneClassifier(TinyClassifier):
         return DataLoader(make_dataset(128), batch_size=32)
 
 
+class WithOptimizer(TinyClassifier):
+    """``TinyClassifier`` trained with the optimizer ``build`` makes of its parameters."""
+
+    def __init__(self, build) -> None:
+        super().__init__()
+        self.build = build
+
+    def configure_optimizers(self):
+        return self.build(self.parameters())
+
+
 class DictValidationBatches(TinyClassifier):
     """Validation batches are dicts with ids beside the inputs and targets; ``training_step`` unpacks ``(x, y)``.
 

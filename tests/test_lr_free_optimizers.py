@@ -9,22 +9,12 @@ import prodigyopt
 import pytest
 import schedulefree
 import torch
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import WithOptimizer, trainer_kwargs
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
-
-
-class WithOptimizer(TinyClassifier):
-    def __init__(self, build) -> None:
-        super().__init__()
-        self.build = build
-
-    def configure_optimizers(self):
-        return self.build(self.parameters())
-
 
 ADAPTIVE_LR = {
     "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0, weight_decay=0.01),

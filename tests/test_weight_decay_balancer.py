@@ -7,7 +7,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, TinyClassifier, make_dataset, trainer_kwargs
+from helpers import DictValidationBatches, TinyClassifier, WithOptimizer, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim.lr_scheduler import OneCycleLR
@@ -551,28 +551,17 @@ def test_adam_with_coupled_weight_decay_warns_what_it_does(tmp_path):
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), WeightDecayBalancer(mode="budget")])
 
 
-class OptimizerModule(TinyClassifier):
-    """``TinyClassifier`` trained with the optimizer ``build`` makes of its parameters."""
-
-    def __init__(self, build) -> None:
-        super().__init__()
-        self.build = build
-
-    def configure_optimizers(self):
-        return self.build(self.parameters())
-
-
 def test_the_adaptive_warning_suggests_the_decoupled_flag_only_to_optimizers_that_take_it(tmp_path):
     """Adam takes ``decoupled_weight_decay=True``; Adagrad raises a TypeError on it, so it is told to use AdamW.
 
     ASGD's decay is plain L2 on the gradient (no normalization): balanced like SGD's, with no warning.
     """
-    adam = OptimizerModule(lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4))
+    adam = WithOptimizer(lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4))
     with pytest.warns(
         RuntimeWarning, match=r"adaptive normalization.*pass `decoupled_weight_decay=True`, or use AdamW"
     ):
         _fit(tmp_path / "adam", adam, [WeightDecayBalancer()])
-    adagrad = OptimizerModule(lambda p: torch.optim.Adagrad(p, lr=1e-2, weight_decay=1e-4))
+    adagrad = WithOptimizer(lambda p: torch.optim.Adagrad(p, lr=1e-2, weight_decay=1e-4))
     with pytest.warns(RuntimeWarning, match="adaptive normalization") as said:
         _fit(tmp_path / "adagrad", adagrad, [WeightDecayBalancer()])
     message = next(str(w.message) for w in said if "adaptive normalization" in str(w.message))
@@ -581,7 +570,7 @@ def test_the_adaptive_warning_suggests_the_decoupled_flag_only_to_optimizers_tha
     balancer = WeightDecayBalancer(mode="budget")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _fit(tmp_path / "asgd", OptimizerModule(lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-4)),
+        _fit(tmp_path / "asgd", WithOptimizer(lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-4)),
              [SuperConvergence(max_lr=0.1), balancer])  # fmt: skip
     assert not [w for w in caught if "adaptive normalization" in str(w.message)]
     assert balancer.weight_decays[0] < 1e-4  # the cycle's larger LRs spend the budget sooner: λ shrinks, as for SGD
