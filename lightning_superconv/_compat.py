@@ -303,3 +303,9 @@ def _try_import(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except Exception:  # not installed, or broken: nothing to match
         return None
+
+
+def overrides_hook(pl_module: Any, name: str) -> bool:
+    """Whether the module's class defines hook ``name`` itself (or a user's base class does), not Lightning's."""
+    owner = next((cls for cls in type(pl_module).__mro__ if name in vars(cls)), None)
+    return owner is not None and not owner.__module__.startswith(("lightning.", "pytorch_lightning."))

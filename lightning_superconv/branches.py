@@ -228,7 +228,8 @@ def held_out_loss(
             waiting in that forward's buffer broadcast instead.
     """
     strategy = trainer.strategy
-    was_training = pl_module.training
+    # each submodule's own flag comes back: `train(True)` would also switch on a submodule the user keeps in eval mode
+    modes = [(module, module.training) for module in pl_module.modules()]
     pl_module.eval()
     total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
     count = 0
@@ -260,7 +261,8 @@ def held_out_loss(
             elif failure:
                 break
     finally:
-        pl_module.train(was_training)
+        for module, mode in modes:
+            module.training = mode
     batches.fix()
     if batches.validation_batches:
         if failure is None and count == 0 and batches.batches:

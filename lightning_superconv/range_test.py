@@ -193,6 +193,10 @@ def run_range_test(
             record = take_steps(trainer, pl_module, optimizer, len(lrs), set_lr, check)
     except NoLossError as err:
         raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
+    except AttributeError as err:
+        if _compat.overrides_hook(pl_module, "on_fit_start") and hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(_on_fit_start_note(pl_module))
+        raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
         raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs))
@@ -326,6 +330,16 @@ def run_range_test(
         skipped_steps=record.skipped_steps,
         skipped_batches=record.skipped_batches,
         trials=trials,
+    )
+
+
+def _on_fit_start_note(pl_module: _compat.LightningModule) -> str:
+    name = type(pl_module).__name__
+    return (
+        f"The range test runs in a callback's `on_fit_start` (SuperConvergence's, or find_max_lr's), which Lightning "
+        f"calls before {name}.on_fit_start: an attribute that hook sets is not there yet while the range test trains "
+        "(the module's `on_train_start` and `on_train_epoch_start` do run before its steps). Set it in `__init__` or "
+        "`setup`, or pass `SuperConvergence(max_lr=...)`, which runs no range test."
     )
 
 

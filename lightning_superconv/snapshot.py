@@ -16,6 +16,9 @@ What is copied, and why each part:
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
   batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
   holds, such as a list a user appends diagnostics to, is the user's and left alone);
+- the top module's own attributes, rebound to what they were and removed where they are new (a counter
+  ``on_train_epoch_start`` counts up, a flag ``on_train_start`` sets: the range test runs those hooks of the module
+  before its steps); an object changed in place (that list of diagnostics) is left alone;
 - optimizer state per parameter, and the param-group dicts refilled in place (a scheduler holds the optimizer, and
   some code holds its groups);
 - the gradient scaler's state and the state of the dataloaders' own ``torch.Generator`` objects.
@@ -108,6 +111,8 @@ class Snapshot:
     training_flags: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
     metric_states: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
     loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    #: the top module and its own attributes (:func:`_own_attributes`), or None
+    attributes: tuple[torch.nn.Module, dict[str, Any]] | None = None
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
@@ -123,6 +128,9 @@ class Snapshot:
                 tensor.copy_(saved)
         for param, grad in self.grads:
             param.grad = None if grad is None else grad.clone()
+        if self.attributes is not None:
+            # before the loose tensors: the object an attribute held comes back first, then its values
+            self._restore_attributes(*self.attributes)
         for module, flag in self.training_flags:
             module.training = flag
         for module, metric_state in self.metric_states:
@@ -142,6 +150,15 @@ class Snapshot:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
         for generator, generator_state in self.generator_states:
             generator.set_state(generator_state)
+
+    @staticmethod
+    def _restore_attributes(module: torch.nn.Module, saved: dict[str, Any]) -> None:
+        own = vars(module)
+        for name in [name for name in own if name not in saved and name not in _MODULE_INTERNALS]:
+            del own[name]
+        for name, value in saved.items():
+            if own.get(name, saved) is not value:  # `saved` stands for "gone"
+                own[name] = value
 
     @staticmethod
     def _restore_loose(module: torch.nn.Module, saved: dict[str, tuple[Any, Any]]) -> None:
@@ -198,6 +215,7 @@ def capture(
     if everything:
         snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
         snapshot.training_flags = [(m, m.training) for m in module.modules()]
+        snapshot.attributes = (module, _own_attributes(module))
         for submodule in module.modules():
             if _is_metric(submodule):
                 snapshot.metric_states.append((submodule, _metric_state(submodule)))
@@ -206,6 +224,15 @@ def capture(
         submodules = {id(m) for m in module.modules()}
         snapshot.metric_states += [(metric, _metric_state(metric)) for metric in _contained_metrics(module, submodules)]
     return snapshot
+
+
+def _own_attributes(module: torch.nn.Module) -> dict[str, Any]:
+    r"""The attributes ``module`` holds itself, beside what every ``nn.Module`` keeps (parameters, submodules, hooks).
+
+    The objects, not copies: a restore rebinds each name to the object it held (a number counted up goes back to the
+    old number), removes names set since, and leaves alone what was changed in place, which is the user's to keep.
+    """
+    return {name: value for name, value in vars(module).items() if name not in _MODULE_INTERNALS}
 
 
 def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:
@@ -291,6 +318,8 @@ def _same_layout(
     if snapshot.optimizer is not optimizer or snapshot.scaler is not scaler:
         return False
     if snapshot.grads or snapshot.training_flags or snapshot.metric_states or snapshot.loose_tensors:
+        return False
+    if snapshot.attributes is not None:
         return False
     if snapshot.generator_states:
         return False

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import pytorch_lightning as pl
 import torch
@@ -160,3 +162,41 @@ def trainer_kwargs(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return kwargs
+
+
+@functools.total_ordering
+class Tally:
+    r"""A count kept in one object, for modules that count their calls, range-test steps included.
+
+    The range test puts a module's attributes back when it ends (a plain ``self.calls += 1`` would read as if it
+    never ran), but leaves objects changed in place alone: ``+=`` on a ``Tally`` changes it in place.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __iadd__(self, other: int) -> Tally:
+        self.count += int(other)
+        return self
+
+    def __int__(self) -> int:
+        return self.count
+
+    __index__ = __int__
+
+    def __mod__(self, other: int) -> int:
+        return self.count % other
+
+    def __sub__(self, other: int) -> int:
+        return self.count - int(other)
+
+    def __eq__(self, other: object) -> bool:
+        return self.count == int(other) if isinstance(other, (int, Tally)) else NotImplemented
+
+    def __lt__(self, other: int | Tally) -> bool:
+        return self.count < int(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Tally({self.count})"

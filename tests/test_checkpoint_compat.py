@@ -1,4 +1,4 @@
-"""Checkpoints written by earlier releases stay readable: resume one and end exactly where that release ended.
+"""Checkpoints written by earlier releases stay readable: resume one and end where that release ended.
 
 ``tests/data/v0_1_0_stopped_at_step_8.ckpt`` was written by release 0.1.0 (``tests/data/write_checkpoint_v0_1_0.py``)
 halfway through a run with both callbacks; ``v0_1_0_uninterrupted_final.pt`` holds that release's uninterrupted run:
@@ -38,10 +38,12 @@ def test_resume_from_a_0_1_0_checkpoint_repeats_0_1_0s_schedule(tmp_path):
 
 
 def test_resume_from_a_0_1_0_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
-    """The resumed run ends as this version's uninterrupted run does, bit for bit, and at 0.1.0's final weights.
+    """The resumed run ends as this version's uninterrupted run does, and at 0.1.0's final weights.
 
-    The uninterrupted run has the checkpoint's cycle and weight decay; 0.1.0's weights are matched up to the float
-    rounding of another machine or torch build.
+    The uninterrupted run has the checkpoint's cycle and weight decay. Both are matched up to float rounding: the
+    checkpoint's first 8 steps were computed on another machine, and a CPU whose kernels round otherwise (AVX-512)
+    ends 1e-6 away. Resuming a checkpoint written on the same machine is exact (``tests/test_resume.py``), and so is
+    the schedule resumed from this one (the test above).
     """
     model, _ = _resumed(tmp_path / "resumed")
     state = torch.load(CHECKPOINT, weights_only=True)
@@ -55,5 +57,5 @@ def test_resume_from_a_0_1_0_checkpoint_ends_with_the_uninterrupted_weights(tmp_
     ).fit(uninterrupted)  # fmt: skip
     expected = torch.load(DATA / "v0_1_0_uninterrupted_final.pt", weights_only=True)["state_dict"]
     for name, value in uninterrupted.state_dict().items():
-        assert torch.equal(model.state_dict()[name], value), name
+        assert torch.allclose(model.state_dict()[name].double(), value.double(), rtol=1e-5, atol=1e-6), name
         assert torch.allclose(model.state_dict()[name].double(), expected[name].double(), rtol=1e-5, atol=1e-7), name

@@ -8,7 +8,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import BackboneClassifier, TinyClassifier, make_dataset
+from helpers import BackboneClassifier, Tally, TinyClassifier, make_dataset
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader
@@ -23,7 +23,7 @@ class CountingClassifier(TinyClassifier):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.calls = 0
+        self.calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1

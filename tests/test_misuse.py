@@ -13,7 +13,7 @@ import re
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
@@ -25,7 +25,7 @@ from lightning_superconv._setups import strategy_problem
 class Counting(TinyClassifier):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.calls = 0
+        self.calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1

@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, make_dataset, trainer_kwargs
+from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -29,7 +29,7 @@ class DeterministicClassifier(TinyClassifier):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.net[3] = nn.Identity()
-        self.calls = 0
+        self.calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1

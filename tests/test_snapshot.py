@@ -175,6 +175,28 @@ def test_tensors_kept_outside_parameters_are_restored_and_user_lists_left_alone(
     assert len(model.diagnostics) == 3  # the user's own record of what ran is theirs
 
 
+def test_the_modules_own_attributes_are_rebound_and_new_ones_removed_but_objects_changed_in_place_kept():
+    """What a module's hooks and steps set on it (a count, a flag) is undone; the guard's rollback leaves it alone."""
+    model = Stateful()
+    model.epochs_started = 3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rollback = capture(model, optimizer, everything=False)
+    snapshot = capture(model, optimizer)
+    _train_a_little(model, optimizer)
+    model.epochs_started += 1
+    model.scale = 2.0
+    del model.cache
+    rollback.restore()
+    assert (model.epochs_started, model.scale) == (4, 2.0)
+    snapshot.restore()
+    assert model.epochs_started == 3
+    assert not hasattr(model, "scale")
+    assert torch.equal(model.cache, torch.zeros(2))  # removed, then put back
+    assert len(model.diagnostics) == 3  # changed in place: the user's record
+    assert isinstance(model.net, nn.Sequential)  # what every module keeps is untouched
+    assert model.training
+
+
 def test_gradient_scaler_state_is_restored():
     """A `GradScaler` whose scale moved in the branch is back at its scale and growth tracker."""
     model = Stateful()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import Tally, TinyClassifier, trainer_kwargs
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_superconv import SuperConvergence
@@ -90,7 +91,7 @@ class SkipsBatches(TinyClassifier):
     def __init__(self, skip, **kwargs) -> None:
         super().__init__(**kwargs)
         self.skip = skip
-        self.calls = 0
+        self.calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1
@@ -118,3 +119,90 @@ def test_training_step_returning_none_for_every_batch_fails_naming_it(tmp_path):
     with pytest.raises(MisconfigurationException, match=r"`training_step` returned None for 32 batches in a row"):
         _fit(tmp_path, model, SuperConvergence(num_steps=30))
     assert model.calls == 32
+
+
+class SetsUpItsOwnTraining(TinyClassifier):
+    """A module that sets training up itself, as real ones do, and records the mode its frozen BatchNorm had.
+
+    ``frozen`` normalizes the inputs with fixed statistics: put in eval mode in ``__init__`` (a pretrained part,
+    frozen before ``fit``) or in ``on_train_epoch_start``; ``on_train_start`` sets the scale ``training_step`` needs;
+    ``on_train_epoch_start`` counts the epochs and logs the count.
+    """
+
+    def __init__(self, freeze_in: str) -> None:
+        super().__init__()
+        self.freeze_in = freeze_in
+        self.frozen = torch.nn.BatchNorm1d(16)
+        if freeze_in == "__init__":
+            self.frozen.eval()
+        self.modes_seen: list[bool] = []  # changed in place: it keeps the range test's steps too
+        self.epochs_started = 0
+
+    def on_train_start(self) -> None:
+        self.scale = 1.0
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_in == "on_train_epoch_start":
+            self.frozen.eval()
+        self.epochs_started += 1
+        self.log("epochs_started", float(self.epochs_started))
+
+    def forward(self, x):
+        return self.net(self.frozen(x))
+
+    def training_step(self, batch, batch_idx):
+        self.modes_seen.append(self.frozen.training)
+        return self.scale * super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("freeze_in", ["__init__", "on_train_epoch_start"])
+def test_the_range_test_trains_after_the_modules_own_training_start_hooks_in_its_modes(tmp_path, freeze_in):
+    """The sweep and the trials run as training runs, after the module's own training-start hooks, in its modes.
+
+    Before, the scale `on_train_start` sets was missing (AttributeError), and every range-test step ran a submodule
+    the user keeps in eval mode in train mode. What the hooks set is undone with the rest: the epochs are counted once,
+    and the run ends bit-identical to the same run given the pick.
+    """
+    torch.manual_seed(0)
+    model = SetsUpItsOwnTraining(freeze_in)
+    callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=20, trial_steps=50)
+    trainer = _fit(tmp_path, model, callback, max_epochs=2)
+    training_steps = 2 * 4
+    assert len(model.modes_seen) > training_steps + 20  # the sweep's and the trials' steps are in it
+    assert not any(model.modes_seen)
+    assert model.epochs_started == 2
+    assert float(trainer.callback_metrics["epochs_started"]) == 2.0
+    assert torch.equal(model.frozen.running_mean, torch.zeros(16))  # eval mode: its statistics never moved
+
+    torch.manual_seed(0)
+    given = SetsUpItsOwnTraining(freeze_in)
+    _fit(tmp_path, given, SuperConvergence(max_lr=callback.max_lr), max_epochs=2)
+    assert model.modes_seen[-training_steps:] == given.modes_seen
+    for ours, theirs in zip(model.state_dict().values(), given.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+class SetsUpOnFitStart(TinyClassifier):
+    """``training_step`` needs a scale that the module's ``on_fit_start`` sets."""
+
+    def on_fit_start(self) -> None:
+        self.scale = 1.0
+
+    def training_step(self, batch, batch_idx):
+        return self.scale * super().training_step(batch, batch_idx)
+
+
+def test_an_attribute_that_on_fit_start_sets_fails_the_range_test_with_a_note_saying_why(tmp_path):
+    """The callback's `on_fit_start` runs before the module's: the AttributeError says so (Python 3.11's notes)."""
+    model = SetsUpOnFitStart()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AttributeError, match="scale") as info:
+        _fit(tmp_path, model, SuperConvergence(num_steps=20, trial_steps=0), max_epochs=1)
+    if sys.version_info >= (3, 11):
+        note = "\n".join(info.value.__notes__)
+        assert "before SetsUpOnFitStart.on_fit_start" in note
+        assert "`on_train_start` and `on_train_epoch_start` do run" in note
+        assert "SuperConvergence(max_lr=...)" in note
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # given a peak, no range test runs and the module's own hook sets the scale before training
+    _fit(tmp_path, SetsUpOnFitStart(), SuperConvergence(max_lr=0.1), max_epochs=1)

@@ -12,7 +12,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, TinyClassifier, make_dataset, trainer_kwargs
+from helpers import DictValidationBatches, Tally, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader
@@ -36,7 +36,7 @@ class CountingClassifier(TinyClassifier):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.calls = 0
+        self.calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1
@@ -60,7 +60,7 @@ class FailingClassifier(StatefulClassifier):
 
     def __init__(self, fail_at: int, error: BaseException) -> None:
         super().__init__()
-        self.fail_at, self.error, self.calls = fail_at, error, 0
+        self.fail_at, self.error, self.calls = fail_at, error, Tally()
 
     def training_step(self, batch, batch_idx):
         self.calls += 1
@@ -1003,7 +1003,7 @@ class TrainModeCounter(TinyClassifier):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_calls = 0
+        self.train_calls = Tally()
 
     def training_step(self, batch, batch_idx):
         self.train_calls += int(self.training)
