@@ -231,6 +231,27 @@ def test_callback_of_finds_a_callback_of_the_running_lightning_by_class_name(tmp
     assert _compat.callback_of(trainer, "NoSuchCallback") is None
 
 
+@pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])
+def test_overrides_hook_tells_the_users_hooks_from_lightnings_own(distribution, model):
+    """A hook the module's class or a user's base class defines counts; Lightning's own (empty) ones do not."""
+    from lightning_superconv import _compat
+
+    class Base(model):
+        def on_fit_start(self) -> None:
+            pass
+
+    class Module(Base):
+        def on_train_start(self) -> None:
+            pass
+
+    module = Module()
+    assert _compat.overrides_hook(module, "on_fit_start")
+    assert _compat.overrides_hook(module, "on_train_start")
+    assert not _compat.overrides_hook(module, "on_train_epoch_start")
+    assert not _compat.overrides_hook(distribution.LightningModule(), "on_fit_start")
+    assert not _compat.overrides_hook(module, "no_such_hook")
+
+
 @pytest.mark.parametrize("distribution", [lp, pl])
 def test_weight_averages_are_the_averaged_models_of_weight_averaging_callbacks(tmp_path, distribution):
     """``WeightAveraging`` (``EMAWeightAveraging``) builds its ``AveragedModel`` in ``setup``: found from then on."""
