@@ -149,6 +149,12 @@ def checkpoint_to_resume(trainer: Trainer) -> bool:
     return bool(trainer.ckpt_path) and bool(getattr(trainer._checkpoint_connector, "_loaded_checkpoint", True))
 
 
+def weights_only_checkpoint(trainer: Trainer) -> bool:
+    """Whether the checkpoint `fit` resumes from holds no training state (`ModelCheckpoint(save_weights_only=True)`)."""
+    checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
+    return isinstance(checkpoint, dict) and "optimizer_states" not in checkpoint
+
+
 def grad_scaler(trainer: Trainer) -> Any:
     """The precision plugin's ``GradScaler`` (``16-mixed``), or None."""
     return getattr(trainer.precision_plugin, "scaler", None)

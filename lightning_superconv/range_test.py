@@ -34,7 +34,13 @@ from lightning_superconv.peak import (
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.schedule import OneCycleConfig
-from lightning_superconv.steps import MAX_CONSECUTIVE_SKIPPED_BATCHES, NoLossError, StepRecord, take_steps
+from lightning_superconv.steps import (
+    MAX_CONSECUTIVE_SKIPPED_BATCHES,
+    TRAINING_START_HOOKS,
+    NoLossError,
+    StepRecord,
+    take_steps,
+)
 
 #: The fewest range-test steps that can give a pick (see :class:`RangeTestConfig`).
 MIN_STEPS = 10
@@ -194,8 +200,9 @@ def run_range_test(
     except NoLossError as err:
         raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
     except AttributeError as err:
-        if _compat.overrides_hook(pl_module, "on_fit_start") and hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(_on_fit_start_note(pl_module))
+        hooks = [name for name in TRAINING_START_HOOKS if _compat.overrides_hook(pl_module, name)]
+        if hooks and hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(_start_hooks_note(pl_module, hooks))
         raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
@@ -333,13 +340,13 @@ def run_range_test(
     )
 
 
-def _on_fit_start_note(pl_module: _compat.LightningModule) -> str:
+def _start_hooks_note(pl_module: _compat.LightningModule, hooks: list[str]) -> str:
     name = type(pl_module).__name__
+    own = ", ".join(f"{name}.{hook}" for hook in hooks)
     return (
         f"The range test runs in a callback's `on_fit_start` (SuperConvergence's, or find_max_lr's), which Lightning "
-        f"calls before {name}.on_fit_start: an attribute that hook sets is not there yet while the range test trains "
-        "(the module's `on_train_start` and `on_train_epoch_start` do run before its steps). Set it in `__init__` or "
-        "`setup`, or pass `SuperConvergence(max_lr=...)`, which runs no range test."
+        f"calls before {own}: if the missing attribute is set there, it is not there yet while the range test trains. "
+        "Set it in `__init__` or `setup`, or pass `SuperConvergence(max_lr=...)`, which runs no range test."
     )
 
 

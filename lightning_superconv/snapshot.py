@@ -7,7 +7,8 @@ needs around it (RNG isolation, quiet callbacks and logging).
 What is copied, and why each part:
 
 - parameters and buffers (non-persistent buffers too, which a ``state_dict`` omits), written back *in place*, so the
-  optimizer's references to the parameters stay valid;
+  optimizer's references to the parameters stay valid; a module that replaced one (``self.count = self.count + 1``
+  on a buffer assigns a new tensor) gets the original back in its place first;
 - gradients and each submodule's train/eval flag;
 - torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
   its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
@@ -16,9 +17,10 @@ What is copied, and why each part:
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
   batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
   holds, such as a list a user appends diagnostics to, is the user's and left alone);
-- the top module's own attributes, rebound to what they were and removed where they are new (a counter
-  ``on_train_epoch_start`` counts up, a flag ``on_train_start`` sets: the range test runs those hooks of the module
-  before its steps); an object changed in place (that list of diagnostics) is left alone;
+- the top module's own attributes, rebound to what they were and removed where they are new (a counter its
+  ``training_step`` counts up, a flag it sets), and the numbers and strings its submodules hold (a layer's own update
+  count); an object changed in place (that list of diagnostics) is left alone, and so is a name that now holds a
+  parameter, buffer or submodule;
 - optimizer state per parameter, and the param-group dicts refilled in place (a scheduler holds the optimizer, and
   some code holds its groups);
 - the gradient scaler's state and the state of the dataloaders' own ``torch.Generator`` objects.
@@ -104,6 +106,8 @@ class Snapshot:
     """
 
     tensors: list[tuple[Tensor, Tensor]]
+    #: each parameter and buffer as registered: (the module's registry, its name there, the tensor)
+    slots: list[tuple[dict[str, Any], str, Any]]
     optimizer: Optimizer
     optimizer_state: dict[Tensor, Any]
     param_groups: list[dict[str, Any]]
@@ -113,6 +117,8 @@ class Snapshot:
     loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
     #: the top module and its own attributes (:func:`_own_attributes`), or None
     attributes: tuple[torch.nn.Module, dict[str, Any]] | None = None
+    #: the numbers and strings each submodule holds as attributes
+    scalars: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
@@ -123,6 +129,9 @@ class Snapshot:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
+        for registry, name, tensor in self.slots:
+            if registry.get(name) is not tensor:
+                registry[name] = tensor
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 tensor.copy_(saved)
@@ -131,6 +140,8 @@ class Snapshot:
         if self.attributes is not None:
             # before the loose tensors: the object an attribute held comes back first, then its values
             self._restore_attributes(*self.attributes)
+        for module, scalars in self.scalars:
+            vars(module).update(scalars)
         for module, flag in self.training_flags:
             module.training = flag
         for module, metric_state in self.metric_states:
@@ -156,8 +167,11 @@ class Snapshot:
         own = vars(module)
         for name in [name for name in own if name not in saved and name not in _MODULE_INTERNALS]:
             del own[name]
+        registered = _registered(module)
         for name, value in saved.items():
-            if own.get(name, saved) is not value:  # `saved` stands for "gone"
+            # a name that became a parameter, buffer or submodule lives in its registry now: an attribute of the same
+            # name would hide it
+            if own.get(name, saved) is not value and name not in registered:  # `saved` stands for "gone"
                 own[name] = value
 
     @staticmethod
@@ -170,7 +184,8 @@ class Snapshot:
                     with torch.no_grad():
                         original.copy_(kept)
                 continue
-            object.__setattr__(module, name, _clone_tree(kept))
+            if name not in _registered(module):
+                object.__setattr__(module, name, _clone_tree(kept))
 
     def nbytes(self) -> int:
         """Memory the copies hold: weights, buffers and optimizer state (the rest is small)."""
@@ -205,6 +220,13 @@ def capture(
     tensors = [(t, t.detach().clone()) for t in _weights(module, also)]
     snapshot = Snapshot(
         tensors=tensors,
+        slots=[
+            (registry, name, tensor)
+            for owner in (module, *also)
+            for m in owner.modules()
+            for registry in (m._parameters, m._buffers)
+            for name, tensor in registry.items()
+        ],
         optimizer=optimizer,
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()},
         param_groups=_group_values(optimizer),
@@ -219,8 +241,11 @@ def capture(
         for submodule in module.modules():
             if _is_metric(submodule):
                 snapshot.metric_states.append((submodule, _metric_state(submodule)))
-            elif loose := _loose_tensors(submodule):
+                continue
+            if loose := _loose_tensors(submodule):
                 snapshot.loose_tensors.append((submodule, loose))
+            if submodule is not module and (scalars := _scalars(submodule)):
+                snapshot.scalars.append((submodule, scalars))
         submodules = {id(m) for m in module.modules()}
         snapshot.metric_states += [(metric, _metric_state(metric)) for metric in _contained_metrics(module, submodules)]
     return snapshot
@@ -233,6 +258,20 @@ def _own_attributes(module: torch.nn.Module) -> dict[str, Any]:
     old number), removes names set since, and leaves alone what was changed in place, which is the user's to keep.
     """
     return {name: value for name, value in vars(module).items() if name not in _MODULE_INTERNALS}
+
+
+def _registered(module: torch.nn.Module) -> set[str]:
+    """The names of ``module``'s own parameters, buffers and submodules: an attribute of such a name would hide one."""
+    return {*module._parameters, *module._buffers, *module._modules}
+
+
+def _scalars(module: torch.nn.Module) -> dict[str, Any]:
+    """The numbers and strings ``module`` holds as attributes (an update count, a phase), beside its internals."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if name not in _MODULE_INTERNALS and isinstance(value, (bool, int, float, str))
+    }
 
 
 def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:
@@ -272,7 +311,7 @@ def nothing(optimizer: Optimizer) -> Snapshot:
     Such a guard only stops the run at the next divergence, so a copy of the weights and optimizer state would be
     memory held for nothing (``max_rescues=0`` from the start; the last rescue made). Its memory is freed.
     """
-    return Snapshot(tensors=[], optimizer=optimizer, optimizer_state={}, param_groups=[], empty=True)
+    return Snapshot(tensors=[], slots=[], optimizer=optimizer, optimizer_state={}, param_groups=[], empty=True)
 
 
 def recapture(
@@ -319,7 +358,7 @@ def _same_layout(
         return False
     if snapshot.grads or snapshot.training_flags or snapshot.metric_states or snapshot.loose_tensors:
         return False
-    if snapshot.attributes is not None:
+    if snapshot.attributes is not None or snapshot.scalars:
         return False
     if snapshot.generator_states:
         return False

@@ -8,9 +8,9 @@ restored. A loop of a few dozen lines that goes through the *strategy* keeps wha
 gradient all-reduce, the precision plugin's autocast and gradient scaler, gradient clipping, accumulation, the user's
 batch-transfer hooks) and touches nothing else. Run it inside a :func:`~lightning_superconv.sandbox.sandbox`.
 
-The steps run as training's first steps would: after the module's own ``on_train_start`` and ``on_train_epoch_start``
-(state a module sets up there, a counter or a frozen BatchNorm's ``eval()``, is in place, as in Lightning's finder,
-which runs them too), and with each submodule in the train/eval mode it is in, which Lightning keeps for training.
+Each submodule stays in the train/eval mode it is in, which Lightning keeps for training (a BatchNorm frozen with
+``eval()`` stays frozen). The module's own fit, train and epoch start hooks are not run: they may register hooks, add
+param groups, build submodules or write to loggers, none of which a snapshot can take back.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from lightning_superconv import _compat
 MAX_CONSECUTIVE_SCALER_SKIPS = 30
 #: ``training_step`` may return None to skip a batch; this many in a row means it never returns a loss.
 MAX_CONSECUTIVE_SKIPPED_BATCHES = 32
-#: the module's hooks the fit loop calls between ``on_fit_start`` and the first training step, in its order
-TRAINING_START_HOOKS = ("on_train_start", "on_train_epoch_start")
+#: the module's hooks Lightning calls after the callbacks' ``on_fit_start`` and before the first training step
+TRAINING_START_HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start")
 
 
 class NoLossError(RuntimeError):
@@ -109,22 +109,6 @@ class BatchStream:
         return None
 
 
-def run_training_start_hooks(pl_module: _compat.LightningModule) -> None:
-    r"""Call the module's own :data:`TRAINING_START_HOOKS`, as the fit loop does before training's first step.
-
-    A module may set up there what its ``training_step`` needs (an attribute, a frozen submodule's ``eval()``); steps
-    taken without them would fail, or measure another model. Only the module's hooks: the other callbacks are quiet
-    (:func:`~lightning_superconv.sandbox.quiet_trainer`), and what the hooks set is undone with the rest of the
-    sandbox (:class:`~lightning_superconv.snapshot.Snapshot` rebinds the module's attributes).
-    """
-    for name in TRAINING_START_HOOKS:
-        _compat.set_current_hook(pl_module, name)
-        try:
-            getattr(pl_module, name)()
-        finally:
-            _compat.set_current_hook(pl_module, None)
-
-
 def _takes_batch_idx(pl_module: _compat.LightningModule) -> bool:
     params = list(inspect.signature(pl_module.training_step).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
@@ -142,8 +126,7 @@ def take_steps(
 ) -> StepRecord:
     r"""Take up to ``num_steps`` optimizer steps on the train data; the caller sets each step up and reads its loss.
 
-    First the module's ``on_train_start`` and ``on_train_epoch_start`` (:func:`run_training_start_hooks`); each
-    submodule stays in the train/eval mode it is in, as in training.
+    Each submodule stays in the train/eval mode it is in, as in training.
 
     Each step: ``accumulate_grad_batches`` micro-batches go through the strategy's ``training_step`` (DDP forward,
     autocast), ``backward`` (loss scaling, DDP all-reduce on the last micro-batch) and ``optimizer_step`` (unscaling,
@@ -173,7 +156,6 @@ def take_steps(
     record = StepRecord()
     scaler_skips = skipped_in_a_row = 0
     step = 0
-    run_training_start_hooks(pl_module)
     while step < num_steps:
         # Draw the step's micro-batches before any forward pass, and let all ranks agree that each got them all: a rank
         # whose data ran out must stop together with the others, not leave them waiting in DDP's gradient all-reduce.

@@ -33,6 +33,13 @@ _NO_STATE_TO_RESUME = (
     "`trainer.fit(model)`)."
 )
 
+_WEIGHTS_ONLY_CHECKPOINT = (
+    "`fit(ckpt_path=...)` resumes from a checkpoint that holds the weights only (`ModelCheckpoint(save_weights_only="
+    "True)`): no optimizer, scheduler or callback state, so there is no cycle to continue (Lightning itself cannot "
+    "resume from it). Start a new fit from its weights: `model = YourModel.load_from_checkpoint(path)`, then "
+    "`trainer.fit(model)` (a new range test and cycle, or `SuperConvergence(max_lr=...)`)."
+)
+
 
 class SuperConvergence(_compat.Callback):
     r"""Train with one cycle of a very large learning rate, its peak found by an LR range test on your own model.
@@ -419,6 +426,8 @@ class SuperConvergence(_compat.Callback):
     def _resume(self, trainer: _compat.Trainer, optimizer: Any) -> None:
         """Install the scheduler object Lightning will load the checkpoint's cycle into; no range test."""
         if not self._restored:
+            if _compat.weights_only_checkpoint(trainer):
+                raise _compat.misconfiguration(trainer, _WEIGHTS_ONLY_CHECKPOINT)
             raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
         assert self.max_lr is not None
         if self.requested_max_lr is not None and self.requested_max_lr != self.max_lr:

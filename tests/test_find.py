@@ -107,6 +107,22 @@ def test_model_is_bit_identical_afterwards():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_precision_that_converts_the_model_gives_it_back_in_its_own_dtype_bit_for_bit(precision):
+    """Lightning converts the model to a `*-true` precision when the fit starts; `find_max_lr` gives it back as it was.
+
+    Before, it came back converted (bfloat16 weights rounded, and a plain fit after it failed on mixed dtypes).
+    """
+    model = TinyClassifier()
+    before = _state(model)
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"precision": precision})
+    after = _state(model)
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model)  # fmt: skip
+
+
 def test_the_rng_streams_come_back_as_they_were():
     """A seeded ``fit`` after ``find_max_lr`` sees the data order it would have seen without it.
 

@@ -237,6 +237,21 @@ def test_resume_from_a_checkpoint_without_superconvergence_fails_with_the_fix(tm
     assert model.calls == 0
 
 
+def test_resume_from_a_weights_only_checkpoint_says_so_and_how_to_start_from_its_weights(tmp_path):
+    """A `save_weights_only=True` checkpoint of a run with the callback holds no state to resume: the message says so.
+
+    Before, it said the checkpoint was written without `SuperConvergence` and advised resuming without it, which
+    Lightning refuses for such a checkpoint too.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_weights_only=True)
+    _trainer(tmp_path / "a", [*_callbacks(with_balancer=False), ckpt], max_epochs=1).fit(_seeded())
+    model = _seeded()
+    trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), max_epochs=2)
+    with pytest.raises(MisconfigurationException, match=r"holds the weights only.*load_from_checkpoint"):
+        trainer.fit(model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert model.calls == 0
+
+
 def test_resume_with_a_different_max_lr_keeps_the_checkpoints_cycle_and_warns(tmp_path):
     """`max_lr=` given on resume does not silently change the running cycle."""
     first = _callbacks(with_balancer=False)

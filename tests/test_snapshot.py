@@ -197,6 +197,50 @@ def test_the_modules_own_attributes_are_rebound_and_new_ones_removed_but_objects
     assert model.training
 
 
+class CountsInBuffersAndLayers(nn.Module):
+    """Updates a buffer by assigning a new tensor, and a layer that counts its own calls in an int."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 3)
+        self.register_buffer("seen", torch.zeros(()))
+        self.net.calls = 0
+        self.teacher: nn.Module | None = None
+
+    def forward(self, x):
+        self.seen = self.seen + x.shape[0]  # a new tensor: `register_buffer`'s slot now holds it
+        self.net.calls += 1
+        if self.teacher is None:
+            self.teacher = nn.Linear(4, 3)  # built at the first step: a submodule from then on
+        return self.net(x)
+
+
+def test_a_reassigned_buffer_a_submodules_counter_and_a_submodule_built_since_are_handled():
+    """A buffer reassigned, a layer's int counter and a submodule built since are handled.
+
+    The buffer's original tensor is put back in its slot with its values, the layer's int counter is rebound, and the
+    submodule keeps its name (before, the buffer kept the branch's count and the counter went on).
+    """
+    model = CountsInBuffersAndLayers()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = model.seen
+    snapshot = capture(model, optimizer)
+    for _ in range(3):
+        model(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+    assert (float(model.seen), model.net.calls) == (24.0, 3)
+    snapshot.restore()
+    assert model.seen is seen
+    assert float(model.seen) == 0.0
+    assert model.net.calls == 0
+    assert isinstance(model.teacher, nn.Linear)  # lives in `_modules`: a None attribute would hide it
+    rollback = capture(model, optimizer, everything=False)  # the guard's: weights and buffers only
+    model(torch.randn(8, 4))
+    rollback.restore()
+    assert model.seen is seen
+    assert float(model.seen) == 0.0
+
+
 def test_gradient_scaler_state_is_restored():
     """A `GradScaler` whose scale moved in the branch is back at its scale and growth tracker."""
     model = Stateful()

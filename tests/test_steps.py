@@ -121,88 +121,76 @@ def test_training_step_returning_none_for_every_batch_fails_naming_it(tmp_path):
     assert model.calls == 32
 
 
-class SetsUpItsOwnTraining(TinyClassifier):
-    """A module that sets training up itself, as real ones do, and records the mode its frozen BatchNorm had.
+class KeepsAPartFrozen(TinyClassifier):
+    """A module with a part frozen before ``fit``; it counts its steps in an int and records that part's mode.
 
-    ``frozen`` normalizes the inputs with fixed statistics: put in eval mode in ``__init__`` (a pretrained part,
-    frozen before ``fit``) or in ``on_train_epoch_start``; ``on_train_start`` sets the scale ``training_step`` needs;
-    ``on_train_epoch_start`` counts the epochs and logs the count.
+    Its ``frozen`` BatchNorm, put in eval mode in ``__init__`` (a pretrained part), normalizes the inputs with fixed
+    statistics.
     """
 
-    def __init__(self, freeze_in: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.freeze_in = freeze_in
         self.frozen = torch.nn.BatchNorm1d(16)
-        if freeze_in == "__init__":
-            self.frozen.eval()
+        self.frozen.eval()
         self.modes_seen: list[bool] = []  # changed in place: it keeps the range test's steps too
-        self.epochs_started = 0
-
-    def on_train_start(self) -> None:
-        self.scale = 1.0
-
-    def on_train_epoch_start(self) -> None:
-        if self.freeze_in == "on_train_epoch_start":
-            self.frozen.eval()
-        self.epochs_started += 1
-        self.log("epochs_started", float(self.epochs_started))
+        self.steps_taken = 0
 
     def forward(self, x):
         return self.net(self.frozen(x))
 
     def training_step(self, batch, batch_idx):
         self.modes_seen.append(self.frozen.training)
-        return self.scale * super().training_step(batch, batch_idx)
+        self.steps_taken += 1
+        return super().training_step(batch, batch_idx)
 
 
-@pytest.mark.parametrize("freeze_in", ["__init__", "on_train_epoch_start"])
-def test_the_range_test_trains_after_the_modules_own_training_start_hooks_in_its_modes(tmp_path, freeze_in):
-    """The sweep and the trials run as training runs, after the module's own training-start hooks, in its modes.
+def test_the_range_test_trains_each_submodule_in_the_mode_the_user_left_it_in(tmp_path):
+    """Lightning trains a submodule kept in eval mode in eval mode, and so do the sweep and the trials now.
 
-    Before, the scale `on_train_start` sets was missing (AttributeError), and every range-test step ran a submodule
-    the user keeps in eval mode in train mode. What the hooks set is undone with the rest: the epochs are counted once,
-    and the run ends bit-identical to the same run given the pick.
+    Before, every range-test step switched the whole module to train mode. The module's own int counter is put back
+    after the range test, and the run ends bit-identical to the same run given the pick.
     """
     torch.manual_seed(0)
-    model = SetsUpItsOwnTraining(freeze_in)
+    model = KeepsAPartFrozen()
     callback = SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=20, trial_steps=50)
-    trainer = _fit(tmp_path, model, callback, max_epochs=2)
+    _fit(tmp_path, model, callback, max_epochs=2)
     training_steps = 2 * 4
     assert len(model.modes_seen) > training_steps + 20  # the sweep's and the trials' steps are in it
     assert not any(model.modes_seen)
-    assert model.epochs_started == 2
-    assert float(trainer.callback_metrics["epochs_started"]) == 2.0
+    assert model.steps_taken == training_steps
     assert torch.equal(model.frozen.running_mean, torch.zeros(16))  # eval mode: its statistics never moved
 
     torch.manual_seed(0)
-    given = SetsUpItsOwnTraining(freeze_in)
+    given = KeepsAPartFrozen()
     _fit(tmp_path, given, SuperConvergence(max_lr=callback.max_lr), max_epochs=2)
-    assert model.modes_seen[-training_steps:] == given.modes_seen
     for ours, theirs in zip(model.state_dict().values(), given.state_dict().values(), strict=True):
         assert torch.equal(ours, theirs)
 
 
-class SetsUpOnFitStart(TinyClassifier):
-    """``training_step`` needs a scale that the module's ``on_fit_start`` sets."""
+class SetsUpInAHook(TinyClassifier):
+    """``training_step`` needs a scale that ``set_scale`` sets: made one of the module's hooks by the test."""
 
-    def on_fit_start(self) -> None:
+    def set_scale(self) -> None:
         self.scale = 1.0
 
     def training_step(self, batch, batch_idx):
         return self.scale * super().training_step(batch, batch_idx)
 
 
-def test_an_attribute_that_on_fit_start_sets_fails_the_range_test_with_a_note_saying_why(tmp_path):
-    """The callback's `on_fit_start` runs before the module's: the AttributeError says so (Python 3.11's notes)."""
-    model = SetsUpOnFitStart()
+@pytest.mark.parametrize("hook", ["on_fit_start", "on_train_start", "on_train_epoch_start"])
+def test_an_attribute_set_in_the_modules_start_hooks_fails_the_range_test_with_a_note_saying_why(tmp_path, hook):
+    """The range test runs in the callback's `on_fit_start`, before these hooks of the module: the error says so.
+
+    The note is Python 3.11's; the model is restored, and with a peak given the run trains.
+    """
+    module_class = type("SetsUpInAHook", (SetsUpInAHook,), {hook: SetsUpInAHook.set_scale})
+    model = module_class()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(AttributeError, match="scale") as info:
         _fit(tmp_path, model, SuperConvergence(num_steps=20, trial_steps=0), max_epochs=1)
     if sys.version_info >= (3, 11):
         note = "\n".join(info.value.__notes__)
-        assert "before SetsUpOnFitStart.on_fit_start" in note
-        assert "`on_train_start` and `on_train_epoch_start` do run" in note
+        assert f"before SetsUpInAHook.{hook}:" in note
         assert "SuperConvergence(max_lr=...)" in note
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    # given a peak, no range test runs and the module's own hook sets the scale before training
-    _fit(tmp_path, SetsUpOnFitStart(), SuperConvergence(max_lr=0.1), max_epochs=1)
+    _fit(tmp_path, module_class(), SuperConvergence(max_lr=0.1), max_epochs=1)
