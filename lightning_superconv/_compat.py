@@ -152,7 +152,7 @@ def checkpoint_to_resume(trainer: Trainer) -> bool:
 def weights_only_checkpoint(trainer: Trainer) -> bool:
     """Whether the checkpoint `fit` resumes from holds no training state (`ModelCheckpoint(save_weights_only=True)`)."""
     checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
-    return isinstance(checkpoint, dict) and "optimizer_states" not in checkpoint
+    return isinstance(checkpoint, dict) and bool(checkpoint) and "optimizer_states" not in checkpoint
 
 
 def grad_scaler(trainer: Trainer) -> Any:

@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from typing_extensions import override
 
 from lightning_superconv import _compat, _trainer
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.snapshot import dataloader_generators
+from lightning_superconv.snapshot import dataloader_generators, put_back, registered_tensors
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -132,7 +131,11 @@ def find_max_lr(
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
     # it sets up its data, whose range test then restores them to that later state
     generators = [(g, g.get_state()) for g in dataloader_generators(_loaders_in(model, train_dataloaders))]
-    tensors = _original_tensors(model)
+    # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
+    # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
+    # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
+    slots = registered_tensors(model)
+    data = [(param, param.data) for param in model.parameters()]
     error: BaseException | None = None
     with _compat.isolate_rng(trainer):
         try:
@@ -143,35 +146,14 @@ def find_max_lr(
             error = err
     for generator, state in generators:
         generator.set_state(state)
-    _put_back(tensors)
+    put_back(slots)
+    for param, kept in data:
+        if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
+            param.data = kept
     if error is not None:
         raise error
     assert probe.result is not None
     return probe.result
-
-
-def _original_tensors(model: torch.nn.Module) -> list[tuple[Any, str | None, torch.Tensor]]:
-    r"""Each parameter's data and each buffer, as the model holds them before the ``Trainer`` sets it up.
-
-    A ``*-true`` precision (``"bf16-true"``, ``"64-true"``) converts the model in place when the fit starts, before the
-    range test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. Holding the
-    original tensors (no copy: the conversion makes new ones) gives the model back in its own dtype, bit for bit.
-    Each entry: (a parameter, None, its data) or (a module's buffer registry, the buffer's name, the buffer).
-    """
-    kept: list[tuple[Any, str | None, torch.Tensor]] = []
-    for module in model.modules():
-        kept += [(param, None, param.data) for param in module._parameters.values() if param is not None]
-        kept += [(module._buffers, name, buffer) for name, buffer in module._buffers.items() if buffer is not None]
-    return kept
-
-
-def _put_back(kept: list[tuple[Any, str | None, torch.Tensor]]) -> None:
-    for owner, name, tensor in kept:
-        if name is None:
-            if owner.data.dtype != tensor.dtype or owner.data.data_ptr() != tensor.data_ptr():
-                owner.data = tensor
-        elif owner.get(name) is not tensor:
-            owner[name] = tensor
 
 
 def _refuse_what_would_run_a_second_test(callbacks: list[Any], fast_dev_run: Any) -> None:

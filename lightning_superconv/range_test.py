@@ -34,14 +34,11 @@ from lightning_superconv.peak import (
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.schedule import OneCycleConfig
-from lightning_superconv.steps import (
-    MAX_CONSECUTIVE_SKIPPED_BATCHES,
-    TRAINING_START_HOOKS,
-    NoLossError,
-    StepRecord,
-    take_steps,
-)
+from lightning_superconv.steps import MAX_CONSECUTIVE_SKIPPED_BATCHES, NoLossError, StepRecord, take_steps
 
+#: The module's hooks Lightning calls after the callbacks' ``on_fit_start`` (where the range test runs) and before
+#: the first training step: state they set is not there yet while the range test trains.
+TRAINING_START_HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start")
 #: The fewest range-test steps that can give a pick (see :class:`RangeTestConfig`).
 MIN_STEPS = 10
 #: The shortest trial cycle at a candidate peak (see :class:`RangeTestConfig`).

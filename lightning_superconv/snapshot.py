@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
@@ -41,6 +41,9 @@ from torch.optim import Optimizer
 # attributes (older releases keep `_update_called` as one; newer compute it from `_update_count`)
 _METRIC_BOOKKEEPING = ("_update_count", "_update_called", "_computed", "_forward_cache", "_is_synced", "_cache")
 
+
+#: a parameter or buffer where its module registered it: (the module's `_parameters` or `_buffers`, name, tensor)
+Slot: TypeAlias = tuple[dict[str, Any], str, Any]
 
 # what every `nn.Module` keeps in its `__dict__` (its parameter and buffer dicts, hooks): never a loose tensor
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
@@ -106,8 +109,8 @@ class Snapshot:
     """
 
     tensors: list[tuple[Tensor, Tensor]]
-    #: each parameter and buffer as registered: (the module's registry, its name there, the tensor)
-    slots: list[tuple[dict[str, Any], str, Any]]
+    #: each parameter and buffer as registered (:func:`registered_tensors`)
+    slots: list[Slot]
     optimizer: Optimizer
     optimizer_state: dict[Tensor, Any]
     param_groups: list[dict[str, Any]]
@@ -129,9 +132,7 @@ class Snapshot:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
-        for registry, name, tensor in self.slots:
-            if registry.get(name) is not tensor:
-                registry[name] = tensor
+        put_back(self.slots)
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 tensor.copy_(saved)
@@ -177,6 +178,7 @@ class Snapshot:
     @staticmethod
     def _restore_loose(module: torch.nn.Module, saved: dict[str, tuple[Any, Any]]) -> None:
         own = vars(module)
+        registered = _registered(module)
         for name, (original, kept) in saved.items():
             current = own.get(name, saved)  # `saved` stands for "gone"
             if current is original:
@@ -184,7 +186,7 @@ class Snapshot:
                     with torch.no_grad():
                         original.copy_(kept)
                 continue
-            if name not in _registered(module):
+            if name not in registered:
                 object.__setattr__(module, name, _clone_tree(kept))
 
     def nbytes(self) -> int:
@@ -220,13 +222,7 @@ def capture(
     tensors = [(t, t.detach().clone()) for t in _weights(module, also)]
     snapshot = Snapshot(
         tensors=tensors,
-        slots=[
-            (registry, name, tensor)
-            for owner in (module, *also)
-            for m in owner.modules()
-            for registry in (m._parameters, m._buffers)
-            for name, tensor in registry.items()
-        ],
+        slots=registered_tensors(module, also),
         optimizer=optimizer,
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()},
         param_groups=_group_values(optimizer),
@@ -268,10 +264,30 @@ def _registered(module: torch.nn.Module) -> set[str]:
 def _scalars(module: torch.nn.Module) -> dict[str, Any]:
     """The numbers and strings ``module`` holds as attributes (an update count, a phase), beside its internals."""
     return {
-        name: value
-        for name, value in vars(module).items()
-        if name not in _MODULE_INTERNALS and isinstance(value, (bool, int, float, str))
+        name: value for name, value in _own_attributes(module).items() if isinstance(value, (bool, int, float, str))
     }
+
+
+def registered_tensors(module: torch.nn.Module, also: Sequence[torch.nn.Module] = ()) -> list[Slot]:
+    r"""Each parameter and buffer of ``module`` (and of the modules ``also``) as registered: (registry, name, tensor).
+
+    A module that assigns a new tensor to a buffer (``self.seen = self.seen + n``), or a ``Trainer`` that converts the
+    model to another precision, replaces what the registry holds; :func:`put_back` restores the original objects.
+    """
+    return [
+        (registry, name, tensor)
+        for owner in (module, *also)
+        for m in owner.modules()
+        for registry in (m._parameters, m._buffers)
+        for name, tensor in registry.items()
+    ]
+
+
+def put_back(slots: Sequence[Slot]) -> None:
+    """Put each tensor of :func:`registered_tensors` back in its registry where another has taken its place."""
+    for registry, name, tensor in slots:
+        if registry.get(name) is not tensor:
+            registry[name] = tensor
 
 
 def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:

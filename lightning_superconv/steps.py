@@ -33,8 +33,6 @@ from lightning_superconv import _compat
 MAX_CONSECUTIVE_SCALER_SKIPS = 30
 #: ``training_step`` may return None to skip a batch; this many in a row means it never returns a loss.
 MAX_CONSECUTIVE_SKIPPED_BATCHES = 32
-#: the module's hooks Lightning calls after the callbacks' ``on_fit_start`` and before the first training step
-TRAINING_START_HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start")
 
 
 class NoLossError(RuntimeError):

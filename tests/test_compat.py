@@ -159,6 +159,7 @@ class CompatProbe:
         self.seen["callbacks"] = _compat.callbacks(trainer)
         self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
         self.seen["resume"] = _compat.checkpoint_to_resume(trainer)
+        self.seen["weights_only"] = _compat.weights_only_checkpoint(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         from lightning_superconv import _compat
@@ -195,6 +196,7 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["callbacks"][-1] is probe
     assert seen["fast_dev_run"] is False
     assert seen["resume"] is False
+    assert seen["weights_only"] is False
     assert seen["logging_step"] == 0
     assert seen["should_update_logs"] is True
 
@@ -209,7 +211,14 @@ def test_checkpoint_to_resume_is_true_at_fit_start_of_a_resume_only(tmp_path, di
     resumed = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 4}, callbacks=[probe])
     resumed.fit(module, ckpt_path=tmp_path / "two.ckpt")
     assert probe.seen["resume"] is True
+    assert probe.seen["weights_only"] is False  # a full checkpoint
     assert resumed.global_step == 4
+    trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
+    probe = type("Probe", (CompatProbe, distribution.Callback), {})()
+    weights_only = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 4}, callbacks=[probe])
+    with pytest.raises(KeyError, match="contains only the model"):  # Lightning's own refusal, after `on_fit_start`
+        weights_only.fit(module, ckpt_path=tmp_path / "weights.ckpt")
+    assert probe.seen["weights_only"] is True
 
 
 @pytest.mark.parametrize("distribution", [lp, pl])
