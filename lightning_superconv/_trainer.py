@@ -74,7 +74,7 @@ def total_steps(trainer: _compat.Trainer, who: str) -> int:
         MisconfigurationException: if the train dataloader yields no batches at all (e.g. fewer samples than
             ``batch_size`` with ``drop_last=True``), or the run's length is unknown (no length, no ``max_steps``).
     """
-    if trainer.limit_train_batches == 0 or trainer.max_steps == 0:
+    if trainer.limit_train_batches == 0 or trainer.max_steps == 0 or trainer.max_epochs == 0:
         return 0
     total = estimated_steps(trainer)
     if total == 0 or trainer.num_training_batches == 0:
@@ -94,11 +94,12 @@ def check_batches_to_run(trainer: _compat.Trainer, who: str) -> None:
     Raises:
         MisconfigurationException: if the train dataloader yields no batch, or the Trainer is told to run none.
     """
-    if trainer.limit_train_batches == 0 or trainer.max_steps == 0:
+    if trainer.limit_train_batches == 0 or trainer.max_steps == 0 or trainer.max_epochs == 0:
         raise _compat.misconfiguration(
             trainer,
             f"{who} has no training batch to run: the Trainer is told to run none (`limit_train_batches="
-            f"{trainer.limit_train_batches}`, `max_steps={trainer.max_steps}`). Leave both at their defaults.",
+            f"{trainer.limit_train_batches}`, `max_steps={trainer.max_steps}`, `max_epochs={trainer.max_epochs}`). "
+            "Leave them at their defaults.",
         )
     _compat.setup_train_data(trainer)
     if trainer.num_training_batches == 0:

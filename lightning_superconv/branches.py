@@ -160,7 +160,8 @@ def run_branches(
         branches: the branches; or a function of the scores so far that returns the next branch (None: no more), for
             a search that decides where to look next from what it saw.
         held_out: the batches to score on; None: train batches right after the ones the branches train on (as many
-            as a tenth of a branch's steps, at least 4), which no branch sees.
+            as a tenth of a branch's steps, at least 4): no branch trains on these batches, but one longer than an
+            epoch has trained on their samples.
         time_share: reading the held-out batches the first time may take this share of a branch's training time.
     """
     generators = dataloader_generators(_compat.train_loaders(trainer))
@@ -176,7 +177,7 @@ def run_branches(
         if held_out is None and branch is not None:
             with _compat.isolate_rng(trainer):
                 held_out = HeldOutBatches.after_training_batches(
-                    trainer, branch.steps * accumulate, max(4, branch.steps // 10)
+                    trainer, branch.steps * accumulate, scored_batches(branch.steps)
                 )
         while branch is not None:
             snapshot.restore()
@@ -204,6 +205,11 @@ def run_branches(
                 )
             branch = next_branch(scores)
     return scores, train_seconds
+
+
+def scored_batches(steps: int) -> int:
+    """How many training batches a branch of ``steps`` steps is scored on, when there is no validation data."""
+    return max(4, steps // 10)
 
 
 def _stop_if_non_finite(step: int, loss: float) -> str | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from typing_extensions import override
 
 from lightning_superconv import _compat, _trainer
@@ -69,7 +71,7 @@ def find_max_lr(
         train_dataloaders: the training data, as for ``Trainer.fit``; or the model's own ``train_dataloader``.
         datamodule: a LightningDataModule instead of ``train_dataloaders`` (and ``val_dataloaders``).
         val_dataloaders: the validation data the trials score each candidate peak on, as for ``Trainer.fit``; or the
-            model's own ``val_dataloader``; with none, training batches the trials never train on.
+            model's own ``val_dataloader``; with none, the training batches after those the trials train on.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
             unless given here; ``min_epochs`` and ``min_steps`` are ignored (no training step is taken).
@@ -79,8 +81,8 @@ def find_max_lr(
             steps: pass the ``max_epochs`` (or ``max_steps``) of the run the peak is for (one epoch otherwise).
 
     Raises:
-        TypeError: if ``range_test`` holds an argument that is not a range-test argument, or ``trainer_kwargs`` is
-            no mapping.
+        TypeError: if ``model`` is no torch module, ``range_test`` holds an argument that is not a range-test
+            argument, or ``trainer_kwargs`` is no mapping.
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
             callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``.
@@ -100,6 +102,11 @@ def find_max_lr(
 
     ``result.plot()`` draws the curve with the pick marked (matplotlib).
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            "`find_max_lr`'s `model` takes a LightningModule (of `lightning.pytorch` or `pytorch_lightning`), got "
+            f"{type(model).__name__} {reprlib.repr(model)}"
+        )
     allowed = set(RangeTestConfig.__dataclass_fields__)
     unknown = sorted(set(range_test) - allowed)
     if unknown:

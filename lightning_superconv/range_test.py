@@ -18,7 +18,13 @@ from typing import Any
 
 from lightning_superconv import _compat, _trainer
 from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
-from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
+from lightning_superconv.branches import (
+    Branch,
+    HeldOutBatches,
+    UnscorableBatchesError,
+    run_branches,
+    scored_batches,
+)
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
 from lightning_superconv.param_groups import detached_copy, group_ratios
 from lightning_superconv.peak import (
@@ -138,8 +144,9 @@ def run_range_test(
        noisy floor. The candidate peaks are a quarter, a half and an eighth of it.
     3. The trials: from the same snapshot, a one-cycle of ``trial_steps`` steps (by default a third of ``run_steps``,
        from 100 to 300: :func:`~lightning_superconv.peak.trial_length`; the cycle's own shape, compressed) at
-       each candidate, scored by the held-out loss (the validation data, else training batches the trials never
-       train on); the lowest wins (:func:`~lightning_superconv.peak.choose`). With ``trial_steps=0``, the quarter.
+       each candidate, scored by the held-out loss (the validation data, else the training batches after those the
+       trials train on); the lowest wins (:func:`~lightning_superconv.peak.choose`). With ``trial_steps=0``, the
+       quarter.
 
     Call it at fit start (``on_fit_start``) or later, before training steps. Under DDP every rank calls it and all get
     the same result.
@@ -255,19 +262,24 @@ def run_range_test(
             peaks.append(peak)
             return Branch(trial_traces(configured, peak, trial_steps, cycle), label=peak)
 
+        validation = HeldOutBatches.validation(trainer)
         try:
-            scores, _ = run_branches(trainer, pl_module, optimizer, plan, HeldOutBatches.validation(trainer))
+            scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
         except UnscorableBatchesError as err:
-            # everything the trials changed is back: try again on training batches the trials never train on
+            validation = None
+            # everything the trials changed is back: try again on the training batches after the trials' own
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
-                f"validation batches, but {err}; they score training batches the trials do not train on instead. "
+                f"validation batches, but {err}; they score the training batches after those the trials train on "
+                "instead. "
                 "Make `training_step` accept validation batches to have the peak chosen on them.",
             )
             peaks.clear()
             scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
+        if validation is None:
+            _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps)
         try:
             verdict = choose(peaks, scores, trial_steps, fell.start_level, lowest)
         except ValueError as err:
@@ -334,6 +346,28 @@ def run_range_test(
         skipped_steps=record.skipped_steps,
         skipped_batches=record.skipped_batches,
         trials=trials,
+    )
+
+
+def _say_if_the_trials_trained_on_what_they_were_scored_on(trainer: _compat.Trainer, trial_steps: int) -> None:
+    r"""Say so when the training batches the trials are scored on hold samples the trials trained on.
+
+    Without validation data the trials are scored on the training batches that follow the ones they train on; a trial
+    longer than an epoch of data has, by then, trained on every sample (a new epoch draws them again, in a new order),
+    and its score is a training loss, which favours a peak that fits the training data over one that generalizes.
+    """
+    batches = trainer.num_training_batches
+    if not _trainer.epoch_length_known(trainer):
+        return  # a stream: whether a pass ended within a trial is unknown
+    used = trial_steps * max(int(trainer.accumulate_grad_batches), 1) + scored_batches(trial_steps)
+    if used <= batches:
+        return
+    _compat.rank_zero_info(
+        trainer,
+        f"SuperConvergence: this run has no validation data, so the trials were scored on training batches; a trial "
+        f"({trial_steps} steps) is longer than an epoch ({int(batches)} batches), so those batches hold samples it "
+        "trained on, and the pick was judged by training loss. Give `fit` validation data to judge it on samples "
+        "the trials never see.",
     )
 
 

@@ -284,9 +284,14 @@ def registered_tensors(module: torch.nn.Module, also: Sequence[torch.nn.Module] 
 
 
 def put_back(slots: Sequence[Slot]) -> None:
-    """Put each tensor of :func:`registered_tensors` back in its registry where another has taken its place."""
+    """Put each tensor of :func:`registered_tensors` back in its registry where another has taken its place.
+
+    A name removed from its registry since stays removed: the module was reshaped on purpose (``ModelPruning``
+    moves ``weight`` to ``weight_orig``, same tensor, and recomputes ``weight`` from a mask at every forward; a
+    parameter of that name put back would make that assignment fail).
+    """
     for registry, name, tensor in slots:
-        if registry.get(name) is not tensor:
+        if name in registry and registry[name] is not tensor:
             registry[name] = tensor
 
 

@@ -178,6 +178,7 @@ class SuperConvergence(_compat.Callback):
         self.total_steps: int | None
         self._start_step: int
         self._restored: bool
+        self._first_pass_read: bool  # the first epoch of this fit has ended (a stream's pass length is known)
         self._scheduler: SafeOneCycleLR | None
         self._group_count = 0
         self._logger: ScheduleLogger | None
@@ -235,8 +236,8 @@ class SuperConvergence(_compat.Callback):
             # Lightning runs such a fit without a training step; a range test would train where the user asked not to
             _compat.rank_zero_info(
                 trainer,
-                "SuperConvergence: this run has no training steps (`max_steps=0` or `limit_train_batches=0`), so no "
-                "range test runs and the schedule is unchanged.",
+                "SuperConvergence: this run has no training steps (`max_steps=0`, `max_epochs=0` or "
+                "`limit_train_batches=0`), so no range test runs and the schedule is unchanged.",
             )
             return
         start_step = int(trainer.global_step)
@@ -320,6 +321,13 @@ class SuperConvergence(_compat.Callback):
                 f"data). The cycle continues as planned: {outcome}. To train a new cycle over the new length, start a "
                 "new fit from the checkpoint's weights instead of resuming.",
             )
+
+    @override
+    def on_train_epoch_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        if self._scheduler is None or self._first_pass_read or self._restored or self.total_steps is None:
+            return
+        self._first_pass_read = True
+        _warn_if_the_epoch_limit_ends_a_stream_first(trainer, self._start_step, self._start_step + self.total_steps)
 
     @override
     def on_train_batch_start(
@@ -416,6 +424,7 @@ class SuperConvergence(_compat.Callback):
         self.total_steps = None
         self._start_step = 0
         self._restored = False
+        self._first_pass_read = False
         self._scheduler = None
         self._logger = None
         self._watch = None
@@ -515,6 +524,29 @@ def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
         f"ends: the cycle is planned over the {steps} steps that `max_epochs`/`max_steps` allow, and a run the clock "
         "stops ends with the LR not yet annealed. The range test runs before the clock starts (it starts with "
         "training). To end on the cycle's final LR, set `max_epochs` or `max_steps` to what fits in the time.",
+    )
+
+
+def _warn_if_the_epoch_limit_ends_a_stream_first(trainer: _compat.Trainer, start_step: int, cycle_end: int) -> None:
+    """Say, once the first epoch of a stream has ended, that ``max_epochs`` will stop the run before its cycle ends.
+
+    A train dataloader without a length (an ``IterableDataset``) has its cycle planned over ``max_steps``: Lightning
+    cannot know how many steps ``max_epochs`` passes over it take until one has run. Read from the first pass of this
+    fit (a stream whose passes differ in length may end elsewhere).
+    """
+    epochs = trainer.max_epochs
+    if _trainer.epoch_length_known(trainer) or epochs is None or epochs < 0:
+        return
+    per_pass = int(trainer.global_step) - start_step
+    ends_at = int(trainer.global_step) + (epochs - int(trainer.current_epoch) - 1) * per_pass
+    if per_pass <= 0 or ends_at >= cycle_end:
+        return
+    _compat.rank_zero_warn(
+        trainer,
+        f"SuperConvergence: the train data has no length, so the cycle was planned over `max_steps={trainer.max_steps}`"
+        f"; its first pass took {per_pass} steps, and `max_epochs={epochs}` will stop the run at "
+        f"about step {ends_at}, before the LR has annealed. To end on the cycle's final LR, set `max_epochs=-1` (then "
+        f"`max_steps` alone ends the run) or `max_steps={ends_at}`.",
     )
 
 

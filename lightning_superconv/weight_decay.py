@@ -7,7 +7,8 @@ How torch applies ``weight_decay=λ``:
 
 - ``SGD``: coupled L2. ``λθ`` is added to the gradient *before* momentum, so in steady state a step shrinks the
   weights by ``η·λ·(1-d)/(1-μ)`` (momentum ``μ``, dampening ``d``): momentum multiplies the decay too.
-- ``AdamW`` and every optimizer built with ``decoupled_weight_decay=True``: decoupled, ``θ ← θ(1 - η·λ)``.
+- ``AdamW``, every optimizer built with ``decoupled_weight_decay=True``, ``Adafactor`` and ``Muon``: decoupled,
+  ``θ ← θ(1 - η·λ)``.
 - ``Adam(weight_decay=λ)`` and other adaptive optimizers: coupled L2 passed through the adaptive normalization, so
   the shrink of a weight depends on its gradient history (``λθ / sqrt(v)``); no closed form holds.
 
@@ -41,13 +42,20 @@ DecayForm = Literal["coupled", "decoupled", "adaptive"]
 MAX_STEP_DECAY = 0.1
 
 
+#: a param-group key of each of torch's optimizers that always decouple their decay: ``Adafactor``'s second-moment
+#: decay rate, ``Muon``'s Newton-Schulz iteration count
+_ALWAYS_DECOUPLED_KEYS = ("beta2_decay", "ns_steps")
+
+
 def decay_form(group: Mapping[str, Any]) -> DecayForm:
     r"""How a param group applies its ``weight_decay``, read from the group itself.
 
     Decided from the group's keys, not from ``isinstance``: torch's ``AdamW`` subclasses ``Adam``, and ``Adam``,
     ``RAdam`` and ``NAdam`` switch to decoupled decay with their ``decoupled_weight_decay`` flag.
 
-    - ``"decoupled"``: the group has ``decoupled_weight_decay=True`` (``AdamW``, ``Adam(decoupled_weight_decay=True)``).
+    - ``"decoupled"``: the group has ``decoupled_weight_decay=True`` (``AdamW``, ``Adam(decoupled_weight_decay=True)``),
+      or is torch's ``Adafactor`` (``beta2_decay``) or ``Muon`` (``ns_steps``), which shrink by ``1 - η·λ`` without
+      such a flag (``Muon`` with the group's own LR, before its shape adjustment).
     - ``"coupled"``: SGD-style L2 through momentum (the group has ``momentum`` and ``dampening`` and no ``eps``), or
       ``ASGD``'s (``lambd`` and ``t0``: L2 added to the gradient, no momentum and no normalization, so ``c = 1``).
     - ``"adaptive"``: anything else (``Adam``, ``RMSprop``, ``Adagrad``, unknown optimizers): L2 added to the gradient
@@ -61,7 +69,7 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
         >>> decay_form(torch.optim.AdamW(p).param_groups[0]), decay_form(torch.optim.Adam(p).param_groups[0])
         ('decoupled', 'adaptive')
     """
-    if group.get("decoupled_weight_decay", False):
+    if group.get("decoupled_weight_decay", False) or any(key in group for key in _ALWAYS_DECOUPLED_KEYS):
         return "decoupled"
     if "momentum" in group and "dampening" in group and "eps" not in group:
         return "coupled"

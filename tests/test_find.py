@@ -356,6 +356,15 @@ def test_a_loader_without_batches_or_a_run_told_to_run_none_gets_the_callback_s_
         find_max_lr(TinyClassifier(), empty, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
     with pytest.raises(MisconfigurationException, match=r"no training batch to run.*`limit_train_batches=0`"):
         find_max_lr(TinyClassifier(), trainer_kwargs={"limit_train_batches": 0}, num_steps=20, trial_steps=0)
+    with pytest.raises(MisconfigurationException, match=r"no training batch to run.*`max_epochs=0`"):
+        find_max_lr(TinyClassifier(), trainer_kwargs={"max_epochs": 0}, num_steps=20, trial_steps=0)
+
+
+@pytest.mark.parametrize("model", [None, "my_model", torch.nn.Linear(2, 1).state_dict()])
+def test_a_model_that_is_no_module_gets_a_message_naming_the_argument(model):
+    """A clear message: ``None`` failed deep inside ("'NoneType' object has no attribute 'modules'"; a new user's)."""
+    with pytest.raises(TypeError, match=r"`find_max_lr`'s `model` takes a LightningModule.*got "):
+        find_max_lr(model, DataLoader(make_dataset(64), batch_size=32))
 
 
 def test_lr_range_and_trainer_callbacks_are_taken_as_the_callback_and_the_trainer_take_them():

@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import TinyClassifier, trainer_kwargs
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
@@ -671,6 +671,25 @@ def test_a_peak_far_too_high_is_rescued_and_ends_trained(tmp_path):
     assert first["new_peak"] < first["old_peak"] * LOWER_BY
     assert guarded_cb.max_lr == pytest.approx(guarded_cb.rescues[-1]["new_peak"])
     assert max(steps.lrs[first["step"] + 1 :]) <= first["new_peak"] * (1 + 1e-9)
+
+
+def test_a_rescue_to_a_snapshot_from_before_model_pruning_reshaped_the_layers_goes_on_training(tmp_path):
+    """A rollback past a pruning keeps the pruned shape and restores ``weight_orig``'s values.
+
+    ``ModelPruning`` (here after the first epoch) turns each ``weight`` into ``weight_orig`` and a mask.
+
+    Found trying the package as a new user: the rollback put the old ``weight`` parameter back beside the pruning's
+    forward hook, whose next assignment to ``weight`` failed (``TypeError: cannot assign 'torch.FloatTensor' as
+    parameter 'weight'``) and ended the run.
+    """
+    pruning = ModelPruning("l1_unstructured", amount=0.5, apply_pruning=lambda epoch: epoch == 0, verbose=0)
+    callback = SuperConvergence(max_lr=50.0)
+    _, model, steps = _fit(tmp_path, callback, max_epochs=10, extra=[pruning])
+    per_epoch = len(steps.lrs) // 10
+    assert any(r["restored_step"] < per_epoch < r["step"] for r in callback.rescues)  # rolled back past a pruning
+    assert _final_loss(model) < 1.0
+    # the pruning outlived the rollback (made permanent when the fit ended): half of each layer's weights are zero
+    assert float((model.net[0].weight == 0).float().mean()) >= 0.5
 
 
 class AverageRecorder(Callback):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import lightning as L
 import pytest
@@ -184,6 +185,46 @@ def test_data_read_only_once_and_too_short_fails_with_advice(tmp_path):
     # three batches: the fit loop has already fetched one ahead, two are left for the range test
     with pytest.raises(MisconfigurationException, match=r"ran out after 2 step\(s\).*`max_lr=`"):
         _fit(tmp_path, OneShotClassifier(3 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=1)
+
+
+class Replayed(IterableDataset):
+    """``n`` samples in a stream without a length, replayed in full at every pass."""
+
+    def __init__(self, n: int) -> None:
+        self.data = make_dataset(n)
+
+    def __iter__(self):
+        return (self.data[i] for i in range(len(self.data)))
+
+
+class ReplayedClassifier(TinyClassifier):
+    def train_dataloader(self):
+        return DataLoader(Replayed(4 * 32), batch_size=32)
+
+
+@pytest.mark.parametrize(("max_epochs", "warned"), [(3, True), (-1, False), (20, False)])
+def test_a_stream_whose_epoch_limit_ends_the_run_before_max_steps_is_told_after_its_first_pass(
+    tmp_path, max_epochs, warned
+):
+    """A stream has its cycle planned over ``max_steps``; ``max_epochs`` passes of 4 batches may end the run first.
+
+    Found trying the package as a new user: ``max_epochs=2`` stopped a 100-step cycle at step 40, near its peak,
+    without a word. Now the first pass says when the run will end; without an epoch limit, or with one that
+    ``max_steps`` reaches first, it says nothing.
+    """
+    callback = SuperConvergence(max_lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, ReplayedClassifier(), [callback], max_steps=30, max_epochs=max_epochs)
+    said = [str(w.message) for w in caught if "no length" in str(w.message)]
+    assert callback.total_steps == 30
+    assert trainer.global_step == (12 if warned else 30)
+    if warned:
+        assert len(said) == 1
+        assert "first pass took 4 steps" in said[0]
+        assert "`max_epochs=3` will stop the run at about step 12" in said[0]
+    else:
+        assert said == []
 
 
 # ------------------------------------------------------------------------------------------------ a second fit

@@ -241,6 +241,26 @@ def test_a_reassigned_buffer_a_submodules_counter_and_a_submodule_built_since_ar
     assert float(model.seen) == 0.0
 
 
+def test_a_rollback_past_a_pruning_keeps_the_pruned_shape_and_restores_the_weights_values():
+    """A snapshot from before a pruning restores ``weight_orig``'s values and leaves ``weight`` unregistered.
+
+    ``torch.nn.utils.prune`` (under ``ModelPruning``) moves ``weight`` to ``weight_orig``, the same tensor, and sets
+    ``weight`` from a mask at each forward (a parameter put back under that name made the next forward fail).
+    """
+    model = nn.Sequential(nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer, everything=False)
+    before = model[0].weight.detach().clone()
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    torch.nn.utils.prune.l1_unstructured(model[0], "weight", amount=0.5)
+    snapshot.restore()
+    model(torch.randn(8, 4))  # the pruning's hook assigns `weight` again
+    assert "weight" not in model[0]._parameters
+    assert torch.equal(model[0].weight_orig, before)
+    assert torch.equal(model[0].weight, before * model[0].weight_mask)
+
+
 def test_gradient_scaler_state_is_restored():
     """A `GradScaler` whose scale moved in the branch is back at its scale and growth tracker."""
     model = Stateful()

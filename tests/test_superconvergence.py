@@ -914,9 +914,9 @@ def test_trainer_with_only_max_steps_runs_the_range_test(tmp_path):
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 6
 
 
-@pytest.mark.parametrize("overrides", [{"max_steps": 0}, {"limit_train_batches": 0}])
+@pytest.mark.parametrize("overrides", [{"max_steps": 0}, {"limit_train_batches": 0}, {"max_epochs": 0}])
 def test_run_without_training_steps_is_left_alone(tmp_path, overrides):
-    """A fit with no training steps runs no range test and does not fail."""
+    """A fit with no training steps runs no range test and does not fail (``max_epochs=0`` ran one: a new user's)."""
     model = CountingClassifier()
     callback = SuperConvergence(num_steps=10)
     _fit(tmp_path, model, callback, **overrides)
@@ -1099,6 +1099,29 @@ def test_without_validation_data_trials_score_on_training_batches_they_never_tra
     assert len(model.scored) == 5 * len(callback.result.trials)  # max(4, 50 // 10) batches per trial
     train_x = model.train_dataloader().dataset.tensors[0]
     assert {float(v) for v in model.scored} <= {float(v) for v in train_x[:, 0]}
+
+
+@pytest.mark.parametrize(("batches", "validation", "said"), [(32, False, True), (64, False, False), (32, True, False)])
+def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_scored_on_were_trained_on(
+    tmp_path, caplog, batches, validation, said
+):
+    """A trial longer than an epoch, scored on training batches, has trained on their samples: an info line says so.
+
+    Without validation data a trial of 50 steps, scored on the next 5 batches, over an epoch of 32 has trained on
+    every sample it is scored on (the next epoch draws them again).
+
+    Found trying the package as a new user: the README promised "training batches the trials never train on", and
+    320 samples of 320 scored had been trained on. An epoch of 64 batches, or validation data, says nothing.
+    """
+    model = TinyClassifier(n=2048) if validation else NoValidationData(n=2048)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        _fit(tmp_path, model, callback, limit_train_batches=batches, max_epochs=1)
+    assert callback.result.trials
+    lines = [r.getMessage() for r in caplog.records if "samples it trained on" in r.getMessage()]
+    assert len(lines) == (1 if said else 0)
+    if said:
+        assert "a trial (50 steps) is longer than an epoch (32 batches)" in lines[0]
 
 
 def test_without_trials_the_peak_is_a_quarter_of_the_rise(tmp_path):

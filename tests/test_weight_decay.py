@@ -48,6 +48,9 @@ def _constant_trace(lr: float, momentum: float, steps: int, gain: float) -> Grou
         (lambda p: torch.optim.Adamax(p, lr=1e-3, weight_decay=1e-4), "adaptive"),
         # plain L2 on the gradient, no momentum, no normalization (a new user's ASGD was told it was "adaptive")
         (lambda p: torch.optim.ASGD(p, lr=1e-2, weight_decay=1e-4), "coupled"),
+        # `param.mul_(1 - lr * weight_decay)` with no flag to say so (a new user's were told they were "adaptive")
+        (lambda p: torch.optim.Adafactor(p, lr=1e-2, weight_decay=1e-2), "decoupled"),
+        (lambda p: torch.optim.Muon([torch.nn.Parameter(torch.ones(2, 2))], lr=1e-2, weight_decay=0.1), "decoupled"),
     ],
 )
 def test_decay_form_is_read_from_the_param_group(build, form):
@@ -89,13 +92,16 @@ def test_sgd_gain_matches_torch_steady_state_shrink():
     assert shrink == pytest.approx(0.01 * 1e-3 * decay_gain("coupled", momentum=0.9), rel=1e-3)
 
 
-def test_adamw_shrinks_by_lr_times_weight_decay():
-    """Decoupled decay with zero gradient: θ ← θ(1 - η·λ) at every step, gain 1."""
-    p = torch.nn.Parameter(torch.ones(1))
-    opt = torch.optim.AdamW([p], lr=0.01, weight_decay=0.1)
-    p.grad = torch.zeros(1)
-    opt.step()
-    assert float(p.detach()) == pytest.approx(1 - 0.01 * 0.1)
+@pytest.mark.parametrize("optimizer_cls", [torch.optim.AdamW, torch.optim.Adafactor, torch.optim.Muon])
+def test_decoupled_optimizers_shrink_by_lr_times_weight_decay(optimizer_cls):
+    """Decoupled decay with zero gradient: θ ← θ(1 - η·λ) at every step, gain 1 (what "decoupled" stands for)."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = optimizer_cls([p], lr=0.01, weight_decay=0.1)
+    assert decay_form(opt.param_groups[0]) == "decoupled"
+    for step in range(1, 4):
+        p.grad = torch.zeros(2, 2)
+        opt.step()
+        assert torch.allclose(p.detach(), torch.full((2, 2), (1 - 0.01 * 0.1) ** step))
 
 
 # ---------------------------------------------------------------------------------------------------- traces
