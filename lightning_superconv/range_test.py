@@ -352,22 +352,25 @@ def run_range_test(
 def _say_if_the_trials_trained_on_what_they_were_scored_on(trainer: _compat.Trainer, trial_steps: int) -> None:
     r"""Say so when the training batches the trials are scored on hold samples the trials trained on.
 
-    Without validation data the trials are scored on the training batches that follow the ones they train on; a trial
-    longer than an epoch of data has, by then, trained on every sample (a new epoch draws them again, in a new order),
-    and its score is a training loss, which favours a peak that fits the training data over one that generalizes.
+    Without validation data the trials are scored on the training batches that follow the ones they train on. Where
+    a trial's batches and those run past the end of an epoch, the scored ones come from the next epoch, which draws
+    the same samples again (in a new order, if shuffled): the score is then partly or wholly a training loss, which
+    favours a peak that fits the training data over one that generalizes.
     """
     batches = trainer.num_training_batches
     if not _trainer.epoch_length_known(trainer):
         return  # a stream: whether a pass ended within a trial is unknown
-    used = trial_steps * max(int(trainer.accumulate_grad_batches), 1) + scored_batches(trial_steps)
-    if used <= batches:
+    trained = trial_steps * max(int(trainer.accumulate_grad_batches), 1)
+    scored = scored_batches(trial_steps)
+    if trained + scored <= batches:
         return
     _compat.rank_zero_info(
         trainer,
-        f"SuperConvergence: this run has no validation data, so the trials were scored on training batches; a trial "
-        f"({trial_steps} steps) is longer than an epoch ({int(batches)} batches), so those batches hold samples it "
-        "trained on, and the pick was judged by training loss. Give `fit` validation data to judge it on samples "
-        "the trials never see.",
+        f"SuperConvergence: this run has no validation data, so the trials were scored on training batches: the "
+        f"{scored} after the {trained} each trial trains on ({trial_steps} steps). Together they span more than an "
+        f"epoch ({int(batches)} batches), so the scored batches hold samples the trials trained on, and the pick was "
+        "judged partly or wholly by training loss. Give `fit` validation data to judge it on samples the trials never "
+        "see.",
     )
 
 

@@ -127,12 +127,15 @@ class Snapshot:
     generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
     #: it copied nothing (:func:`nothing`): there is nothing to write back
     empty: bool = False
+    #: a parameter or buffer removed from the module since comes back (a sandbox's exact restore); else the module's
+    #: new shape is kept (:func:`put_back`'s ``removed_too``)
+    exact: bool = True
 
     def restore(self) -> None:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
-        put_back(self.slots)
+        put_back(self.slots, removed_too=self.exact)
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 tensor.copy_(saved)
@@ -229,6 +232,7 @@ def capture(
         scaler=scaler,
         scaler_state=None if scaler is None else copy.deepcopy(scaler.state_dict()),
         generator_states=[(g, g.get_state()) for g in generators],
+        exact=everything,
     )
     if everything:
         snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
@@ -283,15 +287,16 @@ def registered_tensors(module: torch.nn.Module, also: Sequence[torch.nn.Module] 
     ]
 
 
-def put_back(slots: Sequence[Slot]) -> None:
+def put_back(slots: Sequence[Slot], removed_too: bool = True) -> None:
     """Put each tensor of :func:`registered_tensors` back in its registry where another has taken its place.
 
-    A name removed from its registry since stays removed: the module was reshaped on purpose (``ModelPruning``
-    moves ``weight`` to ``weight_orig``, same tensor, and recomputes ``weight`` from a mask at every forward; a
-    parameter of that name put back would make that assignment fail).
+    ``removed_too=False``: a name removed from its registry since stays removed. A rollback in the middle of training
+    (the divergence guard's) goes on training the module as it is now, which may have been reshaped on purpose:
+    ``ModelPruning`` moves ``weight`` to ``weight_orig`` (the same tensor, whose values come back) and sets ``weight``
+    from a mask at every forward, and a parameter put back under that name would make that assignment fail.
     """
     for registry, name, tensor in slots:
-        if name in registry and registry[name] is not tensor:
+        if registry.get(name) is not tensor and (removed_too or name in registry):
             registry[name] = tensor
 
 

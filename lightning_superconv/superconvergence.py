@@ -53,8 +53,8 @@ class SuperConvergence(_compat.Callback):
     steepest slope: that point suits a constant LR and is typically orders of magnitude too small for a one-cycle
     peak. A quarter, a half and an eighth of that LR are then tried, each in a short one-cycle of ``trial_steps``
     steps (a third of the run, from 100 to 300) from the same snapshot, and the one that leaves the lowest held-out
-    loss (validation data, else training batches the trials never see) is the peak; when the best lies at the edge, the
-    search goes one rung further (see :func:`~lightning_superconv.range_test.run_range_test` and
+    loss (validation data, else the training batches after the trials' own) is the peak; when the best lies at the
+    edge, the search goes one rung further (see :func:`~lightning_superconv.range_test.run_range_test` and
     :mod:`lightning_superconv.peak`).
 
     Everything is then put back exactly as it was (parameters, buffers, optimizer state, gradient scaler, RNG streams,
@@ -324,10 +324,13 @@ class SuperConvergence(_compat.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
-        if self._scheduler is None or self._first_pass_read or self._restored or self.total_steps is None:
+        # an epoch cut short (EarlyStopping, `max_time`, a hook returning -1) ends the run: its length is no pass's
+        if self._scheduler is None or self._first_pass_read or self._restored or trainer.should_stop:
             return
-        self._first_pass_read = True
-        _warn_if_the_epoch_limit_ends_a_stream_first(trainer, self._start_step, self._start_step + self.total_steps)
+        assert self.total_steps is not None
+        if int(trainer.global_step) > self._start_step:
+            self._first_pass_read = True
+            _warn_if_the_epoch_limit_ends_a_stream_first(trainer, self._start_step, self._start_step + self.total_steps)
 
     @override
     def on_train_batch_start(

@@ -227,6 +227,28 @@ def test_a_stream_whose_epoch_limit_ends_the_run_before_max_steps_is_told_after_
         assert said == []
 
 
+class StopsAt(Callback):
+    """Stops the run at a given step, as ``EarlyStopping`` after a mid-epoch validation does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_a_stream_s_first_epoch_cut_short_by_a_stop_is_not_read_as_its_pass(tmp_path):
+    """A first epoch that a stop cut short ends the run: its 2 steps are no pass length, and nothing is said."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(
+            tmp_path, ReplayedClassifier(), [SuperConvergence(max_lr=0.1), StopsAt(2)], max_steps=30, max_epochs=3
+        )
+    assert trainer.global_step == 2
+    assert [str(w.message) for w in caught if "no length" in str(w.message)] == []
+
+
 # ------------------------------------------------------------------------------------------------ a second fit
 
 

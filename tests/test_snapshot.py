@@ -261,6 +261,25 @@ def test_a_rollback_past_a_pruning_keeps_the_pruned_shape_and_restores_the_weigh
     assert torch.equal(model[0].weight, before * model[0].weight_mask)
 
 
+def test_a_buffer_deleted_in_a_branch_comes_back_but_a_rollback_keeps_the_module_s_new_shape():
+    """A sandbox restores exactly: a buffer a step deleted is registered again; the guard's rollback does not.
+
+    The guard goes on training the module as it is now (a pruning reshaped it on purpose); a range test's or a grid's
+    steps leave nothing behind.
+    """
+    model = nn.Linear(4, 3)
+    model.register_buffer("seen", torch.zeros(()))
+    seen = model.seen
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for everything, comes_back in [(True, True), (False, False)]:
+        snapshot = capture(model, optimizer, everything=everything)
+        del model.seen
+        snapshot.restore()
+        assert ("seen" in model._buffers) is comes_back
+        if comes_back:
+            assert model.seen is seen
+
+
 def test_gradient_scaler_state_is_restored():
     """A `GradScaler` whose scale moved in the branch is back at its scale and growth tracker."""
     model = Stateful()

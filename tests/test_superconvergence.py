@@ -1101,27 +1101,33 @@ def test_without_validation_data_trials_score_on_training_batches_they_never_tra
     assert {float(v) for v in model.scored} <= {float(v) for v in train_x[:, 0]}
 
 
-@pytest.mark.parametrize(("batches", "validation", "said"), [(32, False, True), (64, False, False), (32, True, False)])
+@pytest.mark.parametrize(
+    ("batches", "validation", "said"), [(32, False, True), (54, False, True), (55, False, False), (32, True, False)]
+)
 def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_scored_on_were_trained_on(
     tmp_path, caplog, batches, validation, said
 ):
-    """A trial longer than an epoch, scored on training batches, has trained on their samples: an info line says so.
+    """Trials scored on training batches past the end of an epoch trained on their samples: an info line says so.
 
-    Without validation data a trial of 50 steps, scored on the next 5 batches, over an epoch of 32 has trained on
-    every sample it is scored on (the next epoch draws them again).
+    Without validation data a trial of 50 steps is scored on the next 5 batches: over an epoch of 32 it has trained on
+    every sample it is scored on (the next epoch draws them again); over one of 54, the last scored batch comes from the
+    next epoch; over one of 55, none does.
 
     Found trying the package as a new user: the README promised "training batches the trials never train on", and
-    320 samples of 320 scored had been trained on. An epoch of 64 batches, or validation data, says nothing.
+    320 samples of 320 scored had been trained on. Validation data says nothing.
     """
-    model = TinyClassifier(n=2048) if validation else NoValidationData(n=2048)
+    model = TinyClassifier(n=4096) if validation else NoValidationData(n=4096)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         _fit(tmp_path, model, callback, limit_train_batches=batches, max_epochs=1)
     assert callback.result.trials
-    lines = [r.getMessage() for r in caplog.records if "samples it trained on" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "samples the trials trained on" in r.getMessage()]
     assert len(lines) == (1 if said else 0)
     if said:
-        assert "a trial (50 steps) is longer than an epoch (32 batches)" in lines[0]
+        assert (
+            f"the 5 after the 50 each trial trains on (50 steps). Together they span more than an epoch ({batches}"
+            in (lines[0])
+        )
 
 
 def test_without_trials_the_peak_is_a_quarter_of_the_rise(tmp_path):
