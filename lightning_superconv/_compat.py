@@ -256,6 +256,19 @@ def logging_step(trainer: Trainer) -> int:
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
+def resumes_mid_epoch(trainer: Trainer) -> bool:
+    """Whether a resumed fit goes on with an epoch its checkpoint was written inside, without its start hooks.
+
+    Lightning 2.5 and later name that stage; 2.4 starts every epoch it runs with its hooks (False).
+    """
+    return bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
+
+
+def batches_reached_this_epoch(trainer: Trainer) -> int:
+    """The batches of its epoch a fit resumed mid-epoch counts as reached (a count the epoch's length may not reach)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+
 def has_val_dataloaders(trainer: Trainer) -> bool:
     """Whether the run has validation dataloaders, without calling the hook that builds them."""
     return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())

@@ -5,12 +5,14 @@ The weight-decay grid's branches and the range test's peak trials run here.
 Every branch starts from the same snapshot (parameters, optimizer state, RNG streams, dataloader generators) in one
 :func:`~lightning_superconv.sandbox.sandbox`, so branches of data order 0 see the same batches and dropout masks and
 differ only in what the caller set (their schedule, their weight decay); order ``k > 0`` reseeds the RNG streams
-(global and the dataloaders' own generators) to give another order of batches. Each branch follows its own LR and
+(global and the dataloaders' own generators) and shifts the seed of each ``DistributedSampler`` (whose order no
+generator sets) to give another order of batches. Each branch follows its own LR and
 momentum per step and param group. Everything is restored at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -23,7 +25,7 @@ import torch
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import write_momentum
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import dataloader_generators
+from lightning_superconv.snapshot import dataloader_generators, distributed_samplers
 from lightning_superconv.steps import BatchStream, loss_of, take_steps
 from lightning_superconv.weight_decay import GroupTrace
 
@@ -164,7 +166,8 @@ def run_branches(
             epoch has trained on their samples.
         time_share: reading the held-out batches the first time may take this share of a branch's training time.
     """
-    generators = dataloader_generators(_compat.train_loaders(trainer))
+    loaders = _compat.train_loaders(trainer)
+    generators, samplers = dataloader_generators(loaders), distributed_samplers(loaders)
     scores: list[float] = []
     train_seconds = 0.0
     accumulate = max(int(trainer.accumulate_grad_batches), 1)
@@ -190,11 +193,7 @@ def run_branches(
                     write_momentum(group, trace.momenta[step])
 
             start = time.perf_counter()
-            with _compat.isolate_rng(trainer):
-                if branch.order:
-                    torch.manual_seed(torch.initial_seed() + branch.order)
-                    for generator in generators:
-                        generator.manual_seed(generator.initial_seed() + branch.order)
+            with _compat.isolate_rng(trainer), _data_order(branch.order, generators, samplers):
                 record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, _stop_if_non_finite)
                 elapsed = time.perf_counter() - start
                 train_seconds += elapsed
@@ -205,6 +204,27 @@ def run_branches(
                 )
             branch = next_branch(scores)
     return scores, train_seconds
+
+
+@contextlib.contextmanager
+def _data_order(order: int, generators: Sequence[torch.Generator], samplers: Sequence[Any]) -> Iterator[None]:
+    """The data order a branch trains on: 0, the run's own; ``k > 0``, another one.
+
+    For ``k > 0`` the global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
+    shifted by ``k``. The seeds come back on exit; the RNG streams come back from ``isolate_rng`` and the snapshot.
+    """
+    seeds = [sampler.seed for sampler in samplers]
+    if order:
+        torch.manual_seed(torch.initial_seed() + order)
+        for generator in generators:
+            generator.manual_seed(generator.initial_seed() + order)
+        for sampler, seed in zip(samplers, seeds, strict=True):
+            sampler.seed = seed + order
+    try:
+        yield
+    finally:
+        for sampler, seed in zip(samplers, seeds, strict=True):
+            sampler.seed = seed
 
 
 def scored_batches(steps: int) -> int:

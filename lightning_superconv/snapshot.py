@@ -36,6 +36,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.utils.data import DistributedSampler
 
 # torchmetrics' bookkeeping beside the states registered with `add_state`: copied where the metric holds them as plain
 # attributes (older releases keep `_update_called` as one; newer compute it from `_update_count`)
@@ -438,11 +439,29 @@ def dataloader_generators(loaders: Sequence[Any]) -> list[torch.Generator]:
     would change the order of the user's first training epoch.
     """
     found: list[torch.Generator] = []
+    for obj in _order_sources(loaders):
+        generator = getattr(obj, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def distributed_samplers(loaders: Sequence[Any]) -> list[DistributedSampler[Any]]:
+    r"""The ``DistributedSampler`` objects of these loaders, Lightning's own included.
+
+    Their order comes from their ``seed`` and epoch, not from any generator: another order means another ``seed``.
+    """
+    found: list[DistributedSampler[Any]] = []
+    for obj in _order_sources(loaders):
+        if isinstance(obj, DistributedSampler) and all(obj is not s for s in found):
+            found.append(obj)
+    return found
+
+
+def _order_sources(loaders: Sequence[Any]) -> list[Any]:
+    """Each loader, its sampler, its batch sampler and the batch sampler's sampler: what may own the data order."""
+    sources: list[Any] = []
     for loader in loaders:
         batch_sampler = getattr(loader, "batch_sampler", None)
-        candidates = [loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)]
-        for obj in candidates:
-            generator = getattr(obj, "generator", None)
-            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-                found.append(generator)
-    return found
+        sources += [loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)]
+    return sources

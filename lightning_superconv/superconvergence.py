@@ -304,22 +304,23 @@ class SuperConvergence(_compat.Callback):
             f"SuperConvergence: resumed the one-cycle at step {self._scheduler.last_epoch} of {self.total_steps} "
             f"(max_lr={self.max_lr:.4g}); no range test.",
         )
-        # (a new fit sized its cycle from this very estimate; only a resume can disagree with it)
+        # (a new fit sized its cycle to the steps it runs; only a resume can disagree with them)
         planned = self._start_step + self.total_steps
-        steps = _trainer.estimated_steps(trainer)
-        if math.isfinite(steps) and int(steps) != planned:
+        end = _trainer.resumed_fit_end(trainer)
+        if math.isfinite(end) and int(end) != planned:
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
             outcome = (
                 f"from step {planned} on, the LR stays at the cycle's final value {final:.3g}"
-                if steps > planned
-                else f"the run ends at step {int(steps)}, before the LR has annealed"
+                if end > planned
+                else "the run ends before the LR has annealed"
             )
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: this run has {int(steps)} training steps, but its one-cycle was planned for "
-                f"{planned} (the length changed since the checkpoint was written: `max_epochs`, `max_steps` or the "
-                f"data). The cycle continues as planned: {outcome}. To train a new cycle over the new length, start a "
-                "new fit from the checkpoint's weights instead of resuming.",
+                f"SuperConvergence: this run ends at step {int(end)}, but its one-cycle was planned to end at step "
+                f"{planned} (the length changed since the checkpoint was written: `max_epochs`, `max_steps`, "
+                "`limit_train_batches`, the accumulation or the data). The cycle continues as planned: "
+                f"{outcome}. To train a new cycle over the new length, start a new fit from the checkpoint's weights "
+                "instead of resuming.",
             )
 
     @override

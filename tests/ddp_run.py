@@ -16,6 +16,8 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
 5. Validation batches that ``training_step`` cannot take (dicts) on both ranks: both pass them over together for
    training batches in the trials. 6. On rank 1 only: a clear error on both ranks (a forward that raised inside DDP on
    one rank only leaves DDP's per-rank state out of step), where a rank left alone would wait forever.
+7. ``WeightDecayBalancer(mode="grid")`` on a model without dropout: its repeat of the user's λ must see another order
+   of the ``DistributedSampler``'s batches (which a generator does not set), or it measures no noise.
 """
 
 from __future__ import annotations
@@ -177,6 +179,18 @@ def main(out: str) -> None:  # noqa: D103
         report["one_rank_dicts_error"] = None
     except Exception as err:  # the expected outcome: a clear error on every rank, no rank left waiting
         report["one_rank_dicts_error"] = f"{type(err).__name__}: {err}"
+
+    # 7. the balancer's grid: the repeat of the user's λ on another data order (Lightning's DistributedSampler)
+    L.seed_everything(0, verbose=False)
+    grid = WeightDecayBalancer(mode="grid", cost=1.0)
+    model = TinyClassifier(batch_size=16, n=512, weight_decay=5e-3)
+    model.net[3] = torch.nn.Identity()  # no dropout: only the data order can tell the repeat from the first run
+    trainer = L.Trainer(callbacks=[SuperConvergence(max_lr=0.5), grid], max_epochs=6, **common)
+    trainer.fit(model)
+    report["grid_search"] = grid.search
+    report["grid_reason"] = grid.reason
+    report["grid_weight_decays"] = grid.weight_decays
+    report["grid_sampler_seed"] = trainer.train_dataloader.sampler.seed
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

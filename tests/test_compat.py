@@ -80,7 +80,7 @@ def test_standalone_resume_continues_the_cycle(tmp_path):
     pl.Trainer(default_root_dir=tmp_path, callbacks=[first, ckpt], **kwargs).fit(StandaloneTinyClassifier())
     resumed = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
     trainer = pl.Trainer(default_root_dir=tmp_path, callbacks=[resumed], **{**kwargs, "max_epochs": 2})
-    with pytest.warns(RuntimeWarning, match="planned for 4"):
+    with pytest.warns(RuntimeWarning, match="ends at step 8, but its one-cycle was planned to end at step 4"):
         trainer.fit(StandaloneTinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed.result == first.result
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 8
@@ -129,7 +129,7 @@ def test_lightning_cli_builds_the_callbacks_from_config(tmp_path, cli_module, mo
 
 
 class CompatProbe:
-    """Calls every `_compat` accessor at fit start and at the first training batch; records what they return."""
+    """Calls every `_compat` accessor at fit start, train start and the first training batch; records the answers."""
 
     def __init__(self) -> None:
         self.seen: dict[str, object] = {}
@@ -160,6 +160,12 @@ class CompatProbe:
         self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
         self.seen["resume"] = _compat.checkpoint_to_resume(trainer)
         self.seen["weights_only"] = _compat.weights_only_checkpoint(trainer)
+
+    def on_train_start(self, trainer, pl_module):
+        from lightning_superconv import _compat
+
+        self.seen["mid_epoch"] = _compat.resumes_mid_epoch(trainer)
+        self.seen["reached"] = _compat.batches_reached_this_epoch(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         from lightning_superconv import _compat
@@ -199,12 +205,17 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["weights_only"] is False
     assert seen["logging_step"] == 0
     assert seen["should_update_logs"] is True
+    assert seen["mid_epoch"] is False
+    assert seen["reached"] == 0
 
 
 @pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])
 def test_checkpoint_to_resume_is_true_at_fit_start_of_a_resume_only(tmp_path, distribution, model):
     """At `on_fit_start` of `fit(ckpt_path=...)` the checkpoint is still held (its training state loads next)."""
-    trainer = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 2})
+    inside = distribution.callbacks.ModelCheckpoint(dirpath=tmp_path / "inside", every_n_train_steps=2)
+    trainer = distribution.Trainer(
+        **{**QUIET, "default_root_dir": tmp_path, "max_steps": 2, "enable_checkpointing": True}, callbacks=[inside]
+    )
     trainer.fit(module := model())
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     probe = type("Probe", (CompatProbe, distribution.Callback), {})()
@@ -212,6 +223,14 @@ def test_checkpoint_to_resume_is_true_at_fit_start_of_a_resume_only(tmp_path, di
     resumed.fit(module, ckpt_path=tmp_path / "two.ckpt")
     assert probe.seen["resume"] is True
     assert probe.seen["weights_only"] is False  # a full checkpoint
+    assert resumed.global_step == 4
+    # a fit `max_steps` ended counts its epoch as done; one written inside the epoch goes on with it from batch 2
+    assert probe.seen["mid_epoch"] is False
+    probe = type("Probe", (CompatProbe, distribution.Callback), {})()
+    resumed = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 4}, callbacks=[probe])
+    resumed.fit(module, ckpt_path=next((tmp_path / "inside").glob("*.ckpt")))
+    assert probe.seen["mid_epoch"] is True
+    assert probe.seen["reached"] == 2
     assert resumed.global_step == 4
     trainer.save_checkpoint(tmp_path / "weights.ckpt", weights_only=True)
     probe = type("Probe", (CompatProbe, distribution.Callback), {})()

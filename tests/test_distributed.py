@@ -136,3 +136,19 @@ def test_validation_batches_only_one_rank_cannot_take_stop_every_rank_with_a_cle
     errors = [r["one_rank_dicts_error"] for r in ranks]
     assert all(error is not None and "on some ranks only" in error for error in errors)  # raised on both ranks
     assert "`trial_steps=0`" in errors[0]
+
+
+def test_the_grid_s_repeat_of_the_user_s_lambda_sees_another_data_order(ranks):
+    """The grid's noise between two data orders is not zero under DDP, and the sampler's seed comes back for the run.
+
+    Lightning's DistributedSampler orders by its seed, not by a generator: the repeat shifts the seed.
+    """
+    search = ranks[0]["grid_search"]
+    assert search is not None
+    first = search["val_losses"][search["factors"].index(1.0)]
+    assert search["replicate_val_loss"] != first
+    assert ranks[0]["grid_sampler_seed"] == ranks[1]["grid_sampler_seed"] == 0
+    assert ranks[0]["grid_weight_decays"] == ranks[1]["grid_weight_decays"]
+    assert ranks[0]["grid_search"] == ranks[1]["grid_search"] | {"seconds": search["seconds"]} | {
+        "cost_fraction": search["cost_fraction"]
+    }

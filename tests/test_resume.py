@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import warnings
 
 import lightning as L
 import pytest
 import torch
 from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -201,7 +203,8 @@ def test_resume_with_a_larger_max_epochs_holds_the_final_lr_and_warns(tmp_path):
     recorder = StepRecorder()
     callbacks = _callbacks(with_balancer=False)
     trainer = _trainer(tmp_path / "b", [*callbacks, recorder], max_epochs=3)
-    with pytest.warns(RuntimeWarning, match=r"planned for 8.*stays at the cycle's final value"):
+    planned = r"ends at step 12, but its one-cycle was planned to end at step 8.*stays at the cycle's final value"
+    with pytest.warns(RuntimeWarning, match=planned):
         trainer.fit(_seeded(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer.global_step == 12
     scheduler = trainer.lr_scheduler_configs[0].scheduler
@@ -211,6 +214,55 @@ def test_resume_with_a_larger_max_epochs_holds_the_final_lr_and_warns(tmp_path):
     lrs = [row[1][0] for row in recorder.rows]
     assert lrs[1:] == pytest.approx([final] * 3, rel=1e-9)
     assert all(math.isfinite(lr) and lr > 0 for lr in lrs)
+
+
+@pytest.fixture(scope="module")
+def checkpoints_of_a_24_step_run(tmp_path_factory):
+    """A 4-epoch run of 6 batches per epoch, checkpointed at step 9 (mid-epoch 1) and step 18 (epoch 2's last batch)."""
+    root = tmp_path_factory.mktemp("run24")
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=9, save_top_k=-1)
+    _trainer(root, [*_callbacks(with_balancer=False), ckpt], limit_train_batches=6).fit(_seeded())
+    return {step: next((root / "ckpt").glob(f"*step={step}.ckpt")) for step in (9, 18)}
+
+
+@pytest.mark.parametrize("step", [9, 18])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"accumulate_grad_batches": 2},
+        {"limit_train_batches": 4},
+        {"callbacks": [GradientAccumulationScheduler({0: 1, 2: 3})], "max_epochs": 5},
+    ],
+    ids=["accumulation", "limit_train_batches", "accumulation_scheduler"],
+)
+def test_a_resume_at_another_length_is_told_the_step_it_really_ends_at(
+    tmp_path, checkpoints_of_a_24_step_run, step, changed
+):
+    """The warning names the step the resumed run ends at, not a fresh run's length (a resume mid-epoch included).
+
+    Resumed from step 9, Lightning goes on with epoch 1 from its fourth batch; from step 18 (written before epoch 2's
+    end hooks), with epoch 3. It calls no ``on_train_epoch_start`` for that first epoch, so a scheduler's accumulation
+    holds from the next one on: from step 18, 6 steps at 1, then 2 at 3.
+    """
+    kwargs = {"limit_train_batches": 6, **changed}
+    callbacks = [*_callbacks(with_balancer=False), *kwargs.pop("callbacks", [])]
+    trainer = _trainer(tmp_path, callbacks, **kwargs)
+    with pytest.warns(RuntimeWarning, match="planned to end at step 24") as caught:
+        trainer.fit(_seeded(), ckpt_path=str(checkpoints_of_a_24_step_run[step]))
+    said = [re.search(r"this run ends at step (\d+)", str(w.message)) for w in caught]
+    assert [int(match.group(1)) for match in said if match] == [trainer.global_step]
+    assert trainer.global_step != 24
+
+
+@pytest.mark.parametrize("step", [9, 18])
+def test_a_resume_at_the_same_length_is_not_warned(tmp_path, checkpoints_of_a_24_step_run, step):
+    """Resumed mid-epoch or before an epoch's end hooks with nothing changed, the run ends where its cycle does."""
+    trainer = _trainer(tmp_path, _callbacks(with_balancer=False), limit_train_batches=6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_seeded(), ckpt_path=str(checkpoints_of_a_24_step_run[step]))
+    assert trainer.global_step == 24
+    assert [str(w.message) for w in caught if "planned to end" in str(w.message)] == []
 
 
 def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path):
