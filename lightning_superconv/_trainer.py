@@ -5,6 +5,7 @@ Thin glue over public ``Trainer`` attributes and :mod:`lightning_superconv._comp
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -51,6 +52,25 @@ def single_optimizer(
             f"(e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or {instead}.",
         )
     return optimizers[0]
+
+
+def refuse_dataloader_iter_steps(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, who: str, instead: str
+) -> None:
+    r"""Refuse a ``training_step(self, dataloader_iter)`` before ``who`` trains steps of its own with it.
+
+    Lightning hands such a step the iterator and lets it draw its batches; the range test and the grid draw each
+    step's batches themselves (to hold out, repeat and restore them), so they cannot serve it.
+
+    Raises:
+        MisconfigurationException: if ``training_step`` takes ``dataloader_iter``.
+    """
+    if "dataloader_iter" in inspect.signature(pl_module.training_step).parameters:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} trains steps of its own on batches it draws, but your `training_step` takes `dataloader_iter` "
+            f"(it draws its batches itself). Take `(batch, batch_idx)` instead, or {instead}.",
+        )
 
 
 def refuse_sequential_train_data(trainer: _compat.Trainer, who: str) -> None:

@@ -25,8 +25,8 @@ import torch
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import write_momentum
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import dataloader_generators, distributed_samplers
-from lightning_superconv.steps import BatchStream, loss_of, take_steps
+from lightning_superconv.snapshot import dataloader_generators, distributed_samplers, reseed
+from lightning_superconv.steps import BatchStream, take_steps, takes_batch_idx, training_step_loss
 from lightning_superconv.weight_decay import GroupTrace
 
 
@@ -54,20 +54,22 @@ class Branch:
 
 
 class UnscorableBatchesError(RuntimeError):
-    """``training_step`` cannot score the validation batches (it fails on them, or returns no loss for any).
+    """``training_step`` cannot score the held-out batches (it fails on them, or returns no loss for any).
 
     A validation batch can have another form than a training batch (a dict with ids, say); the caller then scores on
-    training batches instead, or leaves its setting as configured. Raised inside the branches' sandbox, so everything
-    they changed is restored before the caller sees it.
+    training batches instead, or leaves its setting as configured. A ``training_step`` may also fail in eval mode or
+    without gradients, on any batch: one that returns losses only in train mode (torchvision's detection models), or
+    takes gradients itself (adversarial training, input-gradient penalties). Raised inside the branches' sandbox, so
+    everything they changed is restored before the caller sees it.
     """
 
 
 class HeldOutBatches:
-    r"""The batches every branch is scored on: the same batches, fetched once, capped in time.
+    r"""The batches every branch is scored on: the same batches, fetched once, capped in number.
 
-    The first evaluation reads batches until it has taken ``time_limit`` seconds (or the source ends); every later
-    branch is scored on exactly those batches, so the comparison is like for like and the evaluation stays a bounded
-    part of the cost.
+    The first evaluation reads batches up to its cap (or until the source ends); every later branch is scored on
+    exactly those batches, so the comparison is like for like and the evaluation stays a bounded part of the cost. The
+    cap is a count, not a time, so that a seeded run scores on the same batches, and picks the same, on any machine.
 
     Args:
         batches: where the batches come from.
@@ -148,7 +150,7 @@ def run_branches(
     optimizer: Any,
     branches: Sequence[Branch] | Callable[[list[float]], Branch | None],
     held_out: HeldOutBatches | None,
-    time_share: float = 0.5,
+    scored_per_trained: int = 1,
 ) -> tuple[list[float], float]:
     r"""Run each branch from the same snapshot, score it, restore everything; return the scores and training seconds.
 
@@ -164,7 +166,8 @@ def run_branches(
         held_out: the batches to score on; None: train batches right after the ones the branches train on (as many
             as a tenth of a branch's steps, at least 4): no branch trains on these batches, but one longer than an
             epoch has trained on their samples.
-        time_share: reading the held-out batches the first time may take this share of a branch's training time.
+        scored_per_trained: the held-out batches are read up to this many per batch a branch trains on (a forward
+            pass without gradients costs about a third of a training step's, at the same batch size).
     """
     loaders = _compat.train_loaders(trainer)
     generators, samplers = dataloader_generators(loaders), distributed_samplers(loaders)
@@ -195,19 +198,20 @@ def run_branches(
             start = time.perf_counter()
             with _compat.isolate_rng(trainer), _data_order(branch.order, generators, samplers):
                 record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, _stop_if_non_finite)
-                elapsed = time.perf_counter() - start
-                train_seconds += elapsed
+                train_seconds += time.perf_counter() - start
                 diverged = record.stop_reason == "non-finite"
                 assert held_out is not None
                 scores.append(
-                    math.inf if diverged else held_out_loss(trainer, pl_module, held_out, elapsed * time_share)
+                    math.inf
+                    if diverged
+                    else held_out_loss(trainer, pl_module, held_out, scored_per_trained * branch.steps * accumulate)
                 )
             branch = next_branch(scores)
     return scores, train_seconds
 
 
 @contextlib.contextmanager
-def _data_order(order: int, generators: Sequence[torch.Generator], samplers: Sequence[Any]) -> Iterator[None]:
+def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) -> Iterator[None]:
     """The data order a branch trains on: 0, the run's own; ``k > 0``, another one.
 
     For ``k > 0`` the global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
@@ -217,7 +221,7 @@ def _data_order(order: int, generators: Sequence[torch.Generator], samplers: Seq
     if order:
         torch.manual_seed(torch.initial_seed() + order)
         for generator in generators:
-            generator.manual_seed(generator.initial_seed() + order)
+            reseed(generator, order)
         for sampler, seed in zip(samplers, seeds, strict=True):
             sampler.seed = seed + order
     try:
@@ -238,17 +242,17 @@ def _stop_if_non_finite(step: int, loss: float) -> str | None:
 
 @torch.no_grad()
 def held_out_loss(
-    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batches: HeldOutBatches, time_limit: float
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batches: HeldOutBatches, batch_limit: int
 ) -> float:
     r"""Mean ``training_step`` loss over the held-out batches in eval mode, averaged over ranks.
 
     The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
-    logs is up to the user. The first call stops reading batches once ``time_limit`` seconds have passed (on every rank
-    at the same count: the stop decision is reduced across ranks).
+    logs is up to the user. The first call reads at most ``batch_limit`` batches (on every rank the same count: the stop
+    decision is reduced across ranks).
 
     Raises:
-        UnscorableBatchesError: validation batches that ``training_step`` fails on, or returns no loss for, on every
-            rank.
+        UnscorableBatchesError: batches that ``training_step`` fails on in eval mode without gradients, or validation
+            batches it returns no loss for, on every rank.
         RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks). A failure
             in the transfer hooks on one rank only, before DDP's first forward without gradients, may leave the others
             waiting in that forward's buffer broadcast instead.
@@ -260,28 +264,26 @@ def held_out_loss(
     total = torch.zeros((), dtype=torch.float64, device=pl_module.device)
     count = 0
     failure: str | None = None
-    start = time.perf_counter()
+    with_batch_idx = takes_batch_idx(pl_module)
     try:
         for batch_idx, batch in enumerate(batches):
             try:
-                batch = trainer.precision_plugin.convert_input(batch)
-                batch = _compat.before_batch_transfer(pl_module, batch)
-                batch = strategy.batch_to_device(batch, dataloader_idx=0)
-                _compat.set_current_hook(pl_module, "training_step")
-                loss = loss_of(strategy.training_step(batch, batch_idx))
+                loss = training_step_loss(trainer, pl_module, batch, batch_idx, with_batch_idx)
             except Exception as err:
-                if not batches.validation_batches:
-                    raise
                 # said on every rank together below: a rank that raised here alone would leave the others waiting
                 # in the reductions that follow (DDP's forward without gradients reduces nothing)
-                failure = f"`training_step` failed on validation batch {batch_idx} ({type(err).__name__}: {err})"
+                kind = "validation" if batches.validation_batches else "training"
+                failure = (
+                    f"`training_step` failed on {kind} batch {batch_idx} in eval mode without gradients "
+                    f"({type(err).__name__}: {err})"
+                )
                 loss = None
             if loss is not None:
                 total += loss.detach().double()
                 count += 1
             if not batches.fixed:
-                # 2: this rank cannot score; 1: the time is up; every rank stops at the same batch
-                flag = 2.0 if failure else float(time.perf_counter() - start > time_limit)
+                # 2: this rank cannot score; 1: the cap is reached; every rank stops at the same batch
+                flag = 2.0 if failure else float(batch_idx + 1 >= batch_limit)
                 if float(strategy.reduce(torch.tensor(flag, device=pl_module.device), reduce_op="max")) > 0:
                     break
             elif failure:
@@ -290,20 +292,19 @@ def held_out_loss(
         for module, mode in modes:
             module.training = mode
     batches.fix()
-    if batches.validation_batches:
-        if failure is None and count == 0 and batches.batches:
-            failure = "`training_step` returned no loss for any validation batch"
-        if strategy.reduce_boolean_decision(failure is not None, all=False):
-            if not strategy.reduce_boolean_decision(failure is not None, all=True):
-                # a forward that raised inside DDP's wrapper on some ranks only leaves DDP's own per-rank state out of
-                # step (whether its next forward broadcasts the buffers): no rank can take a step with the others
-                raise RuntimeError(
-                    "The range test's trials (and `WeightDecayBalancer(mode='grid')`) score by the `training_step` "
-                    f"loss on the validation batches, but on some ranks only that fails "
-                    f"({failure or 'on another rank'}). Give every rank validation batches of the same form, or pass "
-                    "`trial_steps=0` (and another balancer mode)."
-                )
-            raise UnscorableBatchesError(failure or "`training_step` could not score the validation batches")
+    if batches.validation_batches and failure is None and count == 0 and batches.batches:
+        failure = "`training_step` returned no loss for any validation batch"
+    if strategy.reduce_boolean_decision(failure is not None, all=False):
+        if not strategy.reduce_boolean_decision(failure is not None, all=True):
+            # a forward that raised inside DDP's wrapper on some ranks only leaves DDP's own per-rank state out of
+            # step (whether its next forward broadcasts the buffers): no rank can take a step with the others
+            raise RuntimeError(
+                "The range test's trials (and `WeightDecayBalancer(mode='grid')`) score by the `training_step` "
+                f"loss on held-out batches, but on some ranks only that fails "
+                f"({failure or 'on another rank'}). Give every rank batches of the same form, or pass "
+                "`trial_steps=0` (and another balancer mode)."
+            )
+        raise UnscorableBatchesError(failure or "`training_step` could not score the held-out batches")
     mean = total / max(count, 1)
     value = float(strategy.reduce(mean, reduce_op="mean"))
     return value if math.isfinite(value) and count > 0 else math.inf

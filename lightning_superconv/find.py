@@ -21,7 +21,7 @@ from typing_extensions import override
 from lightning_superconv import _compat, _trainer
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.snapshot import dataloader_generators, put_back, registered_tensors
+from lightning_superconv.snapshot import dataloader_generators, put_back, registered_tensors, rng_state, set_rng_state
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -44,6 +44,7 @@ class _RangeTestProbe(_compat.Callback):
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
         _trainer.check_batches_to_run(trainer, "find_max_lr")
+        _trainer.refuse_dataloader_iter_steps(trainer, pl_module, "find_max_lr", "do not run it on this module")
         # the run this Trainer describes (`trainer_kwargs`' `max_epochs`, `max_steps`) sizes the trials
         run = _trainer.estimated_steps(trainer)
         run_steps = int(run) if math.isfinite(run) and run > 0 else None
@@ -137,7 +138,7 @@ def find_max_lr(
     # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
     # it sets up its data, whose range test then restores them to that later state
-    generators = [(g, g.get_state()) for g in dataloader_generators(_loaders_in(model, train_dataloaders))]
+    generators = [(g, rng_state(g)) for g in dataloader_generators(_loaders_in(model, train_dataloaders))]
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
@@ -152,7 +153,7 @@ def find_max_lr(
         except BaseException as err:  # Ctrl-C too
             error = err
     for generator, state in generators:
-        generator.set_state(state)
+        set_rng_state(generator, state)
     put_back(slots)
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():

@@ -263,20 +263,35 @@ def run_range_test(
             return Branch(trial_traces(configured, peak, trial_steps, cycle), label=peak)
 
         validation = HeldOutBatches.validation(trainer)
-        try:
-            scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
-        except UnscorableBatchesError as err:
-            validation = None
-            # everything the trials changed is back: try again on the training batches after the trials' own
-            _compat.rank_zero_warn(
-                trainer,
-                f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
-                f"validation batches, but {err}; they score the training batches after those the trials train on "
-                "instead. "
-                "Make `training_step` accept validation batches to have the peak chosen on them.",
-            )
-            peaks.clear()
-            scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
+        scores: list[float] | None = None
+        if validation is not None:
+            try:
+                scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
+            except UnscorableBatchesError as err:
+                validation = None
+                # everything the trials changed is back: try again on the training batches after the trials' own
+                _compat.rank_zero_warn(
+                    trainer,
+                    f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
+                    f"validation batches, but {err}; they score the training batches after those the trials train on "
+                    "instead. "
+                    "Make `training_step` accept validation batches to have the peak chosen on them.",
+                )
+                peaks.clear()
+        if scores is None:
+            try:
+                scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
+            except UnscorableBatchesError as err:
+                _compat.rank_zero_warn(
+                    trainer,
+                    f"SuperConvergence: the trials cannot score held-out training batches: {err}. The pick is the "
+                    "sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
+                    "without gradients, as validation runs; pass `max_lr=` to choose the peak yourself.",
+                )
+                peaks.clear()
+                trial_steps = 0
+    if trial_steps:
+        assert scores is not None
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         if validation is None:
             _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps)

@@ -29,6 +29,8 @@ What is copied, and why each part:
 from __future__ import annotations
 
 import copy
+import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -125,7 +127,7 @@ class Snapshot:
     scalars: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
-    generator_states: list[tuple[torch.Generator, Tensor]] = field(default_factory=list)
+    generator_states: list[tuple[Any, Any]] = field(default_factory=list)
     #: it copied nothing (:func:`nothing`): there is nothing to write back
     empty: bool = False
     #: a parameter or buffer removed from the module since comes back (a sandbox's exact restore); else the module's
@@ -165,7 +167,7 @@ class Snapshot:
         if self.scaler is not None and self.scaler_state is not None:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
         for generator, generator_state in self.generator_states:
-            generator.set_state(generator_state)
+            set_rng_state(generator, generator_state)
 
     @staticmethod
     def _restore_attributes(module: torch.nn.Module, saved: dict[str, Any]) -> None:
@@ -206,7 +208,7 @@ def capture(
     module: torch.nn.Module,
     optimizer: Optimizer,
     scaler: Any = None,
-    generators: Sequence[torch.Generator] = (),
+    generators: Sequence[Any] = (),
     everything: bool = True,
     also: Sequence[torch.nn.Module] = (),
 ) -> Snapshot:
@@ -216,7 +218,7 @@ def capture(
         module: the model; all its submodules are covered.
         optimizer: its optimizer.
         scaler: a ``torch.amp.GradScaler`` whose state is copied too, or None.
-        generators: ``torch.Generator`` objects (dataloader samplers) whose state is copied.
+        generators: random generators (:func:`dataloader_generators`) whose state is copied.
         everything: also gradients, train/eval flags, torchmetrics states and tensors kept outside parameters and
             buffers. A rollback in the middle of training (the divergence guard) needs only the weights, buffers,
             optimizer and scaler: ``False``.
@@ -232,7 +234,7 @@ def capture(
         param_groups=_group_values(optimizer),
         scaler=scaler,
         scaler_state=None if scaler is None else copy.deepcopy(scaler.state_dict()),
-        generator_states=[(g, g.get_state()) for g in generators],
+        generator_states=[(g, rng_state(g)) for g in generators],
         exact=everything,
     )
     if everything:
@@ -432,18 +434,68 @@ def lazy_modules(module: torch.nn.Module) -> list[str]:
     ]
 
 
-def dataloader_generators(loaders: Sequence[Any]) -> list[torch.Generator]:
-    r"""The ``torch.Generator`` objects that iterating these loaders advances (loader, sampler, batch sampler).
+def dataloader_generators(loaders: Sequence[Any]) -> list[Any]:
+    r"""The random generators that iterating these loaders advances: those the loader and its samplers hold.
 
     A loader whose sampler owns a generator draws from it at every new iterator; without restoring it, a range test
-    would change the order of the user's first training epoch.
+    would change the order of the user's first training epoch. Found under any attribute name of the loader, its
+    sampler, its batch sampler and the batch sampler's sampler: a ``torch.Generator``, NumPy's ``Generator`` or
+    ``RandomState``, or a ``random.Random``.
     """
-    found: list[torch.Generator] = []
+    found: list[Any] = []
     for obj in _order_sources(loaders):
-        generator = getattr(obj, "generator", None)
-        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
-            found.append(generator)
+        values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+        for value in [getattr(obj, "generator", None), *values]:
+            if _is_rng(value) and all(value is not g for g in found):
+                found.append(value)
     return found
+
+
+def rng_state(generator: Any) -> Any:
+    """A copy of the state of a generator :func:`dataloader_generators` found, for :func:`set_rng_state`."""
+    if isinstance(generator, torch.Generator):
+        return generator.get_state()
+    if isinstance(generator, random.Random):
+        return generator.getstate()
+    if hasattr(generator, "bit_generator"):  # NumPy's Generator
+        return copy.deepcopy(generator.bit_generator.state)
+    return generator.get_state()  # NumPy's RandomState
+
+
+def set_rng_state(generator: Any, state: Any) -> None:
+    """Put back a state :func:`rng_state` copied."""
+    if isinstance(generator, torch.Generator):
+        generator.set_state(state)
+    elif isinstance(generator, random.Random):
+        generator.setstate(state)
+    elif hasattr(generator, "bit_generator"):
+        generator.bit_generator.state = copy.deepcopy(state)
+    else:
+        generator.set_state(state)
+
+
+def reseed(generator: Any, order: int) -> None:
+    """Seed a generator :func:`dataloader_generators` found for another data order ``order`` (> 0), reproducibly.
+
+    A ``torch.Generator`` is seeded with its initial seed plus ``order``; the others keep no seed to shift, so a seed
+    drawn from their current state, plus ``order``, seeds them.
+    """
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(generator.initial_seed() + order)
+    elif isinstance(generator, random.Random):
+        generator.seed(generator.getrandbits(62) + order)
+    elif hasattr(generator, "bit_generator"):
+        drawn = int(generator.integers(2**62))
+        generator.bit_generator.state = type(generator.bit_generator)(drawn + order).state
+    else:
+        generator.seed(int(generator.randint(2**31)) + order)
+
+
+def _is_rng(value: Any) -> bool:
+    if isinstance(value, (torch.Generator, random.Random)):
+        return True
+    numpy = sys.modules.get("numpy")  # not imported: no NumPy generator can exist
+    return numpy is not None and isinstance(value, (numpy.random.Generator, numpy.random.RandomState))
 
 
 def distributed_samplers(loaders: Sequence[Any]) -> list[DistributedSampler[Any]]:

@@ -107,7 +107,23 @@ class BatchStream:
         return None
 
 
-def _takes_batch_idx(pl_module: _compat.LightningModule) -> bool:
+def training_step_loss(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int, with_batch_idx: bool
+) -> Tensor | None:
+    """The module's ``training_step`` loss on ``batch``, prepared as Lightning's fit loop prepares it (None: no loss).
+
+    ``with_batch_idx``: :func:`takes_batch_idx`, read once by the caller.
+    """
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = _compat.before_batch_transfer(pl_module, batch)
+    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+    _compat.set_current_hook(pl_module, "training_step")
+    args = (batch, batch_idx) if with_batch_idx else (batch,)
+    return loss_of(trainer.strategy.training_step(*args))
+
+
+def takes_batch_idx(pl_module: _compat.LightningModule) -> bool:
+    """Whether ``training_step`` takes a ``batch_idx``: Lightning passes one only then, and so must every caller."""
     params = list(inspect.signature(pl_module.training_step).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
@@ -149,7 +165,7 @@ def take_steps(
     accumulate = max(int(trainer.accumulate_grad_batches), 1)
     scaler = _compat.grad_scaler(trainer)
     stream = BatchStream(trainer)
-    with_batch_idx = _takes_batch_idx(pl_module)
+    with_batch_idx = takes_batch_idx(pl_module)
     block_sync = getattr(strategy, "block_backward_sync", None)
     record = StepRecord()
     scaler_skips = skipped_in_a_row = 0
@@ -168,13 +184,7 @@ def take_steps(
         def run_micro_batch(
             item: tuple[Any, int], final: bool, micro_losses: list[Tensor] = micro_losses
         ) -> Tensor | None:
-            batch, batch_idx = item
-            batch = trainer.precision_plugin.convert_input(batch)
-            batch = _compat.before_batch_transfer(pl_module, batch)
-            batch = strategy.batch_to_device(batch, dataloader_idx=0)
-            _compat.set_current_hook(pl_module, "training_step")
-            args = (batch, batch_idx) if with_batch_idx else (batch,)
-            loss = loss_of(strategy.training_step(*args))
+            loss = training_step_loss(trainer, pl_module, *item, with_batch_idx)
             _compat.set_current_hook(pl_module, None)
             if loss is None:
                 return None

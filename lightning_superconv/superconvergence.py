@@ -262,6 +262,9 @@ class SuperConvergence(_compat.Callback):
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None:
+            _trainer.refuse_dataloader_iter_steps(
+                trainer, pl_module, "SuperConvergence's range test", "pass `max_lr=` (the cycle needs no range test)"
+            )
             _trainer.warn_of_a_frozen_backbone(
                 trainer, "SuperConvergence", "Pass `max_lr=`, e.g. from `find_max_lr` on the model with nothing frozen."
             )

@@ -266,6 +266,10 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer, pl_module, "WeightDecayBalancer(mode='grid')", automatic=True,
                 instead="choose another `mode` ('budget', 'timescale' or 'keep')",
             )  # fmt: skip
+            _trainer.refuse_dataloader_iter_steps(
+                trainer, pl_module, "WeightDecayBalancer(mode='grid')",
+                "choose another `mode` ('budget', 'timescale' or 'keep')",
+            )  # fmt: skip
             _compat.setup_train_data(trainer)
             _trainer.refuse_sequential_train_data(trainer, "WeightDecayBalancer(mode='grid')")
         # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
@@ -637,10 +641,10 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_warn(
                 trainer,
                 f"WeightDecayBalancer(mode='grid') chooses weight decay by the `training_step` loss on the validation "
-                f"batches, but {err}; weight decay is left as configured. Make `training_step` accept validation "
-                "batches, or use `mode='timescale'`.",
+                f"batches in eval mode without gradients, as validation runs, but {err}; weight decay is left as "
+                "configured. Make `training_step` accept validation batches there, or use `mode='timescale'`.",
             )
-            return list(refs), "left as configured: `training_step` cannot score the validation batches"
+            return list(refs), f"left as configured: `training_step` cannot score the validation batches: {err}"
         seconds = time.perf_counter() - start
         factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import functools
+import random
 
 import lightning as L
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -200,3 +202,32 @@ class Tally:
 
     def __repr__(self) -> str:
         return f"Tally({self.count})"
+
+
+class OwnRandomSampler(torch.utils.data.Sampler):
+    """A sampler that keeps its generator under a name of its own, of any of the kinds samplers use."""
+
+    def __init__(self, n: int, kind: str) -> None:
+        self.n, self.kind = n, kind
+        if kind == "torch":
+            self.gen = torch.Generator().manual_seed(0)
+        elif kind == "numpy":
+            self.rng = np.random.default_rng(0)
+        elif kind == "numpy_legacy":
+            self.state = np.random.RandomState(0)
+        else:
+            self.shuffler = random.Random(0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if self.kind == "torch":
+            return iter(torch.randperm(self.n, generator=self.gen).tolist())
+        if self.kind == "numpy":
+            return iter(self.rng.permutation(self.n).tolist())
+        if self.kind == "numpy_legacy":
+            return iter(self.state.permutation(self.n).tolist())
+        order = list(range(self.n))
+        self.shuffler.shuffle(order)
+        return iter(order)

@@ -12,13 +12,13 @@ import lightning as L
 import pytest
 import torch
 import torchmetrics
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import OwnRandomSampler, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import capture, dataloader_generators, recapture
+from lightning_superconv.snapshot import capture, dataloader_generators, recapture, reseed
 
 
 class Stateful(nn.Module):
@@ -305,6 +305,32 @@ def test_dataloader_generators_are_found_and_restored():
     first = [b[0].tolist() for b in loader]
     snapshot.restore()
     assert [b[0].tolist() for b in loader] == first
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "numpy_legacy", "python"])
+def test_a_sampler_s_generator_under_any_name_and_of_any_kind_is_found_restored_and_reseeded(kind):
+    """Found by trying the package as a new user: only a `torch.Generator` named `generator` was restored.
+
+    Restored, the next epoch's order is unchanged; reseeded for another order (a grid's repeat), the order differs,
+    the same way each time.
+    """
+    data = TensorDataset(torch.arange(64.0))
+    loader = DataLoader(data, sampler=OwnRandomSampler(64, kind), batch_size=8)
+    found = dataloader_generators([loader])
+    assert len(found) == 1
+    model = Stateful()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer, generators=found)
+    first = [b[0].tolist() for b in loader]
+    snapshot.restore()
+    assert [b[0].tolist() for b in loader] == first
+    snapshot.restore()
+    reseed(found[0], 1)
+    other = [b[0].tolist() for b in loader]
+    assert other != first
+    snapshot.restore()
+    reseed(found[0], 1)
+    assert [b[0].tolist() for b in loader] == other
 
 
 def test_rollback_snapshot_copies_weights_and_optimizer_only():

@@ -7,12 +7,13 @@ import csv
 import logging
 import math
 import signal
+import time
 import warnings
 
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, Tally, TinyClassifier, make_dataset, trainer_kwargs
+from helpers import DictValidationBatches, OwnRandomSampler, Tally, TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader
@@ -21,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
-from lightning_superconv import RangeTestResult, SuperConvergence
+from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
 from lightning_superconv.curve import lr_sweep, median_half_width
 from lightning_superconv.peak import start_level
 
@@ -1036,6 +1037,39 @@ def test_trials_read_no_more_validation_batches_than_limit_val_batches_allows(tm
     assert model.scored == [float(val_x[0, 0])] * len(callback.result.trials)
 
 
+class SlowValidationSet(torch.utils.data.Dataset):
+    """80 validation samples, each taking 3 ms to load: a reading capped in time would stop early, and vary."""
+
+    def __init__(self) -> None:
+        self.x, self.y = make_dataset(80, seed=1).tensors
+
+    def __len__(self) -> int:
+        return 80
+
+    def __getitem__(self, index: int):
+        time.sleep(0.003)
+        return self.x[index], self.y[index]
+
+
+def test_trials_score_on_as_many_validation_batches_as_a_trial_trains_on_however_slow_they_load(tmp_path):
+    """A count, not a time, caps the held-out batches: 50 of 80 for trials of 50 steps, in every run alike.
+
+    Found by trying the package as a new user: half a trial's training time capped the reading, so a seeded run scored
+    on other batches, and picked another peak, from one run to the next.
+    """
+    picks = []
+    for _ in range(2):
+        L.seed_everything(0, verbose=False)
+        model = EvalRecorder()
+        model.val_dataloader = lambda: DataLoader(SlowValidationSet(), batch_size=1)  # type: ignore[method-assign]
+        callback = SuperConvergence(num_steps=30, trial_steps=50)
+        _fit(tmp_path, model, callback)
+        val_x = SlowValidationSet().x
+        assert model.scored == [float(x[0]) for x in val_x[:50]] * len(callback.result.trials)
+        picks.append(callback.result.trials)
+    assert picks[0] == picks[1]
+
+
 def test_limit_val_batches_caps_each_validation_loader_on_its_own(tmp_path):
     """With two validation loaders and ``limit_val_batches=1`` the trials read the first batch of each, as Lightning."""
 
@@ -1158,7 +1192,9 @@ def test_trials_pass_over_validation_batches_training_step_cannot_take_for_train
         callback = SuperConvergence(num_steps=30, trial_steps=50)
         trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
         if name == "dicts":
-            with pytest.warns(RuntimeWarning, match=r"failed on validation batch 0 \(ValueError"):
+            with pytest.warns(
+                RuntimeWarning, match=r"failed on validation batch 0 in eval mode without gradients \(ValueError"
+            ):
                 trainer.fit(model)
         else:
             trainer.fit(model)
@@ -1220,3 +1256,126 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     assert [t["peak"] for t in trials[3:]] == pytest.approx([first, first / 2])
     assert callback.max_lr == min(trials, key=lambda t: t["held_out_loss"])["peak"]
     assert "(learned nothing)" in callback.result.pick_reason
+
+
+class StepWithoutBatchIdx(TinyClassifier):
+    """``training_step(self, batch)``: Lightning passes ``batch_idx`` only to a step that takes it."""
+
+    def training_step(self, batch):  # type: ignore[override]
+        return super().training_step(batch, 0)
+
+
+class TakesInputGradients(TinyClassifier):
+    """Adversarial training (FGSM): the step takes the loss's gradient with respect to its input itself."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x.clone().requires_grad_(True)
+        grad = torch.autograd.grad(torch.nn.functional.cross_entropy(self(x), y), x, create_graph=False)[0]
+        return torch.nn.functional.cross_entropy(self(x + 0.05 * grad.sign()), y)
+
+
+class LossesInTrainModeOnly(TinyClassifier):
+    """As torchvision's detection models: ``forward`` returns the losses in train mode, predictions in eval mode."""
+
+    def forward(self, x, y=None):
+        out = self.net(x)
+        return {"loss": torch.nn.functional.cross_entropy(out, y)} if self.training else [out]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return sum(self(x, y).values())
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_trials_score_a_training_step_that_takes_no_batch_idx(tmp_path):
+    """Found by trying the package as a new user: the trials called it with a `batch_idx` and crashed."""
+    L.seed_everything(0)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(StepWithoutBatchIdx(n=512))
+    assert [str(w.message) for w in caught if "failed on" in str(w.message)] == []
+    assert callback.result.trials
+    assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
+
+
+@pytest.mark.parametrize("cls", [TakesInputGradients, LossesInTrainModeOnly], ids=["input_gradients", "train_mode"])
+def test_a_training_step_the_trials_cannot_score_leaves_the_pick_to_the_sweep(tmp_path, cls):
+    """A step that fails in eval mode without gradients: the trials say so and the sweep picks, as `trial_steps=0`.
+
+    Found by trying the package as a new user: the range test crashed on both, after a warning that blamed the form of
+    the validation batches. Everything the trials did is undone: the run ends as one given the pick as `max_lr`.
+    """
+    L.seed_everything(0)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
+    with pytest.warns(RuntimeWarning, match="cannot score held-out training batches: .*in eval mode without gradients"):
+        trainer.fit(tested := cls(n=512))
+    assert callback.result.trials == []
+    assert "`trial_steps=0`" in callback.result.pick_reason
+    L.seed_everything(0)
+    swept_only = SuperConvergence(num_steps=30, trial_steps=0)
+    L.Trainer(callbacks=[swept_only], **trainer_kwargs(tmp_path, max_epochs=2)).fit(cls(n=512))
+    assert callback.max_lr == swept_only.max_lr
+    L.seed_everything(0)
+    given = SuperConvergence(max_lr=callback.max_lr)
+    L.Trainer(callbacks=[given], **trainer_kwargs(tmp_path, max_epochs=2)).fit(plain := cls(n=512))
+    for a, b in zip(tested.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class DrawsItsOwnBatches(TinyClassifier):
+    """Lightning's `training_step(self, dataloader_iter)` form: the step draws its batch from the iterator."""
+
+    def training_step(self, dataloader_iter):  # type: ignore[override]
+        (x, y), _, _ = next(dataloader_iter)
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+def test_a_training_step_that_draws_its_own_batches_is_refused_for_the_range_test_only(tmp_path):
+    """The range test draws each step's batches itself: refused up front, naming the way out; `max_lr=` serves it."""
+    trainer = L.Trainer(callbacks=[SuperConvergence()], **trainer_kwargs(tmp_path, max_epochs=1))
+    model = DrawsItsOwnBatches()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(MisconfigurationException, match=r"takes `dataloader_iter`.*pass `max_lr=`"):
+        trainer.fit(model)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name])
+    with pytest.raises(MisconfigurationException, match=r"find_max_lr .*takes `dataloader_iter`"):
+        find_max_lr(DrawsItsOwnBatches(), trainer_kwargs={"accelerator": "cpu"})
+    trainer = L.Trainer(callbacks=[given := SuperConvergence(max_lr=0.1)], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(DrawsItsOwnBatches())
+    assert trainer.global_step == given.total_steps > 0
+
+
+class OwnSamplerClassifier(TinyClassifier):
+    """Its train loader's sampler keeps a generator of its own kind under a name of its own."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(n=512)
+        self.kind = kind
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(512), sampler=OwnRandomSampler(512, self.kind), batch_size=32)
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "python"])
+def test_the_range_test_gives_back_a_sampler_s_own_generator(tmp_path, kind):
+    """The run with the range test ends as the same run given its pick as `max_lr`, bit for bit.
+
+    Found by trying the package as a new user: a sampler's `self.rng = np.random.default_rng(0)` (or a
+    `torch.Generator` under another name than `generator`) was advanced by the range test, so training saw another
+    data order.
+    """
+    L.seed_everything(0)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(tested := OwnSamplerClassifier(kind))
+    L.seed_everything(0)
+    given = SuperConvergence(max_lr=callback.max_lr)
+    L.Trainer(callbacks=[given], **trainer_kwargs(tmp_path, max_epochs=2)).fit(plain := OwnSamplerClassifier(kind))
+    for a, b in zip(tested.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -10,6 +10,7 @@ import torch
 from helpers import DictValidationBatches, TinyClassifier, WithOptimizer, make_dataset, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
 
@@ -459,6 +460,39 @@ def test_grid_on_validation_batches_training_step_cannot_take_keeps_weight_decay
     assert balancer.weight_decays == [5e-3]
     assert "cannot score the validation batches" in balancer.reason
     assert model.trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-3
+
+
+class GridStepWithoutBatchIdx(TinyClassifier):
+    """``training_step(self, batch)``: Lightning passes ``batch_idx`` only to a step that takes it."""
+
+    def training_step(self, batch):  # type: ignore[override]
+        return super().training_step(batch, 0)
+
+
+class GridStepDrawsItsOwnBatches(TinyClassifier):
+    """``training_step(self, dataloader_iter)``: the step draws its batch from Lightning's iterator."""
+
+    def training_step(self, dataloader_iter):  # type: ignore[override]
+        (x, y), _, _ = next(dataloader_iter)
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+def test_grid_scores_a_training_step_that_takes_no_batch_idx(tmp_path):
+    """Found by trying the package as a new user: the grid passed a `batch_idx`, failed, and skipped its search."""
+    L.seed_everything(0)
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    _fit(tmp_path, GridStepWithoutBatchIdx(weight_decay=5e-3), [SuperConvergence(max_lr=0.5), balancer], epochs=6)
+    assert balancer.search is not None
+    assert all(math.isfinite(loss) for loss in balancer.search["val_losses"])
+
+
+def test_grid_refuses_a_training_step_that_draws_its_own_batches_before_anything_runs(tmp_path):
+    """The grid draws each branch's batches itself; the other modes serve such a module."""
+    with pytest.raises(MisconfigurationException, match=r"takes `dataloader_iter`.*choose another `mode`"):
+        _fit(tmp_path, GridStepDrawsItsOwnBatches(), [WeightDecayBalancer(mode="grid")], epochs=1)
+    balancer = WeightDecayBalancer(mode="timescale")
+    _fit(tmp_path, GridStepDrawsItsOwnBatches(), [SuperConvergence(max_lr=0.5), balancer], epochs=1)
+    assert balancer.weight_decays is not None
 
 
 def test_grid_on_a_run_too_short_keeps_weight_decay_and_warns(tmp_path):
