@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from lightning.pytorch.callbacks import Callback as _LightningCallback
+from torch.utils.data import DistributedSampler
 
 if TYPE_CHECKING:
     import lightning.pytorch
@@ -256,17 +257,34 @@ def logging_step(trainer: Trainer) -> int:
     return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
 
 
-def resumes_mid_epoch(trainer: Trainer) -> bool:
+def resumes_mid_epoch(trainer: Trainer) -> bool | None:
     """Whether a resumed fit goes on with an epoch its checkpoint was written inside, without its start hooks.
 
-    Lightning 2.5 and later name that stage; 2.4 starts every epoch it runs with its hooks (False).
+    Lightning 2.5 and later name that stage; None with one that does not (2.4).
     """
-    return bool(getattr(trainer.fit_loop, "restarted_mid_epoch", False))
+    stage = getattr(trainer.fit_loop, "restarted_mid_epoch", None)
+    return None if stage is None else bool(stage)
+
+
+def resumes_after_a_train_batch_end(trainer: Trainer) -> bool:
+    """Whether a resumed fit's checkpoint was written in ``on_train_batch_end`` (Lightning 2.5 and later say so).
+
+    Lightning then counts that batch done on resume; a checkpoint written at a validation inside the epoch has it
+    counted already.
+    """
+    return bool(getattr(trainer.fit_loop.epoch_loop, "restarted_on_train_batch_end", False))
 
 
 def batches_reached_this_epoch(trainer: Trainer) -> int:
     """The batches of its epoch a fit resumed mid-epoch counts as reached (a count the epoch's length may not reach)."""
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+
+def sampler_wrapped_for_ddp(sampler: Any) -> Any:
+    """The user's own sampler inside Lightning's ``DistributedSamplerWrapper`` (which DDP puts around it), or None."""
+    if not isinstance(sampler, DistributedSampler):
+        return None
+    return getattr(getattr(sampler, "dataset", None), "_sampler", None)
 
 
 def has_val_dataloaders(trainer: Trainer) -> bool:

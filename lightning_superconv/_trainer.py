@@ -151,21 +151,27 @@ def resumed_fit_end(trainer: _compat.Trainer) -> float:
     r"""The global step a fit resumed from a checkpoint ends at, read in ``on_train_start`` (inf: no limit).
 
     As Lightning 2.5 and later resume: an epoch the checkpoint was written inside goes on from the batch it had reached
-    (from its start where that count reaches the epoch's length) at the accumulation in force, since Lightning calls no
-    ``on_train_epoch_start`` for it and a ``GradientAccumulationScheduler`` does not set that epoch's value; then the
-    epochs left run at the resumed Trainer's length and accumulation, within ``max_steps``. (With Lightning 2.4, whole
-    epochs from the current one.) Lightning's own estimate counts a fresh run instead.
+    at the accumulation in force, since Lightning calls no ``on_train_epoch_start`` for it and a
+    ``GradientAccumulationScheduler`` does not set that epoch's value. Where that count reaches the epoch's length, the
+    epoch is over, unless the checkpoint was written in ``on_train_batch_end``: Lightning then runs the epoch again
+    from its start. The epochs left run at the resumed Trainer's length and accumulation, within ``max_steps``.
+    Lightning 2.4 does not say where it resumes: its own estimate of a fresh run (:func:`estimated_steps`) is taken.
     """
     max_steps = trainer.max_steps if trainer.max_steps != -1 else math.inf
     epochs, batches = trainer.max_epochs, trainer.num_training_batches
     if epochs is None or epochs < 0 or not math.isfinite(batches):
         return max_steps
+    mid_epoch = _compat.resumes_mid_epoch(trainer)
+    if mid_epoch is None:
+        return estimated_steps(trainer)
     epoch, steps = trainer.current_epoch, 0
-    if _compat.resumes_mid_epoch(trainer) and epoch < epochs:
+    if mid_epoch and epoch < epochs:
         accumulation = max(int(trainer.accumulate_grad_batches), 1)
         reached = _compat.batches_reached_this_epoch(trainer)
-        reached = reached if reached < batches else 0
-        steps = math.ceil(batches / accumulation) - reached // accumulation
+        if reached < batches:
+            steps = math.ceil(batches / accumulation) - reached // accumulation
+        elif _compat.resumes_after_a_train_batch_end(trainer):
+            steps = math.ceil(batches / accumulation)
         epoch += 1
     steps += _steps_in_epochs(trainer, range(epoch, epochs))
     return min(int(trainer.global_step) + steps, max_steps)

@@ -217,7 +217,7 @@ def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) 
     For ``k > 0`` the global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
     shifted by ``k``. The seeds come back on exit; the RNG streams come back from ``isolate_rng`` and the snapshot.
     """
-    seeds = [sampler.seed for sampler in samplers]
+    seeds = [sampler.seed for sampler in samplers] if order else []
     if order:
         torch.manual_seed(torch.initial_seed() + order)
         for generator in generators:
@@ -227,7 +227,7 @@ def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) 
     try:
         yield
     finally:
-        for sampler, seed in zip(samplers, seeds, strict=True):
+        for sampler, seed in zip(samplers, seeds, strict=False):
             sampler.seed = seed
 
 

@@ -170,7 +170,8 @@ def run_range_test(
         RuntimeWarning: if the loss fell by less than ``CLEAR_FALL`` standard errors of its noise and no trial
             showed the pick learns (none ran, or none learned): the pick is installed, but may be noise; if no trial
             learned (:func:`~lightning_superconv.peak.learned`): the least bad is installed, but may train poorly; if
-            ``training_step`` cannot score the validation batches: the trials score training batches instead.
+            ``training_step`` cannot score the validation batches: the trials score training batches instead; if it
+            cannot score those either (in eval mode without gradients): no trials, the sweep's pick.
     """
     config = config or RangeTestConfig()
     cycle = cycle or OneCycleConfig()
@@ -264,32 +265,36 @@ def run_range_test(
 
         validation = HeldOutBatches.validation(trainer)
         scores: list[float] | None = None
+        passed_over: UnscorableBatchesError | None = None
         if validation is not None:
             try:
                 scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
             except UnscorableBatchesError as err:
-                validation = None
                 # everything the trials changed is back: try again on the training batches after the trials' own
-                _compat.rank_zero_warn(
-                    trainer,
-                    f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
-                    f"validation batches, but {err}; they score the training batches after those the trials train on "
-                    "instead. "
-                    "Make `training_step` accept validation batches to have the peak chosen on them.",
-                )
+                validation, passed_over = None, err
                 peaks.clear()
         if scores is None:
             try:
                 scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
             except UnscorableBatchesError as err:
+                also = f" (nor the validation batches: {passed_over})" if passed_over is not None else ""
                 _compat.rank_zero_warn(
                     trainer,
-                    f"SuperConvergence: the trials cannot score held-out training batches: {err}. The pick is the "
-                    "sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
+                    f"SuperConvergence: the trials cannot score held-out training batches: {err}{also}. The pick is "
+                    "the sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
                     "without gradients, as validation runs; pass `max_lr=` to choose the peak yourself.",
                 )
                 peaks.clear()
                 trial_steps = 0
+            else:
+                if passed_over is not None:
+                    _compat.rank_zero_warn(
+                        trainer,
+                        f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
+                        f"validation batches, but {passed_over}; they scored the training batches after those the "
+                        "trials train on instead. Make `training_step` accept validation batches to have the peak "
+                        "chosen on them.",
+                    )
     if trial_steps:
         assert scores is not None
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]

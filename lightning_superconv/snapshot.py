@@ -40,6 +40,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.data import DistributedSampler
 
+from lightning_superconv import _compat
+
 # torchmetrics' bookkeeping beside the states registered with `add_state`: copied where the metric holds them as plain
 # attributes (older releases keep `_update_called` as one; newer compute it from `_update_count`)
 _METRIC_BOOKKEEPING = ("_update_count", "_update_called", "_computed", "_forward_cache", "_is_synced", "_cache")
@@ -492,6 +494,8 @@ def reseed(generator: Any, order: int) -> None:
 
 
 def _is_rng(value: Any) -> bool:
+    if isinstance(value, random.SystemRandom):  # draws from the OS, with no state to copy or replay
+        return False
     if isinstance(value, (torch.Generator, random.Random)):
         return True
     numpy = sys.modules.get("numpy")  # not imported: no NumPy generator can exist
@@ -511,9 +515,14 @@ def distributed_samplers(loaders: Sequence[Any]) -> list[DistributedSampler[Any]
 
 
 def _order_sources(loaders: Sequence[Any]) -> list[Any]:
-    """Each loader, its sampler, its batch sampler and the batch sampler's sampler: what may own the data order."""
+    """Each loader, its sampler, its batch sampler and the batch sampler's sampler: what may own the data order.
+
+    Under DDP, the user's own sampler inside the ``DistributedSamplerWrapper`` Lightning puts around it too.
+    """
     sources: list[Any] = []
     for loader in loaders:
         batch_sampler = getattr(loader, "batch_sampler", None)
-        sources += [loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)]
+        samplers = [getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)]
+        wrapped = [_compat.sampler_wrapped_for_ddp(sampler) for sampler in samplers]
+        sources += [loader, batch_sampler, *samplers, *wrapped]
     return sources

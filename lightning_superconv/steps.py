@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -123,11 +122,13 @@ def training_step_loss(
 
 
 def takes_batch_idx(pl_module: _compat.LightningModule) -> bool:
-    """Whether ``training_step`` takes a ``batch_idx``: Lightning passes one only then, and so must every caller."""
-    params = list(inspect.signature(pl_module.training_step).parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return True
-    return len(params) >= 2 or any(p.name == "batch_idx" for p in params)
+    """Whether ``training_step`` takes a ``batch_idx``: Lightning passes one only then, and so must every caller.
+
+    Read by Lightning's own rule (a parameter so named, ``*args``, or two positional parameters), so that a step with
+    ``**kwargs`` or keyword-only parameters beside ``batch`` is called as Lightning calls it.
+    """
+    signatures = _compat.module(pl_module, "utilities.signature_utils")
+    return bool(signatures.is_param_in_hook_signature(pl_module.training_step, "batch_idx", min_args=2))
 
 
 def take_steps(

@@ -48,7 +48,9 @@ def plan_grid(
 ) -> GridPlan | str:
     r"""Plan the branches for a run of ``total_steps`` within ``cost`` of its training time, or say why there are none.
 
-    Two thirds of the budget go to training steps; evaluating a branch may take half as long again.
+    Two thirds of the budget go to training steps; scoring a branch reads at most as many validation batches as it
+    trains on, forward passes without gradients that take about a third as long at the training batch size (longer
+    with larger validation batches: the count, not the time, is capped, so that a seeded run scores alike anywhere).
 
     Example::
 

@@ -18,6 +18,8 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    one rank only leaves DDP's per-rank state out of step), where a rank left alone would wait forever.
 7. ``WeightDecayBalancer(mode="grid")`` on a model without dropout: its repeat of the user's λ must see another order
    of the ``DistributedSampler``'s batches (which a generator does not set), or it measures no noise.
+8. A sampler of the user's own with its own generator, which Lightning wraps for DDP: the range test puts the
+   generator back, so the run ends as the same run given its pick as ``max_lr``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main(out: str) -> None:  # noqa: D103
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import lightning as L
     import torch
-    from helpers import TinyClassifier, make_dataset
+    from helpers import OwnRandomSampler, TinyClassifier, make_dataset
     from torch.utils.data import DataLoader, IterableDataset
 
     from lightning_superconv import SuperConvergence, WeightDecayBalancer
@@ -191,6 +193,25 @@ def main(out: str) -> None:  # noqa: D103
     report["grid_reason"] = grid.reason
     report["grid_weight_decays"] = grid.weight_decays
     report["grid_sampler_seed"] = trainer.train_dataloader.sampler.seed
+
+    # 8. a sampler of the user's own, with its own generator, that Lightning wraps for DDP: the range test gives the
+    # generator back, so the run ends as the same run given the pick as `max_lr`
+    class OwnSampler(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__(batch_size=16, n=256)
+            self.net[3] = torch.nn.Identity()
+
+        def train_dataloader(self):
+            return DataLoader(make_dataset(256), sampler=OwnRandomSampler(256, "torch"), batch_size=16)
+
+    weights = []
+    for given in (None, "pick"):
+        L.seed_everything(0, verbose=False)
+        own = SuperConvergence(max_lr=report["own_sampler_max_lr"]) if given else SuperConvergence(trial_steps=0)
+        L.Trainer(callbacks=[own], max_epochs=1, **common).fit(model := OwnSampler())
+        report["own_sampler_max_lr"] = own.max_lr
+        weights.append([float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])])
+    report["own_sampler_weights"] = weights
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

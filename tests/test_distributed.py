@@ -152,3 +152,10 @@ def test_the_grid_s_repeat_of_the_user_s_lambda_sees_another_data_order(ranks):
     assert ranks[0]["grid_search"] == ranks[1]["grid_search"] | {"seconds": search["seconds"]} | {
         "cost_fraction": search["cost_fraction"]
     }
+
+
+def test_the_range_test_gives_back_the_generator_of_a_sampler_lightning_wraps_for_ddp(ranks):
+    """Found in review: the user's sampler inside Lightning's `DistributedSamplerWrapper` was not looked into."""
+    for report in ranks:
+        with_test, given = report["own_sampler_weights"]
+        assert with_test == given

@@ -265,6 +265,23 @@ def test_a_resume_at_the_same_length_is_not_warned(tmp_path, checkpoints_of_a_24
     assert [str(w.message) for w in caught if "planned to end" in str(w.message)] == []
 
 
+def test_a_resume_from_a_checkpoint_written_at_the_epoch_s_validation_is_not_warned(tmp_path):
+    """A checkpoint written at the validation that ends an epoch: the run ends where its cycle does, unwarned.
+
+    The checkpoint is inside the epoch, after its last batch: Lightning runs none of that epoch's batches again. Found
+    in review: the step count read a whole epoch more.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_on_train_epoch_end=False, save_top_k=-1)
+    kwargs = {"max_epochs": 3, "check_val_every_n_epoch": 1, "limit_val_batches": 1}
+    _trainer(tmp_path / "a", [*_callbacks(with_balancer=False), ckpt], **kwargs).fit(_seeded())
+    trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_seeded(), ckpt_path=str(next((tmp_path / "ckpt").glob("epoch=0*.ckpt"))))
+    assert trainer.global_step == 12
+    assert [str(w.message) for w in caught if "planned to end" in str(w.message)] == []
+
+
 def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path):
     """The state key is the class name: `num_steps` changed on resume does not trigger a new range test."""
     first = _callbacks(with_balancer=False)

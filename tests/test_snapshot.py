@@ -8,6 +8,8 @@ restores on exceptions and Ctrl-C.
 
 from __future__ import annotations
 
+import random
+
 import lightning as L
 import pytest
 import torch
@@ -331,6 +333,14 @@ def test_a_sampler_s_generator_under_any_name_and_of_any_kind_is_found_restored_
     snapshot.restore()
     reseed(found[0], 1)
     assert [b[0].tolist() for b in loader] == other
+
+
+def test_a_sampler_drawing_from_the_operating_system_is_left_alone():
+    """`random.SystemRandom` has no state to copy or replay (its `getstate` raises): not taken for a generator."""
+    sampler = OwnRandomSampler(8, "python")
+    sampler.shuffler = random.SystemRandom()
+    loader = DataLoader(TensorDataset(torch.arange(8.0)), sampler=sampler, batch_size=4)
+    assert dataloader_generators([loader]) == []
 
 
 def test_rollback_snapshot_copies_weights_and_optimizer_only():

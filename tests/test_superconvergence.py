@@ -6,6 +6,7 @@ import copy
 import csv
 import logging
 import math
+import re
 import signal
 import time
 import warnings
@@ -1290,14 +1291,22 @@ class LossesInTrainModeOnly(TinyClassifier):
         pass
 
 
-def test_trials_score_a_training_step_that_takes_no_batch_idx(tmp_path):
+class StepWithKeywords(TinyClassifier):
+    """``training_step(self, batch, **kwargs)``: by Lightning's rule, no ``batch_idx``."""
+
+    def training_step(self, batch, **kwargs):  # type: ignore[override]
+        return super().training_step(batch, 0)
+
+
+@pytest.mark.parametrize("cls", [StepWithoutBatchIdx, StepWithKeywords], ids=["batch_only", "keywords"])
+def test_trials_score_a_training_step_that_takes_no_batch_idx(tmp_path, cls):
     """Found by trying the package as a new user: the trials called it with a `batch_idx` and crashed."""
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(StepWithoutBatchIdx(n=512))
+        trainer.fit(cls(n=512))
     assert [str(w.message) for w in caught if "failed on" in str(w.message)] == []
     assert callback.result.trials
     assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
@@ -1313,8 +1322,13 @@ def test_a_training_step_the_trials_cannot_score_leaves_the_pick_to_the_sweep(tm
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2))
-    with pytest.warns(RuntimeWarning, match="cannot score held-out training batches: .*in eval mode without gradients"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer.fit(tested := cls(n=512))
+    said = [str(w.message) for w in caught if "SuperConvergence: the trials" in str(w.message)]
+    # one warning, not a first one that promised the training batches would be scored instead
+    assert len(said) == 1
+    assert re.search("cannot score held-out training batches: .*in eval mode without gradients", said[0])
     assert callback.result.trials == []
     assert "`trial_steps=0`" in callback.result.pick_reason
     L.seed_everything(0)
