@@ -5,7 +5,6 @@ Thin glue over public ``Trainer`` attributes and :mod:`lightning_superconv._comp
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -65,7 +64,8 @@ def refuse_dataloader_iter_steps(
     Raises:
         MisconfigurationException: if ``training_step`` takes ``dataloader_iter``.
     """
-    if "dataloader_iter" in inspect.signature(pl_module.training_step).parameters:
+    signatures = _compat.module(pl_module, "utilities.signature_utils")
+    if signatures.is_param_in_hook_signature(pl_module.training_step, "dataloader_iter", explicit=True):
         raise _compat.misconfiguration(
             trainer,
             f"{who} trains steps of its own on batches it draws, but your `training_step` takes `dataloader_iter` "

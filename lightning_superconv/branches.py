@@ -150,12 +150,12 @@ def run_branches(
     optimizer: Any,
     branches: Sequence[Branch] | Callable[[list[float]], Branch | None],
     held_out: HeldOutBatches | None,
-    scored_per_trained: int = 1,
 ) -> tuple[list[float], float]:
     r"""Run each branch from the same snapshot, score it, restore everything; return the scores and training seconds.
 
     A branch's score is the mean ``training_step`` loss over the held-out batches in eval mode (:func:`held_out_loss`);
-    one whose loss turns NaN/inf scores ``inf``.
+    one whose loss turns NaN/inf scores ``inf``. The held-out batches are read up to as many as a branch trains on: a
+    forward pass without gradients costs about a third of a training step's, at the same batch size.
 
     Args:
         trainer: the ``Trainer``, its strategy and optimizer set up and its train data loaded.
@@ -166,8 +166,6 @@ def run_branches(
         held_out: the batches to score on; None: train batches right after the ones the branches train on (as many
             as a tenth of a branch's steps, at least 4): no branch trains on these batches, but one longer than an
             epoch has trained on their samples.
-        scored_per_trained: the held-out batches are read up to this many per batch a branch trains on (a forward
-            pass without gradients costs about a third of a training step's, at the same batch size).
     """
     loaders = _compat.train_loaders(trainer)
     generators, samplers = dataloader_generators(loaders), distributed_samplers(loaders)
@@ -202,9 +200,7 @@ def run_branches(
                 diverged = record.stop_reason == "non-finite"
                 assert held_out is not None
                 scores.append(
-                    math.inf
-                    if diverged
-                    else held_out_loss(trainer, pl_module, held_out, scored_per_trained * branch.steps * accumulate)
+                    math.inf if diverged else held_out_loss(trainer, pl_module, held_out, branch.steps * accumulate)
                 )
             branch = next_branch(scores)
     return scores, train_seconds
@@ -217,17 +213,19 @@ def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) 
     For ``k > 0`` the global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
     shifted by ``k``. The seeds come back on exit; the RNG streams come back from ``isolate_rng`` and the snapshot.
     """
-    seeds = [sampler.seed for sampler in samplers] if order else []
-    if order:
-        torch.manual_seed(torch.initial_seed() + order)
-        for generator in generators:
-            reseed(generator, order)
-        for sampler, seed in zip(samplers, seeds, strict=True):
-            sampler.seed = seed + order
+    if not order:
+        yield
+        return
+    seeds = [sampler.seed for sampler in samplers]
+    torch.manual_seed(torch.initial_seed() + order)
+    for generator in generators:
+        reseed(generator, order)
+    for sampler, seed in zip(samplers, seeds, strict=True):
+        sampler.seed = seed + order
     try:
         yield
     finally:
-        for sampler, seed in zip(samplers, seeds, strict=False):
+        for sampler, seed in zip(samplers, seeds, strict=True):
             sampler.seed = seed
 
 
