@@ -29,12 +29,16 @@ Run from the repository root (about 18 minutes on 2 CPU cores; results go to ``b
     python -m benchmarks.overhead_benchmark
     python -m benchmarks.overhead_benchmark --report   # the table of the last run, from the cache
     python -m benchmarks.overhead_benchmark --setups   # the TensorBoard write alone (seconds)
+    python -m benchmarks.overhead_benchmark --setups bn_cnn   # one setup again: its row of the cache is replaced
+
+A run of some setups replaces their rows and keeps the others' (each row records the commit it was measured at).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 import time
 from typing import Any
@@ -180,7 +184,8 @@ def print_table(results: dict[str, Any]) -> None:
 
         both = r["superconvergence_ms"] + r["balancer_ms"]
         print(
-            f"| {setup} ({r['steps']:.0f} steps) | {step:.1f} | {pct(r['superconvergence_ms'])} | "
+            f"| {setup} ({r['steps']:.0f} steps, at {r.get('commit', 'an earlier commit')}) | {step:.1f} | "
+            f"{pct(r['superconvergence_ms'])} | "
             f"{pct(r['balancer_ms'])} | {pct(both)} | {pct(r['scheduler_ms'])} | {pct(r['lr_monitor_ms'])} | "
             f"{pct(r['nothing_ms'])} | "
             f"{r['range_test_s']:.1f} s ({1000 * r['range_test_s'] / step:.0f} steps) | "
@@ -208,6 +213,16 @@ def print_table(results: dict[str, Any]) -> None:
         )
 
 
+def _commit() -> str:
+    """The repository's commit the run measured (with "+" when the working tree had changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--setups", nargs="*", default=["example", "bn_cnn"], choices=["example", "bn_cnn"])
@@ -229,12 +244,13 @@ def main() -> None:
             runs = [_profile(setup, logdir, ours_first=i % 2 == 0) for i in range(args.repeats)]
             results[setup] = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "ours_first"}
             results[setup]["runs"] = runs
+            results[setup]["commit"] = _commit()
         rounds = [_tensorboard_writes(logdir) for _ in range(args.repeats)]
         writes: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         writes["rounds"] = rounds
     if not args.no_save:
         if results:
-            save_cache(CACHE, results)
+            save_cache(CACHE, {**load_cache(CACHE), **results})
         save_cache(WRITE_CACHE, writes)
     if results:
         print_table(results)

@@ -17,6 +17,7 @@ from lightning_superconv.result import RangeTestResult
 
 RANGE_TEST_PREFIX = "lr_range_test"
 SCHEDULE_PREFIX = "superconv"
+_LR, _MOMENTUM, _WEIGHT_DECAY = (f"{SCHEDULE_PREFIX}/{name}" for name in ("lr", "momentum", "weight_decay"))
 
 
 def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
@@ -71,12 +72,12 @@ def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float
     """
     groups = optimizer.param_groups
     first = groups[0]
-    values = {f"{SCHEDULE_PREFIX}/lr": float(first["lr"])}
+    values = {_LR: float(first["lr"])}
     momentum = read_momentum(first)
     if momentum is not None:
-        values[f"{SCHEDULE_PREFIX}/momentum"] = momentum
+        values[_MOMENTUM] = momentum
     if "weight_decay" in first:
-        values[f"{SCHEDULE_PREFIX}/weight_decay"] = float(first["weight_decay"])
+        values[_WEIGHT_DECAY] = float(first["weight_decay"])
     if all_groups:
         for index in range(1, len(groups)):
             values[f"{SCHEDULE_PREFIX}/weight_decay/pg{index}"] = float(groups[index].get("weight_decay", 0.0))
@@ -109,10 +110,12 @@ class ScheduleLogger:
 
     def log(self, trainer: _compat.Trainer) -> None:
         """Send the values to every logger if this step is a logging step."""
-        if not (self.loggers or self.event_writers) or not _compat.should_update_logs(trainer):
+        if not (self.loggers or self.event_writers):
+            return
+        step = _compat.training_logging_step(trainer)
+        if step is None:
             return
         values = schedule_values(self.optimizer, self.all_groups or len(self.optimizer.param_groups) > 1)
-        step = _compat.logging_step(trainer)
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
         if self.event_writers:

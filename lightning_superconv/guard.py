@@ -177,9 +177,11 @@ class DivergenceGuard:
         self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         if not kept:
             return []
-        # one run's losses share a shape and a device; a resumed run's come back as numbers, and a loss of several
-        # elements is read one by one so that `float` names the problem
-        stacked = torch.stack(kept) if all(isinstance(loss, torch.Tensor) for loss in kept) else None  # type: ignore[arg-type]
+        # one run's losses share a shape and a device: on an accelerator they come over in one transfer; on the host,
+        # and as numbers after a resume, each is read where it is (a stack of them cost tens of microseconds at every
+        # check on a CPU). A loss of several elements is read one by one too, so that `float` names the problem
+        on_host = all(not isinstance(loss, torch.Tensor) or loss.is_cpu for loss in kept)
+        stacked = None if on_host else torch.stack(kept)  # type: ignore[arg-type]
         if stacked is not None and stacked.numel() == len(kept):
             values = stacked.reshape(-1).tolist()
         else:
@@ -515,14 +517,14 @@ class GuardedCycle:
         self._refresh(trainer, step, pl_module, optimizer)
 
     def after_batch(
-        self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any, outputs: Any
+        self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any, outputs: Any, step: int
     ) -> tuple[Rescue | None, str | None]:
         r"""Feed the batch's loss (at optimizer-step boundaries only); return a rescue made now, or why it gave up.
 
-        Returns ``(rescue, None)`` after a rescue, ``(None, reason)`` when the loss diverged with no rescue left
-        (the caller stops training), ``(None, None)`` otherwise.
+        ``step``: the trainer's ``global_step`` now (the caller has read it). Returns ``(rescue, None)`` after a
+        rescue, ``(None, reason)`` when the loss diverged with no rescue left (the caller stops training),
+        ``(None, None)`` otherwise.
         """
-        step = int(trainer.global_step)
         if step == self._last_step:  # a micro-batch of gradient accumulation: no optimizer step yet
             return None, None
         self._last_step = step

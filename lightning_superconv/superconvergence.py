@@ -360,8 +360,8 @@ class SuperConvergence(_compat.Callback):
         watch = self._watch
         if watch is None:
             return
-        checks_now = trainer.global_step % watch.guard.check_every == 0
-        if checks_now and not _trainer.scheduler_in_use(trainer, self._scheduler):
+        step = int(trainer.global_step)
+        if step % watch.guard.check_every == 0 and not _trainer.scheduler_in_use(trainer, self._scheduler):
             # StochasticWeightAveraging's SWALR replaced the cycle: a rescue would lower a cycle that sets no LR any
             # more, and roll the LR back to the cycle's value of the snapshot's time until SWALR sets its own again
             self._watch = None
@@ -371,7 +371,7 @@ class SuperConvergence(_compat.Callback):
                 "divergence guard stands down (it lowers the one-cycle, which no longer runs).",
             )
             return
-        rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs)
+        rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs, step)
         if gave_up is not None:
             if self.rescues:
                 what = (

@@ -172,7 +172,10 @@ class CompatProbe:
 
         if "logging_step" not in self.seen:
             self.seen["logging_step"] = _compat.logging_step(trainer)
-            self.seen["should_update_logs"] = _compat.should_update_logs(trainer)
+        # ours against Lightning's own cadence, at every step
+        self.seen.setdefault("training_logging_step", []).append(
+            (_compat.training_logging_step(trainer), trainer._logger_connector.should_update_logs)
+        )
 
 
 @pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])
@@ -204,9 +207,33 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["resume"] is False
     assert seen["weights_only"] is False
     assert seen["logging_step"] == 0
-    assert seen["should_update_logs"] is True
+    assert seen["training_logging_step"] == [(0, True), (1, True)]
     assert seen["mid_epoch"] is False
     assert seen["reached"] == 0
+
+
+@pytest.mark.parametrize("every", [0, 1, 3])
+def test_the_training_logging_step_follows_lightning_s_own_cadence(tmp_path, every):
+    """Every `log_every_n_steps`-th step logs, and the step a stop was asked at: where Lightning's own logging does."""
+    from lightning_superconv import _compat
+
+    seen = []
+
+    class Probe(lp.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                trainer.should_stop = True
+            ours = _compat.training_logging_step(trainer)
+            seen.append((ours, trainer._logger_connector.should_update_logs, _compat.logging_step(trainer)))
+
+    trainer = lp.Trainer(
+        **{**QUIET, "log_every_n_steps": every, "default_root_dir": tmp_path, "max_steps": 8}, callbacks=[Probe()]
+    )
+    trainer.fit(TinyClassifier())
+    assert len(seen) == 5
+    assert all(ours == (step if lightnings else None) for ours, lightnings, step in seen)
+    logged = [ours for ours, _, _ in seen if ours is not None]
+    assert logged == {0: [], 1: [0, 1, 2, 3, 4], 3: [2, 4]}[every]
 
 
 @pytest.mark.parametrize(("distribution", "model"), [(lp, TinyClassifier), (pl, StandaloneTinyClassifier)])

@@ -370,13 +370,20 @@ def test_a_rescue_lowers_the_highest_lr_ahead_to_a_quarter_of_the_lr_it_diverged
     assert lowering(math.nan, 1.0) == LOWER_BY
 
 
-def test_kept_losses_read_in_one_transfer_are_the_values_fed_one_by_one():
-    """Losses are kept as they come and read every `check_every` steps: the same values, steps and statistics."""
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_kept_losses_read_in_one_transfer_are_the_values_fed_one_by_one(device):
+    """Losses are kept as they come and read every `check_every` steps: the same values, steps and statistics.
+
+    On the host each is read where it is; on an accelerator they come over in one transfer.
+    """
     losses = [2.3 - 0.01 * k + 0.05 * math.sin(k) for k in range(57)]
     one_by_one, kept = DivergenceGuard(), DivergenceGuard()
     read: list[tuple[int, float, float]] = []
     for step, loss in enumerate(losses, start=1):
-        tensor = torch.tensor(loss)
+        tensor = torch.tensor(loss, device=device)
         one_by_one.add(float(tensor))
         kept.keep(tensor.requires_grad_(), step, 0.01 * step)  # a loss that still holds its graph is kept detached
         assert not kept._kept[-1].requires_grad
