@@ -127,12 +127,13 @@ def _profile(setup: str, logdir: str, ours_first: bool) -> dict[str, Any]:
     }
 
 
-def _tensorboard_writes(logdir: str, steps: int = 400) -> dict[str, float]:
+def _tensorboard_writes(logdir: str, steps: int = 400, matmuls: int = 20) -> dict[str, float]:
     r"""Median time of a ``SummaryWriter.add_scalar`` (and 20 µs of Python after it) first and second in a "step".
 
-    Each step first runs torch work that releases the GIL (as forward and backward do), long enough for TensorBoard's
-    writer thread to finish the previous step's events and sleep; then one write wakes it and a second follows. One
-    round; :func:`main` runs ``--repeats`` of them and reports their median.
+    Each step first runs torch work that releases the GIL (as forward and backward do: ``matmuls`` products of two
+    256x256 matrices), long enough for TensorBoard's writer thread to finish the previous step's events and sleep;
+    then one write wakes it and a second follows. One round; :func:`main` runs ``--repeats`` of them and reports their
+    median.
     """
 
     def python_for(seconds: float) -> None:  # a hook's own Python after the write, where the woken thread cuts in
@@ -144,7 +145,7 @@ def _tensorboard_writes(logdir: str, steps: int = 400) -> dict[str, float]:
     work = torch.randn(256, 256)
     first, second = [], []
     for step in range(steps):
-        for _ in range(20):
+        for _ in range(matmuls):
             work @ work
         t0 = time.perf_counter()
         writer.add_scalar("write/first", 0.1, step)
@@ -167,6 +168,13 @@ def print_writes(writes: dict[str, Any]) -> None:
         f"steps of torch work: first in its step {first:.3f} ms, right after another {second:.3f} ms. Waking "
         f"TensorBoard's writer thread costs the first writer (first less second, per round) {wakes} ms."
     )
+    if long := writes.get("long"):
+        wakes = ", ".join(f"{r['first_ms'] - r['second_ms']:.3f}" for r in long["rounds"])
+        print(
+            f"After ten times the torch work per step (the writer thread sleeps ten times longer; "
+            f"{len(long['rounds'])} rounds of 100 steps): first {long['first_ms']:.3f} ms, right after another "
+            f"{long['second_ms']:.3f} ms; the wake, per round, {wakes} ms."
+        )
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -245,9 +253,15 @@ def main() -> None:
             results[setup] = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "ours_first"}
             results[setup]["runs"] = runs
             results[setup]["commit"] = _commit()
-        rounds = [_tensorboard_writes(logdir) for _ in range(args.repeats)]
-        writes: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-        writes["rounds"] = rounds
+        writes: dict[str, Any] = {}
+        for name, steps, matmuls in (("short", 400, 20), ("long", 100, 200)):
+            rounds = [_tensorboard_writes(logdir, steps, matmuls) for _ in range(args.repeats)]
+            part: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            part["rounds"] = rounds
+            if name == "short":
+                writes.update(part)
+            else:
+                writes["long"] = part
     if not args.no_save:
         if results:
             save_cache(CACHE, {**load_cache(CACHE), **results})
