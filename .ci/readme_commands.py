@@ -50,12 +50,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "python -m benchmarks.overhead_benchmark": (
         "short",
         "python -m benchmarks.overhead_benchmark --setups bn_cnn --repeats 1 --no-save",
-        "the full run takes about 18 minutes; one fit of the fast setup shows the table",
+        "the full run takes 10-18 minutes; one fit of the fast setup shows the table",
     ),
     "python -m benchmarks.overhead_benchmark --setups": (
         "exact",
         "",
-        "times the TensorBoard write alone, in about a minute",
+        "times the TensorBoard write alone, in well under a minute",
     ),
     "python -m benchmarks.zoo --table-only": (
         "exact",

@@ -24,7 +24,7 @@ after a stretch of torch work (TensorBoard's writer thread is asleep and wakes f
 after it (the thread is awake). The callback that writes first in a step pays the wake; that is why the order of the
 callbacks moves their per-step times.
 
-Run from the repository root (about 18 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
+Run from the repository root (10-18 minutes on 2 CPU cores; results go to ``benchmarks/results/overhead.json``)::
 
     python -m benchmarks.overhead_benchmark
     python -m benchmarks.overhead_benchmark --report   # the table of the last run, from the cache
