@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from lightning_superconv import _compat
 
 
@@ -50,7 +52,20 @@ def single_optimizer(
             f"{who} needs an optimizer, but `configure_optimizers` returned None. Return the optimizer to train with "
             f"(e.g. `torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)`), or {instead}.",
         )
-    return optimizers[0]
+    optimizer = optimizers[0]
+    for index, group in enumerate(optimizer.param_groups):
+        lr = group.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, torch.Tensor)):
+            # timm's and Hugging Face's Adafactor take `lr=None` as "compute my own step size" (`relative_step`)
+            raise _compat.misconfiguration(
+                trainer,
+                f"{who} needs a number as each param group's `lr`; param group {index} of "
+                f"`{type(optimizer).__name__}` has lr={lr!r}. An `Adafactor` given `lr=None` (timm's, Hugging Face's) "
+                "computes its own relative step size, which no LR schedule drives and no weight-decay budget can be "
+                f"read from. Pass a number (e.g. `lr=1e-3`, with `relative_step=False` where the optimizer asks for "
+                f"it), or {instead}.",
+            )
+    return optimizer
 
 
 def refuse_dataloader_iter_steps(

@@ -45,6 +45,13 @@ MAX_STEP_DECAY = 0.1
 #: a param-group key of each of torch's optimizers that always decouple their decay: ``Adafactor``'s second-moment
 #: decay rate, ``Muon``'s Newton-Schulz iteration count
 _ALWAYS_DECOUPLED_KEYS = ("beta2_decay", "ns_steps")
+# Flags that switch decoupled decay on, by library: torch's, and timm's (`decoupled_decay`: AdaBelief, Lamb, MADGRAD,
+# RMSpropTF, NvNovoGrad, Kron; `decoupled`: Adopt). Where one is present, it decides.
+_DECOUPLED_FLAGS = ("decoupled_weight_decay", "decoupled_decay", "decoupled")
+# Keys of optimizers that shrink by `1 - η·λ` (or `1/(1 + η·λ)`) with no flag to say so, in timm and Hugging Face:
+# timm's `corrected_weight_decay` option, which only decoupled decay has (Lion, NAdamW, LaProp, AdafactorBigVision,
+# SGDW), Adan's `no_prox`, the Adafactor of timm and Hugging Face (`relative_step`), and timm's Mars (`mars_type`)
+_UNFLAGGED_DECOUPLED_KEYS = ("corrected_weight_decay", "no_prox", "relative_step", "mars_type")
 
 
 def decay_form(group: Mapping[str, Any]) -> DecayForm:
@@ -55,7 +62,10 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
 
     - ``"decoupled"``: the group has ``decoupled_weight_decay=True`` (``AdamW``, ``Adam(decoupled_weight_decay=True)``),
       or is torch's ``Adafactor`` (``beta2_decay``) or ``Muon`` (``ns_steps``), which shrink by ``1 - η·λ`` without
-      such a flag (``Muon`` with the group's own LR, before its shape adjustment).
+      such a flag (``Muon`` with the group's own LR, before its shape adjustment). timm's optimizers alike: a
+      ``decoupled_decay=True`` or ``decoupled=True`` flag, or no flag and one of the keys only its decoupled ones have
+      (``Lion``, ``NAdamW``, ``LaProp``, ``Adan``, ``Adafactor``, ``AdafactorBigVision``, ``SGDW``, ``Mars``; found
+      trying the package as a new user: eight of them were read as adaptive and left unbalanced).
     - ``"coupled"``: SGD-style L2 through momentum (the group has ``momentum`` and ``dampening`` and no ``eps``), or
       ``ASGD``'s (``lambd`` and ``t0``: L2 added to the gradient, no momentum and no normalization, so ``c = 1``).
     - ``"adaptive"``: anything else (``Adam``, ``RMSprop``, ``Adagrad``, unknown optimizers): L2 added to the gradient
@@ -69,7 +79,10 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
         >>> decay_form(torch.optim.AdamW(p).param_groups[0]), decay_form(torch.optim.Adam(p).param_groups[0])
         ('decoupled', 'adaptive')
     """
-    if group.get("decoupled_weight_decay", False) or any(key in group for key in _ALWAYS_DECOUPLED_KEYS):
+    flags = [key for key in _DECOUPLED_FLAGS if key in group]
+    if any(group[key] for key in flags) or any(key in group for key in _ALWAYS_DECOUPLED_KEYS):
+        return "decoupled"
+    if not flags and any(key in group for key in _UNFLAGGED_DECOUPLED_KEYS):
         return "decoupled"
     if "momentum" in group and "dampening" in group and "eps" not in group:
         return "coupled"

@@ -112,6 +112,45 @@ def test_unservable_model_fails_at_fit_start_naming_problem_and_fix(tmp_path, mo
     assert instance.trainer.global_step == 0
 
 
+class RelativeStepAdafactor(Counting):
+    """timm's `Adafactor` as `create_optimizer_v2(model, "adafactor")` builds it without an `lr`: `lr=None`."""
+
+    def configure_optimizers(self):
+        import timm.optim
+
+        return timm.optim.create_optimizer_v2(self, "adafactor", weight_decay=1e-4)
+
+
+@pytest.mark.parametrize("who", ["SuperConvergence", "SuperConvergence(max_lr=)", "WeightDecayBalancer", "find_max_lr"])
+def test_an_optimizer_computing_its_own_step_size_is_refused_naming_lr_and_the_fix(tmp_path, who):
+    """`lr=None` makes an Adafactor step by its own relative step size: refused before any step, with the group.
+
+    Found trying the package as a new user: a bare ``TypeError`` (``float()`` of None) came from deep inside.
+    """
+    from lightning_superconv import WeightDecayBalancer, find_max_lr
+
+    model = RelativeStepAdafactor()
+    assert model.configure_optimizers().param_groups[0]["lr"] is None  # the premise
+    callbacks = {
+        "SuperConvergence": lambda: SuperConvergence(num_steps=10),
+        "SuperConvergence(max_lr=)": lambda: SuperConvergence(max_lr=0.01),
+        "WeightDecayBalancer": WeightDecayBalancer,
+    }
+
+    def run() -> None:
+        if who == "find_max_lr":
+            find_max_lr(model, trainer_kwargs=dict(accelerator="cpu", logger=False, enable_progress_bar=False))
+        else:
+            _fit(tmp_path, model, callbacks[who]())
+
+    with pytest.raises(MisconfigurationException) as info:
+        run()
+    message = str(info.value)
+    assert "param group 0 of `Adafactor` has lr=None" in message, message
+    assert "Pass a number (e.g. `lr=1e-3`, with `relative_step=False`" in message, message
+    assert model.trainer is None or model.trainer.global_step == 0
+
+
 class SequentialTrainData(Counting):
     def train_dataloader(self):
         from lightning.pytorch.utilities import CombinedLoader

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import timm.optim
 import torch
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 
@@ -102,6 +103,45 @@ def test_decoupled_optimizers_shrink_by_lr_times_weight_decay(optimizer_cls):
         p.grad = torch.zeros(2, 2)
         opt.step()
         assert torch.allclose(p.detach(), torch.full((2, 2), (1 - 0.01 * 0.1) ** step))
+
+
+# timm's optimizers, as `timm.optim.create_optimizer_v2` builds them (found trying the package as a new user: eight
+# with decoupled decay were read as adaptive, told to switch to AdamW and left unbalanced)
+TIMM_DECOUPLED = ["lion", "nadamw", "laprop", "adan", "adafactor", "adafactorbv", "sgdw", "mars", "adabelief"]
+
+
+@pytest.mark.parametrize("name", TIMM_DECOUPLED)
+def test_timm_s_decoupled_optimizers_are_read_as_decoupled_and_shrink_by_lr_times_weight_decay(name):
+    """With a zero gradient each shrinks the weights by η·λ per step (Adan by 1/(1 + η·λ)): gain 1, as AdamW."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = timm.optim.create_optimizer_v2([p], name, lr=0.01, weight_decay=0.1)
+    assert decay_form(opt.param_groups[0]) == "decoupled"
+    shrink = 1 / (1 + 0.01 * 0.1) if name == "adan" else 1 - 0.01 * 0.1  # Adan's proximal form
+    for step in range(1, 4):
+        p.grad = torch.zeros(2, 2)
+        opt.step()
+        assert p.detach() == pytest.approx(torch.full((2, 2), shrink**step), rel=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "form"),
+    [
+        ("adabelief", {"decoupled_decay": False}, "adaptive"),  # L2 on the gradient, then its normalization
+        ("madgrad", {}, "adaptive"),
+        ("madgrad", {"decoupled_decay": True}, "decoupled"),
+        ("adopt", {}, "adaptive"),
+        ("adopt", {"decoupled": True}, "decoupled"),
+        ("rmsproptf", {}, "adaptive"),
+        ("rmsproptf", {"decoupled_decay": True}, "decoupled"),
+        ("lion", {"corrected_weight_decay": True}, "decoupled"),
+        ("momentum", {}, "coupled"),  # timm's SGD: torch's
+    ],
+)
+def test_timm_s_decay_flags_decide_where_an_optimizer_has_one(name, kwargs, form):
+    """`decoupled_decay` (AdaBelief, MADGRAD, RMSpropTF, ...) and `decoupled` (Adopt) decide, either way."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = timm.optim.create_optimizer_v2([p], name, lr=0.01, weight_decay=0.1, **kwargs)
+    assert decay_form(opt.param_groups[0]) == form
 
 
 # ---------------------------------------------------------------------------------------------------- traces

@@ -621,19 +621,41 @@ def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
     assert balancer.weight_decays == [1e-4]
 
 
+def _one_cycle_lr_sum(lr: float, max_lr: float, steps: int) -> float:
+    """The sum of the LRs a one-cycle over an optimizer configured at ``lr`` runs through."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = build_one_cycle(opt, max_lr, steps)
+    total = 0.0
+    for _ in range(steps):
+        total += opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    return total
+
+
 def test_adamw_budget_uses_decoupled_gain(tmp_path):
     """AdamW: c = 1, so the matched λ is the ratio of LR sums alone."""
     balancer = WeightDecayBalancer(mode="budget")
     _fit(tmp_path, TinyClassifier(optimizer="adamw", lr=1e-3, weight_decay=1e-2),
          [SuperConvergence(max_lr=0.01), balancer], epochs=2)  # fmt: skip
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    sched = build_one_cycle(opt, 0.01, 16)
-    total = 0.0
-    for _ in range(16):
-        total += opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-    assert balancer.weight_decays[0] == pytest.approx(1e-2 * 16 * 1e-3 / total)
+    assert balancer.weight_decays[0] == pytest.approx(1e-2 * 16 * 1e-3 / _one_cycle_lr_sum(1e-3, 0.01, 16))
+
+
+def test_timm_s_lion_is_balanced_as_adamw_with_no_adaptive_warning(tmp_path):
+    """The Lion of timm shrinks by η·λ (decoupled): the matched λ is AdamW's, the ratio of LR sums alone.
+
+    Found trying the package as a new user: it was told its decay went "before its adaptive normalization", to switch
+    to AdamW, and its λ was kept.
+    """
+    import timm.optim
+
+    balancer = WeightDecayBalancer(mode="budget")
+    model = WithOptimizer(lambda p: timm.optim.create_optimizer_v2(p, "lion", lr=1e-3, weight_decay=1e-2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, model, [SuperConvergence(max_lr=0.01), balancer], epochs=2)
+    assert not [w for w in caught if "adaptive normalization" in str(w.message)]
+    assert balancer.weight_decays[0] == pytest.approx(1e-2 * 16 * 1e-3 / _one_cycle_lr_sum(1e-3, 0.01, 16))
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
