@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from lightning_superconv import _compat
 
 
@@ -54,18 +52,30 @@ def single_optimizer(
         )
     optimizer = optimizers[0]
     for index, group in enumerate(optimizer.param_groups):
-        lr = group.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float, torch.Tensor)):
-            # timm's and Hugging Face's Adafactor take `lr=None` as "compute my own step size" (`relative_step`)
+        problem = _not_a_number(group.get("lr"))
+        if problem is not None:
             raise _compat.misconfiguration(
                 trainer,
                 f"{who} needs a number as each param group's `lr`; param group {index} of "
-                f"`{type(optimizer).__name__}` has lr={lr!r}. An `Adafactor` given `lr=None` (timm's, Hugging Face's) "
-                "computes its own relative step size, which no LR schedule drives and no weight-decay budget can be "
-                f"read from. Pass a number (e.g. `lr=1e-3`, with `relative_step=False` where the optimizer asks for "
-                f"it), or {instead}.",
+                f"`{type(optimizer).__name__}` has lr={group.get('lr')!r}{problem}. Pass a number (e.g. `lr=1e-3`, "
+                f"with `relative_step=False` where the optimizer asks for it), or {instead}.",
             )
     return optimizer
+
+
+def _not_a_number(lr: Any) -> str | None:
+    """Why ``lr`` cannot be read as one number (what follows the value in the message), or None if it can."""
+    if lr is None:
+        # timm's and Hugging Face's Adafactor take `lr=None` as "compute my own step size" (`relative_step`)
+        return (
+            ": an `Adafactor` given `lr=None` (timm's, Hugging Face's) computes its own relative step size, which no "
+            "LR schedule drives and no weight-decay budget can be read from"
+        )
+    try:
+        float(lr)  # ints, floats, NumPy scalars, one-element tensors: each is read with `float` later
+    except (TypeError, ValueError, RuntimeError) as error:
+        return f" (`float` of it: {error})"
+    return None
 
 
 def refuse_dataloader_iter_steps(

@@ -177,11 +177,12 @@ class DivergenceGuard:
         self._kept, self._kept_steps, self._kept_lrs, self._kept_scales = [], [], [], []
         if not kept:
             return []
-        # one run's losses share a shape and a device: on an accelerator they come over in one transfer; on the host,
-        # and as numbers after a resume, each is read where it is (a stack of them cost tens of microseconds at every
-        # check on a CPU). A loss of several elements is read one by one too, so that `float` names the problem
-        on_host = all(not isinstance(loss, torch.Tensor) or loss.is_cpu for loss in kept)
-        stacked = None if on_host else torch.stack(kept)  # type: ignore[arg-type]
+        # one run's losses share a shape and a device: on an accelerator they come over in one transfer; on the host
+        # each is read where it is (a stack of them cost tens of microseconds at every check on a CPU), and so is a
+        # list that holds numbers (a resumed run's first check: numbers from the checkpoint, tensors since). A loss
+        # of several elements is read one by one too, so that `float` names the problem
+        on_accelerator = all(isinstance(loss, torch.Tensor) and not loss.is_cpu for loss in kept)
+        stacked = torch.stack(kept) if on_accelerator else None  # type: ignore[arg-type]
         if stacked is not None and stacked.numel() == len(kept):
             values = stacked.reshape(-1).tolist()
         else:

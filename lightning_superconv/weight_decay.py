@@ -45,16 +45,22 @@ MAX_STEP_DECAY = 0.1
 #: a param-group key of each of torch's optimizers that always decouple their decay: ``Adafactor``'s second-moment
 #: decay rate, ``Muon``'s Newton-Schulz iteration count
 _ALWAYS_DECOUPLED_KEYS = ("beta2_decay", "ns_steps")
-# Flags that switch decoupled decay on, by library: torch's, and timm's (`decoupled_decay`: AdaBelief, Lamb, MADGRAD,
-# RMSpropTF, NvNovoGrad, Kron; `decoupled`: Adopt). Where one is present, it decides.
-_DECOUPLED_FLAGS = ("decoupled_weight_decay", "decoupled_decay", "decoupled")
-# Keys of optimizers that shrink by `1 - η·λ` (or `1/(1 + η·λ)`) with no flag to say so, in timm and Hugging Face:
-# timm's `corrected_weight_decay` option, which only decoupled decay has (Lion, NAdamW, LaProp, AdafactorBigVision,
-# SGDW), Adan's `no_prox`, the Adafactor of timm and Hugging Face (`relative_step`), and timm's Mars (`mars_type`)
-_UNFLAGGED_DECOUPLED_KEYS = ("corrected_weight_decay", "no_prox", "relative_step", "mars_type")
+# Flags that switch decoupled decay on, by library: torch's, timm's (`decoupled_decay`: AdaBelief, Lamb, MADGRAD,
+# RMSpropTF, NvNovoGrad, Kron; `decoupled`: Adopt) and pytorch_optimizer's (`weight_decouple`). Where one is present,
+# it decides.
+_DECOUPLED_FLAGS = ("decoupled_weight_decay", "decoupled_decay", "decoupled", "weight_decouple")
+# Options under which the shrink is no `η·λ` at all: `λ` alone per step (pytorch_optimizer's and timm's
+# `fixed_decay`), or `λ·η²/η₀` (timm's `corrected_weight_decay`, `η₀` the LR the optimizer was built with)
+_NOT_LR_TIMES_DECAY = ("fixed_decay", "corrected_weight_decay")
+# Keys of timm's optimizers that shrink by `1 - η·λ` (or `1/(1 + η·λ)`) with no flag to say so: the
+# `corrected_weight_decay` option only its decoupled ones have (Lion, NAdamW, LaProp, AdafactorBigVision, SGDW),
+# Adan's `no_prox`, Adafactor's `relative_step` and Mars's `mars_type`. Read for timm's optimizers only: other
+# libraries use some of these keys for decay of other forms (Hugging Face's Adafactor scales it by the weights' RMS,
+# pytorch_optimizer's MARS and AdaFactor couple it unless flagged, D-Adaptation's Adan multiplies it by its own step)
+_TIMM_UNFLAGGED_DECOUPLED_KEYS = ("corrected_weight_decay", "no_prox", "relative_step", "mars_type")
 
 
-def decay_form(group: Mapping[str, Any]) -> DecayForm:
+def decay_form(group: Mapping[str, Any], optimizer: Any = None) -> DecayForm:
     r"""How a param group applies its ``weight_decay``, read from the group itself.
 
     Decided from the group's keys, not from ``isinstance``: torch's ``AdamW`` subclasses ``Adam``, and ``Adam``,
@@ -62,14 +68,16 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
 
     - ``"decoupled"``: the group has ``decoupled_weight_decay=True`` (``AdamW``, ``Adam(decoupled_weight_decay=True)``),
       or is torch's ``Adafactor`` (``beta2_decay``) or ``Muon`` (``ns_steps``), which shrink by ``1 - η·λ`` without
-      such a flag (``Muon`` with the group's own LR, before its shape adjustment). timm's optimizers alike: a
-      ``decoupled_decay=True`` or ``decoupled=True`` flag, or no flag and one of the keys only its decoupled ones have
-      (``Lion``, ``NAdamW``, ``LaProp``, ``Adan``, ``Adafactor``, ``AdafactorBigVision``, ``SGDW``, ``Mars``; found
-      trying the package as a new user: eight of them were read as adaptive and left unbalanced).
+      such a flag (``Muon`` with the group's own LR, before its shape adjustment). Other libraries' flags alike
+      (timm's ``decoupled_decay`` and ``decoupled``, pytorch_optimizer's ``weight_decouple``); and, for an
+      ``optimizer`` from timm, no flag and one of the keys only its decoupled optimizers have (``Lion``, ``NAdamW``,
+      ``LaProp``, ``Adan``, ``Adafactor``, ``AdafactorBigVision``, ``SGDW``, ``Mars``; found trying the package as a
+      new user: eight of them were read as adaptive and left unbalanced).
     - ``"coupled"``: SGD-style L2 through momentum (the group has ``momentum`` and ``dampening`` and no ``eps``), or
       ``ASGD``'s (``lambd`` and ``t0``: L2 added to the gradient, no momentum and no normalization, so ``c = 1``).
     - ``"adaptive"``: anything else (``Adam``, ``RMSprop``, ``Adagrad``, unknown optimizers): L2 added to the gradient
-      and then rescaled by the optimizer's own normalization.
+      and then rescaled by the optimizer's own normalization; and decay whose shrink is no multiple of ``η·λ``
+      (``fixed_decay=True``: ``λ`` per step; timm's ``corrected_weight_decay=True``: ``λ·η²/η₀``).
 
     Example::
 
@@ -79,10 +87,13 @@ def decay_form(group: Mapping[str, Any]) -> DecayForm:
         >>> decay_form(torch.optim.AdamW(p).param_groups[0]), decay_form(torch.optim.Adam(p).param_groups[0])
         ('decoupled', 'adaptive')
     """
+    if any(group.get(key) for key in _NOT_LR_TIMES_DECAY):
+        return "adaptive"  # no constant `c` makes its shrink `c·η·λ`
     flags = [key for key in _DECOUPLED_FLAGS if key in group]
     if any(group[key] for key in flags) or any(key in group for key in _ALWAYS_DECOUPLED_KEYS):
         return "decoupled"
-    if not flags and any(key in group for key in _UNFLAGGED_DECOUPLED_KEYS):
+    from_timm = type(optimizer).__module__.split(".")[0] == "timm"
+    if from_timm and not flags and any(key in group for key in _TIMM_UNFLAGGED_DECOUPLED_KEYS):
         return "decoupled"
     if "momentum" in group and "dampening" in group and "eps" not in group:
         return "coupled"
@@ -119,9 +130,9 @@ def decay_gain(form: DecayForm, momentum: float = 0.0, dampening: float = 0.0, n
     return (1.0 - dampening) / (1.0 - momentum)
 
 
-def group_gain(group: Mapping[str, Any], momentum: float | None = None) -> float:
-    """:func:`decay_gain` of a param group, at its current momentum or at ``momentum`` when given."""
-    form = decay_form(group)
+def group_gain(group: Mapping[str, Any], momentum: float | None = None, optimizer: Any = None) -> float:
+    """:func:`decay_gain` of a param group of ``optimizer``, at its current momentum or at ``momentum`` when given."""
+    form = decay_form(group, optimizer)
     mu = momentum_of(group) if momentum is None else momentum
     return decay_gain(form, mu, float(group.get("dampening", 0.0)), bool(group.get("nesterov", False)))
 
@@ -242,7 +253,7 @@ def trace_schedule(
             mu = momentum_of(group)
             trace.lrs.append(float(group["lr"]))
             trace.momenta.append(mu)
-            trace.gains.append(group_gain(group, mu))
+            trace.gains.append(group_gain(group, mu, twin))
         if step == total_steps - 1:
             break
         for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):

@@ -285,7 +285,7 @@ class WeightDecayBalancer(_compat.Callback):
             if lr is None:
                 self.reference_budgets.append(wd * trace.decay_sum())
             else:
-                self.reference_budgets.append(reference_budget(lr, group_gain(group), wd, total))
+                self.reference_budgets.append(reference_budget(lr, group_gain(group, optimizer=optimizer), wd, total))
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -490,7 +490,7 @@ class WeightDecayBalancer(_compat.Callback):
 
     def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
         assert self.reference_weight_decays is not None
-        form = decay_form(optimizer.param_groups[index])
+        form = decay_form(optimizer.param_groups[index], optimizer)
         return bounds_for(self.reference_weight_decays[index], traces[index], self.bounds[0], self.bounds[1], form)
 
     def _budget(
@@ -533,7 +533,7 @@ class WeightDecayBalancer(_compat.Callback):
         chosen = list(refs)
         adaptive = []
         for i in decayed:
-            if decay_form(optimizer.param_groups[i]) == "adaptive":
+            if decay_form(optimizer.param_groups[i], optimizer) == "adaptive":
                 adaptive.append(i)  # no closed form for the shrink: keep the user's λ (see the warning)
                 continue
             chosen[i] = timescale_bounded(refs[i], traces[i], budget_range, self._bounds(optimizer, traces, i))
@@ -676,7 +676,9 @@ class WeightDecayBalancer(_compat.Callback):
             group["weight_decay"] = float(value)
 
     def _warn_adaptive(self, trainer: _compat.Trainer, optimizer: Any, decayed: list[int]) -> None:
-        adaptive = [optimizer.param_groups[i] for i in decayed if decay_form(optimizer.param_groups[i]) == "adaptive"]
+        adaptive = [
+            optimizer.param_groups[i] for i in decayed if decay_form(optimizer.param_groups[i], optimizer) == "adaptive"
+        ]
         if adaptive:
             # Adam, NAdam and RAdam take the flag; Adagrad, RMSprop, Adamax... raise a TypeError on it
             remedy = (

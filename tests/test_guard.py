@@ -411,15 +411,27 @@ def test_a_nan_the_scaler_skipped_is_forgiven_and_one_it_did_not_is_not():
     assert guard.diverged() == "the loss became NaN/inf"
 
 
-def test_kept_losses_survive_a_checkpoint():
-    """Losses kept but not yet judged when a checkpoint is written are judged after the resume."""
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_kept_losses_survive_a_checkpoint(device):
+    """Losses kept but not yet judged when a checkpoint is written are judged after the resume.
+
+    They come back as numbers, and the resumed run keeps its own losses, on their device, beside them: the first check
+    reads both (a stack of the list on a GPU crashed on its numbers, found reviewing the change that read host losses
+    one by one).
+    """
     guard = DivergenceGuard()
     for step in range(1, 5):
         guard.add(2.0)
-        guard.keep(torch.tensor(2.0 + step), step, 0.5 * step)
+        guard.keep(torch.tensor(2.0 + step, device=device), step, 0.5 * step)
     resumed = DivergenceGuard()
     resumed.load_state_dict(guard.state_dict())
-    assert resumed.read_kept() == guard.read_kept() == [(1, 3.0, 0.5), (2, 4.0, 1.0), (3, 5.0, 1.5), (4, 6.0, 2.0)]
+    for kept in (guard, resumed):
+        kept.keep(torch.tensor(7.0, device=device), 5, 2.5)
+    expected = [(1, 3.0, 0.5), (2, 4.0, 1.0), (3, 5.0, 1.5), (4, 6.0, 2.0), (5, 7.0, 2.5)]
+    assert resumed.read_kept() == guard.read_kept() == expected
     assert (resumed.average, resumed.count) == (guard.average, guard.count)
 
 

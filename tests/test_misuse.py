@@ -11,6 +11,7 @@ import logging
 import re
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
@@ -149,6 +150,25 @@ def test_an_optimizer_computing_its_own_step_size_is_refused_naming_lr_and_the_f
     assert "param group 0 of `Adafactor` has lr=None" in message, message
     assert "Pass a number (e.g. `lr=1e-3`, with `relative_step=False`" in message, message
     assert model.trainer is None or model.trainer.global_step == 0
+
+
+def _with_lr(optimizer: torch.optim.Optimizer, lr) -> torch.optim.Optimizer:
+    optimizer.param_groups[0]["lr"] = lr
+    return optimizer
+
+
+@pytest.mark.parametrize(
+    "lr", [np.float32(0.01), np.int64(1), np.array(0.01), torch.tensor(0.01)], ids=["f32", "i64", "0d-array", "tensor"]
+)
+def test_an_lr_that_float_reads_is_served_by_both_callbacks(tmp_path, lr):
+    """NumPy scalars and 0-d arrays and a tensor as `lr` train as before: only what `float` cannot read is refused."""
+    from helpers import WithOptimizer
+
+    from lightning_superconv import WeightDecayBalancer
+
+    model = WithOptimizer(lambda p: _with_lr(torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4), lr))
+    trainer = _fit(tmp_path, model, SuperConvergence(max_lr=0.1), extra=[WeightDecayBalancer()])
+    assert trainer.global_step == 8
 
 
 class SequentialTrainData(Counting):

@@ -115,7 +115,7 @@ def test_timm_s_decoupled_optimizers_are_read_as_decoupled_and_shrink_by_lr_time
     """With a zero gradient each shrinks the weights by η·λ per step (Adan by 1/(1 + η·λ)): gain 1, as AdamW."""
     p = torch.nn.Parameter(torch.ones(2, 2))
     opt = timm.optim.create_optimizer_v2([p], name, lr=0.01, weight_decay=0.1)
-    assert decay_form(opt.param_groups[0]) == "decoupled"
+    assert decay_form(opt.param_groups[0], opt) == "decoupled"
     shrink = 1 / (1 + 0.01 * 0.1) if name == "adan" else 1 - 0.01 * 0.1  # Adan's proximal form
     for step in range(1, 4):
         p.grad = torch.zeros(2, 2)
@@ -133,7 +133,9 @@ def test_timm_s_decoupled_optimizers_are_read_as_decoupled_and_shrink_by_lr_time
         ("adopt", {"decoupled": True}, "decoupled"),
         ("rmsproptf", {}, "adaptive"),
         ("rmsproptf", {"decoupled_decay": True}, "decoupled"),
-        ("lion", {"corrected_weight_decay": True}, "decoupled"),
+        # the shrink is `λ·η²/η₀` (η₀ the LR it was built with) or `λ` per step: no constant `c` times `η·λ`
+        ("lion", {"corrected_weight_decay": True}, "adaptive"),
+        ("adabelief", {"fixed_decay": True}, "adaptive"),
         ("momentum", {}, "coupled"),  # timm's SGD: torch's
     ],
 )
@@ -141,7 +143,29 @@ def test_timm_s_decay_flags_decide_where_an_optimizer_has_one(name, kwargs, form
     """`decoupled_decay` (AdaBelief, MADGRAD, RMSpropTF, ...) and `decoupled` (Adopt) decide, either way."""
     p = torch.nn.Parameter(torch.ones(2, 2))
     opt = timm.optim.create_optimizer_v2([p], name, lr=0.01, weight_decay=0.1, **kwargs)
-    assert decay_form(opt.param_groups[0]) == form
+    assert decay_form(opt.param_groups[0], opt) == form
+
+
+def test_timm_s_corrected_weight_decay_shrinks_by_no_constant_times_lr_times_decay():
+    """The `corrected_weight_decay=True` of timm shrinks by `λ·η²/η₀`: at ten times the LR built with, by `10·η·λ`."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    opt = timm.optim.create_optimizer_v2([p], "lion", lr=0.01, weight_decay=0.1, corrected_weight_decay=True)
+    opt.param_groups[0]["lr"] = 0.1
+    p.grad = torch.zeros(2, 2)
+    opt.step()
+    assert p.detach() == pytest.approx(torch.full((2, 2), 1 - 0.1**2 / 0.01 * 0.1), rel=1e-6)
+
+
+@pytest.mark.parametrize("key", ["relative_step", "no_prox", "mars_type", "corrected_weight_decay"])
+def test_timm_s_unflagged_keys_are_read_for_timm_s_optimizers_only(key):
+    """Other libraries' groups carry some of these keys with decay of other forms: they stay adaptive.
+
+    Hugging Face's `Adafactor` (`relative_step`) scales its decay by the weights' RMS, pytorch_optimizer's MARS
+    (`mars_type`) couples it unless flagged, D-Adaptation's Adan (`no_prox`) multiplies it by its own step size.
+    """
+    group = {"lr": 0.01, "weight_decay": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, key: False}
+    assert decay_form(group) == "adaptive"
+    assert decay_form(group, torch.optim.Adam(_params())) == "adaptive"
 
 
 # ---------------------------------------------------------------------------------------------------- traces
