@@ -60,6 +60,19 @@ _NOT_LR_TIMES_DECAY = ("fixed_decay", "corrected_weight_decay")
 _TIMM_UNFLAGGED_DECOUPLED_KEYS = ("corrected_weight_decay", "no_prox", "relative_step", "mars_type")
 
 
+def decay_off_the_lr(group: Mapping[str, Any]) -> str | None:
+    """The option of ``group`` that makes its shrink no constant times ``η·λ``, or None.
+
+    ``fixed_decay=True`` shrinks by ``λ`` per step, timm's ``corrected_weight_decay=True`` by ``λ·η²/η₀``.
+
+    Example::
+
+        >>> decay_off_the_lr({"lr": 0.01, "fixed_decay": True}), decay_off_the_lr({"lr": 0.01, "fixed_decay": False})
+        ('fixed_decay', None)
+    """
+    return next((key for key in _NOT_LR_TIMES_DECAY if group.get(key)), None)
+
+
 def decay_form(group: Mapping[str, Any], optimizer: Any = None) -> DecayForm:
     r"""How a param group applies its ``weight_decay``, read from the group itself.
 
@@ -87,7 +100,7 @@ def decay_form(group: Mapping[str, Any], optimizer: Any = None) -> DecayForm:
         >>> decay_form(torch.optim.AdamW(p).param_groups[0]), decay_form(torch.optim.Adam(p).param_groups[0])
         ('decoupled', 'adaptive')
     """
-    if any(group.get(key) for key in _NOT_LR_TIMES_DECAY):
+    if decay_off_the_lr(group) is not None:
         return "adaptive"  # no constant `c` makes its shrink `c·η·λ`
     flags = [key for key in _DECOUPLED_FLAGS if key in group]
     if any(group[key] for key in flags) or any(key in group for key in _ALWAYS_DECOUPLED_KEYS):

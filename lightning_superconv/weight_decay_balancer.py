@@ -25,6 +25,7 @@ from lightning_superconv.weight_decay import (
     budget_matched,
     clamp,
     decay_form,
+    decay_off_the_lr,
     epochs_spanned,
     group_gain,
     reference_budget,
@@ -679,7 +680,18 @@ class WeightDecayBalancer(_compat.Callback):
         adaptive = [
             optimizer.param_groups[i] for i in decayed if decay_form(optimizer.param_groups[i], optimizer) == "adaptive"
         ]
-        if adaptive:
+        option = next((key for group in adaptive if (key := decay_off_the_lr(group)) is not None), None)
+        if option is not None:
+            shrink = (
+                "λ per step, whatever the LR" if option == "fixed_decay" else "λ·η²/η₀ (η₀ the LR it was built with)"
+            )
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer: {type(optimizer).__name__} with `{option}=True` shrinks the weights by "
+                f"{shrink}, no constant times the LR η times λ. The decay budget has no closed form there; "
+                f"{_ADAPTIVE_HANDLING[self.mode]}. For weight decay balanced with the schedule, pass `{option}=False`.",
+            )
+        elif adaptive:
             # Adam, NAdam and RAdam take the flag; Adagrad, RMSprop, Adamax... raise a TypeError on it
             remedy = (
                 "pass `decoupled_weight_decay=True`, or use AdamW"

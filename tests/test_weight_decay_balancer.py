@@ -658,6 +658,29 @@ def test_timm_s_lion_is_balanced_as_adamw_with_no_adaptive_warning(tmp_path):
     assert balancer.weight_decays[0] == pytest.approx(1e-2 * 16 * 1e-3 / _one_cycle_lr_sum(1e-3, 0.01, 16))
 
 
+def test_timm_s_corrected_weight_decay_is_kept_and_told_what_it_does_not_of_adaptive_normalization(tmp_path):
+    """`corrected_weight_decay=True` shrinks by `λ·η²/η₀`: kept, with a warning saying so and how to have it balanced.
+
+    Not the warning about L2 before an adaptive normalization, which Lion does not do.
+    """
+    import timm.optim
+
+    balancer = WeightDecayBalancer()
+    model = WithOptimizer(
+        lambda p: timm.optim.create_optimizer_v2(p, "lion", lr=1e-3, weight_decay=1e-2, corrected_weight_decay=True)
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, model, [SuperConvergence(max_lr=0.01), balancer], epochs=2)
+    messages = [str(w.message) for w in caught if "WeightDecayBalancer" in str(w.message)]
+    assert not [m for m in messages if "adaptive normalization" in m]
+    (said,) = [m for m in messages if "corrected_weight_decay=True" in m]
+    assert "λ·η²/η₀" in said, said
+    assert "pass `corrected_weight_decay=False`" in said, said
+    assert "`mode='timescale'` keeps your weight decay" in said
+    assert balancer.weight_decays == [1e-2]
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
