@@ -255,9 +255,9 @@ def training_logging_step(trainer: Trainer) -> int | None:
     loop first, a few microseconds less at every step.
     """
     every = getattr(trainer, "log_every_n_steps")  # noqa: B009 - set at run time, invisible to type checkers
-    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    step = logging_step(trainer)
     # `+ 1`: read before the step runs (in `on_train_batch_start`), as Lightning's own cadence is
-    return int(step) if every and ((step + 1) % every == 0 or trainer.should_stop) else None
+    return step if every and ((step + 1) % every == 0 or trainer.should_stop) else None
 
 
 def logging_step(trainer: Trainer) -> int:
