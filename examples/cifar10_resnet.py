@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=4, help="dataloader workers per device")
     parser.add_argument("--log-dir", default="lightning_logs", help="TensorBoard logs go here")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
+    parser.add_argument("--range-test-steps", type=int, default=100, help="sweep steps to lr_range[1] (+ up to half)")
     parser.add_argument(
         "--trial-steps",
         type=int,

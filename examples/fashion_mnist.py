@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: a GPU if there is one)")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPUs and AMX CPUs, else 32-true")
-    parser.add_argument("--range-test-steps", type=int, default=100, help="range-test steps at most")
+    parser.add_argument("--range-test-steps", type=int, default=100, help="sweep steps to lr_range[1] (+ up to half)")
     parser.add_argument(
         "--trial-steps",
         type=int,

@@ -1,8 +1,8 @@
 """Super-convergence for PyTorch Lightning.
 
-``SuperConvergence`` runs Leslie Smith's LR range test at fit start, picks the one-cycle maximum LR where the loss
-stops falling, restores everything, and installs a ``OneCycleLR`` sized to the run. ``WeightDecayBalancer`` sets the
-weight decay for the LR schedule that will actually run.
+``SuperConvergence`` runs Leslie Smith's LR range test at fit start, reads where the loss rises back, picks the
+one-cycle maximum LR below it by short trial cycles, restores everything, and installs a ``OneCycleLR`` sized to the
+run. ``WeightDecayBalancer`` sets the weight decay for the LR schedule that will actually run.
 """
 
 from lightning_superconv.__about__ import __version__

@@ -156,6 +156,16 @@ def weights_only_checkpoint(trainer: Trainer) -> bool:
     return isinstance(checkpoint, dict) and bool(checkpoint) and "optimizer_states" not in checkpoint
 
 
+def launches_copies(trainer: Trainer) -> bool:
+    """Whether the strategy runs the fit on copies in new processes (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``).
+
+    Lightning's multiprocessing launcher spawns or forks its workers and sends back only the weights and the metrics:
+    what a callback kept in a worker stays there. ``ddp`` starts the script again instead, and this process is rank 0.
+    """
+    launchers = module(trainer, "strategies.launchers.multiprocessing")
+    return isinstance(getattr(trainer.strategy, "launcher", None), launchers._MultiProcessingLauncher)
+
+
 def grad_scaler(trainer: Trainer) -> Any:
     """The precision plugin's ``GradScaler`` (``16-mixed``), or None."""
     return getattr(trainer.precision_plugin, "scaler", None)

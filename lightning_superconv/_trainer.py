@@ -42,7 +42,9 @@ def single_optimizer(
         raise _compat.misconfiguration(
             trainer,
             f"{who} needs exactly one optimizer from `configure_optimizers`, got {len(optimizers)}. Put all "
-            f"parameters into one optimizer (param groups keep different LRs and weight decays), or {instead}.",
+            "parameters into one optimizer (param groups keep different LRs and weight decays), or "
+            f"{instead}. An optimizer that takes some parameters only (torch's `Muon`: matrices) beside another for "
+            "the rest is not served.",
         )
     if _compat.is_placeholder_optimizer(trainer, optimizers[0]):
         raise _compat.misconfiguration(
@@ -61,6 +63,34 @@ def single_optimizer(
                 f"with `relative_step=False` where the optimizer asks for it), or {instead}.",
             )
     return optimizer
+
+
+def refuse_maximize(trainer: _compat.Trainer, optimizer: Any, who: str, reads: str, instead: str) -> None:
+    r"""Refuse an optimizer that climbs the value ``training_step`` returns (``maximize=True``) before ``who`` reads it.
+
+    The range test looks for where that value stops falling, its trials and the weight-decay grid keep the lowest,
+    and the divergence guard watches it rise: with ``maximize=True`` the optimizer makes it rise, so each would read
+    the run upside down (tried as a new user: a pick of 72,500 and a run ended at chance).
+
+    Args:
+        trainer: the user's ``Trainer``, at fit start.
+        optimizer: the optimizer ``who`` serves.
+        who: the callback's (or function's) name, for the message.
+        reads: what of ``who`` reads the value, for the message.
+        instead: what else the message suggests.
+
+    Raises:
+        MisconfigurationException: if a param group of ``optimizer`` has ``maximize=True``.
+    """
+    for index, group in enumerate(optimizer.param_groups):
+        if group.get("maximize", False):
+            raise _compat.misconfiguration(
+                trainer,
+                f"{who} reads the value `training_step` returns as a loss to minimize ({reads}), but param group "
+                f"{index} of `{type(optimizer).__name__}` has maximize=True: the optimizer climbs that value, so it "
+                "would be read upside down. Return its negative from `training_step` and drop `maximize=True` (the "
+                f"same training), or {instead}.",
+            )
 
 
 def _not_a_number(lr: Any) -> str | None:

@@ -43,6 +43,9 @@ class _RangeTestProbe(_compat.Callback):
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
+        _trainer.refuse_maximize(
+            trainer, optimizer, "find_max_lr", "the range test's curve and trials", "do not run it on this module"
+        )
         _trainer.check_batches_to_run(trainer, "find_max_lr")
         _trainer.refuse_dataloader_iter_steps(trainer, pl_module, "find_max_lr", "do not run it on this module")
         # the run this Trainer describes (`trainer_kwargs`' `max_epochs`, `max_steps`) sizes the trials
@@ -86,7 +89,8 @@ def find_max_lr(
             argument, or ``trainer_kwargs`` is no mapping.
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
-            callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``.
+            callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``, or a strategy that runs the fit in new
+            processes (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``).
         MisconfigurationException: for a model the range test cannot serve, as ``SuperConvergence`` raises at fit
             start (manual optimization, no optimizer, no training batch, ...).
 
@@ -134,6 +138,13 @@ def find_max_lr(
     kwargs["callbacks"] = [*given, probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
+    if _compat.launches_copies(trainer):
+        raise ValueError(
+            f"`find_max_lr` cannot run under `strategy={kwargs.get('strategy')!r}`: that strategy runs the fit on "
+            "copies in new processes (spawned or forked; Lightning's default for several devices in a notebook), and "
+            "the range test's result would stay in them. Pass `strategy='ddp'` (run from a script), or one device, "
+            "in `trainer_kwargs`."
+        )
     # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.
     # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when

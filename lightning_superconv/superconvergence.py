@@ -1,4 +1,4 @@
-r"""The ``SuperConvergence`` callback: range test at fit start, max LR where the loss diverges, one cycle installed.
+r"""The ``SuperConvergence`` callback: range test at fit start, max LR from where the loss rises, one cycle installed.
 
 Thin hooks over the engines: :func:`~lightning_superconv.range_test.run_range_test` reads the peak,
 :func:`~lightning_superconv.schedule.build_one_cycle` builds the cycle.
@@ -128,9 +128,11 @@ class SuperConvergence(_compat.Callback):
             in the same ``Trainer``, DeepSpeed, a range test under FSDP or ``ModelParallelStrategy``, a Schedule-Free
             optimizer, ``Rprop`` or ``LBFGS`` (an LR schedule means nothing to them), a first param group with LR 0,
             a resume from a checkpoint without this callback's state, a range test that reads no curve, or one on a
-            lazy module whose weights do not exist yet.
+            lazy module whose weights do not exist yet; an optimizer with ``maximize=True`` where the range test or
+            the guard would read the loss.
         ValueError: at fit start, for train data in ``CombinedLoader(mode="sequential")`` when a range test would run
-            on it (Lightning trains on no such data, and refuses it when its first epoch starts).
+            on it (Lightning trains on no such data, and refuses it when its first epoch starts), and for
+            ``cycle_momentum=True`` on an optimizer with neither ``momentum`` nor ``betas``.
 
     Example::
 
@@ -219,6 +221,15 @@ class SuperConvergence(_compat.Callback):
         refusal = _setups.schedule_blind_refusal(optimizer)
         if refusal is not None:
             raise _compat.misconfiguration(trainer, refusal)
+        if self.requested_max_lr is None or self.guard:
+            reads = ["the range test's curve and trials"] if self.requested_max_lr is None else []
+            _trainer.refuse_maximize(
+                trainer,
+                optimizer,
+                "SuperConvergence",
+                " and ".join([*reads, "the divergence guard"] if self.guard else reads),
+                "pass `max_lr=` and `guard=False` (the cycle alone reads no loss)",
+            )
         if _compat.fast_dev_run(trainer):
             _compat.rank_zero_info(
                 trainer, "SuperConvergence: `fast_dev_run` is on, so no range test runs and the schedule is unchanged."

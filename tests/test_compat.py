@@ -13,7 +13,7 @@ from helpers import StandaloneTinyClassifier, TinyClassifier, make_dataset
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
 
-from lightning_superconv import SuperConvergence, WeightDecayBalancer, find_max_lr
+from lightning_superconv import SuperConvergence, WeightDecayBalancer, _compat, find_max_lr
 
 QUIET = dict(
     accelerator="cpu",
@@ -362,3 +362,14 @@ def test_tensorboard_event_writer_is_found_for_plain_tensorboard_only(tmp_path, 
     assert hasattr(_compat.tensorboard_event_writer(plain), "add_summary")
     assert _compat.tensorboard_event_writer(distribution.loggers.TensorBoardLogger(tmp_path, prefix="p")) is None
     assert _compat.tensorboard_event_writer(distribution.loggers.CSVLogger(tmp_path)) is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "devices", "copies"),
+    [("auto", 1, False), ("ddp", 2, False), ("ddp_spawn", 2, True), ("ddp_fork", 2, True), ("ddp_notebook", 2, True)],
+)
+@pytest.mark.parametrize("namespace", [lp, pl], ids=["lightning", "pytorch_lightning"])
+def test_launches_copies_reads_the_multiprocessing_launcher(namespace, strategy, devices, copies):
+    """Spawned or forked workers run copies of the callbacks; `ddp` starts the script again (this process is rank 0)."""
+    trainer = namespace.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False)
+    assert _compat.launches_copies(trainer) is copies

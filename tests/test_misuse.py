@@ -319,3 +319,77 @@ def test_a_lazy_module_without_weights_is_refused_with_what_to_do_and_works_afte
     callback = SuperConvergence(num_steps=20, trial_steps=0)
     L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path)).fit(model)
     assert callback.result is not None
+
+
+class Maximizing(Counting):
+    """Climbs the negative cross-entropy with ``maximize=True``: the same training as minimizing it."""
+
+    def training_step(self, batch, batch_idx):
+        return -super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, maximize=True)
+
+
+@pytest.mark.parametrize(
+    ("callback", "reads"),
+    [
+        (lambda: SuperConvergence(num_steps=10), r"\(the range test's curve and trials and the divergence guard\)"),
+        (lambda: SuperConvergence(num_steps=10, guard=False), r"\(the range test's curve and trials\)"),
+        (lambda: SuperConvergence(max_lr=0.1), r"\(the divergence guard\)"),
+    ],
+    ids=["range-test", "range-test-no-guard", "guard"],
+)
+def test_an_optimizer_with_maximize_is_refused_where_the_loss_is_read(tmp_path, callback, reads):
+    """`maximize=True` climbs the value `training_step` returns; the range test, trials and guard read it as a loss.
+
+    Found trying the package as a new user: read upside down, the pick was 72,500 (the trials' "held-out losses"
+    -1,419 to -52,690, the highest "did best"), the guard rescued twice and the run ended at chance.
+    """
+    model = Maximizing()
+    fix = r"Return its negative from `training_step` and drop `maximize=True`.*`guard=False`"
+    with pytest.raises(MisconfigurationException, match=reads + r".*param group 0 of `SGD` has maximize=True.*" + fix):
+        _fit(tmp_path, model, callback())
+    assert model.calls == 0
+
+
+def test_an_optimizer_with_maximize_trains_under_the_cycle_alone(tmp_path):
+    """With `max_lr=` given and `guard=False` nothing reads the loss: the cycle runs over the climbing optimizer."""
+    from lightning_superconv import WeightDecayBalancer
+
+    model = Maximizing()
+    callback = SuperConvergence(max_lr=0.1, guard=False)
+    trainer = _fit(tmp_path, model, callback, extra=[WeightDecayBalancer(mode="budget")])
+    assert trainer.global_step == 8
+    assert model.calls == 8
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    assert scheduler.optimizer.param_groups[0]["max_lr"] == 0.1
+
+
+def test_an_optimizer_with_maximize_is_refused_by_find_max_lr_and_the_grid(tmp_path):
+    """`find_max_lr` and the balancer's grid (its held-out scores are `training_step`'s values) refuse it too."""
+    from lightning_superconv import WeightDecayBalancer, find_max_lr
+
+    model = Maximizing()
+    with pytest.raises(MisconfigurationException, match=r"find_max_lr reads .* maximize=True.*do not run it"):
+        find_max_lr(model, trainer_kwargs=trainer_kwargs(tmp_path, limit_train_batches=4))
+    with pytest.raises(MisconfigurationException, match=r"mode='grid'\) reads .*grid's held-out scores.*'budget'"):
+        _fit(tmp_path, model, SuperConvergence(max_lr=0.1, guard=False), extra=[WeightDecayBalancer(mode="grid")])
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_notebook", "ddp_fork"])
+def test_find_max_lr_refuses_a_strategy_that_runs_the_fit_on_copies_before_any_step(tmp_path, strategy):
+    """The range test's result would stay in the spawned or forked workers.
+
+    Found trying the package as a new user: the whole test ran in the workers, then a bare `AssertionError` in the
+    caller's process (`ddp_notebook` is Lightning's default for several devices in a notebook).
+    """
+    from lightning_superconv import find_max_lr
+
+    model = Counting()
+    kwargs = trainer_kwargs(tmp_path, devices=2, strategy=strategy, limit_train_batches=4)
+    with pytest.raises(ValueError, match=rf"cannot run under `strategy='{strategy}'`.*Pass `strategy='ddp'`"):
+        find_max_lr(model, trainer_kwargs=kwargs)
+    assert model.calls == 0
