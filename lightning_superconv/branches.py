@@ -250,7 +250,7 @@ def held_out_loss(
 
     Raises:
         UnscorableBatchesError: batches that ``training_step`` fails on in eval mode without gradients, or validation
-            batches it returns no loss for, on every rank.
+            batches, or held-out training batches, it returns no loss for (not one), on every rank.
         RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks). A failure
             in the transfer hooks on one rank only, before DDP's first forward without gradients, may leave the others
             waiting in that forward's buffer broadcast instead.
@@ -290,8 +290,10 @@ def held_out_loss(
         for module, mode in modes:
             module.training = mode
     batches.fix()
-    if batches.validation_batches and failure is None and count == 0 and batches.batches:
-        failure = "`training_step` returned no loss for any validation batch"
+    if failure is None and count == 0 and batches.batches:
+        # no score at all is no divergence: read as `inf`, every trial "diverged", even the lowest peak
+        kind = "validation" if batches.validation_batches else "held-out training"
+        failure = f"`training_step` returned no loss for any {kind} batch in eval mode without gradients"
     if strategy.reduce_boolean_decision(failure is not None, all=False):
         if not strategy.reduce_boolean_decision(failure is not None, all=True):
             # a forward that raised inside DDP's wrapper on some ranks only leaves DDP's own per-rank state out of

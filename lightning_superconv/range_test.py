@@ -209,6 +209,9 @@ def run_range_test(
         if hooks and hasattr(err, "add_note"):  # Python >= 3.11
             err.add_note(_start_hooks_note(pl_module, hooks))
         raise
+    except Exception as err:
+        _note_where(err, "sweep")
+        raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
         raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs))
@@ -273,6 +276,9 @@ def run_range_test(
                 # everything the trials changed is back: try again on the training batches after the trials' own
                 validation, passed_over = None, err
                 peaks.clear()
+            except Exception as err:
+                _note_where(err, "trials")
+                raise
         if scores is None:
             try:
                 scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
@@ -286,6 +292,9 @@ def run_range_test(
                 )
                 peaks.clear()
                 trial_steps = 0
+            except Exception as err:
+                _note_where(err, "trials")
+                raise
             else:
                 if passed_over is not None:
                     _compat.rank_zero_warn(
@@ -402,6 +411,23 @@ def _start_hooks_note(pl_module: _compat.LightningModule, hooks: list[str]) -> s
         f"calls before {own}: if the missing attribute is set there, it is not there yet while the range test trains. "
         "Set it in `__init__` or `setup`, or pass `SuperConvergence(max_lr=...)`, which runs no range test."
     )
+
+
+def _note_where(err: Exception, phase: str) -> None:
+    """Say on an error from the range test's own steps where it came from, and what was put back.
+
+    Found trying the package as a new user: a BatchNorm model whose last batch held one sample trained its 20 steps
+    without the callback, and with it failed with torch's bare "Expected more than 1 value per channel" from a sweep
+    that had read past the end of the epoch.
+    """
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(
+            f"Raised in the LR range test's {phase}, which SuperConvergence (or find_max_lr) runs at fit start on "
+            "batches of its own: it reads the train dataloader for as many steps as it needs, starting it over at "
+            "its end, so it can meet batches a short run never reaches, a smaller last batch among them (BatchNorm "
+            "fails in training on a batch of one sample: pass `drop_last=True` to the DataLoader). The model, the "
+            "optimizer and the RNG streams were restored. `SuperConvergence(max_lr=...)` runs no range test."
+        )
 
 
 def _no_loss_message(err: NoLossError) -> str:

@@ -82,7 +82,8 @@ class SuperConvergence(_compat.Callback):
     available under FSDP, ``ModelParallelStrategy`` and DeepSpeed (see the errors below).
 
     Args:
-        max_lr: the cycle's maximum LR; when given, no range test runs.
+        max_lr: the cycle's maximum LR; when given, no range test runs. Once ``fit`` has started, the attribute holds
+            the one the cycle runs (the given one or the pick; lowered by rescues).
         lr_range: the first and last LR of the range test, ``0 < start < end``.
         num_steps: optimizer steps of the sweep from ``lr_range[0]`` to ``lr_range[1]`` (>= 10, see
             :class:`~lightning_superconv.range_test.RangeTestConfig`), followed by up to ``num_steps // 2`` more past
@@ -114,7 +115,6 @@ class SuperConvergence(_compat.Callback):
             no copy of the weights.
 
     Attributes:
-        max_lr: the cycle's maximum LR once ``fit`` has started (the given one or the pick; lowered by rescues).
         rescues: one dict per rescue of the guard: ``step``, ``restored_step``, ``old_peak``, ``new_peak``, ``reason``.
         result: the :class:`~lightning_superconv.result.RangeTestResult`, or None when no range test ran.
         range_test: the range test's settings (:class:`~lightning_superconv.range_test.RangeTestConfig`).

@@ -86,3 +86,28 @@ def test_fit_was_followed_by_one_test(cli):
     """The CLI tests the fitted model once on the test set, after training ran to ``max_epochs``."""
     assert cli.trainer.current_epoch == 3
     assert "test_acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("cls", [SuperConvergence, WeightDecayBalancer])
+def test_the_cli_help_describes_each_argument_as_the_docstring_s_args_do(cls, capsys):
+    """The CLI (jsonargparse) reads an `Attributes:` entry over the `Args:` one of the same name.
+
+    Found trying the package as a new user: `max_lr`'s help read as the attribute ("once `fit` has started"), and
+    "when given, no range test runs" was lost.
+    """
+    import inspect
+
+    from docstring_parser import parse
+
+    from examples.fashion_mnist_cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--trainer.callbacks.help", f"lightning_superconv.{cls.__name__}"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    args = {
+        p.arg_name: " ".join(p.description.split()) for p in parse(inspect.getdoc(cls)).params if p.args[0] == "param"
+    }
+    assert "max_lr" in args or cls is WeightDecayBalancer
+    for name in inspect.signature(cls).parameters:
+        assert args[name][:60] in shown, name

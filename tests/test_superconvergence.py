@@ -1291,6 +1291,13 @@ class LossesInTrainModeOnly(TinyClassifier):
         pass
 
 
+class NoLossInEvalMode(TinyClassifier):
+    """Returns no loss outside train mode (a step that skips what it cannot train on)."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) if self.training else None
+
+
 class StepWithKeywords(TinyClassifier):
     """``training_step(self, batch, **kwargs)``: by Lightning's rule, no ``batch_idx``."""
 
@@ -1312,12 +1319,16 @@ def test_trials_score_a_training_step_that_takes_no_batch_idx(tmp_path, cls):
     assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
 
 
-@pytest.mark.parametrize("cls", [TakesInputGradients, LossesInTrainModeOnly], ids=["input_gradients", "train_mode"])
+@pytest.mark.parametrize(
+    "cls", [TakesInputGradients, LossesInTrainModeOnly, NoLossInEvalMode], ids=["input_gradients", "train_mode", "none"]
+)
 def test_a_training_step_the_trials_cannot_score_leaves_the_pick_to_the_sweep(tmp_path, cls):
     """A step that fails in eval mode without gradients: the trials say so and the sweep picks, as `trial_steps=0`.
 
-    Found by trying the package as a new user: the range test crashed on both, after a warning that blamed the form of
-    the validation batches. Everything the trials did is undone: the run ends as one given the pick as `max_lr`.
+    Found by trying the package as a new user: the range test crashed on the first two, after a warning that blamed the
+    form of the validation batches; a step returning no loss in eval mode had every trial read as diverged ("every trial
+    cycle diverged, even the lowest peak"). Everything the trials did is undone: the run ends as one given the pick as
+    `max_lr`.
     """
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
@@ -1329,6 +1340,7 @@ def test_a_training_step_the_trials_cannot_score_leaves_the_pick_to_the_sweep(tm
     # one warning, not a first one that promised the training batches would be scored instead
     assert len(said) == 1
     assert re.search("cannot score held-out training batches: .*in eval mode without gradients", said[0])
+    assert re.search(r"\(nor the validation batches: .*validation batch", said[0])
     assert callback.result.trials == []
     assert "`trial_steps=0`" in callback.result.pick_reason
     L.seed_everything(0)
@@ -1393,3 +1405,50 @@ def test_the_range_test_gives_back_a_sampler_s_own_generator(tmp_path, kind):
     L.Trainer(callbacks=[given], **trainer_kwargs(tmp_path, max_epochs=2)).fit(plain := OwnSamplerClassifier(kind))
     for a, b in zip(tested.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_error_from_the_range_test_s_own_steps_says_where_it_came_from_with_everything_restored(tmp_path):
+    """A BatchNorm model with a one-sample last batch trains a short run that never reaches it; the sweep does.
+
+    Found trying the package as a new user: torch's bare "Expected more than 1 value per channel" came out of a fit
+    that trained without the callback, with nothing naming the range test.
+    """
+    trainer_kwargs_ = trainer_kwargs(tmp_path, max_steps=2, max_epochs=None)
+    L.Trainer(**trainer_kwargs_).fit(TinyClassifier(n=65))  # batches of 32, 32 and 1: two steps never reach the 1
+    L.seed_everything(0)
+    model = TinyClassifier(n=65)
+    before = copy.deepcopy(model.state_dict())
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=20)], **trainer_kwargs_)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel") as caught:
+        trainer.fit(model)
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "Raised in the LR range test's sweep" in notes
+    assert "pass `drop_last=True` to the DataLoader" in notes
+    after = model.state_dict()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+
+
+class FailsInTheTrials(TinyClassifier):
+    """Raises at the first step whose LR is below the step before's: the sweep only climbs, a trial starts low."""
+
+    def training_step(self, batch, batch_idx):
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        if lr < getattr(self, "last_lr", 0.0):
+            raise RuntimeError("a step the trials took")
+        self.last_lr = lr
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_error_from_a_trial_s_steps_says_where_it_came_from_with_everything_restored(tmp_path):
+    """As in the sweep: the note names the trials, and the model comes back as it was."""
+    L.seed_everything(0)
+    model = FailsInTheTrials(n=512)
+    before = copy.deepcopy(model.state_dict())
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=30, trial_steps=50)], **trainer_kwargs(tmp_path))
+    with pytest.raises(RuntimeError, match="a step the trials took") as caught:
+        trainer.fit(model)
+    assert "Raised in the LR range test's trials" in " ".join(getattr(caught.value, "__notes__", []))
+    after = model.state_dict()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
