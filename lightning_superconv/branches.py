@@ -75,13 +75,18 @@ class HeldOutBatches:
         batches: where the batches come from.
         validation: whether they are validation batches, which ``training_step`` may not accept
             (:class:`UnscorableBatchesError`); training batches it has just trained on, it does.
+        loaders: the dataloaders the batches are read from, beside the train dataloaders: reading them advances the
+            generators of their samplers, which the branches' sandbox restores with the others.
     """
 
-    def __init__(self, batches: Iterator[Any] | list[Any], validation: bool = False) -> None:
+    def __init__(
+        self, batches: Iterator[Any] | list[Any], validation: bool = False, loaders: Sequence[Any] = ()
+    ) -> None:
         self._iterator = iter(batches)
         self.batches: list[Any] = []
         self.fixed = False
         self.validation_batches = validation
+        self.loaders = list(loaders)
 
     @classmethod
     def validation(cls, trainer: _compat.Trainer) -> HeldOutBatches | None:
@@ -95,7 +100,7 @@ class HeldOutBatches:
         if loaders is None:
             return None
         limited = (itertools.islice(loader, _batch_limit(loader, limit)) for loader in loaders)
-        return cls((batch for loader in limited for batch in loader), validation=True)
+        return cls((batch for loader in limited for batch in loader), validation=True, loaders=loaders)
 
     @classmethod
     def after_training_batches(cls, trainer: _compat.Trainer, skip: int, count: int) -> HeldOutBatches:
@@ -176,7 +181,8 @@ def run_branches(
         branches if callable(branches) else (lambda done: branches[len(done)] if len(done) < len(branches) else None)
     )
 
-    with sandbox(trainer, pl_module, optimizer) as snapshot:
+    # a shuffled validation loader draws its order from its sampler's generator when the scoring first reads it
+    with sandbox(trainer, pl_module, optimizer, () if held_out is None else held_out.loaders) as snapshot:
         branch = next_branch(scores)
         if held_out is None and branch is not None:
             with _compat.isolate_rng(trainer):

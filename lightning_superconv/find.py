@@ -140,16 +140,17 @@ def find_max_lr(
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
     if _compat.launches_copies(trainer):
         raise ValueError(
-            f"`find_max_lr` cannot run under `strategy={kwargs.get('strategy')!r}`: that strategy runs the fit on "
-            "copies in new processes (spawned or forked; Lightning's default for several devices in a notebook), and "
-            "the range test's result would stay in them. Pass `strategy='ddp'` (run from a script), or one device, "
+            f"`find_max_lr` cannot run under `strategy={kwargs.get('strategy', 'auto')!r}`: that strategy runs the fit "
+            "on copies in new processes (spawned or forked; Lightning's default for several devices in a notebook), "
+            "and the range test's result would stay in them. Pass `strategy='ddp'` (run from a script), or one device, "
             "in `trainer_kwargs`."
         )
     # the RNG streams too come back as they were: a seeded `fit` after this sees the same data order as without it.
     # Lightning's `isolate_rng` puts them back only when its block ends normally: an error leaves it first
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
     # it sets up its data, whose range test then restores them to that later state
-    generators = [(g, rng_state(g)) for g in dataloader_generators(_loaders_in(model, train_dataloaders))]
+    loaders = [*_loaders_in(model, train_dataloaders), *_loaders_in(model, val_dataloaders)]
+    generators = [(g, rng_state(g)) for g in dataloader_generators(loaders)]
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit

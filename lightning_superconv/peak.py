@@ -39,6 +39,8 @@ RUN_PER_TRIAL = 3
 FEWEST_TRIAL_STEPS = 100
 #: The longest: five trials of it (:data:`MAX_TRIALS`) cost 1,500 steps, a tenth of a 15,000-step run.
 MOST_TRIAL_STEPS = 300
+#: The most trials from the optimizer's own LR up, once no trial of the search learned (:func:`own_lr_peak`).
+OWN_LR_TRIALS = 3
 #: A trial learned when its held-out loss ended this fraction (of its magnitude) below where the range test's loss
 #: started. One that did not never wins: a network killed by too high a peak predicts chance, a loss (ln 10 for ten
 #: classes) that can sit just below a start its first noisy steps raised; dead networks' trials differ by noise alone.
@@ -204,6 +206,52 @@ def next_peak(
     if tried[best] == min(tried):
         return tried[best] / 2
     return None
+
+
+def own_lr_peak(
+    own_lr: float, tried: Sequence[float], scores: Sequence[float], start: float, lowest: float, own_from: int | None
+) -> float | None:
+    r"""With no trial of the search learned: the optimizer's own LR, then one rung up while the highest does best.
+
+    ``tried``, ``scores``: every trial so far and its held-out loss (``inf``: diverged); ``start``, ``lowest``: as for
+    :func:`learned`; ``own_from``: the index in ``tried`` of the trial at ``own_lr``, None before it. None when there
+    is nothing more to try.
+
+    Why. The search reads "no trial learned" as "every peak too high" and goes lower, which serves a network that too
+    high an LR killed. A sweep misread by noise sends it the wrong way: found trying the package as a new user, an MLP
+    regressing a skewed target with SGD (batch losses from 0.1 to 5) had its sweep's lowest point and rise read from
+    noise at LRs 100-1000x below those that train it; all five trials, from 2.9e-6 to 2.1e-4, ended at the held-out
+    loss of predicting the mean, and the run at the least bad of them learned nothing, where the user's own constant
+    0.01 ended at a twelfth of that loss. The LR the user trains with is the one candidate known to be sensible, and
+    after it the search climbs as the ladder's does (:func:`next_peak`): one rung (x2) above the highest peak tried
+    while that did best, learned or not (that regression's trial at its own LR did: 0.98 against 1.05), at most
+    :data:`OWN_LR_TRIALS` trials from the own LR on. A peak wins only by the trials' verdict
+    (:func:`choose`). Of the pick zoo's 222 cached range tests with trials (``benchmarks/zoo``), one (a rule not
+    adopted) had no trial learn; none of the rule's own did, so this changes none of their picks.
+
+    Example::
+
+        >>> own_lr_peak(0.01, [2e-4, 4e-4, 1e-4], [1.05, 1.05, 1.05], start=1.06, lowest=0.45, own_from=None)
+        0.01
+        >>> own_lr_peak(0.01, [2e-4, 4e-4, 1e-4], [0.4, 1.05, 1.05], start=1.06, lowest=0.45, own_from=None) is None
+        True
+        >>> own_lr_peak(0.01, [2e-4, 0.01], [1.05, 0.98], start=1.06, lowest=0.45, own_from=1)  # better: one rung up
+        0.02
+        >>> own_lr_peak(0.01, [2e-4, 0.01, 0.02], [1.05, 0.98, 1.0], start=1.06, lowest=0.45, own_from=1) is None
+        True
+        >>> own_lr_peak(1e-3, [7e-4, 1.5e-3, 1e-3], [1.04, 0.99, 1.03], start=1.06, lowest=0.45, own_from=2)  # above it
+        0.003
+    """
+    if own_from is None:
+        if any(learned(score, start, lowest) for score in scores) or not (math.isfinite(own_lr) and own_lr > 0):
+            return None
+        return None if any(math.isclose(own_lr, peak, rel_tol=1e-6) for peak in tried) else own_lr
+    if len(tried) - own_from >= OWN_LR_TRIALS:
+        return None
+    read = usable(scores, start, lowest)
+    ranked = read if any(math.isfinite(score) for score in read) else scores
+    best = min(range(len(ranked)), key=ranked.__getitem__)
+    return tried[best] * 2 if tried[best] == max(tried) and math.isfinite(ranked[best]) else None
 
 
 @dataclass(frozen=True)

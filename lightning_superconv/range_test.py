@@ -13,6 +13,7 @@ the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +27,12 @@ from lightning_superconv.branches import (
     scored_batches,
 )
 from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
-from lightning_superconv.param_groups import detached_copy, group_ratios
+from lightning_superconv.param_groups import configured_lrs, detached_copy, group_ratios
 from lightning_superconv.peak import (
     all_equal,
     choose,
     next_peak,
+    own_lr_peak,
     rise_index,
     start_level,
     trial_length,
@@ -204,13 +206,11 @@ def run_range_test(
             record = take_steps(trainer, pl_module, optimizer, len(lrs), set_lr, check)
     except NoLossError as err:
         raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
-    except AttributeError as err:
-        hooks = [name for name in TRAINING_START_HOOKS if _compat.overrides_hook(pl_module, name)]
-        if hooks and hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(_start_hooks_note(pl_module, hooks))
-        raise
     except Exception as err:
         _note_where(err, "sweep")
+        hooks = [name for name in TRAINING_START_HOOKS if _compat.overrides_hook(pl_module, name)]
+        if isinstance(err, AttributeError) and hooks and hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(_start_hooks_note(pl_module, hooks))
         raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
@@ -258,9 +258,20 @@ def run_range_test(
         peaks: list[float] = []
         # the param groups as configured (the trials move the real ones), to build each trial's cycle from
         configured, _ = detached_copy(optimizer)
+        own_lr = configured_lrs(optimizer)[0]
+        own_from: list[
+            int
+        ] = []  # where among the peaks the trials from the optimizer's own LR up start (`own_lr_peak`)
 
         def plan(scores: list[float]) -> Branch | None:
-            peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level, lowest), lowest_lr=swept[bottom])
+            peak = None
+            if not own_from:
+                peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level, lowest), lowest_lr=swept[bottom])
+            if peak is None:
+                start_index = own_from[0] if own_from else None
+                peak = own_lr_peak(own_lr, peaks, scores, fell.start_level, lowest, start_index)
+                if peak is not None and not own_from:
+                    own_from.append(len(peaks))
             if peak is None:
                 return None
             peaks.append(peak)
@@ -269,46 +280,29 @@ def run_range_test(
         validation = HeldOutBatches.validation(trainer)
         scores: list[float] | None = None
         passed_over: UnscorableBatchesError | None = None
-        if validation is not None:
-            try:
-                scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
-            except UnscorableBatchesError as err:
-                # everything the trials changed is back: try again on the training batches after the trials' own
-                validation, passed_over = None, err
-                peaks.clear()
-            except Exception as err:
-                _note_where(err, "trials")
-                raise
-        if scores is None:
-            try:
-                scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
-            except UnscorableBatchesError as err:
-                also = f" (nor the validation batches: {passed_over})" if passed_over is not None else ""
-                _compat.rank_zero_warn(
-                    trainer,
-                    f"SuperConvergence: the trials cannot score held-out training batches: {err}{also}. The pick is "
-                    "the sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
-                    "without gradients, as validation runs; pass `max_lr=` to choose the peak yourself.",
+        try:
+            if validation is not None:
+                try:
+                    scores, _ = run_branches(trainer, pl_module, optimizer, plan, validation)
+                except UnscorableBatchesError as err:
+                    # everything the trials changed is back: try again on the training batches after the trials' own
+                    validation, passed_over = None, err
+                    peaks.clear()
+                    own_from.clear()
+            if scores is None:
+                scores, trial_steps = _score_on_training_batches(
+                    trainer, pl_module, optimizer, plan, passed_over, trial_steps
                 )
-                peaks.clear()
-                trial_steps = 0
-            except Exception as err:
-                _note_where(err, "trials")
-                raise
-            else:
-                if passed_over is not None:
-                    _compat.rank_zero_warn(
-                        trainer,
-                        f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
-                        f"validation batches, but {passed_over}; they scored the training batches after those the "
-                        "trials train on instead. Make `training_step` accept validation batches to have the peak "
-                        "chosen on them.",
-                    )
+                if not trial_steps:
+                    peaks.clear()
+        except Exception as err:
+            _note_where(err, "trials")
+            raise
     if trial_steps:
         assert scores is not None
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         if validation is None:
-            _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps)
+            _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps, passed_over is not None)
         try:
             verdict = choose(peaks, scores, trial_steps, fell.start_level, lowest)
         except ValueError as err:
@@ -330,16 +324,26 @@ def run_range_test(
                 "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
             )
         elif not verdict.learned:
+            also = f", nor from your optimizer's own LR ({own_lr:.3g}) up, tried last" if own_from else ""
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: no trial learned: none ended a tenth below where the range test's loss started "
                 f"({fell.start_level:.4g}) and below the sweep's own lowest loss ({lowest:.4g}, at lr "
                 f"{swept[bottom]:.3g}; or, above it, with under half of the start left), even at {min(peaks):.3g}, the "
-                f"lowest peak tried; the least bad, max_lr={max_lr:.3g}, may train poorly: every peak tried may have "
-                "killed the network (its loss at chance, or collapsed to one output for every input), or the held-out "
-                "loss barely moves in a trial's few steps (a validation set unlike the training data, a task with "
-                "little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
+                f"lowest peak tried{also}; the least bad, max_lr={max_lr:.3g}, may train poorly: every peak tried may "
+                "have killed the network (its loss at chance, or collapsed to one output for every input), or the "
+                "held-out loss barely moves in a trial's few steps (a validation set unlike the training data, a task "
+                "with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
             )
+        elif own_from and verdict.index >= own_from[0]:
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: no trial at the peaks read off the range test's curve learned ({reading}); one "
+                f"from your optimizer's own LR ({own_lr:.3g}) up did, tried last, so the cycle peaks there: "
+                f"max_lr={max_lr:.3g}. The curve's lowest point and rise may be batch noise (`result.plot()`): a "
+                "larger `num_steps`, or `max_lr=`, may find a better peak.",
+            )
+            reason = f"{reason} (the trials from your optimizer's own LR up ran once no other trial had learned)"
         confirmed = verdict.learned
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
@@ -378,13 +382,51 @@ def run_range_test(
     )
 
 
-def _say_if_the_trials_trained_on_what_they_were_scored_on(trainer: _compat.Trainer, trial_steps: int) -> None:
+def _score_on_training_batches(
+    trainer: _compat.Trainer,
+    pl_module: _compat.LightningModule,
+    optimizer: Any,
+    plan: Callable[[list[float]], Branch | None],
+    passed_over: UnscorableBatchesError | None,
+    trial_steps: int,
+) -> tuple[list[float], int]:
+    """Run the trials scored on the training batches after their own; ``([], 0)`` where those cannot be scored.
+
+    The fallback that the README's step 3 promises: a `training_step` that gives no loss in eval mode leaves the pick
+    to the sweep alone, with one warning that names why (and why the validation batches could not be used either).
+    """
+    try:
+        scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
+    except UnscorableBatchesError as err:
+        also = f" (nor the validation batches: {passed_over})" if passed_over is not None else ""
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the trials cannot score held-out training batches: {err}{also}. The pick is "
+            "the sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
+            "without gradients, as validation runs; pass `max_lr=` to choose the peak yourself.",
+        )
+        return [], 0
+    if passed_over is not None:
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
+            f"validation batches, but {passed_over}; they scored the training batches after those the "
+            "trials train on instead. Make `training_step` accept validation batches to have the peak "
+            "chosen on them.",
+        )
+    return scores, trial_steps
+
+
+def _say_if_the_trials_trained_on_what_they_were_scored_on(
+    trainer: _compat.Trainer, trial_steps: int, validation_unscorable: bool = False
+) -> None:
     r"""Say so when the training batches the trials are scored on hold samples the trials trained on.
 
-    Without validation data the trials are scored on the training batches that follow the ones they train on. Where
-    a trial's batches and those run past the end of an epoch, the scored ones come from the next epoch, which draws
-    the same samples again (in a new order, if shuffled): the score is then partly or wholly a training loss, which
-    favours a peak that fits the training data over one that generalizes.
+    Without validation data (or with validation batches ``training_step`` cannot score: ``validation_unscorable``)
+    the trials are scored on the training batches that follow the ones they train on. Where a trial's batches and
+    those run past the end of an epoch, the scored ones come from the next epoch, which draws the same samples again
+    (in a new order, if shuffled): the score is then partly or wholly a training loss, which favours a peak that fits
+    the training data over one that generalizes.
     """
     batches = trainer.num_training_batches
     if not _trainer.epoch_length_known(trainer):
@@ -393,13 +435,17 @@ def _say_if_the_trials_trained_on_what_they_were_scored_on(trainer: _compat.Trai
     scored = scored_batches(trial_steps)
     if trained + scored <= batches:
         return
+    if validation_unscorable:
+        why = "`training_step` cannot score this run's validation batches (see the warning above)"
+        fix = "Make `training_step` accept the validation batches"
+    else:
+        why, fix = "this run has no validation data", "Give `fit` validation data"
     _compat.rank_zero_info(
         trainer,
-        f"SuperConvergence: this run has no validation data, so the trials were scored on training batches: the "
-        f"{scored} after the {trained} each trial trains on ({trial_steps} steps). Together they span more than an "
-        f"epoch ({int(batches)} batches), so the scored batches hold samples the trials trained on, and the pick was "
-        "judged partly or wholly by training loss. Give `fit` validation data to judge it on samples the trials never "
-        "see.",
+        f"SuperConvergence: {why}, so the trials were scored on training batches: the {scored} after the {trained} "
+        f"each trial trains on ({trial_steps} steps). Together they span more than an epoch ({int(batches)} batches), "
+        "so the scored batches hold samples the trials trained on, and the pick was judged partly or wholly by "
+        f"training loss. {fix} to judge it on samples the trials never see.",
     )
 
 

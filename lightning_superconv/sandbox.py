@@ -13,7 +13,7 @@ before training starts. Around a :class:`~lightning_superconv.snapshot.Snapshot`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightning_superconv import _compat
@@ -44,11 +44,15 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
 
 
 @contextlib.contextmanager
-def sandbox(trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any) -> Iterator[Snapshot]:
+def sandbox(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any, other_loaders: Sequence[Any] = ()
+) -> Iterator[Snapshot]:
     r"""Run the block on the user's model, data and optimizer, then put everything back exactly.
 
     Yields the snapshot taken on entry; a block that runs several branches calls ``snapshot.restore()`` before each.
-    The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers are restored too.
+    The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers are restored too,
+    and those of ``other_loaders`` (the validation loaders the block reads: the run's own validation then sees the
+    order it would have seen without the block).
 
     Raises:
         MisconfigurationException: if a lazy module has not created its weights yet (nothing to snapshot).
@@ -66,7 +70,7 @@ def sandbox(trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimi
         )
     scaler = _compat.grad_scaler(trainer)
     loaders = _compat.train_loaders(trainer)
-    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators(loaders))
+    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators([*loaders, *other_loaders]))
     failure: BaseException | None = None
     try:
         with _compat.isolate_rng(trainer), quiet_trainer(trainer, pl_module):

@@ -222,12 +222,15 @@ class SuperConvergence(_compat.Callback):
         if refusal is not None:
             raise _compat.misconfiguration(trainer, refusal)
         if self.requested_max_lr is None or self.guard:
-            reads = ["the range test's curve and trials"] if self.requested_max_lr is None else []
+            readers = [
+                ("the range test's curve and trials", self.requested_max_lr is None),
+                ("the divergence guard", self.guard),
+            ]
             _trainer.refuse_maximize(
                 trainer,
                 optimizer,
                 "SuperConvergence",
-                " and ".join([*reads, "the divergence guard"] if self.guard else reads),
+                " and ".join(reader for reader, reads in readers if reads),
                 "pass `max_lr=` and `guard=False` (the cycle alone reads no loss)",
             )
         if _compat.fast_dev_run(trainer):
@@ -378,8 +381,9 @@ class SuperConvergence(_compat.Callback):
             self._watch = None
             _compat.rank_zero_info(
                 trainer,
-                f"SuperConvergence: StochasticWeightAveraging's SWALR sets the LR from step {trainer.global_step}; the "
-                "divergence guard stands down (it lowers the one-cycle, which no longer runs).",
+                "SuperConvergence: StochasticWeightAveraging's SWALR has replaced the one-cycle (seen at step "
+                f"{trainer.global_step}, the divergence guard's first check since); the guard stands down (it lowers "
+                "the one-cycle, which no longer runs).",
             )
             return
         rescue, gave_up = watch.after_batch(trainer, pl_module, self._scheduler_optimizer(), outputs, step)

@@ -89,7 +89,7 @@ def main(out: str) -> None:  # noqa: D103
     L.seed_everything(0, verbose=False)
     model = RankRecorder()
     superconv = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10)
-    balancer = WeightDecayBalancer(mode="budget")
+    balancer = WeightDecayBalancer(mode="timescale")  # moves λ at any peak (the budget only lowers it)
     trainer = L.Trainer(
         callbacks=[superconv, balancer], max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2, **common
     )

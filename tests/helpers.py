@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -128,6 +129,28 @@ class DictValidationBatches(TinyClassifier):
 
     def validation_step(self, batch, batch_idx):
         self.log("val_loss", nn.functional.cross_entropy(self(batch["x"]), batch["y"]))
+
+
+class ShuffledValidation(TinyClassifier):
+    """Validates on a shuffled loader that owns its generator, kept for the run; records each epoch's first batch.
+
+    The loader lives as long as the module (as one passed to ``fit`` does), so whatever draws from its generator
+    before the run validates changes the order the run's validation sees.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        generator = torch.Generator().manual_seed(1)
+        self.val_loader = DataLoader(make_dataset(128, seed=1), batch_size=16, shuffle=True, generator=generator)
+        self.first_val_targets: list[torch.Tensor] = []
+
+    def val_dataloader(self):
+        return self.val_loader
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            self.first_val_targets.append(batch[1].clone())
+        return super().validation_step(batch, batch_idx)
 
 
 class StandaloneTinyClassifier(_TinyClassifierSteps, pl.LightningModule):

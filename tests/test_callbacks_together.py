@@ -156,7 +156,10 @@ def test_the_guard_stands_down_once_swa_s_schedule_replaces_the_cycle(tmp_path, 
     annealed = swa_steps[4:]  # SWALR climbs to 50 over its first epoch (4 steps), then holds it
     assert annealed
     assert all(recorder.groups[i][0][0] == pytest.approx(50.0) for i in annealed)
-    assert "the divergence guard stands down" in caplog.text
+    assert (
+        "SWALR has replaced the one-cycle (seen at step 10, the divergence guard's first check since); the guard "
+        "stands down" in caplog.text
+    )
 
 
 # ------------------------------------------------------------------------------------------------ LearningRateMonitor

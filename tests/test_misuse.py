@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -393,3 +394,28 @@ def test_find_max_lr_refuses_a_strategy_that_runs_the_fit_on_copies_before_any_s
     with pytest.raises(ValueError, match=rf"cannot run under `strategy='{strategy}'`.*Pass `strategy='ddp'`"):
         find_max_lr(model, trainer_kwargs=kwargs)
     assert model.calls == 0
+
+
+def test_find_max_lr_in_a_notebook_names_the_strategy_lightning_chose(tmp_path):
+    """Where `strategy` is left to Lightning, the refusal says 'auto' (what the user passed), not None.
+
+    In an interactive session Lightning picks `ddp_notebook` for several devices; `python -i` makes one.
+    """
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, lightning as L, torch\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+        "from helpers import TinyClassifier\n"
+        "from lightning_superconv import find_max_lr\n"
+        "try:\n"
+        f"    find_max_lr(TinyClassifier(), trainer_kwargs=dict(accelerator='cpu', devices=2, "
+        f"default_root_dir={str(tmp_path)!r}, logger=False, enable_progress_bar=False))\n"
+        "except ValueError as err:\n"
+        "    print('REFUSED', err)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-i", "-c", script], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
+    assert "REFUSED `find_max_lr` cannot run under `strategy='auto'`" in done.stdout, done.stdout + done.stderr

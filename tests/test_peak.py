@@ -20,10 +20,12 @@ from lightning_superconv.peak import (
     HIGHEST,
     MAX_TRIALS,
     MOST_TRIAL_STEPS,
+    OWN_LR_TRIALS,
     candidates,
     choose,
     learned,
     next_peak,
+    own_lr_peak,
     rise_index,
     start_level,
     stuck_above_sweep,
@@ -182,6 +184,40 @@ def test_search_descends_while_no_trial_has_learned():
     assert next_peak(0.8, [*tried, 0.05, 0.025], [math.inf] * 5) is None  # at MAX_TRIALS
     # once one learned, the usual rules: the lowest won, so one rung lower still
     assert next_peak(0.8, [*tried, 0.05], [math.inf] * 3 + [0.4]) == pytest.approx(0.025)
+
+
+def test_with_no_trial_learned_the_optimizers_own_lr_is_tried_then_climbed_from_while_it_does_best():
+    """The search ended with no trial learned: the user's own LR next, then one rung up while the top does best.
+
+    Found trying the package as a new user: a sweep misread by noise sent every trial 100-1000x below the LRs that
+    train the model, and the search, reading "none learned" as "too high", went lower still.
+    """
+    tried, dead = [2e-4, 4e-4, 1e-4, 5e-5, 2.5e-5], [1.05] * 5
+    start, lowest = 1.06, 0.45
+    assert own_lr_peak(0.01, tried, dead, start, lowest, own_from=None) == 0.01
+    # from the own LR up: one rung while the highest tried did best (learned or not), at most OWN_LR_TRIALS trials
+    assert own_lr_peak(0.01, [*tried, 0.01], [*dead, 0.98], start, lowest, own_from=5) == pytest.approx(0.02)
+    assert own_lr_peak(0.01, [*tried, 0.01, 0.02], [*dead, 0.98, 0.3], start, lowest, own_from=5) == pytest.approx(0.04)
+    climbed = [*tried, 0.01, 0.02, 0.04][: 5 + OWN_LR_TRIALS]
+    assert own_lr_peak(0.01, climbed, [*dead, 0.98, 0.6, 0.1][: len(climbed)], start, lowest, own_from=5) is None
+    # a peak of the search above the own LR did best: one rung above it
+    assert own_lr_peak(1e-3, [7e-4, 1.5e-3, 1e-3], [1.04, 0.99, 1.03], start, lowest, own_from=2) == pytest.approx(3e-3)
+    # not the best any more, or diverged: done
+    assert own_lr_peak(0.01, [*tried, 0.01, 0.02], [*dead, 0.3, 0.5], start, lowest, own_from=5) is None
+    assert own_lr_peak(0.01, [*tried, 0.01], [*dead, math.inf], start, lowest, own_from=5) is None
+
+
+@pytest.mark.parametrize(
+    ("own_lr", "scores", "why"),
+    [
+        (0.01, [1.05, 0.3, 1.05], "a trial learned"),
+        (4e-4, [1.05, 1.05, 1.05], "tried already"),
+        (0.0, [1.05, 1.05, 1.05], "no LR of its own"),
+        (math.nan, [1.05, 1.05, 1.05], "no LR of its own"),
+    ],
+)
+def test_the_own_lr_is_not_tried_where_a_trial_learned_or_it_was_tried_or_it_is_no_lr(own_lr, scores, why):
+    assert own_lr_peak(own_lr, [2e-4, 4e-4, 1e-4], scores, start=1.06, lowest=0.45, own_from=None) is None, why
 
 
 @pytest.mark.parametrize(

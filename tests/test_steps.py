@@ -191,6 +191,7 @@ def test_an_attribute_set_in_the_modules_start_hooks_fails_the_range_test_with_a
     if sys.version_info >= (3, 11):
         note = "\n".join(info.value.__notes__)
         assert f"before SetsUpInAHook.{hook}:" in note
+        assert "Raised in the LR range test's sweep" in note
         assert "SuperConvergence(max_lr=...)" in note
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     _fit(tmp_path, module_class(), SuperConvergence(max_lr=0.1), max_epochs=1)

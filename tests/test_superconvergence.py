@@ -14,7 +14,15 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, OwnRandomSampler, Tally, TinyClassifier, make_dataset, trainer_kwargs
+from helpers import (
+    DictValidationBatches,
+    OwnRandomSampler,
+    ShuffledValidation,
+    Tally,
+    TinyClassifier,
+    make_dataset,
+    trainer_kwargs,
+)
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader
@@ -25,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorD
 
 from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
 from lightning_superconv.curve import lr_sweep, median_half_width
-from lightning_superconv.peak import start_level
+from lightning_superconv.peak import OWN_LR_TRIALS, start_level
 
 # A sweep over which TinyClassifier's loss falls and does not diverge, so the test runs its full length.
 NO_DIVERGENCE = (1e-2, 1.0)
@@ -483,6 +491,24 @@ def test_range_test_restores_a_sampler_generator(tmp_path):
     _assert_same_training_state(tested, given)
 
 
+def test_a_shuffled_validation_loader_validates_in_the_order_it_would_without_the_range_test(tmp_path):
+    """The trials score on the validation loader: its generator comes back, so the run validates as with `max_lr=`.
+
+    Found trying the package as a new user: with `limit_val_batches` the run's `val_loss` (and so `ModelCheckpoint`
+    and `EarlyStopping`) changed, its validation order one epoch ahead of a run given the pick.
+    """
+    validating = {"check_val_every_n_epoch": 1, "limit_val_batches": 2, "max_epochs": 3}
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(ShuffledValidation), auto, **validating)
+    assert auto.result.trials, "the trials scored on the validation batches"
+    given = _fit(tmp_path, _seeded(ShuffledValidation), SuperConvergence(max_lr=auto.result.max_lr), **validating)
+    seen, seen_given = tested.lightning_module.first_val_targets, given.lightning_module.first_val_targets
+    assert len(seen) == 3
+    for a, b in zip(seen, seen_given, strict=True):
+        assert torch.equal(a, b)
+    _assert_same_training_state(tested, given)
+
+
 def test_user_self_log_reaches_the_logger_at_real_steps_only(tmp_path):
     """`self.log` in `training_step` gives the logger one row per real step (steps 0..N-1), none for the range test."""
     logger = CSVLogger(tmp_path)
@@ -728,14 +754,20 @@ def test_given_max_lr_skips_the_range_test(tmp_path):
     assert max(lrs[0] for lrs in recorder.lrs) == pytest.approx(0.3, rel=1e-12)
 
 
-def test_pick_does_not_depend_on_the_configured_lr(tmp_path):
-    """Configured LR 1e-4 or 1e-1: the same curve, bit for bit, and the same pick."""
+def test_pick_does_not_depend_on_the_configured_lr_unless_no_trial_of_the_search_learned(tmp_path):
+    """Configured LR 1e-4 or 1e-1: the same curve and the same search, bit for bit; the LR enters after it, if at all.
+
+    This model's held-out loss rises in every trial of the search (its 256 samples are overfitted in 100 steps), so
+    none learned and the trials went on from each configured LR: 1e-4, the least bad, is the pick of its run.
+    """
     low, high = SuperConvergence(num_steps=20), SuperConvergence(num_steps=20)
     _fit(tmp_path, _seeded(TinyClassifier, lr=1e-4), low, max_epochs=1)
     _fit(tmp_path, _seeded(TinyClassifier, lr=1e-1), high, max_epochs=1)
     assert low.result.lrs == high.result.lrs
     assert low.result.losses == high.result.losses
-    assert low.max_lr == high.max_lr
+    assert low.result.trials[:5] == high.result.trials[:5]
+    assert [low.result.trials[5]["peak"], high.result.trials[5]["peak"]] == [1e-4, 1e-1]
+    assert low.max_lr == 1e-4
 
 
 def test_result_plot_returns_a_matplotlib_figure():
@@ -980,7 +1012,11 @@ def test_trials_try_fractions_of_the_rise_and_install_the_best(tmp_path):
     rise_lr = result.lrs[result.pick_index]
     peaks = [t["peak"] for t in result.trials]
     scores = [t["held_out_loss"] for t in result.trials]
-    assert 3 <= len(peaks) <= 5
+    # the search's trials; where none of them learned (this model's held-out loss rises in its trials), then the
+    # optimizer's own LR (0.01) and up to two rungs above the highest tried
+    search = peaks[: peaks.index(0.01, 3)] if 0.01 in peaks[3:] else peaks
+    assert 3 <= len(search) <= 5
+    assert len(peaks) <= len(search) + OWN_LR_TRIALS
     assert peaks[:3] == pytest.approx([rise_lr / 4, rise_lr / 2, rise_lr / 8])
     assert callback.max_lr == peaks[scores.index(min(scores))]
     assert f"{callback.max_lr:.3g} did best" in result.pick_reason
@@ -1137,7 +1173,8 @@ def test_without_validation_data_trials_score_on_training_batches_they_never_tra
 
 
 @pytest.mark.parametrize(
-    ("batches", "validation", "said"), [(32, False, True), (54, False, True), (55, False, False), (32, True, False)]
+    ("batches", "validation", "said"),
+    [(32, "none", True), (54, "none", True), (55, "none", False), (32, "scored", False), (32, "unscorable", True)],
 )
 def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_scored_on_were_trained_on(
     tmp_path, caplog, batches, validation, said
@@ -1149,9 +1186,11 @@ def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_sco
     next epoch; over one of 55, none does.
 
     Found trying the package as a new user: the README promised "training batches the trials never train on", and
-    320 samples of 320 scored had been trained on. Validation data says nothing.
+    320 samples of 320 scored had been trained on. Validation data says nothing. Validation data that
+    `training_step` cannot score is named as the reason (a second trial found the line saying "no validation data").
     """
-    model = TinyClassifier(n=4096) if validation else NoValidationData(n=4096)
+    models = {"none": NoValidationData, "scored": TinyClassifier, "unscorable": DictValidationBatches}
+    model = models[validation](n=4096)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         _fit(tmp_path, model, callback, limit_train_batches=batches, max_epochs=1)
@@ -1163,6 +1202,67 @@ def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_sco
             f"the 5 after the 50 each trial trains on (50 steps). Together they span more than an epoch ({batches}"
             in (lines[0])
         )
+        reason = "cannot score this run's validation batches" if validation == "unscorable" else "no validation data"
+        assert reason in lines[0]
+
+
+class SkewedRegression(L.LightningModule):
+    """An MLP regressing a skewed, standardized target with SGD at 0.01: batch losses from about 0.1 to 5.
+
+    The shape of a new user's model on which every trial of the search learned nothing: the sweep's lowest point and
+    its rise were read from batch noise, 100-1000x below the LRs that train it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
+        )
+
+    def loss(self, batch):
+        return torch.nn.functional.mse_loss(self.net(batch[0]).squeeze(-1), batch[1])
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.loss(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def _skewed_regression_fit(tmp_path, callbacks):
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1000, 20, generator=generator)
+    weights = torch.zeros(20)
+    weights[:10] = torch.rand(10, generator=generator) * 100
+    y = x @ weights + 5 * torch.randn(1000, generator=generator)
+    y = y**2 / 50 + y
+    y = (y - y.mean()) / y.std()
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=10))
+    train = DataLoader(TensorDataset(x[:800], y[:800]), batch_size=32, shuffle=True)
+    model, val = SkewedRegression(), DataLoader(TensorDataset(x[800:], y[800:]), batch_size=200)
+    trainer.fit(model, train, val)
+    return float(trainer.validate(model, val, verbose=False)[0]["val_loss"])
+
+
+def test_with_no_trial_learned_the_trials_from_the_optimizers_own_lr_up_find_a_peak_that_beats_it(tmp_path):
+    """The trials from the user's own LR up run once the search's all learned nothing; the run beats the plain one.
+
+    Found trying the package as a new user: the pick was 0.0004 (five trials from 2.9e-6 up, none learned) and the
+    run ended at the loss of predicting the mean, 15x the user's own constant LR's.
+    """
+    plain = _skewed_regression_fit(tmp_path, [])
+    callback = SuperConvergence()
+    with pytest.warns(RuntimeWarning, match=r"one from your optimizer's own LR \(0.01\) up did"):
+        ours = _skewed_regression_fit(tmp_path, [callback])
+    assert "the trials from your optimizer's own LR up ran" in callback.result.pick_reason
+    peaks = [trial["peak"] for trial in callback.result.trials]
+    assert peaks[5] == pytest.approx(0.01)  # after the search's five
+    assert callback.max_lr >= 0.01
+    assert ours < plain
 
 
 def test_without_trials_the_peak_is_a_quarter_of_the_rise(tmp_path):
@@ -1247,14 +1347,19 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_train_batches=2))
-    with pytest.warns(RuntimeWarning, match=r"no trial learned: none ended a tenth below .* pass `max_lr=`"):
+    warned = (
+        r"no trial learned: none ended a tenth below .*, nor from your optimizer's own LR \(0.01\) up.* pass `max_lr=`"
+    )
+    with pytest.warns(RuntimeWarning, match=warned):
         trainer.fit(ValidationOfAnotherTask(n=512))
     trials, result = callback.result.trials, callback.result
-    assert len(trials) == 5  # the ladder, then two rungs ever lower: none learned
+    assert len(trials) >= 6  # the ladder, then two rungs ever lower: none learned; then from the own LR, 0.01
     # below the lowest rung, or below the LR of the sweep's lowest loss where that is lower
     low_lr = result.lrs[min(range(len(result.smoothed)), key=result.smoothed.__getitem__)]
     first = min(*(t["peak"] for t in trials[:3]), low_lr) / 2
-    assert [t["peak"] for t in trials[3:]] == pytest.approx([first, first / 2])
+    assert [t["peak"] for t in trials[3:5]] == pytest.approx([first, first / 2])
+    assert trials[5]["peak"] == 0.01
+    assert len(trials) <= 5 + OWN_LR_TRIALS
     assert callback.max_lr == min(trials, key=lambda t: t["held_out_loss"])["peak"]
     assert "(learned nothing)" in callback.result.pick_reason
 
@@ -1440,12 +1545,16 @@ class FailsInTheTrials(TinyClassifier):
         return super().training_step(batch, batch_idx)
 
 
-def test_an_error_from_a_trial_s_steps_says_where_it_came_from_with_everything_restored(tmp_path):
-    """As in the sweep: the note names the trials, and the model comes back as it was."""
+@pytest.mark.parametrize("scored_on", ["validation", "training"])
+def test_an_error_from_a_trial_s_steps_says_where_it_came_from_with_everything_restored(tmp_path, scored_on):
+    """As in the sweep: the note names the trials, and the model comes back as it was, whichever batches score them."""
     L.seed_everything(0)
     model = FailsInTheTrials(n=512)
     before = copy.deepcopy(model.state_dict())
-    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=30, trial_steps=50)], **trainer_kwargs(tmp_path))
+    limits = {"limit_val_batches": 0} if scored_on == "training" else {}
+    trainer = L.Trainer(
+        callbacks=[SuperConvergence(num_steps=30, trial_steps=50)], **trainer_kwargs(tmp_path, **limits)
+    )
     with pytest.raises(RuntimeError, match="a step the trials took") as caught:
         trainer.fit(model)
     assert "Raised in the LR range test's trials" in " ".join(getattr(caught.value, "__notes__", []))

@@ -7,7 +7,14 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import DictValidationBatches, TinyClassifier, WithOptimizer, make_dataset, trainer_kwargs
+from helpers import (
+    DictValidationBatches,
+    ShuffledValidation,
+    TinyClassifier,
+    WithOptimizer,
+    make_dataset,
+    trainer_kwargs,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -392,6 +399,22 @@ def test_grid_changes_nothing_but_weight_decay(tmp_path):
     assert balancer.weight_decays[0] / 5e-3 == pytest.approx(balancer.search["factor"])
     for a, b in zip(grid_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grid_gives_back_the_generator_of_a_shuffled_validation_loader(tmp_path):
+    """The branches score on the validation loader: the run validates in the order a run without the grid would."""
+    validating = {"check_val_every_n_epoch": 1, "limit_val_batches": 2}
+    L.seed_everything(0)
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    grid_model = ShuffledValidation(weight_decay=5e-3)
+    _fit(tmp_path, grid_model, [SuperConvergence(max_lr=0.5), balancer], epochs=6, **validating)
+    assert balancer.search is not None
+    L.seed_everything(0)
+    plain_model = ShuffledValidation(weight_decay=balancer.weight_decays[0])
+    _fit(tmp_path, plain_model, [SuperConvergence(max_lr=0.5)], epochs=6, **validating)
+    assert len(grid_model.first_val_targets) == 6
+    for a, b in zip(grid_model.first_val_targets, plain_model.first_val_targets, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_grid_trains_with_the_lambda_it_adopts(tmp_path, monkeypatch):
