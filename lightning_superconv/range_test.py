@@ -6,9 +6,10 @@ One public entry point, :func:`run_range_test`, that the ``SuperConvergence`` ca
 :func:`run_range_test` takes a ``Trainer`` at fit start (the strategy has wrapped the model and set up the optimizer)
 and does the whole job: load the train data, take the sweep's steps in a :func:`~lightning_superconv.sandbox.sandbox`
 (snapshot, isolated RNG, quiet trainer; everything restored however it ends), read the curve, pick the maximum LR,
-and explain in a clear error whatever makes the curve unreadable. Nothing is written to disk, so no shared filesystem
-is needed across machines. Lightning keeps its own finder's engine (``tuner/lr_finder.py``) apart from its callback in
-the same way.
+and explain in a clear error whatever makes the curve unreadable. Nothing of its own is written to disk, so no shared
+filesystem is needed across machines (the trainer's callbacks and ``self.log`` are silenced; a module's own direct
+writes to a logger's experiment are not). Lightning keeps its own finder's engine (``tuner/lr_finder.py``) apart
+from its callback in the same way.
 """
 
 from __future__ import annotations
@@ -309,7 +310,10 @@ def run_range_test(
             raise _compat.misconfiguration(
                 trainer,
                 f"The range test found no usable maximum LR: {err} ({reading}). {stopped} Pass `max_lr=` below "
-                f"{min(peaks):.3g}. The model and optimizer were restored.",
+                f"{min(peaks):.3g}. A loss that turns NaN or inf in every trial, down to LRs this low, may come from "
+                "the data rather than the LR: a sample or target holding a NaN or inf (each trial meets the same "
+                "batches) gives a NaN loss at any LR; check the data and the loss first. The model and optimizer were "
+                "restored.",
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
         if all_equal(scores):

@@ -78,8 +78,8 @@ class SuperConvergence(_compat.Callback):
     with a warning: past its end the LR stays at the final value.
 
     Under DDP every rank runs the range-test steps in lockstep, the loss of each step is the mean over the ranks, and
-    every rank reads the same curve and installs the same cycle; nothing is written to disk. The range test is not
-    available under FSDP, ``ModelParallelStrategy`` and DeepSpeed (see the errors below).
+    every rank reads the same curve and installs the same cycle; the range test writes nothing to disk of its own. It
+    is not available under FSDP, ``ModelParallelStrategy`` and DeepSpeed (see the errors below).
 
     Args:
         max_lr: the cycle's maximum LR; when given, no range test runs. Once ``fit`` has started, the attribute holds

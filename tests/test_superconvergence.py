@@ -1364,6 +1364,28 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     assert "(learned nothing)" in callback.result.pick_reason
 
 
+class OneCorruptSample(TinyClassifier):
+    """One training sample of 512 holds a NaN feature: any batch that draws it has a NaN loss, at any LR."""
+
+    def train_dataloader(self):
+        x, y = make_dataset(512).tensors
+        x[100, 3] = float("nan")
+        return DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+
+
+def test_trials_that_all_diverge_on_a_corrupt_sample_point_to_the_data():
+    """Every trial meets the NaN batch: the error says a NaN at any LR may be the data's, not only "pass max_lr=".
+
+    Found trying the package as a new user: one NaN feature in 1 of 1,400 digits gave "every trial cycle diverged, even
+    the lowest peak, 2.2e-07 ... Pass `max_lr=` below 2.2e-07", advice that cannot help.
+    """
+    L.seed_everything(0)
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_val_batches=0))
+    with pytest.raises(MisconfigurationException, match=r"every trial cycle diverged.*check the data and the loss"):
+        trainer.fit(OneCorruptSample())
+
+
 class StepWithoutBatchIdx(TinyClassifier):
     """``training_step(self, batch)``: Lightning passes ``batch_idx`` only to a step that takes it."""
 
