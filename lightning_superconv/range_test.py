@@ -209,9 +209,10 @@ def run_range_test(
         raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
     except Exception as err:
         _note_where(err, "sweep")
-        hooks = [name for name in TRAINING_START_HOOKS if _compat.overrides_hook(pl_module, name)]
-        if isinstance(err, AttributeError) and hooks and hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(_start_hooks_note(pl_module, hooks))
+        if isinstance(err, AttributeError) and hasattr(err, "add_note"):  # Python >= 3.11
+            hooks = [name for name in TRAINING_START_HOOKS if _compat.overrides_hook(pl_module, name)]
+            if hooks:
+                err.add_note(_start_hooks_note(pl_module, hooks))
         raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
@@ -260,19 +261,17 @@ def run_range_test(
         # the param groups as configured (the trials move the real ones), to build each trial's cycle from
         configured, _ = detached_copy(optimizer)
         own_lr = configured_lrs(optimizer)[0]
-        own_from: list[
-            int
-        ] = []  # where among the peaks the trials from the optimizer's own LR up start (`own_lr_peak`)
+        own_from: int | None = None  # where among the peaks the trials from the optimizer's own LR up start
 
         def plan(scores: list[float]) -> Branch | None:
+            nonlocal own_from
             peak = None
-            if not own_from:
+            if own_from is None:
                 peak = next_peak(swept[rise], peaks, usable(scores, fell.start_level, lowest), lowest_lr=swept[bottom])
             if peak is None:
-                start_index = own_from[0] if own_from else None
-                peak = own_lr_peak(own_lr, peaks, scores, fell.start_level, lowest, start_index)
-                if peak is not None and not own_from:
-                    own_from.append(len(peaks))
+                peak = own_lr_peak(own_lr, peaks, scores, fell.start_level, lowest, own_from)
+                if peak is not None and own_from is None:
+                    own_from = len(peaks)
             if peak is None:
                 return None
             peaks.append(peak)
@@ -289,7 +288,7 @@ def run_range_test(
                     # everything the trials changed is back: try again on the training batches after the trials' own
                     validation, passed_over = None, err
                     peaks.clear()
-                    own_from.clear()
+                    own_from = None
             if scores is None:
                 scores, trial_steps = _score_on_training_batches(
                     trainer, pl_module, optimizer, plan, passed_over, trial_steps
@@ -328,7 +327,7 @@ def run_range_test(
                 "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
             )
         elif not verdict.learned:
-            also = f", nor from your optimizer's own LR ({own_lr:.3g}) up, tried last" if own_from else ""
+            also = f", nor from your optimizer's own LR ({own_lr:.3g}) up, tried last" if own_from is not None else ""
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: no trial learned: none ended a tenth below where the range test's loss started "
@@ -339,7 +338,7 @@ def run_range_test(
                 "held-out loss barely moves in a trial's few steps (a validation set unlike the training data, a task "
                 "with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
             )
-        elif own_from and verdict.index >= own_from[0]:
+        elif own_from is not None and verdict.index >= own_from:
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: no trial at the peaks read off the range test's curve learned ({reading}); one "
