@@ -131,6 +131,11 @@ def set_callbacks(trainer: Trainer, new: list[Any]) -> None:
     setattr(trainer, "callbacks", new)  # noqa: B010 - set at run time, invisible to type checkers
 
 
+def overfit_batches(trainer: Trainer) -> int | float:
+    """``Trainer(overfit_batches=...)``: the batches (an int) or fraction of them (a float) a run overfits; 0: off."""
+    return getattr(trainer, "overfit_batches", 0) or 0
+
+
 def fast_dev_run(trainer: Trainer) -> bool:
     """Whether ``Trainer(fast_dev_run=...)`` is on."""
     return bool(getattr(trainer, "fast_dev_run", False))
@@ -303,6 +308,11 @@ def sampler_wrapped_for_ddp(sampler: Any) -> Any:
     if not isinstance(sampler, DistributedSampler):
         return None
     return getattr(getattr(sampler, "dataset", None), "_sampler", None)
+
+
+def datamodule(trainer: Trainer) -> Any:
+    """The ``LightningDataModule`` the fit was given, or None (set on the Trainer at run time, invisible to mypy)."""
+    return getattr(trainer, "datamodule", None)
 
 
 def has_val_dataloaders(trainer: Trainer) -> bool:

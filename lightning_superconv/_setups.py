@@ -43,16 +43,29 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
     return None
 
 
-def refuse_lr_finder(trainer: _compat.Trainer) -> None:
-    """Lightning's ``LearningRateFinder`` and ``SuperConvergence`` would both set the LR at fit start."""
-    if _compat.callback_of(trainer, "LearningRateFinder") is not None:
-        raise _compat.misconfiguration(
-            trainer,
-            "`LearningRateFinder` (or `Tuner.lr_find`) and `SuperConvergence` are in the same Trainer: both run an LR "
-            "range test at fit start and set the LR, and the one-cycle would overwrite the finder's suggestion. "
-            "Remove `LearningRateFinder` (SuperConvergence picks the cycle's max LR itself), or remove "
-            "`SuperConvergence`.",
+def refuse_lr_finder(trainer: _compat.Trainer, max_lr_given: bool = False) -> None:
+    """Lightning's ``LearningRateFinder`` and ``SuperConvergence`` would both set the LR at fit start.
+
+    ``max_lr_given``: ``SuperConvergence(max_lr=...)`` runs no range test of its own, but its cycle still sets the LR.
+    """
+    if _compat.callback_of(trainer, "LearningRateFinder") is None:
+        return
+    if max_lr_given:
+        what = (
+            "the finder runs an LR range test at fit start and sets the LR, and the one-cycle at the `max_lr` you gave "
+            "would overwrite its suggestion at the first step. Remove `LearningRateFinder` (the cycle runs at your "
+            "`max_lr`), or pass no `max_lr` to have SuperConvergence pick it, or remove `SuperConvergence`."
         )
+    else:
+        what = (
+            "both run an LR range test at fit start and set the LR, and the one-cycle would overwrite the finder's "
+            "suggestion. Remove `LearningRateFinder` (SuperConvergence picks the cycle's max LR itself), or remove "
+            "`SuperConvergence`."
+        )
+    raise _compat.misconfiguration(
+        trainer,
+        f"`LearningRateFinder` (or `Tuner.lr_find`) and `SuperConvergence` are in the same Trainer: {what}",
+    )
 
 
 def move_behind(trainer: _compat.Trainer, anchor: Any, classes: tuple[type, ...]) -> None:

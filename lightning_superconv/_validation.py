@@ -36,7 +36,8 @@ def check_number(
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        hint = " (a tensor: pass `.item()`)" if hasattr(value, "item") and hasattr(value, "dim") else ""
+        # a tensor or a NumPy array (a 0-d one too): `.item()` gives the number
+        hint = " (an array or a tensor: pass `.item()`)" if hasattr(value, "item") and hasattr(value, "ndim") else ""
         raise TypeError(f"`{name}` must be a number{hint}, got {value!r}")
     number = float(value)
     above = number >= low if low_inclusive else number > low

@@ -21,7 +21,15 @@ from typing_extensions import override
 from lightning_superconv import _compat, _trainer
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.snapshot import dataloader_generators, put_back, registered_tensors, rng_state, set_rng_state
+from lightning_superconv.snapshot import (
+    dataloader_generators,
+    held_generators,
+    put_back,
+    registered_tensors,
+    rng_state,
+    sampler_numbers,
+    set_rng_state,
+)
 
 _DEFAULT_TRAINER = {
     "max_epochs": 1,
@@ -150,7 +158,11 @@ def find_max_lr(
     # and so do the generators the given loaders own (`DataLoader(generator=...)`): the fit draws a seed from them when
     # it sets up its data, whose range test then restores them to that later state
     loaders = [*_loaders_in(model, train_dataloaders), *_loaders_in(model, val_dataloaders)]
-    generators = [(g, rng_state(g)) for g in dataloader_generators(loaders)]
+    # and those the model and the datamodule hold (noise drawn from a generator of the module's own)
+    found = dataloader_generators(loaders)
+    found += [g for g in held_generators(model, datamodule) if all(g is not h for h in found)]
+    generators = [(g, rng_state(g)) for g in found]
+    samplers = sampler_numbers(loaders)  # a sampler that counts its own passes (`sampler_numbers`)
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
@@ -166,6 +178,8 @@ def find_max_lr(
             error = err
     for generator, state in generators:
         set_rng_state(generator, state)
+    for sampler, numbers in samplers:
+        vars(sampler).update(numbers)
     put_back(slots)
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():

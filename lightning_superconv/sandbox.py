@@ -17,7 +17,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lightning_superconv import _compat
-from lightning_superconv.snapshot import Snapshot, capture, dataloader_generators, lazy_modules
+from lightning_superconv.snapshot import (
+    Snapshot,
+    capture,
+    dataloader_generators,
+    held_generators,
+    lazy_modules,
+    rng_state,
+    sampler_numbers,
+    set_rng_state,
+)
 
 
 @contextlib.contextmanager
@@ -50,9 +59,9 @@ def sandbox(
     r"""Run the block on the user's model, data and optimizer, then put everything back exactly.
 
     Yields the snapshot taken on entry; a block that runs several branches calls ``snapshot.restore()`` before each.
-    The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers are restored too,
-    and those of ``other_loaders`` (the validation loaders the block reads: the run's own validation then sees the
-    order it would have seen without the block).
+    The train dataloader must be loaded (``_compat.setup_train_data``): the generators of its samplers and datasets
+    are restored too, those of ``other_loaders`` (the validation loaders the block reads: the run's own validation
+    then sees the order it would have seen without the block), and those the module and the datamodule hold.
 
     Raises:
         MisconfigurationException: if a lazy module has not created its weights yet (nothing to snapshot).
@@ -70,7 +79,12 @@ def sandbox(
         )
     scaler = _compat.grad_scaler(trainer)
     loaders = _compat.train_loaders(trainer)
-    snapshot = capture(pl_module, optimizer, scaler, dataloader_generators([*loaders, *other_loaders]))
+    generators = dataloader_generators([*loaders, *other_loaders])
+    generators += [
+        g for g in held_generators(pl_module, _compat.datamodule(trainer)) if all(g is not h for h in generators)
+    ]
+    snapshot = capture(pl_module, optimizer, scaler, generators)
+    snapshot.scalars += sampler_numbers([*loaders, *other_loaders])
     failure: BaseException | None = None
     try:
         with _compat.isolate_rng(trainer), quiet_trainer(trainer, pl_module):
@@ -83,5 +97,29 @@ def sandbox(
     finally:
         # also on KeyboardInterrupt and SystemExit: nothing the block did may survive it
         snapshot.restore()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.contextmanager
+def random_state_kept(trainer: _compat.Trainer, pl_module: _compat.LightningModule | None) -> Iterator[None]:
+    r"""Run the block, then put back the RNG streams and the generators the module and datamodule hold, however it ends.
+
+    For a user hook called off the record: the range test builds the validation loaders once more for its trials,
+    and a ``val_dataloader`` that draws a random subset (``torch.randperm``) would otherwise leave the run's own
+    draws shifted (found trying the package as a new user: the trials scored one subset, the run validated on
+    another, and its weights differed from a run given the pick).
+    """
+    generators = [(g, rng_state(g)) for g in held_generators(pl_module, _compat.datamodule(trainer))]
+    failure: BaseException | None = None
+    try:
+        with _compat.isolate_rng(trainer):
+            try:
+                yield
+            except BaseException as err:  # `isolate_rng` restores only on a normal exit: leave it so, re-raise after
+                failure = err
+    finally:
+        for generator, state in generators:
+            set_rng_state(generator, state)
     if failure is not None:
         raise failure

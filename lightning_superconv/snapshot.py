@@ -15,15 +15,19 @@ What is copied, and why each part:
   ``_update_called`` in torchmetrics >= 1.6) are never written; also of metrics a module holds in plain dicts, lists
   or tuples (up to three levels deep, e.g. a list in a dict), which are not submodules;
 - tensors a module keeps outside its parameters and buffers (a recurrent model's ``self.hidden`` carried from batch to
-  batch, a lazily built mask): an attribute that held None or tensors before is put back (anything else a module
-  holds, such as a list a user appends diagnostics to, is the user's and left alone);
+  batch, a lazily built mask, a dict of running statistics): an attribute that held None or tensors before is put
+  back, a dict or list of them refilled in place (anything else a module holds, such as a list a user appends
+  diagnostics to, is the user's and left alone);
 - the top module's own attributes, rebound to what they were and removed where they are new (a counter its
-  ``training_step`` counts up, a flag it sets), and the numbers and strings its submodules hold (a layer's own update
-  count); an object changed in place (that list of diagnostics) is left alone, and so is a name that now holds a
-  parameter, buffer or submodule;
+  ``training_step`` counts up, a flag it sets), the numbers and strings its submodules hold (a layer's own update
+  count), and the attributes a submodule created since removed (a hidden state set at its first forward); an object
+  changed in place (that list of diagnostics) is left alone, and so is a name that now holds a parameter, buffer or
+  submodule;
+- the numbers a sampler or batch sampler holds (one that counts its own passes in ``__iter__``);
 - optimizer state per parameter, and the param-group dicts refilled in place (a scheduler holds the optimizer, and
   some code holds its groups);
-- the gradient scaler's state and the state of the dataloaders' own ``torch.Generator`` objects.
+- the gradient scaler's state and the state of the random generators the dataloaders, their samplers and datasets,
+  the module and the datamodule hold (a ``torch.Generator``, NumPy's, a ``random.Random``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_superconv import _compat
 
@@ -94,13 +98,52 @@ def _clone_tree(value: Any) -> Any:
     return value
 
 
-def _loose_tensors(module: torch.nn.Module) -> dict[str, tuple[Any, Any]]:
+def _layout(value: Any) -> Any:
+    """The objects of a tensor tree as they are now: each tensor, and each list, tuple or dict with its items' layouts.
+
+    The identities a restore puts back: a list of tensors may alias parameters (``nn.LSTM._flat_weights``), and a
+    restore must write values into those very tensors, never swap copies in.
+    """
+    if isinstance(value, (list, tuple)):
+        return value, [_layout(item) for item in value]
+    if isinstance(value, dict):
+        return value, {key: _layout(item) for key, item in value.items()}
+    return value
+
+
+def _write_back(layout: Any, kept: Any) -> Any:
+    r"""Put a tensor tree back as :func:`_layout` saw it, with the values of ``kept`` (its copy): return its top object.
+
+    The tensors get their values back in place; a list or dict gets its items back (found trying the package as a new
+    user: a running statistic kept as ``self.stats["mean"] = 0.9 * self.stats["mean"] + ...`` in a submodule kept the
+    range test's value); a tuple's items are written back one by one.
+    """
+    if isinstance(layout, Tensor):
+        if not torch.equal(layout, kept):
+            with torch.no_grad():
+                layout.copy_(kept)
+        return layout
+    container, items = layout
+    if isinstance(container, list):
+        container[:] = [_write_back(item, value) for item, value in zip(items, kept, strict=True)]
+    elif isinstance(container, dict):
+        restored = {key: _write_back(item, kept[key]) for key, item in items.items()}
+        container.clear()
+        container.update(restored)
+    else:  # a tuple: its items are the same objects
+        for item, value in zip(items, kept, strict=True):
+            _write_back(item, value)
+    return container
+
+
+def _loose_tensors(module: torch.nn.Module) -> dict[str, tuple[Any, Any, Any]]:
     r"""Attributes of ``module`` that are None or tensors but neither parameters nor buffers (those are elsewhere).
 
-    Each maps to ``(the object itself, a copy)``: an attribute still holding the same object is restored in place.
+    Each maps to ``(the object itself, its layout, a copy)``: an attribute still holding the same object is restored
+    in place (:func:`_write_back`).
     """
     return {
-        name: (value, _clone_tree(value))
+        name: (value, _layout(value), _clone_tree(value))
         for name, value in vars(module).items()
         if name not in _MODULE_INTERNALS and (value is None or is_tensor_tree(value))
     }
@@ -122,11 +165,13 @@ class Snapshot:
     grads: list[tuple[torch.nn.Parameter, Tensor | None]] = field(default_factory=list)
     training_flags: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
     metric_states: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
-    loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any]]]] = field(default_factory=list)
+    loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any, Any]]]] = field(default_factory=list)
     #: the top module and its own attributes (:func:`_own_attributes`), or None
     attributes: tuple[torch.nn.Module, dict[str, Any]] | None = None
-    #: the numbers and strings each submodule holds as attributes
-    scalars: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
+    #: the numbers and strings each submodule (and each sampler, :func:`sampler_numbers`) holds as attributes
+    scalars: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    #: the names of the attributes each submodule holds: one set since is removed
+    names: list[tuple[torch.nn.Module, frozenset[str]]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
@@ -149,6 +194,12 @@ class Snapshot:
         if self.attributes is not None:
             # before the loose tensors: the object an attribute held comes back first, then its values
             self._restore_attributes(*self.attributes)
+        for module, names in self.names:
+            own = vars(module)
+            registered = _registered(module)
+            for name in [name for name in own if name not in names and name not in _MODULE_INTERNALS]:
+                if name not in registered:
+                    del own[name]
         for module, scalars in self.scalars:
             vars(module).update(scalars)
         for module, flag in self.training_flags:
@@ -184,15 +235,14 @@ class Snapshot:
                 own[name] = value
 
     @staticmethod
-    def _restore_loose(module: torch.nn.Module, saved: dict[str, tuple[Any, Any]]) -> None:
+    def _restore_loose(module: torch.nn.Module, saved: dict[str, tuple[Any, Any, Any]]) -> None:
         own = vars(module)
         registered = _registered(module)
-        for name, (original, kept) in saved.items():
+        for name, (original, layout, kept) in saved.items():
             current = own.get(name, saved)  # `saved` stands for "gone"
             if current is original:
-                if isinstance(original, Tensor) and not torch.equal(original, kept):
-                    with torch.no_grad():
-                        original.copy_(kept)
+                if original is not None:
+                    _write_back(layout, kept)
                 continue
             if name not in registered:
                 object.__setattr__(module, name, _clone_tree(kept))
@@ -249,8 +299,12 @@ def capture(
                 continue
             if loose := _loose_tensors(submodule):
                 snapshot.loose_tensors.append((submodule, loose))
-            if submodule is not module and (scalars := _scalars(submodule)):
-                snapshot.scalars.append((submodule, scalars))
+            if submodule is not module:
+                # found trying the package as a new user: a GRU layer that carries its hidden state from batch to
+                # batch in an attribute it creates at its first forward (`self.h = h.detach()`) kept the range test's
+                snapshot.names.append((submodule, frozenset(vars(submodule))))
+                if scalars := _scalars(submodule):
+                    snapshot.scalars.append((submodule, scalars))
         submodules = {id(m) for m in module.modules()}
         snapshot.metric_states += [(metric, _metric_state(metric)) for metric in _contained_metrics(module, submodules)]
     return snapshot
@@ -389,7 +443,7 @@ def _same_layout(
         return False
     if snapshot.grads or snapshot.training_flags or snapshot.metric_states or snapshot.loose_tensors:
         return False
-    if snapshot.attributes is not None or snapshot.scalars:
+    if snapshot.attributes is not None or snapshot.scalars or snapshot.names:
         return False
     if snapshot.generator_states:
         return False
@@ -437,19 +491,81 @@ def lazy_modules(module: torch.nn.Module) -> list[str]:
 
 
 def dataloader_generators(loaders: Sequence[Any]) -> list[Any]:
-    r"""The random generators that iterating these loaders advances: those the loader and its samplers hold.
+    r"""The random generators that iterating these loaders advances: those the loaders, samplers and datasets hold.
 
     A loader whose sampler owns a generator draws from it at every new iterator; without restoring it, a range test
-    would change the order of the user's first training epoch. Found under any attribute name of the loader, its
-    sampler, its batch sampler and the batch sampler's sampler: a ``torch.Generator``, NumPy's ``Generator`` or
-    ``RandomState``, or a ``random.Random``.
+    would change the order of the user's first training epoch. A dataset that augments with a generator of its own
+    draws from it at every sample (in the main process: with ``num_workers=0``), and so does a ``collate_fn`` object
+    that mixes samples (mixup). Found under any attribute name of the loader, its sampler, its batch sampler and the
+    batch sampler's sampler, its dataset and the datasets that one wraps (``Subset``, ``ConcatDataset``,
+    ``StackDataset``), its ``collate_fn``: a ``torch.Generator``, NumPy's ``Generator`` or ``RandomState``, or a
+    ``random.Random``.
     """
+    sources = [*_order_sources(loaders), *(dataset for loader in loaders for dataset in _datasets(loader))]
+    # a `collate_fn` object that mixes samples with a generator of its own (mixup, cutmix)
+    sources += [collate for loader in loaders if (collate := getattr(loader, "collate_fn", None)) is not None]
     found: list[Any] = []
-    for obj in _order_sources(loaders):
+    for obj in sources:
         values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
         for value in [getattr(obj, "generator", None), *values]:
             if _is_rng(value) and all(value is not g for g in found):
                 found.append(value)
+    return found
+
+
+def sampler_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    r"""Each sampler and batch sampler of these loaders with the numbers and strings it holds as attributes.
+
+    A sampler that counts its own passes (``self.epoch += 1`` in ``__iter__``, no ``set_epoch`` for Lightning to call)
+    and orders its samples by that count is advanced by every pass the range test starts (found trying the package as
+    a new user: after the fit it read 18 against 3, and the run's data order differed). Put back with
+    :meth:`Snapshot.restore`.
+    """
+    found: list[tuple[Any, dict[str, Any]]] = []
+    for obj in _order_sources(loaders):
+        if obj is None or isinstance(obj, DataLoader) or not hasattr(obj, "__dict__"):
+            continue
+        if any(obj is seen for seen, _ in found):
+            continue
+        numbers = {name: value for name, value in vars(obj).items() if isinstance(value, (bool, int, float, str))}
+        if numbers:
+            found.append((obj, numbers))
+    return found
+
+
+def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:
+    r"""The random generators ``module``'s submodules and the ``others`` (a ``LightningDataModule``) hold as attributes.
+
+    A module that draws noise or masks from a generator of its own (``torch.randn(..., generator=self.gen)``,
+    ``self.rng = np.random.default_rng(0)``) advances it at every training step, and a datamodule's generator may be
+    drawn from when its ``val_dataloader`` builds a loader: without restoring them, a range test would change what
+    the run draws (found trying the package as a new user: the weights then differed from a run given the pick).
+    """
+    owners = [*(module.modules() if module is not None else ()), *(other for other in others if other is not None)]
+    found: list[Any] = []
+    for owner in owners:
+        for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
+            if _is_rng(value) and all(value is not g for g in found):
+                found.append(value)
+    return found
+
+
+def _datasets(loader: Any) -> list[Any]:
+    """The loader's dataset and those it wraps (``Subset.dataset``, ``ConcatDataset``'s, ``StackDataset``'s)."""
+    found: list[Any] = []
+    pending = [getattr(loader, "dataset", None)]
+    while pending and len(found) < 64:  # a bound: a dataset could wrap itself
+        dataset = pending.pop()
+        if dataset is None or not hasattr(dataset, "__dict__") or any(dataset is seen for seen in found):
+            continue
+        found.append(dataset)
+        attributes = vars(dataset)  # instance attributes only: no property of a foreign dataset is run
+        pending.append(attributes.get("dataset"))
+        inner = attributes.get("datasets")
+        if isinstance(inner, (list, tuple)):
+            pending.extend(inner)
+        elif isinstance(inner, dict):  # `StackDataset(x=..., y=...)`
+            pending.extend(inner.values())
     return found
 
 

@@ -27,10 +27,17 @@ _STATE_VERSION = 3
 
 _NO_STATE_TO_RESUME = (
     "`fit(ckpt_path=...)` resumes from a checkpoint that holds no `SuperConvergence` state: it was written by a run "
-    "without this callback (or before its cycle was installed). Resuming would load that run's optimizer and scheduler "
+    "without this callback. Resuming would load that run's optimizer and scheduler "
     "state into a new one-cycle. Resume without `SuperConvergence`; or, to run a range test and a new cycle from the "
     "checkpoint's weights, start a new fit without `ckpt_path` (`model = YourModel.load_from_checkpoint(path)`, then "
     "`trainer.fit(model)`)."
+)
+
+_NO_CYCLE_TO_RESUME = (
+    "`fit(ckpt_path=...)` resumes from a checkpoint whose `SuperConvergence` state has no cycle: it was written before "
+    "the cycle was installed, e.g. by `OnExceptionCheckpoint` after an error inside the range test (the weights in it "
+    "are those training started from). There is no cycle to continue: start a new fit without `ckpt_path` "
+    "(`model = YourModel.load_from_checkpoint(path)`, then `trainer.fit(model)`), or resume without `SuperConvergence`."
 )
 
 _WEIGHTS_ONLY_CHECKPOINT = (
@@ -180,6 +187,7 @@ class SuperConvergence(_compat.Callback):
         self.total_steps: int | None
         self._start_step: int
         self._restored: bool
+        self._state_loaded: bool  # a checkpoint gave this fit a state of this callback (with a cycle or not)
         self._first_pass_read: bool  # the first epoch of this fit has ended (a stream's pass length is known)
         self._scheduler: SafeOneCycleLR | None
         self._group_count = 0
@@ -200,7 +208,7 @@ class SuperConvergence(_compat.Callback):
         if stage != "fit":
             return
         self._new_fit()
-        _setups.refuse_lr_finder(trainer)
+        _setups.refuse_lr_finder(trainer, max_lr_given=self.requested_max_lr is not None)
         # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses
         # when the Trainer is built ("Found more than one stateful callback of type `SuperConvergence`").
         # SWA's `on_fit_start` adds an epoch to `max_epochs` for its batch-norm pass, which has no optimizer step of
@@ -275,6 +283,16 @@ class SuperConvergence(_compat.Callback):
                 f"of it, so no range test runs (a sweep of the multiplier measures nothing about the model); the "
                 f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
             )
+        elif self.max_lr is None and _compat.overfit_batches(trainer):
+            # found trying the package as a new user: its trials, made to choose a peak that generalizes, picked one
+            # that overfit the batch worse than the user's own constant LR (a loss of 1.99 against 1.20)
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: `overfit_batches={_compat.overfit_batches(trainer)}` is on, a run that checks the "
+                "model can fit a few batches: no range test runs (its pick is made for a model that generalizes) and "
+                "the schedule is unchanged. Pass `max_lr=` to run the one-cycle at a peak of your own.",
+            )
+            return
         elif self.max_lr is None:
             _trainer.refuse_dataloader_iter_steps(
                 trainer, pl_module, "SuperConvergence's range test", "pass `max_lr=` (the cycle needs no range test)"
@@ -300,7 +318,7 @@ class SuperConvergence(_compat.Callback):
             return
         if trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup and not self._restored:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
-            raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
+            raise _compat.misconfiguration(trainer, self._nothing_to_resume())
         # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
         self.total_steps = int(self._scheduler.total_steps)
         self._group_count = len(self._scheduler.optimizer.param_groups)
@@ -349,6 +367,35 @@ class SuperConvergence(_compat.Callback):
         if int(trainer.global_step) > self._start_step:
             self._first_pass_read = True
             _warn_if_the_epoch_limit_ends_a_stream_first(trainer, self._start_step, self._start_step + self.total_steps)
+
+    @override
+    def on_exception(
+        self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, exception: BaseException
+    ) -> None:
+        if self._watch is not None:
+            self._watch.release()
+
+    @override
+    def on_train_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        if self._watch is not None:
+            self._watch.release()
+        # a stop asked for (EarlyStopping, `max_time`) ends mid-cycle by design, and a stream's shortfall was told at
+        # its first epoch's end; a run whose epochs came out shorter than planned would end silently, its LR high
+        scheduler = self._scheduler
+        if scheduler is None or trainer.should_stop or not _trainer.epoch_length_known(trainer):
+            return
+        left = int(scheduler.total_steps) - int(scheduler.last_epoch)
+        if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler):
+            return
+        final = scheduler.optimizer.param_groups[0]["min_lr"]
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: training ended {left} steps before the end of the one-cycle, planned at fit start "
+            f"over {scheduler.total_steps} steps, with the LR at {scheduler.get_last_lr()[0]:.4g} (the cycle ends at "
+            f"{final:.4g}): the model did not anneal. Its epochs came out shorter than planned, e.g. a "
+            "train dataloader that `reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the epochs' "
+            "lengths change, size the run in steps: `Trainer(max_steps=..., max_epochs=-1)`.",
+        )
 
     @override
     def on_train_batch_start(
@@ -432,6 +479,7 @@ class SuperConvergence(_compat.Callback):
         self._guard_state_version = version if isinstance(version, int) else _STATE_VERSION
         # a checkpoint written before the cycle was installed has nothing to resume
         self._restored = self.max_lr is not None
+        self._state_loaded = True
 
     # ------------------------------------------------------------------------------------------------ work
 
@@ -446,6 +494,7 @@ class SuperConvergence(_compat.Callback):
         self.total_steps = None
         self._start_step = 0
         self._restored = False
+        self._state_loaded = False
         self._first_pass_read = False
         self._scheduler = None
         self._logger = None
@@ -454,12 +503,20 @@ class SuperConvergence(_compat.Callback):
         self._guard_state_version = _STATE_VERSION
         self.rescues = []
 
+    def _nothing_to_resume(self) -> str:
+        """Why a checkpoint gives no cycle to resume: no state of this callback in it, or a state without a cycle.
+
+        Found trying the package as a new user: `OnExceptionCheckpoint`'s checkpoint after an error in the range test
+        holds this callback's state, and the message said it was written by a run without the callback.
+        """
+        return _NO_CYCLE_TO_RESUME if self._state_loaded else _NO_STATE_TO_RESUME
+
     def _resume(self, trainer: _compat.Trainer, optimizer: Any) -> None:
         """Install the scheduler object Lightning will load the checkpoint's cycle into; no range test."""
         if not self._restored:
             if _compat.weights_only_checkpoint(trainer):
                 raise _compat.misconfiguration(trainer, _WEIGHTS_ONLY_CHECKPOINT)
-            raise _compat.misconfiguration(trainer, _NO_STATE_TO_RESUME)
+            raise _compat.misconfiguration(trainer, self._nothing_to_resume())
         assert self.max_lr is not None
         if self.requested_max_lr is not None and self.requested_max_lr != self.max_lr:
             _compat.rank_zero_warn(

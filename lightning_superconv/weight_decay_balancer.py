@@ -359,7 +359,7 @@ class WeightDecayBalancer(_compat.Callback):
             chosen, reason = self._grid(trainer, pl_module, optimizer, traces, decayed)
         else:
             chosen = configured_weight_decays(optimizer)
-            ratio = self._budget_ratio(traces, decayed[0])
+            ratio = self._budget_ratio(traces, decayed[0], chosen[decayed[0]])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
         self.weight_decays = chosen
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
@@ -418,6 +418,20 @@ class WeightDecayBalancer(_compat.Callback):
     def _whose(self) -> str:
         """Whose ``λ`` the balance starts from, in the messages: the user's, or the ``reference_weight_decay`` given."""
         return "user's" if self.reference_weight_decay is None else "`reference_weight_decay`"
+
+    @property
+    def _start(self) -> str:
+        """The ``λ`` the modes start from, in the reasons: the user's, or the ``reference_weight_decay`` given.
+
+        Found trying the package as a new user: with a ``reference_weight_decay`` the reasons spoke of the user's
+        ``λ`` and of leaving it "as configured" while the run trained at the reference's.
+        """
+        return "the user's λ" if self.reference_weight_decay is None else "the `reference_weight_decay`"
+
+    @property
+    def _left(self) -> str:
+        """Where a mode that cannot choose leaves ``λ``, in the reasons: as configured, or at the reference's."""
+        return "left as configured" if self.reference_weight_decay is None else "left at the `reference_weight_decay`"
 
     # ------------------------------------------------------------------------------------------------ rescues
 
@@ -490,11 +504,17 @@ class WeightDecayBalancer(_compat.Callback):
 
     # ------------------------------------------------------------------------------------------------ modes
 
-    def _budget_ratio(self, traces: Sequence[GroupTrace], index: int) -> float:
+    def _budget_ratio(self, traces: Sequence[GroupTrace], index: int, weight_decay: float | None = None) -> float:
+        """The schedule's decay budget at ``weight_decay`` (default: the modes' starting ``λ``) over the reference's.
+
+        ``mode='keep'`` passes the ``λ`` it keeps: with a ``reference_weight_decay`` the start's would cancel out of
+        the ratio (found trying the package as a new user: the same 21.4x for every reference given).
+        """
         assert self.reference_weight_decays is not None
         assert self.reference_budgets is not None
         ref = self.reference_budgets[index]
-        return self.reference_weight_decays[index] * traces[index].decay_sum() / ref if ref > 0 else math.nan
+        wd = self.reference_weight_decays[index] if weight_decay is None else weight_decay
+        return wd * traces[index].decay_sum() / ref if ref > 0 else math.nan
 
     def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
         assert self.reference_weight_decays is not None
@@ -518,8 +538,8 @@ class WeightDecayBalancer(_compat.Callback):
             )
         ratio = self._budget_ratio(traces, decayed[0])
         return chosen, (
-            f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at the user's "
-            f"λ is {ratio:.3g}x the reference's, clamped to [{self.bounds[0]:g}, 1]x the user's λ"
+            f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at {self._start} "
+            f"is {ratio:.3g}x the reference's, clamped to [{self.bounds[0]:g}, 1]x {self._start}"
         )
 
     def _timescale(
@@ -554,7 +574,7 @@ class WeightDecayBalancer(_compat.Callback):
             # `bounds` or the 10 %-per-step cap stopped it short: say so rather than claim the range was reached
             verdict = (
                 f"{'raised' if now < budget_range[0] else 'lowered'} only as far as `bounds` "
-                f"({self.bounds[0]:g}-{self.bounds[1]:g}x the user's λ) and the cap of 10 % decay per step allow: "
+                f"({self.bounds[0]:g}-{self.bounds[1]:g}x {self._start}) and the cap of 10 % decay per step allow: "
                 f"K = {now:.3g}, still {'below' if now < budget_range[0] else 'above'} the range it aims for"
             )
         elif math.isclose(chosen[first], refs[first]):
@@ -565,7 +585,7 @@ class WeightDecayBalancer(_compat.Callback):
                 f"`bounds` allow {self.bounds[0]:g}-{self.bounds[1]:g}x)"
             )
         return chosen, (
-            f"{verdict} (`mode='timescale'`); at the user's λ the run would spend a decay budget K = Σ c·η·λ of "
+            f"{verdict} (`mode='timescale'`); at {self._start} the run would spend a decay budget K = Σ c·η·λ of "
             f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} "
             + (
                 f"({epochs:.3g} epoch{'' if epochs == 1 else 's'})"
@@ -591,11 +611,11 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer,
                 "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run "
                 + ("validates on no batch (`limit_val_batches=0`)" if off else "has no validation dataloader")
-                + "; weight decay is left as configured. "
+                + f"; weight decay is {self._left}. "
                 + ("Let it validate" if off else "Add a `val_dataloader`")
                 + ", or use the default `mode='timescale'`, which needs no validation data.",
             )
-            return list(refs), "left as configured: no validation data to choose by"
+            return list(refs), f"{self._left}: no validation data to choose by"
         first = decayed[0]
         total = len(traces[first].lrs)
         first_bounds = self._bounds(optimizer, traces, first)
@@ -607,31 +627,31 @@ class WeightDecayBalancer(_compat.Callback):
                 for i in range(len(refs))
             ]
             return capped, (
-                f"capped at {high:.3g}, no grid: at the user's λ one step at the cycle's peak would shrink the weights "
-                "by more than 10 %, and the grid compares other λ with the user's"
+                f"capped at {high:.3g}, no grid: at {self._start} one step at the cycle's peak would shrink the "
+                "weights by more than 10 %, and the grid compares other λ with it"
             )
         plan = plan_grid(refs[first], self.factors, first_bounds, total, self.cost)
         if isinstance(plan, str):
             _compat.rank_zero_warn(
                 trainer,
                 f"WeightDecayBalancer(mode='grid'): {plan} within `cost={self.cost}`, too few to compare weight "
-                "decays; weight decay is left as configured.",
+                f"decays; weight decay is {self._left}.",
             )
-            return list(refs), f"left as configured: the run is too short for a grid within `cost={self.cost}`"
+            return list(refs), f"{self._left}: the run is too short for a grid within `cost={self.cost}`"
         if len(plan.factors) < 2:
             return list(refs), (
-                f"kept: `bounds` ({self.bounds[0]:g}-{self.bounds[1]:g}x the user's λ) and the cap of 10 % decay per "
-                f"step clamp every factor of {_fmt(list(self.factors))} onto the user's λ, so the grid has nothing to "
+                f"kept: `bounds` ({self.bounds[0]:g}-{self.bounds[1]:g}x {self._start}) and the cap of 10 % decay per "
+                f"step clamp every factor of {_fmt(list(self.factors))} onto {self._start}, so the grid has nothing to "
                 "compare and no branch was run"
             )
         branch_budget = plan.budget(traces[first], refs[first])
         if branch_budget < MIN_BRANCH_BUDGET:
             full = refs[first] * traces[first].decay_sum()
             return list(refs), (
-                f"kept: in branches of {plan.steps} steps even {max(plan.factors):g}x the user's λ would shrink the "
+                f"kept: in branches of {plan.steps} steps even {max(plan.factors):g}x {self._start} would shrink the "
                 f"weights by {100 * (1 - math.exp(-branch_budget)):.2g} % (decay budget K = {branch_budget:.2g}), too "
                 f"little to tell weight decays apart, so no branch was run (the whole run spends K = {full:.3g} at "
-                "the user's λ)"
+                f"{self._start})"
             )
         start = time.perf_counter()
         branches = [
@@ -649,10 +669,10 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_warn(
                 trainer,
                 f"WeightDecayBalancer(mode='grid') chooses weight decay by the `training_step` loss on the validation "
-                f"batches in eval mode without gradients, as validation runs, but {err}; weight decay is left as "
-                "configured. Make `training_step` accept validation batches there, or use `mode='timescale'`.",
+                f"batches in eval mode without gradients, as validation runs, but {err}; weight decay is "
+                f"{self._left}. Make `training_step` accept validation batches there, or use `mode='timescale'`.",
             )
-            return list(refs), f"left as configured: `training_step` cannot score the validation batches: {err}"
+            return list(refs), f"{self._left}: `training_step` cannot score the validation batches: {err}"
         seconds = time.perf_counter() - start
         factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)

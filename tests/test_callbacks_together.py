@@ -72,9 +72,13 @@ def _reference_lrs(max_lr: float, total_steps: int) -> list[float]:
 def test_learning_rate_finder_in_the_same_trainer_is_refused(tmp_path):
     """Two LR finders would fight over the LR: a clear error before either runs, naming what to remove."""
     model = _seeded()
-    with pytest.raises(MisconfigurationException, match=r"`LearningRateFinder`.*same Trainer.*Remove `LearningRateF"):
+    with pytest.raises(MisconfigurationException, match=r"`LearningRateFinder`.*same Trainer: both run.*Remove `Lear"):
         _fit(tmp_path, model, [LearningRateFinder(), SuperConvergence(num_steps=10)])
     assert model.trainer.global_step == 0
+    # with `max_lr` given only the finder tests: the message says the cycle at that `max_lr` would overwrite it
+    given = r"same Trainer: the finder runs an LR range test .* the one-cycle at the `max_lr` you gave would overwrite"
+    with pytest.raises(MisconfigurationException, match=given):
+        _fit(tmp_path, _seeded(), [LearningRateFinder(), SuperConvergence(max_lr=0.3)])
 
 
 def test_tuner_lr_find_on_a_trainer_with_superconvergence_is_refused(tmp_path):

@@ -161,6 +161,7 @@ class CompatProbe:
         self.seen["has_val"] = _compat.has_val_dataloaders(trainer)
         self.seen["callbacks"] = _compat.callbacks(trainer)
         self.seen["fast_dev_run"] = _compat.fast_dev_run(trainer)
+        self.seen["overfit_batches"] = _compat.overfit_batches(trainer)
         self.seen["resume"] = _compat.checkpoint_to_resume(trainer)
         self.seen["weights_only"] = _compat.weights_only_checkpoint(trainer)
 
@@ -207,12 +208,28 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert seen["has_val"] is True
     assert seen["callbacks"][-1] is probe
     assert seen["fast_dev_run"] is False
+    assert seen["overfit_batches"] == 0
     assert seen["resume"] is False
     assert seen["weights_only"] is False
     assert seen["logging_step"] == 0
     assert seen["training_logging_step"] == [(0, True), (1, True)]
     assert seen["mid_epoch"] is False
     assert seen["reached"] == 0
+
+
+@pytest.mark.parametrize("distribution", [lp, pl])
+def test_the_datamodule_is_the_one_fit_was_given_or_none(tmp_path, distribution):
+    """The datamodule a fit was given, read at fit start; None for a fit given a module with its own loaders."""
+    seen = []
+    probe = type(
+        "Probe", (distribution.Callback,), {"on_fit_start": lambda self, t, m: seen.append(_compat.datamodule(t))}
+    )
+    datamodule = distribution.LightningDataModule.from_datasets(make_dataset(64), batch_size=32)
+    model = TinyClassifier if distribution is lp else StandaloneTinyClassifier
+    for data in (datamodule, None):
+        trainer = distribution.Trainer(**{**QUIET, "default_root_dir": tmp_path, "max_steps": 1}, callbacks=[probe()])
+        trainer.fit(model(), datamodule=data)
+    assert seen == [datamodule, None]
 
 
 @pytest.mark.parametrize("every", [0, 1, 3])

@@ -196,6 +196,24 @@ def test_the_generators_the_given_loaders_own_come_back_as_they_were(form):
     assert torch.equal(first_targets(searched), plain)
 
 
+def test_a_generator_the_model_holds_comes_back_as_it_was():
+    """A model drawing noise from a `torch.Generator` of its own: ``find_max_lr`` leaves it as it found it."""
+
+    class Noisy(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.noise = torch.Generator().manual_seed(3)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return super().training_step((x + torch.randn(x.shape, generator=self.noise), y), batch_idx)
+
+    model = Noisy()
+    before = model.noise.get_state()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert torch.equal(model.noise.get_state(), before)
+
+
 def test_no_training_step_is_taken():
     """The range test's steps are the only ones: the fit loop runs no batch and the global step stays 0."""
     model = CountingClassifier()

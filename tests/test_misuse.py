@@ -262,6 +262,32 @@ def test_fast_dev_run_skips_the_range_test_and_says_so(tmp_path, caplog):
     assert any("`fast_dev_run` is on, so no range test runs" in r.getMessage() for r in caplog.records)
 
 
+def test_overfit_batches_runs_no_range_test_and_trains_as_without_the_callback(tmp_path, caplog):
+    """`overfit_batches` checks that the model fits a few batches: no range test, the user's LR, an info line.
+
+    Found trying the package as a new user: the trials, made to choose a peak that generalizes, picked one that
+    overfit the batch worse than the user's constant LR. With `max_lr=` given the cycle runs at it.
+    """
+    runs = {}
+    for name, callbacks in (("plain", []), ("auto", [SuperConvergence(num_steps=10)])):
+        L.seed_everything(0, verbose=False)
+        model = TinyClassifier()
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+            trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, overfit_batches=1, max_epochs=5))
+            trainer.fit(model)
+        runs[name] = (model, trainer)
+    (plain, _), (auto, trainer) = runs["plain"], runs["auto"]
+    assert trainer.callbacks[0].result is None
+    assert trainer.lr_scheduler_configs == []
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, auto.state_dict()[key]), key
+    assert any("`overfit_batches=1` is on" in r.getMessage() for r in caplog.records)
+    given = SuperConvergence(max_lr=0.05)
+    trainer = L.Trainer(callbacks=[given], **trainer_kwargs(tmp_path, overfit_batches=1, max_epochs=5))
+    trainer.fit(TinyClassifier())
+    assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "SafeOneCycleLR"
+
+
 # ------------------------------------------------------------------------------------------------ strategies
 
 

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
-from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -303,6 +303,32 @@ def test_resume_from_a_checkpoint_without_superconvergence_fails_with_the_fix(tm
     trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), max_epochs=2)
     with pytest.raises(MisconfigurationException, match=r"holds no `SuperConvergence` state.*without `ckpt_path`"):
         trainer.fit(model, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert model.calls == 0
+
+
+def test_resume_from_a_checkpoint_written_by_an_error_inside_the_range_test_says_it_has_no_cycle(tmp_path):
+    """`OnExceptionCheckpoint` after an error in the range test: the callback's state is there, without a cycle.
+
+    Found trying the package as a new user: the message said the checkpoint was written by a run without the callback.
+    """
+
+    class FailsInTheSweep(DeterministicClassifier):
+        def training_step(self, batch, batch_idx):
+            self.failing = getattr(self, "failing", 0) + 1
+            if self.failing == 5:
+                raise ValueError("a bug at the 5th step")
+            return super().training_step(batch, batch_idx)
+
+    saver = OnExceptionCheckpoint(dirpath=tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="a bug at the 5th step"):
+        _trainer(tmp_path / "a", [*_callbacks(with_balancer=False), saver], max_epochs=1).fit(_seeded(FailsInTheSweep))
+    path = tmp_path / "ckpt" / "on_exception.ckpt"
+    assert torch.load(path, weights_only=True)["callbacks"]["SuperConvergence"]["max_lr"] is None
+    model = _seeded()
+    trainer = _trainer(tmp_path / "b", _callbacks(with_balancer=False), max_epochs=2)
+    said = r"whose `SuperConvergence` state has no cycle: .*`OnExceptionCheckpoint` after an error inside the range"
+    with pytest.raises(MisconfigurationException, match=said):
+        trainer.fit(model, ckpt_path=str(path))
     assert model.calls == 0
 
 

@@ -17,10 +17,10 @@ import torchmetrics
 from helpers import OwnRandomSampler, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Subset, TensorDataset
 
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import capture, dataloader_generators, recapture, reseed
+from lightning_superconv.snapshot import capture, dataloader_generators, held_generators, recapture, reseed
 
 
 class Stateful(nn.Module):
@@ -243,6 +243,45 @@ def test_a_reassigned_buffer_a_submodules_counter_and_a_submodule_built_since_ar
     assert float(model.seen) == 0.0
 
 
+class CarriesState(nn.Module):
+    """A layer that creates its carried state at its first forward, and keeps a running statistic in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(4, 4, batch_first=True)
+        self.stats = {"mean": torch.zeros(4)}
+
+    def forward(self, x):
+        out, h = self.rnn(x, getattr(self, "h", None))
+        self.h = h.detach()
+        self.stats["mean"] = 0.9 * self.stats["mean"] + 0.1 * out.detach().mean(dim=(0, 1))
+        return out
+
+
+def test_a_submodule_s_attribute_created_since_is_removed_and_its_dict_of_tensors_written_back():
+    """Found trying the package as a new user: both kept what the range test left, so the run started elsewhere.
+
+    A GRU layer's hidden state carried from batch to batch in an attribute it creates at its first forward; a running
+    mean kept in a dict of tensors and replaced by key.
+    """
+    model = nn.Sequential(CarriesState(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = model[0].stats
+    snapshot = capture(model, optimizer)
+    for _ in range(2):
+        model(torch.randn(3, 5, 4)).sum().backward()
+        optimizer.step()
+    assert hasattr(model[0], "h")
+    assert float(stats["mean"].abs().sum()) > 0
+    snapshot.restore()
+    assert not hasattr(model[0], "h")
+    assert model[0].stats is stats
+    assert torch.equal(stats["mean"], torch.zeros(4))
+    # a list of tensors that aliases parameters gets the parameters themselves back, never copies of them
+    rnn = model[0].rnn
+    assert [id(w) for w in rnn._flat_weights] == [id(getattr(rnn, name)) for name in rnn._flat_weights_names]
+
+
 def test_a_rollback_past_a_pruning_keeps_the_pruned_shape_and_restores_the_weights_values():
     """A snapshot from before a pruning restores ``weight_orig``'s values and leaves ``weight`` unregistered.
 
@@ -333,6 +372,60 @@ def test_a_sampler_s_generator_under_any_name_and_of_any_kind_is_found_restored_
     snapshot.restore()
     reseed(found[0], 1)
     assert [b[0].tolist() for b in loader] == other
+
+
+class _Jittered(TensorDataset):
+    """A dataset holding a generator of its own (it would jitter samples with it)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(torch.arange(8.0))
+        self.jitter = torch.Generator().manual_seed(seed)
+
+
+def test_generators_held_by_datasets_behind_wrappers_by_the_module_and_by_a_datamodule_are_found():
+    """A dataset's own generator is found through `Subset` and `ConcatDataset`; a module's and a datamodule's too.
+
+    Found trying the package as a new user: only loaders' and samplers' generators were restored, and a range test
+    changed the augmentations and the noise the run then drew.
+    """
+    inner, other = _Jittered(1), _Jittered(2)
+    loader = DataLoader(ConcatDataset([Subset(inner, [0, 1]), other]), batch_size=4)
+    found = dataloader_generators([loader])
+    assert len(found) == 2
+    assert {id(g) for g in found} == {id(inner.jitter), id(other.jitter)}
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].noise = torch.Generator().manual_seed(3)
+    model.masks = random.Random(4)
+    datamodule = L.LightningDataModule()
+    datamodule.split = torch.Generator().manual_seed(5)
+    found = held_generators(model, datamodule)
+    assert found == [model.masks, model[1].noise, datamodule.split]
+    assert held_generators(None, None) == []
+
+
+class _Mixup:
+    """A `collate_fn` object that mixes samples with a generator of its own."""
+
+    def __init__(self) -> None:
+        self.mixing = torch.Generator().manual_seed(9)
+
+    def __call__(self, samples):
+        return torch.stack([s[0] for s in samples]) * torch.rand(1, generator=self.mixing)
+
+
+def test_the_generators_of_a_stack_dataset_given_by_name_and_of_a_collate_fn_object_are_found():
+    """A `StackDataset` given its datasets by name, and a `collate_fn` object holding its own generator.
+
+    Found trying the package as a new user: `StackDataset(x=...)` keeps its datasets in a dict, and mixup's own
+    generator in a `collate_fn` object was not looked for: both were left advanced by the range test.
+    """
+    inner = _Jittered(1)
+    mixup = _Mixup()
+    loader = DataLoader(torch.utils.data.StackDataset(x=inner, y=TensorDataset(torch.arange(8.0))), collate_fn=mixup)
+    found = dataloader_generators([loader])
+    assert len(found) == 2
+    assert {id(g) for g in found} == {id(inner.jitter), id(mixup.mixing)}
 
 
 def test_a_sampler_drawing_from_the_operating_system_is_left_alone():

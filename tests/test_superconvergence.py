@@ -12,6 +12,7 @@ import time
 import warnings
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -28,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
@@ -491,6 +493,179 @@ def test_range_test_restores_a_sampler_generator(tmp_path):
     _assert_same_training_state(tested, given)
 
 
+class RandomSubsetValidation(TinyClassifier):
+    """Validates on a random subset that its `val_dataloader` draws from the global RNG, as each call builds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subsets: list[torch.Tensor] = []
+
+    def val_dataloader(self):
+        subset = torch.randperm(64)[:48]
+        self.subsets.append(subset)
+        return DataLoader(torch.utils.data.Subset(make_dataset(64, seed=1), subset.tolist()), batch_size=16)
+
+
+def test_a_val_dataloader_that_draws_a_random_subset_gives_the_trials_and_the_run_the_same_one(tmp_path):
+    """The range test builds the validation loaders once more for its trials, with the global RNG streams put back.
+
+    Found trying the package as a new user: the hook's draw stayed, so the trials scored one subset, the run
+    validated on another, and the run's weights differed from a run given the pick.
+    """
+    validating = {"check_val_every_n_epoch": 1, "limit_val_batches": 2}
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(RandomSubsetValidation), auto, **validating)
+    assert auto.result.trials, "the trials scored on the validation batches"
+    given = _fit(tmp_path, _seeded(RandomSubsetValidation), SuperConvergence(max_lr=auto.result.max_lr), **validating)
+    subsets = tested.lightning_module.subsets
+    assert len(subsets) == len(given.lightning_module.subsets) + 1  # the trials' own call
+    for subset in subsets:
+        assert torch.equal(subset, given.lightning_module.subsets[0])
+    _assert_same_training_state(tested, given)
+
+
+class OwnGeneratorNoise(TinyClassifier):
+    """Adds noise from a `torch.Generator` and masks from a NumPy `Generator` the module holds as attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise = torch.Generator().manual_seed(123)
+        self.masks = np.random.default_rng(5)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x + 0.3 * torch.randn(x.shape, generator=self.noise)
+        x = x * torch.from_numpy(self.masks.random(x.shape) > 0.1).float()
+        return nn.functional.cross_entropy(self(x), y)
+
+
+class AugmentingDataset(torch.utils.data.Dataset):
+    """Jitters each sample with a `torch.Generator` of its own (read in the main process: `num_workers=0`)."""
+
+    def __init__(self) -> None:
+        self.data = make_dataset(128)
+        self.jitter = torch.Generator().manual_seed(7)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        x, y = self.data[index]
+        return x + 0.2 * torch.randn(x.shape, generator=self.jitter), y
+
+
+class AugmentingData(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset = torch.utils.data.Subset(AugmentingDataset(), list(range(128)))  # found through the wrapper too
+
+    def train_dataloader(self):
+        return DataLoader(self.dataset, batch_size=32, shuffle=True)
+
+
+@pytest.mark.parametrize("model_cls", [OwnGeneratorNoise, AugmentingData])
+def test_generators_the_module_or_the_dataset_hold_come_back_after_the_range_test(tmp_path, model_cls):
+    """Noise from a generator of the module's own, augmentation from a dataset's: the run draws as with `max_lr=`.
+
+    Found trying the package as a new user: the range test left them advanced, and the weights differed.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(model_cls), auto)
+    given = _fit(tmp_path, _seeded(model_cls), SuperConvergence(max_lr=auto.result.max_lr))
+    _assert_same_training_state(tested, given)
+
+
+class NormalizesInItsHook(TinyClassifier):
+    """Dict batches, normalized in place by `on_before_batch_transfer` (Lightning's documented hook), or by the data."""
+
+    def __init__(self, in_hook: bool) -> None:
+        super().__init__()
+        self.in_hook = in_hook
+
+    def _loader(self, n: int, seed: int, shuffle: bool) -> DataLoader:
+        x, y = make_dataset(n, seed=seed).tensors
+        x = x * 3 + 1 if self.in_hook else x
+        return DataLoader([{"x": x[i], "y": y[i]} for i in range(n)], batch_size=32, shuffle=shuffle)
+
+    def train_dataloader(self):
+        return self._loader(256, 0, True)
+
+    def val_dataloader(self):
+        return self._loader(64, 1, False)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if self.in_hook:
+            batch["x"] = (batch["x"] - 1) / 3
+        return batch
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch["x"], batch.pop("y")), batch_idx)  # pops, as some steps do
+
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step((batch["x"], batch["y"]), batch_idx)
+
+
+def test_a_hook_or_step_that_changes_its_batch_in_place_leaves_every_trial_the_batches_the_loader_gave(tmp_path):
+    """The trials score copies of the batches they keep: each trial is scored on the same batches as the first.
+
+    Found trying the package as a new user: a hook normalizing `batch["x"]` in place scored the second trial on
+    batches normalized twice, the third thrice (0.43, 0.91, 1.35), and the search stopped early; a step popping the
+    targets left later trials unable to score at all.
+    """
+    results = []
+    for in_hook in (False, True):
+        callback = SuperConvergence(num_steps=20, trial_steps=50)
+        L.seed_everything(0, verbose=False)
+        model = NormalizesInItsHook(in_hook)
+        L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=4)).fit(model)
+        results.append(callback.result)
+    plain, hooked = results
+    assert len(plain.trials) >= 3
+    assert [t["peak"] for t in hooked.trials] == [t["peak"] for t in plain.trials]
+    assert [t["held_out_loss"] for t in hooked.trials] == pytest.approx([t["held_out_loss"] for t in plain.trials])
+    assert hooked.max_lr == plain.max_lr
+
+
+class CountsItsPasses(torch.utils.data.Sampler):
+    """Orders the samples by the number of passes it has made (`self.passes += 1`), with no `set_epoch`."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.passes = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.passes)).tolist())
+
+
+class CountingSamplerClassifier(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampler = CountsItsPasses(256)
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(256), batch_size=32, sampler=self.sampler)
+
+
+def test_a_sampler_that_counts_its_own_passes_counts_only_the_run_s(tmp_path):
+    """A sampler ordering its samples by its own count of passes: the range test's passes are not counted.
+
+    Found trying the package as a new user: every pass the range test started advanced the count (18 against 3
+    after the fit), so the run saw other orders than a run given the pick.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(CountingSamplerClassifier), auto, limit_train_batches=1.0)
+    given = _fit(
+        tmp_path, _seeded(CountingSamplerClassifier), SuperConvergence(max_lr=auto.result.max_lr),
+        limit_train_batches=1.0,
+    )  # fmt: skip
+    assert auto.result.trials
+    assert tested.lightning_module.sampler.passes == given.lightning_module.sampler.passes
+    _assert_same_training_state(tested, given)
+
+
 def test_a_shuffled_validation_loader_validates_in_the_order_it_would_without_the_range_test(tmp_path):
     """The trials score on the validation loader: its generator comes back, so the run validates as with `max_lr=`.
 
@@ -897,6 +1072,13 @@ def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given)
     assert name in message
     assert "must" in message  # what is accepted
     assert given in message.split("got", 1)[1]
+
+
+@pytest.mark.parametrize("value", [torch.tensor(0.1), np.array(0.1), np.array([0.1])])
+def test_a_tensor_or_an_array_as_a_number_gets_the_hint_to_pass_its_item(value):
+    """A 0-d tensor or NumPy array is no number to `float` checks: the message says to pass `.item()`."""
+    with pytest.raises(TypeError, match=r"`max_lr` must be a number \(an array or a tensor: pass `.item\(\)`\)"):
+        SuperConvergence(max_lr=value)
 
 
 @pytest.mark.parametrize(

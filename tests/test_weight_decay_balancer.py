@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 import warnings
 
 import lightning as L
@@ -336,6 +337,35 @@ def test_keep_mode_leaves_weight_decay_as_configured(tmp_path, reference):
     _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer, recorder])
     assert {s[0][2] for s in recorder.steps} == {5e-4}
     assert balancer.weight_decays == [5e-4]
+
+
+def test_keep_mode_reports_the_budget_of_the_weight_decay_it_keeps_against_the_reference(tmp_path):
+    """The ratio is the kept λ's budget over the reference recipe's: a reference 200x the kept λ reads 200x lower.
+
+    Found trying the package as a new user: the reference's λ cancelled out, the same ratio for every reference.
+    """
+    ratios = []
+    for reference in (None, 0.1):
+        balancer = WeightDecayBalancer(mode="keep", reference_weight_decay=reference)
+        _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer])
+        ratios.append(float(re.search(r"decay budget ([0-9.e+-]+)x the reference", balancer.reason).group(1)))
+    assert ratios[1] == pytest.approx(ratios[0] * 5e-4 / 0.1, rel=1e-2)  # each read to 3 digits
+
+
+def test_a_reference_weight_decay_is_named_where_the_modes_start_from_it(tmp_path):
+    """With a `reference_weight_decay` the reasons name it, not the user's λ, as the λ the run trains at or near.
+
+    Found trying the package as a new user: a grid too short to run trained at the reference's λ and said "left as
+    configured"; `timescale` said what the run "would spend at the user's λ" of the reference's.
+    """
+    grid = WeightDecayBalancer(mode="grid", reference_weight_decay=1e-3)
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), grid])
+    assert grid.weight_decays == [1e-3]
+    assert grid.reason.startswith("left at the `reference_weight_decay`: the run is too short for a grid")
+    timescale = WeightDecayBalancer(mode="timescale", reference_weight_decay=1e-3)
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), timescale])
+    assert "at the `reference_weight_decay` the run would spend a decay budget" in timescale.reason
+    assert "user's" not in timescale.reason
 
 
 def test_groups_without_weight_decay_are_left_alone(tmp_path):
