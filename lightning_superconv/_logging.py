@@ -52,7 +52,7 @@ def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
 def _add_figure(trainer: _compat.Trainer, result: RangeTestResult) -> None:
     """Add the loss-vs-LR figure to loggers that take figures (TensorBoard), when matplotlib is installed."""
     try:
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ModuleNotFoundError:
         return
     for logger in trainer.loggers:
@@ -60,9 +60,10 @@ def _add_figure(trainer: _compat.Trainer, result: RangeTestResult) -> None:
         add_figure = getattr(experiment, "add_figure", None)
         if add_figure is None:
             continue
-        fig = result.plot()
-        add_figure(f"{RANGE_TEST_PREFIX}/curve", fig, global_step=0, close=True)
-        plt.close(fig)
+        # a figure of its own, outside pyplot: the user's matplotlib backend and pyplot's figures are left alone
+        fig = Figure(figsize=(6, 4))
+        result.plot(ax=fig.subplots())
+        add_figure(f"{RANGE_TEST_PREFIX}/curve", fig, global_step=0, close=False)
 
 
 def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float]:

@@ -83,6 +83,25 @@ def move_behind(trainer: _compat.Trainer, anchor: Any, classes: tuple[type, ...]
     _compat.set_callbacks(trainer, rest[:at] + early + rest[at:])
 
 
+def refuse_a_second(trainer: _compat.Trainer, mine: Any, cls: type) -> None:
+    r"""Refuse a second callback of ``cls`` (or of a subclass) beside ``mine`` in the running Trainer.
+
+    Lightning refuses two callbacks of one state key when the Trainer is built, but not those a module's
+    ``configure_callbacks`` adds at fit time, nor a subclass (found trying the package as a new user: both ran, the
+    second replaced the first's cycle, the first's guard took that for SWA's scheduler, and one state overwrote the
+    other in checkpoints).
+    """
+    others = [cb for cb in _compat.callbacks(trainer) if isinstance(cb, cls) and cb is not mine]
+    if others:
+        name = cls.__name__
+        raise _compat.misconfiguration(
+            trainer,
+            f"This Trainer runs {len(others) + 1} `{name}` callbacks (counting subclasses, and those your module's "
+            f"`configure_callbacks` returns): they would each set the schedule and the weight decay, one over the "
+            f"other, and share one state in checkpoints. Keep one `{name}`.",
+        )
+
+
 def move_in_front(trainer: _compat.Trainer, mover: Any, classes: tuple[type, ...]) -> None:
     """Put ``mover`` in front of the first callback of ``classes`` (a new list, as in :func:`move_behind`)."""
     callbacks = _compat.callbacks(trainer)

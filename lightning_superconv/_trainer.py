@@ -261,6 +261,30 @@ def _steps_in_epochs(trainer: _compat.Trainer, epochs: range) -> int:
     return sum(math.ceil(batches / max(int(accumulation(epoch)), 1)) for epoch in epochs)
 
 
+def step_batch_counts(trainer: _compat.Trainer, steps: int) -> list[int]:
+    r"""For each of the next ``steps`` optimizer steps, the batches of its epoch read when it is taken (from 1).
+
+    Lightning steps a ``"step"`` scheduler of ``frequency`` f after an optimizer step whose epoch has read a multiple
+    of f batches by then (``batch_idx + 1``), not after every f-th optimizer step: under accumulation, and at each
+    epoch's end, the two differ. Each epoch at its own accumulation (a ``GradientAccumulationScheduler``); a stream
+    without a length is one long epoch.
+    """
+    schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
+    known = epoch_length_known(trainer)
+    batches = int(trainer.num_training_batches) if known else None
+    counts: list[int] = []
+    epoch = int(trainer.current_epoch)
+    while len(counts) < steps:
+        every = schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
+        every = max(int(every), 1)
+        if batches is None:
+            counts += [every * k for k in range(1, steps - len(counts) + 1)]
+            break
+        counts += [min(every * k, batches) for k in range(1, math.ceil(batches / every) + 1)]
+        epoch += 1
+    return counts[:steps]
+
+
 def accumulates(trainer: _compat.Trainer) -> bool:
     """Whether gradients accumulate: ``accumulate_grad_batches`` above 1, or a ``GradientAccumulationScheduler``."""
     scheduled = _compat.callback_of(trainer, "GradientAccumulationScheduler") is not None

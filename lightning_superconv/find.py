@@ -19,6 +19,7 @@ import torch
 from typing_extensions import override
 
 from lightning_superconv import _compat, _trainer
+from lightning_superconv._logging import log_range_test
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.snapshot import (
@@ -63,6 +64,9 @@ class _RangeTestProbe(_compat.Callback):
             trainer, "find_max_lr", "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network."
         )
         self.result = run_range_test(trainer, pl_module, optimizer, self.config, run_steps=run_steps)
+        # to a logger given in `trainer_kwargs`, as the callback logs it (found trying the package as a new user: a
+        # TensorBoard logger there got an empty run)
+        log_range_test(trainer, self.result)
         # the fit loop checks `should_stop` before its first step and returns without training
         trainer.should_stop = True
 
@@ -86,7 +90,8 @@ def find_max_lr(
             model's own ``val_dataloader``; with none, the training batches after those the trials train on.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
             ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
-            unless given here; ``min_epochs`` and ``min_steps`` are ignored (no training step is taken).
+            unless given here (a logger given gets the range test's curve, as the callback logs it); ``min_epochs``
+            and ``min_steps`` are ignored (no training step is taken).
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
             ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``. By default
             (``trial_steps=None``) the trials last a third of the run ``trainer_kwargs`` describes, from 100 to 300

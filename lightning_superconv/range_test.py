@@ -193,6 +193,7 @@ def run_range_test(
             group["lr"] = lrs[step] * ratio
 
     def check(step: int, loss: float) -> str | None:
+        _refuse_an_lr_the_module_set(trainer, float(optimizer.param_groups[0]["lr"]), lrs[step] * ratios[0], step)
         reason = monitor.update(loss)
         seen.append(loss)
         if reason is not None or step + 1 < config.num_steps:
@@ -382,6 +383,25 @@ def run_range_test(
         skipped_steps=record.skipped_steps,
         skipped_batches=record.skipped_batches,
         trials=trials,
+    )
+
+
+def _refuse_an_lr_the_module_set(trainer: _compat.Trainer, found: float, set_to: float, step: int) -> None:
+    """Raise where the LR the sweep set for a step was changed during it: the curve would not be the sweep's.
+
+    Found trying the package as a new user: a warm-up in ``on_before_optimizer_step`` (``global_step`` is 0 in every
+    range-test step) held the LR at 5e-4 through the whole sweep; the curve never rose, the trials scored alike, and
+    a peak of 8576 was installed.
+    """
+    if found == set_to:
+        return
+    raise _compat.misconfiguration(
+        trainer,
+        f"The range test set the LR of its step {step} to {set_to:.4g}, and it was {found:.4g} after the step: your "
+        "module sets the LR itself (a warm-up in `on_before_optimizer_step` or `training_step`, a scheduler it steps "
+        "by hand), so the range test cannot sweep it. The one-cycle has a warm-up of its own: remove yours, or pass "
+        "`max_lr=` (your code then overrides the cycle's LR where it sets its own). The model and optimizer were "
+        "restored.",
     )
 
 

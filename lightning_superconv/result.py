@@ -2,6 +2,7 @@ r"""The record of one LR range test: what was swept, what the loss did, what was
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,10 +61,8 @@ class RangeTestResult:
             ModuleNotFoundError: if matplotlib is not installed (``pip install lightning-superconv[examples]``).
         """
         try:
-            import matplotlib
-
-            if ax is None:
-                matplotlib.use("Agg", force=False)
+            # pyplot at the user's own backend (found trying the package as a new user: switching it to Agg here left
+            # `plt.show()` showing nothing); the callback's TensorBoard figure is drawn outside pyplot
             import matplotlib.pyplot as plt
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise ModuleNotFoundError("`RangeTestResult.plot()` needs matplotlib: `pip install matplotlib`") from err
@@ -82,7 +81,7 @@ class RangeTestResult:
                 ax.axvline(trial["peak"], color="C2", linestyle=":", linewidth=1.5, label=label)
             ax.axvline(self.max_lr, color="C3", linestyle="--", label=f"max_lr = {self.max_lr:.3g}")
         ax.set_xscale("log")
-        finite = [loss for loss in self.smoothed if loss == loss]
+        finite = [loss for loss in self.smoothed if math.isfinite(loss)]
         if finite:
             low, high = min(finite), max(finite[: max(self.pick_index + 1, 1)] + finite[:1])
             pad = 0.1 * (high - low) if high > low else 1.0

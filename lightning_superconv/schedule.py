@@ -218,6 +218,16 @@ class SafeOneCycleLR(OneCycleLR):
             )
         super().step()
 
+    def step_update(self, num_updates: int, metric: Any = None) -> None:
+        r"""One step of the cycle for timm's per-update call (its arguments ignored, as :meth:`step`'s ``epoch``).
+
+        A module written for timm's schedulers overrides ``lr_scheduler_step`` to call
+        ``scheduler.step_update(num_updates=self.global_step)`` at each optimizer step (found trying the package as a
+        new user: it failed with an ``AttributeError`` after the whole range test had run). Lightning calls that hook
+        once per optimizer step, so each call advances the cycle by one.
+        """
+        self.step()
+
     def get_lr(self) -> list[Any]:
         """The LR of the current step, clamped to the end of the cycle (and re-warmed after a rollback)."""
         factor = self.rewarm_factor()

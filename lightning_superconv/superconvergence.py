@@ -188,6 +188,8 @@ class SuperConvergence(_compat.Callback):
         self._start_step: int
         self._restored: bool
         self._state_loaded: bool  # a checkpoint gave this fit a state of this callback (with a cycle or not)
+        self._warned_stepping: bool  # said that the cycle is not stepped once per optimizer step
+        self._told_the_end: bool  # a resume said at its start that the run ends elsewhere than its cycle
         self._first_pass_read: bool  # the first epoch of this fit has ended (a stream's pass length is known)
         self._scheduler: SafeOneCycleLR | None
         self._group_count = 0
@@ -209,8 +211,9 @@ class SuperConvergence(_compat.Callback):
             return
         self._new_fit()
         _setups.refuse_lr_finder(trainer, max_lr_given=self.requested_max_lr is not None)
-        # A second SuperConvergence never gets here: its state key equals the first one's, which Lightning refuses
-        # when the Trainer is built ("Found more than one stateful callback of type `SuperConvergence`").
+        # A second SuperConvergence given to the Trainer never gets here: its state key equals the first one's, which
+        # Lightning refuses when the Trainer is built; one from `configure_callbacks`, or a subclass, does
+        _setups.refuse_a_second(trainer, self, SuperConvergence)
         # SWA's `on_fit_start` adds an epoch to `max_epochs` for its batch-norm pass, which has no optimizer step of
         # its own. Sizing the cycle after that would depend on the order of the callbacks list; so SWA moves behind
         # us (it does nothing before its start epoch, and its average starts from the weights the range test
@@ -343,6 +346,7 @@ class SuperConvergence(_compat.Callback):
         planned = self._start_step + self.total_steps
         end = _trainer.resumed_fit_end(trainer)
         if math.isfinite(end) and int(end) != planned:
+            self._told_the_end = True  # the end of training need not say it again
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
             outcome = (
                 f"from step {planned} on, the LR stays at the cycle's final value {final:.3g}"
@@ -360,6 +364,7 @@ class SuperConvergence(_compat.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        self._stepped_once_per_step(trainer)
         # an epoch cut short (EarlyStopping, `max_time`, a hook returning -1) ends the run: its length is no pass's
         if self._scheduler is None or self._first_pass_read or self._restored or trainer.should_stop:
             return
@@ -382,10 +387,10 @@ class SuperConvergence(_compat.Callback):
         # a stop asked for (EarlyStopping, `max_time`) ends mid-cycle by design, and a stream's shortfall was told at
         # its first epoch's end; a run whose epochs came out shorter than planned would end silently, its LR high
         scheduler = self._scheduler
-        if scheduler is None or trainer.should_stop or not _trainer.epoch_length_known(trainer):
+        if scheduler is None or trainer.should_stop or self._told_the_end or not _trainer.epoch_length_known(trainer):
             return
         left = int(scheduler.total_steps) - int(scheduler.last_epoch)
-        if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler):
+        if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler) or not self._stepped_once_per_step(trainer):
             return
         final = scheduler.optimizer.param_groups[0]["min_lr"]
         _compat.rank_zero_warn(
@@ -495,6 +500,8 @@ class SuperConvergence(_compat.Callback):
         self._start_step = 0
         self._restored = False
         self._state_loaded = False
+        self._warned_stepping = False
+        self._told_the_end = False
         self._first_pass_read = False
         self._scheduler = None
         self._logger = None
@@ -502,6 +509,33 @@ class SuperConvergence(_compat.Callback):
         self._guard_state = None
         self._guard_state_version = _STATE_VERSION
         self.rescues = []
+
+    def _stepped_once_per_step(self, trainer: _compat.Trainer) -> bool:
+        """Whether the cycle has advanced once per optimizer step of this fit; if not, say so (once) and why.
+
+        The cycle's position counts the optimizer steps since it started, in a resumed run too. A module's
+        ``lr_scheduler_step`` override that steps it every other call, twice, or not at all (found trying the package
+        as a new user: the LR stayed at the cycle's start for the whole run, and only a misleading message at its end
+        hinted at it) moves it otherwise; so does manual optimization that steps it other than once per step.
+        """
+        scheduler = self._scheduler
+        if scheduler is None or not _trainer.scheduler_in_use(trainer, scheduler):
+            return True
+        ran = int(trainer.global_step) - self._start_step
+        stepped = int(scheduler.last_epoch)
+        if stepped == ran:
+            return True
+        if not self._warned_stepping:
+            self._warned_stepping = True
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: the one-cycle was stepped {stepped} times in the {ran} optimizer steps of this fit "
+                "so far: your module steps it other than once per optimizer step (an `lr_scheduler_step` override, "
+                "or manual optimization), so the LR does not follow the planned cycle. Lightning calls "
+                "`lr_scheduler_step` once per optimizer step: call `scheduler.step()` once in it, or remove the "
+                "override.",
+            )
+        return False
 
     def _nothing_to_resume(self) -> str:
         """Why a checkpoint gives no cycle to resume: no state of this callback in it, or a state without a cycle.

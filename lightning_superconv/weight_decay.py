@@ -231,13 +231,15 @@ def trace_schedule(
     schedulers: Sequence[SchedulerSpec],
     total_steps: int,
     steps_per_epoch: int | Sequence[int] | None = None,
+    step_batches: Sequence[int] | None = None,
 ) -> tuple[list[GroupTrace], list[str]]:
     r"""Replay the schedulers on a detached copy of the optimizer and record each group's LR and momentum per step.
 
     Nothing the training run holds is touched: the schedulers and optimizer are deep-copied without parameters or
-    state. ``"step"`` schedulers step after every ``frequency`` optimizer steps and ``"epoch"`` schedulers after every
-    ``frequency * steps_per_epoch``, as Lightning does. A scheduler that needs a metric (``ReduceLROnPlateau``) cannot
-    be foreseen: it is left out and named in the returned notes; the traced LR then stays at its current value.
+    state. ``"step"`` schedulers step after an optimizer step whose epoch has read a multiple of ``frequency`` batches
+    (``step_batches``), and ``"epoch"`` schedulers after every ``frequency``-th epoch, as Lightning does. A scheduler
+    that needs a metric (``ReduceLROnPlateau``) cannot be foreseen: it is left out and named in the returned notes;
+    the traced LR then stays at its current value.
 
     Args:
         optimizer: the optimizer the schedulers drive, in the state it will start training from.
@@ -245,6 +247,10 @@ def trace_schedule(
         total_steps: optimizer steps of the run.
         steps_per_epoch: optimizer steps per epoch, for ``"epoch"`` schedulers: one for all, or each epoch's own
             (:func:`epoch_ends`).
+        step_batches: for each optimizer step, the batches its epoch has read when it is taken (from 1), for
+            ``"step"`` schedulers of a ``frequency`` above 1 (found trying the package as a new user: under
+            accumulation of 4 a scheduler of frequency 2 steps at every optimizer step, and was traced at every other
+            one); None: one batch per step, in one epoch.
 
     Returns:
         One :class:`GroupTrace` per param group, and notes on what could not be traced.
@@ -275,7 +281,8 @@ def trace_schedule(
             if spec.interval == "epoch":
                 due = step + 1 in ended and ended[step + 1] % max(spec.frequency, 1) == 0
             else:
-                due = (step + 1) % max(spec.frequency, 1) == 0
+                read = step_batches[step] if step_batches is not None and step < len(step_batches) else step + 1
+                due = read % max(spec.frequency, 1) == 0
             if due:
                 try:
                     with warnings.catch_warnings():

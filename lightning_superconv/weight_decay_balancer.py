@@ -253,6 +253,7 @@ class WeightDecayBalancer(_compat.Callback):
         self.planned_steps = None
         self.rescues_balanced = None
         self._restored_mode = self.mode
+        _setups.refuse_a_second(trainer, self, WeightDecayBalancer)
         # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
         from lightning_superconv.superconvergence import SuperConvergence
 
@@ -284,7 +285,9 @@ class WeightDecayBalancer(_compat.Callback):
         # recipe the user would have run without either callback.
         total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
-        traces, _ = trace_schedule(optimizer, specs, total, _trainer.steps_per_epoch(trainer))
+        traces, _ = trace_schedule(
+            optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total)
+        )
         configured = configured_weight_decays(optimizer)
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
         lrs = _reference_lrs(optimizer, self.reference_lr)
@@ -349,8 +352,9 @@ class WeightDecayBalancer(_compat.Callback):
         remaining = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
         self.planned_steps = remaining
         traces, notes = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer)
-        )
+            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
+            _trainer.step_batch_counts(trainer, remaining),
+        )  # fmt: skip
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
@@ -407,10 +411,12 @@ class WeightDecayBalancer(_compat.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # plain values only, so checkpoints load with `torch.load(weights_only=True)`; the mode is kept for the record
+        # plain values only, so checkpoints load with `torch.load(weights_only=True)`. The mode that chose λ: a run
+        # resumed under another `mode` keeps the checkpoint's, and so does its own checkpoint (found trying the
+        # package as a new user: a second resume then named the new mode as the one that chose λ)
         return {
             "version": _STATE_VERSION,
-            "mode": self.mode,
+            "mode": self._restored_mode,
             **{name: getattr(self, name) for name in _RESTORED_FIELDS},
         }
 
@@ -481,7 +487,10 @@ class WeightDecayBalancer(_compat.Callback):
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         step = int(trainer.global_step)
         remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - step, 1)
-        traces, _ = trace_schedule(optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer))
+        traces, _ = trace_schedule(
+            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
+            _trainer.step_batch_counts(trainer, remaining),
+        )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
         traces = traces[: len(self.reference_weight_decays)]
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
@@ -579,14 +588,26 @@ class WeightDecayBalancer(_compat.Callback):
             )
         elif math.isclose(chosen[first], refs[first]):
             verdict = "kept: its decay timescale already lies between one epoch and the whole run"
+        elif epochs < least:
+            # found trying the package as a new user: a run of 0.6 epochs said "between one epoch and the whole run"
+            verdict = (
+                f"moved to the smallest budget allowed, K = {now:.3g} (`min_budget`): the run spans fewer epochs than "
+                f"that, so no timescale lies between one epoch and the whole run (`bounds` allow "
+                f"{self.bounds[0]:g}-{self.bounds[1]:g}x)"
+            )
         else:
             verdict = (
                 f"moved so that decay acts on a timescale between one epoch and the whole run (K = {now:.3g}; "
                 f"`bounds` allow {self.bounds[0]:g}-{self.bounds[1]:g}x)"
             )
+        allowed = (
+            f"{budget_range[0]:g} only"
+            if budget_range[0] == budget_range[1]
+            else f"{budget_range[0]:g}-{budget_range[1]:.3g}"
+        )
         return chosen, (
             f"{verdict} (`mode='timescale'`); at {self._start} the run would spend a decay budget K = Σ c·η·λ of "
-            f"{spent:.3g}, allowed {budget_range[0]:g}-{budget_range[1]:.3g} "
+            f"{spent:.3g}, allowed {allowed} "
             + (
                 f"({epochs:.3g} epoch{'' if epochs == 1 else 's'})"
                 if known

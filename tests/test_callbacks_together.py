@@ -119,6 +119,44 @@ def test_two_superconvergence_callbacks_are_refused_when_the_trainer_is_built(tm
         L.Trainer(callbacks=[SuperConvergence(max_lr=0.1), SuperConvergence(max_lr=0.2)], **trainer_kwargs(tmp_path))
 
 
+class BringsItsOwn(TinyClassifier):
+    """A module whose `configure_callbacks` returns callbacks of this package."""
+
+    def __init__(self, callbacks) -> None:
+        super().__init__()
+        self.own = callbacks
+
+    def configure_callbacks(self):
+        return self.own
+
+
+class MySuperConvergence(SuperConvergence):
+    """A subclass: another state key, which Lightning's own check at `Trainer(...)` does not compare."""
+
+
+@pytest.mark.parametrize(
+    ("trainer_callbacks", "module_callbacks", "name"),
+    [
+        ([], lambda: [SuperConvergence(), SuperConvergence(max_lr=0.05)], "SuperConvergence"),
+        ([], lambda: [WeightDecayBalancer(), WeightDecayBalancer(mode="keep")], "WeightDecayBalancer"),
+        ([SuperConvergence(max_lr=0.1), MySuperConvergence(max_lr=0.05)], list, "SuperConvergence"),
+    ],
+    ids=["two-from-configure_callbacks", "two-balancers-from-configure_callbacks", "a-subclass-beside"],
+)
+def test_a_second_callback_of_this_package_that_lightning_lets_through_is_refused_before_any_step(
+    tmp_path, trainer_callbacks, module_callbacks, name
+):
+    """From `configure_callbacks`, or a subclass: both would run, one over the other. Refused at setup.
+
+    Found trying the package as a new user: the second replaced the first's cycle, the first's guard read that as SWA
+    taking over, and one state overwrote the other in checkpoints.
+    """
+    model = BringsItsOwn(module_callbacks())
+    with pytest.raises(MisconfigurationException, match=rf"runs 2 `{name}` callbacks .* Keep one `{name}`"):
+        _fit(tmp_path, model, trainer_callbacks)
+    assert model.trainer.global_step == 0
+
+
 # ------------------------------------------------------------------------------------------------ SWA
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from helpers import BackboneClassifier, Tally, TinyClassifier, make_dataset
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from lightning_superconv import RangeTestResult, SuperConvergence, WeightDecayBalancer, find_max_lr
@@ -302,6 +304,42 @@ def test_trainer_kwargs_reach_the_trainer():
         model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"accumulate_grad_batches": 2}
     )
     assert model.calls == 2 * (len(result.losses) + result.skipped_steps)
+
+
+def test_plot_and_a_logged_fit_leave_the_users_matplotlib_backend_alone(tmp_path):
+    """Found trying the package as a new user: `plot()` switched the backend to Agg, so `plt.show()` showed nothing.
+
+    `plot()` draws with pyplot at the user's backend; the callback's TensorBoard figure is drawn outside pyplot and
+    leaves no pyplot figure open. A logger given in `trainer_kwargs` gets the range test's curve, as the callback's.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        logger = TensorBoardLogger(tmp_path, name="find")
+        result = find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0,
+                             trainer_kwargs={"logger": logger})  # fmt: skip
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == []  # the logged figure was never pyplot's
+        fig = result.plot()
+        assert matplotlib.get_backend() == "svg"
+        plt.close(fig)
+    finally:
+        matplotlib.use(before)
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert [e.value for e in events.Scalars("lr_range_test/loss")] == pytest.approx(result.losses, rel=1e-6)
+    assert events.Images("lr_range_test/curve")
+
+
+def test_plot_draws_a_curve_whose_smoothed_loss_holds_an_inf():
+    """An edited or hand-built result with an inf in its smoothed curve plots (the axis limits skip it)."""
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    result = RangeTestResult(lrs, [2.0, 1.5, 1.0, 3.0], [2.0, math.inf, 1.0, 3.0], 0.05, 3, "test", "diverged")
+    fig = result.plot()
+    assert fig.axes[0].get_ylim()[1] < math.inf
 
 
 def test_plot_draws_the_curve_and_the_pick():

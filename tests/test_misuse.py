@@ -262,6 +262,33 @@ def test_fast_dev_run_skips_the_range_test_and_says_so(tmp_path, caplog):
     assert any("`fast_dev_run` is on, so no range test runs" in r.getMessage() for r in caplog.records)
 
 
+class WarmsUpInAHook(TinyClassifier):
+    """Lightning's common warm-up: the LR set in `on_before_optimizer_step` while `global_step` is below 20."""
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.trainer.global_step < 20:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.01 * (self.trainer.global_step + 1) / 20
+
+
+def test_a_warm_up_that_sets_the_lr_in_a_hook_is_refused_by_the_range_test_with_what_to_do(tmp_path):
+    """The sweep's LR, overwritten at every range-test step (its `global_step` is 0), would sweep nothing: refused.
+
+    Found trying the package as a new user: the curve never rose, every trial scored alike, and a peak of 8576 was
+    installed. With `max_lr=` the run trains.
+    """
+    model = WarmsUpInAHook()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    said = r"set the LR of its step 0 to 1e-06, and it was 0.0005 after the step: your module sets the LR itself"
+    with pytest.raises(MisconfigurationException, match=said):
+        L.Trainer(callbacks=[SuperConvergence(num_steps=20)], **trainer_kwargs(tmp_path)).fit(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    trainer = L.Trainer(callbacks=[SuperConvergence(max_lr=0.1)], **trainer_kwargs(tmp_path, limit_train_batches=4))
+    trainer.fit(WarmsUpInAHook())
+    assert trainer.global_step == 8
+
+
 def test_overfit_batches_runs_no_range_test_and_trains_as_without_the_callback(tmp_path, caplog):
     """`overfit_batches` checks that the model fits a few batches: no range test, the user's LR, an info line.
 

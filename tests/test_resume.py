@@ -252,6 +252,7 @@ def test_a_resume_at_another_length_is_told_the_step_it_really_ends_at(
     said = [re.search(r"this run ends at step (\d+)", str(w.message)) for w in caught]
     assert [int(match.group(1)) for match in said if match] == [trainer.global_step]
     assert trainer.global_step != 24
+    assert not [w for w in caught if "before the end of the one-cycle" in str(w.message)]  # said once, at the start
 
 
 @pytest.mark.parametrize("step", [9, 18])

@@ -887,6 +887,63 @@ def test_an_lr_scheduler_step_override_passing_the_epoch_steps_the_cycle_once_pe
     assert [lr for (lr,) in overriding.lrs] == pytest.approx([lr for (lr,) in expected], rel=1e-12)
 
 
+class UpdateSteppedScheduler(EpochSteppedScheduler):
+    """timm's per-update kind: ``step_update(num_updates)``, called at each optimizer step."""
+
+    def step_update(self, num_updates, metric=None) -> None:
+        self.step(num_updates // 4)
+
+
+class UpdateSteppingClassifier(TinyClassifier):
+    """timm's documented per-step idiom: ``scheduler.step_update(num_updates=self.global_step)``."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+        scheduler = UpdateSteppedScheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+
+
+def test_an_lr_scheduler_step_override_calling_timm_s_step_update_steps_the_cycle_once_per_call(tmp_path):
+    """Found trying the package as a new user: an `AttributeError` (no `step_update`) after the whole range test."""
+    plain, overriding = ScheduleRecorder(), ScheduleRecorder()
+    _fit(tmp_path / "plain", TinyClassifier(), SuperConvergence(max_lr=0.3), callbacks=[plain], max_epochs=2)
+    _fit(tmp_path / "timm", UpdateSteppingClassifier(), SuperConvergence(max_lr=0.3), callbacks=[overriding],
+         max_epochs=2)  # fmt: skip
+    assert overriding.lrs == plain.lrs
+
+
+class StepsTheCycle(TinyClassifier):
+    """An `lr_scheduler_step` override that steps the scheduler `per_call` times per call (0: never)."""
+
+    def __init__(self, per_call: int) -> None:
+        super().__init__()
+        self.per_call = per_call
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        for _ in range(self.per_call):
+            scheduler.step()
+
+
+@pytest.mark.parametrize(("per_call", "stepped"), [(0, 0), (2, 8)])
+def test_an_override_that_steps_the_cycle_other_than_once_per_step_is_said_so_at_the_first_epoch_s_end(
+    tmp_path, per_call, stepped
+):
+    """A warning names the override; the end of the run blames no epochs shorter than planned.
+
+    Found trying the package as a new user: a no-op override left the LR at the cycle's start for the whole run;
+    the only message, at its end, blamed epochs shorter than planned.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, StepsTheCycle(per_call), SuperConvergence(max_lr=0.3), max_epochs=2)
+    said = [str(w.message) for w in caught if "SuperConvergence" in str(w.message)]
+    assert len([m for m in said if f"was stepped {stepped} times in the 4 optimizer steps" in m]) == 1
+    assert not [m for m in said if "epochs came out shorter" in m]
+
+
 def test_param_group_ratios_are_kept_in_the_cycle(tmp_path):
     """Groups configured at 0.01 and 0.001 peak at `max_lr` and `max_lr / 10` and keep 10:1 at every step."""
     recorder = ScheduleRecorder()

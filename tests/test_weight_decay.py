@@ -230,6 +230,25 @@ def test_an_epoch_scheduler_steps_at_each_epoch_s_own_end_when_the_epochs_differ
     assert epochs_spanned(4, 10) == 2.5
 
 
+def test_a_step_scheduler_of_frequency_above_one_steps_where_its_epoch_has_read_a_multiple_of_it_in_batches():
+    """Lightning steps it after an optimizer step whose epoch has read `frequency` batches times k, not every k-th step.
+
+    Found trying the package as a new user: under accumulation of 4 a scheduler of frequency 2 steps at every optimizer
+    step (4, 8, 12 batches read), and the balancer traced it at every other one (K 0.293 traced, 0.186 run).
+    """
+    opt = torch.optim.SGD(_params(), lr=1.0)
+    spec = [SchedulerSpec(StepLR(opt, step_size=1, gamma=0.5), "step", 2)]
+    traces, _ = trace_schedule(opt, spec, total_steps=4, step_batches=[4, 8, 12, 16])
+    assert traces[0].lrs == [1.0, 0.5, 0.25, 0.125]
+    # epochs of 5 batches, no accumulation: the count restarts at each epoch (batches 2 and 4 of each step it)
+    spec = [SchedulerSpec(StepLR(opt, step_size=1, gamma=0.5), "step", 2)]
+    traces, _ = trace_schedule(opt, spec, total_steps=6, step_batches=[1, 2, 3, 4, 5, 1])
+    assert traces[0].lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    without = [SchedulerSpec(StepLR(opt, step_size=1, gamma=0.5), "step", 2)]
+    traces, _ = trace_schedule(opt, without, total_steps=4)  # one epoch of one batch per step
+    assert traces[0].lrs == [1.0, 1.0, 0.5, 0.5]
+
+
 def test_trace_holds_the_last_lr_past_a_one_cycle_end():
     """A run longer than torch's OneCycleLR allows keeps the cycle's final LR instead of raising."""
     opt = torch.optim.SGD(_params(), lr=0.1)

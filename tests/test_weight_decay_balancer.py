@@ -283,6 +283,18 @@ def test_timescale_that_reaches_its_range_says_it_moved_there(tmp_path):
     assert balancer.reason.startswith("moved so that decay acts on a timescale between one epoch and the whole run")
 
 
+def test_a_run_shorter_than_min_budget_epochs_says_it_took_the_smallest_budget_allowed(tmp_path):
+    """Three quarters of an epoch: no timescale lies between one epoch and the run; K = `min_budget`, said so.
+
+    Found trying the package as a new user: it said "between one epoch and the whole run", allowed "1-1".
+    """
+    balancer = WeightDecayBalancer(bounds=(0.01, 1000.0))
+    _fit(tmp_path, TinyClassifier(n=1024), [SuperConvergence(max_lr=0.5), balancer], epochs=-1, max_steps=24,
+         limit_train_batches=1.0)  # fmt: skip
+    assert balancer.reason.startswith("moved to the smallest budget allowed, K = 1 (`min_budget`)")
+    assert "allowed 1 only (0.75 epochs)" in balancer.reason
+
+
 def test_timescale_keeps_a_weight_decay_already_in_range(tmp_path):
     """A λ whose budget lies between 1 and the number of epochs is left exactly as configured."""
     total = 6 * STEPS_PER_EPOCH
@@ -366,6 +378,40 @@ def test_a_reference_weight_decay_is_named_where_the_modes_start_from_it(tmp_pat
     _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), timescale])
     assert "at the `reference_weight_decay` the run would spend a decay budget" in timescale.reason
     assert "user's" not in timescale.reason
+
+
+class StepsEveryOtherBatch(TinyClassifier):
+    """Plain SGD (so K = λ·Σ η) under a `StepLR` of `interval="step"` and `frequency=2`."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, weight_decay=5e-3)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 2}}
+
+
+class StepLRs(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_the_decay_budget_read_from_a_step_scheduler_of_frequency_two_is_the_one_that_runs(tmp_path, accumulate):
+    """Lightning steps it where the epoch has read an even number of batches: the balancer traces it so.
+
+    Found trying the package as a new user: under accumulation of 4 the scheduler steps at every optimizer step, and
+    was traced at every other one (K 0.293 traced against 0.186 run).
+    """
+    balancer, lrs = WeightDecayBalancer(mode="keep"), StepLRs()
+    model = StepsEveryOtherBatch(n=320)
+    _fit(tmp_path, model, [balancer, lrs], epochs=3, accumulate_grad_batches=accumulate, limit_train_batches=1.0)
+    balancer = WeightDecayBalancer(mode="timescale")
+    _fit(tmp_path, StepsEveryOtherBatch(n=320), [balancer], epochs=3, accumulate_grad_batches=accumulate,
+         limit_train_batches=1.0)  # fmt: skip
+    traced = float(re.search(r"decay budget K = Σ c·η·λ of ([0-9.e+-]+)", balancer.reason).group(1))
+    assert traced == pytest.approx(5e-3 * sum(lrs.lrs), rel=5e-3)  # read to 3 digits
 
 
 def test_groups_without_weight_decay_are_left_alone(tmp_path):
@@ -827,6 +873,9 @@ def test_resume_with_another_mode_re_applies_the_checkpoints_lambda_and_says_so(
         assert {step[0][2] for step in recorder.steps} == {first.weight_decays[0]}
         assert "chosen at the start in `mode='timescale'`" in caplog.text
         assert f"`mode='{mode}'` applies to new runs" in caplog.text
+        # its own checkpoints name the mode that chose λ too (found trying the package as a new user: a second
+        # resume then took the new mode for the one that chose λ)
+        assert resumed.state_dict()["mode"] == "timescale"
 
 
 def test_a_checkpoint_keyed_by_mode_as_releases_up_to_0_3_wrote_it_is_read(tmp_path):
