@@ -13,6 +13,7 @@ momentum per step and param group. Everything is restored at the end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 import time
@@ -143,8 +144,18 @@ class HeldOutBatches:
 
 
 def _fresh(batch: Any) -> Any:
-    """A copy of ``batch``: its tensors cloned, the lists, tuples, dicts and dataclasses holding them rebuilt."""
-    return apply_to_collection(batch, torch.Tensor, torch.Tensor.clone)
+    """A copy of ``batch``: its tensors cloned, the lists, tuples, dicts and dataclasses holding them rebuilt.
+
+    A frozen dataclass (a batch type with its own ``to()``, which Lightning moves whole) cannot be rebuilt field by
+    field: it is deep-copied; a batch that cannot be copied either is given as it is.
+    """
+    try:
+        return apply_to_collection(batch, torch.Tensor, torch.Tensor.clone)
+    except ValueError:  # `apply_to_collection` refuses frozen dataclasses
+        try:
+            return copy.deepcopy(batch)
+        except (TypeError, RuntimeError, copy.Error):
+            return batch
 
 
 def _batch_limit(loader: Any, limit: int | float) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import logging
 import math
 import re
@@ -664,6 +665,42 @@ def test_a_sampler_that_counts_its_own_passes_counts_only_the_run_s(tmp_path):
     assert auto.result.trials
     assert tested.lightning_module.sampler.passes == given.lightning_module.sampler.passes
     _assert_same_training_state(tested, given)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBatch:
+    """A batch type of the user's, frozen, with its own `to()` (Lightning moves it whole)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def to(self, device):
+        return FrozenBatch(self.x.to(device), self.y.to(device))
+
+
+class FrozenBatches(TinyClassifier):
+    def _loader(self, n: int, seed: int) -> DataLoader:
+        x, y = make_dataset(n, seed=seed).tensors
+        pairs = list(zip(x, y, strict=True))
+        collate = lambda items: FrozenBatch(torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]))  # noqa: E731
+        return DataLoader(pairs, batch_size=32, collate_fn=collate)
+
+    def train_dataloader(self):
+        return self._loader(256, 0)
+
+    def val_dataloader(self):
+        return self._loader(64, 1)
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch.x, batch.y), batch_idx)
+
+
+def test_the_trials_score_a_frozen_dataclass_batch_as_copies(tmp_path):
+    """Each trial's copy of the kept batches: a frozen dataclass, which cannot be rebuilt field by field, is copied."""
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    _fit(tmp_path, _seeded(FrozenBatches), auto)
+    assert len(auto.result.trials) >= 3
+    assert all(math.isfinite(t["held_out_loss"]) for t in auto.result.trials)
 
 
 def test_a_shuffled_validation_loader_validates_in_the_order_it_would_without_the_range_test(tmp_path):
