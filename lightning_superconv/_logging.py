@@ -20,10 +20,17 @@ SCHEDULE_PREFIX = "superconv"
 _LR, _MOMENTUM, _WEIGHT_DECAY = (f"{SCHEDULE_PREFIX}/{name}" for name in ("lr", "momentum", "weight_decay"))
 
 
-def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
-    """Send the curve (raw and smoothed loss, LR per step), the trials, the pick and a figure to every logger."""
+def log_range_test(trainer: _compat.Trainer, result: RangeTestResult, first_step: int = 0) -> int:
+    r"""Send the curve (raw and smoothed loss, LR per step), the trials, the pick and a figure to every logger.
+
+    The curve is logged at steps ``first_step``, ``first_step + 1``, ...; the trials one step apart from ``first_step``
+    in the order they were tried; the pick at the sweep step whose LR it is (the last that did not pass it); the figure
+    at ``first_step``. A second ``fit`` on the same Trainer runs a new range test into the same loggers: starting it
+    where the first ended keeps the two curves apart (found trying the package as a new user: both sweeps were drawn as
+    one line going back and forth). Returns the first step after those this test used.
+    """
     if not trainer.loggers:
-        return
+        return first_step
     for logger in trainer.loggers:
         for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
             logger.log_metrics(
@@ -32,24 +39,36 @@ def log_range_test(trainer: _compat.Trainer, result: RangeTestResult) -> None:
                     f"{RANGE_TEST_PREFIX}/loss": loss,
                     f"{RANGE_TEST_PREFIX}/loss_smoothed": smooth,
                 },
-                step=step,
+                step=first_step + step,
             )
-        logger.log_metrics({f"{RANGE_TEST_PREFIX}/max_lr": result.max_lr}, step=result.pick_index)
+        logger.log_metrics({f"{RANGE_TEST_PREFIX}/max_lr": result.max_lr}, step=first_step + swept_at(result))
         for order, trial in enumerate(result.trials):  # one point per trial, in the order they were tried
             logger.log_metrics(
                 {
                     f"{RANGE_TEST_PREFIX}/trial_peak": trial["peak"],
                     f"{RANGE_TEST_PREFIX}/trial_loss": trial["held_out_loss"],
                 },
-                step=order,
+                step=first_step + order,
             )
     if trainer.is_global_zero:
-        _add_figure(trainer, result)
+        _add_figure(trainer, result, first_step)
     for logger in trainer.loggers:
         logger.save()
+    return first_step + max(len(result.lrs), len(result.trials), 1)
 
 
-def _add_figure(trainer: _compat.Trainer, result: RangeTestResult) -> None:
+def swept_at(result: RangeTestResult) -> int:
+    """The sweep step whose LR is the pick: the last whose LR did not pass it (the first step if all did)."""
+    at = 0
+    for step, lr in enumerate(result.lrs):
+        if lr <= result.max_lr:
+            at = step
+        else:
+            break
+    return at
+
+
+def _add_figure(trainer: _compat.Trainer, result: RangeTestResult, step: int) -> None:
     """Add the loss-vs-LR figure to loggers that take figures (TensorBoard), when matplotlib is installed."""
     try:
         from matplotlib.figure import Figure
@@ -63,7 +82,7 @@ def _add_figure(trainer: _compat.Trainer, result: RangeTestResult) -> None:
         # a figure of its own, outside pyplot: the user's matplotlib backend and pyplot's figures are left alone
         fig = Figure(figsize=(6, 4))
         result.plot(ax=fig.subplots())
-        add_figure(f"{RANGE_TEST_PREFIX}/curve", fig, global_step=0, close=False)
+        add_figure(f"{RANGE_TEST_PREFIX}/curve", fig, global_step=step, close=False)
 
 
 def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float]:

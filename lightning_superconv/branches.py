@@ -220,6 +220,23 @@ def run_branches(
                 held_out = HeldOutBatches.after_training_batches(
                     trainer, branch.steps * accumulate, scored_batches(branch.steps)
                 )
+        # after the first branch's first step, one forward on the first held-out batch: a `training_step` that
+        # cannot score (a detection model returns detections, not losses, in eval mode) is known then, not after a
+        # whole trial (found trying the package as a new user: each of the two sources trained one first, 368 steps
+        # for a 20-step sweep). After a step, not before: a step may create what the eval path reads (found
+        # reviewing the package: a running input centre set at the first training batch). Without gradients, in
+        # eval mode, with the RNG streams put back: the branch trains on as it would have
+        peeked = False
+
+        def after_step(step: int, loss: float) -> str | None:
+            nonlocal peeked
+            if not peeked:
+                peeked = True
+                assert held_out is not None
+                with _compat.isolate_rng(trainer):
+                    held_out_loss(trainer, pl_module, held_out, 1, peek=True)
+            return _stop_if_non_finite(step, loss)
+
         while branch is not None:
             snapshot.restore()
             for index, value in branch.weight_decays.items():
@@ -232,7 +249,7 @@ def run_branches(
 
             start = time.perf_counter()
             with _compat.isolate_rng(trainer), _data_order(branch.order, generators, samplers):
-                record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, _stop_if_non_finite)
+                record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, after_step)
                 train_seconds += time.perf_counter() - start
                 diverged = record.stop_reason == "non-finite"
                 assert held_out is not None
@@ -277,13 +294,19 @@ def _stop_if_non_finite(step: int, loss: float) -> str | None:
 
 @torch.no_grad()
 def held_out_loss(
-    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batches: HeldOutBatches, batch_limit: int
+    trainer: _compat.Trainer,
+    pl_module: _compat.LightningModule,
+    batches: HeldOutBatches,
+    batch_limit: int,
+    peek: bool = False,
 ) -> float:
     r"""Mean ``training_step`` loss over the held-out batches in eval mode, averaged over ranks.
 
     The module's own ``training_step`` loss is used because every module has one, while what ``validation_step``
     logs is up to the user. The first call reads at most ``batch_limit`` batches (on every rank the same count: the stop
-    decision is reduced across ranks).
+    decision is reduced across ranks). ``peek``: a look at the first batches only, to learn early whether
+    ``training_step`` can score them at all: the batches read are kept for the first real call, which reads on from
+    them, and a batch without a loss (``training_step`` may return None for some) proves nothing.
 
     Raises:
         UnscorableBatchesError: batches that ``training_step`` fails on in eval mode without gradients, or validation
@@ -326,8 +349,9 @@ def held_out_loss(
     finally:
         for module, mode in modes:
             module.training = mode
-    batches.fix()
-    if failure is None and count == 0 and batches.batches:
+    if not peek:
+        batches.fix()
+    if failure is None and count == 0 and batches.batches and not peek:
         # no score at all is no divergence: read as `inf`, every trial "diverged", even the lowest peak
         kind = "validation" if batches.validation_batches else "held-out training"
         failure = f"`training_step` returned no loss for any {kind} batch in eval mode without gradients"

@@ -23,9 +23,8 @@ from lightning_superconv._logging import log_range_test
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.snapshot import (
-    dataloader_generators,
-    held_generators,
     put_back,
+    random_generators,
     registered_tensors,
     rng_state,
     sampler_numbers,
@@ -164,9 +163,7 @@ def find_max_lr(
     # it sets up its data, whose range test then restores them to that later state
     loaders = [*_loaders_in(model, train_dataloaders), *_loaders_in(model, val_dataloaders)]
     # and those the model and the datamodule hold (noise drawn from a generator of the module's own)
-    found = dataloader_generators(loaders)
-    found += [g for g in held_generators(model, datamodule) if all(g is not h for h in found)]
-    generators = [(g, rng_state(g)) for g in found]
+    generators = [(g, rng_state(g)) for g in random_generators(loaders, model, datamodule)]
     samplers = sampler_numbers(loaders)  # a sampler that counts its own passes (`sampler_numbers`)
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,

@@ -59,7 +59,7 @@ import torch
 
 from lightning_superconv import _compat
 from lightning_superconv.schedule import scale_peak
-from lightning_superconv.snapshot import Snapshot, lazy_modules, nothing, recapture
+from lightning_superconv.snapshot import Snapshot, hidden_modules, lazy_modules, nothing, recapture
 
 #: A rescue lowers the highest LR ahead to a quarter of the LR the loss diverged at (see :func:`lowering`).
 LOWER_BY = 0.25
@@ -484,6 +484,8 @@ class GuardedCycle:
         self._last_step = -1
         self._lr = math.nan  # the LR the next batch runs at (read at the end of the one before)
         self._scale: float | None = None
+        # modules the model holds outside its module tree (a momentum encoder in a list), found at the first snapshot
+        self._hidden: list[Any] | None = None
         self._halvings = 0
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
         # is a network that cannot learn at this LR: the step from which that is checked; once in a run not yet
@@ -544,8 +546,10 @@ class GuardedCycle:
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
         if self.guard.snapshot is None:  # a lazy module's weights exist now
             self._refresh(trainer, step, pl_module, optimizer)
-        # the same steps on every rank and in a resumed run: the check is a collective under DDP
-        if step % self.guard.check_every:
+        # the same steps on every rank and in a resumed run: the check is a collective under DDP. The cycle's last
+        # step is judged too (found trying the package as a new user: a run ending between two checks ended with
+        # blown-up weights, its last losses never read)
+        if step % self.guard.check_every and not self.cycle_ended():
             return None, None
         reason = self._judge(trainer)
         strategy = trainer.strategy
@@ -559,6 +563,10 @@ class GuardedCycle:
             self._refresh(trainer, step, pl_module, optimizer)
         return None, None
 
+    def cycle_ended(self) -> bool:
+        """Whether the step just taken was the cycle's last (the run's, unless it goes on past its cycle)."""
+        return int(self.scheduler.last_epoch) == int(self.scheduler.total_steps)
+
     def _refresh(self, trainer: _compat.Trainer, step: int, pl_module: Any, optimizer: Any) -> None:
         """Refresh the snapshot if due and healthy: the model, its optimizer and scaler, and any weight average.
 
@@ -566,7 +574,12 @@ class GuardedCycle:
         replaces the model when training ends: rolled back with the model, or the blown-up weights stay in it (found
         trying the package as a new user: a rescued run ended at a validation loss of 1e9 against 0.11).
         """
-        also = _compat.weight_averages(trainer)
+        if self._hidden is None:
+            # once per fit: a walk over every module's attributes at each refresh would cost the run more than it spares
+            self._hidden = hidden_modules(pl_module)
+        # a momentum encoder kept in a list blows up with the model, and is rolled back with it (found reviewing the
+        # package: left out, its NaN weights survived the rollback and met the next rescue)
+        also = [*_compat.weight_averages(trainer), *self._hidden]
         # with no rescue left the next divergence stops the run: nothing will be rolled back, so nothing is copied
         copy = self.rescued < self.max_rescues
         self.guard.refresh(step, pl_module, optimizer, _compat.grad_scaler(trainer), also, copy)

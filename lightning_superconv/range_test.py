@@ -14,7 +14,8 @@ from its callback in the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,6 +237,7 @@ def run_range_test(
             "model may not be learning (check the loss and the data), or the sweep does not reach LRs that train it: "
             "widen `lr_range`, or pass `max_lr=`. The model and optimizer were restored.",
         )
+    _warn_of_a_sweep_that_starts_blown_up(trainer, record.losses, swept)
     rise = rise_index(smoothed, fell.start_level)
     rose = smoothed[rise] > fell.start_level
     # a sweep stopped by a loss that blew up (the online check) ends in a divergence that the centred running median,
@@ -349,10 +351,22 @@ def run_range_test(
             )
             reason = f"{reason} (the trials from your optimizer's own LR up ran once no other trial had learned)"
         confirmed = verdict.learned
+        # the trials from the optimizer's own LR up, above where the sweep ended, gave the pick
+        from_own = own_from is not None and verdict.index >= own_from and max_lr > swept[-1] and own_lr > swept[-1]
     else:
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
-        confirmed = False
-    if not rose and not diverged:
+        confirmed = from_own = False
+    if not rose and not diverged and from_own:
+        # found trying the package as a new user: with `lr_range=(1e-3, 2e-3)` the warning below blamed the pick on
+        # the sweep's end (and on optimizers that bound their step) while the trials from the user's LR had given it
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
+            f"up to lr {swept[-1]:.3g}, where the sweep ended ({record.stop_reason}), below your optimizer's own LR "
+            f"({own_lr:.3g}): the pick, max_lr={max_lr:.3g}, came from the trials from that LR up, not from a "
+            "divergence. Widen `lr_range` upwards to read where the loss diverges, or pass `max_lr=`.",
+        )
+    elif not rose and not diverged:
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
@@ -403,6 +417,30 @@ def _refuse_an_lr_the_module_set(trainer: _compat.Trainer, found: float, set_to:
         "`max_lr=` (your code then overrides the cycle's LR where it sets its own). The model and optimizer were "
         "restored.",
     )
+
+
+def _warn_of_a_sweep_that_starts_blown_up(
+    trainer: _compat.Trainer, losses: Sequence[float], swept: Sequence[float]
+) -> None:
+    r"""Say so where every loss after the first is over three times the first: the sweep started above divergence.
+
+    The first loss is the model's as given (before the first step); the reading takes its start from the first tenth
+    of the sweep, which is then already blown up, and every trial below it looks as if it learned (found trying the
+    package as a new user: `lr_range=(50, 1000)` picked a peak whose held-out loss was at chance, and said it did
+    best).
+    """
+    first, later = losses[0], min(losses[1:])
+    head = max(3, len(losses) // 10)
+    # every later loss over three times the first, and the head's median over ten times it: a noisy first batch alone
+    # (heavy-tailed losses at a small batch size) rarely does both
+    if first > 0 and later > 3 * first and statistics.median(losses[1:head]) > 10 * first:
+        _compat.rank_zero_warn(
+            trainer,
+            f"SuperConvergence: the range test's loss was {first:.4g} before its first step and at least {later:.4g} "
+            f"at every step after it: the sweep starts, at lr {swept[0]:.3g}, above where this model's loss "
+            "diverges, and the reading (its start included) is taken from a blown-up model. Lower `lr_range[0]` "
+            "(the default starts at 1e-6), or pass `max_lr=`.",
+        )
 
 
 def _score_on_training_batches(
@@ -494,8 +532,9 @@ def _note_where(err: Exception, phase: str) -> None:
             f"Raised in the LR range test's {phase}, which SuperConvergence (or find_max_lr) runs at fit start on "
             "batches of its own: it reads the train dataloader for as many steps as it needs, starting it over at "
             "its end, so it can meet batches a short run never reaches, a smaller last batch among them (BatchNorm "
-            "fails in training on a batch of one sample: pass `drop_last=True` to the DataLoader). The model, the "
-            "optimizer and the RNG streams were restored. `SuperConvergence(max_lr=...)` runs no range test."
+            "fails in training on a batch of one sample: pass `drop_last=True` to the DataLoader, or, where every "
+            "batch holds one sample, a `batch_size` above 1). The model, the optimizer and the RNG streams were "
+            "restored. `SuperConvergence(max_lr=...)` runs no range test."
         )
 
 

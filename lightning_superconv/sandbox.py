@@ -20,9 +20,9 @@ from lightning_superconv import _compat
 from lightning_superconv.snapshot import (
     Snapshot,
     capture,
-    dataloader_generators,
     held_generators,
     lazy_modules,
+    random_generators,
     rng_state,
     sampler_numbers,
     set_rng_state,
@@ -79,10 +79,7 @@ def sandbox(
         )
     scaler = _compat.grad_scaler(trainer)
     loaders = _compat.train_loaders(trainer)
-    generators = dataloader_generators([*loaders, *other_loaders])
-    generators += [
-        g for g in held_generators(pl_module, _compat.datamodule(trainer)) if all(g is not h for h in generators)
-    ]
+    generators = random_generators([*loaders, *other_loaders], pl_module, _compat.datamodule(trainer))
     snapshot = capture(pl_module, optimizer, scaler, generators)
     snapshot.scalars += sampler_numbers([*loaders, *other_loaders])
     failure: BaseException | None = None

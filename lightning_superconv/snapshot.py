@@ -20,9 +20,13 @@ What is copied, and why each part:
   diagnostics to, is the user's and left alone);
 - the top module's own attributes, rebound to what they were and removed where they are new (a counter its
   ``training_step`` counts up, a flag it sets), the numbers and strings its submodules hold (a layer's own update
-  count), and the attributes a submodule created since removed (a hidden state set at its first forward); an object
-  changed in place (that list of diagnostics) is left alone, and so is a name that now holds a parameter, buffer or
-  submodule;
+  count, NumPy's numbers, tuples of them), and the attributes a submodule created since removed (a hidden state set
+  at its first forward); an object changed in place (that list of diagnostics) is left alone, and so is a name that
+  now holds a parameter, buffer or submodule;
+- parameters, buffers and submodules registered since, removed (statistics a layer registers from its first batch),
+  and what a module declares with ``get_extra_state``, given back to its ``set_extra_state``;
+- modules held outside the module tree (in plain containers, or set with ``object.__setattr__``: a momentum encoder
+  kept out of the checkpoint), covered as the model is;
 - the numbers a sampler or batch sampler holds (one that counts its own passes in ``__iter__``);
 - optimizer state per parameter, and the param-group dicts refilled in place (a scheduler holds the optimizer, and
   some code holds its groups);
@@ -56,6 +60,11 @@ Slot: TypeAlias = tuple[dict[str, Any], str, Any]
 
 # what every `nn.Module` keeps in its `__dict__` (its parameter and buffer dicts, hooks): never a loose tensor
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+# where a LightningModule keeps its hyperparameters: `save_hyperparameters` keeps a deep copy of a module passed to
+# `__init__` in `_hparams_initial`, a dead copy that no branch trains (found reviewing the package: the guard copied it
+# at every refresh)
+_HPARAMS = "_hparams"
 
 # how deep plain containers are searched for metrics: a dict of lists of metrics is two levels; a third spares a user
 # one more wrapper, and a limit keeps a module that holds its data as nested lists from being walked item by item
@@ -172,6 +181,13 @@ class Snapshot:
     scalars: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
     #: the names of the attributes each submodule holds: one set since is removed
     names: list[tuple[torch.nn.Module, frozenset[str]]] = field(default_factory=list)
+    #: each module's parameter, buffer and submodule registries with the names they held: one registered since is
+    #: removed
+    registries: list[tuple[dict[str, Any], frozenset[str]]] = field(default_factory=list)
+    #: what ``get_extra_state`` returned, for the modules that declare one, given back to ``set_extra_state``
+    extra_states: list[tuple[torch.nn.Module, Any]] = field(default_factory=list)
+    #: the parameters each param group held (an exact restore gives each group its own back)
+    group_params: list[list[Any]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
@@ -185,10 +201,14 @@ class Snapshot:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
-        put_back(self.slots, removed_too=self.exact)
+        replaced = {} if self.exact else _replaced_parameters(self.slots, self.optimizer)
+        put_back([slot for slot in self.slots if id(slot[2]) not in replaced], removed_too=self.exact)
+        for registry, names in self.registries:
+            for name in [name for name in registry if name not in names]:
+                del registry[name]
         with torch.no_grad():
             for tensor, saved in self.tensors:
-                tensor.copy_(saved)
+                replaced.get(id(tensor), tensor).copy_(saved)
         for param, grad in self.grads:
             param.grad = None if grad is None else grad.clone()
         if self.attributes is not None:
@@ -209,9 +229,23 @@ class Snapshot:
                 setattr(module, name, copy.deepcopy(value))
         for owner, kept in self.loose_tensors:
             self._restore_loose(owner, kept)
+        for owner, extra in self.extra_states:
+            owner.set_extra_state(_copy_state(extra))
         optimizer = self.optimizer
+        if self.exact and self.group_params:
+            # a param group added since is dropped, and each group trains the parameters it did (a parameter replaced
+            # in the module and in its group since is back in both)
+            del optimizer.param_groups[len(self.group_params) :]
+            for group, params in zip(optimizer.param_groups, self.group_params, strict=True):
+                group["params"] = list(params)
+        # state only for the parameters the optimizer trains now: one a rollback's module no longer matches (a
+        # replaced parameter of another shape) has no group, and its state would break `optimizer.state_dict()`
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
         optimizer.state.clear()
-        optimizer.state.update({param: copy.deepcopy(kept) for param, kept in self.optimizer_state.items()})
+        for owner_param, kept in self.optimizer_state.items():
+            target = replaced.get(id(owner_param), owner_param)
+            if id(target) in trained:
+                optimizer.state[target] = copy.deepcopy(kept)
         for group, saved_group in zip(optimizer.param_groups, self.param_groups, strict=False):
             params = group["params"]
             group.clear()
@@ -277,10 +311,16 @@ def capture(
         also: other modules whose parameters and buffers are copied too: the weight average a ``WeightAveraging``
             callback keeps beside the model, which the training steps being rolled back also changed.
     """
-    tensors = [(t, t.detach().clone()) for t in _weights(module, also)]
+    # modules held outside the module tree (in a list, a dict, or set with `object.__setattr__`: a momentum encoder
+    # or a teacher kept out of the checkpoint) are trained by a branch as much as the model: an exact restore covers
+    # them too (found trying the package as a new user: a MoCo key encoder kept in a list kept the range test's
+    # weights and BatchNorm statistics, and each trial started from the one before it)
+    hidden = hidden_modules(module, also) if everything else []
+    roots = (*also, *hidden)
+    tensors = [(t, t.detach().clone()) for t in _weights(module, roots)]
     snapshot = Snapshot(
         tensors=tensors,
-        slots=registered_tensors(module, also),
+        slots=registered_tensors(module, roots),
         optimizer=optimizer,
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()},
         param_groups=_group_values(optimizer),
@@ -290,10 +330,16 @@ def capture(
         exact=everything,
     )
     if everything:
-        snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
-        snapshot.training_flags = [(m, m.training) for m in module.modules()]
+        modules = list({id(m): m for root in (module, *roots) for m in root.modules()}.values())
+        params = {id(p): p for root in (module, *roots) for p in root.parameters()}.values()
+        snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in params]
+        snapshot.training_flags = [(m, m.training) for m in modules]
         snapshot.attributes = (module, _own_attributes(module))
-        for submodule in module.modules():
+        # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
+        # first batch) was left holding the range test's, and the run never took its own
+        snapshot.registries = [(r, frozenset(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
+        snapshot.group_params = [list(group["params"]) for group in optimizer.param_groups]
+        for submodule in modules:
             if _is_metric(submodule):
                 snapshot.metric_states.append((submodule, _metric_state(submodule)))
                 continue
@@ -305,9 +351,31 @@ def capture(
                 snapshot.names.append((submodule, frozenset(vars(submodule))))
                 if scalars := _scalars(submodule):
                     snapshot.scalars.append((submodule, scalars))
-        submodules = {id(m) for m in module.modules()}
-        snapshot.metric_states += [(metric, _metric_state(metric)) for metric in _contained_metrics(module, submodules)]
+            if type(submodule).get_extra_state is not torch.nn.Module.get_extra_state:
+                # the state a module declares for its checkpoint (`get_extra_state`), whatever form it keeps it in; one
+                # that cannot give it now (not yet calibrated) has none to lose, as its `state_dict` would say
+                try:
+                    with torch.no_grad():  # a tensor computed from a parameter is then no part of a graph
+                        extra = _copy_state(submodule.get_extra_state())
+                except Exception:  # noqa: BLE001 - the module's own code: anything it raises means "no state now"
+                    continue
+                snapshot.extra_states.append((submodule, extra))
     return snapshot
+
+
+def _copy_state(value: Any) -> Any:
+    """A copy of a module's extra state: tensors detached and cloned, plain dicts, lists and tuples rebuilt.
+
+    A tensor computed from a parameter (``{"scale": self.weight.abs().amax()}``) cannot be deep-copied; anything
+    else is.
+    """
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if type(value) is dict:
+        return {key: _copy_state(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_copy_state(item) for item in value)
+    return copy.deepcopy(value)  # other containers: their tensors, made without gradients, are graph leaves
 
 
 def _own_attributes(module: torch.nn.Module) -> dict[str, Any]:
@@ -325,10 +393,22 @@ def _registered(module: torch.nn.Module) -> set[str]:
 
 
 def _scalars(module: torch.nn.Module) -> dict[str, Any]:
-    """The numbers and strings ``module`` holds as attributes (an update count, a phase), beside its internals."""
-    return {
-        name: value for name, value in _own_attributes(module).items() if isinstance(value, (bool, int, float, str))
-    }
+    r"""The numbers and strings ``module`` holds as attributes (an update count, a phase), beside its internals.
+
+    NumPy's numbers too, and tuples of such values (found trying the package as a new user: a layer's running
+    ``(sum, count)`` tuple and its ``np.int64`` step count kept the range test's values).
+    """
+    return {name: value for name, value in _own_attributes(module).items() if _is_plain_value(value)}
+
+
+def _is_plain_value(value: Any) -> bool:
+    """A number (Python's or a NumPy scalar), a string, or a tuple of such values: what rebinding puts back whole."""
+    if isinstance(value, (bool, int, float, complex, str, bytes)):
+        return True
+    if isinstance(value, tuple):
+        return len(value) <= 64 and all(_is_plain_value(item) for item in value)
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ != "ndarray" and getattr(value, "ndim", None) == 0
 
 
 def registered_tensors(module: torch.nn.Module, also: Sequence[torch.nn.Module] = ()) -> list[Slot]:
@@ -337,13 +417,37 @@ def registered_tensors(module: torch.nn.Module, also: Sequence[torch.nn.Module] 
     A module that assigns a new tensor to a buffer (``self.seen = self.seen + n``), or a ``Trainer`` that converts the
     model to another precision, replaces what the registry holds; :func:`put_back` restores the original objects.
     """
-    return [
-        (registry, name, tensor)
+    slots = {
+        (id(registry), name): (registry, name, tensor)
         for owner in (module, *also)
         for m in owner.modules()
         for registry in (m._parameters, m._buffers)
         for name, tensor in registry.items()
-    ]
+    }
+    return list(slots.values())
+
+
+def _replaced_parameters(slots: Sequence[Slot], optimizer: Optimizer) -> dict[int, torch.nn.Parameter]:
+    r"""The parameters of these slots that the module has since replaced by another ``nn.Parameter``: id -> the new one.
+
+    A module may swap a parameter on purpose in the middle of training (re-initialise a head, handing the new one to
+    the optimizer); a rollback then writes the kept values into the new parameter and moves its optimizer state over,
+    rather than putting the old object back (found trying the package as a new user: the guard's rollback put the old
+    one back, which the optimizer no longer stepped, and the layer stayed frozen for the rest of the run). Only where
+    the optimizer now trains the new one in place of the old, of the same shape and dtype: elsewhere the old object
+    is put back as before (the kept optimizer state fits no other shape, and belongs to no parameter it does not hold).
+    """
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return {
+        id(kept): live
+        for registry, name, kept in slots
+        if isinstance(kept, torch.nn.Parameter)
+        and isinstance(live := registry.get(name), torch.nn.Parameter)
+        and live is not kept
+        and id(live) in trained
+        and id(kept) not in trained
+        and _same_kind(live, kept)
+    }
 
 
 def put_back(slots: Sequence[Slot], removed_too: bool = True) -> None:
@@ -359,34 +463,39 @@ def put_back(slots: Sequence[Slot], removed_too: bool = True) -> None:
             registry[name] = tensor
 
 
-def _contained_metrics(module: torch.nn.Module, submodules: set[int]) -> list[torch.nn.Module]:
-    r"""The torchmetrics metrics held in plain dicts, lists or tuples of ``module``'s submodules (not submodules).
+def hidden_modules(module: torch.nn.Module, also: Sequence[torch.nn.Module] = ()) -> list[torch.nn.Module]:
+    r"""The modules ``module``'s submodules hold outside the module tree, each once (with the modules inside them).
 
-    ``self.metrics = {"train": Accuracy(...), "val": Accuracy(...)}`` is common in users' modules, and so is one more
-    level (``{"train": [Accuracy(...), F1Score(...)]}``); such a metric is no submodule (torch sees a dict), so a
-    branch's updates would stay in it. Containers are searched ``_CONTAINER_DEPTH`` levels deep, each once. A
-    ``MetricCollection`` held so is covered with the metrics inside it.
+    In plain dicts, lists or tuples (``self.metrics = {"train": Accuracy(...)}`` is common in users' modules, a
+    momentum encoder kept in a list stays out of the checkpoint), searched ``_CONTAINER_DEPTH`` levels deep, or set
+    with ``object.__setattr__``: torch sees no submodule, so ``module.modules()`` misses them, and a branch's updates
+    would stay in them.
     """
+    seen = {id(m) for root in (module, *also) for m in root.modules()}
     found: list[torch.nn.Module] = []
-    seen = set(submodules)
     searched: set[int] = set()  # containers already searched: one held twice, or holding itself
 
     def search(value: Any, depth: int) -> None:
         if isinstance(value, torch.nn.Module):
-            for inner in value.modules():
-                if id(inner) not in seen:
-                    seen.add(id(inner))
-                    if _is_metric(inner):
-                        found.append(inner)
+            if id(value) not in seen:
+                found.append(value)
+                seen.update(id(inner) for inner in value.modules())
         elif depth > 0 and isinstance(value, (dict, list, tuple)) and id(value) not in searched:
             searched.add(id(value))
             for item in value.values() if isinstance(value, dict) else value:
                 search(item, depth - 1)
 
-    for submodule in module.modules():
-        for name, value in vars(submodule).items():
-            if name not in _MODULE_INTERNALS and isinstance(value, (dict, list, tuple)):
+    pending = [m for root in (module, *also) for m in root.modules()]
+    while pending:
+        owner = pending.pop(0)
+        before = len(found)
+        for name, value in vars(owner).items():
+            if name in _MODULE_INTERNALS or name.startswith(_HPARAMS):
+                continue
+            if isinstance(value, (dict, list, tuple, torch.nn.Module)):
                 search(value, _CONTAINER_DEPTH)
+        # what a hidden module holds outside its own tree is searched too
+        pending += [m for hidden in found[before:] for m in hidden.modules()]
     return found
 
 
@@ -431,8 +540,8 @@ def recapture(
 
 
 def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module]) -> list[Tensor]:
-    """The parameters and buffers of ``module`` and of the modules ``also``, in a fixed order."""
-    return [t for m in (module, *also) for t in (*m.parameters(), *m.buffers())]
+    """The parameters and buffers of ``module`` and of the modules ``also``, in a fixed order, each once."""
+    return list({id(t): t for m in (module, *also) for t in (*m.parameters(), *m.buffers())}.values())
 
 
 def _same_layout(
@@ -444,6 +553,8 @@ def _same_layout(
     if snapshot.grads or snapshot.training_flags or snapshot.metric_states or snapshot.loose_tensors:
         return False
     if snapshot.attributes is not None or snapshot.scalars or snapshot.names:
+        return False
+    if snapshot.registries or snapshot.extra_states:
         return False
     if snapshot.generator_states:
         return False
@@ -541,12 +652,26 @@ def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:
     drawn from when its ``val_dataloader`` builds a loader: without restoring them, a range test would change what
     the run draws (found trying the package as a new user: the weights then differed from a run given the pick).
     """
-    owners = [*(module.modules() if module is not None else ()), *(other for other in others if other is not None)]
+    modules = [] if module is None else [*module.modules(), *(m for h in hidden_modules(module) for m in h.modules())]
+    owners = [*modules, *(other for other in others if other is not None)]
     found: list[Any] = []
     for owner in owners:
         for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
             if _is_rng(value) and all(value is not g for g in found):
                 found.append(value)
+    return found
+
+
+def random_generators(loaders: Sequence[Any], module: torch.nn.Module | None, *others: Any) -> list[Any]:
+    r"""Every random generator a pass over ``loaders`` or a step of ``module`` may advance, each once.
+
+    Those of the loaders (:func:`dataloader_generators`), then those ``module`` and the ``others`` (a
+    ``LightningDataModule``) hold (:func:`held_generators`) that are not already among them: a dataset may be both
+    held by the datamodule and wrapped by a loader, and restoring its generator twice would be harmless but copying
+    its state twice is not needed.
+    """
+    found = dataloader_generators(loaders)
+    found += [g for g in held_generators(module, *others) if all(g is not h for h in found)]
     return found
 
 

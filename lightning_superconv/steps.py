@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,14 +39,19 @@ class NoLossError(RuntimeError):
 
 
 def loss_of(output: Any) -> Tensor | None:
-    """The loss in a ``training_step`` output: a tensor, a mapping's ``"loss"``, or None (batch skipped)."""
+    r"""The loss in a ``training_step`` output: a tensor, a mapping's ``"loss"``, or None (batch skipped).
+
+    As Lightning reads it: any ``Mapping`` (found trying the package as a new user: a read-only mapping trained under
+    Lightning and was refused by the range test), whose ``"loss"`` must be there and not None.
+    """
     if output is None or isinstance(output, Tensor):
         return output
-    if isinstance(output, dict) and "loss" in output:
-        loss = output["loss"]
-        return None if loss is None else loss
+    if isinstance(output, Mapping) and output.get("loss") is not None:
+        loss: Tensor = output["loss"]
+        return loss
     raise TypeError(
-        f"`training_step` must return a loss tensor, a dict with a 'loss' key, or None; got {type(output).__name__}"
+        "`training_step` must return a loss tensor, a mapping with a 'loss' that is not None, or None; got "
+        + (f"a {type(output).__name__} without one" if isinstance(output, Mapping) else type(output).__name__)
     )
 
 

@@ -198,6 +198,10 @@ class SuperConvergence(_compat.Callback):
         self._guard_state: dict[str, Any] | None
         self._guard_state_version: int
         self.rescues: list[dict[str, Any]]
+        # the Trainer whose loggers the last range test went to, and the first step after it: a second `fit` on that
+        # Trainer logs its range test after the first's (`log_range_test`)
+        # (by `id`: a reference would keep the Trainer alive, and a weak one cannot be pickled with the callback)
+        self._range_test_logged: tuple[int, int] | None = None
         self._new_fit()
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
@@ -310,7 +314,10 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: range test picked max_lr={self.max_lr:.4g} after {len(self.result.lrs)} steps "
                 f"(stopped: {self.result.stop_reason}); {self.result.pick_reason}.",
             )
-            log_range_test(trainer, self.result)
+            first = trainer.global_step
+            if self._range_test_logged is not None and self._range_test_logged[0] == id(trainer):
+                first = max(first, self._range_test_logged[1])
+            self._range_test_logged = (id(trainer), log_range_test(trainer, self.result, first))
         # a second `fit` on the same Trainer continues from the step it reached: the cycle spans the steps left
         self._start_step = start_step
         self._install_schedule(trainer, optimizer, steps, own_step_size=kind is not None)
@@ -601,12 +608,19 @@ class SuperConvergence(_compat.Callback):
         assert self.max_lr is not None
         self.max_lr *= rescue.new_peak / rescue.old_peak  # the cycle's peak is positive, and so is every factor
         self.rescues.append(asdict(rescue))
+        ended = self._watch is not None and self._watch.cycle_ended()
+        rest = (
+            "; the cycle has no step left to train at a lowered peak: training goes on, if at all, from that step's "
+            "weights at the cycle's final LR"
+            if ended
+            else " for the rest of the run"
+        )
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: the loss diverged at step {rescue.step} ({rescue.reason}); rolled back to the "
             f"weights and optimizer state of step {rescue.restored_step} and lowered the cycle's peak from "
-            f"{rescue.old_peak:.4g} to {rescue.new_peak:.4g} for the rest of the run (rescue {len(self.rescues)} of "
-            f"at most {self.max_rescues}).",
+            f"{rescue.old_peak:.4g} to {rescue.new_peak:.4g}{rest} (rescue {len(self.rescues)} of at most "
+            f"{self.max_rescues}).",
         )
         values = {f"{SCHEDULE_PREFIX}/rescues": float(len(self.rescues)), f"{SCHEDULE_PREFIX}/max_lr": self.max_lr}
         for logger in trainer.loggers:

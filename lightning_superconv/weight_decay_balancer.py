@@ -230,6 +230,8 @@ class WeightDecayBalancer(_compat.Callback):
         # the SuperConvergence whose guard's rescues change the schedule (None: λ does not follow them)
         self._rescuer: Any = None
         self._restored_mode: str = mode  # the mode the restored λ was chosen in
+        # under manual optimization, the LRs traced for the user's scheduler, checked against those that run
+        self._manual_trace: _ManualTrace | None = None
 
     # The state is keyed by the class name alone (Lightning's default), like `SuperConvergence`'s: a resume with
     # another `mode` finds it and re-applies the checkpoint's λ. Release 0.1.0 keyed it by mode too; such a state
@@ -244,6 +246,7 @@ class WeightDecayBalancer(_compat.Callback):
         self._restored = False
         self._logger = None
         self._rescuer = None
+        self._manual_trace = None
         # what a fit found out describes that fit: cleared here, so a fit with no step left to run does not show the
         # previous fit's λ beside an optimizer that `configure_optimizers` built afresh (a resume brings its own back:
         # `load_state_dict` runs after `setup`)
@@ -368,6 +371,9 @@ class WeightDecayBalancer(_compat.Callback):
         self.weight_decays = chosen
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
         self._apply(optimizer, chosen)
+        specs = _scheduler_specs(trainer)
+        if specs and not notes and self.mode != "keep" and not pl_module.automatic_optimization:
+            self._manual_trace = _ManualTrace(optimizer, traces[0].lrs, int(trainer.global_step), specs)
         _compat.rank_zero_info(
             trainer,
             f"WeightDecayBalancer: weight_decay={_fmt([chosen[i] for i in decayed])} "
@@ -385,6 +391,8 @@ class WeightDecayBalancer(_compat.Callback):
             self._rebalance(trainer, pl_module)
         if self._logger is not None:
             self._logger.log(trainer)
+        if self._manual_trace is not None and not self._manual_trace.holds(trainer):
+            self._manual_trace = None
 
     @override
     def on_load_checkpoint(
@@ -773,6 +781,49 @@ def _superconvergence_logs_schedule(trainer: _compat.Trainer) -> bool:
     from lightning_superconv.superconvergence import SuperConvergence
 
     return any(isinstance(cb, SuperConvergence) and cb.log_schedule for cb in _compat.callbacks(trainer))
+
+
+class _ManualTrace:
+    r"""Under manual optimization, the LRs traced for the user's scheduler, checked at each step against those that run.
+
+    Lightning steps no scheduler under manual optimization: the user does, as often as they choose, and the config's
+    ``interval`` (``"epoch"`` unless set), which Lightning then ignores, is all the trace can go by (found trying the
+    package as a new user: a ``CosineAnnealingLR`` stepped at every batch, as Lightning's docs show, was traced as
+    stepped once per epoch, and λ was chosen for a decay budget 2x the one that ran; 5x for a ``StepLR``).
+    """
+
+    def __init__(self, optimizer: Any, lrs: list[float], start_step: int, specs: Sequence[SchedulerSpec]) -> None:
+        self.optimizer = optimizer
+        self.lrs = lrs
+        self.start_step = start_step
+        self.specs = list(specs)
+
+    def holds(self, trainer: _compat.Trainer) -> bool:
+        """Whether there is more to check: False once the run has passed the trace, or left it (said, once)."""
+        step = int(trainer.global_step) - self.start_step
+        if not 0 <= step < len(self.lrs):
+            return False
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        traced = self.lrs[step]
+        if math.isclose(lr, traced, rel_tol=1e-6, abs_tol=1e-12):
+            return True
+        how = ", ".join(
+            f"`{type(spec.scheduler).__name__}` once per "
+            + (f"{spec.frequency} " if spec.frequency > 1 else "")
+            + ("epoch" if spec.interval == "epoch" else "optimizer step")
+            + ("s" if spec.frequency > 1 else "")
+            for spec in self.specs
+        )
+        _compat.rank_zero_warn(
+            trainer,
+            f"WeightDecayBalancer: under manual optimization you step your scheduler yourself, and the LR at step "
+            f"{step} of this fit is {lr:.4g} where the balancer traced {traced:.4g}: it read {how}, from the "
+            "scheduler config's `interval` and `frequency` (`interval='epoch'` unless set; Lightning does not use them "
+            "under manual optimization), and chose weight decay for that schedule, not the one that runs. Set "
+            "`'interval'` (`'step'` for a scheduler you step after each `opt.step()`) and `'frequency'` in the "
+            "scheduler config returned by `configure_optimizers` to how you step it.",
+        )
+        return False
 
 
 def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:

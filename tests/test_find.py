@@ -454,3 +454,61 @@ def test_a_frozen_backbone_in_trainer_kwargs_warns_that_the_test_measures_the_he
         warnings.simplefilter("always")
         find_max_lr(BackboneClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0)
     assert not [w for w in said if "frozen" in str(w.message)]
+
+
+class DigitsMLP(L.LightningModule):
+    """scikit-learn's 8x8 digits, an MLP with SGD at LR 0.01: a model that learns within a few dozen steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+def _digits_loaders():
+    from sklearn.datasets import load_digits
+    from torch.utils.data import TensorDataset
+
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    generator = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True, generator=generator)
+    return train, DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=64)
+
+
+@pytest.mark.parametrize(
+    ("lr_range", "said", "not_said"),
+    [
+        ((50.0, 1000.0), "the sweep starts, at lr 50, above where this model's loss diverges", None),
+        ((1e-3, 2e-3), "below your optimizer's own LR (0.01): the pick", "comes from the sweep's end"),
+    ],
+    ids=["starts-above-divergence", "ends-below-own-lr"],
+)
+def test_a_sweep_range_that_misses_the_divergence_is_said_for_what_it_is(lr_range, said, not_said):
+    """Found trying the package as a new user, with `lr_range` set by hand.
+
+    Starting above divergence, the reading took its start from a blown-up head and a trial at chance "did best", with
+    no warning; ending below the optimizer's own LR, the pick came from the trials from that LR up, while a warning
+    blamed it on the sweep's end and on optimizers that bound their own step.
+    """
+    L.seed_everything(0, verbose=False)
+    train, val = _digits_loaders()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = find_max_lr(
+            DigitsMLP(), train_dataloaders=train, val_dataloaders=val, lr_range=lr_range,
+            trainer_kwargs={"max_epochs": 3, "enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+        )  # fmt: skip
+    messages = [str(w.message) for w in caught if "SuperConvergence" in str(w.message)]
+    assert any(said in m for m in messages), messages
+    if not_said is not None:
+        assert not any(not_said in m for m in messages)
+        assert result.max_lr > result.lrs[-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 
 import lightning as L
 import pytest
@@ -752,6 +753,63 @@ def test_a_rescue_rolls_back_the_weight_average_of_ema_weight_averaging(tmp_path
         for rescue in callback.rescues:
             after, restored = recorder.states[rescue["step"]], recorder.states[rescue["restored_step"]]
             assert all(torch.equal(a, b) for a, b in zip(after, restored, strict=True))
+
+
+def test_a_divergence_in_the_cycle_s_last_steps_between_two_checks_is_judged_at_its_end(tmp_path):
+    """Found trying the package as a new user: a run of 9 steps ended at a loss of 3e8, its losses never judged.
+
+    The guard judges every 10 steps; the cycle's last step is judged too, so the run ends rolled back to its
+    snapshot, with a warning that says no step was left to train at the lowered peak.
+    """
+    callback = SuperConvergence(max_lr=50.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, model, _ = _fit(tmp_path, callback, max_steps=9, max_epochs=-1)
+    assert [r["step"] for r in callback.rescues] == [9]
+    assert callback.rescues[0]["restored_step"] == 0
+    assert any("no step left to train at a lowered peak" in str(w.message) for w in caught)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert _final_loss(model) < 2 * math.log(4)
+
+
+class HiddenKeyEncoder(TinyClassifier):
+    """Keeps a key encoder in a list (out of the checkpoint), moved towards the model's first layer at every step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.keys = [nn.Linear(16, 32)]
+
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.keys[0].weight.mul_(0.5).add_(0.5 * self.net[0].weight)
+        return super().training_step(batch, batch_idx)
+
+
+class KeyRecorder(Callback):
+    """The hidden key encoder's weight at train start and after each step's hooks."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, torch.Tensor] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.states[trainer.global_step] = pl_module.keys[0].weight.detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.states[trainer.global_step] = pl_module.keys[0].weight.detach().clone()
+
+
+def test_a_rescue_rolls_back_a_module_kept_outside_the_module_tree(tmp_path):
+    """A momentum encoder kept in a list takes in the blown-up weights too: the rollback puts it back with the model.
+
+    Found reviewing the package: left out of the guard's snapshot, its blown-up weights survived the rollback.
+    """
+    recorder = KeyRecorder()
+    callback = SuperConvergence(max_lr=50.0)
+    _, model, _ = _fit(tmp_path, callback, model=HiddenKeyEncoder, max_epochs=10, extra=[recorder])
+    assert callback.rescues, "the premise: the run is rescued"
+    for rescue in callback.rescues:
+        after, restored = recorder.states[rescue["step"]], recorder.states[rescue["restored_step"]]
+        assert torch.equal(after, restored)
 
 
 class LazyTiny(TinyClassifier):

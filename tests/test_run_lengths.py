@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
+from lightning_superconv._logging import swept_at
 
 NO_DIVERGENCE = (1e-2, 1.0)
 
@@ -291,6 +292,38 @@ def test_second_fit_with_more_epochs_plans_a_new_cycle_over_the_steps_left(tmp_p
     assert callback.result != first  # measured again, on the trained model
     assert callback.total_steps == trainer.lr_scheduler_configs[0].scheduler.total_steps == 2
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
+def test_a_second_fit_logs_its_range_test_after_the_first_s(tmp_path):
+    """Both range tests in one TensorBoard run: the second's curve, trials, pick and figure start where the first ended.
+
+    Found trying the package as a new user: the second sweep was written at steps 0, 1, ... again, under the same
+    tags, and TensorBoard drew both as one line going back and forth; both figures sat at step 0.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, callback = Probe(), SuperConvergence(lr_range=NO_DIVERGENCE, num_steps=10)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = _fit(tmp_path, model, [callback], limit_train_batches=2, logger=logger, log_every_n_steps=1)
+    first = callback.result
+    trainer.fit_loop.max_epochs = 3
+    trainer.fit(model)
+    second = callback.result
+    assert first is not None
+    assert second is not None
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("lr_range_test/loss")]
+    assert steps == [*range(len(first.lrs)), *range(len(first.lrs), len(first.lrs) + len(second.lrs))]
+    assert [e.value for e in events.Scalars("lr_range_test/lr")] == pytest.approx(first.lrs + second.lrs)
+    assert [e.step for e in events.Scalars("lr_range_test/max_lr")] == [
+        swept_at(first),
+        len(first.lrs) + swept_at(second),
+    ]
+    trial_steps = [e.step for e in events.Scalars("lr_range_test/trial_peak")]
+    assert trial_steps == [*range(len(first.trials)), *range(len(first.lrs), len(first.lrs) + len(second.trials))]
+    assert [image.step for image in events.Images("lr_range_test/curve")] == [0, len(first.lrs)]
 
 
 @pytest.mark.parametrize(("n", "steps"), [(384, 24), (128, 8)], ids=["longer-data", "shorter-data"])

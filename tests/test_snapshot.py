@@ -8,9 +8,12 @@ restores on exceptions and Ctrl-C.
 
 from __future__ import annotations
 
+import collections
 import random
+import warnings
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torchmetrics
@@ -20,7 +23,15 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Subset, TensorDataset
 
 from lightning_superconv.sandbox import sandbox
-from lightning_superconv.snapshot import capture, dataloader_generators, held_generators, recapture, reseed
+from lightning_superconv.snapshot import (
+    capture,
+    dataloader_generators,
+    held_generators,
+    hidden_modules,
+    random_generators,
+    recapture,
+    reseed,
+)
 
 
 class Stateful(nn.Module):
@@ -221,7 +232,8 @@ def test_a_reassigned_buffer_a_submodules_counter_and_a_submodule_built_since_ar
     """A buffer reassigned, a layer's int counter and a submodule built since are handled.
 
     The buffer's original tensor is put back in its slot with its values, the layer's int counter is rebound, and the
-    submodule keeps its name (before, the buffer kept the branch's count and the counter went on).
+    submodule built since is removed, its attribute None again, as a run without the branch finds it (before, the
+    buffer kept the branch's count and the counter went on).
     """
     model = CountsInBuffersAndLayers()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -235,12 +247,16 @@ def test_a_reassigned_buffer_a_submodules_counter_and_a_submodule_built_since_ar
     assert model.seen is seen
     assert float(model.seen) == 0.0
     assert model.net.calls == 0
-    assert isinstance(model.teacher, nn.Linear)  # lives in `_modules`: a None attribute would hide it
+    assert model.teacher is None
+    assert "teacher" not in model._modules
+    model(torch.randn(8, 4))
+    assert isinstance(model.teacher, nn.Linear)  # built again, and registered
+    seen = model.seen
     rollback = capture(model, optimizer, everything=False)  # the guard's: weights and buffers only
     model(torch.randn(8, 4))
     rollback.restore()
     assert model.seen is seen
-    assert float(model.seen) == 0.0
+    assert float(model.seen) == 8.0
 
 
 class CarriesState(nn.Module):
@@ -280,6 +296,274 @@ def test_a_submodule_s_attribute_created_since_is_removed_and_its_dict_of_tensor
     # a list of tensors that aliases parameters gets the parameters themselves back, never copies of them
     rnn = model[0].rnn
     assert [id(w) for w in rnn._flat_weights] == [id(getattr(rnn, name)) for name in rnn._flat_weights_names]
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class HidesModules(nn.Module):
+    """A momentum encoder kept in a list, a teacher in a dict and one set with `object.__setattr__`: no submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student = nn.Linear(4, 4)
+        self.key = [_Encoder()]
+        self.nets = {"teacher": _Encoder()}
+        object.__setattr__(self, "aux", _Encoder())
+
+    def forward(self, x):
+        with torch.no_grad():  # an EMA of the student into each hidden encoder, as a momentum encoder does
+            for hidden in (self.key[0], self.nets["teacher"], self.aux):
+                hidden.net[0].weight.mul_(0.9).add_(0.1 * self.student.weight)
+        return self.student(x) + self.key[0](x) + self.nets["teacher"](x) + self.aux(x)
+
+
+@pytest.mark.parametrize("where", ["key", "nets", "aux"])
+def test_modules_held_outside_the_module_tree_come_back(where):
+    """Found trying the package as a new user: a MoCo key encoder kept in a list kept the range test's weights.
+
+    Its BatchNorm statistics and train/eval flag too; in a dict and set with ``object.__setattr__`` alike.
+    """
+    model = HidesModules()
+    hidden = {"key": model.key[0], "nets": model.nets["teacher"], "aux": model.aux}[where]
+    hidden.eval()
+    before = {name: t.detach().clone() for name, t in hidden.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer)
+    hidden.train()
+    for _ in range(3):
+        model(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+    assert not torch.equal(hidden.net[1].running_mean, before["net.1.running_mean"])
+    snapshot.restore()
+    assert not hidden.training
+    assert all(torch.equal(t, before[name]) for name, t in hidden.state_dict().items())
+
+
+class RegistersLate(nn.Module):
+    """Registers a buffer, a parameter and a submodule at its first forward (a data-dependent initialisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if "mean" not in self._buffers:
+            self.register_buffer("mean", x.detach().mean(0))
+            self.register_parameter("gain", nn.Parameter(torch.ones(4)))
+            self.head = nn.Linear(4, 2)
+        return self.head(self.linear(x - self.mean) * self.gain)
+
+
+def test_a_buffer_a_parameter_and_a_submodule_registered_since_are_removed():
+    """Found trying the package as a new user: statistics a layer registered from the range test's first batch stayed.
+
+    The run then never took its own first batch's; after an exact restore the layer registers them again.
+    """
+    model = nn.Sequential(RegistersLate())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer)
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    assert {"mean", "gain", "head"} <= set(model[0].state_dict()) | set(model[0]._modules)
+    snapshot.restore()
+    assert set(model[0]._buffers) == set()
+    assert set(model[0]._parameters) == set()
+    assert set(model[0]._modules) == {"linear"}
+    assert len(model(torch.randn(8, 4))) == 8  # registers them again
+
+
+class KeepsPlainState(nn.Module):
+    """A running ``(sum, count)`` tuple, a NumPy step count, and a dict declared through ``get_extra_state``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats = (0.0, 0)
+        self.steps = np.int64(0)
+        self.history = {"calls": 0}
+
+    def forward(self, x):
+        self.stats = (self.stats[0] + float(x.abs().mean()), self.stats[1] + 1)
+        self.steps = self.steps + 1
+        self.history["calls"] += 1  # in place: only `get_extra_state` says it is state
+        return x
+
+    def get_extra_state(self):
+        return {"history": dict(self.history)}
+
+    def set_extra_state(self, state):
+        self.history = dict(state["history"])
+
+
+def test_a_submodule_s_tuples_numpy_numbers_and_extra_state_come_back():
+    """Found trying the package as a new user: each kept the range test's values, and the run differed."""
+    model = nn.Sequential(KeepsPlainState(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshot = capture(model, optimizer)
+    for _ in range(3):
+        model(torch.randn(8, 4)).sum().backward()
+    snapshot.restore()
+    assert model[0].stats == (0.0, 0)
+    assert model[0].steps == 0
+    assert isinstance(model[0].steps, np.int64)
+    assert model[0].history == {"calls": 0}
+    assert model.state_dict()["0._extra_state"] == {"history": {"calls": 0}}
+
+
+def test_a_rollback_writes_into_a_parameter_the_module_replaced_since_and_moves_its_optimizer_state():
+    """Found trying the package as a new user: the guard put the old parameter back, which the optimizer no longer held.
+
+    A module re-initialised a layer's weight as a new ``nn.Parameter`` and handed it to the optimizer; after the
+    rollback the layer was frozen for the rest of the run. Now the new parameter stays, with the kept values and the
+    kept optimizer state.
+    """
+    model = nn.Sequential(nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    old = model[0].weight
+    before, momentum = old.detach().clone(), optimizer.state[old]["momentum_buffer"].clone()
+    snapshot = capture(model, optimizer, everything=False)
+    new = nn.Parameter(torch.randn(3, 4))
+    model[0].weight = new
+    optimizer.param_groups[0]["params"] = [new if p is old else p for p in optimizer.param_groups[0]["params"]]
+    optimizer.state[new] = optimizer.state.pop(old)
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    snapshot.restore()
+    assert model[0].weight is new
+    assert torch.equal(new, before)
+    assert torch.equal(optimizer.state[new]["momentum_buffer"], momentum)
+    assert old not in optimizer.state
+
+
+def test_a_rollback_puts_back_a_replaced_parameter_the_optimizer_does_not_train_or_of_another_shape():
+    """Found reviewing the package: moving the kept optimizer state onto such a parameter broke the next step.
+
+    A parameter the module rebinds without handing it to the optimizer (``state_dict`` then raised ``KeyError``), and
+    a head grown to more classes (Adam's kept ``exp_avg`` did not fit it): the old object comes back, as before.
+    """
+    model = nn.Sequential(nn.Linear(4, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    old_weight, old_bias = model[0].weight, model[0].bias
+    snapshot = capture(model, optimizer, everything=False)
+    model[0].bias = nn.Parameter(old_bias.detach().clamp(min=0))  # rebound, not handed to the optimizer
+    grown = nn.Parameter(torch.randn(5, 4))
+    model[0].weight = grown
+    optimizer.param_groups[0]["params"] = [grown if p is old_weight else p for p in optimizer.param_groups[0]["params"]]
+    snapshot.restore()
+    assert model[0].bias is old_bias
+    assert model[0].weight is old_weight
+    assert grown not in optimizer.state
+    optimizer.state_dict()  # every parameter with state is in a group
+
+
+def test_an_exact_restore_gives_each_param_group_its_parameters_back_and_drops_a_group_added_since():
+    """A parameter replaced in the module and in its group during a branch, and a group added: both undone."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    old = model[0].weight
+    snapshot = capture(model, optimizer)
+    new = nn.Parameter(torch.randn(3, 4))
+    model[0].weight = new
+    optimizer.param_groups[0]["params"] = [new if p is old else p for p in optimizer.param_groups[0]["params"]]
+    optimizer.add_param_group({"params": list(model[1].parameters())})
+    snapshot.restore()
+    assert model[0].weight is old
+    assert len(optimizer.param_groups) == 1
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model[0].parameters()]
+
+
+class ExtraStateFromWeights(nn.Module):
+    """Declares a tensor computed from its weight as extra state; another raises until it is calibrated."""
+
+    def __init__(self, calibrated: bool) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.calibrated = calibrated
+
+    def forward(self, x):
+        return self.linear(x)
+
+    def get_extra_state(self):
+        if not self.calibrated:
+            raise RuntimeError("not calibrated yet")
+        return {"scale": self.linear.weight.abs().amax()}  # in the autograd graph: `deepcopy` refuses it
+
+    def set_extra_state(self, state):
+        self.restored = state["scale"]
+
+
+def test_extra_state_computed_from_a_parameter_or_not_available_yet_does_not_stop_the_capture():
+    """Found reviewing the package: ``deepcopy`` of such a tensor raised, and the range test died at its start."""
+    model = nn.Sequential(ExtraStateFromWeights(calibrated=True), ExtraStateFromWeights(calibrated=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scale = float(model[0].linear.weight.abs().amax())
+    snapshot = capture(model, optimizer)
+    snapshot.restore()
+    assert float(model[0].restored) == scale
+    assert not hasattr(model[1], "restored")
+
+
+class KeepsItsBackboneInHyperparameters(L.LightningModule):
+    """Takes its backbone as an argument and saves it with its hyperparameters, as Lightning allows (with a warning)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = backbone
+
+
+def test_the_copy_lightning_keeps_of_a_module_given_as_a_hyperparameter_is_not_a_hidden_module():
+    """Found reviewing the package: Lightning's deep copy in `_hparams_initial` was copied at every guard refresh."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice to leave modules out of the hyperparameters
+        model = KeepsItsBackboneInHyperparameters(nn.Linear(4, 4))
+    assert hidden_modules(model) == []
+
+
+class OrderedExtraState(nn.Module):
+    """Declares its extra state in an `OrderedDict` holding a tensor computed from its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def get_extra_state(self):
+        return collections.OrderedDict(scale=self.linear.weight.abs().amax())
+
+    def set_extra_state(self, state):
+        self.restored = state["scale"]
+
+
+def test_extra_state_in_another_container_is_copied_without_its_graph():
+    """Found reviewing the package: `deepcopy` of an `OrderedDict` holding a tensor in a graph raised in `capture`."""
+    model = nn.Sequential(OrderedExtraState())
+    snapshot = capture(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    snapshot.restore()
+    assert float(model[0].restored) == float(model[0].linear.weight.abs().amax())
+
+
+def test_weights_held_twice_are_copied_once_and_a_hidden_module_s_generator_is_found():
+    """A compiled view kept with `object.__setattr__` holds the model's own layers: copied once, not twice.
+
+    Found reviewing the package: each hidden module's tensors were copied again, doubling the snapshot's memory.
+    """
+    model = nn.Sequential(nn.Linear(4, 4))
+    object.__setattr__(model, "view", nn.Sequential(model[0]))  # the same layer, seen from elsewhere
+    model.keys = [nn.Linear(4, 4)]
+    model.keys[0].noise = torch.Generator().manual_seed(2)
+    snapshot = capture(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert len(snapshot.tensors) == 4  # the model's weight and bias, the key encoder's
+    assert random_generators([], model) == [model.keys[0].noise]
 
 
 def test_a_rollback_past_a_pruning_keeps_the_pruned_shape_and_restores_the_weights_values():
@@ -402,6 +686,19 @@ def test_generators_held_by_datasets_behind_wrappers_by_the_module_and_by_a_data
     found = held_generators(model, datamodule)
     assert found == [model.masks, model[1].noise, datamodule.split]
     assert held_generators(None, None) == []
+
+
+def test_all_random_generators_are_gathered_once_even_when_a_loader_and_the_datamodule_share_one():
+    """A dataset the datamodule holds and a loader wraps gives its generator once, after the loaders' own."""
+    dataset = _Jittered(1)
+    datamodule = L.LightningDataModule()
+    datamodule.split = torch.Generator().manual_seed(5)
+    datamodule.shared = dataset.jitter
+    model = nn.Linear(2, 2)
+    model.noise = torch.Generator().manual_seed(3)
+    found = random_generators([DataLoader(dataset, batch_size=4)], model, datamodule)
+    assert found == [dataset.jitter, model.noise, datamodule.split]
+    assert random_generators([], None, None) == []
 
 
 class _Mixup:

@@ -10,6 +10,7 @@ import math
 import re
 import signal
 import time
+import types
 import warnings
 
 import lightning as L
@@ -523,6 +524,45 @@ def test_a_val_dataloader_that_draws_a_random_subset_gives_the_trials_and_the_ru
     for subset in subsets:
         assert torch.equal(subset, given.lightning_module.subsets[0])
     _assert_same_training_state(tested, given)
+
+
+class MomentumEncoder(TinyClassifier):
+    """A key encoder kept in a list (out of the checkpoint, as MoCo-style code does), moved towards the model each step.
+
+    Its BatchNorm statistics grow at every step too, and a layer registers its input statistics at its first forward.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys = [nn.Sequential(nn.Linear(16, 4), nn.BatchNorm1d(4))]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if "center" not in self._buffers:  # a data-dependent initialisation, from the first batch
+            self.register_buffer("center", x.detach().mean(0))
+        x = x - self.center
+        key = self.keys[0]
+        with torch.no_grad():
+            key[0].weight.mul_(0.9).add_(0.1 * self.net[0].weight[:4])
+            target = key(x).softmax(-1)
+        logits = self(x)
+        return nn.functional.cross_entropy(logits, y) + nn.functional.cross_entropy(logits, target)
+
+
+def test_a_key_encoder_kept_outside_the_module_tree_and_a_buffer_registered_late_come_back(tmp_path):
+    """The run ends as one given the pick: the range test's updates to the list-held encoder and late buffer are gone.
+
+    Found trying the package as a new user: a MoCo key encoder kept in a list kept the sweep's and every trial's
+    updates (each trial started from the one before it), and statistics a layer registered at its first forward held
+    the range test's first batch.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(MomentumEncoder), auto)
+    given = _fit(tmp_path, _seeded(MomentumEncoder), SuperConvergence(max_lr=auto.result.max_lr))
+    _assert_same_training_state(tested, given)
+    _assert_tensor_dicts_equal(
+        tested.lightning_module.keys[0].state_dict(), given.lightning_module.keys[0].state_dict()
+    )
 
 
 class OwnGeneratorNoise(TinyClassifier):
@@ -1279,6 +1319,11 @@ class EvalRecorder(TinyClassifier):
             self.scored.append(float(batch[0][0, 0]))
         return super().training_step(batch, batch_idx)
 
+    def trials_scored(self) -> list[float]:
+        """What the trials scored: all but the look at the first held-out batch after the first trial's first step."""
+        assert self.scored[0] == self.scored[1]
+        return self.scored[1:]
+
 
 def test_trials_try_fractions_of_the_rise_and_install_the_best(tmp_path):
     """The ladder (a quarter, a half, an eighth of the LR where the loss rose back), then the best trial's peak."""
@@ -1307,9 +1352,10 @@ def test_trials_are_scored_on_the_validation_data(tmp_path):
     first_values = {float(v) for v in val_x[:, 0]}
     assert model.scored
     assert set(model.scored) <= first_values
-    per_trial = len(model.scored) // len(callback.result.trials)
+    scored = model.trials_scored()
+    per_trial = len(scored) // len(callback.result.trials)
     assert per_trial == 2  # all 64 validation samples, in batches of 32
-    assert model.scored == model.scored[:per_trial] * len(callback.result.trials)
+    assert scored == scored[:per_trial] * len(callback.result.trials)
 
 
 class TrainModeCounter(TinyClassifier):
@@ -1347,7 +1393,7 @@ def test_trials_read_no_more_validation_batches_than_limit_val_batches_allows(tm
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     _fit(tmp_path, model, callback, limit_val_batches=limit)
     val_x = model.val_dataloader().dataset.tensors[0]
-    assert model.scored == [float(val_x[0, 0])] * len(callback.result.trials)
+    assert model.trials_scored() == [float(val_x[0, 0])] * len(callback.result.trials)
 
 
 class SlowValidationSet(torch.utils.data.Dataset):
@@ -1378,7 +1424,7 @@ def test_trials_score_on_as_many_validation_batches_as_a_trial_trains_on_however
         callback = SuperConvergence(num_steps=30, trial_steps=50)
         _fit(tmp_path, model, callback)
         val_x = SlowValidationSet().x
-        assert model.scored == [float(x[0]) for x in val_x[:50]] * len(callback.result.trials)
+        assert model.trials_scored() == [float(x[0]) for x in val_x[:50]] * len(callback.result.trials)
         picks.append(callback.result.trials)
     assert picks[0] == picks[1]
 
@@ -1397,7 +1443,7 @@ def test_limit_val_batches_caps_each_validation_loader_on_its_own(tmp_path):
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     _fit(tmp_path, model, callback, limit_val_batches=1)
     firsts = [float(loader.dataset.tensors[0][0, 0]) for loader in model.val_dataloader()]
-    assert model.scored == firsts * len(callback.result.trials)
+    assert model.trials_scored() == firsts * len(callback.result.trials)
 
 
 def test_a_validation_loader_whose_length_cannot_be_read_is_read_whole(tmp_path):
@@ -1427,7 +1473,7 @@ def test_with_limit_val_batches_0_the_trials_score_on_training_batches(tmp_path)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     _fit(tmp_path, model, callback, limit_val_batches=0)
     assert model.built == 0  # not even built: its workers would start for nothing
-    assert len(model.scored) == 5 * len(callback.result.trials)  # training batches: max(4, 50 // 10) per trial
+    assert len(model.trials_scored()) == 5 * len(callback.result.trials)  # training batches: max(4, 50 // 10) each
     val_x = model.val_dataloader().dataset.tensors[0]
     train_x = model.train_dataloader().dataset.tensors[0]
     assert not {float(v) for v in model.scored} & {float(v) for v in val_x[:, 0]}
@@ -1443,7 +1489,7 @@ def test_without_validation_data_trials_score_on_training_batches_they_never_tra
     model = NoVal(n=1024)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     _fit(tmp_path, model, callback)
-    assert len(model.scored) == 5 * len(callback.result.trials)  # max(4, 50 // 10) batches per trial
+    assert len(model.trials_scored()) == 5 * len(callback.result.trials)  # max(4, 50 // 10) batches per trial
     train_x = model.train_dataloader().dataset.tensors[0]
     assert {float(v) for v in model.scored} <= {float(v) for v in train_x[:, 0]}
 
@@ -1755,6 +1801,84 @@ def test_a_training_step_the_trials_cannot_score_leaves_the_pick_to_the_sweep(tm
     L.Trainer(callbacks=[given], **trainer_kwargs(tmp_path, max_epochs=2)).fit(plain := cls(n=512))
     for a, b in zip(tested.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class CountsTrainingCalls:
+    """Counts the `training_step` calls made in train mode (the sweep's, the trials' and the run's steps).
+
+    In a list changed in place: the range test's restore rebinds a counter the module counts up.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.train_calls: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.training:
+            self.train_calls.append(batch_idx)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("cls", [TakesInputGradients, LossesInTrainModeOnly], ids=["input_gradients", "train_mode"])
+def test_trials_that_cannot_score_train_no_step_more_than_the_sweep(tmp_path, cls):
+    """One forward on the first held-out batch, after a trial's first step, tells that the trials cannot score.
+
+    Found trying the package as a new user: a detection model's range test trained a whole trial on the validation
+    batches, then another on the training batches, before leaving the pick to the sweep (368 steps for a 20-step
+    sweep); now it costs what `trial_steps=0` does and one step for each of the two sources.
+    """
+    counted = type(cls.__name__, (CountsTrainingCalls, cls), {})
+    runs = {}
+    for trial_steps in (50, 0):
+        L.seed_everything(0)
+        callback = SuperConvergence(num_steps=30, trial_steps=trial_steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2)).fit(model := counted(n=512))
+        runs[trial_steps] = (callback.max_lr, len(model.train_calls))
+    assert runs[50][0] == runs[0][0]
+    assert runs[50][1] == runs[0][1] + 2
+
+
+class CentresOnItsFirstBatch(TinyClassifier):
+    """Sets a running input centre at its first training batch, and reads it in eval mode too."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.training:
+            centre = x.mean(0).detach()
+            self.center = centre if not hasattr(self, "center") else 0.9 * self.center + 0.1 * centre
+        return super().training_step((x - self.center, y), batch_idx)
+
+
+def test_trials_score_a_step_whose_eval_path_reads_what_training_creates(tmp_path):
+    """The look that finds an unscorable step comes after a trial's first step: the step here can score then.
+
+    Found reviewing the package: taken before any step, on the restored model, the look failed on the missing
+    attribute, and the trials were dropped with a warning that they could not score.
+    """
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, _seeded(CentresOnItsFirstBatch), callback)
+    assert not [w for w in caught if "cannot score" in str(w.message) or "failed on" in str(w.message)]
+    assert callback.result.trials
+    assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
+
+
+class ReturnsAReadOnlyMapping(TinyClassifier):
+    """``training_step`` returns its loss in a read-only mapping, which Lightning accepts as it does a dict."""
+
+    def training_step(self, batch, batch_idx):
+        return types.MappingProxyType({"loss": super().training_step(batch, batch_idx)})
+
+
+def test_a_training_step_returning_any_mapping_is_read_as_lightning_reads_it(tmp_path):
+    """Found trying the package as a new user: Lightning trained it, the range test raised a `TypeError`."""
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    _fit(tmp_path, _seeded(ReturnsAReadOnlyMapping), callback)
+    assert callback.result.trials
+    assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
 
 
 class DrawsItsOwnBatches(TinyClassifier):

@@ -50,10 +50,11 @@ def test_range_test_curve_equals_the_callbacks_result(run, tag, field):
 
 
 def test_pick_is_logged_at_its_step(run):
-    """``lr_range_test/max_lr`` holds the pick, at the range-test step it was read at."""
+    """``lr_range_test/max_lr`` holds the pick, at the sweep step whose LR it is (the last that did not pass it)."""
     steps, values = _series(run["events"], "lr_range_test/max_lr")
     result = run["sc"].result
-    assert steps == [result.pick_index]
+    (at,) = steps
+    assert result.lrs[at] <= result.max_lr < result.lrs[at + 1]
     assert values[0] == np.float32(result.max_lr)
 
 

@@ -239,6 +239,44 @@ def test_the_grid_refuses_manual_optimization_before_anything_runs_and_the_other
     assert served.weight_decays is not None
 
 
+class ManualCosine(ManualOptimization):
+    """Steps a ``CosineAnnealingLR`` after each optimizer step itself, as Lightning's manual-optimization docs show."""
+
+    def __init__(self, interval: str | None):
+        super().__init__()
+        self.interval = interval
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        self.lr_schedulers().step()
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        config = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=16)}
+        if self.interval is not None:
+            config["interval"] = self.interval
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+@pytest.mark.parametrize("interval", [None, "step"], ids=["interval-unset", "interval-step"])
+def test_under_manual_optimization_a_scheduler_stepped_otherwise_than_traced_is_said(tmp_path, interval):
+    """Found trying the package as a new user: a scheduler stepped at every batch was traced as stepped per epoch.
+
+    Lightning leaves the stepping to the user under manual optimization; the config's `interval` ('epoch' unless set)
+    is all the balancer can go by. Set to 'step', it traces the schedule that runs, and nothing is said.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, ManualCosine(interval), [WeightDecayBalancer(mode="timescale")])
+    said = [str(w.message) for w in caught if "under manual optimization" in str(w.message)]
+    if interval is None:
+        assert len(said) == 1
+        assert "the LR at step 1 of this fit is" in said[0]
+        assert "`CosineAnnealingLR` once per epoch" in said[0]
+    else:
+        assert said == []
+
+
 # ---------------------------------------------------------------------------------------------------- what is set
 
 
