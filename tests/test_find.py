@@ -456,8 +456,8 @@ def test_a_frozen_backbone_in_trainer_kwargs_warns_that_the_test_measures_the_he
     assert not [w for w in said if "frozen" in str(w.message)]
 
 
-class DigitsMLP(L.LightningModule):
-    """scikit-learn's 8x8 digits, an MLP with SGD at LR 0.01: a model that learns within a few dozen steps."""
+class TenClassMLP(L.LightningModule):
+    """An MLP over 64 features and ten classes, with SGD at LR 0.01: a model that learns within a few dozen steps."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -473,14 +473,16 @@ class DigitsMLP(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def _digits_loaders():
-    from sklearn.datasets import load_digits
+def _ten_class_loaders():
+    """Ten Gaussian classes in 64 non-negative features (as pixel intensities), 1,500 to train on and 300 held out."""
     from torch.utils.data import TensorDataset
 
-    digits = load_digits()
-    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
     generator = torch.Generator().manual_seed(0)
-    train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True, generator=generator)
+    means = torch.randn(10, 64, generator=generator)
+    y = torch.randint(0, 10, (1800,), generator=generator)
+    x = (means[y] + torch.randn(1800, 64, generator=generator)).clamp(0, None) / 4
+    order = torch.Generator().manual_seed(0)
+    train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True, generator=order)
     return train, DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=64)
 
 
@@ -500,11 +502,11 @@ def test_a_sweep_range_that_misses_the_divergence_is_said_for_what_it_is(lr_rang
     blamed it on the sweep's end and on optimizers that bound their own step.
     """
     L.seed_everything(0, verbose=False)
-    train, val = _digits_loaders()
+    train, val = _ten_class_loaders()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = find_max_lr(
-            DigitsMLP(), train_dataloaders=train, val_dataloaders=val, lr_range=lr_range,
+            TenClassMLP(), train_dataloaders=train, val_dataloaders=val, lr_range=lr_range,
             trainer_kwargs={"max_epochs": 3, "enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
         )  # fmt: skip
     messages = [str(w.message) for w in caught if "SuperConvergence" in str(w.message)]
