@@ -27,7 +27,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import write_momentum
 from lightning_superconv.sandbox import random_state_kept, sandbox
-from lightning_superconv.snapshot import dataloader_generators, distributed_samplers, reseed
+from lightning_superconv.snapshot import capture, dataloader_generators, distributed_samplers, reseed
 from lightning_superconv.steps import BatchStream, take_steps, takes_batch_idx, training_step_loss
 from lightning_superconv.weight_decay import GroupTrace
 
@@ -233,8 +233,14 @@ def run_branches(
             if not peeked:
                 peeked = True
                 assert held_out is not None
+                # the module's own state too: a `training_step` that counts its calls (a loss weight's schedule)
+                # counts this one (found trying the package as a new user: the first trial then scored differently)
+                kept = capture(pl_module, optimizer, module_only=True)
                 with _compat.isolate_rng(trainer):
-                    held_out_loss(trainer, pl_module, held_out, 1, peek=True)
+                    try:
+                        held_out_loss(trainer, pl_module, held_out, 1, peek=True)
+                    finally:
+                        kept.restore()
             return _stop_if_non_finite(step, loss)
 
         while branch is not None:

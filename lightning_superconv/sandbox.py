@@ -82,6 +82,17 @@ def sandbox(
     generators = random_generators([*loaders, *other_loaders], pl_module, _compat.datamodule(trainer))
     snapshot = capture(pl_module, optimizer, scaler, generators)
     snapshot.scalars += sampler_numbers([*loaders, *other_loaders])
+    if snapshot.uncaptured:
+        # found trying the package as a new user: an observer whose `get_extra_state` raises until it is calibrated
+        # started training having counted the range test's batches; what cannot be copied cannot be put back
+        _compat.rank_zero_warn(
+            trainer,
+            f"lightning_superconv: the extra state of {', '.join(snapshot.uncaptured)} could not be copied "
+            "(`get_extra_state` raised, or its value cannot be copied) before training off the record (the range "
+            "test, the weight-decay grid): what that training changes in it stays. Make `get_extra_state` return "
+            "its state at any time, or pass `SuperConvergence(max_lr=...)` (and another `WeightDecayBalancer` "
+            "mode), which train nothing off the record.",
+        )
     failure: BaseException | None = None
     try:
         with _compat.isolate_rng(trainer), quiet_trainer(trainer, pl_module):

@@ -188,6 +188,11 @@ class Snapshot:
     extra_states: list[tuple[torch.nn.Module, Any]] = field(default_factory=list)
     #: the parameters each param group held (an exact restore gives each group its own back)
     group_params: list[list[Any]] = field(default_factory=list)
+    #: the modules whose extra state could not be copied (``get_extra_state`` raised, or its value cannot be copied),
+    #: each as "name (why)": their extra state is not put back
+    uncaptured: list[str] = field(default_factory=list)
+    #: the module's own state only (:func:`capture`'s ``module_only``): no weights, optimizer or scaler to write back
+    module_only: bool = False
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
@@ -201,7 +206,7 @@ class Snapshot:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
-        replaced = {} if self.exact else _replaced_parameters(self.slots, self.optimizer)
+        replaced = {} if self.exact or self.module_only else _replaced_parameters(self.slots, self.optimizer)
         put_back([slot for slot in self.slots if id(slot[2]) not in replaced], removed_too=self.exact)
         for registry, names in self.registries:
             for name in [name for name in registry if name not in names]:
@@ -229,8 +234,30 @@ class Snapshot:
                 setattr(module, name, copy.deepcopy(value))
         for owner, kept in self.loose_tensors:
             self._restore_loose(owner, kept)
+        if not self.module_only:
+            self._restore_optimizer(replaced)
+        for generator, generator_state in self.generator_states:
+            set_rng_state(generator, generator_state)
+        # last, and each on its own: a `set_extra_state` that raises (the module's own code) leaves everything else
+        # restored, and says so (found trying the package as a new user: one that raised left the optimizer, the LR and
+        # the generators as the range test had made them, under a note that said all was restored)
+        failure: BaseException | None = None
         for owner, extra in self.extra_states:
-            owner.set_extra_state(_copy_state(extra))
+            try:
+                owner.set_extra_state(_copy_state(extra))
+            except BaseException as err:  # Ctrl-C too: the other modules' states still come back
+                if failure is None:
+                    failure = err
+                    if hasattr(err, "add_note"):  # Python >= 3.11
+                        err.add_note(
+                            f"Raised by `{type(owner).__name__}.set_extra_state` while a snapshot was put back "
+                            "(lightning_superconv): everything else was restored, this module's extra state may not be."
+                        )
+        if failure is not None:
+            raise failure
+
+    def _restore_optimizer(self, replaced: dict[int, torch.nn.Parameter]) -> None:
+        """The optimizer's param groups and state, and the gradient scaler's state."""
         optimizer = self.optimizer
         if self.exact and self.group_params:
             # a param group added since is dropped, and each group trains the parameters it did (a parameter replaced
@@ -253,8 +280,6 @@ class Snapshot:
             group["params"] = params
         if self.scaler is not None and self.scaler_state is not None:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
-        for generator, generator_state in self.generator_states:
-            set_rng_state(generator, generator_state)
 
     @staticmethod
     def _restore_attributes(module: torch.nn.Module, saved: dict[str, Any]) -> None:
@@ -297,6 +322,7 @@ def capture(
     generators: Sequence[Any] = (),
     everything: bool = True,
     also: Sequence[torch.nn.Module] = (),
+    module_only: bool = False,
 ) -> Snapshot:
     r"""Copy what a branch of training will change.
 
@@ -310,35 +336,42 @@ def capture(
             optimizer and scaler: ``False``.
         also: other modules whose parameters and buffers are copied too: the weight average a ``WeightAveraging``
             callback keeps beside the model, which the training steps being rolled back also changed.
+        module_only: only what a forward pass without gradients may change beside the weights (the module's
+            attributes and numbers, those of its submodules, metric states, loose tensors, extra state, registries):
+            nothing of the weights, the optimizer or the scaler is copied or written back. For a look at a batch in
+            the middle of a branch, which must leave the branch to train on as it would have.
     """
     # modules held outside the module tree (in a list, a dict, or set with `object.__setattr__`: a momentum encoder
     # or a teacher kept out of the checkpoint) are trained by a branch as much as the model: an exact restore covers
     # them too (found trying the package as a new user: a MoCo key encoder kept in a list kept the range test's
     # weights and BatchNorm statistics, and each trial started from the one before it)
+    everything = everything or module_only
     hidden = hidden_modules(module, also) if everything else []
     roots = (*also, *hidden)
-    tensors = [(t, t.detach().clone()) for t in _weights(module, roots)]
+    weights = not module_only
+    tensors = [(t, t.detach().clone()) for t in _weights(module, roots)] if weights else []
     snapshot = Snapshot(
         tensors=tensors,
-        slots=registered_tensors(module, roots),
+        slots=registered_tensors(module, roots) if weights else [],
         optimizer=optimizer,
-        optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()},
-        param_groups=_group_values(optimizer),
-        scaler=scaler,
-        scaler_state=None if scaler is None else copy.deepcopy(scaler.state_dict()),
+        optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()} if weights else {},
+        param_groups=_group_values(optimizer) if weights else [],
+        scaler=scaler if weights else None,
+        scaler_state=None if scaler is None or not weights else copy.deepcopy(scaler.state_dict()),
         generator_states=[(g, rng_state(g)) for g in generators],
         exact=everything,
+        module_only=module_only,
     )
     if everything:
         modules = list({id(m): m for root in (module, *roots) for m in root.modules()}.values())
-        params = {id(p): p for root in (module, *roots) for p in root.parameters()}.values()
+        params = {id(p): p for root in (module, *roots) for p in root.parameters()}.values() if weights else []
         snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in params]
         snapshot.training_flags = [(m, m.training) for m in modules]
         snapshot.attributes = (module, _own_attributes(module))
         # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
         # first batch) was left holding the range test's, and the run never took its own
         snapshot.registries = [(r, frozenset(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
-        snapshot.group_params = [list(group["params"]) for group in optimizer.param_groups]
+        snapshot.group_params = [list(group["params"]) for group in optimizer.param_groups] if weights else []
         for submodule in modules:
             if _is_metric(submodule):
                 snapshot.metric_states.append((submodule, _metric_state(submodule)))
@@ -357,7 +390,8 @@ def capture(
                 try:
                     with torch.no_grad():  # a tensor computed from a parameter is then no part of a graph
                         extra = _copy_state(submodule.get_extra_state())
-                except Exception:  # noqa: BLE001 - the module's own code: anything it raises means "no state now"
+                except Exception as err:  # noqa: BLE001 - the module's own code: whatever it raises, it is said
+                    snapshot.uncaptured.append(f"`{type(submodule).__name__}` ({type(err).__name__}: {err})")
                     continue
                 snapshot.extra_states.append((submodule, extra))
     return snapshot

@@ -552,6 +552,88 @@ def test_extra_state_in_another_container_is_copied_without_its_graph():
     assert float(model[0].restored) == float(model[0].linear.weight.abs().amax())
 
 
+class FailsToLoadOnce(nn.Linear):
+    """Counts its calls in a dict declared as extra state; its `set_extra_state` raises the first time."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 4)
+        self.seen = {"n": 0}
+        self.fail = True
+
+    def forward(self, x):
+        self.seen["n"] += 1
+        return super().forward(x)
+
+    def get_extra_state(self):
+        return dict(self.seen)
+
+    def set_extra_state(self, state):
+        if self.fail:
+            self.fail = False
+            raise ValueError("cannot load extra state")
+        self.seen = dict(state)
+
+
+def test_a_set_extra_state_that_raises_leaves_everything_else_restored_and_says_so():
+    """Found trying the package as a new user: it left the optimizer, LR and generators as the branch made them."""
+    model = nn.Sequential(FailsToLoadOnce())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    generator = torch.Generator().manual_seed(3)
+    before = (model[0].weight.detach().clone(), generator.get_state())
+    snapshot = capture(model, optimizer, generators=[generator])
+    optimizer.param_groups[0]["lr"] = 10.0
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    torch.rand(3, generator=generator)
+    with pytest.raises(ValueError, match="cannot load extra state") as raised:
+        snapshot.restore()
+    assert "everything else was restored" in raised.value.__notes__[0]
+    assert torch.equal(model[0].weight, before[0])
+    assert torch.equal(generator.get_state(), before[1])
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    assert not optimizer.state
+    assert model[0].seen == {"n": 1}  # its own state is what could not be put back
+
+
+class CalibratedLater(nn.Linear):
+    """An observer whose `get_extra_state` raises until it has seen a batch (it is not calibrated before)."""
+
+    def __init__(self) -> None:
+        super().__init__(16, 4)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += 1
+        return super().forward(x)
+
+    def get_extra_state(self):
+        if not self.seen:
+            raise RuntimeError("not calibrated")
+        return {"seen": self.seen}
+
+    def set_extra_state(self, state):
+        self.seen = state["seen"]
+
+
+class ObservedTiny(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer = CalibratedLater()
+
+
+def test_an_extra_state_that_cannot_be_copied_is_said_before_training_off_the_record(tmp_path):
+    """Found trying the package as a new user: the observer started training having seen the branch's batches, silently.
+
+    What cannot be copied cannot be put back: the sandbox says so, naming the module and why.
+    """
+    model = ObservedTiny()
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_steps=1))
+    trainer.fit(model)  # a Trainer with its strategy, optimizer and data set up
+    said = r"extra state of `CalibratedLater` \(RuntimeError: not calibrated\) could not be copied"
+    with pytest.warns(RuntimeWarning, match=said), sandbox(trainer, model, trainer.optimizers[0]):
+        pass
+
+
 def test_weights_held_twice_are_copied_once_and_a_hidden_module_s_generator_is_found():
     """A compiled view kept with `object.__setattr__` holds the model's own layers: copied once, not twice.
 

@@ -1866,6 +1866,39 @@ def test_trials_score_a_step_whose_eval_path_reads_what_training_creates(tmp_pat
     assert all(math.isfinite(t["held_out_loss"]) for t in callback.result.trials)
 
 
+class CountsItsCalls(TinyClassifier):
+    """Counts its `training_step` calls in an int (a loss weight's schedule would read it).
+
+    The count each scoring call sees is recorded in a list changed in place (the restore leaves such a list alone).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+        self.counts_scored: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        if not self.training:
+            self.counts_scored.append(self.calls)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_look_at_the_first_held_out_batch_leaves_the_first_trial_as_it_would_have_been(tmp_path):
+    """Found trying the package as a new user: the look counted as a call, and the first trial scored differently.
+
+    Each trial trains as many steps from the same snapshot: each scoring call of each trial sees the same count.
+    """
+    model = _seeded(CountsItsCalls)
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    _fit(tmp_path, model, callback)
+    trials = len(callback.result.trials)
+    scored = model.counts_scored[1:]  # after the look
+    per_trial = len(scored) // trials
+    assert len(scored) == per_trial * trials
+    assert [scored[i * per_trial : (i + 1) * per_trial] for i in range(trials)] == [scored[:per_trial]] * trials
+
+
 class ReturnsAReadOnlyMapping(TinyClassifier):
     """``training_step`` returns its loss in a read-only mapping, which Lightning accepts as it does a dict."""
 
