@@ -105,16 +105,39 @@ def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
 def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple[Optimizer, list[Any]]:
     r"""Deep copies of the optimizer and the schedulers that drive it, without its parameters or state.
 
-    The parameters are swapped for empty tensors and the state for an empty dict in the copy's memo, so replaying a
-    billion-parameter model's schedule costs no memory; only the param-group hyperparameters are copied. Stepping the
-    copied schedulers moves the copy's param groups, never the real ones.
+    The parameters are swapped for empty tensors and the state (and that of an optimizer it wraps) for an empty dict in
+    the copy's memo, so replaying a billion-parameter model's schedule costs no memory; only the param-group
+    hyperparameters are copied. Stepping the copied schedulers moves the copy's param groups, never the real ones.
+
+    The copy is built from the optimizer's attributes, not by ``copy.deepcopy`` of the optimizer itself: that calls
+    torch's ``Optimizer.__setstate__``, which wraps the ``step`` of the optimizer's *class* with its hooks, and a
+    wrapper that never ran ``Optimizer.__init__`` (``torch_optimizer.Lookahead``) then failed at its next step, in the
+    range test and in every later fit of the process; another (``pytorch_optimizer.Lookahead``) could not be copied
+    at all (found trying the package as a new user).
     """
-    memo: dict[int, Any] = {id(optimizer.state): {}}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            memo[id(param)] = torch.empty(0)
+    memo: dict[int, Any] = {}
+    for owner in (optimizer, *inner_optimizers(optimizer)):
+        memo[id(owner.state)] = {}
+        for group in owner.param_groups:
+            for param in group["params"]:
+                memo[id(param)] = torch.empty(0)
+    twin = object.__new__(type(optimizer))
+    memo[id(optimizer)] = twin
+    for name, value in vars(optimizer).items():
+        # hooks are left behind (a bound method's copy would copy the object it is bound to); nothing steps the copy
+        twin.__dict__[name] = type(value)() if name.endswith("_hooks") else copy.deepcopy(value, memo)
     copies = [copy.deepcopy(s, memo) for s in schedulers]
-    twin = memo.get(id(optimizer))
-    if twin is None:
-        twin = copy.deepcopy(optimizer, memo)
     return twin, copies
+
+
+def inner_optimizers(optimizer: Any) -> list[Optimizer]:
+    r"""The optimizers a wrapper holds as attributes (Lookahead's ``optimizer``, SAM's ``base_optimizer``), each once.
+
+    Their ``state`` is their own (Lookahead's inner SGD keeps the momentum buffers there), so what is copied and put
+    back of the optimizer is copied and put back of them too.
+    """
+    found: list[Optimizer] = []
+    for value in vars(optimizer).values():
+        if isinstance(value, Optimizer) and value is not optimizer and all(value is not f for f in found):
+            found.append(value)
+    return found

@@ -49,6 +49,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_superconv import _compat
+from lightning_superconv.param_groups import inner_optimizers
 
 # torchmetrics' bookkeeping beside the states registered with `add_state`: copied where the metric holds them as plain
 # attributes (older releases keep `_update_called` as one; newer compute it from `_update_count`)
@@ -193,6 +194,11 @@ class Snapshot:
     uncaptured: list[str] = field(default_factory=list)
     #: the module's own state only (:func:`capture`'s ``module_only``): no weights, optimizer or scaler to write back
     module_only: bool = False
+    #: each optimizer the optimizer wraps (:func:`~lightning_superconv.param_groups.inner_optimizers`) with copies of
+    #: its own state and param-group values (Lookahead's inner SGD keeps its momentum buffers in its own ``state``)
+    inner: list[tuple[Optimizer, dict[Any, Any], list[dict[str, Any]]]] = field(default_factory=list)
+    #: the numbers and strings the optimizer and those it wraps hold as attributes (a wrapper's own step count)
+    optimizer_scalars: list[tuple[Optimizer, dict[str, Any]]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
@@ -278,6 +284,19 @@ class Snapshot:
             group.clear()
             group.update(copy.deepcopy(saved_group))
             group["params"] = params
+        for opt, scalars in self.optimizer_scalars:
+            vars(opt).update(scalars)
+        # found trying the package as a new user: Lookahead's inner SGD kept the range test's momentum buffers
+        for inner, inner_state, inner_groups in self.inner:
+            if inner.state is not optimizer.state:
+                inner.state.clear()
+                inner.state.update({param: copy.deepcopy(kept) for param, kept in inner_state.items()})
+            if inner.param_groups is not optimizer.param_groups:
+                for group, saved_group in zip(inner.param_groups, inner_groups, strict=False):
+                    params = group["params"]
+                    group.clear()
+                    group.update(copy.deepcopy(saved_group))
+                    group["params"] = params
         if self.scaler is not None and self.scaler_state is not None:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
 
@@ -356,6 +375,18 @@ def capture(
         optimizer=optimizer,
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()} if weights else {},
         param_groups=_group_values(optimizer) if weights else [],
+        inner=[
+            (inner, {p: copy.deepcopy(s) for p, s in inner.state.items()}, _group_values(inner))
+            for inner in inner_optimizers(optimizer)
+        ]
+        if weights
+        else [],
+        optimizer_scalars=[
+            (opt, {name: value for name, value in vars(opt).items() if _is_plain_value(value)})
+            for opt in (optimizer, *inner_optimizers(optimizer))
+        ]
+        if weights
+        else [],
         scaler=scaler if weights else None,
         scaler_state=None if scaler is None or not weights else copy.deepcopy(scaler.state_dict()),
         generator_states=[(g, rng_state(g)) for g in generators],
@@ -588,7 +619,7 @@ def _same_layout(
         return False
     if snapshot.attributes is not None or snapshot.scalars or snapshot.names:
         return False
-    if snapshot.registries or snapshot.extra_states:
+    if snapshot.registries or snapshot.extra_states or snapshot.inner:
         return False
     if snapshot.generator_states:
         return False

@@ -186,12 +186,24 @@ def take_steps(
             break
         before_step(step)
         micro_losses: list[Tensor] = []
+        ran: list[bool] = []  # the closure given to `optimizer.step` ran
 
         def run_micro_batch(
-            item: tuple[Any, int], final: bool, micro_losses: list[Tensor] = micro_losses
+            item: tuple[Any, int],
+            final: bool,
+            first: bool,
+            micro_losses: list[Tensor] = micro_losses,
+            ran: list[bool] = ran,
         ) -> Tensor | None:
+            ran.append(final)
             loss = training_step_loss(trainer, pl_module, *item, with_batch_idx)
             _compat.set_current_hook(pl_module, None)
+            if first:
+                # as Lightning's closure does it: after the step's first forward, before its backward. An optimizer
+                # that reads the gradients before it calls the closure (SAM perturbs the weights along them) finds
+                # the previous step's, as in training (found trying the package as a new user: zeroed before the
+                # step, SAM found none in the range test and was tried as plain SGD)
+                optimizer.zero_grad()
             if loss is None:
                 return None
             micro_losses.append(loss.detach().float())
@@ -201,11 +213,18 @@ def take_steps(
                 strategy.backward(loss / accumulate, optimizer)
             return loss
 
-        optimizer.zero_grad()
-        for item in batches[:-1]:
-            run_micro_batch(item, final=False)
+        for index, item in enumerate(batches[:-1]):
+            run_micro_batch(item, final=False, first=index == 0)
         scale_before = scaler.get_scale() if scaler is not None else None
-        strategy.optimizer_step(optimizer, functools.partial(run_micro_batch, batches[-1], True), pl_module)
+        closure = functools.partial(run_micro_batch, batches[-1], True, len(batches) == 1)
+        strategy.optimizer_step(optimizer, closure, pl_module)
+        if not any(ran):
+            raise RuntimeError(
+                f"`{type(optimizer).__name__}.step(closure)` did not call the closure Lightning gives it (the one that "
+                "runs `training_step` and `backward`), in the range test's own steps; Lightning's own training "
+                'refuses such an optimizer too ("The closure hasn\'t been executed"). Use an optimizer whose `step` '
+                "calls its closure."
+            )
         record.skipped_batches += len(batches) - len(micro_losses)
         if not strategy.reduce_boolean_decision(bool(micro_losses), all=False):
             skipped_in_a_row += len(batches)

@@ -1,0 +1,139 @@
+"""Optimizers that wrap another, read the gradients before their closure, or never call it, as Lightning steps them.
+
+Lookahead wraps another; SAM reads the gradients before it calls the closure; Ranger never calls it. The range test
+steps them as Lightning's training does, and puts back what they hold.
+
+Written after trying the package as a new user with `torch_optimizer.Lookahead`, `pytorch_optimizer.Lookahead`,
+`pytorch_optimizer.SAM` and `pytorch_ranger.Ranger` (not test dependencies: these are small stand-ins with the same
+traits).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from helpers import WithOptimizer, trainer_kwargs
+
+from lightning_superconv import SuperConvergence, WeightDecayBalancer
+from lightning_superconv.param_groups import detached_copy
+
+
+class Lookahead(torch.optim.Optimizer):
+    """Steps an inner optimizer and every ``k`` steps pulls slow weights towards the fast ones (Zhang et al., 2019).
+
+    Like ``torch_optimizer.Lookahead``: it never runs ``Optimizer.__init__`` (so it has none of torch's step hooks),
+    shares the inner optimizer's param groups, and keeps the inner optimizer's momentum in that optimizer's own state.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 3, alpha: float = 0.5) -> None:  # noqa: D107
+        self.optimizer = optimizer
+        self.k, self.alpha = k, alpha
+        self.param_groups = optimizer.param_groups
+        self.defaults = optimizer.defaults
+        self.state: dict = {}
+        self.steps = 0
+
+    def step(self, closure=None):
+        loss = self.optimizer.step(closure)
+        self.steps += 1
+        if self.steps % self.k == 0:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for param in group["params"]:
+                        slow = self.state.setdefault(param, {"slow": param.detach().clone()})["slow"]
+                        slow.add_(param - slow, alpha=self.alpha)
+                        param.copy_(slow)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none)
+
+
+def _lookahead(params):
+    return Lookahead(torch.optim.SGD(params, lr=0.01, momentum=0.9))
+
+
+def _fit(tmp_path, build, callbacks, **overrides):
+    """Fit `TinyClassifier` with the optimizer `build` makes, initialised from seed 0 (so two runs start alike)."""
+    L.seed_everything(0, verbose=False)
+    model = WithOptimizer(build)
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(model)
+    return trainer
+
+
+def test_copying_a_wrapper_for_its_schedule_leaves_its_class_and_state_alone():
+    """Found trying the package as a new user: the schedule's copy wrapped the class's `step` with torch's hooks.
+
+    The user's own instance (which has none) then failed at its next step, in every later fit of the process.
+    """
+    model = torch.nn.Linear(4, 2)
+    optimizer = _lookahead(model.parameters())
+    step = type(optimizer).step
+    twin, _ = detached_copy(optimizer)
+    assert type(optimizer).step is step
+    assert twin.param_groups[0]["lr"] == 0.01
+    assert twin.param_groups[0]["params"][0].numel() == 0  # no copy of the weights
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()  # still steps
+
+
+def test_a_wrapper_s_inner_state_comes_back_and_the_run_is_the_run_given_the_pick(tmp_path):
+    """The inner optimizer's momentum buffers and the wrapper's slow weights come back after the range test.
+
+    Found trying the package as a new user: the inner SGD kept the range test's momentum, and the final weights
+    differed from a run given the pick by up to 0.78.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50, guard=False)
+    tested = _fit(tmp_path, _lookahead, [auto, WeightDecayBalancer()])
+    given = _fit(tmp_path, _lookahead, [SuperConvergence(max_lr=auto.max_lr, guard=False), WeightDecayBalancer()])
+    for a, b in zip(tested.lightning_module.parameters(), given.lightning_module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class ReadsGradientsFirst(torch.optim.SGD):
+    """Records at each step whether gradients are there before its closure runs (SAM perturbs weights along them)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=0.01, momentum=0.9)
+        self.had_gradients: list[bool] = []
+
+    def step(self, closure=None):
+        self.had_gradients.append(any(p.grad is not None for g in self.param_groups for p in g["params"]))
+        with torch.enable_grad():
+            closure()
+        return super().step()
+
+
+def test_an_optimizer_reading_the_gradients_before_its_closure_finds_them_in_the_range_test_as_in_training(tmp_path):
+    """Lightning zeroes the gradients inside the closure: before it, the previous step's are there, in both.
+
+    Found trying the package as a new user: the range test zeroed them before the step, so SAM found none in all its
+    steps and was tried as plain SGD, while in training it found them at every step but the first.
+    """
+    seen: list[list[bool]] = []
+
+    def build(params):
+        optimizer = ReadsGradientsFirst(params)
+        seen.append(optimizer.had_gradients)
+        return optimizer
+
+    callback = SuperConvergence(num_steps=20, trial_steps=0)
+    trainer = _fit(tmp_path, build, [callback])
+    (steps,) = seen
+    swept = len(callback.result.lrs)
+    assert len(steps) == swept + trainer.global_step
+    # none before the sweep's first step and the run's first (the range test restores none), as Lightning's training
+    assert [i for i, had in enumerate(steps) if not had] == [0, swept]
+
+
+class IgnoresItsClosure(torch.optim.SGD):
+    def step(self, closure=None):
+        return super().step()
+
+
+def test_an_optimizer_that_never_calls_its_closure_is_refused_saying_so(tmp_path):
+    """Found trying the package as a new user: the range test blamed `training_step` for returning None."""
+    with pytest.raises(RuntimeError, match=r"`IgnoresItsClosure.step\(closure\)` did not call the closure"):
+        _fit(tmp_path, lambda p: IgnoresItsClosure(p, lr=0.01), [SuperConvergence(num_steps=20)])
