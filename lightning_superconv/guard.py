@@ -565,7 +565,7 @@ class GuardedCycle:
 
     def cycle_ended(self) -> bool:
         """Whether the step just taken was the cycle's last (the run's, unless it goes on past its cycle)."""
-        return int(self.scheduler.last_epoch) == int(self.scheduler.total_steps)
+        return bool(self.scheduler.last_epoch == self.scheduler.total_steps)
 
     def _refresh(self, trainer: _compat.Trainer, step: int, pl_module: Any, optimizer: Any) -> None:
         """Refresh the snapshot if due and healthy: the model, its optimizer and scaler, and any weight average.

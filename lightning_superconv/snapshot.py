@@ -279,11 +279,7 @@ class Snapshot:
             target = replaced.get(id(owner_param), owner_param)
             if id(target) in trained:
                 optimizer.state[target] = copy.deepcopy(kept)
-        for group, saved_group in zip(optimizer.param_groups, self.param_groups, strict=False):
-            params = group["params"]
-            group.clear()
-            group.update(copy.deepcopy(saved_group))
-            group["params"] = params
+        _refill_groups(optimizer.param_groups, self.param_groups)
         for opt, scalars in self.optimizer_scalars:
             vars(opt).update(scalars)
         # found trying the package as a new user: Lookahead's inner SGD kept the range test's momentum buffers
@@ -292,11 +288,7 @@ class Snapshot:
                 inner.state.clear()
                 inner.state.update({param: copy.deepcopy(kept) for param, kept in inner_state.items()})
             if inner.param_groups is not optimizer.param_groups:
-                for group, saved_group in zip(inner.param_groups, inner_groups, strict=False):
-                    params = group["params"]
-                    group.clear()
-                    group.update(copy.deepcopy(saved_group))
-                    group["params"] = params
+                _refill_groups(inner.param_groups, inner_groups)
         if self.scaler is not None and self.scaler_state is not None:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
 
@@ -368,6 +360,7 @@ def capture(
     hidden = hidden_modules(module, also) if everything else []
     roots = (*also, *hidden)
     weights = not module_only
+    wrapped = inner_optimizers(optimizer) if weights else []
     tensors = [(t, t.detach().clone()) for t in _weights(module, roots)] if weights else []
     snapshot = Snapshot(
         tensors=tensors,
@@ -376,17 +369,12 @@ def capture(
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()} if weights else {},
         param_groups=_group_values(optimizer) if weights else [],
         inner=[
-            (inner, {p: copy.deepcopy(s) for p, s in inner.state.items()}, _group_values(inner))
-            for inner in inner_optimizers(optimizer)
-        ]
-        if weights
-        else [],
+            (inner, {p: copy.deepcopy(s) for p, s in inner.state.items()}, _group_values(inner)) for inner in wrapped
+        ],
         optimizer_scalars=[
             (opt, {name: value for name, value in vars(opt).items() if _is_plain_value(value)})
-            for opt in (optimizer, *inner_optimizers(optimizer))
-        ]
-        if weights
-        else [],
+            for opt in ((optimizer, *wrapped) if weights else ())
+        ],
         scaler=scaler if weights else None,
         scaler_state=None if scaler is None or not weights else copy.deepcopy(scaler.state_dict()),
         generator_states=[(g, rng_state(g)) for g in generators],
@@ -426,6 +414,15 @@ def capture(
                     continue
                 snapshot.extra_states.append((submodule, extra))
     return snapshot
+
+
+def _refill_groups(groups: list[dict[str, Any]], saved: Sequence[dict[str, Any]]) -> None:
+    """Give each param group the values it had (:func:`_group_values`), in place: a scheduler holds the groups."""
+    for group, saved_group in zip(groups, saved, strict=False):
+        params = group["params"]
+        group.clear()
+        group.update(copy.deepcopy(saved_group))
+        group["params"] = params
 
 
 def _copy_state(value: Any) -> Any:
