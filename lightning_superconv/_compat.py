@@ -17,6 +17,7 @@ against Lightning 2.4-2.6.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 from collections.abc import Iterator
@@ -255,6 +256,37 @@ def current_hook(pl_module: Any) -> str | None:
 def set_current_hook(pl_module: Any, name: str | None) -> None:
     """Tell ``self.log`` which hook the module is in."""
     pl_module._current_fx_name = name
+
+
+@contextlib.contextmanager
+def unprofiled(trainer: Trainer) -> Iterator[None]:
+    """The Trainer's profiler swapped for Lightning's ``PassThroughProfiler`` for the block: nothing in it is timed.
+
+    ``trainer.profiler`` is set by Lightning's profiler connector, not declared on the class.
+    """
+    profiler = getattr(trainer, "profiler")  # noqa: B009 (not declared: typed checkers miss it)
+    setattr(trainer, "profiler", module(trainer, "profilers").PassThroughProfiler())  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(trainer, "profiler", profiler)  # noqa: B010
+
+
+@contextlib.contextmanager
+def validating(trainer: Trainer) -> Iterator[None]:
+    """Lightning's running stage set to validating for the block, as its validation loop sets it.
+
+    For held-out batches moved to the device off the record: hooks that branch on ``trainer.training`` or
+    ``trainer.validating`` (Lightning's docs put train-only augmentation in ``on_before_batch_transfer`` so) treat them
+    as Lightning's validation does. Not for ``training_step``: ``self.log`` would write into the validation loop's
+    results.
+    """
+    stage = trainer.state.stage
+    trainer.state.stage = module(trainer, "trainer.states").RunningStage.VALIDATING
+    try:
+        yield
+    finally:
+        trainer.state.stage = stage
 
 
 def before_batch_transfer(pl_module: Any, batch: Any) -> Any:

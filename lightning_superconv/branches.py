@@ -332,7 +332,9 @@ def held_out_loss(
     try:
         for batch_idx, batch in enumerate(batches):
             try:
-                loss = training_step_loss(trainer, pl_module, batch, batch_idx, with_batch_idx)
+                loss = training_step_loss(
+                    trainer, pl_module, batch, batch_idx, with_batch_idx, validation=batches.validation_batches
+                )
             except Exception as err:
                 # said on every rank together below: a rank that raised here alone would leave the others waiting
                 # in the reductions that follow (DDP's forward without gradients reduces nothing)

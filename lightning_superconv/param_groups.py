@@ -29,13 +29,33 @@ def configured_lrs(optimizer: Optimizer) -> list[float]:
     return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
 
 
+def lr_scales(optimizer: Optimizer) -> list[float]:
+    r"""Each param group's share of the LR under timm's layer decay (its ``lr_scale``; 1 where it has none).
+
+    timm's optimizer factory (``create_optimizer_v2(..., layer_decay=...)``) gives every group the same ``lr``, timm's
+    base LR, and each its layer's share in ``lr_scale``, which only timm's schedulers multiply in (found trying the
+    package as a new user: the range test and the cycle ran every layer at the head's LR).
+
+    Example::
+
+        >>> p = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        >>> lr_scales(torch.optim.SGD([{"params": p[:1], "lr_scale": 0.25}, {"params": p[1:]}], lr=0.1))
+        [0.25, 1.0]
+    """
+    return [1.0 if group.get("lr_scale") is None else float(group["lr_scale"]) for group in optimizer.param_groups]
+
+
 def configured_weight_decays(optimizer: Optimizer) -> list[float]:
     """The weight decay each param group holds now (0 where it has none)."""
     return [float(group.get("weight_decay", 0.0)) for group in optimizer.param_groups]
 
 
 def group_ratios(optimizer: Optimizer) -> list[float]:
-    r"""Each param group's configured LR relative to the first group's, so a sweep or cycle keeps the user's ratios.
+    r"""Each param group's LR relative to the first group's configured LR, so a sweep or cycle keeps the user's ratios.
+
+    Each ratio carries the group's :func:`lr_scale <lr_scales>`, as timm's schedulers multiply it in: a ``max_lr`` is
+    then timm's base LR, what a timm recipe's LR means, and the first group's own ratio is its share (the lowest
+    layers' under layer decay, a fraction of the head's).
 
     Raises:
         ValueError: if the first group's LR is not positive: there is nothing to take a ratio against.
@@ -45,7 +65,7 @@ def group_ratios(optimizer: Optimizer) -> list[float]:
         raise ValueError(
             f"the first param group's learning rate must be > 0 to keep the ratios between groups, got {lrs[0]}"
         )
-    return [lr / lrs[0] for lr in lrs]
+    return [lr * scale / lrs[0] for lr, scale in zip(lrs, lr_scales(optimizer), strict=True)]
 
 
 def momentum_key(optimizer: Optimizer) -> MomentumKey | None:

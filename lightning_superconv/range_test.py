@@ -42,7 +42,7 @@ from lightning_superconv.peak import (
     usable,
 )
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.sandbox import sandbox
+from lightning_superconv.sandbox import sandbox, unrestored
 from lightning_superconv.schedule import OneCycleConfig
 from lightning_superconv.steps import MAX_CONSECUTIVE_SKIPPED_BATCHES, NoLossError, StepRecord, take_steps
 
@@ -67,7 +67,8 @@ class RangeTestConfig:
             median of at least 3 neighbours off a curve that must fall, stay in its floor and rise; fewer points
             cannot show that.
         mode: ``"exponential"`` or ``"linear"`` spacing of the swept LRs.
-        divergence_threshold: the sweep stops once the smoothed loss exceeds this many times its best (> 1).
+        divergence_threshold: the sweep stops once the smoothed loss exceeds this many times its best (> 1); a best
+            below zero: once it rises above it by one less than this many times its size.
         smoothing: EMA factor in [0, 1) of the online divergence check.
         trial_steps: steps of each trial cycle at a candidate peak; ``None`` (the default): a third of the run the
             peak is for, from 100 to 300 steps (:func:`~lightning_superconv.peak.trial_length`); 0: no trials, the
@@ -527,7 +528,7 @@ def _note_where(err: Exception, phase: str) -> None:
     without the callback, and with it failed with torch's bare "Expected more than 1 value per channel" from a sweep
     that had read past the end of the epoch.
     """
-    if hasattr(err, "add_note"):  # Python >= 3.11
+    if hasattr(err, "add_note") and not unrestored(err):  # Python >= 3.11; else the restore's own note says it
         err.add_note(
             f"Raised in the LR range test's {phase}, which SuperConvergence (or find_max_lr) runs at fit start on "
             "batches of its own: it reads the train dataloader for as many steps as it needs, starting it over at "
@@ -550,11 +551,16 @@ def _no_loss_message(err: NoLossError) -> str:
 def _stop_description(record: StepRecord, swept: list[float], monitor: DivergenceMonitor, config: Any) -> str:
     """Why the sweep ended, in a sentence that says what to change if that was wrong."""
     if record.stop_reason == "diverged":
+        # below zero (a log-likelihood) the rise is measured in the best's size ("times its best" would read as a
+        # fall), at zero in the loss's own units
+        best = monitor.best
+        times = "times its best" if best > 0 else "times its best's size above its best" if best else "above its best"
+        threshold = config.divergence_threshold if best > 0 else config.divergence_threshold - 1
         return (
             f"The test stopped at lr {swept[-1]:.3g} after {len(swept)} steps because it judged the loss diverged: "
-            f"its running average rose to {monitor.last:.4g}, more than "
-            f"`divergence_threshold={config.divergence_threshold:g}` times its best ({monitor.best:.4g}). If that was "
-            "batch noise, raise `divergence_threshold`."
+            f"its running average rose to {monitor.last:.4g}, more than {threshold:g} {times} ({monitor.best:.4g}; "
+            f"`divergence_threshold={config.divergence_threshold:g}`). If that was batch noise, raise "
+            "`divergence_threshold`."
         )
     if record.stop_reason == "non-finite":
         return f"The test stopped at lr {swept[-1]:.3g} after {len(swept)} steps: the loss became NaN/inf."

@@ -28,6 +28,9 @@ from lightning_superconv.snapshot import (
     set_rng_state,
 )
 
+#: the attribute that marks an error raised while a sandbox's snapshot was put back (:func:`note_unrestored`)
+_UNRESTORED = "_lightning_superconv_unrestored"
+
 
 @contextlib.contextmanager
 def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> Iterator[None]:
@@ -37,7 +40,9 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
       backward and optimizer-step hooks.
     - The user's ``self.log`` in ``training_step`` writes into a throwaway result collection, never to the loggers.
     - The module's own hooks (``backward``, ``on_before_optimizer_step``, ``configure_gradient_clipping``) still run:
-      they are part of how the user trains.
+      they are part of how the user trains; the Trainer's profiler does not time them (found trying the package as a
+      new user: ``profiler="simple"`` counted the range test's hundreds of steps into each hook's calls and mean
+      duration; the block's whole time still shows in the hook that runs it, such as ``on_fit_start``).
     """
     saved_callbacks = _compat.callbacks(trainer)
     saved_results = _compat.epoch_results(trainer)
@@ -45,7 +50,8 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
     _compat.set_callbacks(trainer, [])
     _compat.set_epoch_results(trainer, type(saved_results)(training=True))
     try:
-        yield
+        with _compat.unprofiled(trainer):
+            yield
     finally:
         _compat.set_callbacks(trainer, saved_callbacks)
         _compat.set_epoch_results(trainer, saved_results)
@@ -104,9 +110,31 @@ def sandbox(
                 failure = err
     finally:
         # also on KeyboardInterrupt and SystemExit: nothing the block did may survive it
-        snapshot.restore()
+        try:
+            snapshot.restore()
+        except BaseException as err:
+            note_unrestored(err, failure)
+            raise
     if failure is not None:
         raise failure
+
+
+def note_unrestored(err: BaseException, during: BaseException | None = None) -> None:
+    """Mark an error raised while a sandbox's snapshot was put back: the messages then claim no exact restore."""
+    setattr(err, _UNRESTORED, True)
+    if hasattr(err, "add_note"):  # Python >= 3.11
+        after = f", after that training raised {type(during).__name__}: {during}" if during is not None else ""
+        err.add_note(
+            "Raised while lightning_superconv put back the snapshot it took before training off the record (the "
+            f"range test, the weight-decay grid){after}: unless a note above says what was, the model, the optimizer "
+            "and the RNG streams may not all be as they were. Please report it; `SuperConvergence(max_lr=...)` "
+            "trains nothing off the record."
+        )
+
+
+def unrestored(err: BaseException) -> bool:
+    """Whether ``err`` was raised while a sandbox's snapshot was put back (:func:`note_unrestored`)."""
+    return bool(getattr(err, _UNRESTORED, False))
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@ r"""The one-cycle schedule: a real :class:`torch.optim.lr_scheduler.OneCycleLR`,
 Pure torch; no ``Trainer`` here. The callback decides *what* maximum LR and how many steps; this module builds the
 scheduler so that:
 
-- the user's LR ratios between param groups are kept (``max_lr`` refers to the first group);
+- the user's LR ratios between param groups are kept (``max_lr`` refers to the first group; under timm's layer decay
+  to timm's base LR, each group's ``lr_scale`` in its ratio);
 - momentum (SGD) or ``beta1`` (Adam family) cycles inversely to the LR, except for an optimizer that has no momentum
   to cycle: torch's ``OneCycleLR(cycle_momentum=True)`` silently switches a momentum-free SGD to 0.95;
 - the run can never crash on its last step: torch's scheduler raises one step past ``total_steps`` (a resume with a
@@ -127,6 +128,9 @@ class SafeOneCycleLR(OneCycleLR):
     rewarm_start = -1
     rewarm_steps = 0
     rewarm_from = 1.0
+    #: the first param group's LR relative to the cycle's ``max_lr`` (its timm ``lr_scale``; 1 otherwise): peaks are
+    #: reported in ``max_lr``'s terms
+    first_ratio = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # index of each param group added after construction -> its LR relative to the first group's (plain values:
@@ -135,6 +139,10 @@ class SafeOneCycleLR(OneCycleLR):
         super().__init__(*args, **kwargs)
         #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
         self.peak_step = float(self._schedule_phases[0]["end_step"])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does; a checkpoint written before ``first_ratio`` was kept ran its first group at max_lr."""
+        super().load_state_dict({"first_ratio": 1.0, **state_dict})
 
     def adopt_added_groups(self) -> list[int]:
         r"""Give param groups that were added since the last call their place in the cycle; return their indices.
@@ -285,15 +293,17 @@ def build_one_cycle(
     Args:
         optimizer: the user's optimizer; its param groups are rewritten by torch's scheduler (``lr``, ``initial_lr``,
             ``max_lr``, ``min_lr``, and the momentum when it cycles).
-        max_lr: the cycle's peak LR for the first param group.
+        max_lr: the cycle's peak LR for the first param group (times its ratio, its timm ``lr_scale``, where it has
+            one: timm's base LR).
         total_steps: optimizer steps in the run (>= 1).
         config: the cycle's shape (default: torch's, see :class:`OneCycleConfig`).
         ratios: each group's LR relative to the first; default: the ratios the optimizer was configured with.
     """
     config = config or OneCycleConfig()
+    folded = ratios is None
     if ratios is None:
         ratios = group_ratios(optimizer)
-    return SafeOneCycleLR(
+    scheduler = SafeOneCycleLR(
         optimizer,
         max_lr=[max_lr * ratio for ratio in ratios],
         total_steps=int(total_steps),
@@ -306,6 +316,14 @@ def build_one_cycle(
         final_div_factor=config.final_div_factor,
         three_phase=config.three_phase,
     )
+    if folded and any("lr_scale" in group for group in optimizer.param_groups):
+        # timm's layer-decay shares are in the cycle's LRs (`initial_lr`...) now; with the first group's share in
+        # every group a later read of the ratios (a second `fit` on this optimizer) gives the same ratios back,
+        # `max_lr` still timm's base LR
+        for group in optimizer.param_groups:
+            group["lr_scale"] = float(ratios[0])
+    scheduler.first_ratio = float(ratios[0])
+    return scheduler
 
 
 def scale_peak(scheduler: OneCycleLR, factor: float) -> None:

@@ -8,7 +8,8 @@ What is copied, and why each part:
 
 - parameters and buffers (non-persistent buffers too, which a ``state_dict`` omits), written back *in place*, so the
   optimizer's references to the parameters stay valid; a module that replaced one (``self.count = self.count + 1``
-  on a buffer assigns a new tensor) gets the original back in its place first;
+  on a buffer assigns a new tensor) gets the original back in its place first, and one resized in place since (torch's
+  quantization observers resize theirs at their first forward) gets its shape back;
 - gradients and each submodule's train/eval flag;
 - torchmetrics states (they are plain attributes, not buffers): the states a metric registered with ``add_state`` and
   its bookkeeping (update count, cached result), read from the instance itself so that read-only properties (such as
@@ -121,6 +122,24 @@ def _layout(value: Any) -> Any:
     return value
 
 
+def _write_into(tensor: Tensor, saved: Tensor) -> None:
+    r"""Copy ``saved`` into ``tensor`` in place, giving it back its shape first where it was resized since.
+
+    torch's quantization observers and ``FakeQuantize`` resize their buffers (``min_val``, ``scale``) in place at
+    their first forward: a plain ``copy_`` failed on them at fit start and left the rest unrestored, or spread a
+    one-element copy over the new shape (found trying quantization-aware training as a new user). Torch resizes no
+    tensor that requires grad: such a one gets new memory of the old shape, the same parameter object.
+    """
+    if tensor.dtype != saved.dtype or tensor.device != saved.device:
+        tensor.data = torch.empty_like(saved)  # `.data` given another dtype or device: it gets its own back
+    elif tensor.shape != saved.shape:
+        if tensor.requires_grad:
+            tensor.data = torch.empty_like(saved)
+        else:
+            tensor.resize_(saved.shape)
+    tensor.copy_(saved)
+
+
 def _write_back(layout: Any, kept: Any) -> Any:
     r"""Put a tensor tree back as :func:`_layout` saw it, with the values of ``kept`` (its copy): return its top object.
 
@@ -131,7 +150,7 @@ def _write_back(layout: Any, kept: Any) -> Any:
     if isinstance(layout, Tensor):
         if not torch.equal(layout, kept):
             with torch.no_grad():
-                layout.copy_(kept)
+                _write_into(layout, kept)
         return layout
     container, items = layout
     if isinstance(container, list):
@@ -219,7 +238,7 @@ class Snapshot:
                 del registry[name]
         with torch.no_grad():
             for tensor, saved in self.tensors:
-                replaced.get(id(tensor), tensor).copy_(saved)
+                _write_into(replaced.get(id(tensor), tensor), saved)
         for param, grad in self.grads:
             param.grad = None if grad is None else grad.clone()
         if self.attributes is not None:

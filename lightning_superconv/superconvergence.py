@@ -69,7 +69,8 @@ class SuperConvergence(_compat.Callback):
     disk), and a :class:`torch.optim.lr_scheduler.OneCycleLR` sized by ``trainer.estimated_stepping_batches`` (each
     epoch's accumulation counted under a ``GradientAccumulationScheduler``) replaces
     any scheduler from ``configure_optimizers``. With several param groups, the configured LR ratios between groups
-    are kept in the test and the cycle; ``max_lr`` is the first group's. The cycle's shape arguments are those of
+    are kept in the test and the cycle; ``max_lr`` is the first group's (timm's base LR under its layer decay: each
+    group's ``lr_scale`` is in its ratio). The cycle's shape arguments are those of
     :class:`~lightning_superconv.schedule.OneCycleConfig` (torch's defaults, which fit Smith's advice).
 
     Optimizers that set their own step size: Prodigy and D-Adaptation treat ``lr`` as a multiplier of their own
@@ -356,7 +357,7 @@ class SuperConvergence(_compat.Callback):
             self._told_the_end = True  # the end of training need not say it again
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
             outcome = (
-                f"from step {planned} on, the LR stays at the cycle's final value {final:.3g}"
+                f"from step {planned} on, the LR stays at the cycle's final value {final:.3g} (the first param group's)"
                 if end > planned
                 else "the run ends before the LR has annealed"
             )
@@ -403,10 +404,10 @@ class SuperConvergence(_compat.Callback):
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: training ended {left} steps before the end of the one-cycle, planned at fit start "
-            f"over {scheduler.total_steps} steps, with the LR at {scheduler.get_last_lr()[0]:.4g} (the cycle ends at "
-            f"{final:.4g}): the model did not anneal. Its epochs came out shorter than planned, e.g. a "
-            "train dataloader that `reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the epochs' "
-            "lengths change, size the run in steps: `Trainer(max_steps=..., max_epochs=-1)`.",
+            f"over {scheduler.total_steps} steps, with the first param group's LR at {scheduler.get_last_lr()[0]:.4g} "
+            f"(the cycle ends at {final:.4g}): the model did not anneal. Its epochs came out shorter than planned, "
+            "e.g. a train dataloader that `reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the "
+            "epochs' lengths change, size the run in steps: `Trainer(max_steps=..., max_epochs=-1)`.",
         )
 
     @override

@@ -232,6 +232,8 @@ def trace_schedule(
     total_steps: int,
     steps_per_epoch: int | Sequence[int] | None = None,
     step_batches: Sequence[int] | None = None,
+    start_step: int = 0,
+    start_epoch: int = 0,
 ) -> tuple[list[GroupTrace], list[str]]:
     r"""Replay the schedulers on a detached copy of the optimizer and record each group's LR and momentum per step.
 
@@ -251,6 +253,11 @@ def trace_schedule(
             ``"step"`` schedulers of a ``frequency`` above 1 (found trying the package as a new user: under
             accumulation of 4 a scheduler of frequency 2 steps at every optimizer step, and was traced at every other
             one); None: one batch per step, in one epoch.
+        start_step: optimizer steps taken before the first traced one (a second ``fit`` on a Trainer starts at its
+            ``global_step``): timm's schedulers are stepped at that time, as Lightning's docs step them (found
+            reviewing the package: a second fit's cosine was traced from its start, its decay budget 2.2x the one
+            that ran); torch's count their own steps.
+        start_epoch: the epochs before the first traced step's (the Trainer's ``current_epoch``), likewise.
 
     Returns:
         One :class:`GroupTrace` per param group, and notes on what could not be traced.
@@ -258,7 +265,7 @@ def trace_schedule(
     notes: list[str] = []
     usable = []
     for spec in schedulers:
-        if isinstance(spec.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if _needs_metric(spec.scheduler):
             notes.append(f"`{type(spec.scheduler).__name__}` depends on a metric and was read as constant")
         else:
             usable.append(spec)
@@ -267,6 +274,7 @@ def trace_schedule(
     finished: set[int] = set()
     # the step (counted from 1) each epoch ends at -> that epoch's number (from 1), for "epoch" schedulers
     ended = {end: number for number, end in enumerate(epoch_ends(steps_per_epoch, total_steps), start=1)}
+    epochs_done = 0
     for step in range(total_steps):
         for group, trace in zip(twin.param_groups, traces, strict=True):
             mu = momentum_of(group)
@@ -275,6 +283,8 @@ def trace_schedule(
             trace.gains.append(group_gain(group, mu, twin))
         if step == total_steps - 1:
             break
+        epoch = epochs_done  # the epoch of the step just taken, as Lightning's `current_epoch` reads at its end
+        epochs_done = ended.get(step + 1, epochs_done)
         for index, (spec, scheduler) in enumerate(zip(usable, copies, strict=True)):
             if index in finished:
                 continue
@@ -287,11 +297,36 @@ def trace_schedule(
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        scheduler.step()
+                        _step(scheduler, start_step + step + 1, start_epoch + epoch)
                 except ValueError:
                     # torch's OneCycleLR raises one step past its end; the LR then stays where it ended
                     finished.add(index)
     return traces, notes
+
+
+def _needs_metric(scheduler: Any) -> bool:
+    """Whether the scheduler waits for a metric: torch's ``ReduceLROnPlateau``, or timm's, which wraps one."""
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    return isinstance(scheduler, plateau) or isinstance(getattr(scheduler, "lr_scheduler", None), plateau)
+
+
+def _step(scheduler: Any, steps_taken: int, epoch: int) -> None:
+    r"""Step a scheduler as the module's ``lr_scheduler_step`` would, after ``steps_taken`` optimizer steps.
+
+    timm's schedulers read the time they are at (``step(epoch)``, ``step_update(num_updates)``, whichever its
+    ``t_in_epochs`` says it follows): they are stepped as Lightning's docs step them in that override,
+    ``step(epoch=self.current_epoch)`` (``epoch``: the epoch of the step just taken, counted from 0, which Lightning
+    has not yet counted as ended at the epoch's last step) and ``step_update(num_updates=self.global_step)`` (found
+    trying the package as a new user: a bare ``step()`` raised a ``TypeError`` at fit start for every timm
+    scheduler). torch's schedulers count their own steps.
+    """
+    if callable(getattr(scheduler, "step_update", None)) and hasattr(scheduler, "t_in_epochs"):
+        if scheduler.t_in_epochs:
+            scheduler.step(epoch=epoch)
+        else:
+            scheduler.step_update(num_updates=steps_taken)
+        return
+    scheduler.step()
 
 
 def decay_budget(trace: GroupTrace, weight_decay: float) -> float:

@@ -17,7 +17,7 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
-from lightning_superconv.param_groups import configured_weight_decays, step_size_kind
+from lightning_superconv.param_groups import configured_lrs, configured_weight_decays, lr_scales, step_size_kind
 from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
@@ -120,7 +120,8 @@ class WeightDecayBalancer(_compat.Callback):
             thirds of it in steps and score a capped count of batches (measured: 0.25-0.32 of it at ``cost=0.25``).
         bounds: ``λ`` stays within ``[bounds[0], bounds[1]]`` times the user's value, ``0 <= low <= 1 <= high``.
         reference_lr: the LR of the reference recipe for the first param group (other groups keep their configured
-            ratios), held constant; default: the recipe from ``configure_optimizers``.
+            ratios; under timm's layer decay timm's base LR, each group's ``lr_scale`` in its ratio), held constant;
+            default: the recipe from ``configure_optimizers``.
         reference_weight_decay: the ``λ`` of the reference recipe for the first decayed group (others keep their
             ratios), > 0 (a recipe without weight decay has nothing to balance: leave the balancer out); default: each
             group's configured ``weight_decay``.
@@ -289,8 +290,9 @@ class WeightDecayBalancer(_compat.Callback):
         total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(
-            optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total)
-        )
+            optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
+            int(trainer.global_step), int(trainer.current_epoch),
+        )  # fmt: skip
         configured = configured_weight_decays(optimizer)
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
         lrs = _reference_lrs(optimizer, self.reference_lr)
@@ -356,7 +358,7 @@ class WeightDecayBalancer(_compat.Callback):
         self.planned_steps = remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
-            _trainer.step_batch_counts(trainer, remaining),
+            _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
         )  # fmt: skip
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
@@ -497,7 +499,7 @@ class WeightDecayBalancer(_compat.Callback):
         remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - step, 1)
         traces, _ = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
-            _trainer.step_batch_counts(trainer, remaining),
+            _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
         )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
         traces = traces[: len(self.reference_weight_decays)]
@@ -837,9 +839,9 @@ def _reference_lrs(optimizer: Any, reference_lr: float | None) -> list[float | N
     """The explicit reference LR per group (keeping configured ratios), or None: use the traced user schedule."""
     if reference_lr is None:
         return [None] * len(optimizer.param_groups)
-    lrs = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+    lrs = configured_lrs(optimizer)
     base = lrs[0] if lrs[0] > 0 else 1.0
-    return [reference_lr * lr / base for lr in lrs]
+    return [reference_lr * lr * scale / base for lr, scale in zip(lrs, lr_scales(optimizer), strict=True)]
 
 
 def _explicit_reference(configured: list[float], reference: float | None) -> list[float]:

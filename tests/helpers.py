@@ -254,3 +254,50 @@ class OwnRandomSampler(torch.utils.data.Sampler):
         order = list(range(self.n))
         self.shuffler.shuffle(order)
         return iter(order)
+
+
+class TimmViT(L.LightningModule):
+    """A tiny timm ViT built with timm's optimizer factory and layer decay (each layer's LR share in ``lr_scale``).
+
+    ``scheduler``: None, or timm's ``CosineLRScheduler`` stepped per update (``"update"``) or per epoch (``"epoch"``)
+    through the ``lr_scheduler_step`` override Lightning requires for it, as timm's documentation shows.
+    """
+
+    def __init__(self, scheduler: str | None = None) -> None:
+        super().__init__()
+        import timm
+
+        self.scheduler = scheduler
+        self.net = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, depth=2, embed_dim=16, num_heads=2,
+            num_classes=4,
+        )  # fmt: skip
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        import timm.optim
+        from timm.scheduler import CosineLRScheduler
+
+        optimizer = timm.optim.create_optimizer_v2(self.net, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+        if self.scheduler is None:
+            return optimizer
+        per_update = self.scheduler == "update"
+        scheduler = CosineLRScheduler(optimizer, t_initial=8 if per_update else 2, t_in_epochs=not per_update)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_update else "epoch"},
+        }
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if self.scheduler == "update":
+            scheduler.step_update(num_updates=self.global_step)
+        else:
+            scheduler.step(epoch=self.current_epoch)  # as Lightning's docs show
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 4, (64,), generator=gen))
+        return DataLoader(data, batch_size=16)

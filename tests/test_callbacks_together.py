@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.profilers import SimpleProfiler
 from lightning.pytorch.tuner import Tuner
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
@@ -256,6 +257,24 @@ class LossLog(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
+
+
+def test_a_profiler_times_real_steps_only_and_the_range_test_as_a_whole(tmp_path):
+    """A profiler counts the module's hooks in real steps only.
+
+    Found trying the package as a new user: ``profiler="simple"`` counted the range test's hundreds of steps into the
+    module's hooks (538 calls of ``on_before_backward`` in a run of 40 steps, and their mean duration with them). The
+    range test and the weight-decay grid (``mode="grid"``) still show whole in the hooks that run them.
+    """
+    profiler = SimpleProfiler(dirpath=tmp_path, filename="profile")
+    callbacks = [SuperConvergence(num_steps=20, trial_steps=50), WeightDecayBalancer(mode="grid")]
+    trainer = L.Trainer(profiler=profiler, callbacks=callbacks, **trainer_kwargs(tmp_path, max_steps=6))
+    trainer.fit(TinyClassifier())
+    timed = profiler.recorded_durations
+    for hook in ("on_before_backward", "optimizer_step", "transfer_batch_to_device"):
+        assert len(timed[f"[LightningModule]TinyClassifier.{hook}"]) == 6, hook
+    assert "[Callback]SuperConvergence.on_fit_start" in timed
+    assert "[Callback]WeightDecayBalancer.on_train_start" in timed
 
 
 def test_early_stopping_ends_the_run_on_real_metrics_with_the_cycle_unfinished(tmp_path):

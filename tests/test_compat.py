@@ -218,6 +218,32 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
 
 
 @pytest.mark.parametrize("distribution", [lp, pl])
+def test_unprofiled_and_validating_switch_the_running_lightning_s_profiler_and_stage_for_a_block(distribution):
+    """Within ``unprofiled`` nothing is timed; within ``validating`` the Trainer says it validates; both come back."""
+    profiler = distribution.profilers.SimpleProfiler()
+    trainer = distribution.Trainer(**QUIET, profiler=profiler)
+    trainer.training = True
+    with _compat.unprofiled(trainer):
+        assert isinstance(trainer.profiler, distribution.profilers.PassThroughProfiler)
+        with trainer.profiler.profile("off the record"):
+            pass
+    assert trainer.profiler is profiler
+    assert "off the record" not in profiler.recorded_durations
+    seen = []
+
+    def interrupted() -> None:
+        with _compat.validating(trainer):
+            seen.append((trainer.validating, trainer.training))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert seen == [(True, False)]
+    assert trainer.training
+    assert not trainer.validating
+
+
+@pytest.mark.parametrize("distribution", [lp, pl])
 def test_the_datamodule_is_the_one_fit_was_given_or_none(tmp_path, distribution):
     """The datamodule a fit was given, read at fit start; None for a fit given a module with its own loaders."""
     seen = []

@@ -162,3 +162,26 @@ def test_descent_begins_after_the_last_return_to_the_start_level():
     fell = descent(losses, losses, half_width=1)
     assert fell.begins == 11
     assert fell.start_level == 2.3
+
+
+def test_a_sweep_diverged_from_a_best_below_zero_is_said_in_the_best_s_size():
+    """Found reviewing the package: "rose to 1, more than `divergence_threshold=4` times its best (-2.1)".
+
+    Four times a negative best lies below it; the rule measures the rise in the best's size, and the message says so.
+    """
+    from lightning_superconv.range_test import RangeTestConfig, _stop_description
+    from lightning_superconv.steps import StepRecord
+
+    monitor = DivergenceMonitor(threshold=4.0, beta=0.0)
+    reasons = [monitor.update(loss) for loss in [0.5, -1.0, -2.0, -2.1, 1.0, 5.0]]
+    assert reasons[-1] == "diverged"
+    said = _stop_description(StepRecord(stop_reason="diverged"), [0.1] * 6, monitor, RangeTestConfig())
+    assert "more than 3 times its best's size above its best (-2.1;" in said
+    positive = DivergenceMonitor(threshold=4.0, beta=0.0)
+    assert [positive.update(loss) for loss in [2.0, 1.0, 3.0, 5.0]][-1] == "diverged"
+    said = _stop_description(StepRecord(stop_reason="diverged"), [0.1] * 4, positive, RangeTestConfig())
+    assert "more than 4 times its best (1;" in said
+    zero = DivergenceMonitor(threshold=4.0, beta=0.0)
+    assert [zero.update(loss) for loss in [1.0, 0.0, 2.0, 4.0]][-1] == "diverged"
+    said = _stop_description(StepRecord(stop_reason="diverged"), [0.1] * 4, zero, RangeTestConfig())
+    assert "more than 3 above its best (0;" in said

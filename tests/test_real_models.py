@@ -171,6 +171,23 @@ class AutoEncoder(L.LightningModule):
         return DataLoader(make_dataset(128), batch_size=16, shuffle=True)
 
 
+class QuantizationAware(AutoEncoder):
+    """Quantization-aware training (torch.ao's ``prepare_qat``, per-channel weight fake-quantizers), SGD with momentum.
+
+    Its fake-quantizers and observers resize their scale, zero point and min/max buffers in place at their first
+    forward: a restore must give them their shapes back.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for part in (self.encoder, self.decoder):
+            part.qconfig = torch.ao.quantization.get_default_qat_qconfig("fbgemm")
+            torch.ao.quantization.prepare_qat(part.train(), inplace=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
 class PlateauScheduled(AutoEncoder):
     """``configure_optimizers`` returns a dict with ``ReduceLROnPlateau`` monitoring the training loss."""
 
@@ -256,6 +273,7 @@ MODELS = {
     "torchvision resnet18": TorchvisionResNet,
     "autoencoder Adam": AutoEncoder,
     "ReduceLROnPlateau dict": PlateauScheduled,
+    "quantization-aware (torch.ao)": QuantizationAware,
     "training_step dict": DictStep,
 }
 

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Subset, TensorDataset
 
+from lightning_superconv import SuperConvergence
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.snapshot import (
     capture,
@@ -593,6 +594,65 @@ def test_a_set_extra_state_that_raises_leaves_everything_else_restored_and_says_
     assert optimizer.param_groups[0]["lr"] == 0.01
     assert not optimizer.state
     assert model[0].seen == {"n": 1}  # its own state is what could not be put back
+
+
+def test_tensors_resized_in_place_since_get_their_shape_and_values_back():
+    """Per-channel observers and fake-quantizers (torch.ao) resize their buffers in place at their first forward.
+
+    Found trying quantization-aware training as a new user: the restore's `copy_` failed on a `min_val` grown from
+    (0,) to (3,), leaving the rest unrestored, and spread a one-element `scale` over its grown shape.
+    """
+    from torch.ao.quantization import FakeQuantize, PerChannelMinMaxObserver
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    model.append(PerChannelMinMaxObserver(ch_axis=1))
+    model.append(
+        FakeQuantize(
+            observer=PerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric, ch_axis=1,
+        )
+    )  # fmt: skip
+    model[0].kept = torch.full((1,), 0.5)  # a tensor kept outside the buffers, resized in place too
+    model[0].register_buffer("counts", torch.arange(2.0))  # given memory of another dtype and shape below
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    objects = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    snapshot = capture(model, optimizer)
+    for _ in range(2):
+        model(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+    model[0].kept.resize_(5).fill_(2.0)
+    model[0].bias.data = torch.ones(6)  # a parameter given memory of another shape
+    model[0].counts.data = torch.zeros(5, dtype=torch.float64)
+    assert model[1].min_val.shape == (3,), "the premise: resized in place"
+    assert model[2].scale.shape == (3,), "the premise: resized in place"
+    snapshot.restore()
+    after = model.state_dict()
+    for name, value in before.items():
+        assert after[name].shape == value.shape, name
+        assert after[name].dtype == value.dtype, name
+        assert torch.equal(after[name], value), name
+    assert all(t is objects[name] for name, t in [*model.named_parameters(), *model.named_buffers()])
+    assert torch.equal(model[0].kept, torch.full((1,), 0.5))
+    assert not optimizer.state
+    model(torch.randn(8, 4))  # the observers start over as they did
+    assert model[1].min_val.shape == (3,)
+
+
+def test_an_error_while_putting_the_range_test_s_snapshot_back_claims_no_exact_restore(tmp_path):
+    """Found trying quantization-aware training as a new user: a restore that failed half-way was said to be whole.
+
+    The sweep's error note said "The model, the optimizer and the RNG streams were restored" over an error raised by
+    the restore itself; now the restore's own note says what may be left.
+    """
+    model = TinyClassifier()
+    model.extra = FailsToLoadOnce()
+    trainer = L.Trainer(callbacks=[SuperConvergence(trial_steps=0)], **trainer_kwargs(tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match="cannot load extra state") as raised:
+        trainer.fit(model)
+    notes = "\n".join(raised.value.__notes__)
+    assert "Raised while lightning_superconv put back the snapshot" in notes
+    assert "were restored" not in notes
 
 
 class CalibratedLater(nn.Linear):

@@ -22,6 +22,7 @@ from helpers import (
     OwnRandomSampler,
     ShuffledValidation,
     Tally,
+    TimmViT,
     TinyClassifier,
     make_dataset,
     trainer_kwargs,
@@ -2016,3 +2017,77 @@ def test_an_error_from_a_trial_s_steps_says_where_it_came_from_with_everything_r
     after = model.state_dict()
     for name, value in before.items():
         torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+
+
+class AugmentsInTraining(TinyClassifier):
+    """Noise added in ``on_before_batch_transfer`` in training only, as Lightning's docs branch on the stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages: list[tuple[int, bool, bool]] = []
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        self.stages.append((len(x), self.trainer.training, self.trainer.validating))
+        if self.trainer.training:
+            x = x + 0.1 * torch.randn_like(x)
+        return x, y
+
+    def val_dataloader(self):
+        return DataLoader(make_dataset(64, seed=1), batch_size=16)
+
+
+def test_the_trials_move_validation_batches_in_lightning_s_validation_stage(tmp_path):
+    """Found trying the package as a new user: the trials scored held-out batches with the train-only augmentation.
+
+    Lightning's docs have ``on_before_batch_transfer`` ask ``self.trainer.training``; the held-out batches went through
+    it in the training stage, each trial drawing its own noise. Validation batches (16 here) now pass in the validation
+    stage, and the training batches (32) in the training stage.
+    """
+    model = AugmentsInTraining()
+    trainer = L.Trainer(callbacks=[SuperConvergence(trial_steps=50)], **trainer_kwargs(tmp_path, max_steps=4))
+    trainer.fit(model)
+    held_out = [stage for stage in model.stages if stage[0] == 16]
+    assert held_out, "the premise: the trials scored validation batches"
+    assert all(stage == (16, False, True) for stage in held_out)
+    assert all(stage[1:] == (True, False) for stage in model.stages if stage[0] == 32)
+
+
+def test_timm_s_layer_decay_keeps_each_layer_s_share_of_the_lr_in_the_range_test_and_the_cycle(tmp_path):
+    """Found trying the package as a new user: every layer of a layer-decayed timm ViT ran at the head's LR.
+
+    timm's factory gives each group the same ``lr`` and its layer's share in ``lr_scale``, which timm's schedulers
+    multiply in; the range test and the cycle now do so too, and ``max_lr`` is timm's base LR (the head's, share 1).
+    The shares are folded into the cycle, so a second fit on the same optimizer does not apply them twice.
+    """
+    recorder, swept = ScheduleRecorder(), []
+
+    class Sweep(Callback):
+        def on_fit_start(self, trainer, pl_module):  # before SuperConvergence's: its optimizer's step is watched
+            opt = trainer.optimizers[0]
+            opt.register_step_pre_hook(lambda o, *_: swept.append([g["lr"] for g in o.param_groups]))
+
+    scales = [group["lr_scale"] for group in TimmViT().configure_optimizers().param_groups]
+    assert len(set(scales)) > 2, "the premise: layers at different shares"
+    trainer = _fit(tmp_path, TimmViT(), SuperConvergence(num_steps=20, trial_steps=0), callbacks=[Sweep(), recorder])
+    assert len(swept) > len(recorder.lrs) > 0
+    for lrs in swept:
+        assert lrs == pytest.approx([lrs[-1] * scale for scale in scales], rel=1e-9)
+    groups = trainer.optimizers[0].param_groups
+    assert [group["lr_scale"] for group in groups] == [scales[0]] * len(groups)  # the shares are in the cycle
+    given = _fit(tmp_path / "given", TimmViT(), SuperConvergence(max_lr=0.01))
+    peaks = [group["max_lr"] for group in given.optimizers[0].param_groups]
+    assert peaks == pytest.approx([0.01 * scale for scale in scales], rel=1e-12)
+    cached = TimmViT()
+    optimizer = cached.configure_optimizers()
+    cached.configure_optimizers = lambda: optimizer  # one optimizer for two fits, its shares folded by the first
+    for fit in ("first", "second"):
+        again = _fit(tmp_path / fit, cached, SuperConvergence(max_lr=0.01, guard=False))
+        peaks = [group["max_lr"] for group in again.optimizers[0].param_groups]
+        assert peaks == pytest.approx([0.01 * scale for scale in scales], rel=1e-12), fit
+    far_too_high = SuperConvergence(max_lr=500.0)
+    _fit(tmp_path / "rescued", TimmViT(), far_too_high, max_epochs=4)
+    assert far_too_high.rescues, "the premise: the guard rescues the run"
+    first = far_too_high.rescues[0]
+    assert first["old_peak"] == pytest.approx(500.0)  # the guard speaks in `max_lr`'s terms
+    assert far_too_high.max_lr == pytest.approx(far_too_high.rescues[-1]["new_peak"])

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import timm
 import timm.optim
 import torch
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
@@ -205,6 +206,80 @@ def test_trace_leaves_the_real_optimizer_and_scheduler_alone():
     trace_schedule(opt, [SchedulerSpec(sched)], total_steps=50)
     assert (sched.last_epoch, opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]) == before
     assert opt.param_groups[0]["params"][0] is params[0]
+
+
+def _layer_decayed(lr: float) -> torch.optim.Optimizer:
+    """AdamW from timm's factory with layer decay: each group the same ``lr``, its layer's share in ``lr_scale``."""
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4, depth=2, embed_dim=16, num_heads=2,
+        num_classes=4,
+    )  # fmt: skip
+    return timm.optim.create_optimizer_v2(model, "adamw", lr=lr, weight_decay=0.05, layer_decay=0.5)
+
+
+@pytest.mark.parametrize("per_update", [True, False], ids=["step_update", "step(epoch)"])
+def test_a_timm_scheduler_is_traced_as_timm_steps_it_with_each_layer_s_lr_scale(per_update):
+    """Found trying the package as a new user: a bare ``step()`` raised a ``TypeError`` for timm's schedulers.
+
+    At fit start, with or without ``SuperConvergence``. They are stepped as Lightning's docs step them:
+    ``step_update(num_updates)`` after each optimizer step, or ``step(epoch)`` with the epoch just taken at its end;
+    each group's LR carries its layer's ``lr_scale``.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    def built() -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+        opt = _layer_decayed(1e-3)
+        t = 12 if per_update else 3
+        return opt, CosineLRScheduler(opt, t_initial=t, warmup_t=2 if per_update else 1, warmup_lr_init=1e-5,
+                                      t_in_epochs=not per_update)  # fmt: skip
+
+    opt, sched = built()
+    interval = "step" if per_update else "epoch"
+    traces, notes = trace_schedule(opt, [SchedulerSpec(sched, interval, 1)], total_steps=12, steps_per_epoch=4)
+    assert notes == []
+    opt, sched = built()
+    expected = []
+    for step in range(12):
+        expected.append([group["lr"] for group in opt.param_groups])
+        if per_update:
+            sched.step_update(num_updates=step + 1)
+        elif (step + 1) % 4 == 0:  # Lightning's `current_epoch` at an epoch's end: the epoch just taken
+            sched.step(epoch=step // 4)
+    traced = [lr for step in range(12) for lr in (trace.lrs[step] for trace in traces)]
+    assert traced == pytest.approx([lr for lrs in expected for lr in lrs], rel=1e-12)
+    scales = [group["lr_scale"] for group in opt.param_groups]
+    assert len(set(scales)) > 2, "the premise: layers at different shares"
+    assert len({round(trace.lrs[6] / scale, 15) for trace, scale in zip(traces, scales, strict=True)}) == 1
+
+
+def test_a_timm_scheduler_is_traced_from_the_time_a_second_fit_starts_at():
+    """Found reviewing the package: a second ``fit`` (epochs 5-9 of a 10-epoch cosine) was traced from the start.
+
+    Lightning's docs step timm's schedulers with the Trainer's own ``current_epoch``, which a second fit carries on.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    opt = _layer_decayed(0.1)
+    sched = CosineLRScheduler(opt, t_initial=10)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 1)], 5, steps_per_epoch=1, start_step=5,
+                               start_epoch=5)  # fmt: skip
+    head = len(traces) - 1
+    expected = [opt.param_groups[head]["lr"]]
+    for epoch in range(5, 9):
+        sched.step(epoch=epoch)
+        expected.append(opt.param_groups[head]["lr"])
+    assert traces[head].lrs == pytest.approx(expected, rel=1e-12)
+    assert traces[head].lrs[1] < 0.6 * traces[head].lrs[0]  # the second half of the cosine, not its start
+
+
+def test_timm_s_plateau_scheduler_is_read_as_constant_and_said():
+    """It waits for a metric, as torch's ``ReduceLROnPlateau`` (which it wraps) does: it cannot be foreseen."""
+    from timm.scheduler import PlateauLRScheduler
+
+    opt = _layer_decayed(1e-3)
+    traces, notes = trace_schedule(opt, [SchedulerSpec(PlateauLRScheduler(opt), "epoch", 1)], 8, steps_per_epoch=4)
+    assert notes == ["`PlateauLRScheduler` depends on a metric and was read as constant"]
+    assert traces[0].lrs == [traces[0].lrs[0]] * 8
 
 
 def test_trace_of_an_epoch_scheduler_steps_once_per_epoch():

@@ -11,6 +11,7 @@ import torch
 from helpers import (
     DictValidationBatches,
     ShuffledValidation,
+    TimmViT,
     TinyClassifier,
     WithOptimizer,
     make_dataset,
@@ -1158,3 +1159,35 @@ def test_fast_dev_run_changes_nothing(tmp_path):
     trainer.fit(TinyClassifier())
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-4
     assert balancer.weight_decays is None
+
+
+class GroupLRs(L.Callback):
+    """Each param group's LR at each real training step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+@pytest.mark.parametrize("scheduler", ["update", "epoch"])
+def test_a_timm_scheduler_is_balanced_against_as_lightning_s_docs_step_it(tmp_path, scheduler):
+    """Found trying the package as a new user: every timm scheduler raised a ``TypeError`` at fit start.
+
+    The balancer traces it as Lightning's docs step it in ``lr_scheduler_step`` (``step_update(num_updates=
+    self.global_step)``, ``step(epoch=self.current_epoch)``): its reference budget for each group is the user's ``λ``
+    times the LRs the run without it takes (AdamW: decoupled, a gain of 1), each layer's ``lr_scale`` in them.
+    Beside ``SuperConvergence`` too, which replaces the scheduler.
+    """
+    ran = GroupLRs()
+    _fit(tmp_path / "plain", TimmViT(scheduler), [ran])
+    balancer = WeightDecayBalancer(mode="keep")
+    _fit(tmp_path / "alone", TimmViT(scheduler), [balancer])
+    decays = [group["weight_decay"] for group in TimmViT().configure_optimizers().param_groups]
+    expected = [wd * sum(lrs[i] for lrs in ran.lrs) for i, wd in enumerate(decays)]
+    assert balancer.reference_budgets == pytest.approx(expected, rel=1e-9)
+    assert len(set(ran.lrs[len(ran.lrs) // 2])) > 2, "the premise: the layers' shares reached the run"
+    both = WeightDecayBalancer()
+    _fit(tmp_path / "both", TimmViT(scheduler), [SuperConvergence(max_lr=1e-3), both])
+    assert both.weight_decays is not None
