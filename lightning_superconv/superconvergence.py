@@ -198,6 +198,7 @@ class SuperConvergence(_compat.Callback):
         self._watch: GuardedCycle | None
         self._guard_state: dict[str, Any] | None
         self._guard_state_version: int
+        self._checkpoint_cycle: dict[str, Any] | None  # the cycle's shape a checkpoint ran (None: not kept there)
         self.rescues: list[dict[str, Any]]
         # the Trainer whose loggers the last range test went to, and the first step after it: a second `fit` on that
         # Trainer logs its range test after the first's (`log_range_test`)
@@ -473,6 +474,7 @@ class SuperConvergence(_compat.Callback):
             "result": None if self.result is None else self.result.to_dict(),
             "rescues": self.rescues,
             "guard": None if self._watch is None else self._watch.state_dict(),
+            "cycle": asdict(self.cycle),
         }
 
     @override
@@ -488,6 +490,7 @@ class SuperConvergence(_compat.Callback):
         self.result = None if result is None else RangeTestResult.from_dict(result)
         self.rescues = list(state_dict.get("rescues", []))
         self._guard_state = state_dict.get("guard")
+        self._checkpoint_cycle = state_dict.get("cycle")
         version = state_dict.get("version", _STATE_VERSION)
         self._guard_state_version = version if isinstance(version, int) else _STATE_VERSION
         # a checkpoint written before the cycle was installed has nothing to resume
@@ -516,6 +519,7 @@ class SuperConvergence(_compat.Callback):
         self._watch = None
         self._guard_state = None
         self._guard_state_version = _STATE_VERSION
+        self._checkpoint_cycle = None
         self.rescues = []
 
     def _stepped_once_per_step(self, trainer: _compat.Trainer) -> bool:
@@ -566,11 +570,35 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: the resumed run continues the checkpoint's cycle with max_lr={self.max_lr:.4g}; "
                 f"the given `max_lr={self.requested_max_lr:.4g}` applies to new fits only.",
             )
+        self._warn_of_another_shape(trainer)
         # the checkpoint's OneCycleLR state (its total steps, phases and position) replaces this sizing after fit start
         total_steps = (
             self.total_steps if self.total_steps else max(_trainer.total_steps(trainer, "SuperConvergence"), 1)
         )
         self._install_schedule(trainer, optimizer, total_steps, announce=False)
+
+    def _warn_of_another_shape(self, trainer: _compat.Trainer) -> None:
+        """Say which of the cycle's shape arguments given now differ from the checkpoint's: the resume keeps those.
+
+        Found trying the package through LightningCLI as a new user: a resume whose config changed `pct_start` ran the
+        checkpoint's cycle (as it must: Lightning loads the scheduler's state) and said nothing, where a changed
+        `max_lr` was said. Checkpoints written before the shape was kept say nothing.
+        """
+        kept = self._checkpoint_cycle
+        if not isinstance(kept, dict):
+            return
+        given = asdict(self.cycle)
+        differ = [name for name, value in given.items() if name in kept and kept[name] != value]
+        if differ:
+            _compat.rank_zero_warn(
+                trainer,
+                "SuperConvergence: the resumed run continues the checkpoint's cycle ("
+                + ", ".join(f"{name}={kept[name]!r}" for name in differ)
+                + "); the given "
+                + ", ".join(f"`{name}={given[name]!r}`" for name in differ)
+                + (" apply" if len(differ) > 1 else " applies")
+                + " to new fits only.",
+            )
 
     def _install_schedule(
         self, trainer: _compat.Trainer, optimizer: Any, total_steps: int, announce: bool = True,

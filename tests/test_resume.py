@@ -361,6 +361,25 @@ def test_resume_with_a_different_max_lr_keeps_the_checkpoints_cycle_and_warns(tm
     assert trainer.optimizers[0].param_groups[0]["max_lr"] == pytest.approx(first[0].max_lr, rel=1e-12)
 
 
+def test_resume_with_another_cycle_shape_keeps_the_checkpoints_cycle_and_says_which_arguments_differ(tmp_path):
+    """Found trying the package through LightningCLI as a new user: a resume with `pct_start=0.5` said nothing.
+
+    The checkpoint's cycle runs on (Lightning loads the scheduler's state), and the warning names what was not taken.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "a", [SuperConvergence(max_lr=0.1), ckpt, KillAt(6)]).fit(_seeded())
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    same = StepRecorder()
+    _trainer(tmp_path / "p", [SuperConvergence(max_lr=0.1), same]).fit(_seeded(), ckpt_path=last)
+    other, changed = SuperConvergence(max_lr=0.1, pct_start=0.5, div_factor=10.0), StepRecorder()
+    said = r"continues the checkpoint's cycle \(pct_start=0.3, div_factor=25.0\); the given `pct_start=0.5`, "
+    with pytest.warns(RuntimeWarning, match=said + r"`div_factor=10.0` apply to new fits only"):
+        _trainer(tmp_path / "b", [other, changed]).fit(_seeded(), ckpt_path=last)
+    assert changed.rows == same.rows
+    assert [row[0] for row in changed.rows] == list(range(4, 16))
+
+
 def test_state_dict_round_trips_through_a_deep_copy():
     """`load_state_dict(state_dict())` on a fresh callback restores pick, result and cycle length."""
     callback = SuperConvergence(max_lr=0.2)
