@@ -474,7 +474,8 @@ class SuperConvergence(_compat.Callback):
             "result": None if self.result is None else self.result.to_dict(),
             "rescues": self.rescues,
             "guard": None if self._watch is None else self._watch.state_dict(),
-            "cycle": asdict(self.cycle),
+            # the shape that runs: a resumed run's is its checkpoint's (None: an older one kept none), not the one given
+            "cycle": self._checkpoint_cycle if self._restored else asdict(self.cycle),
         }
 
     @override
@@ -564,11 +565,17 @@ class SuperConvergence(_compat.Callback):
                 raise _compat.misconfiguration(trainer, _WEIGHTS_ONLY_CHECKPOINT)
             raise _compat.misconfiguration(trainer, self._nothing_to_resume())
         assert self.max_lr is not None
-        if self.requested_max_lr is not None and self.requested_max_lr != self.max_lr:
+        # the peak the checkpoint's run was given or picked: a guard rescue lowered it since (found trying the package
+        # as a new user: resuming a rescued run with its own `max_lr` was told that the given value was not taken)
+        started = float(self.rescues[0]["old_peak"]) if self.rescues else self.max_lr
+        if self.requested_max_lr is not None and not math.isclose(self.requested_max_lr, started, rel_tol=1e-9):
+            rescued = len(self.rescues)
+            plural = "s" if rescued > 1 else ""
+            lowered = f" (its peak of {started:.4g} lowered by {rescued} guard rescue{plural})" if rescued else ""
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: the resumed run continues the checkpoint's cycle with max_lr={self.max_lr:.4g}; "
-                f"the given `max_lr={self.requested_max_lr:.4g}` applies to new fits only.",
+                f"SuperConvergence: the resumed run continues the checkpoint's cycle with max_lr={self.max_lr:.4g}"
+                f"{lowered}; the given `max_lr={self.requested_max_lr:.4g}` applies to new fits only.",
             )
         self._warn_of_another_shape(trainer)
         # the checkpoint's OneCycleLR state (its total steps, phases and position) replaces this sizing after fit start

@@ -378,6 +378,27 @@ def test_resume_with_another_cycle_shape_keeps_the_checkpoints_cycle_and_says_wh
         _trainer(tmp_path / "b", [other, changed]).fit(_seeded(), ckpt_path=last)
     assert changed.rows == same.rows
     assert [row[0] for row in changed.rows] == list(range(4, 16))
+    # its own checkpoints keep the shape that runs, so a second resume is told against that (found trying it anew)
+    assert other.state_dict()["cycle"]["pct_start"] == 0.3
+    assert other.state_dict()["cycle"]["div_factor"] == 25.0
+
+
+def test_a_resume_of_a_rescued_run_with_its_own_max_lr_is_not_told_the_value_was_not_taken(tmp_path, recwarn):
+    """Found trying the package as a new user: the lowered peak was compared with the `max_lr` the run was given.
+
+    Resuming with the same `SuperConvergence(max_lr=50)` said the given value "applies to new fits only"; another value
+    is still said, with the peak the rescues lowered.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=12)
+    first = SuperConvergence(max_lr=50.0)
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "a", [first, ckpt, KillAt(13)]).fit(_seeded())
+    assert first.rescues, "the premise: the run was rescued before its checkpoint"
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    _trainer(tmp_path / "b", [SuperConvergence(max_lr=50.0)]).fit(_seeded(), ckpt_path=last)
+    assert not [w for w in recwarn if "applies to new fits only" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match=r"\(its peak of 50 lowered by 1 guard rescue\); the given `max_lr=5` "):
+        _trainer(tmp_path / "c", [SuperConvergence(max_lr=5.0)]).fit(_seeded(), ckpt_path=last)
 
 
 def test_state_dict_round_trips_through_a_deep_copy():
