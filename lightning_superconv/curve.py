@@ -156,6 +156,23 @@ class DivergenceMonitor:
         return None
 
 
+def rise_over_best(best: float, threshold: float) -> str:
+    r"""How far above its best a loss must rise to count as diverged, in words, as :class:`DivergenceMonitor` measures.
+
+    Above zero ``threshold`` times the best; below zero (a log-likelihood) the rise is measured in the best's size,
+    where "times its best" would read as a fall; at zero in the loss's own units.
+
+    Example::
+
+        >>> rise_over_best(0.5, 4.0), rise_over_best(-2.0, 4.0), rise_over_best(0.0, 4.0)
+        ('4 times its best', "3 times its best's size above its best", '3 above its best')
+    """
+    if best > 0:
+        return f"{threshold:g} times its best"
+    above = "times its best's size above its best" if best < 0 else "above its best"
+    return f"{threshold - 1:g} {above}"
+
+
 def warmup_steps(beta: float) -> int:
     """How many losses a debiased EMA with factor ``beta`` must have seen to average over its span, ``1/(1-beta)``."""
     return max(1, math.ceil(1.0 / (1.0 - beta) - 1e-9))

@@ -58,6 +58,7 @@ from typing import Any
 import torch
 
 from lightning_superconv import _compat
+from lightning_superconv.curve import rise_over_best
 from lightning_superconv.schedule import scale_peak
 from lightning_superconv.snapshot import Snapshot, hidden_modules, lazy_modules, nothing, recapture
 
@@ -285,13 +286,9 @@ class DivergenceGuard:
         tenth = 0.1 * abs(start) if math.isfinite(start) else 0.0
         scale = max(abs(best), tenth)
         if smoothed - best > (self.threshold - 1) * (scale if scale > 0 else 1.0):
-            if abs(best) >= tenth and best > 0:
-                return f"its moving average rose to {smoothed:.4g}, over {self.threshold:g} times its best ({best:.4g})"
-            if abs(best) >= tenth:  # below zero (a log-likelihood): "times its best" would read as a fall
-                return (
-                    f"its moving average rose to {smoothed:.4g}, over {self.threshold - 1:g} times its best's size "
-                    f"above its best ({best:.4g})"
-                )
+            if abs(best) >= tenth:
+                over = rise_over_best(best, self.threshold)
+                return f"its moving average rose to {smoothed:.4g}, over {over} ({best:.4g})"
             return (
                 f"its moving average rose to {smoothed:.4g}, {self.threshold - 1:g} tenths of where training started "
                 f"({start:.4g}) above its best ({best:.4g})"
@@ -673,9 +670,7 @@ class GuardedCycle:
         self.rescued += 1
         self._lr = float(groups[0]["lr"])
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
-        # in `max_lr`'s terms: the first group's LR is its timm `lr_scale` times that (the cycle keeps the share)
-        unit = float(getattr(self.scheduler, "first_ratio", 1.0)) or 1.0
-        return Rescue(step, restored, old_peak / unit, old_peak * factor / unit, reason)
+        return Rescue(step, restored, old_peak, old_peak * factor, reason)
 
 
 def lowering(diverged_at: float, highest_ahead: float) -> float:

@@ -28,7 +28,15 @@ from lightning_superconv.branches import (
     run_branches,
     scored_batches,
 )
-from lightning_superconv.curve import DivergenceMonitor, SweepMode, descent, lr_sweep, median_half_width, running_median
+from lightning_superconv.curve import (
+    DivergenceMonitor,
+    SweepMode,
+    descent,
+    lr_sweep,
+    median_half_width,
+    rise_over_best,
+    running_median,
+)
 from lightning_superconv.param_groups import configured_lrs, detached_copy, group_ratios
 from lightning_superconv.peak import (
     all_equal,
@@ -551,14 +559,10 @@ def _no_loss_message(err: NoLossError) -> str:
 def _stop_description(record: StepRecord, swept: list[float], monitor: DivergenceMonitor, config: Any) -> str:
     """Why the sweep ended, in a sentence that says what to change if that was wrong."""
     if record.stop_reason == "diverged":
-        # below zero (a log-likelihood) the rise is measured in the best's size ("times its best" would read as a
-        # fall), at zero in the loss's own units
-        best = monitor.best
-        times = "times its best" if best > 0 else "times its best's size above its best" if best else "above its best"
-        threshold = config.divergence_threshold if best > 0 else config.divergence_threshold - 1
         return (
             f"The test stopped at lr {swept[-1]:.3g} after {len(swept)} steps because it judged the loss diverged: "
-            f"its running average rose to {monitor.last:.4g}, more than {threshold:g} {times} ({monitor.best:.4g}; "
+            f"its running average rose to {monitor.last:.4g}, more than "
+            f"{rise_over_best(monitor.best, config.divergence_threshold)} ({monitor.best:.4g}; "
             f"`divergence_threshold={config.divergence_threshold:g}`). If that was batch noise, raise "
             "`divergence_threshold`."
         )

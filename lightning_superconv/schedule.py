@@ -128,9 +128,6 @@ class SafeOneCycleLR(OneCycleLR):
     rewarm_start = -1
     rewarm_steps = 0
     rewarm_from = 1.0
-    #: the first param group's LR relative to the cycle's ``max_lr`` (its timm ``lr_scale``; 1 otherwise): peaks are
-    #: reported in ``max_lr``'s terms
-    first_ratio = 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # index of each param group added after construction -> its LR relative to the first group's (plain values:
@@ -139,10 +136,6 @@ class SafeOneCycleLR(OneCycleLR):
         super().__init__(*args, **kwargs)
         #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
         self.peak_step = float(self._schedule_phases[0]["end_step"])
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as torch does; a checkpoint written before ``first_ratio`` was kept ran its first group at max_lr."""
-        super().load_state_dict({"first_ratio": 1.0, **state_dict})
 
     def adopt_added_groups(self) -> list[int]:
         r"""Give param groups that were added since the last call their place in the cycle; return their indices.
@@ -322,7 +315,6 @@ def build_one_cycle(
         # `max_lr` still timm's base LR
         for group in optimizer.param_groups:
             group["lr_scale"] = float(ratios[0])
-    scheduler.first_ratio = float(ratios[0])
     return scheduler
 
 

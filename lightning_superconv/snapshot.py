@@ -130,13 +130,16 @@ def _write_into(tensor: Tensor, saved: Tensor) -> None:
     one-element copy over the new shape (found trying quantization-aware training as a new user). Torch resizes no
     tensor that requires grad: such a one gets new memory of the old shape, the same parameter object.
     """
-    if tensor.dtype != saved.dtype or tensor.device != saved.device:
-        tensor.data = torch.empty_like(saved)  # `.data` given another dtype or device: it gets its own back
+    if (
+        tensor.dtype != saved.dtype
+        or tensor.device != saved.device
+        or (tensor.shape != saved.shape and tensor.requires_grad)
+    ):
+        tensor.data = torch.empty_like(
+            saved
+        )  # `.data` given another dtype or device, or a parameter: its own kind back
     elif tensor.shape != saved.shape:
-        if tensor.requires_grad:
-            tensor.data = torch.empty_like(saved)
-        else:
-            tensor.resize_(saved.shape)
+        tensor.resize_(saved.shape)
     tensor.copy_(saved)
 
 

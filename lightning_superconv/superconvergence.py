@@ -7,7 +7,7 @@ Thin hooks over the engines: :func:`~lightning_superconv.range_test.run_range_te
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from typing_extensions import override
@@ -642,7 +642,11 @@ class SuperConvergence(_compat.Callback):
 
     def _record_rescue(self, trainer: _compat.Trainer, rescue: Rescue) -> None:
         assert self.max_lr is not None
+        # the guard reads the first group's peak; said in `max_lr`'s terms (under timm's layer decay the first group
+        # runs at its share of `max_lr`)
+        old_peak = self.max_lr
         self.max_lr *= rescue.new_peak / rescue.old_peak  # the cycle's peak is positive, and so is every factor
+        rescue = replace(rescue, old_peak=old_peak, new_peak=self.max_lr)
         self.rescues.append(asdict(rescue))
         ended = self._watch is not None and self._watch.cycle_ended()
         rest = (

@@ -215,19 +215,3 @@ def test_build_one_cycle_survives_a_one_step_warm_up():
 def test_safe_pct_start_leaves_other_values_alone(pct_start, total_steps):
     """Only the singular value is nudged; every other `pct_start` passes through unchanged."""
     assert safe_pct_start(pct_start, total_steps) == pct_start
-
-
-def test_a_cycle_s_state_from_before_first_ratio_was_kept_loads_as_a_first_group_at_max_lr():
-    """A checkpoint written before timm's layer decay counted ran its first group at ``max_lr``: its ratio is 1.
-
-    Found reviewing the package: a resumed cycle kept the fresh build's ratio, and a rescue reported its peaks 8x high.
-    """
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    old = build_one_cycle(opt, max_lr=1.0, total_steps=10).state_dict()
-    del old["first_ratio"]
-    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
-    scaled = torch.optim.SGD([{"params": params[:1], "lr_scale": 0.125}, {"params": params[1:]}], lr=0.1)
-    scheduler = build_one_cycle(scaled, max_lr=1.0, total_steps=10)
-    assert scheduler.first_ratio == 0.125
-    scheduler.load_state_dict(old)
-    assert scheduler.first_ratio == 1.0
