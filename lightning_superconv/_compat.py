@@ -406,3 +406,28 @@ def overrides_hook(pl_module: Any, name: str) -> bool:
     """Whether the module's class defines hook ``name`` itself (or a user's base class does), not Lightning's."""
     owner = next((cls for cls in type(pl_module).__mro__ if name in vars(cls)), None)
     return owner is not None and not owner.__module__.startswith(("lightning.", "pytorch_lightning."))
+
+
+def fully_sharded_modules(*roots: Any) -> list[Any]:
+    r"""The modules under ``roots`` that FSDP2's ``fully_shard`` made (``ModelParallelStrategy``), each once.
+
+    Such a module registers its parameters as sharded DTensors at rest, and swaps in unsharded tensors from its forward
+    until its backward (the root module keeps them after a forward without one: an evaluation).
+    """
+    # public in `torch.distributed.fsdp` from torch 2.6; under `_composable` before
+    homes = ("torch.distributed.fsdp", "torch.distributed._composable.fsdp")
+    kind = next((k for home in homes if (k := getattr(_try_import(home), "FSDPModule", None)) is not None), None)
+    if kind is None:
+        return []
+    return list({id(m): m for root in roots for m in root.modules() if isinstance(m, kind)}.values())
+
+
+def reshard(modules: list[Any]) -> None:
+    r"""Put each of :func:`fully_sharded_modules` back at rest: its sharded parameters registered, as after a backward.
+
+    A snapshot copies and puts back what the modules register: taken or put back while a module holds its unsharded
+    tensors (found trying the package under ``ModelParallelStrategy``: a trial's evaluation left the root unsharded),
+    the registry and FSDP2's own record of its state disagree, and its next forward fails on a DTensor.
+    """
+    for m in modules:
+        m.reshard()

@@ -25,36 +25,51 @@ def log_range_test(trainer: _compat.Trainer, result: RangeTestResult, first_step
 
     The curve is logged at steps ``first_step``, ``first_step + 1``, ...; the trials one step apart from ``first_step``
     in the order they were tried; the pick at the sweep step whose LR it is (the last that did not pass it); the figure
-    at ``first_step``. A second ``fit`` on the same Trainer runs a new range test into the same loggers: starting it
-    where the first ended keeps the two curves apart (found trying the package as a new user: both sweeps were drawn as
-    one line going back and forth). Returns the first step after those this test used.
+    at ``first_step``. One ``log_metrics`` call per step, in increasing steps: a logger that keeps one step for all
+    its keys (W&B's own ``step``) drops a record whose step is below one it has seen (found trying the package as a new
+    user: the pick and the trials, written after the curve, were lost). A second ``fit`` on the same Trainer runs a new
+    range test into the same loggers: starting it where the first ended keeps the two curves apart (both sweeps were
+    drawn as one line going back and forth). Returns the first step after those this test used.
     """
     if not trainer.loggers:
         return first_step
+    records = range_test_records(result, first_step)
     for logger in trainer.loggers:
-        for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
-            logger.log_metrics(
-                {
-                    f"{RANGE_TEST_PREFIX}/lr": lr,
-                    f"{RANGE_TEST_PREFIX}/loss": loss,
-                    f"{RANGE_TEST_PREFIX}/loss_smoothed": smooth,
-                },
-                step=first_step + step,
-            )
-        logger.log_metrics({f"{RANGE_TEST_PREFIX}/max_lr": result.max_lr}, step=first_step + swept_at(result))
-        for order, trial in enumerate(result.trials):  # one point per trial, in the order they were tried
-            logger.log_metrics(
-                {
-                    f"{RANGE_TEST_PREFIX}/trial_peak": trial["peak"],
-                    f"{RANGE_TEST_PREFIX}/trial_loss": trial["held_out_loss"],
-                },
-                step=first_step + order,
-            )
+        for step, values in records.items():
+            logger.log_metrics(values, step=step)
     if trainer.is_global_zero:
         _add_figure(trainer, result, first_step)
     for logger in trainer.loggers:
         logger.save()
     return first_step + max(len(result.lrs), len(result.trials), 1)
+
+
+def range_test_records(result: RangeTestResult, first_step: int = 0) -> dict[int, dict[str, float]]:
+    """What :func:`log_range_test` writes, step by step in increasing order: the curve, the pick and the trials.
+
+    >>> result = RangeTestResult([0.1, 0.2], [2.0, 1.5], [2.0, 1.8], 0.15, 1, "", "completed",
+    ...                          trials=[{"peak": 0.15, "held_out_loss": 1.2}])
+    >>> for step, values in range_test_records(result, first_step=5).items():
+    ...     print(step, [key.split("/")[1] for key in values])
+    5 ['lr', 'loss', 'loss_smoothed', 'max_lr', 'trial_peak', 'trial_loss']
+    6 ['lr', 'loss', 'loss_smoothed']
+    """
+    records: dict[int, dict[str, float]] = {}
+    for step, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True)):
+        records[first_step + step] = {
+            f"{RANGE_TEST_PREFIX}/lr": lr,
+            f"{RANGE_TEST_PREFIX}/loss": loss,
+            f"{RANGE_TEST_PREFIX}/loss_smoothed": smooth,
+        }
+    records.setdefault(first_step + swept_at(result), {})[f"{RANGE_TEST_PREFIX}/max_lr"] = result.max_lr
+    for order, trial in enumerate(result.trials):  # one point per trial, in the order they were tried
+        records.setdefault(first_step + order, {}).update(
+            {
+                f"{RANGE_TEST_PREFIX}/trial_peak": trial["peak"],
+                f"{RANGE_TEST_PREFIX}/trial_loss": trial["held_out_loss"],
+            }
+        )
+    return dict(sorted(records.items()))
 
 
 def swept_at(result: RangeTestResult) -> int:

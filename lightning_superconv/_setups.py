@@ -17,9 +17,11 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
     r"""Why ``strategy`` cannot be served (the message names the problem and the fix), or None.
 
     DeepSpeed wraps the optimizer (ZeRO's optimizers are no ``torch.optim.Optimizer``, so no ``OneCycleLR`` can be
-    built on them) and partitions its state. FSDP and ``ModelParallelStrategy`` shard parameters and optimizer state;
-    the range test's snapshot copies them whole, and neither strategy runs on CPU, where this project is tested, so the
-    range test is refused there rather than trusted unverified. The one-cycle alone (``max_lr=`` given) is a plain
+    built on them) and partitions its state. ``ModelParallelStrategy`` (FSDP2's ``fully_shard``, tensor parallelism)
+    holds each rank's shards as DTensors, which the snapshot copies and puts back in place (after FSDP2's modules
+    are put at rest: :func:`~lightning_superconv._compat.reshard`): it runs on CPU over gloo, where the range test
+    under it is tested against the run given its pick. ``FSDPStrategy`` (FSDP1's flat parameters) runs on GPUs only,
+    so its range test is refused rather than trusted unverified. The one-cycle alone (``max_lr=`` given) is a plain
     torch scheduler over the strategy's optimizer.
     """
     if isinstance(strategy, _compat.strategy_classes(strategy, "DeepSpeedStrategy")):
@@ -32,13 +34,14 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
         )
     if not range_test:
         return None
-    for cls in _compat.strategy_classes(strategy, "FSDPStrategy", "ModelParallelStrategy"):
+    for cls in _compat.strategy_classes(strategy, "FSDPStrategy"):
         if isinstance(strategy, cls):
             return (
-                f"SuperConvergence cannot run its range test under `{cls.__name__}`: the test snapshots and restores "
-                "whole parameters and optimizer state in memory, which sharded training does not have. Pass the max "
-                "LR: `SuperConvergence(max_lr=...)` installs the one-cycle without a range test; find the value with "
-                "`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP."
+                f"SuperConvergence does not run its range test under `{cls.__name__}`: its flat parameters run on GPUs "
+                "only, where the range test's snapshot and restore of them are untested. Pass the max LR: "
+                "`SuperConvergence(max_lr=...)` installs the one-cycle without a range test; find the value with "
+                "`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP, or run the range test under "
+                "`ModelParallelStrategy` (FSDP2's `fully_shard` in `configure_model`), where it is served."
             )
     return None
 

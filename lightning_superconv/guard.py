@@ -74,6 +74,8 @@ NOISE_MIN = 5
 #: Standard errors of the batches' noise that a rise from, or a fall below, where training started must also exceed
 #: (see :meth:`DivergenceGuard.start_margin`).
 MARGIN = 2.0
+#: Why the guard judged a NaN/inf loss diverged (a rescue's ``reason`` and ``DivergenceError``'s begin with it).
+NONFINITE_REASON = "the loss became NaN/inf"
 
 
 class DivergenceError(RuntimeError):
@@ -271,7 +273,7 @@ class DivergenceGuard:
     def diverged(self) -> str | None:
         """Why the loss counts as diverged now, or None."""
         if self._nonfinite:
-            return "the loss became NaN/inf"
+            return NONFINITE_REASON
         smoothed, best, start = self.smoothed, self.best, self.start
         rise = smoothed - start
         # half as high again; beyond the batches' noise too, unless twice as high (see `start_margin`)

@@ -323,8 +323,9 @@ def run_range_test(
                 f"The range test found no usable maximum LR: {err} ({reading}). {stopped} Pass `max_lr=` below "
                 f"{min(peaks):.3g}. A loss that turns NaN or inf in every trial, down to LRs this low, may come from "
                 "the data rather than the LR: a sample or target holding a NaN or inf (each trial meets the same "
-                "batches) gives a NaN loss at any LR; check the data and the loss first. The model and optimizer were "
-                "restored.",
+                "batches) gives a NaN loss at any LR, and so does a loss that is infinite on some samples (CTC on an "
+                "input shorter than its target: `CTCLoss(zero_infinity=True)`); check the data and the loss first. "
+                "The model and optimizer were restored.",
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
         if all_equal(scores):
@@ -335,8 +336,12 @@ def run_range_test(
                 f"they chose nothing (max_lr={max_lr:.3g} is the first tried). The held-out loss is `training_step`'s "
                 "on validation batches in eval mode; it may read weights the trials do not move, such as an average "
                 "of the weights (EMA) that your module updates in a hook of its own (`on_train_batch_end`): the "
-                "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Pass "
-                "`max_lr=`, or `trial_steps=0` to take a quarter of where the loss rose back.",
+                "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Or it "
+                "scores the same samples whatever batch it is given: a `training_step` that selects its training "
+                "samples itself (a mask of training nodes on a whole graph, as in PyTorch Geometric's node "
+                "classification) scores them on the validation batches too, where a small training set can reach the "
+                "same loss, such as 0, at every peak. Pass `max_lr=`, or `trial_steps=0` to take a quarter of where "
+                "the loss rose back.",
             )
         elif not verdict.learned:
             also = f", nor from your optimizer's own LR ({own_lr:.3g}) up, tried last" if own_from is not None else ""
@@ -537,13 +542,19 @@ def _note_where(err: Exception, phase: str) -> None:
     that had read past the end of the epoch.
     """
     if hasattr(err, "add_note") and not unrestored(err):  # Python >= 3.11; else the restore's own note says it
+        # the advice on a one-sample batch for BatchNorm's own error only (found trying the package as a new user: a
+        # dtype error of a model's own was sent to `drop_last=True`, which its loader already had)
+        one_sample = "Expected more than 1 value per channel" in str(err)
+        last_batch = (
+            ", a smaller last batch among them (BatchNorm fails in training on a batch of one sample: pass "
+            "`drop_last=True` to the DataLoader, or, where every batch holds one sample, a `batch_size` above 1)"
+        )
         err.add_note(
             f"Raised in the LR range test's {phase}, which SuperConvergence (or find_max_lr) runs at fit start on "
             "batches of its own: it reads the train dataloader for as many steps as it needs, starting it over at "
-            "its end, so it can meet batches a short run never reaches, a smaller last batch among them (BatchNorm "
-            "fails in training on a batch of one sample: pass `drop_last=True` to the DataLoader, or, where every "
-            "batch holds one sample, a `batch_size` above 1). The model, the optimizer and the RNG streams were "
-            "restored. `SuperConvergence(max_lr=...)` runs no range test."
+            f"its end, so it can meet batches a short run never reaches{last_batch if one_sample else ''}. The "
+            "model, the optimizer and the RNG streams were restored. `SuperConvergence(max_lr=...)` runs no range "
+            "test."
         )
 
 

@@ -223,6 +223,8 @@ class Snapshot:
     optimizer_scalars: list[tuple[Optimizer, dict[str, Any]]] = field(default_factory=list)
     scaler: Any = None
     scaler_state: dict[str, Any] | None = None
+    #: FSDP2's modules (:func:`~lightning_superconv._compat.fully_sharded_modules`), put at rest before a restore
+    sharded: list[Any] = field(default_factory=list)
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
     #: it copied nothing (:func:`nothing`): there is nothing to write back
     empty: bool = False
@@ -234,6 +236,7 @@ class Snapshot:
         """Write everything back, bit for bit; the snapshot stays valid for further restores."""
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
+        _compat.reshard(self.sharded)
         replaced = {} if self.exact or self.module_only else _replaced_parameters(self.slots, self.optimizer)
         put_back([slot for slot in self.slots if id(slot[2]) not in replaced], removed_too=self.exact)
         for registry, names in self.registries:
@@ -382,6 +385,8 @@ def capture(
     hidden = hidden_modules(module, also) if everything else []
     roots = (*also, *hidden)
     weights = not module_only
+    sharded = _compat.fully_sharded_modules(module, *roots)
+    _compat.reshard(sharded)
     wrapped = inner_optimizers(optimizer) if weights else []
     tensors = [(t, t.detach().clone()) for t in _weights(module, roots)] if weights else []
     snapshot = Snapshot(
@@ -398,6 +403,7 @@ def capture(
             for opt in ((optimizer, *wrapped) if weights else ())
         ],
         scaler=scaler if weights else None,
+        sharded=sharded,
         scaler_state=None if scaler is None or not weights else copy.deepcopy(scaler.state_dict()),
         generator_states=[(g, rng_state(g)) for g in generators],
         exact=everything,
@@ -606,6 +612,8 @@ def recapture(
     example on a CPU). A new capture where ``previous`` was taken of other tensors or shapes (a param group added,
     optimizer state grown) or of more than that.
     """
+    if previous is not None:
+        _compat.reshard(previous.sharded)
     if previous is None or not _same_layout(previous, module, optimizer, scaler, also):
         return capture(module, optimizer, scaler, everything=False, also=also)
     with torch.no_grad():

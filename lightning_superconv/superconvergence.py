@@ -16,7 +16,7 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_range_test
 from lightning_superconv._validation import check_bool, check_integer, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
-from lightning_superconv.guard import DivergenceError, DivergenceGuard, GuardedCycle, Rescue
+from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
@@ -83,11 +83,14 @@ class SuperConvergence(_compat.Callback):
     callback's state before ``on_fit_start`` and the optimizer and the ``OneCycleLR`` state after it (the fresh
     scheduler installed at fit start is the object the checkpoint's state is loaded into), so the LR and momentum
     continue exactly where the interrupted run was. A run whose length differs from the checkpoint's keeps its cycle,
-    with a warning: past its end the LR stays at the final value.
+    with a warning: past its end the LR stays at the final value. ``ModelParallelStrategy`` restores the callback's
+    state only after ``on_fit_start``, where the checkpoint's path is not yet known: without ``max_lr=`` a range test
+    runs there and is discarded for the checkpoint's cycle, with a warning.
 
     Under DDP every rank runs the range-test steps in lockstep, the loss of each step is the mean over the ranks, and
-    every rank reads the same curve and installs the same cycle; the range test writes nothing to disk of its own. It
-    is not available under FSDP, ``ModelParallelStrategy`` and DeepSpeed (see the errors below).
+    every rank reads the same curve and installs the same cycle; the range test writes nothing to disk of its own.
+    ``ModelParallelStrategy`` (FSDP2, tensor parallelism) is served alike. The range test is not available under
+    ``FSDPStrategy`` (FSDP1) and DeepSpeed (see the errors below).
 
     Args:
         max_lr: the cycle's maximum LR; when given, no range test runs. Once ``fit`` has started, the attribute holds
@@ -133,7 +136,7 @@ class SuperConvergence(_compat.Callback):
         TypeError: if an argument has the wrong type (a string, a bool or a float where an integer is asked for, too).
         MisconfigurationException: at fit start, for a setup the callback cannot serve: manual optimization, no
             optimizer, an unknown run length, a train dataloader without batches, Lightning's ``LearningRateFinder``
-            in the same ``Trainer``, DeepSpeed, a range test under FSDP or ``ModelParallelStrategy``, a Schedule-Free
+            in the same ``Trainer``, DeepSpeed, a range test under ``FSDPStrategy`` (FSDP1), a Schedule-Free
             optimizer, ``Rprop`` or ``LBFGS`` (an LR schedule means nothing to them), a first param group with LR 0,
             a resume from a checkpoint without this callback's state, a range test that reads no curve, or one on a
             lazy module whose weights do not exist yet; an optimizer with ``maximize=True`` where the range test or
@@ -328,9 +331,21 @@ class SuperConvergence(_compat.Callback):
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         if self._scheduler is None:
             return
-        if trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup and not self._restored:
+        late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
+        if late:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
-            raise _compat.misconfiguration(trainer, self._nothing_to_resume())
+            if not self._restored:
+                raise _compat.misconfiguration(trainer, self._nothing_to_resume())
+            self._warn_of_arguments_given_anew(trainer)
+            if self.requested_max_lr is None:
+                # Lightning gives no callback the checkpoint's path before it loads it, after `on_fit_start`
+                _compat.rank_zero_warn(
+                    trainer,
+                    f"SuperConvergence: `{type(trainer.strategy).__name__}` loads the checkpoint after fit start, "
+                    "where the range test ran on the weights not yet restored; its pick is discarded and the resumed "
+                    "run continues the checkpoint's cycle. Pass `max_lr=` to resume under this strategy without a "
+                    "range test (the checkpoint's peak still applies).",
+                )
         # on a resume, Lightning has loaded the checkpoint's OneCycleLR state into the scheduler installed at fit start
         self.total_steps = int(self._scheduler.total_steps)
         self._group_count = len(self._scheduler.optimizer.param_groups)
@@ -346,10 +361,11 @@ class SuperConvergence(_compat.Callback):
             self._watch.start(trainer, pl_module, self._scheduler.optimizer)
         if not self._restored:
             return
+        range_test = "the range test run at fit start discarded" if late and self.requested_max_lr is None else None
         _compat.rank_zero_info(
             trainer,
             f"SuperConvergence: resumed the one-cycle at step {self._scheduler.last_epoch} of {self.total_steps} "
-            f"(max_lr={self.max_lr:.4g}); no range test.",
+            f"(max_lr={self.max_lr:.4g}); {range_test or 'no range test'}.",
         )
         # (a new fit sized its cycle to the steps it runs; only a resume can disagree with them)
         planned = self._start_step + self.total_steps
@@ -456,10 +472,21 @@ class SuperConvergence(_compat.Callback):
                 )
             else:  # `max_rescues=0`: the guard only stops the run
                 what = f"diverged at step {trainer.global_step} ({gave_up}) with the peak at {self.max_lr:.4g}"
+            # found trying CTC as a new user: a loss that is inf on a few samples (an input shorter than its target)
+            # is met again at every peak, where a lower `max_lr=` or more rescues cannot help
+            reasons = [gave_up, *(str(rescue["reason"]) for rescue in self.rescues)]
+            nonfinite = (
+                f" A loss that turns NaN/inf{' at every peak tried' if self.rescues else ''} may come from the data "
+                "or the loss rather than the LR: a NaN or inf in a sample or target, or a loss that is infinite on "
+                "some samples (CTC on an input shorter than its target: `CTCLoss(zero_infinity=True)`, or drop such "
+                "samples); check those first."
+                if all(reason.startswith(NONFINITE_REASON) for reason in reasons)
+                else ""
+            )
             raise DivergenceError(
                 f"SuperConvergence: the loss {what}; training stops (`max_rescues={self.max_rescues}`). The model may "
                 "not train at these LRs at all: check the loss and the data, pass a lower `max_lr=`, or raise "
-                "`max_rescues`."
+                f"`max_rescues`.{nonfinite}"
             )
         if rescue is not None:
             self._record_rescue(trainer, rescue)
@@ -564,6 +591,15 @@ class SuperConvergence(_compat.Callback):
             if _compat.weights_only_checkpoint(trainer):
                 raise _compat.misconfiguration(trainer, _WEIGHTS_ONLY_CHECKPOINT)
             raise _compat.misconfiguration(trainer, self._nothing_to_resume())
+        self._warn_of_arguments_given_anew(trainer)
+        # the checkpoint's OneCycleLR state (its total steps, phases and position) replaces this sizing after fit start
+        total_steps = (
+            self.total_steps if self.total_steps else max(_trainer.total_steps(trainer, "SuperConvergence"), 1)
+        )
+        self._install_schedule(trainer, optimizer, total_steps, announce=False)
+
+    def _warn_of_arguments_given_anew(self, trainer: _compat.Trainer) -> None:
+        """Say which arguments given now the resumed run does not take: a `max_lr` or a cycle shape of their own."""
         assert self.max_lr is not None
         # the peak the checkpoint's run was given or picked: a guard rescue lowered it since (found trying the package
         # as a new user: resuming a rescued run with its own `max_lr` was told that the given value was not taken)
@@ -578,11 +614,6 @@ class SuperConvergence(_compat.Callback):
                 f"{lowered}; the given `max_lr={self.requested_max_lr:.4g}` applies to new fits only.",
             )
         self._warn_of_another_shape(trainer)
-        # the checkpoint's OneCycleLR state (its total steps, phases and position) replaces this sizing after fit start
-        total_steps = (
-            self.total_steps if self.total_steps else max(_trainer.total_steps(trainer, "SuperConvergence"), 1)
-        )
-        self._install_schedule(trainer, optimizer, total_steps, announce=False)
 
     def _warn_of_another_shape(self, trainer: _compat.Trainer) -> None:
         """Say which of the cycle's shape arguments given now differ from the checkpoint's: the resume keeps those.

@@ -35,7 +35,7 @@ def main(out: str) -> None:  # noqa: D103
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import lightning as L
     import torch
-    from helpers import OwnRandomSampler, TinyClassifier, make_dataset
+    from helpers import OwnRandomSampler, TinyClassifier, make_dataset, two_rank_trainer_kwargs
     from torch.utils.data import DataLoader, IterableDataset
 
     from lightning_superconv import SuperConvergence, WeightDecayBalancer
@@ -71,19 +71,8 @@ def main(out: str) -> None:  # noqa: D103
         def train_dataloader(self):
             return DataLoader(OneShot(), batch_size=16)
 
-    rank_dir = os.path.join(out, f"root{os.environ.get('LOCAL_RANK', '0')}")
-    common = dict(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=10_000,  # no validation loop; the trials still read the val data
-        default_root_dir=rank_dir,
-    )
+    common = two_rank_trainer_kwargs(out, strategy="ddp", enable_checkpointing=False)
+    rank_dir = common["default_root_dir"]
 
     # 1. the range test, the cycle and the balancer under DDP
     L.seed_everything(0, verbose=False)

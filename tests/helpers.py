@@ -7,13 +7,19 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -301,3 +307,70 @@ class TimmViT(L.LightningModule):
         gen = torch.Generator().manual_seed(0)
         data = TensorDataset(torch.randn(64, 3, 16, 16, generator=gen), torch.randint(0, 4, (64,), generator=gen))
         return DataLoader(data, batch_size=16)
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+
+class OneCorruptSample(TinyClassifier):
+    """One training sample of 512 holds a NaN feature: any batch that draws it has a NaN loss, at any LR."""
+
+    def train_dataloader(self):
+        x, y = make_dataset(512).tensors
+        x[100, 3] = float("nan")
+        return DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+
+
+def two_rank_trainer_kwargs(out: str, **overrides: Any) -> dict[str, Any]:
+    """The Trainer arguments of the two-process CPU runs (``ddp_run.py``, ``model_parallel_run.py``).
+
+    Each rank has its own ``default_root_dir`` and no logger, as on machines without a shared filesystem; no
+    validation loop runs (the trials still read the val data).
+    """
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10_000,
+        default_root_dir=os.path.join(out, f"root{os.environ.get('LOCAL_RANK', '0')}"),
+    )
+    return {**kwargs, **overrides}
+
+
+def run_two_ranks(script: str, out: Any, timeout: int) -> list[dict[str, Any]]:
+    """Run ``script OUT`` as a user runs a training script (Lightning starts rank 1 by running it again).
+
+    Returns what each rank wrote to ``OUT/rank{r}.json``, in rank order.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run(
+        [sys.executable, script, str(out)], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    reports = [os.path.join(out, f"rank{r}.json") for r in range(2)]
+    log = done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0, log
+    assert all(os.path.exists(p) for p in reports), log
+    return [json.loads(Path(p).read_text()) for p in reports]

@@ -419,3 +419,27 @@ def test_launches_copies_reads_the_multiprocessing_launcher(namespace, strategy,
     """Spawned or forked workers run copies of the callbacks; `ddp` starts the script again (this process is rank 0)."""
     trainer = namespace.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False)
     assert _compat.launches_copies(trainer) is copies
+
+
+def test_reshard_puts_fsdp2_modules_at_rest_after_a_forward_without_backward(tmp_path):
+    """After an evaluation, FSDP2's root registers unsharded tensors; ``reshard`` registers its DTensor shards again."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+        mesh = init_device_mesh("cpu", (1,))
+        fully_shard(net[0], mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        assert _compat.fully_sharded_modules(net) == [net, net[0]]
+        assert _compat.fully_sharded_modules(torch.nn.Linear(2, 2)) == []
+        with torch.no_grad():
+            net(torch.randn(3, 4))
+        assert not hasattr(net[1].weight, "full_tensor")  # the root stays unsharded after a forward alone
+        _compat.reshard(_compat.fully_sharded_modules(net))
+        assert all(hasattr(p, "full_tensor") for p in net.parameters())
+        net(torch.randn(3, 4)).sum().backward()  # and trains on
+    finally:
+        dist.destroy_process_group()

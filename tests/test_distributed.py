@@ -5,14 +5,12 @@ One launch (``tests/ddp_run.py``, 15-25 s here) serves every test in this module
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -22,17 +20,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_run.py")
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each of the two ranks reported, in rank order."""
-    out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("LOCAL_RANK", None)
-    done = subprocess.run(
-        [sys.executable, SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    reports = [out / f"rank{r}.json" for r in range(2)]
-    log = done.stdout[-3000:] + done.stderr[-6000:]
-    assert done.returncode == 0, log
-    assert all(p.exists() for p in reports), log
-    return [json.loads(p.read_text()) for p in reports]
+    return run_two_ranks(SCRIPT, tmp_path_factory.mktemp("ddp"), timeout=300)
 
 
 def _step_losses(local: list[float], steps: int, accumulate: int) -> list[float]:

@@ -13,7 +13,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import OneCorruptSample, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
@@ -1051,6 +1051,19 @@ def test_the_guard_s_copy_of_the_weights_is_dropped_when_training_ends_its_stati
     with pytest.raises(DivergenceError):
         _fit(tmp_path / "stops", stopped)
     assert stopped._watch.guard.snapshot is None
+
+
+def test_a_loss_nan_at_every_peak_stops_with_advice_on_the_data_and_the_loss(tmp_path):
+    """One sample holds a NaN: every rescue meets it again, and the error says to look at the data and the loss.
+
+    Found trying CTC as a new user: a loss that is inf on a few too-short inputs stopped the run with "pass a lower
+    `max_lr=`, or raise `max_rescues`" only, advice that cannot help there.
+    """
+    with pytest.raises(DivergenceError, match=r"NaN/inf at every peak tried.*`CTCLoss\(zero_infinity=True\)`"):
+        _fit(tmp_path, SuperConvergence(max_lr=0.05), model=OneCorruptSample)
+    with pytest.raises(DivergenceError) as peak_too_high:  # a peak far too high on clean data: no such advice
+        _fit(tmp_path / "clean", SuperConvergence(max_lr=1e4, max_rescues=1))
+    assert "zero_infinity" not in str(peak_too_high.value)
 
 
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):

@@ -318,15 +318,20 @@ def test_overfit_batches_runs_no_range_test_and_trains_as_without_the_callback(t
 # ------------------------------------------------------------------------------------------------ strategies
 
 
-@pytest.mark.parametrize("strategy_cls", [FSDPStrategy, ModelParallelStrategy])
-def test_sharded_strategies_refuse_the_range_test_naming_max_lr(strategy_cls):
-    """Under FSDP or ModelParallel the range test is refused, and the message says to pass `max_lr=`."""
-    message = strategy_problem(strategy_cls(), range_test=True)
-    assert f"cannot run its range test under `{strategy_cls.__name__}`" in message
+def test_fsdp1_refuses_the_range_test_naming_max_lr_and_the_strategy_that_serves_it():
+    """Under FSDPStrategy (GPU only, its flat parameters untested) the range test is refused, naming `max_lr=`."""
+    message = strategy_problem(FSDPStrategy(), range_test=True)
+    assert "does not run its range test under `FSDPStrategy`" in message
     assert "`SuperConvergence(max_lr=...)`" in message
     assert "find_max_lr" in message
+    assert "`ModelParallelStrategy`" in message
     # with `max_lr` given, the cycle alone is a plain torch scheduler over the strategy's optimizer
-    assert strategy_problem(strategy_cls(), range_test=False) is None
+    assert strategy_problem(FSDPStrategy(), range_test=False) is None
+
+
+def test_model_parallel_is_served():
+    """FSDP2 and tensor parallelism under ModelParallelStrategy: the range test runs (see test_model_parallel.py)."""
+    assert strategy_problem(ModelParallelStrategy(), range_test=True) is None
 
 
 def test_ddp_is_served():

@@ -19,6 +19,8 @@ import pytest
 import torch
 from helpers import (
     DictValidationBatches,
+    MemoryLogger,
+    OneCorruptSample,
     OwnRandomSampler,
     ShuffledValidation,
     Tally,
@@ -1165,6 +1167,34 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
     assert [s.value for s in events.Scalars("lr_range_test/loss")] == pytest.approx(callback.result.losses, rel=1e-6)
 
 
+class _OneStepLogger(MemoryLogger):
+    """Keeps what a logger with one step for all its keys keeps (W&B's ``step``): nothing below a step it has seen."""
+
+    def log_metrics(self, metrics, step=None):
+        if not self.metrics or step >= self.metrics[-1][0]:
+            super().log_metrics(metrics, step)
+
+
+def test_the_range_test_writes_each_step_once_in_increasing_order(tmp_path):
+    """The pick and the trials share the curve's steps: a logger that drops a step below one it has seen keeps them.
+
+    Found trying the package as a new user: a hand-written W&B logger passing ``step=`` lost the pick and the trials,
+    written after the whole curve at its earlier steps.
+    """
+    callback = SuperConvergence(num_steps=20)
+    logger = _OneStepLogger()
+    _fit(tmp_path, TinyClassifier(), callback, logger=logger)
+    written = [
+        (step, metrics) for step, metrics in logger.metrics if any(k.startswith("lr_range_test/") for k in metrics)
+    ]
+    steps = [step for step, _ in written]
+    assert steps == list(range(len(callback.result.lrs)))
+    kept = {key for _, metrics in written for key in metrics}
+    assert {"lr_range_test/max_lr", "lr_range_test/trial_peak", "lr_range_test/trial_loss"} <= kept
+    peaks = [metrics["lr_range_test/trial_peak"] for _, metrics in written if "lr_range_test/trial_peak" in metrics]
+    assert peaks == [trial["peak"] for trial in callback.result.trials]
+
+
 # ------------------------------------------------------------------------------------------------ (10) bad input
 
 
@@ -1687,15 +1717,6 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     assert "(learned nothing)" in callback.result.pick_reason
 
 
-class OneCorruptSample(TinyClassifier):
-    """One training sample of 512 holds a NaN feature: any batch that draws it has a NaN loss, at any LR."""
-
-    def train_dataloader(self):
-        x, y = make_dataset(512).tensors
-        x[100, 3] = float("nan")
-        return DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
-
-
 def test_trials_that_all_diverge_on_a_corrupt_sample_point_to_the_data():
     """Every trial meets the NaN batch: the error says a NaN at any LR may be the data's, not only "pass max_lr=".
 
@@ -1705,7 +1726,10 @@ def test_trials_that_all_diverge_on_a_corrupt_sample_point_to_the_data():
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_val_batches=0))
-    with pytest.raises(MisconfigurationException, match=r"every trial cycle diverged.*check the data and the loss"):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"every trial cycle diverged.*`CTCLoss\(zero_infinity=True\)`\); check the data and the loss",
+    ):
         trainer.fit(OneCorruptSample())
 
 
@@ -2013,7 +2037,9 @@ def test_an_error_from_a_trial_s_steps_says_where_it_came_from_with_everything_r
     )
     with pytest.raises(RuntimeError, match="a step the trials took") as caught:
         trainer.fit(model)
-    assert "Raised in the LR range test's trials" in " ".join(getattr(caught.value, "__notes__", []))
+    notes = " ".join(getattr(caught.value, "__notes__", []))
+    assert "Raised in the LR range test's trials" in notes
+    assert "drop_last" not in notes  # that advice is for BatchNorm's one-sample error only
     after = model.state_dict()
     for name, value in before.items():
         torch.testing.assert_close(after[name], value, rtol=0, atol=0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import (
     DictValidationBatches,
+    MemoryLogger,
     ShuffledValidation,
     TimmViT,
     TinyClassifier,
@@ -18,7 +19,6 @@ from helpers import (
     trainer_kwargs,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
@@ -81,28 +81,6 @@ class AdamModule(TinyClassifier):
 
 class NoValidation(TinyClassifier):
     val_dataloader = None  # type: ignore[assignment]
-
-
-class MemoryLogger(Logger):
-    """Keeps every logged metric."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-
-    @property
-    def name(self):
-        return "memory"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((step, dict(metrics)))
 
 
 def _fit(tmp_path, model, callbacks, epochs=2, **kwargs):
