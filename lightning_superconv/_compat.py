@@ -357,6 +357,11 @@ def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     if not has_val_dataloaders(trainer):
         return None
     loaders = trainer.fit_loop.epoch_loop.val_loop._data_source.dataloader()
+    # a `CombinedLoader` of the user's: Lightning validates on the loaders it holds, each batch alone (iterating the
+    # combined loader itself yields `(batch, batch_idx, dataloader_idx)`: found trying the package as a new user, the
+    # trials fed those to `training_step` and fell back to training batches)
+    while isinstance(loaders, module(trainer, "utilities").CombinedLoader):
+        loaders = loaders.iterables
     if isinstance(loaders, dict):
         return list(loaders.values())
     if isinstance(loaders, (list, tuple)):

@@ -74,6 +74,11 @@ NOISE_MIN = 5
 #: Standard errors of the batches' noise that a rise from, or a fall below, where training started must also exceed
 #: (see :meth:`DivergenceGuard.start_margin`).
 MARGIN = 2.0
+#: The param-group entries torch's ``OneCycleLR`` sets (the LR and its bounds; the momentum, or Adam's ``betas``, and
+#: theirs) and ``WeightDecayBalancer``'s weight decay: a rollback keeps their values, the rest of each group goes back.
+SET_BY_THE_CYCLE = frozenset(
+    {"lr", "initial_lr", "max_lr", "min_lr", "momentum", "betas", "base_momentum", "max_momentum", "weight_decay"}
+)
 #: Why the guard judged a NaN/inf loss diverged (a rescue's ``reason`` and ``DivergenceError``'s begin with it).
 NONFINITE_REASON = "the loss became NaN/inf"
 
@@ -643,9 +648,11 @@ class GuardedCycle:
 
     def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:
         groups = self.scheduler.optimizer.param_groups
-        # the cycle's own values stay as they are now (earlier rescues' lowered peaks included); only the weights,
-        # buffers and optimizer state go back
-        now = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        # the cycle's own values stay as they are now (earlier rescues' lowered peaks included), and the balancer's
+        # weight decay; the weights, buffers and optimizer state go back, with what else the groups hold (found trying
+        # the package as a new user: pytorch_optimizer's optimizers count their steps in `group["step"]`, and
+        # D-Adaptation keeps its step size `d` there, which the rollback left as the blow-up had made them)
+        now = [{k: v for k, v in g.items() if k in SET_BY_THE_CYCLE} for g in groups]
         assert self.guard.snapshot is not None
         lr_then = float(self.guard.snapshot.param_groups[0]["lr"])
         lr_seen = float(now[0]["lr"])

@@ -103,8 +103,9 @@ def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
 def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
     r"""Whether the optimizer sets its own step size, and how; None for an ordinary optimizer.
 
-    - ``"multiplier"``: Prodigy (``prodigyopt``) and D-Adaptation (``dadaptation``) estimate the step size
-      themselves and treat ``lr`` as a multiplier of their estimate (default 1.0). A range test sweeping that
+    - ``"multiplier"``: Prodigy (``prodigyopt``), D-Adaptation (``dadaptation``) and AdamG (``pytorch_optimizer``;
+      Pan et al., arXiv 2405.04376) estimate the step size themselves and treat ``lr`` as a multiplier of their
+      estimate (default 1.0). A range test sweeping that
       multiplier measures nothing about the model; a schedule over it (warm-up, annealing) is what their authors
       recommend.
     - ``"schedule-free"``: Schedule-Free optimizers (``schedulefree``; Defazio et al., arXiv 2405.15682) replace the
@@ -117,7 +118,7 @@ def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
         name, package = cls.__name__, cls.__module__.split(".")[0]
         if "schedulefree" in name.lower() or package == "schedulefree":
             return "schedule-free"
-        if name == "Prodigy" or name.startswith("DAdapt") or package in ("prodigyopt", "dadaptation"):
+        if name in ("Prodigy", "AdamG") or name.startswith("DAdapt") or package in ("prodigyopt", "dadaptation"):
             return "multiplier"
     return None
 

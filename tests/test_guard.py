@@ -12,6 +12,7 @@ import warnings
 
 import lightning as L
 import pytest
+import pytorch_optimizer
 import torch
 from helpers import OneCorruptSample, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelPruning
@@ -1064,6 +1065,57 @@ def test_a_loss_nan_at_every_peak_stops_with_advice_on_the_data_and_the_loss(tmp
     with pytest.raises(DivergenceError) as peak_too_high:  # a peak far too high on clean data: no such advice
         _fit(tmp_path / "clean", SuperConvergence(max_lr=1e4, max_rescues=1))
     assert "zero_infinity" not in str(peak_too_high.value)
+
+
+class CountsInItsGroups(torch.optim.SGD):
+    """SGD that keeps its step count in each param group, as pytorch_optimizer's optimizers do (`group["step"]`)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            group["step"] = group.get("step", 0) + 1
+        return loss
+
+
+class StepsCountedInGroups(TinyClassifier):
+    build = staticmethod(lambda params: CountsInItsGroups(params, lr=0.01, momentum=0.9))
+
+    def configure_optimizers(self):
+        return self.build(self.parameters())
+
+
+class AdaBeliefCountsInGroups(StepsCountedInGroups):
+    build = staticmethod(lambda params: pytorch_optimizer.AdaBelief(params, lr=1e-3))
+
+
+class GroupsAtRescues(Callback):
+    """The first param group's step count and LR right after each rescue (listed after the callback)."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+        self.seen: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer, *args):
+        if len(self.callback.rescues) > len(self.seen):
+            group = trainer.optimizers[0].param_groups[0]
+            self.seen.append((group.get("step", 0), float(group["lr"])))
+
+
+@pytest.mark.parametrize("model", [StepsCountedInGroups, AdaBeliefCountsInGroups], ids=["own", "AdaBelief"])
+def test_a_rescue_rolls_back_what_the_optimizer_keeps_in_its_param_groups_but_not_the_cycle(tmp_path, model):
+    """A step count kept in the groups goes back with the snapshot; the LR stays the lowered cycle's.
+
+    Found trying pytorch_optimizer's optimizers as a new user: their `group["step"]` (and D-Adaptation's step size
+    `d`) kept the values the blow-up had made, so the restarted moments were bias-corrected as if never rolled back.
+    """
+    callback = SuperConvergence(max_lr=50.0)
+    groups = GroupsAtRescues(callback)
+    _fit(tmp_path, callback, model=model, extra=[groups])
+    assert callback.rescues
+    for rescue, (step_count, lr) in zip(callback.rescues, groups.seen, strict=True):
+        assert step_count == rescue["restored_step"]
+        assert lr < rescue["new_peak"]  # the lowered cycle's re-warm-up, not the snapshot's LR
 
 
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):

@@ -7,6 +7,7 @@ import logging
 import dadaptation
 import prodigyopt
 import pytest
+import pytorch_optimizer
 import schedulefree
 import torch
 from helpers import WithOptimizer, trainer_kwargs
@@ -20,6 +21,10 @@ ADAPTIVE_LR = {
     "Prodigy": lambda p: prodigyopt.Prodigy(p, lr=1.0, weight_decay=0.01),
     "DAdaptAdam": lambda p: dadaptation.DAdaptAdam(p, lr=1.0),
     "DAdaptSGD": lambda p: dadaptation.DAdaptSGD(p, lr=1.0, momentum=0.9),
+    # found trying pytorch_optimizer's as a new user: AdamG's multiplier was swept, and the cycle peaked at 3.4e4
+    "AdamG": lambda p: pytorch_optimizer.AdamG(p, lr=1.0),
+    "pytorch_optimizer.DAdaptAdam": lambda p: pytorch_optimizer.DAdaptAdam(p, lr=1.0),
+    "pytorch_optimizer.Prodigy": lambda p: pytorch_optimizer.Prodigy(p, lr=1.0),
 }
 
 

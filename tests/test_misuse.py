@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import Tally, TinyClassifier, make_dataset, trainer_kwargs
+from helpers import Tally, TinyClassifier, WithOptimizer, make_dataset, trainer_kwargs
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
@@ -151,6 +151,15 @@ def test_an_optimizer_computing_its_own_step_size_is_refused_naming_lr_and_the_f
     assert "param group 0 of `Adafactor` has lr=None" in message, message
     assert "Pass a number (e.g. `lr=1e-3`, with `relative_step=False`" in message, message
     assert model.trainer is None or model.trainer.global_step == 0
+
+
+def test_an_optimizer_without_an_lr_is_refused_naming_it(tmp_path):
+    """pytorch_optimizer's AliG (a Polyak step capped by its `max_lr`) has no `lr`: refused, not called Adafactor."""
+    import pytorch_optimizer
+
+    model = WithOptimizer(lambda params: pytorch_optimizer.AliG(params, max_lr=0.1))
+    with pytest.raises(MisconfigurationException, match=r"param group 0 of `AliG` has lr=None: an optimizer with no"):
+        _fit(tmp_path, model, SuperConvergence(num_steps=10))
 
 
 def _with_lr(optimizer: torch.optim.Optimizer, lr) -> torch.optim.Optimizer:

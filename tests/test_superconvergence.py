@@ -1389,6 +1389,38 @@ def test_trials_are_scored_on_the_validation_data(tmp_path):
     assert scored == scored[:per_trial] * len(callback.result.trials)
 
 
+class TwoValidationLoaders(TinyClassifier):
+    """Validates on two loaders, given as a list or wrapped in a ``CombinedLoader`` of the user's."""
+
+    def __init__(self, combined: bool) -> None:
+        super().__init__()
+        self.combined = combined
+
+    def val_dataloader(self):
+        loaders = [DataLoader(make_dataset(64, seed=seed), batch_size=32) for seed in (1, 2)]
+        return CombinedLoader(loaders, mode="sequential") if self.combined else loaders
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        super().validation_step(batch, batch_idx)
+
+
+def test_a_users_combined_loader_of_validation_data_scores_the_trials_as_its_loaders_do(tmp_path):
+    """Lightning validates on the loaders a ``CombinedLoader`` holds; so do the trials, with no warning.
+
+    Found trying the package as a new user: the trials fed `training_step` the `(batch, batch_idx, dataloader_idx)`
+    triples of iterating the combined loader, warned that it failed on validation batches and scored training batches.
+    """
+    results = []
+    for combined in (False, True):
+        L.seed_everything(0)
+        callback = SuperConvergence(num_steps=30, trial_steps=50)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*SuperConvergence.*validation batch", category=RuntimeWarning)
+            _fit(tmp_path / str(combined), TwoValidationLoaders(combined), callback)
+        results.append(callback.result.trials)
+    assert results[0] == results[1]
+
+
 class TrainModeCounter(TinyClassifier):
     """Counts the ``training_step`` calls made in train mode: the sweep's, the trials' and the run's steps."""
 
@@ -1477,17 +1509,41 @@ def test_limit_val_batches_caps_each_validation_loader_on_its_own(tmp_path):
     assert model.trials_scored() == firsts * len(callback.result.trials)
 
 
+class ValidationStream(IterableDataset):
+    """The validation samples as a stream: its loader has no length."""
+
+    def __iter__(self):
+        yield from make_dataset(64, seed=1)
+
+
 def test_a_validation_loader_whose_length_cannot_be_read_is_read_whole(tmp_path):
-    """A ``CombinedLoader`` not yet iterated has no length to take a fraction of: the trials read it all, as before."""
+    """A stream has no length to take a fraction of: the trials read it all (Lightning takes no fraction of one)."""
+
+    class Streamed(EvalRecorder):
+        def val_dataloader(self):
+            return DataLoader(ValidationStream(), batch_size=32)
+
+    model = Streamed()
+    callback = SuperConvergence(num_steps=30, trial_steps=50)
+    _fit(tmp_path, model, callback, limit_val_batches=0.5)
+    firsts = [float(x[0]) for x in make_dataset(64, seed=1).tensors[0][::32]]
+    assert model.trials_scored() == firsts * len(callback.result.trials)
+
+
+def test_a_users_combined_loader_is_capped_by_limit_val_batches_loader_by_loader(tmp_path):
+    """The loaders a ``CombinedLoader`` of the user's holds have lengths: half of two batches is the first."""
 
     class Combined(EvalRecorder):
         def val_dataloader(self):
             return CombinedLoader([DataLoader(make_dataset(64, seed=1), batch_size=32)], "sequential")
 
+    model = Combined()
     callback = SuperConvergence(num_steps=30, trial_steps=50)
-    with pytest.warns(RuntimeWarning, match="validation batch"):  # its (batch, index, loader) triples: unscorable
-        _fit(tmp_path, Combined(), callback, limit_val_batches=0.5)
-    assert callback.result.trials
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*SuperConvergence.*validation batch", category=RuntimeWarning)
+        _fit(tmp_path, model, callback, limit_val_batches=0.5)
+    first = float(make_dataset(64, seed=1).tensors[0][0, 0])
+    assert model.trials_scored() == [first] * len(callback.result.trials)
 
 
 def test_with_limit_val_batches_0_the_trials_score_on_training_batches(tmp_path):
