@@ -353,20 +353,20 @@ def has_val_dataloaders(trainer: Trainer) -> bool:
 
 
 def val_dataloaders(trainer: Trainer) -> list[Any] | None:
-    """The run's validation dataloaders, in order, or None when the run has none."""
+    """The run's validation dataloaders, in order, or None when the run has none.
+
+    Read as Lightning's validation reads them: a list, a dict, nested ones or a ``CombinedLoader`` of the user's,
+    flattened into the loaders it validates on one by one (iterating a ``CombinedLoader`` itself yields
+    ``(batch, batch_idx, dataloader_idx)``: found trying the package as a new user, the trials fed those to
+    ``training_step`` and fell back to training batches).
+    """
     if not has_val_dataloaders(trainer):
         return None
     loaders = trainer.fit_loop.epoch_loop.val_loop._data_source.dataloader()
-    # a `CombinedLoader` of the user's: Lightning validates on the loaders it holds, each batch alone (iterating the
-    # combined loader itself yields `(batch, batch_idx, dataloader_idx)`: found trying the package as a new user, the
-    # trials fed those to `training_step` and fell back to training batches)
-    while isinstance(loaders, module(trainer, "utilities").CombinedLoader):
-        loaders = loaders.iterables
-    if isinstance(loaders, dict):
-        return list(loaders.values())
-    if isinstance(loaders, (list, tuple)):
-        return list(loaders)
-    return [loaders]
+    combined = module(trainer, "utilities").CombinedLoader
+    if not isinstance(loaders, combined):
+        loaders = combined(loaders, "sequential")
+    return list(loaders.flattened)
 
 
 def weight_averages(trainer: Trainer) -> list[Any]:

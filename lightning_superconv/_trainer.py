@@ -54,6 +54,15 @@ def single_optimizer(
         )
     optimizer = optimizers[0]
     for index, group in enumerate(optimizer.param_groups):
+        if "lr" not in group:
+            # pytorch_optimizer's AliG: a Polyak step capped by its `max_lr` (found trying it as a new user: the
+            # message spoke of an Adafactor and advised an `lr=` that AliG drops)
+            raise _compat.misconfiguration(
+                trainer,
+                f"{who} needs a number as each param group's `lr`; param group {index} of "
+                f"`{type(optimizer).__name__}` has no `lr`: the optimizer computes its own step size, which no LR "
+                f"schedule drives and no weight-decay budget can be read from. Use another optimizer, or {instead}.",
+            )
         problem = _not_a_number(group.get("lr"))
         if problem is not None:
             raise _compat.misconfiguration(
@@ -96,13 +105,10 @@ def refuse_maximize(trainer: _compat.Trainer, optimizer: Any, who: str, reads: s
 def _not_a_number(lr: Any) -> str | None:
     """Why ``lr`` cannot be read as one number (what follows the value in the message), or None if it can."""
     if lr is None:
-        # timm's and Hugging Face's Adafactor take `lr=None` as "compute my own step size" (`relative_step`);
-        # pytorch_optimizer's AliG has no `lr` at all (a Polyak step capped by its `max_lr`): found trying it as a new
-        # user, the message spoke of Adafactor only
+        # timm's and Hugging Face's Adafactor take `lr=None` as "compute my own step size" (`relative_step`)
         return (
-            ": an optimizer with no `lr` computes its own step size (an `Adafactor` given `lr=None`, timm's or Hugging "
-            "Face's, its relative step; pytorch_optimizer's `AliG`, a Polyak step), which no LR schedule drives and no "
-            "weight-decay budget can be read from"
+            ": an `Adafactor` given `lr=None` (timm's, Hugging Face's) computes its own relative step size, which no "
+            "LR schedule drives and no weight-decay budget can be read from"
         )
     try:
         float(lr)  # ints, floats, NumPy scalars, one-element tensors: each is read with `float` later

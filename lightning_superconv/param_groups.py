@@ -103,11 +103,11 @@ def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
 def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:
     r"""Whether the optimizer sets its own step size, and how; None for an ordinary optimizer.
 
-    - ``"multiplier"``: Prodigy (``prodigyopt``), D-Adaptation (``dadaptation``) and AdamG (``pytorch_optimizer``;
-      Pan et al., arXiv 2405.04376) estimate the step size themselves and treat ``lr`` as a multiplier of their
-      estimate (default 1.0). A range test sweeping that
-      multiplier measures nothing about the model; a schedule over it (warm-up, annealing) is what their authors
-      recommend.
+    - ``"multiplier"``: Prodigy (``prodigyopt``) and D-Adaptation (``dadaptation``) estimate the step size
+      themselves and treat ``lr`` as a multiplier of their estimate (default 1.0); AdamG (``pytorch_optimizer``; Pan
+      et al., arXiv 2405.04376) estimates its own and caps its step by ``lr`` (``min(lr, 1/sqrt(step))``, default
+      1.0). A range test sweeping that multiplier or cap measures nothing about the model; a schedule over it (warm-up,
+      annealing) is what their authors recommend.
     - ``"schedule-free"``: Schedule-Free optimizers (``schedulefree``; Defazio et al., arXiv 2405.15682) replace the
       LR schedule by iterate averaging and need ``optimizer.train()``/``.eval()`` switches.
 

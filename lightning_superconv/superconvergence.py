@@ -74,8 +74,8 @@ class SuperConvergence(_compat.Callback):
     :class:`~lightning_superconv.schedule.OneCycleConfig` (torch's defaults, which fit Smith's advice).
 
     Optimizers that set their own step size: Prodigy and D-Adaptation treat ``lr`` as a multiplier of their own
-    estimate, so no range test runs (a sweep of the multiplier measures nothing) and the cycle runs over the
-    configured multiplier. A Schedule-Free optimizer replaces the schedule altogether and is refused.
+    estimate, and AdamG as a cap on it, so no range test runs (a sweep of either measures nothing) and the cycle runs
+    over the configured value. A Schedule-Free optimizer replaces the schedule altogether and is refused.
 
     Each ``fit`` plans its own cycle over the training steps it will run (a second ``fit`` on the same ``Trainer``
     continues from the step it reached, and gets a new cycle over the steps left). ``fit(ckpt_path=...)`` is a resume:
@@ -292,8 +292,8 @@ class SuperConvergence(_compat.Callback):
             _compat.rank_zero_info(
                 trainer,
                 f"SuperConvergence: `{type(optimizer).__name__}` sets its own step size and reads `lr` as a multiplier "
-                f"of it, so no range test runs (a sweep of the multiplier measures nothing about the model); the "
-                f"one-cycle runs over the configured multiplier, lr={self.max_lr:.4g}.",
+                f"or a cap of it, so no range test runs (a sweep of it measures nothing about the model); the "
+                f"one-cycle runs over the configured value, lr={self.max_lr:.4g}.",
             )
         elif self.max_lr is None and _compat.overfit_batches(trainer):
             # found trying the package as a new user: its trials, made to choose a peak that generalizes, picked one

@@ -1389,36 +1389,41 @@ def test_trials_are_scored_on_the_validation_data(tmp_path):
     assert scored == scored[:per_trial] * len(callback.result.trials)
 
 
-class TwoValidationLoaders(TinyClassifier):
-    """Validates on two loaders, given as a list or wrapped in a ``CombinedLoader`` of the user's."""
+class ThreeValidationLoaders(TinyClassifier):
+    """Validates on three loaders: a list, a ``CombinedLoader`` of the user's, nested lists or dicts of them."""
 
-    def __init__(self, combined: bool) -> None:
+    def __init__(self, form: str) -> None:
         super().__init__()
-        self.combined = combined
+        self.form = form
 
     def val_dataloader(self):
-        loaders = [DataLoader(make_dataset(64, seed=seed), batch_size=32) for seed in (1, 2)]
-        return CombinedLoader(loaders, mode="sequential") if self.combined else loaders
+        a, b, c = (DataLoader(make_dataset(64, seed=seed), batch_size=32) for seed in (1, 2, 3))
+        return {
+            "list": [a, b, c],
+            "combined": CombinedLoader([a, b, c], mode="sequential"),
+            "nested": [[a, b], c],
+            "combined_dict": CombinedLoader({"first": [a, b], "last": c}, mode="sequential"),
+        }[self.form]
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         super().validation_step(batch, batch_idx)
 
 
 def test_a_users_combined_loader_of_validation_data_scores_the_trials_as_its_loaders_do(tmp_path):
-    """Lightning validates on the loaders a ``CombinedLoader`` holds; so do the trials, with no warning.
+    """Lightning validates on the loaders a ``CombinedLoader`` or nested lists hold; so do the trials, with no warning.
 
     Found trying the package as a new user: the trials fed `training_step` the `(batch, batch_idx, dataloader_idx)`
     triples of iterating the combined loader, warned that it failed on validation batches and scored training batches.
     """
     results = []
-    for combined in (False, True):
+    for form in ("list", "combined", "nested", "combined_dict"):
         L.seed_everything(0)
         callback = SuperConvergence(num_steps=30, trial_steps=50)
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*SuperConvergence.*validation batch", category=RuntimeWarning)
-            _fit(tmp_path / str(combined), TwoValidationLoaders(combined), callback)
+            _fit(tmp_path / form, ThreeValidationLoaders(form), callback)
         results.append(callback.result.trials)
-    assert results[0] == results[1]
+    assert results[1:] == results[:1] * 3
 
 
 class TrainModeCounter(TinyClassifier):
