@@ -55,7 +55,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "python -m benchmarks.overhead_benchmark --setups": (
         "exact",
         "",
-        "times the TensorBoard write alone, in well under a minute",
+        "times the TensorBoard write alone, in well under a minute on a quiet machine (several minutes on a loaded "
+        "one), and writes this machine's figures into `benchmarks/results/overhead_tensorboard_write.json` "
+        "(`--no-save` leaves it)",
     ),
     "python -m benchmarks.zoo --table-only": (
         "exact",
@@ -87,7 +89,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "short",
         "python examples/fashion_mnist_cli.py fit --config examples/fashion_mnist_cli.yaml --trainer.max_epochs=1 "
         "--data.train_size=2000 --data.val_size=500 --trainer.logger.init_args.save_dir={tmp}",
-        "the config trains 9 epochs",
+        "the config trains 9 epochs; the shortened run is still several minutes (11 on a loaded 2-core machine), "
+        "most of it the range test's sweep and trials, which a run of one epoch keeps at 100 steps each",
     ),
     "python examples/cifar10_resnet.py --arch resnet9 --epochs 24 --precision 16-mixed": (
         "help",
@@ -99,7 +102,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "python examples/cifar10_resnet.py --help",
         "needs 4 GPUs and the CIFAR-10 download",
     ),
-    "python examples/cifar10_resnet.py --fake-data --epochs 1 --accelerator cpu": ("exact", "", "under a minute"),
+    "python examples/cifar10_resnet.py --fake-data --epochs 1 --accelerator cpu --trial-steps 0": (
+        "exact",
+        "",
+        "about 15 seconds (with its trials, of at least 100 steps each, about 3 minutes)",
+    ),
     "python examples/fashion_mnist.py": (
         "help",
         "python examples/fashion_mnist.py --help",

@@ -260,8 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     acc = float(trainer.test(model, test_loader, verbose=False)[0]["test_acc"])
     seconds = time.perf_counter() - start
     if trainer.is_global_zero:
+        epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
         print(
-            f"CIFAR-10 {args.arch}: test accuracy {acc:.2f} % after {args.epochs} epochs in {seconds / 60:.1f} min "
+            f"CIFAR-10 {args.arch}: test accuracy {acc:.2f} % after {epochs} in {seconds / 60:.1f} min "
             f"(max_lr {callbacks[0].max_lr:.3g}; range test included)"
         )
     return {"test_acc": acc, "seconds": seconds, "trainer": trainer}

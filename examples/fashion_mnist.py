@@ -1,4 +1,4 @@
-"""Super-convergence on Fashion-MNIST: a small ResNet, both callbacks, 10-15 minutes on two CPU cores.
+"""Super-convergence on Fashion-MNIST: a small ResNet, both callbacks, about 20 minutes on two CPU cores.
 
 The model keeps the untuned starting values a user would write (SGD at 0.01, momentum 0.9, weight decay 5e-4); the
 callbacks decide the rest: ``SuperConvergence`` runs the LR range test and installs the one cycle, and

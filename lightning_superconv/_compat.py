@@ -74,6 +74,15 @@ def module(obj: Any, name: str) -> ModuleType:
     return importlib.import_module(f"{namespace(obj)}.{name}")
 
 
+def overrides(pl_module: LightningModule, hook: str) -> bool:
+    """Whether the module overrides Lightning's ``hook`` (e.g. ``"validation_step"``), by Lightning's own test.
+
+    The test by which Lightning decides whether it runs a loop (a hook set to None counts as not overridden), where
+    :func:`overrides_hook` asks whose class defines a hook.
+    """
+    return bool(module(pl_module, "utilities.model_helpers").is_overridden(hook, pl_module))
+
+
 def misconfiguration(trainer: Trainer, message: str) -> Exception:
     """A ``MisconfigurationException`` of the user's distribution, so their ``except`` clauses catch it."""
     cls = module(trainer, "utilities.exceptions").MisconfigurationException

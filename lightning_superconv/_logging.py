@@ -143,6 +143,17 @@ class ScheduleLogger:
         self._tags: tuple[str, ...] = ()
         self._slots: list[Any] = []  # the event's summary values, one per tag
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy writes nowhere: the callback holding it is copied by sweep libraries and ``ddp_spawn``.
+
+        TensorBoard's writer holds a thread lock, which neither ``pickle`` nor ``deepcopy`` can take (found trying the
+        package as a new user: after a fit with Lightning's default logger, the callbacks could not be copied, and a
+        second fit under ``ddp_spawn`` failed). Each fit builds its own logger, so the copy's is never used.
+        """
+        state = self.__dict__.copy()
+        state.update(optimizer=None, event_writers=[], loggers=[], _event=Event(), _tags=(), _slots=[])
+        return state
+
     def log(self, trainer: _compat.Trainer) -> None:
         """Send the values to every logger if this step is a logging step."""
         if not (self.loggers or self.event_writers):

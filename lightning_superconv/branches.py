@@ -25,10 +25,10 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from lightning_superconv import _compat
-from lightning_superconv.param_groups import write_momentum
+from lightning_superconv.param_groups import write_lr, write_momentum
 from lightning_superconv.sandbox import random_state_kept, sandbox
 from lightning_superconv.snapshot import capture, dataloader_generators, distributed_samplers, reseed
-from lightning_superconv.steps import BatchStream, take_steps, takes_batch_idx, training_step_loss
+from lightning_superconv.steps import BatchStream, move_batch, moved_batch_loss, take_steps, takes_batch_idx
 from lightning_superconv.weight_decay import GroupTrace
 
 
@@ -250,7 +250,7 @@ def run_branches(
 
             def follow(step: int, traces: Sequence[GroupTrace] = branch.traces) -> None:
                 for group, trace in zip(optimizer.param_groups, traces, strict=False):
-                    group["lr"] = trace.lrs[step]
+                    write_lr(group, trace.lrs[step])
                     write_momentum(group, trace.momenta[step])
 
             start = time.perf_counter()
@@ -317,6 +317,10 @@ def held_out_loss(
     Raises:
         UnscorableBatchesError: batches that ``training_step`` fails on in eval mode without gradients, or validation
             batches, or held-out training batches, it returns no loss for (not one), on every rank.
+        Exception: what the module's batch transfer hooks raise on batches that Lightning's own loops move through
+            them too (training batches; validation batches of a module that validates), unchanged: the user's code
+            failed, not the scoring (found trying the package as a new user: such an error was blamed on
+            ``training_step`` and the trials scored other batches).
         RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks). A failure
             in the transfer hooks on one rank only, before DDP's first forward without gradients, may leave the others
             waiting in that forward's buffer broadcast instead.
@@ -329,21 +333,29 @@ def held_out_loss(
     count = 0
     failure: str | None = None
     with_batch_idx = takes_batch_idx(pl_module)
+    kind = "validation" if batches.validation_batches else "training"
+    # Lightning moves training batches through the transfer hooks, and validation batches where the module validates
+    lightning_moves_them = not batches.validation_batches or _compat.overrides(pl_module, "validation_step")
+    raised: Exception | None = None  # the user's own transfer hooks failed: said as they said it
     try:
         for batch_idx, batch in enumerate(batches):
+            # said on every rank together below: a rank that raised here alone would leave the others waiting in the
+            # reductions that follow (DDP's forward without gradients reduces nothing)
             try:
-                loss = training_step_loss(
-                    trainer, pl_module, batch, batch_idx, with_batch_idx, validation=batches.validation_batches
-                )
+                moved = move_batch(trainer, pl_module, batch, validation=batches.validation_batches)
             except Exception as err:
-                # said on every rank together below: a rank that raised here alone would leave the others waiting
-                # in the reductions that follow (DDP's forward without gradients reduces nothing)
-                kind = "validation" if batches.validation_batches else "training"
-                failure = (
-                    f"`training_step` failed on {kind} batch {batch_idx} in eval mode without gradients "
-                    f"({type(err).__name__}: {err})"
-                )
+                failure = f"the batch transfer hooks failed on {kind} batch {batch_idx} ({type(err).__name__}: {err})"
+                raised = err if lightning_moves_them else None
                 loss = None
+            else:
+                try:
+                    loss = moved_batch_loss(trainer, pl_module, moved, batch_idx, with_batch_idx)
+                except Exception as err:
+                    failure = (
+                        f"`training_step` failed on {kind} batch {batch_idx} in eval mode without gradients "
+                        f"({type(err).__name__}: {err})"
+                    )
+                    loss = None
             if loss is not None:
                 total += loss.detach().double()
                 count += 1
@@ -361,10 +373,21 @@ def held_out_loss(
         batches.fix()
     if failure is None and count == 0 and batches.batches and not peek:
         # no score at all is no divergence: read as `inf`, every trial "diverged", even the lowest peak
-        kind = "validation" if batches.validation_batches else "held-out training"
-        failure = f"`training_step` returned no loss for any {kind} batch in eval mode without gradients"
+        held_out = "validation" if batches.validation_batches else "held-out training"
+        failure = f"`training_step` returned no loss for any {held_out} batch in eval mode without gradients"
     if strategy.reduce_boolean_decision(failure is not None, all=False):
-        if not strategy.reduce_boolean_decision(failure is not None, all=True):
+        # decided on every rank alike: a rank that raised the hooks' error while another went on to score other
+        # batches would leave that one waiting in their reductions
+        everywhere = strategy.reduce_boolean_decision(failure is not None, all=True)
+        hooks_failed = strategy.reduce_boolean_decision(raised is not None, all=False)
+        if raised is not None:
+            raise raised
+        if hooks_failed:
+            raise RuntimeError(
+                "The module's batch transfer hooks failed on another rank while the range test's trials (or "
+                "`WeightDecayBalancer(mode='grid')`) scored held-out batches: that rank raised their error."
+            )
+        if not everywhere:
             # a forward that raised inside DDP's wrapper on some ranks only leaves DDP's own per-rank state out of
             # step (whether its next forward broadcasts the buffers): no rank can take a step with the others
             raise RuntimeError(

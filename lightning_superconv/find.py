@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 import reprlib
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -171,6 +172,7 @@ def find_max_lr(
     slots = registered_tensors(model)
     data = [(param, param.data) for param in model.parameters()]
     error: BaseException | None = None
+    sigint = signal.getsignal(signal.SIGINT)
     with _compat.isolate_rng(trainer):
         try:
             trainer.fit(
@@ -186,10 +188,28 @@ def find_max_lr(
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
             param.data = kept
+    if isinstance(error, SystemExit) and _ignored_by_lightning(sigint):
+        # Lightning's answer to Ctrl-C in `fit`: further Ctrl-C ignored and the process exited. A function that
+        # measures an LR gives its caller the KeyboardInterrupt back, and the handler it had (found trying the package
+        # as a new user: a notebook then ignored every later Ctrl-C)
+        signal.signal(signal.SIGINT, sigint)
+        interrupt = error.__context__
+        if isinstance(interrupt, KeyboardInterrupt):
+            raise interrupt  # with its traceback: where the user interrupted
+        raise KeyboardInterrupt from error
     if error is not None:
         raise error
     assert probe.result is not None
     return probe.result
+
+
+def _ignored_by_lightning(before: Any) -> bool:
+    """Whether Ctrl-C went from ``before`` to ignored during ``fit`` (Lightning's shutdown after a KeyboardInterrupt).
+
+    ``before`` None: a handler not set from Python, which cannot be set back from it.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    return ignored and before is not None and before != signal.SIG_IGN
 
 
 def _refuse_what_would_run_a_second_test(callbacks: list[Any], fast_dev_run: Any) -> None:

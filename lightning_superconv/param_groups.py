@@ -92,6 +92,20 @@ def read_momentum(group: MutableMapping[str, Any]) -> float | None:
     return None
 
 
+def write_lr(group: MutableMapping[str, Any], value: float) -> None:
+    r"""Set the group's LR; an LR held in a Tensor is filled in place, as torch's schedulers fill it.
+
+    A Tensor LR keeps a compiled ``optimizer.step`` from recompiling at each new LR (torch's tutorial on compiling the
+    optimizer with an LR scheduler): a float written in its place would undo that for the rest of the run (found trying
+    the package as a new user: a guard rescue turned it into a float).
+    """
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        lr.fill_(value)
+    else:
+        group["lr"] = value
+
+
 def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
     """Set the group's momentum (or ``beta1``, keeping the other betas); a group with neither is left alone."""
     if "momentum" in group:
@@ -134,11 +148,14 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
     torch's ``Optimizer.__setstate__``, which wraps the ``step`` of the optimizer's *class* with its hooks, and a
     wrapper that never ran ``Optimizer.__init__`` (``torch_optimizer.Lookahead``) then failed at its next step, in the
     range test and in every later fit of the process; another (``pytorch_optimizer.Lookahead``) could not be copied
-    at all (found trying the package as a new user).
+    at all (found trying the package as a new user). A process group the optimizer holds is shared with the copy, as a
+    handle no ``deepcopy`` can copy: torch's ``ZeroRedundancyOptimizer`` holds one (found trying the package as a new
+    user: the range test and the balancer failed at fit start under DDP).
     """
     memo: dict[int, Any] = {}
     for owner in (optimizer, *inner_optimizers(optimizer)):
         memo[id(owner.state)] = {}
+        memo.update({id(value): value for value in vars(owner).values() if _is_process_group(value)})
         for group in owner.param_groups:
             for param in group["params"]:
                 memo[id(param)] = torch.empty(0)
@@ -149,6 +166,10 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
         twin.__dict__[name] = type(value)() if name.endswith("_hooks") else copy.deepcopy(value, memo)
     copies = [copy.deepcopy(s, memo) for s in schedulers]
     return twin, copies
+
+
+def _is_process_group(value: Any) -> bool:
+    return torch.distributed.is_available() and isinstance(value, torch.distributed.ProcessGroup)
 
 
 def inner_optimizers(optimizer: Any) -> list[Optimizer]:

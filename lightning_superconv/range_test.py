@@ -37,7 +37,7 @@ from lightning_superconv.curve import (
     rise_over_best,
     running_median,
 )
-from lightning_superconv.param_groups import configured_lrs, detached_copy, group_ratios
+from lightning_superconv.param_groups import configured_lrs, detached_copy, group_ratios, write_lr
 from lightning_superconv.peak import (
     all_equal,
     choose,
@@ -198,12 +198,15 @@ def run_range_test(
     _compat.setup_train_data(trainer)
     _trainer.refuse_sequential_train_data(trainer, "The range test")
 
+    written: list[float] = []  # the first group's LR as written: a float32 Tensor holds it rounded
+
     def set_lr(step: int) -> None:
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            group["lr"] = lrs[step] * ratio
+            write_lr(group, lrs[step] * ratio)
+        written[:] = [float(optimizer.param_groups[0]["lr"])]
 
     def check(step: int, loss: float) -> str | None:
-        _refuse_an_lr_the_module_set(trainer, float(optimizer.param_groups[0]["lr"]), lrs[step] * ratios[0], step)
+        _refuse_an_lr_the_module_set(trainer, float(optimizer.param_groups[0]["lr"]), written[0], step)
         reason = monitor.update(loss)
         seen.append(loss)
         if reason is not None or step + 1 < config.num_steps:
@@ -486,8 +489,8 @@ def _score_on_training_batches(
             trainer,
             f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
             f"validation batches, but {passed_over}; they scored the training batches after those the "
-            "trials train on instead. Make `training_step` accept validation batches to have the peak "
-            "chosen on them.",
+            "trials train on instead. Make `training_step` (and the batch transfer hooks) accept validation "
+            "batches to have the peak chosen on them.",
         )
     return scores, trial_steps
 

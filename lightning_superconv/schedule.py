@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_superconv._validation import check_bool, check_choice, check_number
-from lightning_superconv.param_groups import group_ratios, momentum_key, read_momentum, write_momentum
+from lightning_superconv.param_groups import group_ratios, momentum_key, read_momentum, write_lr, write_momentum
 
 
 def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) -> bool:
@@ -173,7 +173,7 @@ class SafeOneCycleLR(OneCycleLR):
             if index >= len(groups):
                 continue
             group = groups[index]
-            group["lr"] = float(first["lr"]) * ratio
+            write_lr(group, float(first["lr"]) * ratio)
             momentum = read_momentum(first)
             if self.cycle_momentum and momentum is not None:
                 write_momentum(group, momentum)
@@ -193,7 +193,7 @@ class SafeOneCycleLR(OneCycleLR):
         self.rewarm_steps = max(int(steps), 1)
         self.rewarm_from = min(max(float(from_factor), 0.0), 1.0)
         for group, lr in zip(self.optimizer.param_groups, own, strict=True):
-            group["lr"] = float(lr) * self.rewarm_from
+            write_lr(group, float(lr) * self.rewarm_from)
 
     def rewarm_factor(self) -> float:
         """The re-warm-up's factor at the current step (1 outside one): the LR is the cycle's own LR times this."""
@@ -336,9 +336,11 @@ def scale_peak(scheduler: OneCycleLR, factor: float) -> None:
         (0.5, 0.02)
     """
     for group in scheduler.optimizer.param_groups:
-        for key in ("initial_lr", "max_lr", "min_lr", "lr"):
+        for key in ("initial_lr", "max_lr", "min_lr"):
             if key in group:
                 group[key] = float(group[key]) * factor
+        if "lr" in group:
+            write_lr(group, float(group["lr"]) * factor)
     scheduler.base_lrs = [float(lr) * factor for lr in scheduler.base_lrs]
     if hasattr(scheduler, "_last_lr"):
         scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]

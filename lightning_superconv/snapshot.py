@@ -445,12 +445,23 @@ def capture(
 
 
 def _refill_groups(groups: list[dict[str, Any]], saved: Sequence[dict[str, Any]]) -> None:
-    """Give each param group the values it had (:func:`_group_values`), in place: a scheduler holds the groups."""
+    """Give each param group the values it had (:func:`_group_values`), in place: a scheduler holds the groups.
+
+    A value held in a Tensor (an LR kept in one for a compiled ``optimizer.step``) is written into that same Tensor
+    where it is still there, as torch's schedulers write it: the compiled step, and the user, go on holding it.
+    """
     for group, saved_group in zip(groups, saved, strict=False):
         params = group["params"]
+        tensors = {key: value for key, value in group.items() if isinstance(value, Tensor)}
         group.clear()
         group.update(copy.deepcopy(saved_group))
         group["params"] = params
+        for key, live in tensors.items():
+            value = group.get(key)
+            if isinstance(value, Tensor) and _same_kind(live, value):
+                with torch.no_grad():
+                    live.copy_(value)
+                group[key] = live
 
 
 def _copy_state(value: Any) -> Any:

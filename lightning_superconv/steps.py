@@ -117,19 +117,35 @@ def training_step_loss(
     batch: Any,
     batch_idx: int,
     with_batch_idx: bool,
-    validation: bool = False,
 ) -> Tensor | None:
     """The module's ``training_step`` loss on ``batch``, prepared as Lightning's fit loop prepares it (None: no loss).
 
-    ``with_batch_idx``: :func:`takes_batch_idx`, read once by the caller. ``validation``: a validation batch, moved to
-    the device as Lightning's validation loop moves it, in its stage (found trying the package as a new user: the
-    trials scored held-out batches with the train-only augmentation of an ``on_before_batch_transfer`` that asks
-    ``self.trainer.training``, as Lightning's docs show, drawn anew for each trial).
+    ``with_batch_idx``: :func:`takes_batch_idx`, read once by the caller.
+    """
+    moved = move_batch(trainer, pl_module, batch)
+    return moved_batch_loss(trainer, pl_module, moved, batch_idx, with_batch_idx)
+
+
+def move_batch(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, validation: bool = False
+) -> Any:
+    """``batch`` to the device through the precision plugin and the module's batch transfer hooks.
+
+    As Lightning's loop of the batch's kind moves it. ``validation``: a validation batch, moved in the validation
+    stage (found trying the package as a new user: the trials scored held-out batches with the train-only
+    augmentation of an ``on_before_batch_transfer`` that asks ``self.trainer.training``, as Lightning's docs show,
+    drawn anew for each trial).
     """
     with _compat.validating(trainer) if validation else contextlib.nullcontext():
         batch = trainer.precision_plugin.convert_input(batch)
         batch = _compat.before_batch_transfer(pl_module, batch)
-        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+        return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+
+def moved_batch_loss(
+    trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int, with_batch_idx: bool
+) -> Tensor | None:
+    """The ``training_step`` loss on a batch :func:`move_batch` moved (None: no loss)."""
     _compat.set_current_hook(pl_module, "training_step")
     args = (batch, batch_idx) if with_batch_idx else (batch,)
     return loss_of(trainer.strategy.training_step(*args))

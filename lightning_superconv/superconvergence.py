@@ -329,6 +329,9 @@ class SuperConvergence(_compat.Callback):
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        # a loaded guard state is handed to the guard now or never (`guard=False`): checkpoints from here on hold the
+        # guard's own, or none
+        guard_state, self._guard_state = self._guard_state, None
         if self._scheduler is None:
             return
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
@@ -351,8 +354,8 @@ class SuperConvergence(_compat.Callback):
         self._group_count = len(self._scheduler.optimizer.param_groups)
         if self.guard:
             self._watch = GuardedCycle(DivergenceGuard(), self._scheduler, self.max_rescues, len(self.rescues))
-            if self._guard_state is not None:
-                state = self._guard_state
+            if guard_state is not None:
+                state = guard_state
                 if self._guard_state_version < 3 and _trainer.accumulates(trainer):
                     # before version 3 the guard kept some or all of its losses on the hooks' scale (divided by the
                     # accumulation): its loss statistics are left out, and it reads where training started again
@@ -493,6 +496,10 @@ class SuperConvergence(_compat.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # a guard state loaded and not yet handed to a guard (training has not started) is written as it came, where
+        # this release wrote it (found trying the package as a new user: a state loaded into a fresh callback came
+        # back without it); an older one is read only by the guard it is handed to
+        held = self._guard_state if self._guard_state_version == _STATE_VERSION else None
         return {
             "version": _STATE_VERSION,
             "max_lr": self.max_lr,
@@ -500,7 +507,7 @@ class SuperConvergence(_compat.Callback):
             "start_step": self._start_step,
             "result": None if self.result is None else self.result.to_dict(),
             "rescues": self.rescues,
-            "guard": None if self._watch is None else self._watch.state_dict(),
+            "guard": held if self._watch is None else self._watch.state_dict(),
             # the shape that runs: a resumed run's is its checkpoint's (None: an older one kept none), not the one given
             "cycle": self._checkpoint_cycle if self._restored else asdict(self.cycle),
         }

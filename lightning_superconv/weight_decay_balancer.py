@@ -223,6 +223,8 @@ class WeightDecayBalancer(_compat.Callback):
         self.rebalances: list[dict[str, Any]] = []
         # the optimizer steps the first balance was planned over (this fit's, from where it started)
         self.planned_steps: int | None = None
+        # the global step this fit ends at, read at its start: a rebalance plans over the steps left before it
+        self._fit_end: float = math.inf
         # the guard's rescues λ was balanced for (a checkpoint written at a rescue's step holds the rescue, not yet
         # its rebalance, which comes at the next batch: the resumed run makes it)
         self.rescues_balanced: int | None = None
@@ -255,6 +257,7 @@ class WeightDecayBalancer(_compat.Callback):
         self.reason = ""
         self.rebalances = []
         self.planned_steps = None
+        self._fit_end = math.inf
         self.rescues_balanced = None
         self._restored_mode = self.mode
         _setups.refuse_a_second(trainer, self, WeightDecayBalancer)
@@ -286,8 +289,10 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.setup_train_data(trainer)
             _trainer.refuse_sequential_train_data(trainer, "WeightDecayBalancer(mode='grid')")
         # Read here, before SuperConvergence (moved behind us in `setup`) replaces the user's scheduler: this is the
-        # recipe the user would have run without either callback.
-        total = max(_trainer.total_steps(trainer, "WeightDecayBalancer"), 1)
+        # recipe the user would have run without either callback, over the steps this fit runs (a second `fit` on a
+        # Trainer runs the epochs left: found trying the package as a new user, its recipe was read over the whole
+        # run, twice the steps, and `mode='budget'` chose twice the λ)
+        total = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(
             optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
@@ -312,6 +317,7 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, "WeightDecayBalancer: `fast_dev_run` is on, so weight decay is unchanged.")
             return
         if self._restored and self.weight_decays is not None:
+            self._fit_end = _trainer.resumed_fit_end(trainer)
             self._apply(optimizer, self.weight_decays)
             self._watch_rescues(trainer)
             other = self._restored_mode != self.mode
@@ -356,6 +362,7 @@ class WeightDecayBalancer(_compat.Callback):
         self._warn_adaptive(trainer, optimizer, decayed)
         remaining = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
         self.planned_steps = remaining
+        self._fit_end = int(trainer.global_step) + remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
             _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
@@ -496,7 +503,10 @@ class WeightDecayBalancer(_compat.Callback):
         assert self.weight_decays is not None
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         step = int(trainer.global_step)
-        remaining = max(_trainer.total_steps(trainer, "WeightDecayBalancer") - step, 1)
+        # the steps left of this fit (a second `fit`'s end is not the whole run's at its data's length: found trying
+        # the package as a new user, one on shorter data was rebalanced over 42 steps where 50 were left)
+        end = self._fit_end if math.isfinite(self._fit_end) else _trainer.total_steps(trainer, "WeightDecayBalancer")
+        remaining = max(int(end) - step, 1)
         traces, _ = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
             _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
@@ -732,7 +742,10 @@ class WeightDecayBalancer(_compat.Callback):
     def _apply(self, optimizer: Any, values: Sequence[float]) -> None:
         # groups added later (e.g. by `BackboneFinetuning`, and present on a resume) keep the λ they came with
         for group, value in zip(optimizer.param_groups, values, strict=False):
-            group["weight_decay"] = float(value)
+            # a group with no `weight_decay` (an optimizer of the user's whose defaults lack it) decays at 0 and keeps
+            # no such key: found trying the package as a new user, it was given one
+            if "weight_decay" in group or value != 0.0:
+                group["weight_decay"] = float(value)
 
     def _warn_adaptive(self, trainer: _compat.Trainer, optimizer: Any, decayed: list[int]) -> None:
         adaptive = [
@@ -748,6 +761,16 @@ class WeightDecayBalancer(_compat.Callback):
                 f"WeightDecayBalancer: {type(optimizer).__name__} with `{option}=True` shrinks the weights by "
                 f"{shrink}, no constant times the LR η times λ. The decay budget has no closed form there; "
                 f"{_ADAPTIVE_HANDLING[self.mode]}. For weight decay balanced with the schedule, pass `{option}=False`.",
+            )
+        elif adaptive and not any(key in adaptive[0] for key in ("eps", "betas")):
+            # no key of an adaptive normalization either: an optimizer the balancer cannot read (found trying the
+            # package as a new user: a momentum SGD of the user's own was told it normalized its gradients)
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer: its param groups do not say how {type(optimizer).__name__} applies "
+                "`weight_decay` (no flag of decoupled decay, not SGD's `momentum` with `dampening`, no `eps` or "
+                "`betas` of an adaptive normalization), so the decay budget cannot be computed; "
+                f"{_ADAPTIVE_HANDLING[self.mode]}.",
             )
         elif adaptive:
             # Adam, NAdam and RAdam take the flag; Adagrad, RMSprop, Adamax... raise a TypeError on it

@@ -82,13 +82,16 @@ def test_fashion_mnist_example_runs_on_a_subset(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cifar10_readme_command_runs_as_written(tmp_path, monkeypatch):
-    """`python examples/cifar10_resnet.py --fake-data --epochs 1 --accelerator cpu`, exactly, exits 0."""
+    """The README's `python examples/cifar10_resnet.py --fake-data ... --trial-steps 0`, exactly, exits 0."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, "examples/cifar10_resnet.py", "--fake-data", "--epochs", "1", "--accelerator", "cpu"]
+    command = [
+        sys.executable, "examples/cifar10_resnet.py", "--fake-data", "--epochs", "1", "--accelerator", "cpu",
+        "--trial-steps", "0",
+    ]  # fmt: skip
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CIFAR-10 resnet9: test accuracy" in done.stdout

@@ -367,6 +367,43 @@ def test_plot_draws_the_curve_and_the_pick():
         plt.close(fig)
 
 
+class InterruptedAt(TinyClassifier):
+    """Ctrl-C at its ``calls``-th ``training_step``, as a user interrupting a search that takes too long."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls_left = calls
+
+    def training_step(self, batch, batch_idx):
+        self.calls_left -= 1
+        if self.calls_left == 0:
+            raise KeyboardInterrupt
+        return super().training_step(batch, batch_idx)
+
+
+def test_ctrl_c_in_find_max_lr_raises_keyboard_interrupt_and_leaves_ctrl_c_working(tmp_path):
+    """Lightning's ``fit`` answers Ctrl-C by ignoring further Ctrl-C and exiting the process (``SystemExit``).
+
+    Found trying the package as a new user: ``find_max_lr`` passed that on, so a notebook ignored every later Ctrl-C
+    and a script's ``except KeyboardInterrupt`` never ran. The model comes back as it was.
+    """
+    import signal
+
+    model = InterruptedAt(calls=5)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    handler = signal.getsignal(signal.SIGINT)  # (a shell's background job starts with Ctrl-C ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trainer_kwargs={"default_root_dir": str(tmp_path)})
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert raised.traceback[-1].name == "training_step"  # the user's own interrupt, where it happened
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
 def test_unknown_argument_raises_type_error():
     """A misspelt range-test argument fails before anything runs, naming it and what is accepted."""
     with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['num_step'\].*trainer_kwargs"):

@@ -1118,6 +1118,66 @@ def test_a_rescue_rolls_back_what_the_optimizer_keeps_in_its_param_groups_but_no
         assert peak == pytest.approx(rescue["new_peak"])  # the lowered cycle's, not the snapshot's
 
 
+class LRInAFloat32Tensor(TinyClassifier):
+    """As torch's tutorial writes it, ``torch.tensor(0.01)``: float32, which holds each LR written rounded."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        self.lr_tensor = torch.tensor(optimizer.param_groups[0]["lr"])
+        optimizer.param_groups[0]["lr"] = self.lr_tensor
+        return optimizer
+
+
+def test_an_lr_held_in_a_float32_tensor_is_swept_and_stays_that_tensor(tmp_path):
+    """Found reviewing the package: the range test read the rounded LR back as the module setting its own LR."""
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    _, model, _ = _fit(tmp_path, callback, model=LRInAFloat32Tensor)
+    assert callback.result is not None
+    assert callback.result.trials
+    assert model.trainer.optimizers[0].param_groups[0]["lr"] is model.lr_tensor
+
+
+class LRInATensor(TinyClassifier):
+    """``TinyClassifier``'s SGD with its LR held in a Tensor.
+
+    As torch's tutorial on compiling ``optimizer.step`` holds it: a new float LR recompiles the step, a Tensor filled
+    in place does not.
+    """
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        self.lr_tensor = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)  # as exact as a float
+        optimizer.param_groups[0]["lr"] = self.lr_tensor
+        return optimizer
+
+
+@pytest.mark.parametrize("max_lr", [None, 50.0], ids=["range test", "rescued"])
+def test_an_lr_held_in_a_tensor_stays_that_tensor_and_takes_the_values_a_float_would(tmp_path, max_lr):
+    """Through the range test and its restore, the cycle and the guard's rescues: the same Tensor, the float run's LRs.
+
+    Found trying the package as a new user: a rescue wrote a float in its place (the range test did too, while it ran,
+    and its restore put back another Tensor).
+    """
+
+    class Held(Callback):
+        def __init__(self) -> None:
+            self.lrs: list[tuple[bool, float]] = []  # (the module's Tensor, its value) at each step
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.lrs.append((lr is pl_module.lr_tensor, float(lr)))
+
+    callback, held = SuperConvergence(max_lr=max_lr, num_steps=20, trial_steps=50), Held()
+    _fit(tmp_path, callback, model=LRInATensor, extra=[held])
+    as_float = SuperConvergence(max_lr=max_lr, num_steps=20, trial_steps=50)
+    _, _, floats = _fit(tmp_path / "float", as_float, model=TinyClassifier)
+    assert all(same for same, _ in held.lrs)
+    assert [value for _, value in held.lrs] == floats.lrs
+    assert callback.max_lr == as_float.max_lr
+    assert len(callback.rescues) == len(as_float.rescues)
+    assert (len(callback.rescues) > 0) == (max_lr is not None)
+
+
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
     """A peak far too high for one rescue: the error names the rescues and the peak they left."""
     callback = SuperConvergence(max_lr=1e4, max_rescues=1)

@@ -92,6 +92,34 @@ def test_a_wrapper_s_inner_state_comes_back_and_the_run_is_the_run_given_the_pic
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_zero_redundancy_optimizer_is_range_tested_and_balanced_and_its_run_is_the_run_given_the_pick(tmp_path):
+    """ZeRO holds its process group, which no ``deepcopy`` copies: the copy made to trace a schedule shares it.
+
+    Found trying the package as a new user (DDP on two processes): the range test and the balancer failed at fit
+    start ("cannot pickle 'ProcessGroup' object"). Here in a one-process gloo group, which ZeRO needs and serves.
+    """
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    def zero(params):
+        return ZeroRedundancyOptimizer(
+            params, optimizer_class=torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=5e-4
+        )
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        auto = SuperConvergence(num_steps=20, trial_steps=50, guard=False)
+        tested = _fit(tmp_path, zero, [auto, WeightDecayBalancer(mode="budget")])
+        given = SuperConvergence(max_lr=auto.max_lr, guard=False)
+        again = _fit(tmp_path, zero, [given, WeightDecayBalancer(mode="budget")])
+    finally:
+        dist.destroy_process_group()
+    assert auto.result is not None
+    assert auto.result.trials  # the trials ran on it too
+    for a, b in zip(tested.lightning_module.parameters(), again.lightning_module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 class ReadsGradientsFirst(torch.optim.SGD):
     """Records at each step whether gradients are there before its closure runs (SAM perturbs weights along them)."""
 

@@ -411,6 +411,66 @@ def test_state_dict_round_trips_through_a_deep_copy():
     assert (fresh.max_lr, fresh.total_steps, fresh.result) == (0.2, 10, None)
 
 
+def test_a_state_loaded_into_a_fresh_callback_is_the_state_it_gives_back(tmp_path):
+    """Before training starts (a checkpoint written at a resume's fit start), the guard's state too.
+
+    Found trying the package as a new user: the guard's part came back None.
+    """
+    callback = SuperConvergence(max_lr=0.5)
+    _trainer(tmp_path, [callback]).fit(_seeded())
+    state = callback.state_dict()
+    assert state["guard"], "the premise: the guard kept statistics"
+    fresh = SuperConvergence()
+    fresh.load_state_dict(copy.deepcopy(state))
+    assert fresh.state_dict() == state
+    older = SuperConvergence()  # an older release's guard state is read by the guard it is handed to, and no one else
+    older.load_state_dict({**copy.deepcopy(state), "version": 2})
+    assert older.state_dict()["guard"] is None
+    assert older.state_dict()["version"] == state["version"]
+
+
+def test_a_resume_without_the_guard_writes_no_guard_state_into_its_checkpoints(tmp_path):
+    """Found reviewing the package: the checkpoint's guard statistics were written on, from another step."""
+    first = _trainer(tmp_path / "a", [SuperConvergence(max_lr=0.5)], max_epochs=2)
+    first.fit(_seeded())
+    path = tmp_path / "a.ckpt"
+    first.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["callbacks"]["SuperConvergence"]["guard"], "the premise"
+    resumed = SuperConvergence(max_lr=0.5, guard=False)
+    _trainer(tmp_path / "b", [resumed]).fit(_seeded(), ckpt_path=str(path))
+    assert resumed.state_dict()["guard"] is None
+
+
+def test_callbacks_are_copied_and_pickled_after_a_fit_that_logged_to_tensorboard(tmp_path):
+    """Sweep libraries and ``ddp_spawn`` copy callbacks: a reused one is copied after its first fit.
+
+    Found trying the package as a new user: TensorBoard's writer, held by the schedule's logger, cannot be copied
+    (a thread lock), and a second fit under ``ddp_spawn`` failed. A copy then fits as the original would.
+    """
+    import pickle
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    def fit(callbacks, where):
+        trainer = _trainer(where, callbacks, logger=TensorBoardLogger(where), log_every_n_steps=1)
+        trainer.fit(_seeded())
+        return trainer
+
+    callbacks = [SuperConvergence(max_lr=0.5), WeightDecayBalancer()]
+    alone = [WeightDecayBalancer()]  # it logs the schedule itself when no SuperConvergence does
+    fit(callbacks, tmp_path / "a")
+    fit(alone, tmp_path / "b")
+    for callback in (callbacks[0], alone[0]):  # (the balancer beside SuperConvergence leaves the logging to it)
+        assert callback._logger is not None, "the premise: it holds TensorBoard's writer"
+    copies = [pickle.loads(pickle.dumps(callback)) for callback in callbacks]
+    deep = copy.deepcopy(alone)
+    first = fit(callbacks, tmp_path / "c")
+    again = fit(copies, tmp_path / "d")
+    for a, b in zip(first.lightning_module.parameters(), again.lightning_module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert fit(deep, tmp_path / "e").callbacks
+
+
 @pytest.mark.parametrize("callback", [SuperConvergence, WeightDecayBalancer])
 def test_state_from_a_newer_release_is_read_with_a_warning(callback):
     """A state dict whose `version` is newer than this release's: what it knows is read, the rest ignored, and said."""

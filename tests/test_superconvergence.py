@@ -2140,6 +2140,46 @@ def test_the_trials_move_validation_batches_in_lightning_s_validation_stage(tmp_
     assert all(stage[1:] == (True, False) for stage in model.stages if stage[0] == 32)
 
 
+class HookBroke(Exception):
+    """A bug in the user's own batch transfer hook."""
+
+
+class FailsToMoveValidationBatches(AugmentsInTraining):
+    """Its ``on_before_batch_transfer`` raises on validation batches (as it would in Lightning's own validation)."""
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer.validating:
+            raise HookBroke("a bug in the hook")
+        return super().on_before_batch_transfer(batch, dataloader_idx)
+
+
+class FailsToMoveValidationBatchesItNeverValidates(FailsToMoveValidationBatches):
+    """The same hook in a module without ``validation_step``: Lightning never moves its validation batches."""
+
+    validation_step = None
+
+
+def test_a_transfer_hook_that_fails_on_validation_batches_is_said_as_it_failed_and_everything_comes_back(tmp_path):
+    """The user's error propagates from the trials' scoring with the range test's note, and the model is restored.
+
+    Found trying the package as a new user: the hook's error was blamed on ``training_step`` ("failed on validation
+    batch 0 in eval mode") and the trials scored training batches instead, which moved the pick. A module that never
+    validates has its validation batches moved by the trials alone: for it the trials score other batches, as before,
+    and the warning names the hooks.
+    """
+    model = FailsToMoveValidationBatches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = L.Trainer(callbacks=[SuperConvergence(trial_steps=50)], **trainer_kwargs(tmp_path, max_steps=4))
+    with pytest.raises(HookBroke, match="a bug in the hook") as raised:
+        trainer.fit(model)
+    assert any("range test's trials" in note for note in getattr(raised.value, "__notes__", []))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    trainer = L.Trainer(callbacks=[SuperConvergence(trial_steps=50)], **trainer_kwargs(tmp_path / "b", max_steps=4))
+    with pytest.warns(RuntimeWarning, match=r"the batch transfer hooks failed on validation batch 0 \(HookBroke"):
+        trainer.fit(FailsToMoveValidationBatchesItNeverValidates())
+
+
 def test_timm_s_layer_decay_keeps_each_layer_s_share_of_the_lr_in_the_range_test_and_the_cycle(tmp_path):
     """Found trying the package as a new user: every layer of a layer-decayed timm ViT ran at the head's LR.
 

@@ -727,6 +727,48 @@ def test_the_adaptive_warning_suggests_the_decoupled_flag_only_to_optimizers_tha
     assert balancer.weight_decays[0] < 1e-4  # the cycle's larger LRs spend the budget sooner: λ shrinks, as for SGD
 
 
+class OwnMomentumSGD(torch.optim.Optimizer):
+    """A user's own momentum SGD: no `weight_decay` in its defaults, no `dampening`, no `eps` to read it by."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9) -> None:  # noqa: D107
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    step = param.grad.add(param, alpha=group.get("weight_decay", 0.0))
+                    buffer = self.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+                    param.add_(buffer.mul_(group["momentum"]).add_(step), alpha=-group["lr"])
+        return loss
+
+
+def test_an_optimizer_it_cannot_read_is_told_so_and_its_group_without_weight_decay_keeps_none(tmp_path):
+    """The warning says what it cannot read, and λ is kept; a group with no `weight_decay` is given none.
+
+    Found trying the package as a new user: such an optimizer was told it normalized its gradients, and its group
+    with no `weight_decay` was given one.
+    """
+
+    def build(params):
+        params = list(params)
+        return OwnMomentumSGD([{"params": params[:2], "weight_decay": 1e-4}, {"params": params[2:]}])
+
+    balancer = WeightDecayBalancer()
+    with pytest.warns(RuntimeWarning, match=r"do not say how OwnMomentumSGD applies `weight_decay`") as said:
+        trainer = _fit(tmp_path, WithOptimizer(build), [SuperConvergence(max_lr=0.1), balancer])
+    assert not [w for w in said if "before its adaptive normalization" in str(w.message)]
+    groups = trainer.optimizers[0].param_groups
+    assert groups[0]["weight_decay"] == 1e-4
+    assert "weight_decay" not in groups[1]
+    assert balancer.weight_decays == [1e-4, 0.0]
+
+
 def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
     """Adam's coupled decay has no budget to bound: the default keeps it, and its warning says so (not 'budget')."""
     balancer = WeightDecayBalancer()
@@ -926,6 +968,25 @@ def test_a_second_fit_with_no_step_left_clears_what_the_first_chose(tmp_path):
     assert balancer.reason == ""
 
 
+def test_a_second_fit_reads_the_user_s_recipe_over_the_steps_it_runs(tmp_path):
+    """A second ``fit`` runs the epochs left: its reference is the user's recipe over those, as a new Trainer's is.
+
+    Found trying the package as a new user: it was read over the whole run, twice the steps, and ``mode='budget'``
+    chose twice the λ that a new Trainer running the same steps chose.
+    """
+    again = WeightDecayBalancer(mode="budget")
+    trainer = L.Trainer(**trainer_kwargs(tmp_path / "a", max_epochs=2, callbacks=[SuperConvergence(max_lr=0.5), again]))
+    trainer.fit(TinyClassifier())
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(TinyClassifier())
+    fresh = WeightDecayBalancer(mode="budget")
+    _fit(tmp_path / "b", TinyClassifier(), [SuperConvergence(max_lr=0.5), fresh], epochs=2)
+    assert again.planned_steps == fresh.planned_steps == 16
+    assert again.reference_budgets == pytest.approx(fresh.reference_budgets, rel=1e-12)
+    assert again.weight_decays == pytest.approx(fresh.weight_decays, rel=1e-12)
+    assert 5e-6 < fresh.weight_decays[0] < 5e-4  # the premise: matched, not held at a bound
+
+
 # ---------------------------------------------------------------------------------------------------- rescues
 
 # 16 steps per epoch (512 samples, batch 32); at a peak of 50 the tiny classifier diverges in the warm-up
@@ -981,6 +1042,33 @@ def test_after_a_rescue_budget_mode_matches_the_reference_budget_s_share_of_the_
     terms = [decay_gain("coupled", s[0][1]) * s[0][0] for s in rest]
     reference = 5e-4 * decay_gain("coupled", 0.9) * 0.01 * len(recorder.steps)  # the user's constant recipe
     expected = min(reference * len(rest) / len(recorder.steps) / sum(terms), 5e-4, 0.1 / max(terms))
+    assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
+
+
+def test_a_rescue_in_a_second_fit_rebalances_over_the_steps_left_of_that_fit(tmp_path):
+    """The rest of that fit, from where it stands: not the whole run at its data's length less the steps taken.
+
+    Found trying the package as a new user: a second ``fit`` on shorter data was rebalanced over 42 steps where 50
+    were left.
+    """
+    balancer, recorder = WeightDecayBalancer(mode="budget", rebalance_on_rescue=True), Recorder()
+    sc = SuperConvergence(max_lr=50.0)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[sc, balancer, recorder]))
+    trainer.fit(TinyClassifier(n=512))
+    first = len(recorder.steps)
+    trainer.fit_loop.max_epochs = 6
+    trainer.fit(TinyClassifier(n=256))  # 5 epochs of 8 steps; the whole run at this length, 48
+    steps = recorder.steps[first:]
+    assert first == RESCUE_STEPS_PER_EPOCH
+    assert len(steps) == 40
+    assert balancer.rebalances, "the premise: the second fit is rescued"
+    assert balancer.rebalances[0]["step"] > first
+    last = balancer.rebalances[-1]
+    rest = recorder.steps[last["step"] :]
+    terms = [decay_gain("coupled", s[0][1]) * s[0][0] for s in rest]
+    reference = 5e-4 * decay_gain("coupled", 0.9) * 0.01 * len(steps)  # the user's constant recipe, this fit
+    expected = min(reference * len(rest) / len(steps) / sum(terms), 5e-4, 0.1 / max(terms))
     assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
 
 
