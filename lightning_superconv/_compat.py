@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from lightning.pytorch.callbacks import Callback as _LightningCallback
 from torch.utils.data import DistributedSampler
 
+from lightning_superconv import _lightning_log
+
 if TYPE_CHECKING:
     import lightning.pytorch
     import pytorch_lightning
@@ -41,10 +43,13 @@ else:
 
 
 def _callback_bases() -> tuple[type, ...]:
+    kept = _lightning_log.state()  # `lightning.pytorch`'s, or the user's: the other distribution's import resets it
     try:
         from pytorch_lightning.callbacks import Callback as _StandaloneCallback
     except Exception:  # not installed, or an install too old or broken to import: nothing to match
         return (_LightningCallback,)
+    finally:
+        _lightning_log.put(kept)
     if _StandaloneCallback is _LightningCallback:
         return (_LightningCallback,)
     return (_LightningCallback, _StandaloneCallback)
@@ -58,6 +63,10 @@ else:
         _callback_bases(),
         {"__module__": __name__, "__doc__": "The ``Callback`` base of every Lightning distribution installed."},
     )
+
+
+#: The Lightning distributions, either of which may be installed beside the other.
+_DISTRIBUTIONS = ("lightning.pytorch", "pytorch_lightning")
 
 
 def namespace(obj: Any) -> str:
@@ -111,9 +120,15 @@ def strategy_classes(obj: Any, *names: str) -> tuple[type, ...]:
 
 
 def callback_classes(obj: Any, *names: str) -> tuple[type, ...]:
-    """The callback classes ``names`` (e.g. ``"LearningRateFinder"``) that the distribution of ``obj`` has."""
-    callbacks = module(obj, "callbacks")
-    return tuple(cls for name in names if (cls := getattr(callbacks, name, None)) is not None)
+    """The callback classes ``names`` (e.g. ``"LearningRateFinder"``) of the distribution of ``obj`` and any other.
+
+    A code base may mix the two: Lightning runs a ``LearningRateFinder`` of ``lightning.pytorch`` beside a Trainer of
+    ``pytorch_lightning`` (found trying the package as a new user: it was neither refused nor seen, and its restore was
+    read as a resume). Each class once.
+    """
+    homes = [module(obj, "callbacks"), *(_try_import(f"{other}.callbacks") for other in _DISTRIBUTIONS)]
+    found = [getattr(home, name, None) for home in homes if home is not None for name in names]
+    return tuple({id(cls): cls for cls in found if cls is not None}.values())
 
 
 def callback_of(trainer: Trainer, name: str) -> Any:
@@ -397,8 +412,8 @@ def tensorboard_event_writer(logger: Any) -> Any:
     without a metric prefix; anything else is None and gets ``log_metrics``.
     """
     classes = tuple(
-        cls for name in ("lightning.pytorch.loggers", "pytorch_lightning.loggers")
-        if (cls := getattr(_try_import(name), "TensorBoardLogger", None)) is not None
+        cls for name in _DISTRIBUTIONS
+        if (cls := getattr(_try_import(f"{name}.loggers"), "TensorBoardLogger", None)) is not None
     )  # fmt: skip
     if not classes or not isinstance(logger, classes) or getattr(logger, "_prefix", None):
         return None

@@ -147,7 +147,7 @@ def find_max_lr(
     given = kwargs.get("callbacks") or []
     # `Trainer(callbacks=...)` takes one callback or a list of them
     given = list(given) if isinstance(given, (list, tuple)) else [given]
-    _refuse_what_would_run_a_second_test(given, kwargs.get("fast_dev_run", False))
+    _refuse_what_would_run_a_second_test(model, given, kwargs.get("fast_dev_run", False))
     kwargs["callbacks"] = [*given, probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)
@@ -212,21 +212,23 @@ def _ignored_by_lightning(before: Any) -> bool:
     return ignored and before is not None and before != signal.SIG_IGN
 
 
-def _refuse_what_would_run_a_second_test(callbacks: list[Any], fast_dev_run: Any) -> None:
-    """Refuse this package's callbacks and ``fast_dev_run`` among the ``trainer_kwargs``.
+def _refuse_what_would_run_a_second_test(model: Any, callbacks: list[Any], fast_dev_run: Any) -> None:
+    """Refuse this package's callbacks, Lightning's LR finder and ``fast_dev_run`` among the ``trainer_kwargs``.
 
     The callbacks would run a range test or a grid of their own before the one asked for, and change the optimizer it
-    starts from; ``fast_dev_run`` runs a batch or a few.
+    starts from (Lightning's finder also sets the model's ``lr``: found trying the package as a new user, it ran and
+    moved the pick); ``fast_dev_run`` runs a batch or a few.
     """
     from lightning_superconv.superconvergence import SuperConvergence
     from lightning_superconv.weight_decay_balancer import WeightDecayBalancer
 
-    ours = [type(cb).__name__ for cb in callbacks if isinstance(cb, (SuperConvergence, WeightDecayBalancer))]
+    kinds = (SuperConvergence, WeightDecayBalancer, *_compat.callback_classes(model, "LearningRateFinder"))
+    ours = [type(cb).__name__ for cb in callbacks if isinstance(cb, kinds)]
     if ours:
         raise ValueError(
             f"`find_max_lr` runs the range test itself: remove {', '.join(ours)} from `trainer_kwargs['callbacks']` "
             "(it would run its own range test or grid first and change the optimizer the test starts from). Give it "
-            "to the Trainer that trains, e.g. `SuperConvergence(max_lr=result.max_lr)`."
+            "to the Trainer that trains, e.g. `SuperConvergence(max_lr=result.max_lr)`, or run it on its own."
         )
     if fast_dev_run not in (False, 0, None):
         raise ValueError(

@@ -82,6 +82,22 @@ def test_learning_rate_finder_in_the_same_trainer_is_refused(tmp_path):
         _fit(tmp_path, _seeded(), [LearningRateFinder(), SuperConvergence(max_lr=0.3)])
 
 
+def test_learning_rate_finder_of_the_other_distribution_is_refused_too(tmp_path):
+    """A code base may mix the two distributions, and Lightning runs such a finder beside its Trainer.
+
+    Found trying the package as a new user: a ``lightning.pytorch`` finder beside a ``pytorch_lightning`` Trainer was
+    neither refused nor seen, and its restore of the model was read as a resume.
+    """
+    import pytorch_lightning as pl
+    from helpers import StandaloneTinyClassifier
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException as StandaloneMisconfiguration
+
+    trainer = pl.Trainer(callbacks=[LearningRateFinder(), SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))
+    with pytest.raises(StandaloneMisconfiguration, match=r"`LearningRateFinder`.*same Trainer"):
+        trainer.fit(StandaloneTinyClassifier())
+    assert trainer.global_step == 0
+
+
 def test_tuner_lr_find_on_a_trainer_with_superconvergence_is_refused(tmp_path):
     """`Tuner.lr_find` adds Lightning's finder to the same Trainer: the same clear error."""
     trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))

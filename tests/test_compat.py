@@ -443,3 +443,33 @@ def test_reshard_puts_fsdp2_modules_at_rest_after_a_forward_without_backward(tmp
         net(torch.randn(3, 4)).sum().backward()  # and trains on
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("imported_first", "logger"),
+    [
+        ("import pytorch_lightning", "pytorch_lightning.utilities.rank_zero"),
+        ("import lightning.pytorch", "lightning.pytorch.utilities.rank_zero"),
+        ("pass", "lightning.pytorch.utilities.rank_zero"),
+    ],
+    ids=["pytorch_lightning user", "lightning user", "imported first"],
+)
+def test_importing_the_package_leaves_lightning_s_lines_on_the_user_s_distribution_s_logger(imported_first, logger):
+    """Both distributions set one logger shared in `lightning_utilities` at import; the package imports both.
+
+    Found trying the package as a new user: a `pytorch_lightning` user's `logging.getLogger("pytorch_lightning")
+    .setLevel(logging.ERROR)` no longer silenced Lightning's lines (nor ours) after `import lightning_superconv`, which
+    had moved them to `lightning.pytorch`'s logger (and a `lightning` user's to the other's). In a new process: the
+    imports are the test.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        f"{imported_first}\nimport lightning_superconv\nimport lightning_utilities.core.rank_zero as shared\n"
+        "print(shared.log.name, shared.rank_zero_deprecation_category.__module__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    name, category = done.stdout.split()
+    assert name == logger
+    assert category.startswith("lightning_fabric" if logger.startswith("pytorch_lightning") else "lightning.fabric")

@@ -6,7 +6,9 @@ import math
 import warnings
 
 import lightning as L
+import lightning.pytorch.callbacks
 import pytest
+import pytorch_lightning.callbacks
 import torch
 from helpers import BackboneClassifier, Tally, TinyClassifier, make_dataset
 from lightning.pytorch.callbacks import Callback
@@ -424,6 +426,10 @@ def test_trainer_kwargs_that_are_no_mapping_are_refused_naming_the_argument(give
         ({"callbacks": WeightDecayBalancer()}, r"remove WeightDecayBalancer from"),
         ({"fast_dev_run": True}, r"`fast_dev_run=True`.*Remove it"),
         ({"fast_dev_run": 3}, r"`fast_dev_run=3`"),
+        # Lightning's finder of either distribution (found trying the package as a new user: it ran, set the model's
+        # `lr` and moved the pick)
+        ({"callbacks": [lightning.pytorch.callbacks.LearningRateFinder()]}, r"remove LearningRateFinder from"),
+        ({"callbacks": [pytorch_lightning.callbacks.LearningRateFinder()]}, r"remove LearningRateFinder from"),
     ],
 )
 def test_our_callbacks_and_fast_dev_run_in_trainer_kwargs_are_refused_before_anything_runs(given, said):
