@@ -321,9 +321,8 @@ def held_out_loss(
             them too (training batches; validation batches of a module that validates), unchanged: the user's code
             failed, not the scoring (found trying the package as a new user: such an error was blamed on
             ``training_step`` and the trials scored other batches).
-        RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks). A failure
-            in the transfer hooks on one rank only, before DDP's first forward without gradients, may leave the others
-            waiting in that forward's buffer broadcast instead.
+        RuntimeError: such batches on some ranks only (DDP's state is then out of step between the ranks), or a
+            failure of the transfer hooks on another rank.
     """
     strategy = trainer.strategy
     # each submodule's own flag comes back: `train(True)` would also switch on a submodule the user keeps in eval mode
@@ -346,16 +345,18 @@ def held_out_loss(
             except Exception as err:
                 failure = f"the batch transfer hooks failed on {kind} batch {batch_idx} ({type(err).__name__}: {err})"
                 raised = err if lightning_moves_them else None
+            # every rank goes on to the forward, or none: DDP's forward broadcasts the buffers, which a rank that could
+            # not move its batch would never join (found trying the package as a new user: two ranks hung)
+            if strategy.reduce_boolean_decision(failure is not None, all=False):
+                break
+            try:
+                loss = moved_batch_loss(trainer, pl_module, moved, batch_idx, with_batch_idx)
+            except Exception as err:
+                failure = (
+                    f"`training_step` failed on {kind} batch {batch_idx} in eval mode without gradients "
+                    f"({type(err).__name__}: {err})"
+                )
                 loss = None
-            else:
-                try:
-                    loss = moved_batch_loss(trainer, pl_module, moved, batch_idx, with_batch_idx)
-                except Exception as err:
-                    failure = (
-                        f"`training_step` failed on {kind} batch {batch_idx} in eval mode without gradients "
-                        f"({type(err).__name__}: {err})"
-                    )
-                    loss = None
             if loss is not None:
                 total += loss.detach().double()
                 count += 1

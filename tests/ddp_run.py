@@ -15,7 +15,8 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    by the LR of that blow-up.
 5. Validation batches that ``training_step`` cannot take (dicts) on both ranks: both pass them over together for
    training batches in the trials. 6. On rank 1 only: a clear error on both ranks (a forward that raised inside DDP on
-   one rank only leaves DDP's per-rank state out of step), where a rank left alone would wait forever.
+   one rank only leaves DDP's per-rank state out of step), where a rank left alone would wait forever. 6b. A batch
+   transfer hook that fails on rank 1's validation batches alone: its error there, a clear one on rank 0, no hang.
 7. ``WeightDecayBalancer(mode="grid")`` on a model without dropout: its repeat of the user's λ must see another order
    of the ``DistributedSampler``'s batches (which a generator does not set), or it measures no noise.
 8. A sampler of the user's own with its own generator, which Lightning wraps for DDP: the range test puts the
@@ -170,6 +171,31 @@ def main(out: str) -> None:  # noqa: D103
         report["one_rank_dicts_error"] = None
     except Exception as err:  # the expected outcome: a clear error on every rank, no rank left waiting
         report["one_rank_dicts_error"] = f"{type(err).__name__}: {err}"
+
+    # 6b. a transfer hook that fails on rank 1's validation batches alone, in a module with BatchNorm (buffers that
+    # DDP's forward broadcasts): the user's error on rank 1, a clear one on rank 0, none left waiting
+    class HookBroke(Exception):
+        pass
+
+    class BreaksOnRankOne(TinyClassifier):
+        def __init__(self) -> None:
+            super().__init__(batch_size=16, n=256)
+
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            if self.trainer.global_rank == 1 and self.trainer.validating:
+                raise HookBroke("rank 1's hook")
+            return batch
+
+        def val_dataloader(self):
+            return DataLoader(make_dataset(64, seed=1), batch_size=16)
+
+    L.seed_everything(0, verbose=False)
+    try:
+        trials = SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10, trial_steps=50)
+        L.Trainer(callbacks=[trials], max_steps=2, **common).fit(BreaksOnRankOne())
+        report["one_rank_hook_error"] = None
+    except Exception as err:  # the expected outcome
+        report["one_rank_hook_error"] = f"{type(err).__name__}: {err}"
 
     # 7. the balancer's grid: the repeat of the user's λ on another data order (Lightning's DistributedSampler)
     L.seed_everything(0, verbose=False)

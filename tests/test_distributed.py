@@ -126,6 +126,19 @@ def test_validation_batches_only_one_rank_cannot_take_stop_every_rank_with_a_cle
     assert "`trial_steps=0`" in errors[0]
 
 
+def test_a_transfer_hook_failing_on_one_rank_s_validation_batches_stops_both_ranks_clearly(ranks):
+    """Rank 1 raises its hook's error, rank 0 says another rank's hooks failed.
+
+    Found trying the package as a new user: with buffers (BatchNorm) to broadcast, rank 0 went on into DDP's forward
+    while rank 1 waited in a reduction, and both hung.
+    """
+    errors = [r["one_rank_hook_error"] for r in ranks]
+    assert errors[1] is not None
+    assert errors[1].startswith("HookBroke: rank 1's hook")
+    assert errors[0] is not None
+    assert "batch transfer hooks failed on another rank" in errors[0]
+
+
 def test_the_grid_s_repeat_of_the_user_s_lambda_sees_another_data_order(ranks):
     """The grid's noise between two data orders is not zero under DDP, and the sampler's seed comes back for the run.
 
