@@ -421,10 +421,13 @@ class DivergenceGuard:
         )  # fmt: skip
         return True
 
-    def roll_back(self) -> int:
-        """Restore the snapshot and the statistics of its time; return the step it was taken at."""
+    def roll_back(self, keep_in_groups: frozenset[str] = frozenset()) -> int:
+        """Restore the snapshot and the statistics of its time; return the step it was taken at.
+
+        ``keep_in_groups``: the param-group entries that keep their values (:data:`SET_BY_THE_CYCLE`).
+        """
         assert self.snapshot is not None
-        self.snapshot.restore()
+        self.snapshot.restore(keep_in_groups)
         assert self._snapshot_stats is not None
         self.average, self.count, self.best, self.start, self.highest, self.first, recent, early = self._snapshot_stats
         self._early = list(early)
@@ -652,18 +655,14 @@ class GuardedCycle:
         # weight decay; the weights, buffers and optimizer state go back, with what else the groups hold (found trying
         # the package as a new user: pytorch_optimizer's optimizers count their steps in `group["step"]`, and
         # D-Adaptation keeps its step size `d` there, which the rollback left as the blow-up had made them)
-        now = [{k: _held(v) for k, v in g.items() if k in SET_BY_THE_CYCLE} for g in groups]
         assert self.guard.snapshot is not None
         lr_then = float(self.guard.snapshot.param_groups[0]["lr"])
-        lr_seen = float(now[0]["lr"])
+        lr_seen = float(groups[0]["lr"])
         # the loss diverged where it first blew up since the snapshot, if it did; else it is seen now (a slow rise).
         # Ranks see different batches: all take the lowest LR any rank saw a blow-up at, so their cycles stay alike
         blow_up_lr = _lowest_on_any_rank(trainer, self.guard.blow_up_lr)
         diverged_at = blow_up_lr if math.isfinite(blow_up_lr) and blow_up_lr > 0 else lr_seen
-        restored = self.guard.roll_back()
-        for group, values in zip(groups, now, strict=True):
-            for key, value in values.items():
-                _put(group, key, value)
+        restored = self.guard.roll_back(SET_BY_THE_CYCLE)
         old_peak = float(groups[0].get("max_lr", groups[0]["lr"]))
         before_peak = self.scheduler.last_epoch < _warmup_end(self.scheduler)
         # after the peak the highest LR ahead is the cycle's own LR now: above the LR seen while an earlier rescue's
@@ -681,21 +680,6 @@ class GuardedCycle:
         self._lr = float(groups[0]["lr"])
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
         return Rescue(step, restored, old_peak, old_peak * factor, reason)
-
-
-def _held(value: Any) -> Any:
-    """A param-group value as it is now: a Tensor's copy (the rollback writes the snapshot's value into the Tensor)."""
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
-
-
-def _put(group: dict[str, Any], key: str, value: Any) -> None:
-    """Give a param group back a value :func:`_held` kept: into the Tensor it holds there, where it holds one."""
-    live = group.get(key)
-    if isinstance(value, torch.Tensor) and isinstance(live, torch.Tensor) and live.shape == value.shape:
-        with torch.no_grad():
-            live.copy_(value)
-    else:
-        group[key] = value
 
 
 def lowering(diverged_at: float, highest_ahead: float) -> float:

@@ -232,8 +232,11 @@ class Snapshot:
     #: new shape is kept (:func:`put_back`'s ``removed_too``)
     exact: bool = True
 
-    def restore(self) -> None:
-        """Write everything back, bit for bit; the snapshot stays valid for further restores."""
+    def restore(self, keep_in_groups: frozenset[str] = frozenset()) -> None:
+        """Write everything back, bit for bit; the snapshot stays valid for further restores.
+
+        ``keep_in_groups``: the optimizer's param-group entries that keep their values (a rollback keeps the cycle's).
+        """
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
         _compat.reshard(self.sharded)
@@ -266,7 +269,7 @@ class Snapshot:
         for owner, kept in self.loose_tensors:
             self._restore_loose(owner, kept)
         if not self.module_only:
-            self._restore_optimizer(replaced)
+            self._restore_optimizer(replaced, keep_in_groups)
         for generator, generator_state in self.generator_states:
             set_rng_state(generator, generator_state)
         # last, and each on its own: a `set_extra_state` that raises (the module's own code) leaves everything else
@@ -287,7 +290,7 @@ class Snapshot:
         if failure is not None:
             raise failure
 
-    def _restore_optimizer(self, replaced: dict[int, torch.nn.Parameter]) -> None:
+    def _restore_optimizer(self, replaced: dict[int, torch.nn.Parameter], keep_in_groups: frozenset[str]) -> None:
         """The optimizer's param groups and state, and the gradient scaler's state."""
         optimizer = self.optimizer
         if self.exact and self.group_params:
@@ -304,7 +307,7 @@ class Snapshot:
             target = replaced.get(id(owner_param), owner_param)
             if id(target) in trained:
                 optimizer.state[target] = copy.deepcopy(kept)
-        _refill_groups(optimizer.param_groups, self.param_groups)
+        _refill_groups(optimizer.param_groups, self.param_groups, keep_in_groups)
         for opt, scalars in self.optimizer_scalars:
             vars(opt).update(scalars)
         # found trying the package as a new user: Lookahead's inner SGD kept the range test's momentum buffers
@@ -444,15 +447,19 @@ def capture(
     return snapshot
 
 
-def _refill_groups(groups: list[dict[str, Any]], saved: Sequence[dict[str, Any]]) -> None:
+def _refill_groups(
+    groups: list[dict[str, Any]], saved: Sequence[dict[str, Any]], keep: frozenset[str] = frozenset()
+) -> None:
     """Give each param group the values it had (:func:`_group_values`), in place: a scheduler holds the groups.
 
-    A value held in a Tensor (an LR kept in one for a compiled ``optimizer.step``) is written into that same Tensor
-    where it is still there, as torch's schedulers write it: the compiled step, and the user, go on holding it.
+    The entries named in ``keep`` keep the values they hold now. A value held in a Tensor (an LR kept in one for a
+    compiled ``optimizer.step``) is written into that same Tensor where it is still there, as torch's schedulers write
+    it: the compiled step, and the user, go on holding it.
     """
     for group, saved_group in zip(groups, saved, strict=False):
         params = group["params"]
-        tensors = {key: value for key, value in group.items() if isinstance(value, Tensor)}
+        kept = {key: value for key, value in group.items() if key in keep}
+        tensors = {key: value for key, value in group.items() if isinstance(value, Tensor) and key not in keep}
         group.clear()
         group.update(copy.deepcopy(saved_group))
         group["params"] = params
@@ -462,6 +469,7 @@ def _refill_groups(groups: list[dict[str, Any]], saved: Sequence[dict[str, Any]]
                 with torch.no_grad():
                     live.copy_(value)
                 group[key] = live
+        group.update(kept)
 
 
 def _copy_state(value: Any) -> Any:

@@ -997,3 +997,24 @@ def test_sandbox_hides_the_steps_from_other_callbacks(tmp_path):
     trainer.fit(TinyClassifier())
     assert seen == [[]]
     assert trainer.callbacks[:2] == [probe, other]
+
+
+def test_a_restore_keeps_the_param_group_entries_it_is_told_to_keep_and_puts_back_the_rest():
+    """The guard's rollback keeps the cycle's entries (its lowered LR, a Tensor LR the same object) as they are now."""
+    net = nn.Linear(3, 2)
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    optimizer.param_groups[0]["step"] = 0  # an entry the optimizer counts in, as pytorch_optimizer's do
+    snapshot = capture(net, optimizer, everything=False)
+    group = optimizer.param_groups[0]
+    lr.fill_(0.025)
+    group.update(momentum=0.85, step=7)
+    snapshot.restore(frozenset({"lr", "momentum"}))
+    assert group["lr"] is lr
+    assert float(lr) == 0.025
+    assert group["momentum"] == 0.85
+    assert group["step"] == 0  # not kept: back
+    snapshot.restore()
+    assert group["lr"] is lr  # the same Tensor, given the snapshot's value
+    assert float(lr) == 0.1
+    assert group["momentum"] == 0.9
