@@ -355,8 +355,14 @@ def resumes_after_a_train_batch_end(trainer: Trainer) -> bool:
 
 
 def batches_reached_this_epoch(trainer: Trainer) -> int:
-    """The batches of its epoch a fit resumed mid-epoch counts as reached (a count the epoch's length may not reach)."""
-    return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    """The batches of its epoch a fit resumed mid-epoch has done, read before Lightning resets its counts on restart.
+
+    Lightning goes on after the batches the checkpoint counts as completed (and the one whose ``on_train_batch_end``
+    wrote it): a batch an error stopped inside, written by ``OnExceptionCheckpoint``, counts as reached but not
+    completed, and runs again. (A count the epoch's length may not reach.)
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return int(progress.completed) + int(resumes_after_a_train_batch_end(trainer))
 
 
 def sampler_wrapped_for_ddp(sampler: Any) -> Any:
@@ -390,7 +396,16 @@ def val_dataloaders(trainer: Trainer) -> list[Any] | None:
     combined = module(trainer, "utilities").CombinedLoader
     if not isinstance(loaders, combined):
         loaders = combined(loaders, "sequential")
-    return list(loaders.flattened)
+    flattened = list(loaders.flattened)
+    for loader in flattened:  # Lightning checks them when it first validates, after the range test has read them
+        # iterable, asked without `iter()`, which would start a DataLoader's worker processes
+        if not (hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")):
+            raise TypeError(
+                "An invalid validation dataloader was given (`val_dataloaders=` of `fit` or `find_max_lr`, the "
+                "`val_dataloader` hook or the datamodule's): a DataLoader or another iterable of batches (or a list "
+                f"or dict of them) is accepted, got {loader!r} ({type(loader).__name__})"
+            )
+    return flattened
 
 
 def weight_averages(trainer: Trainer) -> list[Any]:

@@ -39,7 +39,10 @@ def check_number(
         # a tensor or a NumPy array (a 0-d one too): `.item()` gives the number
         hint = " (an array or a tensor: pass `.item()`)" if hasattr(value, "item") and hasattr(value, "ndim") else ""
         raise TypeError(f"`{name}` must be a number{hint}, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float: out of any interval this package asks for
+        number = math.inf
     above = number >= low if low_inclusive else number > low
     below = high is None or (number <= high if high_inclusive else number < high)
     if not (math.isfinite(number) and above and below):
@@ -95,11 +98,27 @@ def check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
     return value[0], value[1]
 
 
-def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` as a plain ``str`` if it is one of ``choices``, else a ``ValueError`` naming ``name``.
+
+    NumPy's strings (``np.str_``) and string enums count and come back as the plain ``str`` they equal: a callback
+    keeps the value in its checkpoint, which must load with ``torch.load(weights_only=True)`` (found trying the
+    package as a new user: an ``np.str_`` was kept and the checkpoint did not load). Anything else, a 0-d array of a
+    string included, is refused.
+
+    Example::
+
+        >>> check_choice("mode", "linear", ("exponential", "linear"))
+        'linear'
+        >>> check_choice("mode", "log", ("exponential", "linear"))
+        Traceback (most recent call last):
+        ...
+        ValueError: `mode` must be 'exponential' or 'linear', got 'log'
+    """
+    if not isinstance(value, str) or value not in choices:
         accepted = " or ".join(repr(c) for c in choices) if len(choices) <= 2 else ", ".join(repr(c) for c in choices)
         raise ValueError(f"`{name}` must be {'one of ' if len(choices) > 2 else ''}{accepted}, got {value!r}")
+    return choices[choices.index(value)]  # the choice itself: `str()` of a `(str, Enum)` member is its name
 
 
 def check_bool(name: str, value: Any, allow_none: bool = False) -> Any:

@@ -42,6 +42,22 @@ _DEFAULT_TRAINER = {
 }
 
 
+def _switched_on_by(model: Any, given: list[Any], trainer_kwargs: Mapping[str, Any]) -> dict[str, bool]:
+    """The defaults a callback given in ``trainer_kwargs`` asks to be on: its progress bar, its checkpointing.
+
+    Lightning refuses a ``RichProgressBar`` beside ``enable_progress_bar=False`` and a ``ModelCheckpoint`` beside
+    ``enable_checkpointing=False`` (found trying the package as a new user: the error blamed a setting they had not
+    made, our default). A setting given explicitly stays the user's, and Lightning's error then names it.
+    """
+    switches = {"enable_progress_bar": "ProgressBar", "enable_checkpointing": "Checkpoint"}
+    found = {}
+    for switch, name in switches.items():
+        classes = _compat.callback_classes(model, name)
+        if switch not in trainer_kwargs and any(classes and isinstance(cb, classes) for cb in given):
+            found[switch] = True
+    return found
+
+
 class _RangeTestProbe(_compat.Callback):
     """At fit start: run the range test, then stop the fit before its first step."""
 
@@ -89,9 +105,10 @@ def find_max_lr(
         val_dataloaders: the validation data the trials score each candidate peak on, as for ``Trainer.fit``; or the
             model's own ``val_dataloader``; with none, the training batches after those the trials train on.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
-            ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing and the sanity check are off
-            unless given here (a logger given gets the range test's curve, as the callback logs it); ``min_epochs``
-            and ``min_steps`` are ignored (no training step is taken).
+            ``accumulate_grad_batches``, ``gradient_clip_val``...). Logging, checkpointing, the progress bar and the
+            sanity check are off unless given here (a logger given gets the range test's curve, as the callback logs
+            it; a progress bar or checkpoint callback given switches its own on); ``min_epochs`` and ``min_steps`` are
+            ignored (no training step is taken).
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
             ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``. By default
             (``trial_steps=None``) the trials last a third of the run ``trainer_kwargs`` describes, from 100 to 300
@@ -148,6 +165,7 @@ def find_max_lr(
     # `Trainer(callbacks=...)` takes one callback or a list of them
     given = list(given) if isinstance(given, (list, tuple)) else [given]
     _refuse_what_would_run_a_second_test(model, given, kwargs.get("fast_dev_run", False))
+    kwargs.update(_switched_on_by(model, given, trainer_kwargs or {}))
     kwargs["callbacks"] = [*given, probe]
     # a Trainer of the model's own distribution: `lightning.pytorch` or the standalone `pytorch_lightning`
     trainer = importlib.import_module(_compat.namespace(model)).Trainer(**kwargs)

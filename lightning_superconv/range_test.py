@@ -108,7 +108,7 @@ class RangeTestConfig:
             MIN_STEPS,
             why="fewer range-test steps cannot show the loss fall, level off and rise",
         )
-        check_choice("mode", self.mode, ("exponential", "linear"))
+        object.__setattr__(self, "mode", check_choice("mode", self.mode, ("exponential", "linear")))
         check_number("divergence_threshold", self.divergence_threshold, low=1.0)
         check_number("smoothing", self.smoothing, low=0.0, high=1.0, low_inclusive=True)
         check_integer(
@@ -206,6 +206,7 @@ def run_range_test(
         written[:] = [float(optimizer.param_groups[0]["lr"])]
 
     def check(step: int, loss: float) -> str | None:
+        _refuse_a_group_added(trainer, len(optimizer.param_groups), len(ratios), step)
         _refuse_an_lr_the_module_set(trainer, float(optimizer.param_groups[0]["lr"]), written[0], step)
         reason = monitor.update(loss)
         seen.append(loss)
@@ -417,6 +418,36 @@ def run_range_test(
     )
 
 
+def _refuse_a_group_added(trainer: _compat.Trainer, groups: int, had: int, step: int) -> None:
+    """Raise where the optimizer gained a param group during a sweep step: the sweep has no LR to give it.
+
+    Found trying the package as a new user: a module that built its head in its first training forward and handed it
+    to the optimizer there (``add_param_group``) failed with a bare ``zip()`` error, blamed on the train batches.
+    """
+    if groups == had:
+        return
+    raise _own(
+        _compat.misconfiguration(
+            trainer,
+            f"The optimizer had {had} param group{'s' if had != 1 else ''} when the range test started and {groups} "
+            f"after its step {step}: your module adds one while it trains (`add_param_group` in `training_step`, the "
+            "forward or a hook), so the range test has no LR to sweep it with. Build those parameters before `fit` "
+            "(in `__init__`, `setup` or `configure_model`) and give them to the optimizer in `configure_optimizers`, "
+            "or pass `max_lr=`: the cycle takes in a group added during training at the ratio of its LR to the first "
+            "group's when it joins, as it does `BackboneFinetuning`'s. The model and optimizer were restored.",
+        )
+    )
+
+
+def _own(err: Exception) -> Exception:
+    """Mark an error whose message says what to change: no note on where the range test raised it is added."""
+    setattr(err, _OWN_MESSAGE, True)
+    return err
+
+
+_OWN_MESSAGE = "_lightning_superconv_says_what_to_change"
+
+
 def _refuse_an_lr_the_module_set(trainer: _compat.Trainer, found: float, set_to: float, step: int) -> None:
     """Raise where the LR the sweep set for a step was changed during it: the curve would not be the sweep's.
 
@@ -426,13 +457,15 @@ def _refuse_an_lr_the_module_set(trainer: _compat.Trainer, found: float, set_to:
     """
     if found == set_to:
         return
-    raise _compat.misconfiguration(
-        trainer,
-        f"The range test set the LR of its step {step} to {set_to:.4g}, and it was {found:.4g} after the step: your "
-        "module sets the LR itself (a warm-up in `on_before_optimizer_step` or `training_step`, a scheduler it steps "
-        "by hand), so the range test cannot sweep it. The one-cycle has a warm-up of its own: remove yours, or pass "
-        "`max_lr=` (your code then overrides the cycle's LR where it sets its own). The model and optimizer were "
-        "restored.",
+    raise _own(
+        _compat.misconfiguration(
+            trainer,
+            f"The range test set the LR of its step {step} to {set_to:.4g}, and it was {found:.4g} after the step: "
+            "your module sets the LR itself (a warm-up in `on_before_optimizer_step` or `training_step`, a scheduler "
+            "it steps by hand), so the range test cannot sweep it. The one-cycle has a warm-up of its own: remove "
+            "yours, or pass `max_lr=` (your code then overrides the cycle's LR where it sets its own). The model and "
+            "optimizer were restored.",
+        )
     )
 
 
@@ -544,6 +577,8 @@ def _note_where(err: Exception, phase: str) -> None:
     without the callback, and with it failed with torch's bare "Expected more than 1 value per channel" from a sweep
     that had read past the end of the epoch.
     """
+    if getattr(err, _OWN_MESSAGE, False):
+        return
     if hasattr(err, "add_note") and not unrestored(err):  # Python >= 3.11; else the restore's own note says it
         # the advice on a one-sample batch for BatchNorm's own error only (found trying the package as a new user: a
         # dtype error of a model's own was sent to `drop_last=True`, which its loader already had)

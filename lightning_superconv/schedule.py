@@ -28,23 +28,68 @@ from lightning_superconv.param_groups import group_ratios, momentum_key, read_mo
 def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) -> bool:
     r"""Decide whether momentum cycles.
 
-    ``None`` (automatic) cycles whenever the optimizer already uses momentum: ``betas`` (Adam family) or an SGD with
-    ``momentum > 0`` in any group. An SGD built with ``momentum=0`` keeps none, unless the user asks with ``True``.
+    ``None`` (automatic) cycles whenever the optimizer already uses momentum: ``momentum`` (SGD, RMSprop) or the Adam
+    family's ``beta1`` above 0 in any group. An optimizer built without (an SGD with ``momentum=0``, an Adam with
+    ``betas=(0, 0.99)`` as GANs often train) keeps none, unless the user asks with ``True``; so does each group built
+    without momentum beside groups with it (:func:`cycle_momenta`).
 
     Raises:
         ValueError: if cycling is asked for an optimizer without ``momentum`` or ``betas``.
     """
     key = momentum_key(optimizer)
     if cycle_momentum is None:
-        if key == "betas":
-            return True
-        return key == "momentum" and any(group.get("momentum", 0) > 0 for group in optimizer.param_groups)
+        # found reviewing the package: an Adam built with `beta1` 0 had it cycled to 0.95, where an SGD without
+        # momentum keeps none
+        return key is not None and any((read_momentum(group) or 0) > 0 for group in optimizer.param_groups)
     if cycle_momentum and key is None:
         raise ValueError(
             f"`cycle_momentum=True` needs an optimizer with `momentum` or `betas`; {type(optimizer).__name__} has "
             "neither. Pass `cycle_momentum=None` (automatic) or False."
         )
     return cycle_momentum
+
+
+def cycle_momenta(optimizer: Optimizer, config: OneCycleConfig) -> tuple[float | list[float], float | list[float]]:
+    r"""The cycle's ``base_momentum`` and ``max_momentum``: the config's, or per group where a group has none.
+
+    With ``cycle_momentum=None`` (automatic), a param group whose momentum (or Adam's ``beta1``) is 0 keeps 0 while
+    the others cycle: a user who built one group without momentum meant it, as one who built the whole SGD so (found
+    trying the package as a new user: a head at ``momentum=0`` beside a backbone at 0.9 ran at 0.85-0.95, which also
+    multiplies its coupled decay by up to 20). Torch's ``OneCycleLR`` takes the bounds per group.
+
+    Example::
+
+        >>> import torch
+        >>> w, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> sgd = torch.optim.SGD([{"params": [w], "momentum": 0.9}, {"params": [b], "momentum": 0.0}], lr=0.1)
+        >>> cycle_momenta(sgd, OneCycleConfig())
+        ([0.85, 0.0], [0.95, 0.0])
+        >>> cycle_momenta(sgd, OneCycleConfig(cycle_momentum=True))
+        (0.85, 0.95)
+    """
+    base, top = config.base_momentum, config.max_momentum
+    without = groups_without_momentum(optimizer) if config.cycle_momentum is None else []
+    if not without:
+        return base, top
+    return (
+        [0.0 if i in without else base for i in range(len(optimizer.param_groups))],
+        [0.0 if i in without else top for i in range(len(optimizer.param_groups))],
+    )
+
+
+def groups_without_momentum(optimizer: Optimizer) -> list[int]:
+    """The param groups built with momentum (or ``beta1``) 0 beside groups with some: the cycle leaves them at 0.
+
+    Empty when no group has momentum, or every group has some (then all cycle, or none does).
+
+    >>> import torch
+    >>> w, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    >>> groups_without_momentum(torch.optim.SGD([{"params": [w]}, {"params": [b], "momentum": 0.0}], 0.1, 0.9))
+    [1]
+    """
+    momenta = [read_momentum(group) for group in optimizer.param_groups]
+    without = [i for i, momentum in enumerate(momenta) if momentum == 0]
+    return without if any(momentum for momentum in momenta) else []
 
 
 @dataclass(frozen=True)
@@ -91,7 +136,9 @@ class OneCycleConfig:
 
     def __post_init__(self) -> None:
         check_number("pct_start", self.pct_start, low=0.0, high=1.0)
-        check_choice("anneal_strategy", self.anneal_strategy, ("cos", "linear"))
+        object.__setattr__(
+            self, "anneal_strategy", check_choice("anneal_strategy", self.anneal_strategy, ("cos", "linear"))
+        )
         object.__setattr__(self, "cycle_momentum", check_bool("cycle_momentum", self.cycle_momentum, allow_none=True))
         check_number("base_momentum", self.base_momentum, low=0.0, high=1.0, low_inclusive=True)
         check_number("max_momentum", self.max_momentum, low=0.0, high=1.0, low_inclusive=True)
@@ -106,6 +153,14 @@ class OneCycleConfig:
         # plain floats, so the config compares and prints the same whichever numbers it was given
         for name in ("pct_start", "base_momentum", "max_momentum", "div_factor", "final_div_factor"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        if self.three_phase and self.pct_start >= 0.5:
+            # torch's three phases rise for `pct_start` of the run and fall back for as long: from half the run on,
+            # the run ends before the LR has come down (found reviewing the package: 0.6 ended at a quarter of the
+            # peak, 0.9 at the peak)
+            raise ValueError(
+                "`pct_start` must be below 0.5 with `three_phase=True` (the LR rises for `pct_start` of the run, "
+                f"falls back for as long, then anneals), got {self.pct_start}"
+            )
 
 
 class SafeOneCycleLR(OneCycleLR):
@@ -119,11 +174,15 @@ class SafeOneCycleLR(OneCycleLR):
     Param groups added to the optimizer after the scheduler was built (``BackboneFinetuning`` unfreezing a backbone,
     say) would make torch's scheduler fail with a ``KeyError`` at its next step. Here such a group joins the cycle
     (:meth:`adopt_added_groups`): its LR keeps the ratio to the first group's LR that it was added with, and it cycles
-    the first group's momentum, like the groups configured from the start.
+    the momentum of the first group that cycles, like the groups configured from the start; one added with momentum
+    0 keeps none where ``still_groups_kept`` (the automatic ``cycle_momentum``, :func:`cycle_momenta`).
     """
 
     _warned_past_end = False
     _warned_epoch = False
+    #: whether a group built (or added) with momentum 0 beside groups with some keeps 0; a plain value, in the
+    #: state_dict (False in checkpoints written before it was kept: every group cycled then)
+    still_groups_kept = False
     # a re-warm-up after the divergence guard rolled the weights back (see `rewarm`); plain values, in the state_dict
     rewarm_start = -1
     rewarm_steps = 0
@@ -136,6 +195,10 @@ class SafeOneCycleLR(OneCycleLR):
         super().__init__(*args, **kwargs)
         #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
         self.peak_step = float(self._schedule_phases[0]["end_step"])
+
+    def quiet(self) -> None:
+        """Say neither warning this scheduler gives once: for a copy that replays the cycle (the balancer's trace)."""
+        self._warned_past_end = self._warned_epoch = True
 
     def adopt_added_groups(self) -> list[int]:
         r"""Give param groups that were added since the last call their place in the cycle; return their indices.
@@ -153,8 +216,10 @@ class SafeOneCycleLR(OneCycleLR):
             for key in ("initial_lr", "max_lr", "min_lr"):
                 group[key] = float(first[key]) * ratio
             if self.cycle_momentum:
-                group["base_momentum"] = first["base_momentum"]
-                group["max_momentum"] = first["max_momentum"]
+                leader = self._momentum_leader()
+                still = self.still_groups_kept and read_momentum(group) == 0 and leader["max_momentum"] > 0
+                group["base_momentum"] = 0.0 if still else leader["base_momentum"]
+                group["max_momentum"] = 0.0 if still else leader["max_momentum"]
             self.base_lrs.append(group["initial_lr"])
             self.added_group_ratios[index] = ratio
             adopted.append(index)
@@ -162,21 +227,31 @@ class SafeOneCycleLR(OneCycleLR):
         return adopted
 
     def follow_first_group(self) -> None:
-        r"""Set each added group's LR (and momentum, when it cycles) from the first group's current values.
+        r"""Set each added group's LR from the first group's, and its momentum from the first group that cycles.
 
-        Called before every training step: a callback that writes an added group's LR between steps
-        (``BackboneFinetuning`` does at every epoch start) does not move it off the cycle.
+        An added group kept at momentum 0 stays there (:meth:`adopt_added_groups`). Called before every training
+        step: a callback that writes an added group's LR between steps (``BackboneFinetuning`` does at every epoch
+        start) does not move it off the cycle.
         """
         groups = self.optimizer.param_groups
         first = groups[0]
+        momentum = read_momentum(self._momentum_leader()) if self.cycle_momentum else None
         for index, ratio in self.added_group_ratios.items():
             if index >= len(groups):
                 continue
             group = groups[index]
             write_lr(group, float(first["lr"]) * ratio)
-            momentum = read_momentum(first)
-            if self.cycle_momentum and momentum is not None:
+            if momentum is not None and group.get("max_momentum", 1.0) > 0:  # a group kept at 0 stays there
                 write_momentum(group, momentum)
+
+    def _momentum_leader(self) -> dict[str, Any]:
+        """The first param group whose momentum cycles (the first, where none does): added groups follow it.
+
+        Where the first group was built without momentum and keeps none, a group added later cycles as the others
+        do (found reviewing the package: ``BackboneFinetuning``'s backbone ran at momentum 0 behind such a head).
+        """
+        groups = self.optimizer.param_groups
+        return next((g for g in groups if g.get("max_momentum", 0) > 0 and "initial_lr" in g), groups[0])
 
     def rewarm(self, steps: int, from_factor: float) -> None:
         r"""Ramp the LR up again over the next ``steps`` steps, from ``from_factor`` times the cycle's LR to the cycle.
@@ -296,6 +371,8 @@ def build_one_cycle(
     folded = ratios is None
     if ratios is None:
         ratios = group_ratios(optimizer)
+    base_momentum, max_momentum = cycle_momenta(optimizer, config)
+    still = config.cycle_momentum is None
     scheduler = SafeOneCycleLR(
         optimizer,
         max_lr=[max_lr * ratio for ratio in ratios],
@@ -303,12 +380,13 @@ def build_one_cycle(
         pct_start=safe_pct_start(config.pct_start, int(total_steps)),
         anneal_strategy=config.anneal_strategy,
         cycle_momentum=resolve_cycle_momentum(optimizer, config.cycle_momentum),
-        base_momentum=config.base_momentum,
-        max_momentum=config.max_momentum,
+        base_momentum=base_momentum,
+        max_momentum=max_momentum,
         div_factor=config.div_factor,
         final_div_factor=config.final_div_factor,
         three_phase=config.three_phase,
     )
+    scheduler.still_groups_kept = still
     if folded and any("lr_scale" in group for group in optimizer.param_groups):
         # timm's layer-decay shares are in the cycle's LRs (`initial_lr`...) now; with the first group's share in
         # every group a later read of the ratios (a second `fit` on this optimizer) gives the same ratios back,

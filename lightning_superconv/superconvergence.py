@@ -20,7 +20,7 @@ from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, Diverge
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle
+from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle, groups_without_momentum
 
 # 3: the guard keeps its losses as `training_step` returned them (before, some or all divided by the accumulation)
 _STATE_VERSION = 3
@@ -381,13 +381,27 @@ class SuperConvergence(_compat.Callback):
                 if end > planned
                 else "the run ends before the LR has annealed"
             )
+            why = (
+                "the length changed since the checkpoint was written: `max_epochs`, `max_steps`, "
+                "`limit_train_batches`, the accumulation or the data"
+            )
+            advice = "To train a new cycle over the new length, start a new fit from the checkpoint's weights instead"
+            if _compat.resumes_mid_epoch(trainer) and _compat.callback_of(trainer, "GradientAccumulationScheduler"):
+                # found trying the package as a new user: a crash-resume with nothing changed was told of a change
+                why = (
+                    "Lightning resumes the epoch the checkpoint was written inside without calling its "
+                    "`on_train_epoch_start`, so the `GradientAccumulationScheduler` does not set that epoch's "
+                    f"accumulation: its remaining batches step at {max(int(trainer.accumulate_grad_batches), 1)}; or "
+                    + why
+                )
+                advice = (
+                    "Checkpoints written at an epoch's end resume at the next epoch's start, where the scheduler "
+                    "sets the accumulation. " + advice
+                )
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: this run ends at step {int(end)}, but its one-cycle was planned to end at step "
-                f"{planned} (the length changed since the checkpoint was written: `max_epochs`, `max_steps`, "
-                "`limit_train_batches`, the accumulation or the data). The cycle continues as planned: "
-                f"{outcome}. To train a new cycle over the new length, start a new fit from the checkpoint's weights "
-                "instead of resuming.",
+                f"{planned} ({why}). The cycle continues as planned: {outcome}. {advice} of resuming.",
             )
 
     @override
@@ -654,6 +668,7 @@ class SuperConvergence(_compat.Callback):
         if own_step_size and config.cycle_momentum is None:
             # Prodigy and D-Adaptation fold their betas into their step-size estimate: the cycle leaves them alone
             config = OneCycleConfig(**{**config.__dict__, "cycle_momentum": False})
+        still = groups_without_momentum(optimizer) if config.cycle_momentum is None else []
         scheduler = build_one_cycle(optimizer, self.max_lr, total_steps, config)
         replaced = _trainer.install_scheduler(trainer, scheduler)
         self.total_steps = total_steps
@@ -668,10 +683,16 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: replacing the scheduler {', '.join(f'`{n}`' for n in replaced)} from "
                 "`configure_optimizers` with `OneCycleLR`.",
             )
+        momentum = "cycling" if scheduler.cycle_momentum else "unchanged"
+        if scheduler.cycle_momentum and still:
+            momentum += (
+                f"; param group{'s' if len(still) > 1 else ''} {', '.join(map(str, still))}, built without momentum, "
+                f"keep{'' if len(still) > 1 else 's'} none"
+            )
         _compat.rank_zero_info(
             trainer,
             f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
-            f"(momentum {'cycling' if scheduler.cycle_momentum else 'unchanged'}).",
+            f"(momentum {momentum}).",
         )
 
     def _scheduler_optimizer(self) -> Any:
@@ -719,13 +740,18 @@ class SuperConvergence(_compat.Callback):
 
 
 def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
-    """Say that ``max_time`` may end the run mid-cycle: the cycle is sized in steps, the clock knows nothing of them."""
+    """Say that ``max_time`` may end the run mid-cycle: the cycle is sized in steps, the clock knows nothing of them.
+
+    Lightning's ``max_time`` is a ``Timer`` callback it adds; a ``Timer(duration=...)`` of the user's is the same
+    clock (found trying the package as a new user: told of a `max_time` they had not set, of "0 s" for a short one).
+    """
     timer = _compat.callback_of(trainer, "Timer")
     if timer is None or timer.time_remaining("train") is None:
         return
     _compat.rank_zero_warn(
         trainer,
-        f"SuperConvergence: `max_time` ({timer.time_remaining('train'):.0f} s) may stop this run before its cycle "
+        f"SuperConvergence: the time limit (`max_time`, or a `Timer` callback's `duration`: "
+        f"{timer.time_remaining('train'):.4g} s) may stop this run before its cycle "
         f"ends: the cycle is planned over the {steps} steps that `max_epochs`/`max_steps` allow, and a run the clock "
         "stops ends with the LR not yet annealed. The range test runs before the clock starts (it starts with "
         "training). To end on the cycle's final LR, set `max_epochs` or `max_steps` to what fits in the time.",

@@ -23,7 +23,6 @@ but the best quantitative reading of their "balance" (the README's ``WeightDecay
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +31,7 @@ import torch
 from torch.optim import Optimizer
 
 from lightning_superconv.param_groups import detached_copy, read_momentum
+from lightning_superconv.schedule import SafeOneCycleLR
 
 DecayForm = Literal["coupled", "decoupled", "adaptive"]
 
@@ -270,6 +270,7 @@ def trace_schedule(
         else:
             usable.append(spec)
     twin, copies = detached_copy(optimizer, [s.scheduler for s in usable])
+    _quiet(twin, copies)
     traces = [GroupTrace() for _ in twin.param_groups]
     finished: set[int] = set()
     # the step (counted from 1) each epoch ends at -> that epoch's number (from 1), for "epoch" schedulers
@@ -295,13 +296,26 @@ def trace_schedule(
                 due = read % max(spec.frequency, 1) == 0
             if due:
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        _step(scheduler, start_step + step + 1, start_epoch + epoch)
+                    _step(scheduler, start_step + step + 1, start_epoch + epoch)
                 except ValueError:
                     # torch's OneCycleLR raises one step past its end; the LR then stays where it ended
                     finished.add(index)
     return traces, notes
+
+
+def _quiet(twin: Optimizer, copies: Sequence[Any]) -> None:
+    """Keep the replay from warning of what the real run warns of itself, when it happens.
+
+    The copy is never stepped, so torch's schedulers would warn at their first step that the optimizer had not
+    stepped, and the one-cycle when the replay runs past its end. They were silenced by ``warnings.catch_warnings``
+    around each step, which resets Python's record of the warnings already shown: a warning the user's run had shown
+    once came back once per replay, four times in a fit with trials (found trying the package as a new user). A user's
+    scheduler that warns of something else in a replay warns as it would in training, once.
+    """
+    twin._opt_called = True  # type: ignore[attr-defined]  # what torch's schedulers read (`LRScheduler.step`)
+    for scheduler in copies:
+        if isinstance(scheduler, SafeOneCycleLR):
+            scheduler.quiet()
 
 
 def _needs_metric(scheduler: Any) -> bool:

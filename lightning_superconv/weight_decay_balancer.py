@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from typing_extensions import override
 
@@ -18,6 +18,7 @@ from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
 from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.param_groups import configured_lrs, configured_weight_decays, lr_scales, step_size_kind
+from lightning_superconv.schedule import SafeOneCycleLR
 from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
@@ -178,7 +179,7 @@ class WeightDecayBalancer(_compat.Callback):
         log_weight_decay: bool = True,
         rebalance_on_rescue: bool = False,
     ) -> None:
-        check_choice("mode", mode, _MODES)
+        mode = cast(Mode, check_choice("mode", mode, _MODES))
         if hasattr(factors, "tolist") and getattr(factors, "ndim", None) == 1:
             factors = factors.tolist()  # a NumPy array or a tensor, as for `bounds`
         if not isinstance(factors, (tuple, list)) or not factors:
@@ -381,8 +382,14 @@ class WeightDecayBalancer(_compat.Callback):
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
         self._apply(optimizer, chosen)
         specs = _scheduler_specs(trainer)
-        if specs and not notes and self.mode != "keep" and not pl_module.automatic_optimization:
-            self._manual_trace = _ManualTrace(optimizer, traces[0].lrs, int(trainer.global_step), specs)
+        # the user steps the scheduler: under manual optimization, or through an `lr_scheduler_step` override (found
+        # trying the package as a new user: one stepping a `StepLR` every other call was traced as stepped at every
+        # call, and λ raised 1.4x for a budget half the one that ran); the cycle watches its own stepping
+        manual = not pl_module.automatic_optimization
+        stepped_by_the_user = manual or _compat.overrides(pl_module, "lr_scheduler_step")
+        cycle = any(isinstance(spec.scheduler, SafeOneCycleLR) for spec in specs)
+        if stepped_by_the_user and not cycle and specs and not notes and self.mode != "keep":
+            self._manual_trace = _ManualTrace(optimizer, traces[0].lrs, int(trainer.global_step), specs, manual)
         _compat.rank_zero_info(
             trainer,
             f"WeightDecayBalancer: weight_decay={_fmt([chosen[i] for i in decayed])} "
@@ -625,6 +632,15 @@ class WeightDecayBalancer(_compat.Callback):
             if budget_range[0] == budget_range[1]
             else f"{budget_range[0]:g}-{budget_range[1]:.3g}"
         )
+        others = ""
+        if len(decayed) > 1:
+            # found trying the package as a new user: the verdict, of the first group alone, read as every group's
+            verdict = f"param group {first}: {verdict}"
+            others = "; " + ", ".join(
+                f"param group {i}: "
+                + ("kept (adaptive)" if i in adaptive else self._budget_of(chosen[i], traces[i], budget_range))
+                for i in decayed[1:]
+            )
         return chosen, (
             f"{verdict} (`mode='timescale'`); at {self._start} the run would spend a decay budget K = Σ c·η·λ of "
             f"{spent:.3g}, allowed {allowed} "
@@ -633,7 +649,21 @@ class WeightDecayBalancer(_compat.Callback):
                 if known
                 else "(a data stream without a length: no epoch to bound it by)"
             )
+            + others
         )
+
+    @staticmethod
+    def _budget_of(weight_decay: float, trace: GroupTrace, budget_range: tuple[float, float]) -> str:
+        """A further group's decay budget under ``weight_decay``, and whether `bounds` or the cap kept it out of range.
+
+        The first group's verdict, in words, is the message's; each further group gets its budget and that.
+        """
+        budget = weight_decay * trace.decay_sum()
+        if budget < budget_range[0] * (1 - 1e-9):
+            return f"K = {budget:.3g}, below the range (`bounds` or the cap)"
+        if budget > budget_range[1] * (1 + 1e-9):
+            return f"K = {budget:.3g}, above the range (`bounds` or the cap)"
+        return f"K = {budget:.3g}"
 
     def _grid(
         self,
@@ -809,19 +839,23 @@ def _superconvergence_logs_schedule(trainer: _compat.Trainer) -> bool:
 
 
 class _ManualTrace:
-    r"""Under manual optimization, the LRs traced for the user's scheduler, checked at each step against those that run.
+    r"""Where the user steps the scheduler, the LRs traced for it, checked at each step against those that run.
 
     Lightning steps no scheduler under manual optimization: the user does, as often as they choose, and the config's
     ``interval`` (``"epoch"`` unless set), which Lightning then ignores, is all the trace can go by (found trying the
     package as a new user: a ``CosineAnnealingLR`` stepped at every batch, as Lightning's docs show, was traced as
-    stepped once per epoch, and λ was chosen for a decay budget 2x the one that ran; 5x for a ``StepLR``).
+    stepped once per epoch, and λ was chosen for a decay budget 2x the one that ran; 5x for a ``StepLR``). Under
+    automatic optimization a module's ``lr_scheduler_step`` override steps it, as it chooses, where Lightning calls it.
     """
 
-    def __init__(self, optimizer: Any, lrs: list[float], start_step: int, specs: Sequence[SchedulerSpec]) -> None:
+    def __init__(
+        self, optimizer: Any, lrs: list[float], start_step: int, specs: Sequence[SchedulerSpec], manual: bool = True
+    ) -> None:
         self.optimizer = optimizer
         self.lrs = lrs
         self.start_step = start_step
         self.specs = list(specs)
+        self.manual = manual
 
     def holds(self, trainer: _compat.Trainer) -> bool:
         """Whether there is more to check: False once the run has passed the trace, or left it (said, once)."""
@@ -839,15 +873,25 @@ class _ManualTrace:
             + ("s" if spec.frequency > 1 else "")
             for spec in self.specs
         )
-        _compat.rank_zero_warn(
-            trainer,
-            f"WeightDecayBalancer: under manual optimization you step your scheduler yourself, and the LR at step "
-            f"{step} of this fit is {lr:.4g} where the balancer traced {traced:.4g}: it read {how}, from the "
-            "scheduler config's `interval` and `frequency` (`interval='epoch'` unless set; Lightning does not use them "
-            "under manual optimization), and chose weight decay for that schedule, not the one that runs. Set "
-            "`'interval'` (`'step'` for a scheduler you step after each `opt.step()`) and `'frequency'` in the "
-            "scheduler config returned by `configure_optimizers` to how you step it.",
-        )
+        if self.manual:
+            message = (
+                f"WeightDecayBalancer: under manual optimization you step your scheduler yourself, and the LR at step "
+                f"{step} of this fit is {lr:.4g} where the balancer traced {traced:.4g}: it read {how}, from the "
+                "scheduler config's `interval` and `frequency` (`interval='epoch'` unless set; Lightning does not use "
+                "them under manual optimization), and chose weight decay for that schedule, not the one that runs. "
+                "Set `'interval'` (`'step'` for a scheduler you step after each `opt.step()`) and `'frequency'` in "
+                "the scheduler config returned by `configure_optimizers` to how you step it."
+            )
+        else:
+            message = (
+                f"WeightDecayBalancer: your module's `lr_scheduler_step` override steps your scheduler, and the LR at "
+                f"step {step} of this fit is {lr:.4g} where the balancer traced {traced:.4g}: it read {how}, as "
+                "Lightning calls `lr_scheduler_step` (from the scheduler config's `interval` and `frequency`), with "
+                "the override making one `scheduler.step()` per call, and chose weight decay for that schedule, not "
+                "the one that runs. Step it once per call in the override and set the config's `'frequency'` to how "
+                "often it should step, or set `weight_decay` yourself and leave out the balancer."
+            )
+        _compat.rank_zero_warn(trainer, message)
         return False
 
 

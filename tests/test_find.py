@@ -308,6 +308,29 @@ def test_trainer_kwargs_reach_the_trainer():
     assert model.calls == 2 * (len(result.losses) + result.skipped_steps)
 
 
+@pytest.mark.parametrize(
+    "callback",
+    [
+        lambda tmp_path: lightning.pytorch.callbacks.TQDMProgressBar(refresh_rate=5),
+        lambda tmp_path: lightning.pytorch.callbacks.RichProgressBar(),
+        lambda tmp_path: lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path),
+    ],
+    ids=["tqdm", "rich", "checkpoint"],
+)
+def test_a_progress_bar_or_checkpoint_callback_in_trainer_kwargs_switches_its_own_on(tmp_path, callback):
+    """Found trying the package as a new user: Lightning refused it, blaming `enable_progress_bar=False` (our default).
+
+    A switch given explicitly stays the user's: Lightning's own error then names what they set.
+    """
+    given = callback(tmp_path)
+    result = find_max_lr(CountingClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0,
+                         trainer_kwargs={"callbacks": [given], "default_root_dir": tmp_path})  # fmt: skip
+    assert result.max_lr > 0
+    switch = "enable_checkpointing" if "checkpoint" in type(given).__name__.lower() else "enable_progress_bar"
+    with pytest.raises(MisconfigurationException, match=f"`{switch}=False`"):
+        find_max_lr(CountingClassifier(), num_steps=20, trainer_kwargs={"callbacks": [given], switch: False})
+
+
 def test_plot_and_a_logged_fit_leave_the_users_matplotlib_backend_alone(tmp_path):
     """Found trying the package as a new user: `plot()` switched the backend to Agg, so `plt.show()` showed nothing.
 

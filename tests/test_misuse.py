@@ -488,3 +488,53 @@ def test_find_max_lr_in_a_notebook_names_the_strategy_lightning_chose(tmp_path):
         [sys.executable, "-i", "-c", script], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
     )
     assert "REFUSED `find_max_lr` cannot run under `strategy='auto'`" in done.stdout, done.stdout + done.stderr
+
+
+def test_validation_data_that_is_not_iterable_is_refused_naming_val_dataloaders(tmp_path):
+    """The trials read the validation data before Lightning first validates, where it refuses a non-iterable.
+
+    Found trying the package as a new user: ``val_dataloaders=5`` gave ``'int' object is not iterable`` from inside
+    the trials, where Lightning names the argument; now ours says so, in the callback and in ``find_max_lr``.
+    """
+    from lightning_superconv import find_max_lr
+
+    said = r"invalid validation dataloader .*`val_dataloaders=`.* a DataLoader or another iterable .* got 5 \(int\)"
+    model = Counting()
+    trainer = L.Trainer(
+        callbacks=[SuperConvergence(num_steps=10, trial_steps=50)],
+        **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2),
+    )
+    with pytest.raises(TypeError, match=said):
+        trainer.fit(model, val_dataloaders=5)
+    with pytest.raises(TypeError, match=said):
+        find_max_lr(model, val_dataloaders=5, num_steps=10, trial_steps=50, trainer_kwargs={"accelerator": "cpu"})
+
+
+class HeadBuiltInItsFirstForward(Counting):
+    """Builds a second head in its first training forward and hands it to the optimizer there."""
+
+    def forward(self, x):
+        if self.training and not hasattr(self, "extra"):
+            self.extra = torch.nn.Linear(4, 4)
+            self.trainer.optimizers[0].add_param_group({"params": list(self.extra.parameters())})
+        return super().forward(x)
+
+
+def test_a_param_group_added_during_the_range_test_is_refused_naming_it_and_the_fix(tmp_path):
+    """Found trying the package as a new user: a bare ``zip()`` error, with a note blaming the train batches."""
+    model = HeadBuiltInItsFirstForward()
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path, max_epochs=1))
+    said = r"had 1 param group when the range test started and 2 after its step 0: .*`add_param_group`.*`max_lr=`"
+    with pytest.raises(MisconfigurationException, match=said) as raised:
+        trainer.fit(model)
+    assert not getattr(raised.value, "__notes__", [])  # the message says what to change; no note on the batches
+    assert len(trainer.optimizers[0].param_groups) == 1  # put back
+    assert not hasattr(model, "extra")
+    # given the peak, the cycle takes the head in when it joins, and trains it
+    model = HeadBuiltInItsFirstForward()
+    trainer = L.Trainer(
+        callbacks=[SuperConvergence(max_lr=0.1)], **trainer_kwargs(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    )
+    trainer.fit(model)
+    assert len(trainer.optimizers[0].param_groups) == 2
+    assert trainer.optimizers[0].param_groups[1]["max_lr"] > 0

@@ -107,9 +107,9 @@ def _interrupted_then_resumed(tmp_path, kill_at, every_n_train_steps=None, with_
     return first, callbacks, resumed, resumed_model, recorder
 
 
-def _uninterrupted(tmp_path, with_balancer=False):
+def _uninterrupted(tmp_path, with_balancer=False, **overrides):
     callbacks, recorder = _callbacks(with_balancer), StepRecorder()
-    trainer = _trainer(tmp_path / "u", [*callbacks, recorder])
+    trainer = _trainer(tmp_path / "u", [*callbacks, recorder], **overrides)
     trainer.fit(_seeded())
     return callbacks, trainer, recorder
 
@@ -281,6 +281,71 @@ def test_a_resume_from_a_checkpoint_written_at_the_epoch_s_validation_is_not_war
         trainer.fit(_seeded(), ckpt_path=str(next((tmp_path / "ckpt").glob("epoch=0*.ckpt"))))
     assert trainer.global_step == 12
     assert [str(w.message) for w in caught if "planned to end" in str(w.message)] == []
+
+
+class FailsInTrainingStepAt(DeterministicClassifier):
+    """Raises :class:`Interrupt` from ``training_step`` at the given global step of training (the range test's pass)."""
+
+    def __init__(self, fail_at: int = -1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_at = fail_at
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.fail_at and getattr(self, "armed", False):
+            raise Interrupt
+        return super().training_step(batch, batch_idx)
+
+    def on_train_start(self):  # called after the callbacks' `on_train_start`, so after the range test
+        self.armed = True
+
+
+@pytest.mark.parametrize("step", [9, 12], ids=["mid-epoch", "first-batch-of-an-epoch"])
+@pytest.mark.parametrize("where", ["training_step", "on_train_batch_start"])
+def test_a_resume_from_a_checkpoint_written_by_an_error_inside_a_batch_is_not_warned(tmp_path, step, where):
+    """`OnExceptionCheckpoint` after an error inside a training batch: Lightning runs that batch again on resume.
+
+    The checkpoint counts the failed batch as reached but not completed; the resumed fit starts it over, so the run ends
+    where its cycle does. Found trying the package as a new user: the step count read one batch fewer to go, and every
+    such resume was warned that it would end before the LR annealed.
+    """
+    saver = OnExceptionCheckpoint(dirpath=tmp_path / "ckpt")
+    first = [*_callbacks(with_balancer=True), saver]
+    if where == "training_step":
+        model = _seeded(FailsInTrainingStepAt, fail_at=step)
+    else:
+        model, first = _seeded(), [*first, KillAt(step)]
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "a", first, limit_train_batches=6).fit(model)
+    resumed_model, recorder = _seeded(), StepRecorder()
+    trainer = _trainer(tmp_path / "b", [*_callbacks(with_balancer=True), recorder], limit_train_batches=6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(resumed_model, ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
+    assert [str(w.message) for w in caught if "planned to end" in str(w.message)] == []
+    assert trainer.global_step == 24
+    assert recorder.rows[0][0] == step  # the failed batch's step is run again
+    _, uninterrupted, full = _uninterrupted(tmp_path, with_balancer=True, limit_train_batches=6)
+    assert recorder.rows == full.rows[step:]  # the LRs, momenta and weight decay of the uninterrupted run
+
+
+def test_a_resume_inside_an_epoch_under_an_accumulation_scheduler_is_told_why_it_runs_longer(tmp_path):
+    """Lightning resumes the interrupted epoch without its `on_train_epoch_start`: a scheduler's accumulation is unset.
+
+    Found trying the package as a new user: a crash-resume with nothing changed ran 3 steps past its cycle (as
+    predicted) and was told that its length had changed since the checkpoint was written.
+    """
+    kwargs = {"limit_train_batches": 6, "max_epochs": 4}
+    saver = OnExceptionCheckpoint(dirpath=tmp_path / "ckpt")
+    accumulation = GradientAccumulationScheduler({0: 1, 2: 3})  # 6 + 6 + 2 + 2 steps
+    first = [*_callbacks(with_balancer=False), accumulation, saver]
+    with pytest.raises(Interrupt):
+        _trainer(tmp_path / "a", first, **kwargs).fit(_seeded(FailsInTrainingStepAt, fail_at=13))
+    callbacks = [*_callbacks(with_balancer=False), GradientAccumulationScheduler({0: 1, 2: 3})]
+    trainer = _trainer(tmp_path / "b", callbacks, **kwargs)
+    said = r"ends at step 18, but its one-cycle was planned to end at step 16 \(Lightning resumes the epoch .* at 1;"
+    with pytest.warns(RuntimeWarning, match=said):
+        trainer.fit(_seeded(), ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
+    assert trainer.global_step == 18
 
 
 def test_resume_with_changed_range_test_arguments_still_finds_its_state(tmp_path):

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from datetime import timedelta
 
 import lightning as L
 import pytest
 import torch
 from helpers import TinyClassifier, make_dataset, trainer_kwargs
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -56,7 +57,7 @@ def _fit(tmp_path, model, callbacks, **overrides):
 
 @pytest.mark.parametrize(
     ("max_steps", "pct_start", "three_phase"),
-    [(1, 0.3, False), (2, 0.5, False), (4, 0.25, False), (3, 0.3, False), (1, 0.3, True), (2, 0.5, True)],
+    [(1, 0.3, False), (2, 0.5, False), (4, 0.25, False), (3, 0.3, False), (1, 0.3, True), (2, 0.45, True)],
     ids=["1-step", "2-steps-warmup-1", "4-steps-warmup-1", "3-steps", "1-step-3-phase", "2-steps-3-phase-warmup-1"],
 )
 def test_very_short_runs_train_every_step(tmp_path, max_steps, pct_start, three_phase):
@@ -481,8 +482,16 @@ def test_a_time_limit_beside_the_epoch_limit_is_said_to_possibly_end_the_cycle_e
 
     Found trying the package as a new user: a run stopped at step 897 of 8000, silently.
     """
-    with pytest.warns(RuntimeWarning, match=r"`max_time` \(3600 s\) may stop this run before its cycle ends.*8 steps"):
+    said = (
+        r"the time limit \(`max_time`, or a `Timer` callback's `duration`: 3600 s\) may stop this run before its cycle"
+    )
+    with pytest.warns(RuntimeWarning, match=said + r" ends.*8 steps"):
         _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1)], max_time={"hours": 1}, limit_train_batches=4)
+    # a `Timer` of the user's is the same clock; a short one is said in seconds, not rounded to 0 (found trying the
+    # package as a new user)
+    with pytest.warns(RuntimeWarning, match=r"`duration`: 0.4 s\) may stop this run"):
+        _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1), Timer(duration=timedelta(seconds=0.4))],
+             limit_train_batches=4)  # fmt: skip
     recwarn.clear()
     _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1)], limit_train_batches=4)
-    assert not [w for w in recwarn if "max_time" in str(w.message)]
+    assert not [w for w in recwarn if "time limit" in str(w.message)]

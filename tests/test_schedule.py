@@ -105,6 +105,57 @@ def test_sgd_without_momentum_cycles_when_asked():
     assert min(momenta) == pytest.approx(0.85)
 
 
+@pytest.mark.parametrize(
+    ("built", "added", "expected"),
+    [((0.0, 0.9), 0.9, [0.0, 0.85, 0.85]), ((0.9, 0.0), 0.0, [0.85, 0.0, 0.0]), ((0.9, 0.9), 0.0, [0.85, 0.85, 0.0])],
+    ids=["first-group-without", "added-without", "added-without-beside-all-cycling"],
+)
+def test_a_group_added_later_cycles_by_its_own_momentum_after_the_first_group_that_cycles(built, added, expected):
+    """An added group (``BackboneFinetuning``'s) with momentum follows the groups that cycle, not a first kept at 0.
+
+    One added without momentum keeps none, as the groups built so do. Found reviewing the package: behind a head
+    built at momentum 0, the unfrozen backbone ran at 0.
+    """
+    groups = [{"params": [_param()], "momentum": momentum} for momentum in built]
+    optimizer = torch.optim.SGD(groups, lr=0.1)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=100, config=OneCycleConfig(pct_start=0.3))
+    optimizer.add_param_group({"params": [_param()], "momentum": added, "lr": 0.01})
+    scheduler.adopt_added_groups()
+    for _ in range(30):  # to the peak, where cycling momentum is at its base
+        optimizer.step()
+        scheduler.step()
+        scheduler.follow_first_group()
+    assert [group["momentum"] for group in optimizer.param_groups] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_group_built_without_momentum_cycles_when_cycling_is_asked_for():
+    """``cycle_momentum=True``: every group cycles, one built at 0 too (the user asked)."""
+    optimizer = torch.optim.SGD([{"params": [_param()]}, {"params": [_param()], "momentum": 0.0}], lr=0.1, momentum=0.9)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=20, config=OneCycleConfig(cycle_momentum=True))
+    assert _trajectory(optimizer, scheduler, 20, key="momentum", group=1)[0] == pytest.approx(0.95)
+
+
+def test_adam_built_without_beta1_keeps_none_by_default():
+    """An Adam at ``betas=(0, 0.99)`` (as GANs often train) keeps beta1 at 0, as an SGD without momentum keeps none.
+
+    Found reviewing the package: beta1 was cycled to 0.95.
+    """
+    optimizer = torch.optim.Adam([_param()], lr=1e-3, betas=(0.0, 0.99))
+    scheduler = build_one_cycle(optimizer, max_lr=1e-2, total_steps=20)
+    assert scheduler.cycle_momentum is False
+    assert {betas for betas in _trajectory(optimizer, scheduler, 20, key="betas")} == {(0.0, 0.99)}
+
+
+def test_three_phases_that_cannot_end_annealed_are_refused():
+    """Three phases rise for ``pct_start`` and fall for as long: from 0.5 on the run ends before the LR comes down."""
+    with pytest.raises(ValueError, match=r"`pct_start` must be below 0.5 with `three_phase=True` .*got 0.6"):
+        OneCycleConfig(pct_start=0.6, three_phase=True)
+    optimizer = _sgd()
+    config = OneCycleConfig(pct_start=0.45, three_phase=True)
+    lrs = _trajectory(optimizer, build_one_cycle(optimizer, max_lr=1.0, total_steps=40, config=config), 40)
+    assert lrs[-1] < 1e-3  # annealed
+
+
 def test_sgd_with_momentum_cycles_inversely_to_the_lr():
     """SGD momentum runs 0.95 -> 0.85 at the LR's peak -> 0.95, by default."""
     optimizer = _sgd(momentum=0.9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import enum
 import logging
 import math
 import re
@@ -26,6 +27,7 @@ from helpers import (
     Tally,
     TimmViT,
     TinyClassifier,
+    WithOptimizer,
     make_dataset,
     trainer_kwargs,
 )
@@ -38,7 +40,7 @@ from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorDataset
 
-from lightning_superconv import RangeTestResult, SuperConvergence, find_max_lr
+from lightning_superconv import RangeTestResult, SuperConvergence, WeightDecayBalancer, find_max_lr
 from lightning_superconv.curve import lr_sweep, median_half_width
 from lightning_superconv.peak import OWN_LR_TRIALS, start_level
 
@@ -1052,6 +1054,56 @@ def test_sgd_without_momentum_keeps_none(tmp_path):
     assert all(state.get("momentum_buffer") is None for state in trainer.optimizers[0].state.values())
 
 
+class GroupMomenta(Callback):
+    """Records every param group's momentum as each real training step sees it."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rows.append([group["momentum"] for group in trainer.optimizers[0].param_groups])
+
+
+def _head_without_momentum(params):
+    params = list(params)
+    return torch.optim.SGD(
+        [{"params": params[:-2], "momentum": 0.9}, {"params": params[-2:], "momentum": 0.0}], lr=0.05
+    )
+
+
+@pytest.mark.parametrize("cycle_momentum", [None, True])
+def test_a_group_built_without_momentum_keeps_none_beside_groups_that_cycle(tmp_path, caplog, cycle_momentum):
+    """A head at ``momentum=0`` beside a body at 0.9: the body cycles, the head keeps none (unless asked to cycle).
+
+    Found trying the package as a new user: every group cycled 0.95 -> 0.85 -> 0.95, the head too, and nothing said so.
+    """
+    recorder = GroupMomenta()
+    callback = SuperConvergence(num_steps=10, cycle_momentum=cycle_momentum)
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, WithOptimizer(_head_without_momentum), callback, callbacks=[recorder])
+    body, head = zip(*recorder.rows, strict=True)
+    assert len(body) == trainer.global_step
+    assert max(body) == pytest.approx(0.95)
+    assert min(body) < 0.9  # cycles
+    head_params = trainer.optimizers[0].param_groups[1]["params"]
+    if cycle_momentum is None:
+        assert set(head) == {0.0}
+        assert all("momentum_buffer" not in trainer.optimizers[0].state[p] for p in head_params)
+        assert "param group 1, built without momentum, keeps none" in caplog.text
+    else:
+        assert head == body
+        assert "keeps none" not in caplog.text
+
+
+def test_a_cycle_between_momenta_of_0_is_not_said_to_keep_a_group_without_momentum(tmp_path, caplog):
+    """The log names groups built without momentum, not groups the cycle's own bounds hold at 0 (found in review)."""
+    callback = SuperConvergence(max_lr=0.1, base_momentum=0.0, max_momentum=0.0)
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, TinyClassifier(), callback)
+    assert "momentum cycling)" in caplog.text
+    assert "built without momentum" not in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------ (6) (7) (8)
 
 
@@ -1227,6 +1279,10 @@ def test_the_range_test_writes_each_step_once_in_increasing_order(tmp_path):
         ({"final_div_factor": 0}, "`final_div_factor`", "0"),
         ({"max_lr": "0.1"}, "`max_lr`", "'0.1'"),
         ({"max_lr": torch.tensor(0.1)}, "`max_lr`", "tensor(0.1000)"),
+        # found trying the package as a new user: an `OverflowError` naming nothing, and a 0-d array accepted
+        ({"max_lr": 10**400}, "`max_lr`", "1000"),
+        ({"anneal_strategy": np.array("linear")}, "`anneal_strategy`", "array('linear'"),
+        ({"mode": np.array("linear")}, "`mode`", "array('linear'"),
     ],
 )
 def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given):
@@ -1748,6 +1804,28 @@ def test_numpy_numbers_are_numbers():
     assert flags.cycle.three_phase is False
 
 
+def test_numpy_strings_are_kept_as_strings_and_the_checkpoint_loads_with_weights_only(tmp_path):
+    """A NumPy string (what a config read with NumPy gives) is kept as a plain ``str``.
+
+    Found trying the package as a new user: an ``np.str_`` kept as given went into the checkpoint, which
+    ``torch.load(weights_only=True)``, and so the resume, could not load.
+    """
+    callback = SuperConvergence(max_lr=0.1, anneal_strategy=np.str_("linear"), mode=np.str_("linear"))
+    assert type(callback.cycle.anneal_strategy) is str
+    assert type(callback.range_test.mode) is str
+
+    class Strategy(str, enum.Enum):  # a string enum's `str()` is its name: the choice it equals is kept
+        LINEAR = "linear"
+
+    assert SuperConvergence(anneal_strategy=Strategy.LINEAR).cycle.anneal_strategy == "linear"
+    assert type(SuperConvergence(anneal_strategy=Strategy.LINEAR).cycle.anneal_strategy) is str
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2))
+    trainer.fit(TinyClassifier())
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    state = torch.load(tmp_path / "run.ckpt", weights_only=True)["callbacks"]["SuperConvergence"]
+    assert state["max_lr"] == pytest.approx(0.1)
+
+
 class ValidationOfAnotherTask(TinyClassifier):
     """Validation batches labelled by another rule than the training batches: no trial's held-out loss can fall."""
 
@@ -2218,3 +2296,24 @@ def test_timm_s_layer_decay_keeps_each_layer_s_share_of_the_lr_in_the_range_test
     first = far_too_high.rescues[0]
     assert first["old_peak"] == pytest.approx(500.0)  # the guard speaks in `max_lr`'s terms
     assert far_too_high.max_lr == pytest.approx(far_too_high.rescues[-1]["new_peak"])
+
+
+class WarnsAtEveryStep(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        warnings.warn("a warning of the user's own, at every step", UserWarning, stacklevel=1)
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_warning_python_shows_once_is_shown_once_in_a_fit_with_trials(tmp_path):
+    """Found trying the package as a new user: warnings shown once by Python's default came back once per trial.
+
+    The trials replay each candidate's schedule, and a ``warnings.catch_warnings`` around each replayed step reset
+    Python's record of the warnings already shown.
+    """
+    callbacks = [SuperConvergence(num_steps=10, trial_steps=50), WeightDecayBalancer()]
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_epochs=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        trainer.fit(WarnsAtEveryStep())
+    assert len(callbacks[0].result.trials) >= 2
+    assert [str(w.message) for w in caught].count("a warning of the user's own, at every step") == 1

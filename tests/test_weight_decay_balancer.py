@@ -130,6 +130,8 @@ def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) 
         # its own)
         ({"reference_weight_decay": 0.0}, ValueError, r"`reference_weight_decay` must be in \(0.0, inf\), got 0.0"),
         ({"log_weight_decay": "yes"}, TypeError, r"`log_weight_decay` must be True or False, got 'yes'"),
+        # found trying the package as a new user: an `OverflowError` naming nothing
+        ({"min_budget": 10**400}, ValueError, r"`min_budget` must be in \(0.0, inf\), got 1000"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_what_is_accepted(kwargs, error, match):
@@ -150,6 +152,7 @@ def test_numpy_numbers_are_numbers():
     assert WeightDecayBalancer(factors=np.logspace(-1, 1, 3)).factors == pytest.approx((0.1, 1.0, 10.0))
     assert WeightDecayBalancer(factors=torch.tensor([0.5, 2.0])).factors == pytest.approx((0.5, 2.0))
     assert WeightDecayBalancer(rebalance_on_rescue=np.bool_(True)).rebalance_on_rescue is True
+    assert type(WeightDecayBalancer(mode=np.str_("budget")).mode) is str
 
 
 def test_a_minimum_gain_no_loss_can_reach_is_refused():
@@ -256,6 +259,44 @@ def test_under_manual_optimization_a_scheduler_stepped_otherwise_than_traced_is_
         assert said == []
 
 
+class StepLREveryOtherCall(TinyClassifier):
+    """A ``StepLR`` whose ``lr_scheduler_step`` override steps it at every other call (or at each, ``every=1``)."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.calls = 0
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric):
+        self.calls += 1
+        if self.calls % self.every == 0:
+            scheduler.step()
+
+
+@pytest.mark.parametrize("every", [2, 1])
+def test_a_scheduler_an_lr_scheduler_step_override_steps_otherwise_than_traced_is_said(tmp_path, every):
+    """An `lr_scheduler_step` override that steps otherwise than Lightning calls it runs a schedule other than traced.
+
+    Found trying the package as a new user: one stepping a `StepLR` every other call, traced as stepped at each call,
+    had λ raised 1.4x for a decay budget half the one that ran, silently. One stepping it at each call runs what was
+    traced: nothing is said.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, StepLREveryOtherCall(every), [WeightDecayBalancer(mode="timescale")])
+    said = [str(w.message) for w in caught if "`lr_scheduler_step` override steps your scheduler" in str(w.message)]
+    if every == 2:
+        assert len(said) == 1
+        assert "the LR at step 3 of this fit is" in said[0]  # where the traced `StepLR` first halved it
+    else:
+        assert said == []
+
+
 # ---------------------------------------------------------------------------------------------------- what is set
 
 
@@ -292,6 +333,30 @@ def test_default_timescale_mode_sets_the_bounded_value_at_every_step(tmp_path):
     allowed = "raised only as far as `bounds` (0.01-10x the user's λ) and the cap of 10 % decay per step allow: K = "
     assert allowed in balancer.reason
     assert "still below the range it aims for" in balancer.reason
+
+
+def test_timescale_with_several_decayed_groups_says_each_group_s_budget(tmp_path):
+    """The verdict in words is the first group's, said so; each further group's budget follows, where it landed.
+
+    Found trying the package as a new user: "raised only as far as `bounds`" read as every group's, while a head at
+    ten times the body's LR had reached its range.
+    """
+
+    def body_and_head(params):
+        params = list(params)
+        return torch.optim.SGD(
+            [{"params": params[:-2]}, {"params": params[-2:], "lr": 0.1}], lr=0.01, momentum=0.9, weight_decay=5e-4
+        )
+
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, WithOptimizer(body_and_head), [SuperConvergence(max_lr=0.5), balancer], epochs=3)
+    assert balancer.reason.startswith("param group 0: raised only as far as `bounds`")
+    said = re.search(r"; param group 1: K = ([0-9.e+-]+)(, (below|above) the range)?$", balancer.reason)
+    assert said is not None, balancer.reason
+    budget = balancer.weight_decays[1] * sum(_one_cycle_terms(0.1, 0.9, 5.0, 3 * STEPS_PER_EPOCH))  # the head's cycle
+    assert float(said.group(1)) == pytest.approx(budget, rel=1e-2)
+    assert said.group(2) is None  # ten times the LR: its λ reached the range
+    assert budget == pytest.approx(1.0)  # `min_budget`: the least of the range the timescale rule aims for
 
 
 def test_timescale_that_reaches_its_range_says_it_moved_there(tmp_path):
