@@ -240,7 +240,11 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
         >>> descent(flat, running_median(flat, 1), half_width=1).clear
         False
     """
-    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    # the first `half_width` points of a running median are read from shortened windows: on a loss that rose from its
+    # first step the very first lay below the median of the start, and a loss that never fell read as one that had,
+    # a little (found checking the README's claims as a new user)
+    edge = min(half_width, len(smoothed) - 1)
+    lowest = min(range(edge, len(smoothed)), key=smoothed.__getitem__)
     head = max(2 * half_width + 1, len(losses) // 10)
     level = statistics.median(losses[:head])
     begins = max((i for i in range(lowest + 1) if smoothed[i] >= level), default=0)

@@ -42,6 +42,14 @@ _DEFAULT_TRAINER = {
 }
 
 
+def _lightnings_own(model: Any, callback: Any) -> bool:
+    """Whether ``callback`` is one of Lightning's (either distribution), or a ``Checkpoint`` of any class."""
+    home = type(callback).__module__
+    own = any(home.startswith(f"{name}.") for name in ("lightning.pytorch", "pytorch_lightning"))
+    checkpoint = _compat.callback_classes(model, "Checkpoint")
+    return hasattr(callback, "__dict__") and (own or bool(checkpoint and isinstance(callback, checkpoint)))
+
+
 def _switched_on_by(model: Any, given: list[Any], trainer_kwargs: Mapping[str, Any]) -> dict[str, bool]:
     """The defaults a callback given in ``trainer_kwargs`` asks to be on: its progress bar, its checkpointing.
 
@@ -189,6 +197,10 @@ def find_max_lr(
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
     slots = registered_tensors(model)
     data = [(param, param.data) for param in model.parameters()]
+    # and the attributes Lightning's own callbacks given had: `ModelCheckpoint` keeps the folder it resolved at setup
+    # (found trying the package as a new user: reused in the real fit, it saved there, in the working directory, away
+    # from that fit's logs); a callback of the user's keeps what it recorded
+    attributes = [(callback, dict(vars(callback))) for callback in given if _lightnings_own(model, callback)]
     error: BaseException | None = None
     sigint = signal.getsignal(signal.SIGINT)
     with _compat.isolate_rng(trainer):
@@ -198,6 +210,8 @@ def find_max_lr(
             )
         except BaseException as err:  # Ctrl-C too
             error = err
+    for callback, attribute_values in attributes:
+        vars(callback).update(attribute_values)
     for generator, state in generators:
         set_rng_state(generator, state)
     for sampler, numbers in samplers:

@@ -242,6 +242,14 @@ def run_range_test(
     smoothed = running_median(record.losses, half_width)
     stopped = _stop_description(record, swept, monitor, config)
     fell = descent(record.losses, smoothed, half_width)
+    blown_up = _blown_up_from_the_start(record.losses, swept)
+    if fell.fall <= 0 and blown_up:
+        # found trying the package as a new user: a loss scaled by 1e8 blew up at the sweep's first LR, and the
+        # message named a start of 1.8e24 read from the blown-up losses, and nothing of `lr_range[0]`
+        raise _compat.misconfiguration(
+            trainer,
+            f"The range test found no usable maximum LR: {blown_up} {stopped} The model and optimizer were restored.",
+        )
     if fell.fall <= 0:
         raise _compat.misconfiguration(
             trainer,
@@ -479,18 +487,25 @@ def _warn_of_a_sweep_that_starts_blown_up(
     package as a new user: `lr_range=(50, 1000)` picked a peak whose held-out loss was at chance, and said it did
     best).
     """
+    said = _blown_up_from_the_start(losses, swept)
+    if said:
+        _compat.rank_zero_warn(trainer, f"SuperConvergence: {said}")
+
+
+def _blown_up_from_the_start(losses: Sequence[float], swept: Sequence[float]) -> str:
+    """What to say of a sweep whose every loss after the first is over three times the first ("": it is not one)."""
     first, later = losses[0], min(losses[1:])
     head = max(3, len(losses) // 10)
     # every later loss over three times the first, and the head's median over ten times it: a noisy first batch alone
     # (heavy-tailed losses at a small batch size) rarely does both
-    if first > 0 and later > 3 * first and statistics.median(losses[1:head]) > 10 * first:
-        _compat.rank_zero_warn(
-            trainer,
-            f"SuperConvergence: the range test's loss was {first:.4g} before its first step and at least {later:.4g} "
-            f"at every step after it: the sweep starts, at lr {swept[0]:.3g}, above where this model's loss "
-            "diverges, and the reading (its start included) is taken from a blown-up model. Lower `lr_range[0]` "
-            "(the default starts at 1e-6), or pass `max_lr=`.",
-        )
+    if not (first > 0 and later > 3 * first and statistics.median(losses[1:head]) > 10 * first):
+        return ""
+    return (
+        f"the range test's loss was {first:.4g} before its first step and at least {later:.4g} at every step after "
+        f"it: the sweep starts, at lr {swept[0]:.3g}, above where this model's loss diverges, and the reading (its "
+        "start included) is taken from a blown-up model. Lower `lr_range[0]` (the default starts at 1e-6), or pass "
+        "`max_lr=`."
+    )
 
 
 def _score_on_training_batches(

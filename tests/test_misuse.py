@@ -538,3 +538,17 @@ def test_a_param_group_added_during_the_range_test_is_refused_naming_it_and_the_
     trainer.fit(model)
     assert len(trainer.optimizers[0].param_groups) == 2
     assert trainer.optimizers[0].param_groups[1]["max_lr"] > 0
+
+
+class LossScaledUp(Counting):
+    """A loss a hundred million times larger: SGD's steps at the sweep's first LR already blow the model up."""
+
+    def training_step(self, batch, batch_idx):
+        return 1e8 * super().training_step(batch, batch_idx)
+
+
+def test_a_sweep_that_blows_up_from_its_first_lr_names_lr_range_in_its_error(tmp_path):
+    """Found trying the package as a new user: the error named a start of 1.8e24 read from blown-up losses."""
+    said = r"loss was .* before its first step .*above where this model's loss diverges.*Lower `lr_range\[0\]`"
+    with pytest.raises(MisconfigurationException, match=said):
+        _fit(tmp_path, LossScaledUp(), SuperConvergence(num_steps=10, trial_steps=0))
