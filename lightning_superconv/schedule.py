@@ -233,6 +233,8 @@ class SafeOneCycleLR(OneCycleLR):
         step: a callback that writes an added group's LR between steps (``BackboneFinetuning`` does at every epoch
         start) does not move it off the cycle.
         """
+        if not self.added_group_ratios:  # the common case, at every scheduler step: nothing to follow
+            return
         groups = self.optimizer.param_groups
         first = groups[0]
         momentum = read_momentum(self._momentum_leader()) if self.cycle_momentum else None
