@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -135,6 +135,43 @@ def callback_of(trainer: Trainer, name: str) -> Any:
     """The trainer's first callback of Lightning's class ``name`` (or a subclass), or None (also when it has none)."""
     classes = callback_classes(trainer, name)
     return next((cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)), None)
+
+
+def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str, Any] | None] | None:
+    """When ``StochasticWeightAveraging`` will swap in its ``SWALR`` in this fit, and how it builds it.
+
+    The epoch (counted from 0) at whose start it takes over, a function that builds the same ``SWALR`` on the
+    optimizer it is given, as the callback builds it on the real one (its ``swa_lrs`` as each group's
+    ``initial_lr``, its annealing epochs and strategy), and the ``SWALR`` state a checkpoint gave it (a resume past
+    its start: it builds the scheduler anew at the fit's first epoch start and loads that state into it); None
+    without the callback, once it has taken over in this fit (the Trainer's scheduler is its ``SWALR`` then), or
+    where its start epoch cannot be known (a fraction of ``max_epochs=-1``). Its arguments are private attributes of
+    Lightning's callback.
+    """
+    swa = callback_of(trainer, "StochasticWeightAveraging")
+    if swa is None or getattr(swa, "_initialized", False):
+        return None
+    start = swa._swa_epoch_start
+    if isinstance(start, float):  # a fraction of `max_epochs`, made an epoch in the callback's `on_fit_start`
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            return None
+        start = int(trainer.max_epochs * start)
+    swa_lrs, anneal_epochs, strategy = swa._swa_lrs, swa._annealing_epochs, swa._annealing_strategy
+
+    def build(optimizer: Any) -> Any:
+        from torch.optim.swa_utils import SWALR
+
+        lrs = swa_lrs if isinstance(swa_lrs, list) else [swa_lrs] * len(optimizer.param_groups)
+        for lr, group in zip(lrs, optimizer.param_groups, strict=False):
+            group["initial_lr"] = lr
+        last_epoch = trainer.max_epochs if strategy == "cos" else -1
+        # a list per group, as the callback passes it (torch's annotation says float)
+        return SWALR(
+            optimizer, swa_lr=lrs, anneal_epochs=anneal_epochs, anneal_strategy=strategy,  # type: ignore[arg-type]
+            last_epoch=last_epoch,
+        )  # fmt: skip
+
+    return max(int(start) - 1, 0), build, swa._scheduler_state
 
 
 def scheduler_config(trainer: Trainer, scheduler: Any, name: str | None = None) -> Any:

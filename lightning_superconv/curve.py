@@ -209,12 +209,15 @@ class Descent:
         begins: the last step before the lowest point at which the smoothed loss still stood at its start level:
             where the descent into the minimum begins. A pick below it cannot be right (the loss rose back to where
             it started after it, so whatever dip came before was noise).
+        lowest: the step of the lowest smoothed loss, looked for past the running median's first ``half_width``
+            points (read from shortened windows): where the rise is looked for after.
     """
 
     start_level: float
     fall: float
     noise: float
     begins: int
+    lowest: int
 
     @property
     def clear(self) -> bool:
@@ -234,8 +237,8 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
 
         >>> noisy_start = [2.0, 2.2, 1.8, 2.1, 1.7, 2.2, 1.9, 2.0, 1.4, 1.0, 0.5, 0.4, 0.5, 3.0]
         >>> fell = descent(noisy_start, running_median(noisy_start, 1), half_width=1)
-        >>> fell.begins, fell.clear
-        (6, True)
+        >>> fell.begins, fell.lowest, fell.clear
+        (6, 10, True)
         >>> flat = [2.0, 2.2, 1.8] * 10
         >>> descent(flat, running_median(flat, 1), half_width=1).clear
         False
@@ -248,7 +251,7 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
     head = max(2 * half_width + 1, len(losses) // 10)
     level = statistics.median(losses[:head])
     begins = max((i for i in range(lowest + 1) if smoothed[i] >= level), default=0)
-    return Descent(level, level - smoothed[lowest], smoothed_noise(losses, smoothed, half_width), begins)
+    return Descent(level, level - smoothed[lowest], smoothed_noise(losses, smoothed, half_width), begins, lowest)
 
 
 #: How many standard errors of the smoothed curve a fall of the loss must exceed to count (:class:`Descent`).

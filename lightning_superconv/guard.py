@@ -507,12 +507,21 @@ class GuardedCycle:
         self._stall_check = int(_warmup_end(scheduler))
         # from the same step on, at every check: a loss lying flat after a blow-up (a network that died)
         self._collapse_from = self._stall_check
+        # both count the cycle's own steps; the losses come with the Trainer's `global_step`, which a second `fit`
+        # on a Trainer starts above 0: the difference, read at `start` (found in a review: a second fit's stall
+        # check ran deep in the warm-up, where it said the LR had climbed to the peak)
+        self._steps_before = 0
+        # the gradient scaler's scale at the last check, and its halvings in a row since; a resume takes a
+        # checkpoint's (found in a review: a resumed run read the scale its scaler came back with, already halved for
+        # a skipped step, and counted that step's inf loss, which the run it resumed forgave, as a divergence)
+        self._loaded_scale: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's statistics and when it checks for a stall next (plain values, for checkpoints)."""
         return {
             **self.guard.state_dict(), "stall_check": float(self._stall_check),
-            "collapse_from": float(self._collapse_from),
+            "collapse_from": float(self._collapse_from), "halvings": float(self._halvings),
+            **({} if self._scale is None else {"scale": float(self._scale)}),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -520,6 +529,9 @@ class GuardedCycle:
         self.guard.load_state_dict(state)
         self._stall_check = int(state.get("stall_check", self._stall_check))
         self._collapse_from = int(state.get("collapse_from", self._collapse_from))
+        self._halvings = int(state.get("halvings", 0))
+        scale = state.get("scale")
+        self._loaded_scale = None if scale is None else float(scale)
 
     def release(self) -> None:
         """Drop the snapshot's copies: training has ended and nothing will be rolled back; the statistics stay.
@@ -533,10 +545,25 @@ class GuardedCycle:
         """Take the first snapshot: the weights training starts from (after the first step, for a lazy module)."""
         step = int(trainer.global_step)
         self._last_step = step
+        self._steps_before = step - int(self.scheduler.last_epoch)
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])
-        self._scale = _scale_of(trainer)
+        scale = _scale_of(trainer)
+        self._scale = self._loaded_scale if self._loaded_scale is not None and scale is not None else scale
         if lazy_modules(pl_module):
             return  # no weights to copy before the first forward: `after_batch` takes the first snapshot
+        # found trying the package as a new user: a checkpoint written between a blow-up and the next check held NaN
+        # weights, and the resumed run rolled back to them three times before an error that blamed the LR
+        if trainer.strategy.reduce_boolean_decision(not _all_finite(pl_module), all=False):
+            where = (
+                "the checkpoint this run resumes from was written after the loss blew up, before the divergence "
+                f"guard's next check (every {self.guard.check_every} steps): resume from an earlier checkpoint"
+                if trainer.ckpt_path
+                else "check how the model is built or loaded"
+            )
+            raise DivergenceError(
+                "SuperConvergence: the weights this fit starts from are not finite (NaN/inf): a rescue rolls back to "
+                f"them and could not help, so training stops before it starts; {where}."
+            )
         self._refresh(trainer, step, pl_module, optimizer)
 
     def after_batch(
@@ -612,7 +639,7 @@ class GuardedCycle:
             # In a run not yet rescued it counts only where the loss moved since the snapshot, up or down (a network
             # that too high an LR killed spiked, or fell and came back, first; a task whose loss lies flat for a while
             # before it falls, a plateau, never left its first loss's neighbourhood)
-            if reason is None and 0 <= self._stall_check <= step and guard.count >= guard.window:
+            if reason is None and 0 <= self._stall_check <= step - self._steps_before and guard.count >= guard.window:
                 if guard.stalled() and (self.rescued or guard.moved):
                     reason = (
                         f"its loss ({guard.smoothed:.4g}) never fell a tenth below where training started "
@@ -623,7 +650,7 @@ class GuardedCycle:
             if reason is not None:
                 return reason
         # judged once per check, on the losses up to its last: a flat line needs a whole window to show
-        if 0 <= self._collapse_from <= last and guard.collapsed():
+        if 0 <= self._collapse_from <= last - self._steps_before and guard.collapsed():
             return (
                 f"its last {guard.window} losses lie flat (within {FLAT:.0%} of {guard.flat():.4g}) after its moving "
                 f"average had stood at {guard.highest:.4g}: a network that died, predicting the same for every input"
@@ -674,9 +701,13 @@ class GuardedCycle:
         own_now = float(groups[0]["lr"]) / rewarm if rewarm > 0 else float(groups[0]["lr"])
         # the restored weights were trained at `lr_then`: climb back from there over as many steps as it took
         self.scheduler.rewarm(step - restored, lr_then / own_now if own_now > 0 else 1.0)
-        self._stall_check = max(int(_warmup_end(self.scheduler)), step + (step - restored))
+        self._stall_check = max(int(_warmup_end(self.scheduler)), step - self._steps_before + (step - restored))
         self._collapse_from = self._stall_check
         self.rescued += 1
+        if self.rescued >= self.max_rescues:
+            # the next divergence stops the run: nothing will be rolled back, so the copy goes (found in a review: it
+            # was held until the next healthy refresh, which may never come)
+            self.guard.snapshot = nothing(self.scheduler.optimizer)
         self._lr = float(groups[0]["lr"])
         self._scale, self._halvings = _scale_of(trainer), 0  # the restored scaler's
         return Rescue(step, restored, old_peak, old_peak * factor, reason)
@@ -735,6 +766,14 @@ def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
     strategy = trainer.strategy
     lowest = float(strategy.all_gather(torch.tensor(mine, dtype=torch.float64, device=strategy.root_device)).min())
     return lowest if math.isfinite(lowest) else math.nan
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    """Whether every parameter of ``module`` (each rank's own shard) is finite; one device sync."""
+    with torch.no_grad():
+        locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+        flags = [torch.isfinite(t).all() for t in locals_ if t.numel()]
+        return not flags or bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all())
 
 
 def _scale_of(trainer: _compat.Trainer) -> float | None:

@@ -53,11 +53,14 @@ def start_level(losses: Sequence[float], half_width: int) -> float:
     return statistics.median(losses[:head])
 
 
-def rise_index(smoothed: Sequence[float], level: float) -> int:
+def rise_index(smoothed: Sequence[float], level: float, lowest: int | None = None) -> int:
     r"""The step where the smoothed loss, after its lowest point, is back above ``level``; else the last step.
 
     The last step is the LR where the sweep stopped: there the loss had diverged (or the sweep ran out), so the rise
-    lies at or above it.
+    lies at or above it. ``lowest``: the step of the lowest point, as :func:`~lightning_superconv.curve.descent` reads
+    it past the running median's edge points (found in a review: a curve low in its first few losses, a bump above its
+    start, then a clear dip, had its rise read in the bump, and a peak 30,000x too low picked); by default the lowest
+    of all.
 
     Example::
 
@@ -65,8 +68,11 @@ def rise_index(smoothed: Sequence[float], level: float) -> int:
         5
         >>> rise_index([2.3, 1.5, 0.6, 0.5, 0.6], level=2.3)
         4
+        >>> rise_index([0.4, 2.9, 2.0, 1.0, 3.0], level=2.3), rise_index([0.4, 2.9, 2.0, 1.0, 3.0], 2.3, lowest=3)
+        (1, 4)
     """
-    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    if lowest is None:
+        lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
     return next((i for i in range(lowest, len(smoothed)) if smoothed[i] > level), len(smoothed) - 1)
 
 

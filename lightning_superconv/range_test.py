@@ -201,6 +201,8 @@ def run_range_test(
     written: list[float] = []  # the first group's LR as written: a float32 Tensor holds it rounded
 
     def set_lr(step: int) -> None:
+        # also here: a batch `training_step` skipped (returned None) is never checked (found in a review)
+        _refuse_a_group_added(trainer, len(optimizer.param_groups), len(ratios), step)
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             write_lr(group, lrs[step] * ratio)
         written[:] = [float(optimizer.param_groups[0]["lr"])]
@@ -250,6 +252,17 @@ def run_range_test(
             trainer,
             f"The range test found no usable maximum LR: {blown_up} {stopped} The model and optimizer were restored.",
         )
+    window = 2 * half_width + 1
+    if fell.fall <= 0 and len(record.losses) <= window:
+        # found in a review: a loss that fell for seven steps and then was NaN, in a sweep of 200 steps (a window of
+        # 13), was said never to have fallen: the start level and the running median were both read from all seven
+        raise _compat.misconfiguration(
+            trainer,
+            f"The range test found no usable maximum LR: the sweep ran {len(record.losses)} steps, too few to read a "
+            f"fall from (its start level and its smoothed curve are medians over {window} losses: {half_width} on "
+            f"each side, 3 % of `num_steps={config.num_steps}`, at least 1). {stopped} Start the sweep lower with "
+            "`lr_range=(start, end)`, or pass `max_lr=`. The model and optimizer were restored.",
+        )
     if fell.fall <= 0:
         raise _compat.misconfiguration(
             trainer,
@@ -259,7 +272,7 @@ def run_range_test(
             "widen `lr_range`, or pass `max_lr=`. The model and optimizer were restored.",
         )
     _warn_of_a_sweep_that_starts_blown_up(trainer, record.losses, swept)
-    rise = rise_index(smoothed, fell.start_level)
+    rise = rise_index(smoothed, fell.start_level, fell.lowest)
     rose = smoothed[rise] > fell.start_level
     # a sweep stopped by a loss that blew up (the online check) ends in a divergence that the centred running median,
     # made to pass over single batches, may not show yet: the LR it stopped at is where the loss diverged
@@ -267,9 +280,11 @@ def run_range_test(
     if rose:
         reading = f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
     elif diverged:
+        # a NaN/inf loss is not recorded: it came at the step after the last swept (found in a review)
+        where = "at" if record.stop_reason == "diverged" else "at the step after"
         reading = (
-            f"the loss diverged at lr {swept[rise]:.3g}, where the sweep stopped ({record.stop_reason}), before its "
-            f"smoothed curve was back above its start ({fell.start_level:.3g})"
+            f"the loss diverged {where} lr {swept[rise]:.3g}, where the sweep stopped ({record.stop_reason}), before "
+            f"its smoothed curve was back above its start ({fell.start_level:.3g})"
         )
     else:
         reading = (
@@ -278,7 +293,7 @@ def run_range_test(
     trials: list[dict[str, float]] = []
     trial_steps = config.trial_length(run_steps)
     # the sweep's lowest smoothed loss and its LR: a trial stuck above it with over half the start left learned nothing
-    bottom = min(range(len(smoothed)), key=smoothed.__getitem__)
+    bottom = fell.lowest
     lowest = smoothed[bottom]
     if trial_steps:
         peaks: list[float] = []
@@ -345,10 +360,11 @@ def run_range_test(
                 trainer,
                 f"SuperConvergence: every trial left the same held-out loss ({scores[0]:.6g}) at peaks from "
                 f"{min(peaks):.3g} to {max(peaks):.3g}: what the trials score does not change as the model trains, so "
-                f"they chose nothing (max_lr={max_lr:.3g} is the first tried). The held-out loss is `training_step`'s "
-                "on validation batches in eval mode; it may read weights the trials do not move, such as an average "
-                "of the weights (EMA) that your module updates in a hook of its own (`on_train_batch_end`): the "
-                "range test runs `training_step`, `backward` and the optimizer step, not the batch hooks. Or it "
+                f"they chose nothing (max_lr={max_lr:.3g} left the lowest, by under a millionth). The held-out loss is "
+                "`training_step`'s on validation batches in eval mode; it may read weights the trials do not move, "
+                "such as an average of the weights (EMA) that your module updates in a hook of its own "
+                "(`on_train_batch_end`): the range test runs `training_step`, `backward` and the optimizer step, not "
+                "the batch hooks. Or it "
                 "scores the same samples whatever batch it is given: a `training_step` that selects its training "
                 "samples itself (a mask of training nodes on a whole graph, as in PyTorch Geometric's node "
                 "classification) scores them on the validation batches too, where a small training set can reach the "
@@ -380,7 +396,10 @@ def run_range_test(
         # the trials from the optimizer's own LR up, above where the sweep ended, gave the pick
         from_own = own_from is not None and verdict.index >= own_from and max_lr > swept[-1] and own_lr > swept[-1]
     else:
-        max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it (`trial_steps=0`: no trials)"
+        # no trials asked for, or none that could score (found in a review: the reason named `trial_steps=0`, which
+        # the user had not set)
+        why = "`trial_steps=0`: no trials" if not config.trial_length(run_steps) else "the trials could not score"
+        max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it ({why})"
         confirmed = from_own = False
     if not rose and not diverged and from_own:
         # found trying the package as a new user: with `lr_range=(1e-3, 2e-3)` the warning below blamed the pick on
@@ -438,7 +457,7 @@ def _refuse_a_group_added(trainer: _compat.Trainer, groups: int, had: int, step:
         _compat.misconfiguration(
             trainer,
             f"The optimizer had {had} param group{'s' if had != 1 else ''} when the range test started and {groups} "
-            f"after its step {step}: your module adds one while it trains (`add_param_group` in `training_step`, the "
+            f"at its step {step}: your module adds one while it trains (`add_param_group` in `training_step`, the "
             "forward or a hook), so the range test has no LR to sweep it with. Build those parameters before `fit` "
             "(in `__init__`, `setup` or `configure_model`) and give them to the optimizer in `configure_optimizers`, "
             "or pass `max_lr=`: the cycle takes in a group added during training at the ratio of its LR to the first "
@@ -631,14 +650,18 @@ def _stop_description(record: StepRecord, swept: list[float], monitor: Divergenc
             "`divergence_threshold`."
         )
     if record.stop_reason == "non-finite":
-        return f"The test stopped at lr {swept[-1]:.3g} after {len(swept)} steps: the loss became NaN/inf."
+        # the NaN/inf loss is not recorded: its step is the one after the last swept (found in a review)
+        return f"The test stopped after {len(swept)} steps (the last at lr {swept[-1]:.3g}): the next loss was NaN/inf."
     return f"The sweep ended after {len(swept)} steps ({record.stop_reason})."
 
 
 def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
     """Why the range test recorded too few points to read, and what to do about it."""
     n = len(record.losses)
-    at = f" (lr {lrs[n]:.3g})" if n < len(lrs) else ""
+    # a diverged loss is recorded, a NaN/inf one or a skipped step is not (found in a review: the LR of a step that
+    # never ran was named)
+    last = n - 1 if record.stop_reason == "diverged" else n
+    at = f" (lr {lrs[last]:.3g})" if 0 <= last < len(lrs) else ""
     advice = (
         "Check that `training_step` returns a finite loss for your data, or start the sweep lower with "
         "`SuperConvergence(lr_range=(start, end))`, or pass `max_lr=` to skip the range test."

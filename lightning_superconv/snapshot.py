@@ -401,10 +401,7 @@ def capture(
         inner=[
             (inner, {p: copy.deepcopy(s) for p, s in inner.state.items()}, _group_values(inner)) for inner in wrapped
         ],
-        optimizer_scalars=[
-            (opt, {name: value for name, value in vars(opt).items() if _is_plain_value(value)})
-            for opt in ((optimizer, *wrapped) if weights else ())
-        ],
+        optimizer_scalars=_optimizer_scalars((optimizer, *wrapped) if weights else ()),
         scaler=scaler if weights else None,
         sharded=sharded,
         scaler_state=None if scaler is None or not weights else copy.deepcopy(scaler.state_dict()),
@@ -646,8 +643,16 @@ def recapture(
                 else:
                     saved_state[key] = copy.deepcopy(value)
     previous.param_groups = _group_values(optimizer)
+    # an optimizer's own counters too (found in a review: pytorch_optimizer's StableSPAM counts its steps in
+    # `total_step`, and a rollback to this snapshot put back the count of the first capture)
+    previous.optimizer_scalars = _optimizer_scalars([opt for opt, _ in previous.optimizer_scalars])
     previous.scaler_state = None if scaler is None else copy.deepcopy(scaler.state_dict())
     return previous
+
+
+def _optimizer_scalars(optimizers: Sequence[Optimizer]) -> list[tuple[Optimizer, dict[str, Any]]]:
+    """The numbers and strings each optimizer holds as attributes (a step count), to put back with its state."""
+    return [(opt, {name: value for name, value in vars(opt).items() if _is_plain_value(value)}) for opt in optimizers]
 
 
 def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module]) -> list[Tensor]:

@@ -546,6 +546,15 @@ class SuperConvergence(_compat.Callback):
         self._restored = self.max_lr is not None
         self._state_loaded = True
 
+    @property
+    def _logs_schedule_this_fit(self) -> bool:
+        """Whether this fit's LR, momentum and weight decay are logged by this callback.
+
+        Known once its ``on_fit_start`` has run: it logs them with the cycle it installs, and not at all where it
+        returns without one (``overfit_batches``, ``fast_dev_run``, no training step left).
+        """
+        return self._logger is not None
+
     # ------------------------------------------------------------------------------------------------ work
 
     def _new_fit(self) -> None:

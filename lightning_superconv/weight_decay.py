@@ -23,7 +23,7 @@ but the best quantitative reading of their "balance" (the README's ``WeightDecay
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -187,6 +187,20 @@ class SchedulerSpec:
     frequency: int = 1
 
 
+@dataclass(frozen=True)
+class ScheduleSwap:
+    """A scheduler that takes over the LR at a step of the run, as ``StochasticWeightAveraging``'s ``SWALR`` does.
+
+    Attributes:
+        step: the traced step (counted from 0) whose LR the new scheduler sets: the first of the epoch it starts in.
+        build: builds it on the optimizer it is given (the trace's copy), as the callback builds it on the real one.
+            It is stepped at every epoch end from there on, and replaces every other scheduler.
+    """
+
+    step: int
+    build: Callable[[Optimizer], Any]
+
+
 def epoch_ends(steps_per_epoch: int | Sequence[int] | None, total_steps: int) -> list[int]:
     r"""The optimizer steps, counted from 1, after which each epoch of a ``total_steps``-step run ends.
 
@@ -234,6 +248,8 @@ def trace_schedule(
     step_batches: Sequence[int] | None = None,
     start_step: int = 0,
     start_epoch: int = 0,
+    epochs_known: bool = True,
+    swap: ScheduleSwap | None = None,
 ) -> tuple[list[GroupTrace], list[str]]:
     r"""Replay the schedulers on a detached copy of the optimizer and record each group's LR and momentum per step.
 
@@ -257,7 +273,16 @@ def trace_schedule(
             ``global_step``): timm's schedulers are stepped at that time, as Lightning's docs step them (found
             reviewing the package: a second fit's cosine was traced from its start, its decay budget 2.2x the one
             that ran); torch's count their own steps.
-        start_epoch: the epochs before the first traced step's (the Trainer's ``current_epoch``), likewise.
+        start_epoch: the epochs before the first traced step's (the Trainer's ``current_epoch``), likewise; an
+            ``"epoch"`` scheduler of a ``frequency`` above 1 steps at the epochs Lightning counts from the run's first
+            (found in a review: a second fit's were counted from its own first epoch, a budget 1.3x the one that ran).
+        epochs_known: False for data without a length (a stream): when its epochs end cannot be foreseen, so
+            ``"epoch"`` schedulers are left out and named in the notes, as a metric's are (found in a review: each
+            step was traced as an epoch, and a ``StepLR`` Lightning never stepped was traced as halving the LR at each
+            step).
+        swap: a scheduler that takes over at a step (found in a review: ``StochasticWeightAveraging``'s ``SWALR``,
+            which sets the LR from its start epoch, was not traced, and λ chosen for a schedule that did not run
+            decayed the weights by 31 % a step at its LR).
 
     Returns:
         One :class:`GroupTrace` per param group, and notes on what could not be traced.
@@ -267,6 +292,11 @@ def trace_schedule(
     for spec in schedulers:
         if _needs_metric(spec.scheduler):
             notes.append(f"`{type(spec.scheduler).__name__}` depends on a metric and was read as constant")
+        elif spec.interval == "epoch" and not epochs_known:
+            notes.append(
+                f"`{type(spec.scheduler).__name__}` steps at epoch ends, which data without a length does not "
+                "foretell, and was read as constant"
+            )
         else:
             usable.append(spec)
     twin, copies = detached_copy(optimizer, [s.scheduler for s in usable])
@@ -277,6 +307,10 @@ def trace_schedule(
     ended = {end: number for number, end in enumerate(epoch_ends(steps_per_epoch, total_steps), start=1)}
     epochs_done = 0
     for step in range(total_steps):
+        if swap is not None and step == swap.step:
+            taken_over = swap.build(twin)
+            usable, copies, finished = [SchedulerSpec(taken_over, "epoch", 1)], [taken_over], set()
+            _quiet(twin, copies)
         for group, trace in zip(twin.param_groups, traces, strict=True):
             mu = momentum_of(group)
             trace.lrs.append(float(group["lr"]))
@@ -290,7 +324,7 @@ def trace_schedule(
             if index in finished:
                 continue
             if spec.interval == "epoch":
-                due = step + 1 in ended and ended[step + 1] % max(spec.frequency, 1) == 0
+                due = step + 1 in ended and (start_epoch + ended[step + 1]) % max(spec.frequency, 1) == 0
             else:
                 read = step_batches[step] if step_batches is not None and step < len(step_batches) else step + 1
                 due = read % max(spec.frequency, 1) == 0

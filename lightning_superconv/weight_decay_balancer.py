@@ -22,11 +22,13 @@ from lightning_superconv.schedule import SafeOneCycleLR
 from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
+    ScheduleSwap,
     bounds_for,
     budget_matched,
     clamp,
     decay_form,
     decay_off_the_lr,
+    epoch_ends,
     epochs_spanned,
     group_gain,
     reference_budget,
@@ -236,6 +238,8 @@ class WeightDecayBalancer(_compat.Callback):
         self._restored_mode: str = mode  # the mode the restored λ was chosen in
         # under manual optimization, the LRs traced for the user's scheduler, checked against those that run
         self._manual_trace: _ManualTrace | None = None
+        # the reference recipe as read at `on_fit_start`: each group's trace, explicit LR and gain, and the step read at
+        self._reference_read: tuple[list[GroupTrace], list[float | None], list[float], int] | None = None
 
     # The state is keyed by the class name alone (Lightning's default), like `SuperConvergence`'s: a resume with
     # another `mode` finds it and re-applies the checkpoint's λ. Release 0.1.0 keyed it by mode too; such a state
@@ -251,6 +255,7 @@ class WeightDecayBalancer(_compat.Callback):
         self._logger = None
         self._rescuer = None
         self._manual_trace = None
+        self._reference_read = None
         # what a fit found out describes that fit: cleared here, so a fit with no step left to run does not show the
         # previous fit's λ beside an optimizer that `configure_optimizers` built afresh (a resume brings its own back:
         # `load_state_dict` runs after `setup`)
@@ -293,21 +298,21 @@ class WeightDecayBalancer(_compat.Callback):
         # recipe the user would have run without either callback, over the steps this fit runs (a second `fit` on a
         # Trainer runs the epochs left: found trying the package as a new user, its recipe was read over the whole
         # run, twice the steps, and `mode='budget'` chose twice the λ)
+        # loaded now, as the range test loads it: under `max_epochs=-1` Lightning loads it after `on_fit_start`, and
+        # its length, unknown here, would read the reference's epochs as a stream's (found in a review)
+        _compat.setup_train_data(trainer)
         total = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(
             optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
-            int(trainer.global_step), int(trainer.current_epoch),
+            int(trainer.global_step), int(trainer.current_epoch), _trainer.epoch_length_known(trainer),
+            _swa_swap(trainer, total),
         )  # fmt: skip
         configured = configured_weight_decays(optimizer)
         self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
-        lrs = _reference_lrs(optimizer, self.reference_lr)
-        self.reference_budgets = []
-        for group, trace, lr, wd in zip(optimizer.param_groups, traces, lrs, self.reference_weight_decays, strict=True):
-            if lr is None:
-                self.reference_budgets.append(wd * trace.decay_sum())
-            else:
-                self.reference_budgets.append(reference_budget(lr, group_gain(group, optimizer=optimizer), wd, total))
+        gains = [group_gain(group, optimizer=optimizer) for group in optimizer.param_groups]
+        self._reference_read = (traces, _reference_lrs(optimizer, self.reference_lr), gains, int(trainer.global_step))
+        self.reference_budgets = _reference_budgets(*self._reference_read[:3], self.reference_weight_decays, skip=0)
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -346,10 +351,19 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer, f"WeightDecayBalancer: weight_decay={_fmt(self.weight_decays)} {self.reason}."
             )
             return
+        resumed_without_state = self._reference_read is not None and trainer.global_step > self._reference_read[3]
         if self.reference_weight_decays is None or self.reference_budgets is None:
-            # a resume from a checkpoint written before the balancer was added: nothing to compare against
+            # a resume from a checkpoint written before the balancer chose (its state holds no λ): nothing to compare
+            # against
             self.reference_weight_decays = configured_weight_decays(optimizer)
             self.reference_budgets = [math.nan] * len(optimizer.param_groups)
+        elif self._reference_read is not None and resumed_without_state:
+            # a resume from a checkpoint written without the balancer: Lightning restores the step after
+            # `on_fit_start`, where the recipe was read over the whole run; the budget of the steps left is its rest
+            # (found in a review: the whole run's was compared with the rest's, and `mode='keep'` reported 0.5x)
+            traces, lrs, gains, read_at = self._reference_read
+            skip = int(trainer.global_step) - read_at
+            self.reference_budgets = _reference_budgets(traces, lrs, gains, self.reference_weight_decays, skip)
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         if not decayed:
             self.weight_decays = list(self.reference_weight_decays)
@@ -362,11 +376,17 @@ class WeightDecayBalancer(_compat.Callback):
             return
         self._warn_adaptive(trainer, optimizer, decayed)
         remaining = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
+        if resumed_without_state:
+            # an epoch resumed from inside it runs only its batches left (found in a review: counted whole, 24 steps
+            # were planned where 20 ran, and an unchanged recipe read as 1.2x the reference's budget)
+            end = _trainer.resumed_fit_end(trainer)
+            remaining = max(int(end) - int(trainer.global_step), 1) if math.isfinite(end) else remaining
         self.planned_steps = remaining
         self._fit_end = int(trainer.global_step) + remaining
         traces, notes = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
             _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
+            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining),
         )  # fmt: skip
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
@@ -459,6 +479,11 @@ class WeightDecayBalancer(_compat.Callback):
         return "the user's λ" if self.reference_weight_decay is None else "the `reference_weight_decay`"
 
     @property
+    def _adaptive_handling(self) -> str:
+        """What this mode does with a group whose decay is coupled through an adaptive normalization, in warnings."""
+        return _ADAPTIVE_HANDLING[self.mode].format(start=self._start)
+
+    @property
     def _left(self) -> str:
         """Where a mode that cannot choose leaves ``λ``, in the reasons: as configured, or at the reference's."""
         return "left as configured" if self.reference_weight_decay is None else "left at the `reference_weight_decay`"
@@ -517,6 +542,7 @@ class WeightDecayBalancer(_compat.Callback):
         traces, _ = trace_schedule(
             optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
             _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
+            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining),
         )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
         traces = traces[: len(self.reference_weight_decays)]
@@ -605,7 +631,7 @@ class WeightDecayBalancer(_compat.Callback):
         spent = refs[first] * traces[first].decay_sum()
         now = chosen[first] * traces[first].decay_sum()
         if first in adaptive:
-            verdict = "kept: adaptive coupled decay has no decay budget to bound"
+            verdict = f"{self._start} kept: adaptive coupled decay has no decay budget to bound"
         elif not budget_range[0] * (1 - 1e-9) <= now <= budget_range[1] * (1 + 1e-9):
             # `bounds` or the 10 %-per-step cap stopped it short: say so rather than claim the range was reached
             verdict = (
@@ -725,10 +751,14 @@ class WeightDecayBalancer(_compat.Callback):
                 f"{self._start})"
             )
         start = time.perf_counter()
+        # each group's λ within its own bounds, as the one adopted will be: the factors are planned within the first
+        # group's (found in a review: a head at 10x the LR was tried at 50 % decay per step, and a λ no branch ran
+        # adopted)
+        bounds = {i: self._bounds(optimizer, traces, i) for i in decayed}
         branches = [
             Branch(
                 traces=[trace.at(plan.indices) for trace in traces],
-                weight_decays={i: refs[i] * factor for i in decayed},
+                weight_decays={i: clamp(refs[i] * factor, bounds[i]) for i in decayed},
                 order=order,
                 label=factor,
             )
@@ -750,7 +780,7 @@ class WeightDecayBalancer(_compat.Callback):
         factor = factors[decision.index]
         chosen = list(refs)
         for i in decayed:
-            chosen[i] = clamp(refs[i] * factor, self._bounds(optimizer, traces, i))
+            chosen[i] = clamp(refs[i] * factor, bounds[i])
         step_seconds = train_seconds / max(plan.steps * len(plan.runs), 1)
         fraction = seconds / max(step_seconds * total, 1e-12)
         self.search = {
@@ -790,7 +820,7 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer,
                 f"WeightDecayBalancer: {type(optimizer).__name__} with `{option}=True` shrinks the weights by "
                 f"{shrink}, no constant times the LR η times λ. The decay budget has no closed form there; "
-                f"{_ADAPTIVE_HANDLING[self.mode]}. For weight decay balanced with the schedule, pass `{option}=False`.",
+                f"{self._adaptive_handling}. For weight decay balanced with the schedule, pass `{option}=False`.",
             )
         elif adaptive and not any(key in adaptive[0] for key in ("eps", "betas")):
             # no key of an adaptive normalization either: an optimizer the balancer cannot read (found trying the
@@ -800,7 +830,7 @@ class WeightDecayBalancer(_compat.Callback):
                 f"WeightDecayBalancer: its param groups do not say how {type(optimizer).__name__} applies "
                 "`weight_decay` (no flag of decoupled decay, not SGD's `momentum` with `dampening`, no `eps` or "
                 "`betas` of an adaptive normalization), so the decay budget cannot be computed; "
-                f"{_ADAPTIVE_HANDLING[self.mode]}.",
+                f"{self._adaptive_handling}.",
             )
         elif adaptive:
             # Adam, NAdam and RAdam take the flag; Adagrad, RMSprop, Adamax... raise a TypeError on it
@@ -814,14 +844,16 @@ class WeightDecayBalancer(_compat.Callback):
                 f"WeightDecayBalancer: {type(optimizer).__name__} applies `weight_decay` as L2 added to the gradient "
                 "before its adaptive normalization, so each weight decays inversely to the scale of its gradients "
                 "(1/sqrt of their second moment for Adam and RMSprop) and weights with large gradients hardly decay "
-                f"at all. The decay budget has no closed form there; {_ADAPTIVE_HANDLING[self.mode]}. For weight "
+                f"at all. The decay budget has no closed form there; {self._adaptive_handling}. For weight "
                 f"decay that behaves as specified, {remedy}.",
             )
 
 
 #: What each mode does with a param group whose decay is coupled through Adam's normalization (the warning's words).
+#: ``{start}``: the λ the modes start from (found in a review: with a ``reference_weight_decay`` the warning said the
+#: user's was kept, and the run trained at the reference's, 1000x it).
 _ADAPTIVE_HANDLING = {
-    "timescale": "`mode='timescale'` keeps your weight decay for such groups",
+    "timescale": "`mode='timescale'` keeps {start} for such groups",
     "budget": "`mode='budget'` treats it like decoupled decay (shrinks η·λ per step)",
     "grid": "`mode='grid'` compares weight decays by training with them (its check that a grid is worth running "
     "still reads that budget)",
@@ -833,9 +865,12 @@ _ADAPTIVE_HANDLING = {
 
 
 def _superconvergence_logs_schedule(trainer: _compat.Trainer) -> bool:
+    # asked at `on_train_start`, after every callback's `on_fit_start` (found trying the package as a new user: under
+    # `overfit_batches` SuperConvergence installs no cycle and logs nothing, and the balancer, seeing it in the list,
+    # left the λ it changed unlogged)
     from lightning_superconv.superconvergence import SuperConvergence
 
-    return any(isinstance(cb, SuperConvergence) and cb.log_schedule for cb in _compat.callbacks(trainer))
+    return any(isinstance(cb, SuperConvergence) and cb._logs_schedule_this_fit for cb in _compat.callbacks(trainer))
 
 
 class _ManualTrace:
@@ -895,11 +930,59 @@ class _ManualTrace:
         return False
 
 
+def _swa_swap(trainer: _compat.Trainer, steps: int) -> ScheduleSwap | None:
+    """``StochasticWeightAveraging``'s ``SWALR`` from the first step of its start epoch, within the ``steps`` traced.
+
+    The trace starts at the current epoch's start (``on_fit_start``, ``on_train_start``; a rebalance reads the rest of
+    the run as if it did too). A fit that starts past SWA's start epoch (a resume) has it rebuilt at its first epoch
+    start, with the state the checkpoint gave it (found in a review: read as the constant LR or the user's scheduler,
+    an unchanged recipe measured 0.83x the reference's budget); a resume from inside an epoch is read as if SWA took
+    over at its first step. None where SWA has taken over in this fit already (its ``SWALR`` is then the Trainer's
+    scheduler, read as such), starts after the steps traced, or the epochs have no known length.
+    """
+    takeover = _compat.swa_takeover(trainer)
+    if takeover is None or not _trainer.epoch_length_known(trainer):
+        return None
+    epoch, build, state = takeover
+    ahead = epoch - int(trainer.current_epoch)
+    if ahead <= 0:
+
+        def rebuilt(optimizer: Any) -> Any:
+            scheduler = build(optimizer)
+            if ahead < 0 and state is not None:
+                scheduler.load_state_dict(state)
+            return scheduler
+
+        return ScheduleSwap(0, rebuilt)
+    ends = epoch_ends(_trainer.steps_per_epoch(trainer), steps)
+    if ahead > len(ends) or ends[ahead - 1] >= steps:
+        return None
+    return ScheduleSwap(ends[ahead - 1], build)
+
+
 def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:
     return [
         SchedulerSpec(config.scheduler, "epoch" if config.interval == "epoch" else "step", int(config.frequency))
         for config in trainer.strategy.lr_scheduler_configs
     ]
+
+
+def _reference_budgets(
+    traces: Sequence[GroupTrace],
+    lrs: Sequence[float | None],
+    gains: Sequence[float],
+    weight_decays: Sequence[float],
+    skip: int,
+) -> list[float]:
+    """Each group's decay budget under the reference recipe, over its steps after the first ``skip``."""
+    budgets = []
+    for trace, lr, gain, wd in zip(traces, lrs, gains, weight_decays, strict=True):
+        steps = max(len(trace.lrs) - skip, 0)
+        if lr is None:
+            budgets.append(wd * trace.at(range(skip, skip + steps)).decay_sum())
+        else:
+            budgets.append(reference_budget(lr, gain, wd, steps))
+    return budgets
 
 
 def _reference_lrs(optimizer: Any, reference_lr: float | None) -> list[float | None]:

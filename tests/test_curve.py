@@ -187,6 +187,24 @@ def test_a_sweep_diverged_from_a_best_below_zero_is_said_in_the_best_s_size():
     assert "more than 3 above its best (0;" in said
 
 
+def test_the_lr_a_stopped_sweep_is_named_by_is_that_of_a_step_that_ran():
+    """A diverged loss is recorded and a NaN/inf one is not: each message names the LR of a step that ran.
+
+    Found in a review: the messages named the LR of a step that never ran (a diverged sweep's) or called the last
+    finite step's LR the one where the loss became NaN.
+    """
+    from lightning_superconv.range_test import RangeTestConfig, _no_curve_message, _stop_description
+    from lightning_superconv.steps import StepRecord
+
+    lrs = [0.001, 0.002, 0.004, 0.008]
+    diverged = StepRecord(steps=[0, 1], losses=[1.0, 100.0], stop_reason="diverged")
+    assert "the loss diverged after 2 step(s) (lr 0.002)" in _no_curve_message(diverged, lrs)
+    nonfinite = StepRecord(steps=[0, 1], losses=[1.0, 1.1], stop_reason="non-finite")
+    assert "non-finite (NaN/inf) after 2 step(s) (lr 0.004)" in _no_curve_message(nonfinite, lrs)
+    said = _stop_description(nonfinite, lrs[:2], DivergenceMonitor(threshold=4.0, beta=0.0), RangeTestConfig())
+    assert said == "The test stopped after 2 steps (the last at lr 0.002): the next loss was NaN/inf."
+
+
 def test_a_loss_that_rose_from_its_first_step_never_fell():
     """The running median's first points come from shortened windows: on a rising loss the first lay below the start.
 

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_superconv import RangeTestResult, SuperConvergence, WeightDecayBalancer, find_max_lr
 
@@ -610,3 +610,67 @@ def test_a_sweep_range_that_starts_above_divergence_is_an_error_that_says_so():
             TenClassMLP(), train_dataloaders=train, val_dataloaders=val, lr_range=(50.0, 1000.0),
             trainer_kwargs={"max_epochs": 3, "enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
         )  # fmt: skip
+
+
+class ScriptedCurve(L.LightningModule):
+    """A loss that follows a given curve, one value per training step, whatever the LR (a range test's reading)."""
+
+    def __init__(self, curve):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+        self.curve = curve
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        return self.lin.weight.sum() * 0.0 + self.curve[min(self.calls, len(self.curve)) - 1]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_rise_is_looked_for_after_the_lowest_point_past_the_running_medians_edge():
+    """The rise lies after the dip, not in a bump of the first steps.
+
+    Found in a review: a curve low in its first losses, a bump above its start, then a clear dip, had its rise read in
+    the bump from the running median's first point (read from a shortened window), and a peak of 7.8e-7, below the
+    sweep's first LR, picked without a word.
+    """
+    n = 100
+    curve = [2.0] * 3 + [4.0, 4.4] * 6 + [4.0] + [2.6] * 50
+    curve += [3.0 + 0.3 * k for k in range(n - len(curve))]
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=8)
+    result = find_max_lr(
+        ScriptedCurve(curve), data, trial_steps=0, num_steps=n, divergence_threshold=100.0,
+        trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+    )  # fmt: skip
+    # a quarter of the LR where the loss is back above its start, past the dip (steps 16 to 65)
+    assert 4 * result.max_lr > result.lrs[65]
+
+
+def test_a_sweep_too_short_to_read_says_so_instead_of_that_the_loss_never_fell():
+    """A sweep stopped before its medians' window filled: an error that says so.
+
+    Found in a review: a loss that fell for seven steps and then was NaN, in a sweep of 200 steps (medians over 13
+    losses), was said never to have fallen, with advice to widen `lr_range`.
+    """
+    curve = [3.0 - 0.3 * k for k in range(1, 8)] + [math.nan] * 200
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=8)
+    said = r"the sweep ran 7 steps, too few to read a fall from .*13 losses.*NaN/inf\. Start the sweep lower"
+    with pytest.raises(MisconfigurationException, match=said):
+        find_max_lr(
+            ScriptedCurve(curve), data, trial_steps=0, num_steps=200,
+            trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+        )  # fmt: skip
+
+
+def test_a_sweep_stopped_by_a_nan_loss_names_the_lr_of_its_last_finite_step_as_such():
+    """Found in a review: the reason said the loss diverged at the last finite step's LR; the NaN came a step later."""
+    curve = [3.0 - 0.02 * k for k in range(60)] + [math.nan] * 200
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=8)
+    result = find_max_lr(
+        ScriptedCurve(curve), data, trial_steps=0, num_steps=100,
+        trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+    )  # fmt: skip
+    assert result.stop_reason == "non-finite"
+    assert result.pick_reason.startswith(f"the loss diverged at the step after lr {result.lrs[-1]:.3g}, where")

@@ -1349,3 +1349,129 @@ def test_a_step_the_gradient_scaler_skips_is_not_a_divergence(tmp_path):
     assert trainer.precision_plugin.scaler.get_scale() < 2.0**8 or trainer.global_step > 0
     assert callback.rescues == []
     assert _final_loss(model) < 1.0
+
+
+class OverflowAtTwelve(Deterministic):
+    """Step 12's loss is infinite (a half-precision overflow): the gradient scaler skips it and halves its scale."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("inf") if self.trainer.global_step == 12 and self.training else loss
+
+
+def test_a_resume_between_a_skipped_step_and_the_next_check_forgives_it_as_the_run_it_resumes(tmp_path):
+    """The scale at the last check comes back with the guard: the skip is forgiven, as in the uninterrupted run.
+
+    Found in a review: the resumed guard read the scale its scaler came back with, already halved for the skip, saw no
+    drop at the next check, and rescued on the skipped step's inf loss ("the loss became NaN/inf").
+    """
+
+    def fp16():
+        return [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))]
+
+    whole = SuperConvergence(max_lr=0.05)
+    _fit(tmp_path / "whole", whole, model=OverflowAtTwelve, plugins=fp16(), max_epochs=3)
+    assert whole.rescues == [], "the premise: the uninterrupted run forgives the skip"
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=15, save_top_k=-1)
+    with pytest.raises(Interrupt):
+        _fit(
+            tmp_path / "a", SuperConvergence(max_lr=0.05), model=OverflowAtTwelve, plugins=fp16(), max_epochs=3,
+            extra=[checkpoint, KillAt(16)], enable_checkpointing=True,
+        )  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    resumed = SuperConvergence(max_lr=0.05)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[resumed], plugins=fp16(), **trainer_kwargs(tmp_path / "b", max_epochs=3))
+    trainer.fit(OverflowAtTwelve(n=512), ckpt_path=str(path))
+    assert resumed.rescues == []
+
+
+class FlatAfterTraining(L.LightningModule):
+    """A loss that follows a script, not the weights: a first fit's falls, a second fit's lies flat in its noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        self.calls += 1
+        if self.calls <= 200:
+            value = 2.0 - 0.005 * self.calls
+        else:  # noise around 1.0, one batch 12 % below the first: the loss moved
+            value = [1.0, 0.88, *[1.0, 1.05, 1.1, 0.97, 1.02, 1.04, 0.99, 1.06, 1.01, 0.98] * 60][self.calls - 201]
+        return self.layer.weight.sum() * 0.0 + value
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(200, 2)), batch_size=1)
+
+
+def test_a_second_fits_stall_check_waits_for_its_own_cycles_peak(tmp_path):
+    """The check that a loss fell by the time the LR reached the peak counts the cycle's steps, not the Trainer's.
+
+    Found in a review: in a second `fit` on a Trainer (its cycle starting at global step 200), the check ran at the
+    first window of losses, 20 steps into a warm-up of 180, and a loss flat in its noise was rolled back "by the time
+    the LR had climbed to the cycle's peak".
+    """
+    callback = SuperConvergence(max_lr=0.1)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    trainer.fit(model := FlatAfterTraining())
+    assert trainer.global_step == 200
+    trainer.fit_loop.max_epochs = 4
+    trainer.fit(model)
+    peak = int(callback._scheduler.peak_step)
+    assert peak > 150, "the premise: a warm-up of about 180 steps (a cycle of 600)"
+    assert all(rescue["step"] >= 200 + peak for rescue in callback.rescues), callback.rescues
+
+
+def test_the_copy_goes_with_the_last_rescue():
+    """After the last rescue no rollback can come: the snapshot holds no copy of the weights any more.
+
+    Found in a review: the copy stayed until the next healthy refresh, which a run whose loss does not recover never
+    reaches.
+    """
+    optimizer = torch.optim.SGD((model := nn.Linear(2, 1)).parameters(), lr=0.1, momentum=0.9)
+    cycle = GuardedCycle(DivergenceGuard(), build_one_cycle(optimizer, 1.0, 100), max_rescues=1)
+    cycle.guard.refresh(0, model, optimizer)
+    assert cycle.guard.snapshot.tensors, "the premise: a copy to roll back to"
+    cycle._rescue(L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False), 5, "a test")
+    assert cycle.guard.snapshot.empty
+    assert not cycle.guard.snapshot.tensors
+
+
+class BlowsUpAtFive(Deterministic):
+    """Step 5's loss is infinite in full precision: no scaler skips it, and SGD's step makes every weight NaN."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("inf") if self.trainer.global_step == 5 and self.training else loss
+
+
+def test_weights_a_fit_starts_from_that_are_not_finite_stop_it_with_an_error_that_says_so(tmp_path):
+    """A checkpoint written between a blow-up and the guard's next check holds NaN weights: resuming is refused.
+
+    Found trying the package as a new user: the resumed run rolled back to those weights three times, then raised an
+    error advising a lower `max_lr`.
+    """
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=6, save_top_k=-1)
+    with pytest.raises(Interrupt):
+        _fit(
+            tmp_path / "a", SuperConvergence(max_lr=0.05), model=BlowsUpAtFive, extra=[checkpoint, KillAt(7)],
+            enable_checkpointing=True,
+        )  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    assert not all(torch.isfinite(v).all() for v in torch.load(path, weights_only=True)["state_dict"].values())
+    trainer = L.Trainer(callbacks=[resumed := SuperConvergence(max_lr=0.05)], **trainer_kwargs(tmp_path / "b"))
+    said = r"weights this fit starts from are not finite .*resume from an earlier checkpoint"
+    with pytest.raises(DivergenceError, match=said):
+        trainer.fit(Deterministic(n=512), ckpt_path=str(path))
+    assert resumed.rescues == []
+    broken = Deterministic(n=512)
+    with torch.no_grad():
+        broken.net[0].weight[0, 0] = float("nan")
+    trainer = L.Trainer(callbacks=[SuperConvergence(max_lr=0.05)], **trainer_kwargs(tmp_path / "c"))
+    with pytest.raises(DivergenceError, match="not finite .*check how the model is built or loaded"):
+        trainer.fit(broken)

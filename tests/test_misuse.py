@@ -524,7 +524,7 @@ def test_a_param_group_added_during_the_range_test_is_refused_naming_it_and_the_
     """Found trying the package as a new user: a bare ``zip()`` error, with a note blaming the train batches."""
     model = HeadBuiltInItsFirstForward()
     trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path, max_epochs=1))
-    said = r"had 1 param group when the range test started and 2 after its step 0: .*`add_param_group`.*`max_lr=`"
+    said = r"had 1 param group when the range test started and 2 at its step 0: .*`add_param_group`.*`max_lr=`"
     with pytest.raises(MisconfigurationException, match=said) as raised:
         trainer.fit(model)
     assert not getattr(raised.value, "__notes__", [])  # the message says what to change; no note on the batches
@@ -538,6 +538,28 @@ def test_a_param_group_added_during_the_range_test_is_refused_naming_it_and_the_
     trainer.fit(model)
     assert len(trainer.optimizers[0].param_groups) == 2
     assert trainer.optimizers[0].param_groups[1]["max_lr"] > 0
+
+
+class HeadBuiltInASkippedStep(Counting):
+    """Builds a second head in its first ``training_step``, which skips that batch (returns None)."""
+
+    def training_step(self, batch, batch_idx):
+        if not hasattr(self, "extra"):
+            self.extra = torch.nn.Linear(4, 4)
+            self.trainer.optimizers[0].add_param_group({"params": list(self.extra.parameters())})
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_param_group_added_in_a_skipped_step_is_refused_as_well(tmp_path):
+    """Found in a review: a skipped step was never checked, and the next LR write raised ``zip()``'s bare error."""
+    model = HeadBuiltInASkippedStep()
+    trainer = L.Trainer(callbacks=[SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path, max_epochs=1))
+    said = r"had 1 param group when the range test started and 2 at its step 0: .*`add_param_group`.*`max_lr=`"
+    with pytest.raises(MisconfigurationException, match=said):
+        trainer.fit(model)
+    assert len(trainer.optimizers[0].param_groups) == 1  # put back
+    assert not hasattr(model, "extra")
 
 
 class LossScaledUp(Counting):

@@ -913,6 +913,32 @@ def test_a_snapshot_taken_again_is_written_into_its_own_tensors_and_restores_the
     _assert_same(before, after)
 
 
+class CountingSGD(torch.optim.SGD):
+    """Keeps its step count as an attribute, as pytorch_optimizer's StableSPAM keeps `total_step` for its warm-up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.total_step = 0
+
+    def step(self, closure=None):
+        self.total_step += 1
+        return super().step(closure)
+
+
+def test_a_snapshot_taken_again_restores_the_optimizers_own_numbers_of_its_moment():
+    """Found in a review: `recapture` left an optimizer's attributes as the first capture had read them."""
+    model = Stateful()
+    optimizer = CountingSGD(model.parameters(), lr=0.1, momentum=0.9)
+    _train_a_little(model, optimizer)
+    first = recapture(None, model, optimizer)
+    _train_a_little(model, optimizer)
+    again = recapture(first, model, optimizer)
+    assert again is first, "the premise: written into the same tensors"
+    _train_a_little(model, optimizer, steps=2)
+    again.restore()
+    assert optimizer.total_step == 6
+
+
 def test_a_snapshot_taken_again_after_the_optimizer_changed_shape_is_a_new_one():
     """Optimizer state that grew since (first momentum buffers; a group added and trained): a fresh capture.
 

@@ -282,6 +282,35 @@ def test_timm_s_plateau_scheduler_is_read_as_constant_and_said():
     assert traces[0].lrs == [traces[0].lrs[0]] * 8
 
 
+def test_an_epoch_scheduler_on_data_without_a_length_is_read_as_constant_and_said():
+    """When a stream's epochs end cannot be foreseen: read as constant, and said.
+
+    Found in a review: each step of a stream was traced as an epoch, a ``StepLR`` Lightning never steps there as halving
+    the LR at every step (a decay budget 50x too small, and λ raised 4x).
+    """
+    opt = torch.optim.SGD(_params(), lr=1.0)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    traces, notes = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 1)], 6, steps_per_epoch=1, epochs_known=False)
+    assert traces[0].lrs == [1.0] * 6
+    assert notes == ["`StepLR` steps at epoch ends, which data without a length does not foretell, and was read as "
+                     "constant"]  # fmt: skip
+    step_wise = StepLR(opt, step_size=2, gamma=0.5)  # stepped by the step: traced as before
+    traces, notes = trace_schedule(opt, [SchedulerSpec(step_wise)], 4, steps_per_epoch=1, epochs_known=False)
+    assert (traces[0].lrs, notes) == ([1.0, 1.0, 0.5, 0.5], [])
+
+
+def test_an_epoch_scheduler_of_a_frequency_above_one_steps_at_the_runs_epochs_in_a_second_fit():
+    """Lightning steps it after each epoch whose number, counted from the run's first, is a multiple of ``frequency``.
+
+    Found in a review: a second fit's epochs were counted from its own first, one epoch off (a budget 1.3x the one that
+    ran).
+    """
+    opt = torch.optim.SGD(_params(), lr=0.05)
+    sched = StepLR(opt, step_size=1, gamma=0.5)
+    traces, _ = trace_schedule(opt, [SchedulerSpec(sched, "epoch", 2)], 16, steps_per_epoch=4, start_epoch=1)
+    assert traces[0].lrs == [0.05] * 4 + [0.025] * 8 + [0.0125] * 4
+
+
 def test_trace_of_an_epoch_scheduler_steps_once_per_epoch():
     """An ``"epoch"`` scheduler changes the LR every ``steps_per_epoch * frequency`` steps."""
     opt = torch.optim.SGD(_params(), lr=1.0)

@@ -18,7 +18,7 @@ from helpers import (
     make_dataset,
     trainer_kwargs,
 )
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
@@ -573,6 +573,36 @@ def test_grid_gives_back_the_generator_of_a_shuffled_validation_loader(tmp_path)
         assert torch.equal(a, b)
 
 
+class HeadAtTenTimesTheLR(TinyClassifier):
+    """A body at LR 0.01 and a head at 0.1, both at λ 0.05; records each group's λ at every training step."""
+
+    def configure_optimizers(self):
+        self.seen: list[tuple[float, float]] = []
+        body = [p for n, p in self.named_parameters() if not n.startswith("net.4")]
+        groups = [{"params": body}, {"params": list(self.net[4].parameters()), "lr": 0.1}]
+        return torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=0.05)
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(tuple(group["weight_decay"] for group in self.trainer.optimizers[0].param_groups))
+        return super().training_step(batch, batch_idx)
+
+
+def test_grid_branches_try_each_groups_lambda_within_its_own_bounds(tmp_path):
+    """Each branch clamps each group's λ to that group's bounds, as the λ adopted is.
+
+    Found in a review: the factors are planned within the first group's bounds, and a head at 10x its LR was tried at
+    3x and 10x its λ (15 % and 50 % decay per step, past the 10 % cap) while the λ adopted is clamped.
+    """
+    model = HeadAtTenTimesTheLR()
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    _fit(tmp_path, model, [balancer], epochs=10)
+    assert balancer.search is not None
+    assert max(body for body, _ in model.seen) > 0.1, "the premise: the body's λ tried above the head's cap"
+    cap = 0.1 / (10 * 0.1)  # 10 % per step at a gain of 1 / (1 - 0.9) and LR 0.1
+    assert max(head for _, head in model.seen) <= cap * (1 + 1e-9)
+    assert balancer.weight_decays[1] <= cap * (1 + 1e-9)
+
+
 def test_grid_trains_with_the_lambda_it_adopts(tmp_path, monkeypatch):
     """When one λ wins clearly, the whole run trains with it, and equals a plain run configured with it."""
     from lightning_superconv import weight_decay_balancer as module
@@ -840,9 +870,20 @@ def test_timescale_keeps_adam_coupled_weight_decay(tmp_path):
     with pytest.warns(RuntimeWarning, match="adaptive normalization") as said:
         _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), balancer])
     message = next(str(w.message) for w in said if "adaptive normalization" in str(w.message))
-    assert "`mode='timescale'` keeps your weight decay" in message
+    assert "`mode='timescale'` keeps the user's λ for such groups" in message
     assert "'budget'" not in message
     assert balancer.weight_decays == [1e-4]
+
+
+def test_timescale_with_a_reference_says_it_keeps_the_reference_for_adam_coupled_decay(tmp_path):
+    """Found in a review: the warning and the reason said the user's λ was kept; the run trained at the reference's."""
+    balancer = WeightDecayBalancer(reference_weight_decay=0.1)
+    with pytest.warns(RuntimeWarning, match="adaptive normalization") as said:
+        _fit(tmp_path, AdamModule(), [SuperConvergence(max_lr=0.01), balancer])
+    message = next(str(w.message) for w in said if "adaptive normalization" in str(w.message))
+    assert "`mode='timescale'` keeps the `reference_weight_decay` for such groups" in message
+    assert balancer.reason.startswith("the `reference_weight_decay` kept: adaptive coupled decay")
+    assert balancer.weight_decays == [0.1]
 
 
 def _one_cycle_lr_sum(lr: float, max_lr: float, steps: int) -> float:
@@ -901,7 +942,7 @@ def test_timm_s_corrected_weight_decay_is_kept_and_told_what_it_does_not_of_adap
     (said,) = [m for m in messages if "corrected_weight_decay=True" in m]
     assert "λ·η²/η₀" in said, said
     assert "pass `corrected_weight_decay=False`" in said, said
-    assert "`mode='timescale'` keeps your weight decay" in said
+    assert "`mode='timescale'` keeps the user's λ for such groups" in said
     assert balancer.weight_decays == [1e-2]
 
 
@@ -1284,6 +1325,19 @@ def test_no_duplicate_schedule_logging_beside_superconvergence(tmp_path):
     assert set(per_step.values()) == {1}
 
 
+def test_schedule_logged_by_the_balancer_where_superconvergence_installs_no_cycle(tmp_path):
+    """Under ``overfit_batches`` SuperConvergence runs no range test and logs nothing: the λ changed is logged."""
+    logger = MemoryLogger()
+    balancer = WeightDecayBalancer(mode="budget")
+    sc = SuperConvergence()
+    _fit(tmp_path, TinyClassifier(), [balancer, sc], logger=logger, log_every_n_steps=1, overfit_batches=2)
+    assert sc.result is None, "the premise: no range test and no cycle"
+    logged = [m for _, m in logger.metrics if "superconv/weight_decay" in m]
+    assert logged
+    assert all(m["superconv/weight_decay"] == pytest.approx(balancer.weight_decays[0]) for m in logged)
+    assert all("superconv/lr" in m and "superconv/momentum" in m for m in logged)
+
+
 def test_fast_dev_run_changes_nothing(tmp_path):
     balancer = WeightDecayBalancer(mode="budget")
     trainer = L.Trainer(**trainer_kwargs(tmp_path, fast_dev_run=True, callbacks=[balancer]))
@@ -1322,3 +1376,110 @@ def test_a_timm_scheduler_is_balanced_against_as_lightning_s_docs_step_it(tmp_pa
     both = WeightDecayBalancer()
     _fit(tmp_path / "both", TimmViT(scheduler), [SuperConvergence(max_lr=1e-3), both])
     assert both.weight_decays is not None
+
+
+class WithoutBatchNorm(TinyClassifier):
+    """No BatchNorm (SWA adds an epoch for its statistics otherwise); records the LR of each training step."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        self.lrs: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("first", ["balancer", "swa"])
+def test_the_schedule_read_includes_stochastic_weight_averagings_swalr(tmp_path, first):
+    """SWA swaps in its SWALR at its start epoch: the balance reads the LR that runs from there.
+
+    Found in a review: the constant 0.05 was traced where SWA ran 0.5 for half the run, the λ whose decay timescale
+    already lay within the run was raised 5x, and each step at SWA's LR then decayed the weights by 31 %.
+    """
+    λ = 0.0125  # K = 10·λ·(16·0.05 + 16·0.5) = 1.1 over the LRs that run; 0.2 over the constant 0.05 alone
+    model = WithoutBatchNorm(lr=0.05, weight_decay=λ)
+    balancer = WeightDecayBalancer(mode="timescale")
+    swa = StochasticWeightAveraging(swa_lrs=0.5, swa_epoch_start=2, annealing_epochs=1)
+    _fit(tmp_path, model, [balancer, swa] if first == "balancer" else [swa, balancer], epochs=4)
+    assert model.lrs == [0.05] * 16 + [pytest.approx(0.5)] * 16, "the premise: SWA's LR for the last two epochs"
+    assert balancer.weight_decays == [λ]
+    assert balancer.reason.startswith("kept: its decay timescale already lies between one epoch and the whole run")
+
+
+def test_a_resume_from_a_checkpoint_written_without_the_balancer_compares_the_budgets_of_the_steps_left(tmp_path):
+    """Lightning restores the step after `on_fit_start`: the reference recipe's budget is that of the steps left.
+
+    Found in a review: the whole run's budget was compared with the rest's, and an unchanged recipe read as one that
+    spends half the decay (`mode='keep'`: "decay budget 0.5x"; `mode='budget'` would have shrunk λ too little).
+    """
+    trainer = L.Trainer(**trainer_kwargs(tmp_path / "a", max_epochs=2))
+    trainer.fit(TinyClassifier(n=256))  # 8 steps an epoch: 16 of 32
+    trainer.save_checkpoint(tmp_path / "half.ckpt")
+    balancer = WeightDecayBalancer(mode="keep")
+    trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path / "b", max_epochs=4))
+    trainer.fit(TinyClassifier(n=256), ckpt_path=str(tmp_path / "half.ckpt"))
+    gain = 1 / (1 - 0.9)
+    assert balancer.reference_budgets == [pytest.approx(16 * gain * 0.01 * 5e-4)]
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+class HalvedEachEpoch(WithoutBatchNorm):
+    """A `StepLR` stepped at each epoch's end, taking 0.7 of the LR."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def test_the_reference_recipe_under_max_epochs_minus_one_reads_the_datas_epochs(tmp_path):
+    """The reference is read over the data's epochs, loaded for it.
+
+    Found in a review: under `max_epochs=-1` the data was not loaded at `on_fit_start`, its epochs read as a stream's,
+    and an unchanged recipe with an epoch `StepLR` measured 0.47x its own budget.
+    """
+    balancer = WeightDecayBalancer(mode="keep")
+    trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path, max_epochs=-1, max_steps=32))
+    trainer.fit(HalvedEachEpoch(n=256))
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+def test_a_mid_epoch_resume_without_the_balancers_state_plans_over_the_batches_left(tmp_path):
+    """Found in a review: the resumed epoch was counted whole (24 steps planned where 20 ran): 1.2x, not 1x."""
+
+    class StopAtTwelve(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 12
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=12, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True)
+    L.Trainer(callbacks=[checkpoint, StopAtTwelve()], **kwargs).fit(TinyClassifier(n=256))  # 8 steps an epoch
+    (path,) = (tmp_path / "ckpt").iterdir()
+    balancer = WeightDecayBalancer(mode="keep")
+    trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path / "b", max_epochs=4))
+    trainer.fit(TinyClassifier(n=256), ckpt_path=str(path))
+    assert balancer.planned_steps == trainer.global_step - 12 == 20
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+@pytest.mark.parametrize("first", ["balancer", "swa"])
+def test_a_resume_past_swas_start_reads_the_swalr_it_rebuilds(tmp_path, first):
+    """SWA rebuilds its `SWALR` at a resumed fit's first epoch, with the checkpoint's state: the trace does too.
+
+    Found in a review: read as the user's scheduler, an unchanged recipe resumed mid-anneal measured 0.83x.
+    """
+
+    def swa():
+        return StochasticWeightAveraging(swa_lrs=0.5, swa_epoch_start=2, annealing_epochs=3)
+
+    trainer = L.Trainer(callbacks=[swa()], **trainer_kwargs(tmp_path / "a", max_epochs=3))
+    trainer.fit(HalvedEachEpoch(n=128))
+    trainer.save_checkpoint(tmp_path / "epoch3.ckpt")
+    balancer = WeightDecayBalancer(mode="keep")
+    callbacks = [balancer, swa()] if first == "balancer" else [swa(), balancer]
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path / "b", max_epochs=6))
+    trainer.fit(model := HalvedEachEpoch(n=128), ckpt_path=str(tmp_path / "epoch3.ckpt"))
+    assert model.lrs[0] < 0.5 < model.lrs[-1] * 1.001, "the premise: the resumed fit anneals to SWA's LR"
+    assert re.search(r"decay budget (1|0\.99\d)x the reference recipe's$", balancer.reason), balancer.reason
