@@ -174,6 +174,50 @@ def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str,
     return max(int(start) - 1, 0), build, swa._scheduler_state
 
 
+@contextlib.contextmanager
+def without_swa_batch_norm_epoch(trainer: Trainer, epochs_at_setup: int | None) -> Iterator[None]:
+    """``max_epochs`` as the user set it, where ``StochasticWeightAveraging`` added its batch-norm epoch since.
+
+    Its ``on_fit_start`` raises the fit loop's ``max_epochs`` by one for a model with BatchNorm, for a pass that
+    recomputes the averaged model's statistics and trains nothing. ``epochs_at_setup``: ``max_epochs`` read in
+    ``setup``, before any callback's ``on_fit_start``; the added epoch is left out only where the count grew by exactly
+    that one since. The callback's flag is a private attribute.
+    """
+    swa = callback_of(trainer, "StochasticWeightAveraging")
+    loop = trainer.fit_loop
+    added = (
+        swa is not None
+        and bool(getattr(swa, "_model_contains_batch_norm", False))
+        and epochs_at_setup is not None
+        and epochs_at_setup != -1
+        and loop.max_epochs == epochs_at_setup + 1
+    )
+    if not added:
+        yield
+        return
+    loop.max_epochs = epochs_at_setup
+    try:
+        yield
+    finally:
+        loop.max_epochs = epochs_at_setup + 1  # type: ignore[operator]
+
+
+def device_dtype_marks(module: Any) -> list[tuple[Any, Any, Any]]:
+    """The dtype and device Lightning's modules note on themselves (``_DeviceDtypeModuleMixin``), to put back.
+
+    ``.to()``, a ``*-true`` precision's conversion and the strategy's moves update them beside the tensors (found in a
+    review: after ``find_max_lr`` under ``precision="bf16-true"`` the weights were float32 again, ``model.dtype`` said
+    bfloat16).
+    """
+    return [(m, m._dtype, m._device) for m in module.modules() if hasattr(m, "_dtype") and hasattr(m, "_device")]
+
+
+def put_back_device_dtype(marks: list[tuple[Any, Any, Any]]) -> None:
+    """Set each module's noted dtype and device as :func:`device_dtype_marks` read them."""
+    for module, dtype, device in marks:
+        module._dtype, module._device = dtype, device
+
+
 def scheduler_config(trainer: Trainer, scheduler: Any, name: str | None = None) -> Any:
     """A step-wise ``LRSchedulerConfig`` of the user's distribution for ``scheduler``, under ``name`` if given."""
     return module(trainer, "utilities.types").LRSchedulerConfig(scheduler, name=name, interval="step", frequency=1)
@@ -272,7 +316,7 @@ def fresh_train_iterator(combined_loader: Any) -> tuple[Iterator[Any], float]:
     Built beside the fit loop's own, which is never touched. Yields ``(batch, batch_idx, dataloader_idx)``.
     """
     fresh = type(combined_loader)(combined_loader.iterables, combined_loader._mode)
-    fresh.flattened = [_own_workers(loader) for loader in combined_loader.flattened]
+    fresh.flattened = [own_workers(loader) for loader in combined_loader.flattened]
     fresh.limits = combined_loader.limits
     iterator = iter(fresh)
     # the limits only shorten the iterator's length, which the fit loop counts against; iterating goes on
@@ -283,7 +327,7 @@ def fresh_train_iterator(combined_loader: Any) -> tuple[Iterator[Any], float]:
     return iterator, length
 
 
-def _own_workers(loader: Any) -> Any:
+def own_workers(loader: Any) -> Any:
     r"""``loader`` itself, or for one with ``persistent_workers=True`` a copy whose iterators are its own.
 
     A persistent loader hands out one worker iterator for its whole life, and the fit loop creates it when it loads the

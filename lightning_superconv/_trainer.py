@@ -230,15 +230,29 @@ def resumed_fit_end(trainer: _compat.Trainer) -> float:
         return estimated_steps(trainer)
     epoch, steps = trainer.current_epoch, 0
     if mid_epoch and epoch < epochs:
-        accumulation = max(int(trainer.accumulate_grad_batches), 1)
-        reached = _compat.batches_reached_this_epoch(trainer)
-        if reached < batches:
-            steps = math.ceil(batches / accumulation) - reached // accumulation
-        elif _compat.resumes_after_a_train_batch_end(trainer):
-            steps = math.ceil(batches / accumulation)
+        steps = steps_left_in_resumed_epoch(trainer) or 0
         epoch += 1
     steps += _steps_in_epochs(trainer, range(epoch, epochs))
     return min(int(trainer.global_step) + steps, max_steps)
+
+
+def steps_left_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
+    r"""The optimizer steps a fit resumed from inside an epoch runs of that epoch (None: no such resume).
+
+    As :func:`resumed_fit_end` reads it: from the batch reached, at the accumulation in force; 0 where the count
+    reached the epoch's length (it is over), the whole epoch where the checkpoint was written in ``on_train_batch_end``
+    at its last batch (Lightning runs it again).
+    """
+    batches = trainer.num_training_batches
+    if not _compat.resumes_mid_epoch(trainer) or not math.isfinite(batches):
+        return None
+    accumulation = max(int(trainer.accumulate_grad_batches), 1)
+    reached = _compat.batches_reached_this_epoch(trainer)
+    if reached < batches:
+        return math.ceil(batches / accumulation) - reached // accumulation
+    if _compat.resumes_after_a_train_batch_end(trainer):
+        return math.ceil(batches / accumulation)
+    return 0
 
 
 def estimated_steps(trainer: _compat.Trainer) -> float:

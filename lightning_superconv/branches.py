@@ -94,8 +94,9 @@ class HeldOutBatches:
     def validation(cls, trainer: _compat.Trainer) -> HeldOutBatches | None:
         r"""The run's validation dataloaders in order, as far as ``limit_val_batches`` lets the run validate on them.
 
-        None when the run has none, or validates on none (``limit_val_batches=0``): the held-out batches then come
-        from the training data.
+        None when the run has none, or validates on none (``limit_val_batches=0``, or loaders of no batch: found in a
+        review, every trial scored nothing and read as diverged): the held-out batches then come from the training
+        data.
         """
         limit = trainer.limit_val_batches
         # not built when not read; built off the record: a `val_dataloader` that draws a random subset draws it
@@ -104,8 +105,11 @@ class HeldOutBatches:
         if limit != 0:
             with random_state_kept(trainer, trainer.lightning_module):
                 loaders = _compat.val_dataloaders(trainer)
-        if loaders is None:
+        if loaders is None or all(_no_batch(loader) for loader in loaders):
             return None
+        # a persistent loader's own iterator is the run's: read by workers of the trials' own (found in a review: the
+        # trials started it, and the run's validation, dropout included, differed from its second epoch on)
+        loaders = [_compat.own_workers(loader) for loader in loaders]
         limited = (itertools.islice(loader, _batch_limit(loader, limit)) for loader in loaders)
         return cls((batch for loader in limited for batch in loader), validation=True, loaders=loaders)
 
@@ -287,6 +291,14 @@ def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) 
     finally:
         for sampler, seed in zip(samplers, seeds, strict=True):
             sampler.seed = seed
+
+
+def _no_batch(loader: Any) -> bool:
+    """Whether ``loader`` says it yields no batch (a length of 0: fewer samples than a batch, with ``drop_last``)."""
+    try:
+        return len(loader) == 0
+    except (TypeError, NotImplementedError):  # no length (as Lightning reads it): a stream, read as it comes
+        return False
 
 
 def scored_batches(steps: int) -> int:

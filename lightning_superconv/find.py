@@ -197,6 +197,7 @@ def find_max_lr(
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
     slots = registered_tensors(model)
     data = [(param, param.data) for param in model.parameters()]
+    marks = _compat.device_dtype_marks(model)
     # and the attributes Lightning's own callbacks given had: `ModelCheckpoint` keeps the folder it resolved at setup
     # (found trying the package as a new user: reused in the real fit, it saved there, in the working directory, away
     # from that fit's logs); a callback of the user's keeps what it recorded
@@ -220,6 +221,7 @@ def find_max_lr(
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
             param.data = kept
+    _compat.put_back_device_dtype(marks)
     if isinstance(error, SystemExit) and _ignored_by_lightning(sigint):
         # Lightning's answer to Ctrl-C in `fit`: further Ctrl-C ignored and the process exited. A function that
         # measures an LR gives its caller the KeyboardInterrupt back, and the handler it had (found trying the package

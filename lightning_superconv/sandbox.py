@@ -43,7 +43,10 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
       they are part of how the user trains; the Trainer's profiler does not time them (found trying the package as a
       new user: ``profiler="simple"`` counted the range test's hundreds of steps into each hook's calls and mean
       duration; the block's whole time still shows in the hook that runs it, such as ``on_fit_start``).
+    - ``trainer.should_stop`` comes back as it was: a ``training_step`` that stops the run once its loss is low enough
+      set it in the sweep (found in a review: the real run then trained no step, without a word).
     """
+    saved_stop = trainer.should_stop
     saved_callbacks = _compat.callbacks(trainer)
     saved_results = _compat.epoch_results(trainer)
     saved_hook = _compat.current_hook(pl_module)
@@ -56,6 +59,7 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
         _compat.set_callbacks(trainer, saved_callbacks)
         _compat.set_epoch_results(trainer, saved_results)
         _compat.set_current_hook(pl_module, saved_hook)
+        trainer.should_stop = saved_stop
 
 
 @contextlib.contextmanager

@@ -207,6 +207,7 @@ class SuperConvergence(_compat.Callback):
         # Trainer logs its range test after the first's (`log_range_test`)
         # (by `id`: a reference would keep the Trainer alive, and a weak one cannot be pickled with the callback)
         self._range_test_logged: tuple[int, int] | None = None
+        self._epochs_at_setup: int | None = None
         self._new_fit()
 
     # The state key is the class name alone (Lightning refuses a second instance with the same key when the Trainer is
@@ -219,6 +220,7 @@ class SuperConvergence(_compat.Callback):
         if stage != "fit":
             return
         self._new_fit()
+        self._epochs_at_setup = trainer.fit_loop.max_epochs  # before SWA's `on_fit_start` adds its BatchNorm epoch
         _setups.refuse_lr_finder(trainer, max_lr_given=self.requested_max_lr is not None)
         # A second SuperConvergence given to the Trainer never gets here: its state key equals the first one's, which
         # Lightning refuses when the Trainer is built; one from `configure_callbacks`, or a subclass, does
@@ -372,7 +374,10 @@ class SuperConvergence(_compat.Callback):
         )
         # (a new fit sized its cycle to the steps it runs; only a resume can disagree with them)
         planned = self._start_step + self.total_steps
-        end = _trainer.resumed_fit_end(trainer)
+        # StochasticWeightAveraging's epoch for BatchNorm statistics trains nothing (found in a review: counted, an
+        # unchanged run resumed was told its length had changed)
+        with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
+            end = _trainer.resumed_fit_end(trainer)
         if math.isfinite(end) and int(end) != planned:
             self._told_the_end = True  # the end of training need not say it again
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])

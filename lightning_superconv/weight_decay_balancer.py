@@ -240,6 +240,10 @@ class WeightDecayBalancer(_compat.Callback):
         self._manual_trace: _ManualTrace | None = None
         # the reference recipe as read at `on_fit_start`: each group's trace, explicit LR and gain, and the step read at
         self._reference_read: tuple[list[GroupTrace], list[float | None], list[float], int] | None = None
+        # `max_epochs` before any callback's `on_fit_start` (StochasticWeightAveraging adds an epoch there)
+        self._epochs_at_setup: int | None = None
+        # each group's StochasticWeightAveraging LR where the trace could not place it (a stream): it bounds λ
+        self._unread_lrs: list[float] | None = None
 
     # The state is keyed by the class name alone (Lightning's default), like `SuperConvergence`'s: a resume with
     # another `mode` finds it and re-applies the checkpoint's λ. Release 0.1.0 keyed it by mode too; such a state
@@ -256,6 +260,8 @@ class WeightDecayBalancer(_compat.Callback):
         self._rescuer = None
         self._manual_trace = None
         self._reference_read = None
+        self._epochs_at_setup = trainer.fit_loop.max_epochs
+        self._unread_lrs = None
         # what a fit found out describes that fit: cleared here, so a fit with no step left to run does not show the
         # previous fit's λ beside an optimizer that `configure_optimizers` built afresh (a resume brings its own back:
         # `load_state_dict` runs after `setup`)
@@ -301,7 +307,7 @@ class WeightDecayBalancer(_compat.Callback):
         # loaded now, as the range test loads it: under `max_epochs=-1` Lightning loads it after `on_fit_start`, and
         # its length, unknown here, would read the reference's epochs as a stream's (found in a review)
         _compat.setup_train_data(trainer)
-        total = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
+        total = self._steps_this_fit(trainer)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
         traces, _ = trace_schedule(
             optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
@@ -323,7 +329,8 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, "WeightDecayBalancer: `fast_dev_run` is on, so weight decay is unchanged.")
             return
         if self._restored and self.weight_decays is not None:
-            self._fit_end = _trainer.resumed_fit_end(trainer)
+            with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
+                self._fit_end = _trainer.resumed_fit_end(trainer)
             self._apply(optimizer, self.weight_decays)
             self._watch_rescues(trainer)
             other = self._restored_mode != self.mode
@@ -375,19 +382,24 @@ class WeightDecayBalancer(_compat.Callback):
             _compat.rank_zero_info(trainer, f"WeightDecayBalancer: {self.reason}.")
             return
         self._warn_adaptive(trainer, optimizer, decayed)
-        remaining = max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
+        remaining = self._steps_this_fit(trainer)
+        # a fit resumed from inside an epoch runs its rest first (found trying the package as a new user: traced as a
+        # whole epoch, a `StepLR` stepped 5 steps late, 1.44x)
+        first = _trainer.steps_left_in_resumed_epoch(trainer)
         if resumed_without_state:
             # an epoch resumed from inside it runs only its batches left (found in a review: counted whole, 24 steps
             # were planned where 20 ran, and an unchanged recipe read as 1.2x the reference's budget)
-            end = _trainer.resumed_fit_end(trainer)
+            with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
+                end = _trainer.resumed_fit_end(trainer)
             remaining = max(int(end) - int(trainer.global_step), 1) if math.isfinite(end) else remaining
         self.planned_steps = remaining
         self._fit_end = int(trainer.global_step) + remaining
         traces, notes = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
+            optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
             _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
-            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining),
+            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
         )  # fmt: skip
+        self._unread_lrs = _swa_unread_lrs(trainer, len(optimizer.param_groups))
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
@@ -399,6 +411,7 @@ class WeightDecayBalancer(_compat.Callback):
             ratio = self._budget_ratio(traces, decayed[0], chosen[decayed[0]])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
         self.weight_decays = chosen
+        notes = [*notes, *_swa_unread(trainer)]
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
         self._apply(optimizer, chosen)
         specs = _scheduler_specs(trainer)
@@ -424,7 +437,7 @@ class WeightDecayBalancer(_compat.Callback):
         # the one per-step check: has the guard lowered the cycle since the last balance? (an int compared)
         rescuer = self._rescuer
         if rescuer is not None and len(rescuer.rescues) != self.rescues_balanced:
-            self._rebalance(trainer, pl_module)
+            self._rebalance(trainer, pl_module, batch_idx)
         if self._logger is not None:
             self._logger.log(trainer)
         if self._manual_trace is not None and not self._manual_trace.holds(trainer):
@@ -478,6 +491,16 @@ class WeightDecayBalancer(_compat.Callback):
         """
         return "the user's λ" if self.reference_weight_decay is None else "the `reference_weight_decay`"
 
+    def _steps_this_fit(self, trainer: _compat.Trainer) -> int:
+        """The optimizer steps this fit runs from here, at least 1.
+
+        A ``StochasticWeightAveraging`` batch-norm epoch, which trains nothing, is left out (found trying the package as
+        a new user: counted as an epoch at SWA's LR, an unchanged recipe read as 1.47x its own budget with the balancer
+        first in the callbacks list, 1x after SWA).
+        """
+        with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
+            return max(_trainer.steps_this_fit(trainer, _trainer.total_steps(trainer, "WeightDecayBalancer")), 1)
+
     @property
     def _adaptive_handling(self) -> str:
         """What this mode does with a group whose decay is coupled through an adaptive normalization, in warnings."""
@@ -527,8 +550,15 @@ class WeightDecayBalancer(_compat.Callback):
         if self.rescues_balanced is None:  # a fresh balance: for the rescues so far (none in a fresh fit)
             self.rescues_balanced = len(rescuer.rescues)
 
-    def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
-        """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it."""
+    def _rebalance(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch_idx: int) -> None:
+        """Apply the mode's rule again to the rest of the run, as the lowered cycle will run it.
+
+        ``batch_idx``: the batch about to run, in an epoch under way; the trace's first epoch is the rest of it.
+        """
+        first = None
+        if batch_idx > 0 and _trainer.epoch_length_known(trainer):
+            accumulation = max(int(trainer.accumulate_grad_batches), 1)
+            first = math.ceil(trainer.num_training_batches / accumulation) - batch_idx // accumulation
         rescues = self._rescuer.rescues
         self.rescues_balanced = len(rescues)
         assert self.reference_weight_decays is not None
@@ -537,12 +567,16 @@ class WeightDecayBalancer(_compat.Callback):
         step = int(trainer.global_step)
         # the steps left of this fit (a second `fit`'s end is not the whole run's at its data's length: found trying
         # the package as a new user, one on shorter data was rebalanced over 42 steps where 50 were left)
-        end = self._fit_end if math.isfinite(self._fit_end) else _trainer.total_steps(trainer, "WeightDecayBalancer")
+        if math.isfinite(self._fit_end):
+            end = self._fit_end
+        else:
+            with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
+                end = _trainer.total_steps(trainer, "WeightDecayBalancer")
         remaining = max(int(end) - step, 1)
         traces, _ = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _trainer.steps_per_epoch(trainer),
+            optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
             _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
-            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining),
+            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
         )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
         traces = traces[: len(self.reference_weight_decays)]
@@ -581,7 +615,13 @@ class WeightDecayBalancer(_compat.Callback):
     def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
         assert self.reference_weight_decays is not None
         form = decay_form(optimizer.param_groups[index], optimizer)
-        return bounds_for(self.reference_weight_decays[index], traces[index], self.bounds[0], self.bounds[1], form)
+        trace = traces[index]
+        if self._unread_lrs is not None and index < len(self._unread_lrs) and trace.lrs:
+            # SWA's LR, which the trace could not place, still bounds the decay of a step (found trying the package as
+            # a new user: a stream's steps at SWA's 10x LR decayed the weights by a third each)
+            lrs, momenta, gains = [*trace.lrs, self._unread_lrs[index]], [*trace.momenta], [*trace.gains]
+            trace = GroupTrace(lrs, [*momenta, momenta[-1]], [*gains, gains[-1]])
+        return bounds_for(self.reference_weight_decays[index], trace, self.bounds[0], self.bounds[1], form)
 
     def _budget(
         self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int], share: float = 1.0
@@ -930,34 +970,81 @@ class _ManualTrace:
         return False
 
 
-def _swa_swap(trainer: _compat.Trainer, steps: int) -> ScheduleSwap | None:
+def _epochs_from(trainer: _compat.Trainer, first: int | None) -> int | list[int]:
+    """Optimizer steps per epoch from here, for a trace: ``first``, the steps left of an epoch under way, first.
+
+    ``first``: None where the trace starts at the current epoch's start; 0 where that epoch is over (the trace starts
+    at the next one's).
+    """
+    per_epoch = _trainer.steps_per_epoch(trainer)
+    if first is None or not _trainer.epoch_length_known(trainer):
+        return per_epoch
+    lengths = [per_epoch] if isinstance(per_epoch, int) else list(per_epoch)
+    rest = lengths[1:] or lengths
+    return rest if first == 0 else [first, *rest]
+
+
+def _swa_swap(trainer: _compat.Trainer, steps: int, first: int | None = None) -> ScheduleSwap | None:
     """``StochasticWeightAveraging``'s ``SWALR`` from the first step of its start epoch, within the ``steps`` traced.
 
-    The trace starts at the current epoch's start (``on_fit_start``, ``on_train_start``; a rebalance reads the rest of
-    the run as if it did too). A fit that starts past SWA's start epoch (a resume) has it rebuilt at its first epoch
-    start, with the state the checkpoint gave it (found in a review: read as the constant LR or the user's scheduler,
-    an unchanged recipe measured 0.83x the reference's budget); a resume from inside an epoch is read as if SWA took
-    over at its first step. None where SWA has taken over in this fit already (its ``SWALR`` is then the Trainer's
-    scheduler, read as such), starts after the steps traced, or the epochs have no known length.
+    The trace starts at the current epoch's start, or ``first`` steps before its end (a resume from inside it, a
+    rebalance; 0: at the next epoch's start). SWA takes over at the first epoch start it sees at or after its start
+    epoch: a fit resumed past it rebuilds its ``SWALR`` there, with the state the checkpoint gave it (found in a review:
+    read as the constant LR or the user's scheduler, an unchanged recipe measured 0.83x the reference's budget). None
+    where SWA has taken over in this fit already (its ``SWALR`` is then the Trainer's scheduler, read as such), starts
+    after the steps traced, or the epochs have no known length.
     """
     takeover = _compat.swa_takeover(trainer)
-    if takeover is None or not _trainer.epoch_length_known(trainer):
+    if takeover is None:
         return None
+    if not _trainer.epoch_length_known(trainer):
+        return None  # it takes over, and anneals, at epoch ends no one can foretell: said in the reason (`_swa_unread`)
     epoch, build, state = takeover
-    ahead = epoch - int(trainer.current_epoch)
-    if ahead <= 0:
-
-        def rebuilt(optimizer: Any) -> Any:
-            scheduler = build(optimizer)
-            if ahead < 0 and state is not None:
-                scheduler.load_state_dict(state)
-            return scheduler
-
-        return ScheduleSwap(0, rebuilt)
-    ends = epoch_ends(_trainer.steps_per_epoch(trainer), steps)
-    if ahead > len(ends) or ends[ahead - 1] >= steps:
+    current = int(trainer.current_epoch)
+    ends = epoch_ends(_epochs_from(trainer, first), steps)
+    # (epoch, the traced step it starts at) for each epoch start SWA sees
+    if first is None:
+        starts = [(current, 0), *((current + 1 + i, end) for i, end in enumerate(ends))]
+    elif first > 0:
+        starts = [(current + 1 + i, end) for i, end in enumerate(ends)]
+    else:
+        starts = [(current + 1, 0), *((current + 2 + i, end) for i, end in enumerate(ends))]
+    at = next((start for number, start in starts if number >= epoch and start < steps), None)
+    if at is None:
         return None
-    return ScheduleSwap(ends[ahead - 1], build)
+    resumed = state is not None and epoch <= current  # it had taken over before the checkpoint: it takes that up
+
+    def rebuilt(optimizer: Any) -> Any:
+        scheduler = build(optimizer)
+        if resumed:
+            scheduler.load_state_dict(state)
+        return scheduler
+
+    return ScheduleSwap(at, rebuilt)
+
+
+def _swa_unread(trainer: _compat.Trainer) -> list[str]:
+    """A note for the reason where ``StochasticWeightAveraging``'s LR follows epochs a stream does not foretell.
+
+    Found trying the package as a new user: on data without a length, SWA's ``SWALR`` at 10x the LR was left out
+    without a word, and its steps decayed the weights by a third each.
+    """
+    takeover = _compat.swa_takeover(trainer)
+    if takeover is None or _trainer.epoch_length_known(trainer):
+        return []
+    return [
+        f"`StochasticWeightAveraging`'s `SWALR` takes over at the start of epoch {takeover[0]} and anneals at epoch "
+        "ends, which data without a length does not foretell, and was not read"
+    ]
+
+
+def _swa_unread_lrs(trainer: _compat.Trainer, groups: int) -> list[float] | None:
+    """Each group's ``StochasticWeightAveraging`` LR where the trace could not place its ``SWALR``: on a stream."""
+    if not _swa_unread(trainer):
+        return None
+    swa = _compat.callback_of(trainer, "StochasticWeightAveraging")
+    lrs = swa._swa_lrs  # a private attribute of Lightning's callback, as `_compat.swa_takeover` reads it
+    return [float(lr) for lr in lrs] if isinstance(lrs, list) else [float(lrs)] * groups
 
 
 def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:

@@ -123,6 +123,8 @@ def test_a_precision_that_converts_the_model_gives_it_back_in_its_own_dtype_bit_
     after = _state(model)
     assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
     assert all(torch.equal(after[k], before[k]) for k in before)
+    # and what it says of itself (found in a review: `model.dtype` said bfloat16 over float32 weights)
+    assert model.dtype == torch.float32
     L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(model)  # fmt: skip
 
@@ -674,3 +676,40 @@ def test_a_sweep_stopped_by_a_nan_loss_names_the_lr_of_its_last_finite_step_as_s
     )  # fmt: skip
     assert result.stop_reason == "non-finite"
     assert result.pick_reason.startswith(f"the loss diverged at the step after lr {result.lrs[-1]:.3g}, where")
+
+
+def test_a_validation_loader_of_no_batch_leaves_the_trials_to_the_training_batches():
+    """The trials score the training batches after their own, as without validation data.
+
+    Found in a review: with fewer samples than a batch and `drop_last=True`, the trials scored nothing and every one
+    read as diverged ("every trial cycle diverged ... may come from the data").
+    """
+    empty = DataLoader(make_dataset(10, seed=1), batch_size=32, drop_last=True)
+    result = find_max_lr(
+        TinyClassifier(), DataLoader(make_dataset(256), batch_size=32), val_dataloaders=empty, lr_range=LR_RANGE,
+        num_steps=20, trial_steps=50, trainer_kwargs={"enable_progress_bar": False, "logger": False},
+    )  # fmt: skip
+    assert result.trials
+    assert all(math.isfinite(trial["held_out_loss"]) for trial in result.trials)
+
+
+class UncountedStream(torch.utils.data.IterableDataset):
+    """Two validation batches, and a `__len__` that raises `NotImplementedError`: Lightning reads it as no length."""
+
+    def __iter__(self):
+        data = make_dataset(64, seed=1)
+        for start in range(0, 64, 32):
+            yield data[start : start + 32]
+
+    def __len__(self):
+        raise NotImplementedError("a stream of unknown length")
+
+
+def test_a_validation_loader_whose_length_raises_not_implemented_is_read_as_it_comes():
+    """Found in a review: the check for a loader of no batch asked its length and raised where Lightning reads none."""
+    result = find_max_lr(
+        TinyClassifier(), DataLoader(make_dataset(256), batch_size=32),
+        val_dataloaders=DataLoader(UncountedStream(), batch_size=None), lr_range=LR_RANGE, num_steps=20,
+        trial_steps=50, trainer_kwargs={"enable_progress_bar": False, "logger": False},
+    )  # fmt: skip
+    assert result.trials

@@ -453,6 +453,26 @@ def test_range_test_on_persistent_workers_leaves_the_first_epoch_as_it_was(tmp_p
         assert torch.equal(a, b)
 
 
+def test_trials_on_a_persistent_validation_loader_leave_the_runs_validation_as_it_was(tmp_path):
+    """The trials read a persistent validation loader by workers of their own: the run ends as one given the pick.
+
+    Found in a review: the trials started the loader's own iterator; the run's first validation then only reset it,
+    skipping a seed it draws from the global RNG, and dropout differed from the second epoch on.
+    """
+    runs = []
+    for name, callback in (("a", SuperConvergence(lr_range=(1e-2, 1.0), num_steps=12, trial_steps=50)), ("b", None)):
+        L.seed_everything(0, verbose=False)
+        callback = callback or SuperConvergence(max_lr=runs[0][1].max_lr)
+        kwargs = trainer_kwargs(tmp_path / name, max_epochs=3, check_val_every_n_epoch=1)
+        # one loader object, given to `fit`: it keeps one worker process (and one iterator) for the whole fit
+        val = DataLoader(make_dataset(64, seed=1), batch_size=32, num_workers=1, persistent_workers=True)
+        L.Trainer(callbacks=[callback], **kwargs).fit(model := TinyClassifier(), val_dataloaders=val)
+        runs.append((model, callback))
+    assert runs[0][1].result.trials, "the premise: the trials read the validation loader"
+    for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------ accumulation schedule
 
 

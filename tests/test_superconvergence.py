@@ -2318,3 +2318,28 @@ def test_a_warning_python_shows_once_is_shown_once_in_a_fit_with_trials(tmp_path
         trainer.fit(WarnsAtEveryStep())
     assert len(callbacks[0].result.trials) >= 2
     assert [str(w.message) for w in caught].count("a warning of the user's own, at every step") == 1
+
+
+class StopsWhenGoodEnough(TinyClassifier):
+    """Asks the Trainer to stop once a batch's loss is below 1."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if loss.item() < 1.0:
+            self.trainer.should_stop = True
+        return loss
+
+
+def test_a_stop_asked_for_during_the_range_test_does_not_carry_into_the_run(tmp_path):
+    """`trainer.should_stop` comes back as it was: the run trains as one given the pick does.
+
+    Found in a review: the sweep reached a loss below the mark, and the real run then trained no step, without a word.
+    """
+    searched = SuperConvergence(lr_range=(1e-3, 10.0), num_steps=20, trial_steps=0)
+    trainer = _fit(tmp_path / "a", StopsWhenGoodEnough(), searched, limit_train_batches=1.0, max_epochs=5)
+    assert min(searched.result.losses) < 1.0, "the premise: the sweep asked to stop"
+    given = _fit(
+        tmp_path / "b", StopsWhenGoodEnough(), SuperConvergence(max_lr=searched.max_lr), limit_train_batches=1.0,
+        max_epochs=5,
+    )  # fmt: skip
+    assert trainer.global_step == given.global_step > 0

@@ -1446,21 +1446,33 @@ def test_the_reference_recipe_under_max_epochs_minus_one_reads_the_datas_epochs(
     assert balancer.reason.endswith("decay budget 1x the reference recipe's")
 
 
-def test_a_mid_epoch_resume_without_the_balancers_state_plans_over_the_batches_left(tmp_path):
-    """Found in a review: the resumed epoch was counted whole (24 steps planned where 20 ran): 1.2x, not 1x."""
+def _resumed_with_a_balancer_from_step(tmp_path, step):
+    """A run resumed with `WeightDecayBalancer(mode="keep")`: the balancer, the Trainer and the module.
 
-    class StopAtTwelve(L.Callback):
+    The run (4 epochs of 8 steps) ran without the balancer and was checkpointed and stopped at `step`, in
+    `on_train_batch_end`.
+    """
+
+    class StopAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
-            trainer.should_stop = trainer.should_stop or trainer.global_step == 12
+            trainer.should_stop = trainer.should_stop or trainer.global_step == step
 
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=12, save_top_k=-1)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=step, save_top_k=-1)
     kwargs = trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True)
-    L.Trainer(callbacks=[checkpoint, StopAtTwelve()], **kwargs).fit(TinyClassifier(n=256))  # 8 steps an epoch
+    L.Trainer(callbacks=[checkpoint, StopAt()], **kwargs).fit(HalvedEachEpoch(n=256))
     (path,) = (tmp_path / "ckpt").iterdir()
     balancer = WeightDecayBalancer(mode="keep")
     trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path / "b", max_epochs=4))
-    trainer.fit(TinyClassifier(n=256), ckpt_path=str(path))
+    trainer.fit(model := HalvedEachEpoch(n=256), ckpt_path=str(path))
+    return balancer, trainer, model
+
+
+def test_a_mid_epoch_resume_without_the_balancers_state_plans_over_the_batches_left(tmp_path):
+    """Found in a review: the resumed epoch was counted whole (24 steps planned where 20 ran): 1.2x, not 1x."""
+    balancer, trainer, _ = _resumed_with_a_balancer_from_step(tmp_path, 12)
     assert balancer.planned_steps == trainer.global_step - 12 == 20
+    # the `StepLR` steps at the end of the resumed epoch, 4 steps in: traced there too (found trying the package as
+    # a new user: a whole epoch from the resume, 1.44x)
     assert balancer.reason.endswith("decay budget 1x the reference recipe's")
 
 
@@ -1483,3 +1495,123 @@ def test_a_resume_past_swas_start_reads_the_swalr_it_rebuilds(tmp_path, first):
     trainer.fit(model := HalvedEachEpoch(n=128), ckpt_path=str(tmp_path / "epoch3.ckpt"))
     assert model.lrs[0] < 0.5 < model.lrs[-1] * 1.001, "the premise: the resumed fit anneals to SWA's LR"
     assert re.search(r"decay budget (1|0\.99\d)x the reference recipe's$", balancer.reason), balancer.reason
+
+
+class WithBatchNorm(WithoutBatchNorm):
+    """BatchNorm in the network: `StochasticWeightAveraging` adds an epoch that recomputes its statistics."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                                       torch.nn.Linear(32, 4))  # fmt: skip
+
+
+@pytest.mark.parametrize("first", ["balancer", "swa"])
+def test_swas_batch_norm_epoch_is_not_read_as_training(tmp_path, first):
+    """SWA's extra epoch for BatchNorm statistics trains nothing: the balance plans over the epochs that train.
+
+    Found trying the package as a new user: counted as an epoch at SWA's LR with the balancer first in the callbacks
+    list (as beside `SuperConvergence`), an unchanged recipe read as 1.47x its budget; 1x in the other order.
+    """
+    balancer = WeightDecayBalancer(mode="keep")
+    swa = StochasticWeightAveraging(swa_lrs=0.5, swa_epoch_start=2, annealing_epochs=1)
+    model = WithBatchNorm(lr=0.05)
+    _fit(tmp_path, model, [balancer, swa] if first == "balancer" else [swa, balancer], epochs=4)
+    assert balancer.planned_steps == 32
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Eight batches of 32 and an end, with no length: each pass is an epoch no one can count ahead."""
+
+    def __iter__(self):
+        data = make_dataset(256)
+        for start in range(0, 256, 32):
+            yield data[start : start + 32]
+
+
+def test_swa_on_a_stream_is_said_unread_and_its_lr_still_caps_the_decay_of_a_step(tmp_path):
+    """On data without a length SWA's `SWALR` cannot be placed: the reason says so, and its LR still bounds λ.
+
+    Found trying the package as a new user: left out without a word, its steps at 10x the LR decayed the weights by a
+    third each, where the README promises no step more than 10 %.
+    """
+
+    class OnAStream(WithoutBatchNorm):
+        def train_dataloader(self):
+            return DataLoader(Stream(), batch_size=None)
+
+    balancer = WeightDecayBalancer(mode="timescale")
+    swa = StochasticWeightAveraging(swa_lrs=0.5, swa_epoch_start=1, annealing_epochs=1)
+    trainer = L.Trainer(callbacks=[balancer, swa], **trainer_kwargs(tmp_path, max_epochs=-1, max_steps=30))
+    trainer.fit(model := OnAStream(lr=0.05, weight_decay=0.01))
+    assert max(model.lrs) == pytest.approx(0.5), "the premise: SWA's LR runs"
+    assert "`SWALR` takes over at the start of epoch 0 and anneals at epoch ends" in balancer.reason
+    assert 10 * 0.5 * balancer.weight_decays[0] <= 0.1 * (1 + 1e-9)
+
+
+def test_a_resume_from_an_epochs_last_batch_runs_that_epoch_again_and_is_traced_so(tmp_path):
+    """A checkpoint written in `on_train_batch_end` at an epoch's last batch: Lightning runs that epoch again, whole.
+
+    Found in a review: traced as an epoch of one step, a `StepLR` stepped 7 steps early (0.74x for an unchanged recipe).
+    """
+    balancer, _, model = _resumed_with_a_balancer_from_step(tmp_path, 8)
+    assert len(model.lrs) == balancer.planned_steps == 24, "the premise: the epoch runs again"
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+def test_a_mid_epoch_resume_under_an_accumulation_schedule_is_traced_at_the_accumulation_in_force(tmp_path):
+    """Lightning resumes an epoch at the accumulation in force (the scheduler sets it at epoch starts only).
+
+    Found in a review: the epoch's rest was counted from the schedule's length and the batches done at the force's
+    accumulation, one step where eight ran.
+    """
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 18
+
+    def schedule():
+        return GradientAccumulationScheduler({0: 1, 1: 4})
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=18, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True)
+    L.Trainer(callbacks=[checkpoint, schedule(), StopAt()], **kwargs).fit(HalvedEachEpoch(n=512))  # 16 batches
+    (path,) = (tmp_path / "ckpt").iterdir()
+    balancer = WeightDecayBalancer(mode="keep")
+    trainer = L.Trainer(callbacks=[balancer, schedule()], **trainer_kwargs(tmp_path / "b", max_epochs=4))
+    trainer.fit(HalvedEachEpoch(n=512), ckpt_path=str(path))
+    # the resumed run: the epoch's 8 batches left at 0.035, one step each, then two epochs of 4 steps at 0.0245 and
+    # 0.01715; the reference recipe's rest from step 18: 2 steps at 0.035, then the same two epochs (Lightning's resume
+    # runs more steps than a run without the interruption: `SuperConvergence` warns of it)
+    run, reference = 8 * 0.035 + 4 * 0.0245 + 4 * 0.01715, 2 * 0.035 + 4 * 0.0245 + 4 * 0.01715
+    assert balancer.reason.endswith(f"decay budget {run / reference:.3g}x the reference recipe's")
+
+
+def test_a_resume_beside_swa_on_a_batch_norm_model_ends_where_training_does(tmp_path):
+    """SWA's BatchNorm epoch trains nothing: neither callback counts it on a resume.
+
+    Found in a review: `SuperConvergence` told an unchanged run that its length had changed, and a restored balancer
+    planned a rebalance over 16 steps that never run.
+    """
+
+    def callbacks(balancer):
+        swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3, annealing_epochs=1)
+        return [SuperConvergence(max_lr=0.05), balancer, swa]
+
+    class StopAfterTwoEpochs(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.should_stop or trainer.current_epoch == 1
+
+    kwargs = trainer_kwargs(tmp_path / "a", max_epochs=4)
+    first = L.Trainer(callbacks=[*callbacks(WeightDecayBalancer()), StopAfterTwoEpochs()], **kwargs)
+    first.fit(WithBatchNorm())
+    first.save_checkpoint(path := tmp_path / "epoch2.ckpt")
+    balancer = WeightDecayBalancer()
+    trainer = L.Trainer(callbacks=callbacks(balancer), **trainer_kwargs(tmp_path / "b", max_epochs=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(WithBatchNorm(), ckpt_path=str(path))
+    assert not [w for w in caught if "this run ends at step" in str(w.message)]
+    assert balancer._fit_end == 4 * 8
