@@ -144,7 +144,8 @@ def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str,
     optimizer it is given, as the callback builds it on the real one (its ``swa_lrs`` as each group's
     ``initial_lr``, its annealing epochs and strategy), and the ``SWALR`` state a checkpoint gave it (a resume past
     its start: it builds the scheduler anew at the fit's first epoch start and loads that state into it); None
-    without the callback, once it has taken over in this fit (the Trainer's scheduler is its ``SWALR`` then), or
+    without the callback, once it has taken over (in this fit its ``SWALR`` is the Trainer's scheduler then; it never
+    swaps again in a later fit on the Trainer), or
     where its start epoch cannot be known (a fraction of ``max_epochs=-1``). Its arguments are private attributes of
     Lightning's callback.
     """

@@ -517,7 +517,11 @@ class GuardedCycle:
         self._loaded_scale: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The guard's statistics and when it checks for a stall next (plain values, for checkpoints)."""
+        """The guard's statistics and when it checks next (plain values, for checkpoints).
+
+        With the gradient scaler's scale at its last check and the halvings since: a resume forgives a skipped step as
+        the run it resumes would.
+        """
         return {
             **self.guard.state_dict(), "stall_check": float(self._stall_check),
             "collapse_from": float(self._collapse_from), "halvings": float(self._halvings),
@@ -542,7 +546,11 @@ class GuardedCycle:
         self.guard.snapshot = None
 
     def start(self, trainer: _compat.Trainer, pl_module: Any, optimizer: Any) -> None:
-        """Take the first snapshot: the weights training starts from (after the first step, for a lazy module)."""
+        """Take the first snapshot: the weights training starts from (after the first step, for a lazy module).
+
+        Raises:
+            DivergenceError: if those weights are not finite (NaN/inf): no rescue could roll back to anything better.
+        """
         step = int(trainer.global_step)
         self._last_step = step
         self._steps_before = step - int(self.scheduler.last_epoch)

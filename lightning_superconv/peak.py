@@ -58,7 +58,7 @@ def rise_index(smoothed: Sequence[float], level: float, lowest: int | None = Non
 
     The last step is the LR where the sweep stopped: there the loss had diverged (or the sweep ran out), so the rise
     lies at or above it. ``lowest``: the step of the lowest point, as :func:`~lightning_superconv.curve.descent` reads
-    it past the running median's edge points (found in a review: a curve low in its first few losses, a bump above its
+    it past the running median's first points (found in a review: a curve low in its first few losses, a bump above its
     start, then a clear dip, had its rise read in the bump, and a peak 30,000x too low picked); by default the lowest
     of all.
 

@@ -555,8 +555,9 @@ class SuperConvergence(_compat.Callback):
     def _logs_schedule_this_fit(self) -> bool:
         """Whether this fit's LR, momentum and weight decay are logged by this callback.
 
-        Known once its ``on_fit_start`` has run: it logs them with the cycle it installs, and not at all where it
-        returns without one (``overfit_batches``, ``fast_dev_run``, no training step left).
+        Known once its ``on_fit_start`` has run: it logs them with the cycle it installs (unless
+        ``log_schedule=False``), and not at all where it returns without one (``overfit_batches`` without ``max_lr``,
+        ``fast_dev_run``, no training step left).
         """
         return self._logger is not None
 

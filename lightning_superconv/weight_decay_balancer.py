@@ -664,7 +664,7 @@ class WeightDecayBalancer(_compat.Callback):
         adaptive = []
         for i in decayed:
             if decay_form(optimizer.param_groups[i], optimizer) == "adaptive":
-                adaptive.append(i)  # no closed form for the shrink: keep the user's λ (see the warning)
+                adaptive.append(i)  # no closed form for the shrink: keep the λ the mode starts from (see the warning)
                 continue
             chosen[i] = timescale_bounded(refs[i], traces[i], budget_range, self._bounds(optimizer, traces, i))
         first = decayed[0]
@@ -743,14 +743,20 @@ class WeightDecayBalancer(_compat.Callback):
         refs = self.reference_weight_decays
         val_batches = HeldOutBatches.validation(trainer)
         if val_batches is None:
-            off = trainer.limit_val_batches == 0 and _compat.has_val_dataloaders(trainer)
+            given = _compat.has_val_dataloaders(trainer)
+            off = trainer.limit_val_batches == 0 and given
+            why, fix = (
+                ("validates on no batch (`limit_val_batches=0`)", "Let it validate")
+                if off
+                else ("has validation loaders that hold no batch (fewer samples than a batch, with `drop_last=True`)",
+                      "Give them batches")
+                if given
+                else ("has no validation dataloader", "Add a `val_dataloader`")
+            )  # fmt: skip
             _compat.rank_zero_warn(
                 trainer,
-                "WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run "
-                + ("validates on no batch (`limit_val_batches=0`)" if off else "has no validation dataloader")
-                + f"; weight decay is {self._left}. "
-                + ("Let it validate" if off else "Add a `val_dataloader`")
-                + ", or use the default `mode='timescale'`, which needs no validation data.",
+                f"WeightDecayBalancer(mode='grid') chooses weight decay by validation loss, but this run {why}; weight "
+                f"decay is {self._left}. {fix}, or use the default `mode='timescale'`, which needs no validation data.",
             )
             return list(refs), f"{self._left}: no validation data to choose by"
         first = decayed[0]
@@ -991,8 +997,9 @@ def _swa_swap(trainer: _compat.Trainer, steps: int, first: int | None = None) ->
     rebalance; 0: at the next epoch's start). SWA takes over at the first epoch start it sees at or after its start
     epoch: a fit resumed past it rebuilds its ``SWALR`` there, with the state the checkpoint gave it (found in a review:
     read as the constant LR or the user's scheduler, an unchanged recipe measured 0.83x the reference's budget). None
-    where SWA has taken over in this fit already (its ``SWALR`` is then the Trainer's scheduler, read as such), starts
-    after the steps traced, or the epochs have no known length.
+    where SWA has taken over already (in this fit its ``SWALR`` is then the Trainer's scheduler, read as such; it
+    never swaps again in a later fit on the Trainer), starts after the steps traced, or the epochs have no known
+    length.
     """
     takeover = _compat.swa_takeover(trainer)
     if takeover is None:

@@ -1615,3 +1615,16 @@ def test_a_resume_beside_swa_on_a_batch_norm_model_ends_where_training_does(tmp_
         trainer.fit(WithBatchNorm(), ckpt_path=str(path))
     assert not [w for w in caught if "this run ends at step" in str(w.message)]
     assert balancer._fit_end == 4 * 8
+
+
+def test_the_grid_beside_validation_loaders_of_no_batch_says_so(tmp_path):
+    """Found checking the docs: a loader of no batch is read as none, and the warning told the user to add one."""
+
+    class EmptyValidation(TinyClassifier):
+        def val_dataloader(self):
+            return DataLoader(make_dataset(10, seed=1), batch_size=32, drop_last=True)
+
+    balancer = WeightDecayBalancer(mode="grid")
+    with pytest.warns(RuntimeWarning, match=r"validation loaders that hold no batch .*Give them batches"):
+        _fit(tmp_path, EmptyValidation(), [balancer])
+    assert balancer.reason.endswith("no validation data to choose by")
