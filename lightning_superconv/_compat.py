@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -137,17 +138,35 @@ def callback_of(trainer: Trainer, name: str) -> Any:
     return next((cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)), None)
 
 
-def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str, Any] | None] | None:
+@dataclasses.dataclass(frozen=True)
+class SwaTakeover:
+    """When ``StochasticWeightAveraging`` swaps in its ``SWALR``, and how (:func:`swa_takeover`).
+
+    Attributes:
+        epoch: the epoch (counted from 0) at whose start it takes over.
+        build: builds the same ``SWALR`` on the optimizer it is given, as the callback builds it on the real one (its
+            ``swa_lrs`` as each group's ``initial_lr``, its annealing epochs and strategy).
+        state: the ``SWALR`` state a checkpoint gave it (a resume past its start: it builds the scheduler anew at the
+            fit's first epoch start and loads that state into it), or None.
+        swa_lrs: the callback's ``swa_lrs``: one LR, or one per param group (:meth:`lrs`).
+    """
+
+    epoch: int
+    build: Callable[[Any], Any]
+    state: dict[str, Any] | None
+    swa_lrs: float | list[float]
+
+    def lrs(self, groups: int) -> list[float]:
+        """Each of ``groups`` param groups' SWA LR."""
+        return [float(lr) for lr in self.swa_lrs] if isinstance(self.swa_lrs, list) else [float(self.swa_lrs)] * groups
+
+
+def swa_takeover(trainer: Trainer) -> SwaTakeover | None:
     """When ``StochasticWeightAveraging`` will swap in its ``SWALR`` in this fit, and how it builds it.
 
-    The epoch (counted from 0) at whose start it takes over, a function that builds the same ``SWALR`` on the
-    optimizer it is given, as the callback builds it on the real one (its ``swa_lrs`` as each group's
-    ``initial_lr``, its annealing epochs and strategy), and the ``SWALR`` state a checkpoint gave it (a resume past
-    its start: it builds the scheduler anew at the fit's first epoch start and loads that state into it); None
-    without the callback, once it has taken over (in this fit its ``SWALR`` is the Trainer's scheduler then; it never
-    swaps again in a later fit on the Trainer), or
-    where its start epoch cannot be known (a fraction of ``max_epochs=-1``). Its arguments are private attributes of
-    Lightning's callback.
+    None without the callback, once it has taken over (in this fit its ``SWALR`` is the Trainer's scheduler then; it
+    never swaps again in a later fit on the Trainer), or where its start epoch cannot be known (a fraction of
+    ``max_epochs=-1``). Its arguments are private attributes of Lightning's callback.
     """
     swa = callback_of(trainer, "StochasticWeightAveraging")
     if swa is None or getattr(swa, "_initialized", False):
@@ -162,7 +181,7 @@ def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str,
     def build(optimizer: Any) -> Any:
         from torch.optim.swa_utils import SWALR
 
-        lrs = swa_lrs if isinstance(swa_lrs, list) else [swa_lrs] * len(optimizer.param_groups)
+        lrs = takeover.lrs(len(optimizer.param_groups))
         for lr, group in zip(lrs, optimizer.param_groups, strict=False):
             group["initial_lr"] = lr
         last_epoch = trainer.max_epochs if strategy == "cos" else -1
@@ -172,7 +191,8 @@ def swa_takeover(trainer: Trainer) -> tuple[int, Callable[[Any], Any], dict[str,
             last_epoch=last_epoch,
         )  # fmt: skip
 
-    return max(int(start) - 1, 0), build, swa._scheduler_state
+    takeover = SwaTakeover(max(int(start) - 1, 0), build, swa._scheduler_state, swa_lrs)
+    return takeover
 
 
 @contextlib.contextmanager

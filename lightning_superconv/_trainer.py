@@ -246,13 +246,21 @@ def steps_left_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
     batches = trainer.num_training_batches
     if not _compat.resumes_mid_epoch(trainer) or not math.isfinite(batches):
         return None
-    accumulation = max(int(trainer.accumulate_grad_batches), 1)
     reached = _compat.batches_reached_this_epoch(trainer)
     if reached < batches:
-        return math.ceil(batches / accumulation) - reached // accumulation
+        return steps_left_in_epoch(trainer, reached)
     if _compat.resumes_after_a_train_batch_end(trainer):
-        return math.ceil(batches / accumulation)
+        return steps_left_in_epoch(trainer, 0)
     return 0
+
+
+def steps_left_in_epoch(trainer: _compat.Trainer, batches_done: int) -> int:
+    """The optimizer steps of the current epoch after its first ``batches_done`` batches, at the accumulation in force.
+
+    The epoch's length must be known (:func:`epoch_length_known`).
+    """
+    accumulation = max(int(trainer.accumulate_grad_batches), 1)
+    return math.ceil(trainer.num_training_batches / accumulation) - batches_done // accumulation
 
 
 def estimated_steps(trainer: _compat.Trainer) -> float:

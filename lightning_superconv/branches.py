@@ -175,11 +175,8 @@ def _batch_limit(loader: Any, limit: int | float) -> int | None:
     """
     if isinstance(limit, int):
         return limit
-    if limit >= 1.0:
-        return None
-    try:
-        length = len(loader)
-    except (TypeError, NotImplementedError, RuntimeError):  # a stream; a CombinedLoader not yet iterated
+    length = _length(loader)
+    if limit >= 1.0 or length is None:
         return None
     return max(1, int(length * limit))
 
@@ -295,10 +292,15 @@ def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) 
 
 def _no_batch(loader: Any) -> bool:
     """Whether ``loader`` says it yields no batch (a length of 0: fewer samples than a batch, with ``drop_last``)."""
+    return _length(loader) == 0
+
+
+def _length(loader: Any) -> int | None:
+    """``len(loader)``, or None where it has none (a stream, a CombinedLoader not yet iterated), as Lightning reads."""
     try:
-        return len(loader) == 0
-    except (TypeError, NotImplementedError):  # no length (as Lightning reads it): a stream, read as it comes
-        return False
+        return len(loader)
+    except (TypeError, NotImplementedError, RuntimeError):
+        return None
 
 
 def scored_batches(steps: int) -> int:

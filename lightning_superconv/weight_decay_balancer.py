@@ -358,19 +358,19 @@ class WeightDecayBalancer(_compat.Callback):
                 trainer, f"WeightDecayBalancer: weight_decay={_fmt(self.weight_decays)} {self.reason}."
             )
             return
-        resumed_without_state = self._reference_read is not None and trainer.global_step > self._reference_read[3]
+        read = self._reference_read
+        # steps Lightning restored after `on_fit_start` read the recipe (a resume without the balancer's state)
+        skipped = int(trainer.global_step) - read[3] if read is not None else 0
         if self.reference_weight_decays is None or self.reference_budgets is None:
             # a resume from a checkpoint written before the balancer chose (its state holds no λ): nothing to compare
             # against
             self.reference_weight_decays = configured_weight_decays(optimizer)
             self.reference_budgets = [math.nan] * len(optimizer.param_groups)
-        elif self._reference_read is not None and resumed_without_state:
-            # a resume from a checkpoint written without the balancer: Lightning restores the step after
-            # `on_fit_start`, where the recipe was read over the whole run; the budget of the steps left is its rest
-            # (found in a review: the whole run's was compared with the rest's, and `mode='keep'` reported 0.5x)
-            traces, lrs, gains, read_at = self._reference_read
-            skip = int(trainer.global_step) - read_at
-            self.reference_budgets = _reference_budgets(traces, lrs, gains, self.reference_weight_decays, skip)
+        elif read is not None and skipped > 0:
+            # a resume from a checkpoint written without the balancer: the recipe was read over the whole run; the
+            # budget of the steps left is its rest (found in a review: the whole run's was compared with the rest's,
+            # and `mode='keep'` reported 0.5x)
+            self.reference_budgets = _reference_budgets(*read[:3], self.reference_weight_decays, skipped)
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
         if not decayed:
             self.weight_decays = list(self.reference_weight_decays)
@@ -386,7 +386,7 @@ class WeightDecayBalancer(_compat.Callback):
         # a fit resumed from inside an epoch runs its rest first (found trying the package as a new user: traced as a
         # whole epoch, a `StepLR` stepped 5 steps late, 1.44x)
         first = _trainer.steps_left_in_resumed_epoch(trainer)
-        if resumed_without_state:
+        if skipped > 0:
             # an epoch resumed from inside it runs only its batches left (found in a review: counted whole, 24 steps
             # were planned where 20 ran, and an unchanged recipe read as 1.2x the reference's budget)
             with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
@@ -399,7 +399,7 @@ class WeightDecayBalancer(_compat.Callback):
             _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
             _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
         )  # fmt: skip
-        self._unread_lrs = _swa_unread_lrs(trainer, len(optimizer.param_groups))
+        swa_notes, self._unread_lrs = _swa_unread(trainer, len(optimizer.param_groups))
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
@@ -411,7 +411,7 @@ class WeightDecayBalancer(_compat.Callback):
             ratio = self._budget_ratio(traces, decayed[0], chosen[decayed[0]])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
         self.weight_decays = chosen
-        notes = [*notes, *_swa_unread(trainer)]
+        notes = [*notes, *swa_notes]
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
         self._apply(optimizer, chosen)
         specs = _scheduler_specs(trainer)
@@ -557,8 +557,7 @@ class WeightDecayBalancer(_compat.Callback):
         """
         first = None
         if batch_idx > 0 and _trainer.epoch_length_known(trainer):
-            accumulation = max(int(trainer.accumulate_grad_batches), 1)
-            first = math.ceil(trainer.num_training_batches / accumulation) - batch_idx // accumulation
+            first = _trainer.steps_left_in_epoch(trainer, batch_idx)
         rescues = self._rescuer.rescues
         self.rescues_balanced = len(rescues)
         assert self.reference_weight_decays is not None
@@ -1006,7 +1005,7 @@ def _swa_swap(trainer: _compat.Trainer, steps: int, first: int | None = None) ->
         return None
     if not _trainer.epoch_length_known(trainer):
         return None  # it takes over, and anneals, at epoch ends no one can foretell: said in the reason (`_swa_unread`)
-    epoch, build, state = takeover
+    epoch, build, state = takeover.epoch, takeover.build, takeover.state
     current = int(trainer.current_epoch)
     ends = epoch_ends(_epochs_from(trainer, first), steps)
     # (epoch, the traced step it starts at) for each epoch start SWA sees
@@ -1030,28 +1029,23 @@ def _swa_swap(trainer: _compat.Trainer, steps: int, first: int | None = None) ->
     return ScheduleSwap(at, rebuilt)
 
 
-def _swa_unread(trainer: _compat.Trainer) -> list[str]:
-    """A note for the reason where ``StochasticWeightAveraging``'s LR follows epochs a stream does not foretell.
+def _swa_unread(trainer: _compat.Trainer, groups: int) -> tuple[list[str], list[float] | None]:
+    """A note for the reason, and each group's SWA LR, where ``StochasticWeightAveraging`` cannot be traced.
+
+    On a stream its LR follows epochs no one can foretell; the LR still bounds the decay of a step
+    (:meth:`WeightDecayBalancer._bounds`).
 
     Found trying the package as a new user: on data without a length, SWA's ``SWALR`` at 10x the LR was left out
     without a word, and its steps decayed the weights by a third each.
     """
     takeover = _compat.swa_takeover(trainer)
     if takeover is None or _trainer.epoch_length_known(trainer):
-        return []
-    return [
-        f"`StochasticWeightAveraging`'s `SWALR` takes over at the start of epoch {takeover[0]} and anneals at epoch "
+        return [], None
+    note = (
+        f"`StochasticWeightAveraging`'s `SWALR` takes over at the start of epoch {takeover.epoch} and anneals at epoch "
         "ends, which data without a length does not foretell, and was not read"
-    ]
-
-
-def _swa_unread_lrs(trainer: _compat.Trainer, groups: int) -> list[float] | None:
-    """Each group's ``StochasticWeightAveraging`` LR where the trace could not place its ``SWALR``: on a stream."""
-    if not _swa_unread(trainer):
-        return None
-    swa = _compat.callback_of(trainer, "StochasticWeightAveraging")
-    lrs = swa._swa_lrs  # a private attribute of Lightning's callback, as `_compat.swa_takeover` reads it
-    return [float(lr) for lr in lrs] if isinstance(lrs, list) else [float(lrs)] * groups
+    )
+    return [note], takeover.lrs(groups)
 
 
 def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:
