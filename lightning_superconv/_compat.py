@@ -525,14 +525,16 @@ def tensorboard_event_writer(logger: Any) -> Any:
     r"""The event-file writer behind a ``TensorBoardLogger`` (either distribution), or None for any other logger.
 
     Through it, several scalars of one step go into one event (what ``SummaryWriter.add_scalar`` writes one at a
-    time), at a third of the cost for three. Only for the plain case: torch's own ``SummaryWriter`` and a logger
-    without a metric prefix; anything else is None and gets ``log_metrics``.
+    time), at a third of the cost for three. Only for the plain case: torch's own ``SummaryWriter``, a logger without
+    a metric prefix, and Lightning's own ``log_metrics`` (a subclass that renames or filters metrics in its own saw
+    none of ours, found in a review); anything else is None and gets ``log_metrics``.
     """
     classes = tuple(
         cls for name in _DISTRIBUTIONS
         if (cls := getattr(_try_import(f"{name}.loggers"), "TensorBoardLogger", None)) is not None
     )  # fmt: skip
-    if not classes or not isinstance(logger, classes) or getattr(logger, "_prefix", None):
+    own = next((cls for cls in classes if isinstance(logger, cls)), None)
+    if own is None or type(logger).log_metrics is not own.log_metrics or getattr(logger, "_prefix", None):
         return None
     experiment = logger.experiment
     get_writer = getattr(experiment, "_get_file_writer", None)

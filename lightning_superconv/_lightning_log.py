@@ -5,7 +5,9 @@ r"""Lightning's info lines kept on the logger of the distribution the user impor
 This package imports both, so that its callbacks are of either's ``Callback`` class. Without care, a user of one then
 had Lightning's lines (and ours) on the other's logger, where ``logging.getLogger("pytorch_lightning").setLevel(...)``
 no longer reaches them (found trying the package as a new user). Imported by the package before anything of
-Lightning's, it keeps what the user's own import set; where the user has imported neither yet, ``lightning.pytorch``'s.
+Lightning's, it keeps what the user's own import set; where the user has imported neither yet, ``lightning.pytorch``'s
+(found in a review: sorted imports put ``lightning_superconv`` before ``pytorch_lightning``, whose later import is
+then a no-op, so such a user imports ``pytorch_lightning`` first, as the README says).
 """
 
 from __future__ import annotations

@@ -97,7 +97,10 @@ def _add_figure(trainer: _compat.Trainer, result: RangeTestResult, step: int) ->
         # a figure of its own, outside pyplot: the user's matplotlib backend and pyplot's figures are left alone
         fig = Figure(figsize=(6, 4))
         result.plot(ax=fig.subplots())
-        add_figure(f"{RANGE_TEST_PREFIX}/curve", fig, global_step=step, close=False)
+        # under the logger's prefix, as its scalars (found in a review: `TensorBoardLogger(prefix=...)`)
+        prefix = getattr(logger, "_prefix", "")
+        tag = f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}{RANGE_TEST_PREFIX}" if prefix else RANGE_TEST_PREFIX
+        add_figure(f"{tag}/curve", fig, global_step=step, close=False)
 
 
 def schedule_values(optimizer: Any, all_groups: bool = False) -> dict[str, float]:
@@ -125,7 +128,9 @@ class ScheduleLogger:
     On logging steps, one call per logger: ``log_metrics``, or for TensorBoard one event that holds all the step's
     scalars (the same tags and values ``log_metrics`` would write, in a third of the time for three). That event is
     built once and refilled at each logging step (building it costs more than writing it). On other steps it only
-    asks whether this step logs. The loggers are looked up once, when the callback installs it at fit start.
+    asks whether this step logs. The loggers are looked up once, when the callback installs it at fit start. One row
+    per step: under gradient accumulation the batch hooks run at each micro-batch, at one step (Lightning's
+    ``LearningRateMonitor`` logs each step's values that many times).
 
     Args:
         all_groups: log the weight decay of every param group, not only the first.
@@ -142,6 +147,8 @@ class ScheduleLogger:
         self._event = Event()
         self._tags: tuple[str, ...] = ()
         self._slots: list[Any] = []  # the event's summary values, one per tag
+        # the step last logged: under gradient accumulation the batch hooks run once per micro-batch, at one step
+        self._logged: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy writes nowhere: the callback holding it is copied by sweep libraries and ``ddp_spawn``.
@@ -159,8 +166,9 @@ class ScheduleLogger:
         if not (self.loggers or self.event_writers):
             return
         step = _compat.training_logging_step(trainer)
-        if step is None:
+        if step is None or step == self._logged:
             return
+        self._logged = step
         values = schedule_values(self.optimizer, self.all_groups or len(self.optimizer.param_groups) > 1)
         for logger in self.loggers:
             logger.log_metrics(values, step=step)

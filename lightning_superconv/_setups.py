@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lightning_superconv import _compat
+from lightning_superconv.param_groups import configured_lrs, step_size_kind
 
 
 def strategy_problem(strategy: Any, range_test: bool) -> str | None:
@@ -117,7 +118,47 @@ def move_in_front(trainer: _compat.Trainer, mover: Any, classes: tuple[type, ...
     _compat.set_callbacks(trainer, callbacks)
 
 
-def schedule_blind_refusal(optimizer: Any) -> str | None:
+def optimizer_refusal(optimizer: Any, who: str) -> str | None:
+    r"""Why ``who`` (``"SuperConvergence"`` or ``"find_max_lr"``) cannot serve ``optimizer``, or None where it can.
+
+    ``find_max_lr`` refuses what ``SuperConvergence`` refuses (found in a review: it swept ``LBFGS``, ``Rprop`` and a
+    Schedule-Free AdamW and returned a pick, 63.7 for the last), and an optimizer that sets its own step size
+    (Prodigy, D-Adaptation), whose ``lr`` a sweep measures nothing of.
+    """
+    name = type(optimizer).__name__
+    kind = step_size_kind(optimizer)
+    if kind == "schedule-free":
+        return schedule_free_refusal(optimizer, who)
+    refusal = schedule_blind_refusal(optimizer, who)
+    if refusal is not None:
+        return refusal
+    if who == "find_max_lr" and kind == "multiplier":
+        return (
+            f"find_max_lr cannot serve `{name}`: it sets its own step size and reads `lr` as a multiplier or a cap of "
+            "it, so a sweep of `lr` measures nothing about the model. Keep its `lr` as its authors advise (1.0 for "
+            "Prodigy and D-Adaptation); `SuperConvergence` runs its one-cycle over that value without a range test."
+        )
+    return None
+
+
+def cycle_refusal(optimizer: Any, who: str) -> str | None:
+    r"""Why torch's ``OneCycleLR`` (the cycle, and each range-test trial's) cannot be built on ``optimizer``, or None.
+
+    It takes a ``torch.optim.Optimizer`` only (found in a review: a wrapper of plain class, which Lightning steps,
+    failed with torch's ``TypeError`` after the whole sweep, and the note on it advised ``max_lr=``, which failed the
+    same way). ``find_max_lr`` with ``trial_steps=0`` builds none.
+    """
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return None
+    without = "" if who == "SuperConvergence" else ", or pass `trial_steps=0` (no trial cycles)"
+    return (
+        f"{who} builds torch's `OneCycleLR` on the optimizer, which takes a `torch.optim.Optimizer` only; "
+        f"`{type(optimizer).__name__}` is not one. Make its class a subclass of `torch.optim.Optimizer` that hands "
+        f"`step`, `zero_grad`, `param_groups` and `state` to the optimizer it wraps{without}."
+    )
+
+
+def schedule_blind_refusal(optimizer: Any, who: str = "SuperConvergence") -> str | None:
     """The message that refuses an optimizer on which an LR schedule has no meaning (``Rprop``, ``LBFGS``), or None.
 
     ``Rprop`` reads ``lr`` once, as every weight's first step size, and then sets each step size by itself: a range
@@ -139,17 +180,31 @@ def schedule_blind_refusal(optimizer: Any) -> str | None:
     else:
         return None
     return (
-        f"SuperConvergence cannot serve `{name}`: it {why}. Remove SuperConvergence and keep the optimizer, or "
+        f"{who} cannot serve `{name}`: it {why}. Remove {who} and keep the optimizer, or "
         "switch to one whose `lr` scales every step (`torch.optim.SGD` with momentum, `AdamW`, `RMSprop`, ...)."
     )
 
 
-def schedule_free_refusal(optimizer: Any) -> str:
-    """The message that refuses a Schedule-Free optimizer in ``SuperConvergence``."""
+def schedule_free_refusal(optimizer: Any, who: str = "SuperConvergence") -> str:
+    """The message that refuses a Schedule-Free optimizer in ``who``."""
     return (
-        f"SuperConvergence cannot serve `{type(optimizer).__name__}`: a Schedule-Free optimizer replaces the LR "
+        f"{who} cannot serve `{type(optimizer).__name__}`: a Schedule-Free optimizer replaces the LR "
         "schedule (it averages its iterates instead of annealing the LR; Defazio et al., arXiv 2405.15682), so a "
-        "one-cycle on top of it would fight the method. Remove SuperConvergence and keep the optimizer, with its "
+        f"one-cycle on top of it{' (whose peak the range test picks)' if who == 'find_max_lr' else ''} would fight "
+        f"the method. Remove {who} and keep the optimizer, with its "
         "warm-up (`warmup_steps`) and the `optimizer.train()`/`optimizer.eval()` switches its README asks for; or "
         "switch to its base optimizer (e.g. `torch.optim.AdamW`) to train with SuperConvergence."
     )
+
+
+def check_first_group_lr(trainer: _compat.Trainer, optimizer: Any, who: str) -> None:
+    """Refuse a first param group whose configured LR is not positive: the other groups' ratios are read against it."""
+    first = configured_lrs(optimizer)[0]
+    if first <= 0:
+        raise _compat.misconfiguration(
+            trainer,
+            f"{who} keeps the LR ratios between param groups relative to the first group, so the first "
+            f"group's `lr` must be > 0, got {first}. Give the first param group a positive `lr` in "
+            "`configure_optimizers` (only the ratios between groups matter; the range test and the cycle set the "
+            "values).",
+        )

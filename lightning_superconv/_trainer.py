@@ -335,7 +335,7 @@ def _unknown_length(trainer: _compat.Trainer) -> str:
         )
         return (
             f"this run's length is unknown: {limit}. Set `Trainer(max_steps=...)`, or `Trainer(max_epochs=...)` if "
-            "the train dataloader has a length; the cycle is planned over those."
+            "the train dataloader has a length; the schedule is read over those."
         )
     return (
         "this run's length is unknown (the train dataloader has no length and `max_steps` is not set). Set "

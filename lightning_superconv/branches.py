@@ -66,6 +66,15 @@ class UnscorableBatchesError(RuntimeError):
     """
 
 
+class DataRanOutError(RuntimeError):
+    """The train dataloader ran out in a branch and yielded nothing when restarted: its data can be read only once.
+
+    Each branch would train on fewer batches than the one before, and none on what a fresh epoch gives (found in a
+    review: a one-shot stream gave the range test's trials no batch at all, which scored the untrained model the same
+    at every peak). Raised inside the branches' sandbox, so everything they changed is restored first.
+    """
+
+
 class HeldOutBatches:
     r"""The batches every branch is scored on: the same batches, fetched once, capped in number.
 
@@ -258,6 +267,11 @@ def run_branches(
             with _compat.isolate_rng(trainer), _data_order(branch.order, generators, samplers):
                 record = take_steps(trainer, pl_module, optimizer, branch.steps, follow, after_step)
                 train_seconds += time.perf_counter() - start
+                if record.stop_reason == "data-exhausted":
+                    raise DataRanOutError(
+                        f"the train dataloader ran out after {len(record.losses)} of a branch's {branch.steps} steps "
+                        "and yielded nothing when restarted"
+                    )
                 diverged = record.stop_reason == "non-finite"
                 assert held_out is not None
                 scores.append(
@@ -271,8 +285,10 @@ def run_branches(
 def _data_order(order: int, generators: Sequence[Any], samplers: Sequence[Any]) -> Iterator[None]:
     """The data order a branch trains on: 0, the run's own; ``k > 0``, another one.
 
-    For ``k > 0`` the global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
-    shifted by ``k``. The seeds come back on exit; the RNG streams come back from ``isolate_rng`` and the snapshot.
+    For ``k > 0`` torch's global RNG and the loaders' generators are reseeded and each ``DistributedSampler``'s seed is
+    shifted by ``k`` (Python's and NumPy's RNGs are not: a sampler or a dataset that draws its order from them gives
+    every branch the run's own order). The seeds come back on exit; the RNG streams come back from ``isolate_rng`` and
+    the snapshot.
     """
     if not order:
         yield

@@ -19,12 +19,14 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from lightning_superconv import _compat, _trainer
+from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import log_range_test
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.snapshot import (
+    metric_states,
     put_back,
+    put_back_metric_states,
     random_generators,
     registered_tensors,
     rng_state,
@@ -76,6 +78,12 @@ class _RangeTestProbe(_compat.Callback):
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
+        refusal = _setups.optimizer_refusal(optimizer, "find_max_lr")
+        if refusal is None and self.config.trial_steps != 0:
+            refusal = _setups.cycle_refusal(optimizer, "find_max_lr")
+        if refusal is not None:
+            raise _compat.misconfiguration(trainer, refusal)
+        _setups.check_first_group_lr(trainer, optimizer, "find_max_lr")
         _trainer.refuse_maximize(
             trainer, optimizer, "find_max_lr", "the range test's curve and trials", "do not run it on this module"
         )
@@ -198,6 +206,9 @@ def find_max_lr(
     slots = registered_tensors(model)
     data = [(param, param.data) for param in model.parameters()]
     marks = _compat.device_dtype_marks(model)
+    # and so are a torchmetrics metric's states, plain attributes (found in a review: a `MeanMetric` came back holding
+    # bfloat16 states, and the user's fit accumulated in bfloat16): small, copied
+    metrics = metric_states(model)
     # and the attributes Lightning's own callbacks given had: `ModelCheckpoint` keeps the folder it resolved at setup
     # (found trying the package as a new user: reused in the real fit, it saved there, in the working directory, away
     # from that fit's logs); a callback of the user's keeps what it recorded
@@ -222,6 +233,7 @@ def find_max_lr(
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
             param.data = kept
     _compat.put_back_device_dtype(marks)
+    put_back_metric_states(metrics)
     if isinstance(error, SystemExit) and _ignored_by_lightning(sigint):
         # Lightning's answer to Ctrl-C in `fit`: further Ctrl-C ignored and the process exited. A function that
         # measures an LR gives its caller the KeyboardInterrupt back, and the handler it had (found trying the package

@@ -24,9 +24,26 @@ def configured_lrs(optimizer: Optimizer) -> list[float]:
     r"""The LR each param group was configured with.
 
     A scheduler built in ``configure_optimizers`` may already have moved ``lr`` (a warm-up starts low); it keeps the
-    configured value in ``initial_lr``, so that is preferred.
+    configured value in ``initial_lr``, so that is preferred. Torch's ``OneCycleLR`` keeps its start there, its peak
+    over ``div_factor``: for a group of one (it holds ``max_lr`` and ``min_lr`` beside it) the configured value is its
+    peak, ``max_lr`` (found in a review: Prodigy at ``lr=1.0`` under the user's own ``OneCycleLR(max_lr=1.0)`` got a
+    cycle peaking at 0.04, and the range test's trials from the optimizer's own LR started 25x below it).
+
+    Example::
+
+        >>> sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> _ = torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=0.1, total_steps=10)
+        >>> configured_lrs(sgd)
+        [0.1]
     """
-    return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
+    return [
+        float(group["max_lr"] if _in_a_one_cycle(group) else group.get("initial_lr", group["lr"]))
+        for group in optimizer.param_groups
+    ]
+
+
+def _in_a_one_cycle(group: MutableMapping[str, Any]) -> bool:
+    return all(key in group for key in ("initial_lr", "max_lr", "min_lr"))
 
 
 def lr_scales(optimizer: Optimizer) -> list[float]:

@@ -23,6 +23,7 @@ from lightning_superconv import _compat, _trainer
 from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
 from lightning_superconv.branches import (
     Branch,
+    DataRanOutError,
     HeldOutBatches,
     UnscorableBatchesError,
     run_branches,
@@ -292,6 +293,7 @@ def run_range_test(
         )
     trials: list[dict[str, float]] = []
     trial_steps = config.trial_length(run_steps)
+    ran_out = False  # the train data ran out in the trials
     # the sweep's lowest smoothed loss and its LR: a trial stuck above it with over half the start left learned nothing
     bottom = fell.lowest
     lowest = smoothed[bottom]
@@ -334,6 +336,15 @@ def run_range_test(
                 )
                 if not trial_steps:
                     peaks.clear()
+        except DataRanOutError as err:  # everything the trials changed is back
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: {err} in the range test's trials, so its data can be read only once: the pick is "
+                "the sweep's alone, as with `trial_steps=0`, and training gets only what is left. Give the dataset an "
+                "`__iter__` that starts over on each call.",
+            )
+            trial_steps, ran_out = 0, True
+            peaks.clear()
         except Exception as err:
             _note_where(err, "trials")
             raise
@@ -398,7 +409,13 @@ def run_range_test(
     else:
         # no trials asked for, or none that could score (found in a review: the reason named `trial_steps=0`, which
         # the user had not set)
-        why = "`trial_steps=0`: no trials" if not config.trial_length(run_steps) else "the trials could not score"
+        why = (
+            "`trial_steps=0`: no trials"
+            if not config.trial_length(run_steps)
+            else "the train data ran out in the trials"
+            if ran_out
+            else "the trials could not score"
+        )
         max_lr, reason = swept[rise] * 0.25, f"{reading}; a quarter of it ({why})"
         confirmed = from_own = False
     if not rose and not diverged and from_own:

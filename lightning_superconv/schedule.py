@@ -192,6 +192,9 @@ class SafeOneCycleLR(OneCycleLR):
         # index of each param group added after construction -> its LR relative to the first group's (plain values:
         # part of the state_dict, so a resumed run keeps them)
         self.added_group_ratios: dict[int, float] = {}
+        #: how many param groups the cycle was built on; those after them are added ones (plain value, in the
+        #: state_dict: a resumed run's is the first build's)
+        self.built_groups = len((args[0] if args else kwargs["optimizer"]).param_groups)
         super().__init__(*args, **kwargs)
         #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
         self.peak_step = float(self._schedule_phases[0]["end_step"])
@@ -210,7 +213,9 @@ class SafeOneCycleLR(OneCycleLR):
         first = groups[0]
         adopted = []
         for index, group in enumerate(groups):
-            if all(key in group for key in ("initial_lr", "max_lr", "min_lr")):
+            # by place, not by the cycle's keys: a group added as a copy of the first group's settings holds them (found
+            # in a review: added at a tenth of the first group's LR, it ran at the first group's from its second step)
+            if index < self.built_groups or index in self.added_group_ratios:
                 continue
             ratio = float(group["lr"]) / float(first["lr"])
             for key in ("initial_lr", "max_lr", "min_lr"):
@@ -333,11 +338,17 @@ class SafeOneCycleLR(OneCycleLR):
             self.last_epoch = stepped
 
 
-def safe_pct_start(pct_start: float, total_steps: int) -> float:
-    r"""Nudge ``pct_start`` off the one value that makes torch's OneCycleLR divide by zero.
+def safe_pct_start(pct_start: float, total_steps: int, three_phase: bool = False) -> float:
+    r"""Nudge ``pct_start`` off the values that break torch's OneCycleLR.
 
     With ``pct_start * total_steps == 1`` the warm-up phase starts and ends at step 0 and torch computes ``0 / 0``.
     Lengthening the warm-up by a millionth of a step keeps the schedule and removes the singularity.
+
+    With ``three_phase`` and a warm-up under 2 steps (``pct_start * total_steps < 2``), torch's phases end at
+    fractions of a step: the step after the first lies in the fall back, or already in the final annealing, and the
+    LR stops short of the peak (found in a review: 100 steps at ``pct_start=0.01`` peaked at a 25th of ``max_lr``, at
+    0.018 at 0.86 of it).
+    The warm-up is lengthened to 2 steps, where the cycle has 4 or more.
 
     Example::
 
@@ -345,7 +356,11 @@ def safe_pct_start(pct_start: float, total_steps: int) -> float:
         0.3
         >>> safe_pct_start(0.25, 4) > 0.25
         True
+        >>> safe_pct_start(0.01, 100, three_phase=True)
+        0.02
     """
+    if three_phase and total_steps >= 4 and pct_start * total_steps < 2.0:
+        return 2.0 / total_steps
     if abs(pct_start * total_steps - 1.0) < 1e-9:
         return (1.0 + 1e-6) / total_steps
     return pct_start
@@ -379,7 +394,7 @@ def build_one_cycle(
         optimizer,
         max_lr=[max_lr * ratio for ratio in ratios],
         total_steps=int(total_steps),
-        pct_start=safe_pct_start(config.pct_start, int(total_steps)),
+        pct_start=safe_pct_start(config.pct_start, int(total_steps), config.three_phase),
         anneal_strategy=config.anneal_strategy,
         cycle_momentum=resolve_cycle_momentum(optimizer, config.cycle_momentum),
         base_momentum=base_momentum,

@@ -86,6 +86,24 @@ def _metric_state(module: torch.nn.Module) -> dict[str, Any]:
     return {name: copy.deepcopy(own[name]) for name in names if name in own}
 
 
+def metric_states(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """Each torchmetrics metric ``module`` holds (in plain containers too), with a copy of its state and defaults.
+
+    A ``*-true`` precision converts a metric's states and defaults with the module (``module.to(dtype=...)``);
+    :func:`put_back_metric_states` sets the copies back.
+    """
+    modules = {id(m): m for root in (module, *hidden_modules(module)) for m in root.modules()}.values()
+    return [
+        (m, {**_metric_state(m), "_defaults": copy.deepcopy(vars(m)["_defaults"])}) for m in modules if _is_metric(m)
+    ]
+
+
+def put_back_metric_states(states: Sequence[tuple[torch.nn.Module, dict[str, Any]]]) -> None:
+    """Set each metric's state and defaults as :func:`metric_states` copied them."""
+    for metric, state in states:
+        vars(metric).update(state)
+
+
 def is_tensor_tree(value: Any) -> bool:
     """Whether ``value`` is a tensor, or a non-empty tuple/list/dict of them (a hidden state, a cached mask)."""
     if isinstance(value, Tensor):

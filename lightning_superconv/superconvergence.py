@@ -20,7 +20,14 @@ from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, Diverge
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, run_range_test
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.schedule import OneCycleConfig, SafeOneCycleLR, build_one_cycle, groups_without_momentum
+from lightning_superconv.schedule import (
+    OneCycleConfig,
+    SafeOneCycleLR,
+    build_one_cycle,
+    groups_without_momentum,
+    resolve_cycle_momentum,
+    safe_pct_start,
+)
 
 # 3: the guard keeps its losses as `training_step` returned them (before, some or all divided by the accumulation)
 _STATE_VERSION = 3
@@ -238,9 +245,7 @@ class SuperConvergence(_compat.Callback):
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "SuperConvergence")
         kind = step_size_kind(optimizer)
-        if kind == "schedule-free":
-            raise _compat.misconfiguration(trainer, _setups.schedule_free_refusal(optimizer))
-        refusal = _setups.schedule_blind_refusal(optimizer)
+        refusal = _setups.optimizer_refusal(optimizer, "SuperConvergence")
         if refusal is not None:
             raise _compat.misconfiguration(trainer, refusal)
         if self.requested_max_lr is None or self.guard:
@@ -287,17 +292,7 @@ class SuperConvergence(_compat.Callback):
                 "unchanged.",
             )
             return
-        _check_first_group_lr(trainer, optimizer)
-        _warn_of_a_clock(trainer, steps)
-        if self.max_lr is None and kind == "multiplier":
-            self.max_lr = configured_lrs(optimizer)[0]
-            _compat.rank_zero_info(
-                trainer,
-                f"SuperConvergence: `{type(optimizer).__name__}` sets its own step size and reads `lr` as a multiplier "
-                f"or a cap of it, so no range test runs (a sweep of it measures nothing about the model); the "
-                f"one-cycle runs over the configured value, lr={self.max_lr:.4g}.",
-            )
-        elif self.max_lr is None and _compat.overfit_batches(trainer):
+        if self.max_lr is None and kind != "multiplier" and _compat.overfit_batches(trainer):
             # found trying the package as a new user: its trials, made to choose a peak that generalizes, picked one
             # that overfit the batch worse than the user's own constant LR (a loss of 1.99 against 1.20)
             _compat.rank_zero_info(
@@ -307,6 +302,22 @@ class SuperConvergence(_compat.Callback):
                 "the schedule is unchanged. Pass `max_lr=` to run the one-cycle at a peak of your own.",
             )
             return
+        # a cycle will be built: what it would refuse is refused now, before the range test (found in a review: after
+        # the whole sweep)
+        refusal = _setups.cycle_refusal(optimizer, "SuperConvergence")
+        if refusal is not None:
+            raise _compat.misconfiguration(trainer, refusal)
+        resolve_cycle_momentum(optimizer, self.cycle.cycle_momentum)
+        _setups.check_first_group_lr(trainer, optimizer, "SuperConvergence")
+        _warn_of_a_clock(trainer, steps)
+        if self.max_lr is None and kind == "multiplier":
+            self.max_lr = configured_lrs(optimizer)[0]
+            _compat.rank_zero_info(
+                trainer,
+                f"SuperConvergence: `{type(optimizer).__name__}` sets its own step size and reads `lr` as a multiplier "
+                f"or a cap of it, so no range test runs (a sweep of it measures nothing about the model); the "
+                f"one-cycle runs over the configured value, lr={self.max_lr:.4g}.",
+            )
         elif self.max_lr is None:
             _trainer.refuse_dataloader_iter_steps(
                 trainer, pl_module, "SuperConvergence's range test", "pass `max_lr=` (the cycle needs no range test)"
@@ -450,21 +461,34 @@ class SuperConvergence(_compat.Callback):
         )
 
     @override
+    def on_train_epoch_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        # BackboneFinetuning adds its group and writes its LR in its own `on_train_epoch_start`: set the cycle's
+        # before any batch hook, where a `LearningRateMonitor` listed before this callback logs the LR (found trying
+        # the package as a new user: it logged BackboneFinetuning's LR, which no step ran)
+        if self._scheduler is not None:
+            self._follow_groups(trainer, self._scheduler)
+
+    @override
     def on_train_batch_start(
         self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         scheduler = self._scheduler
         if scheduler is None:
             return
-        groups = scheduler.optimizer.param_groups
-        if len(groups) != self._group_count:
-            self._group_count = len(groups)
-            self._adopt_added_groups(trainer, scheduler)
-        elif scheduler.added_group_ratios:
-            # a callback may write an added group's LR between steps (BackboneFinetuning does at every epoch start)
-            scheduler.follow_first_group()
+        self._follow_groups(trainer, scheduler)
         if self._logger is not None:
             self._logger.log(trainer)
+
+    def _follow_groups(self, trainer: _compat.Trainer, scheduler: SafeOneCycleLR) -> None:
+        """Adopt param groups added since the last call; keep the added ones on the cycle."""
+        if len(scheduler.optimizer.param_groups) != self._group_count:
+            self._group_count = len(scheduler.optimizer.param_groups)
+            self._adopt_added_groups(trainer, scheduler)
+        elif scheduler.added_group_ratios and _trainer.scheduler_in_use(trainer, scheduler):
+            # a callback may write an added group's LR between steps (BackboneFinetuning does at every epoch start);
+            # once StochasticWeightAveraging's SWALR took over, its LR is the added groups' too (found in a review:
+            # the backbone's group stayed at a tenth of it)
+            scheduler.follow_first_group()
 
     @override
     def on_train_batch_end(
@@ -709,6 +733,15 @@ class SuperConvergence(_compat.Callback):
             f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
             f"(momentum {momentum}).",
         )
+        pct_start = safe_pct_start(config.pct_start, total_steps, config.three_phase)
+        if config.three_phase and total_steps >= 4 and pct_start > config.pct_start:
+            _compat.rank_zero_warn(
+                trainer,
+                f"SuperConvergence: `three_phase=True` with `pct_start={config.pct_start}` gives a warm-up of "
+                f"{config.pct_start * total_steps:.3g} of this run's {total_steps} steps, in which torch's three-phase "
+                f"cycle stops short of max_lr (at a 25th of it below 1.5 steps): the warm-up is 2 steps "
+                f"(pct_start={pct_start:.3g}). Raise `pct_start` for a longer one.",
+            )
 
     def _scheduler_optimizer(self) -> Any:
         assert self._scheduler is not None
@@ -794,15 +827,3 @@ def _warn_if_the_epoch_limit_ends_a_stream_first(trainer: _compat.Trainer, start
         f"about step {ends_at}, before the LR has annealed. To end on the cycle's final LR, set `max_epochs=-1` (then "
         f"`max_steps` alone ends the run) or `max_steps={ends_at}`.",
     )
-
-
-def _check_first_group_lr(trainer: _compat.Trainer, optimizer: Any) -> None:
-    first = configured_lrs(optimizer)[0]
-    if first <= 0:
-        raise _compat.misconfiguration(
-            trainer,
-            "SuperConvergence keeps the LR ratios between param groups relative to the first group, so the first "
-            f"group's `lr` must be > 0, got {first}. Give the first param group a positive `lr` in "
-            "`configure_optimizers` (only the ratios between groups matter; the range test and the cycle set the "
-            "values).",
-        )

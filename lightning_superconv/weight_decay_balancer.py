@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import ScheduleLogger
 from lightning_superconv._validation import check_bool, check_choice, check_number, check_pair, check_state_version
-from lightning_superconv.branches import Branch, HeldOutBatches, UnscorableBatchesError, run_branches
+from lightning_superconv.branches import Branch, DataRanOutError, HeldOutBatches, UnscorableBatchesError, run_branches
 from lightning_superconv.param_groups import configured_lrs, configured_weight_decays, lr_scales, step_size_kind
 from lightning_superconv.schedule import SafeOneCycleLR
 from lightning_superconv.weight_decay import (
@@ -819,6 +819,14 @@ class WeightDecayBalancer(_compat.Callback):
                 f"{self._left}. Make `training_step` accept validation batches there, or use `mode='timescale'`.",
             )
             return list(refs), f"{self._left}: `training_step` cannot score the validation batches: {err}"
+        except DataRanOutError as err:
+            _compat.rank_zero_warn(
+                trainer,
+                f"WeightDecayBalancer(mode='grid'): {err} in the branches, so its data can be read only once: weight "
+                f"decay is {self._left}, and training gets only what is left. Give the dataset an `__iter__` that "
+                "starts over on each call, or use `mode='timescale'`.",
+            )
+            return list(refs), f"{self._left}: {err} in the branches"
         seconds = time.perf_counter() - start
         factors = plan.factors
         decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)

@@ -374,3 +374,25 @@ def run_two_ranks(script: str, out: Any, timeout: int) -> list[dict[str, Any]]:
     assert done.returncode == 0, log
     assert all(os.path.exists(p) for p in reports), log
     return [json.loads(Path(p).read_text()) for p in reports]
+
+
+class _OneShot(torch.utils.data.IterableDataset):
+    """Yields its samples once: each ``__iter__`` continues the one iterator (a stream that cannot start over)."""
+
+    def __init__(self, n: int) -> None:
+        data = make_dataset(n)
+        self.samples = iter([data[i] for i in range(len(data))])
+
+    def __iter__(self):
+        return self.samples
+
+
+class OneShotClassifier(TinyClassifier):
+    """Trains from a stream of ``n`` samples that can be read only once."""
+
+    def __init__(self, n: int = 512, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stream_length = n
+
+    def train_dataloader(self):
+        return DataLoader(_OneShot(self.stream_length), batch_size=8)

@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import BackboneClassifier, TinyClassifier, trainer_kwargs
+from helpers import BackboneClassifier, MemoryLogger, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import (
     BackboneFinetuning,
     BatchSizeFinder,
@@ -351,6 +351,39 @@ def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, capl
     assert [b[1] for b in backbone] == pytest.approx([h[1] for h in head], rel=1e-12)
     assert [g[0][0] for g in recorder.groups] == pytest.approx(_reference_lrs(0.2, 12), rel=1e-12)
     assert any("join the one-cycle at 0.1x" in r.getMessage() for r in caplog.records)
+
+
+def test_a_learning_rate_monitor_listed_first_logs_the_backbones_lr_and_momentum_that_ran(tmp_path):
+    """BackboneFinetuning writes its own LR at each epoch start; the monitor before us logs what the step runs.
+
+    Found trying the package as a new user (the package's callbacks appended to an existing list): the monitor logged
+    BackboneFinetuning's LR at each epoch's first step, and the user's momentum at the step the group was added.
+    """
+    recorder = Recorder()
+    monitor = LearningRateMonitor(logging_interval="step", log_momentum=True)
+    logger = MemoryLogger()
+    callbacks = [BackboneFinetuning(unfreeze_backbone_at_epoch=1), monitor, SuperConvergence(max_lr=0.2), recorder]
+    _fit(tmp_path, BackboneClassifier(), callbacks, max_epochs=3, logger=logger, log_every_n_steps=1)
+    logged = [metrics for _, metrics in logger.metrics if "lr-SGD/pg2" in metrics]
+    ran = [groups[1] for groups in recorder.groups if len(groups) == 2]
+    assert len(logged) == len(ran) == 8
+    assert [m["lr-SGD/pg2"] for m in logged] == pytest.approx([lr for lr, _, _ in ran], rel=1e-12)
+    assert [m["lr-SGD/pg2-momentum"] for m in logged] == pytest.approx([mom for _, mom, _ in ran], rel=1e-12)
+
+
+def test_once_swa_took_over_the_backbones_group_runs_at_swas_lr(tmp_path):
+    """SWALR anneals every param group to its LR; the cycle no longer sets the added group's.
+
+    Found in a review: the backbone's group stayed at a tenth of SWA's LR, where the cycle had kept it.
+    """
+    recorder = Recorder()
+    swa = StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3, annealing_epochs=1)
+    callbacks = [BackboneFinetuning(unfreeze_backbone_at_epoch=1), SuperConvergence(max_lr=0.2), swa, recorder]
+    _fit(tmp_path, BackboneClassifier(), callbacks, max_epochs=6)
+    head, backbone = (lr for lr, _, _ in recorder.groups[4])  # the cycle's, at the ratio the group joined with
+    assert backbone / head == pytest.approx(0.1)
+    for groups in recorder.groups[16:]:  # SWA's epochs after its annealing epoch
+        assert [lr for lr, _, _ in groups] == pytest.approx([0.05, 0.05], rel=1e-9)
 
 
 def test_a_range_test_beside_backbone_finetuning_warns_that_it_measures_the_head_alone(tmp_path):

@@ -401,13 +401,23 @@ def test_placeholder_optimizer_and_scaler_are_recognised(tmp_path):
 
 @pytest.mark.parametrize("distribution", [lp, pl])
 def test_tensorboard_event_writer_is_found_for_plain_tensorboard_only(tmp_path, distribution):
-    """A TensorBoardLogger without prefix gives its event writer; with a prefix, or a CSV logger, None."""
+    """A TensorBoardLogger without prefix gives its event writer; with a prefix, its own `log_metrics`, or CSV: None."""
     from lightning_superconv import _compat
 
     plain = distribution.loggers.TensorBoardLogger(tmp_path)
     assert hasattr(_compat.tensorboard_event_writer(plain), "add_summary")
     assert _compat.tensorboard_event_writer(distribution.loggers.TensorBoardLogger(tmp_path, prefix="p")) is None
     assert _compat.tensorboard_event_writer(distribution.loggers.CSVLogger(tmp_path)) is None
+
+    class OwnLogMetrics(distribution.loggers.TensorBoardLogger):
+        def log_metrics(self, metrics, step=None):
+            super().log_metrics(metrics, step)
+
+    class Inherited(distribution.loggers.TensorBoardLogger):
+        pass
+
+    assert _compat.tensorboard_event_writer(OwnLogMetrics(tmp_path)) is None
+    assert hasattr(_compat.tensorboard_event_writer(Inherited(tmp_path)), "add_summary")
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,29 @@ def test_a_precision_that_converts_the_model_gives_it_back_in_its_own_dtype_bit_
               enable_model_summary=False).fit(model)  # fmt: skip
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_a_precision_that_converts_the_model_gives_its_metrics_back_in_their_own_dtype(precision):
+    """A `*-true` precision converts a torchmetrics metric's states with the model; `find_max_lr` gives them back.
+
+    Found in a review: after `find_max_lr` under `bf16-true` a `MeanMetric` held bfloat16 states (its own `dtype` said
+    float32), and the user's fit then accumulated in bfloat16. One metric held in a plain dict, as users' modules do.
+    """
+    import torchmetrics
+
+    model = TinyClassifier()
+    model.mean = torchmetrics.MeanMetric()
+    model.metrics = {"mse": torchmetrics.MeanSquaredError()}
+    model.mean.update(torch.tensor([1.0, 2.0]))
+    before = {name: value.clone() for name, value in model.mean.metric_state.items()}
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"precision": precision})
+    for name, value in model.mean.metric_state.items():
+        assert value.dtype == before[name].dtype, name
+        assert torch.equal(value, before[name]), name
+    assert model.metrics["mse"].sum_squared_error.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in model.mean._defaults.values())
+    assert model.mean.compute().item() == 1.5
+
+
 def test_the_rng_streams_come_back_as_they_were():
     """A seeded ``fit`` after ``find_max_lr`` sees the data order it would have seen without it.
 

@@ -131,3 +131,41 @@ def test_adafactor_whose_step_is_bounded_by_1_over_sqrt_t_gets_a_warning_that_th
         Trainer(callbacks=[sc], **trainer_kwargs(tmp_path, limit_train_batches=4)).fit(model)
     assert sc.result is not None
     assert sc.max_lr > 1.0  # far above where Adafactor's own bound (1/sqrt(step) <= 1) lets the LR matter
+
+
+@pytest.mark.parametrize(
+    ("build", "why"),
+    [
+        (lambda p: torch.optim.Rprop(p, lr=0.01), r"cannot serve `Rprop`: it reads `lr` only once"),
+        (lambda p: torch.optim.LBFGS(p, lr=0.1), r"cannot serve `LBFGS`: it evaluates the loss several times"),
+        (lambda p: schedulefree.AdamWScheduleFree(p, lr=0.0025), r"cannot serve `AdamWScheduleFree`: a Schedule-Free"),
+        (lambda p: prodigyopt.Prodigy(p, lr=1.0), r"cannot serve `Prodigy`: it sets its own step size"),
+    ],
+    ids=["Rprop", "LBFGS", "AdamWScheduleFree", "Prodigy"],
+)
+def test_find_max_lr_refuses_what_superconvergence_runs_no_range_test_on(tmp_path, build, why):
+    """Found in a review: `find_max_lr` swept them all and returned a pick (63.7 for a Schedule-Free AdamW)."""
+    from lightning_superconv import find_max_lr
+
+    model = WithOptimizer(build)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(MisconfigurationException, match=rf"find_max_lr {why}"):
+        find_max_lr(model, trainer_kwargs=trainer_kwargs(tmp_path, max_steps=20), num_steps=10)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class _ProdigyUnderOwnOneCycle(WithOptimizer):
+    def configure_optimizers(self):
+        optimizer = prodigyopt.Prodigy(self.parameters(), lr=1.0)
+        cycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=6)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+
+def test_a_multiplier_under_the_users_own_one_cycle_is_read_at_its_peak(tmp_path):
+    """Torch's `OneCycleLR` keeps its start (a 25th of its peak) in `initial_lr`: the configured value is the peak.
+
+    Found in a review: the replacing cycle peaked at 0.04, said to be "the configured value".
+    """
+    sc = SuperConvergence()
+    Trainer(**trainer_kwargs(tmp_path, callbacks=[sc], max_steps=6)).fit(_ProdigyUnderOwnOneCycle(None))
+    assert sc.max_lr == 1.0

@@ -8,6 +8,7 @@ from a checkpoint without the callback's state (``test_resume.py``), a gradient 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -121,6 +122,83 @@ class RelativeStepAdafactor(Counting):
         import timm.optim
 
         return timm.optim.create_optimizer_v2(self, "adafactor", weight_decay=1e-4)
+
+
+class PlainWrapper:
+    """An optimizer wrapper of plain class (a LARS of the user's): Lightning steps it, torch's schedulers refuse it."""
+
+    def __init__(self, inner: torch.optim.Optimizer) -> None:
+        self.inner = inner
+        self.param_groups, self.state, self.defaults = inner.param_groups, inner.state, inner.defaults
+
+    def step(self, closure=None):
+        return self.inner.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+class CountingWrapped(Counting):
+    def configure_optimizers(self):
+        return PlainWrapper(torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9))
+
+
+@pytest.mark.parametrize("who", ["SuperConvergence", "SuperConvergence(max_lr=)", "find_max_lr", "find_max_lr trials"])
+def test_an_optimizer_that_is_not_a_torch_optimizer_is_refused_before_any_step(tmp_path, who):
+    """Torch's `OneCycleLR` takes a `torch.optim.Optimizer` only: the cycle and each trial are built with it.
+
+    Found in a review: a wrapper of plain class failed with torch's `TypeError` after the whole sweep, and the note
+    on it advised `max_lr=`, which failed the same way. `find_max_lr(trial_steps=0)` builds no cycle: it runs.
+    """
+    from lightning_superconv import find_max_lr
+
+    model = CountingWrapped()
+    kwargs = trainer_kwargs(tmp_path, limit_train_batches=4)
+    if who == "find_max_lr":
+        result = find_max_lr(model, trainer_kwargs=kwargs, num_steps=10, trial_steps=0)
+        assert math.isfinite(result.max_lr)
+        return
+
+    def run() -> None:
+        if who == "find_max_lr trials":
+            find_max_lr(model, trainer_kwargs=kwargs, num_steps=10)
+        else:
+            _fit(tmp_path, model, SuperConvergence(max_lr=0.1 if who.endswith("(max_lr=)") else None))
+
+    with pytest.raises(MisconfigurationException, match=r"torch's `OneCycleLR` .* `PlainWrapper` is not one") as info:
+        run()
+    assert ("`trial_steps=0`" in str(info.value)) == (who == "find_max_lr trials")
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("run", [{"fast_dev_run": True}, {"overfit_batches": 2}], ids=["fast_dev_run", "overfit"])
+def test_an_optimizer_that_is_not_a_torch_optimizer_trains_where_no_cycle_is_built(tmp_path, run):
+    """Under `fast_dev_run`, or `overfit_batches` without `max_lr`, the callback builds nothing: the run trains.
+
+    Found in a review: the refusal came first, and failed runs that had worked.
+    """
+    trainer = _fit(tmp_path, CountingWrapped(), SuperConvergence(cycle_momentum=True), max_steps=2, **run)
+    assert trainer.global_step > 0
+
+
+class CountingAdagrad(Counting):
+    def configure_optimizers(self):
+        return torch.optim.Adagrad(self.parameters(), lr=0.01)
+
+
+def test_cycle_momentum_true_on_an_optimizer_without_momentum_is_refused_before_the_range_test(tmp_path):
+    """The cycle refused it once built, after the whole sweep (found in a review): now before any step."""
+    model = CountingAdagrad()
+    trainer = L.Trainer(callbacks=[SuperConvergence(cycle_momentum=True)], **trainer_kwargs(tmp_path))
+    with pytest.raises(ValueError, match=r"`cycle_momentum=True` needs an optimizer with `momentum` or `betas`"):
+        trainer.fit(model)
+    assert model.calls == 0
 
 
 @pytest.mark.parametrize("who", ["SuperConvergence", "SuperConvergence(max_lr=)", "WeightDecayBalancer", "find_max_lr"])

@@ -105,6 +105,33 @@ def test_sgd_without_momentum_cycles_when_asked():
     assert min(momenta) == pytest.approx(0.85)
 
 
+def test_a_group_added_as_a_copy_of_the_first_groups_settings_keeps_the_ratio_it_was_added_with():
+    """A common way to add a group: the first group's settings (the cycle's keys among them) at a tenth of its LR.
+
+    Found in a review: holding ``initial_lr``, ``max_lr`` and ``min_lr``, it was taken for a group of the cycle and
+    ran at the first group's LR from its second step, without a word.
+    """
+    optimizer = torch.optim.SGD([_param()], lr=0.1, momentum=0.9)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=100)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    copied = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+    optimizer.add_param_group({**copied, "params": [_param()], "lr": copied["lr"] / 10})
+    assert scheduler.adopt_added_groups() == [1]
+    assert scheduler.adopt_added_groups() == []  # once
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+        scheduler.follow_first_group()
+        first, added = optimizer.param_groups
+        assert added["lr"] / first["lr"] == pytest.approx(0.1)
+    # the state_dict keeps where the added groups start: a resumed cycle adopts none again
+    resumed = build_one_cycle(torch.optim.SGD([_param()], lr=0.1, momentum=0.9), max_lr=1.0, total_steps=100)
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed.built_groups == 1
+
+
 @pytest.mark.parametrize(
     ("built", "added", "expected"),
     [((0.0, 0.9), 0.9, [0.0, 0.85, 0.85]), ((0.9, 0.0), 0.0, [0.85, 0.0, 0.0]), ((0.9, 0.9), 0.0, [0.85, 0.85, 0.0])],
@@ -266,3 +293,19 @@ def test_build_one_cycle_survives_a_one_step_warm_up():
 def test_safe_pct_start_leaves_other_values_alone(pct_start, total_steps):
     """Only the singular value is nudged; every other `pct_start` passes through unchanged."""
     assert safe_pct_start(pct_start, total_steps) == pct_start
+
+
+@pytest.mark.parametrize(("pct_start", "total_steps"), [(0.01, 100), (0.015, 100), (0.004, 300), (0.2, 5)])
+def test_three_phases_with_a_warm_up_under_two_steps_still_reach_the_peak(pct_start, total_steps):
+    """Torch's three phases end at fractions of a step when the warm-up is under 2: the LR never neared the peak.
+
+    Found in a review: 100 steps at ``pct_start=0.01`` peaked at a 25th of ``max_lr``; so did every range-test trial
+    of a cycle with ``three_phase=True`` and ``pct_start`` below 0.02. The warm-up is 2 steps.
+    """
+    optimizer = _sgd()
+    config = OneCycleConfig(pct_start=pct_start, three_phase=True)
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=total_steps, config=config)
+    lrs = _trajectory(optimizer, scheduler, min(total_steps, 20))
+    assert max(lrs) == pytest.approx(1.0)
+    assert safe_pct_start(pct_start, total_steps, three_phase=True) == pytest.approx(2.0 / total_steps)
+    assert safe_pct_start(0.02, 100, three_phase=True) == 0.02  # two steps already: left alone

@@ -22,6 +22,7 @@ from helpers import (
     DictValidationBatches,
     MemoryLogger,
     OneCorruptSample,
+    OneShotClassifier,
     OwnRandomSampler,
     ShuffledValidation,
     Tally,
@@ -897,6 +898,36 @@ def test_momentum_cycles_inversely_at_every_training_step(tmp_path):
     assert min(recorder.momenta) == pytest.approx(0.85)
 
 
+def test_trials_on_data_that_can_be_read_only_once_stop_with_a_warning(tmp_path):
+    """A one-shot stream ran out in the trials: each trained on fewer batches, and the last on none, all compared.
+
+    Found in a review: the trials left without a batch scored the untrained model, the same at every peak, and the
+    warning blamed an EMA; now the trials stop, the pick is the sweep's alone, and the warning names the data.
+    """
+    callback = SuperConvergence(num_steps=20)
+    with pytest.warns(RuntimeWarning, match=r"ran out after \d+ of a branch's \d+ steps .* in the range test's trials"):
+        _fit(tmp_path, OneShotClassifier(n=8 * 60), callback, max_steps=40, max_epochs=1, limit_train_batches=None)
+    assert callback.result.trials == []
+    assert "a quarter of it (the train data ran out in the trials)" in callback.result.pick_reason
+
+
+def test_a_three_phase_warm_up_under_two_steps_is_lengthened_to_two_with_a_warning(tmp_path):
+    """Torch's three-phase cycle with a warm-up under 2 steps never neared the peak: the run's warm-up is 2 steps.
+
+    Found in a review: 100 steps at ``pct_start=0.01`` ran at a 25th of ``max_lr`` at most, said to peak at it.
+    """
+    recorder = ScheduleRecorder()
+    callback = SuperConvergence(max_lr=0.3, three_phase=True, pct_start=0.05)
+    with pytest.warns(RuntimeWarning, match=r"`three_phase=True` with `pct_start=0.05` .* warm-up is 2 steps"):
+        _fit(tmp_path, TinyClassifier(), callback, callbacks=[recorder], limit_train_batches=5)
+    assert max(lr for (lr,) in recorder.lrs) == pytest.approx(0.3)
+    quiet = SuperConvergence(max_lr=0.3, three_phase=True, pct_start=0.2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _fit(tmp_path, TinyClassifier(), quiet, limit_train_batches=5)
+    assert not [w for w in record if "three_phase" in str(w.message)]
+
+
 def test_user_scheduler_is_replaced_with_a_message_naming_both(tmp_path, caplog):
     """A StepLR from `configure_optimizers` gives way to OneCycleLR, and the info message names both."""
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
@@ -1217,6 +1248,53 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
     events.Reload()
     assert logged == pytest.approx(callback.result.losses, rel=1e-6)
     assert [s.value for s in events.Scalars("lr_range_test/loss")] == pytest.approx(callback.result.losses, rel=1e-6)
+
+
+class _RenamingTensorBoardLogger(TensorBoardLogger):
+    """A TensorBoard logger of the user's that renames every metric in its own ``log_metrics``."""
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics({f"mine/{key}": value for key, value in metrics.items()}, step)
+
+
+def test_a_tensorboard_logger_with_its_own_log_metrics_gets_the_schedule_through_it(tmp_path):
+    """The schedule's one-event shortcut is for Lightning's own ``log_metrics``; a subclass's own sees every scalar.
+
+    Found in a review: a subclass that prefixed its keys saw the range test's scalars, not ``superconv/lr``, written
+    past it to the event file.
+    """
+    logger = _RenamingTensorBoardLogger(tmp_path, name="tb")
+    _fit(tmp_path, TinyClassifier(), SuperConvergence(max_lr=0.1), logger=logger, log_every_n_steps=1)
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "mine/superconv/lr" in tags
+    assert "mine/superconv/momentum" in tags
+    assert "superconv/lr" not in tags
+
+
+def test_the_schedule_is_logged_once_per_step_under_gradient_accumulation(tmp_path):
+    """The batch hooks run at each micro-batch: the step's values are one row, not one per micro-batch.
+
+    Found in a review: ``accumulate_grad_batches=4`` wrote each step's LR four times (as ``LearningRateMonitor``
+    does), where ``self.log`` writes one row.
+    """
+    logger = MemoryLogger()
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(), SuperConvergence(max_lr=0.1), callbacks=[balancer], logger=logger,
+         log_every_n_steps=1, limit_train_batches=8, accumulate_grad_batches=4)  # fmt: skip
+    steps = [step for step, metrics in logger.metrics if "superconv/lr" in metrics]
+    assert steps == [0, 1, 2, 3]
+
+
+def test_the_range_test_figure_takes_the_loggers_prefix(tmp_path):
+    """``TensorBoardLogger(prefix=...)`` prefixes every scalar; the figure takes the prefix too (found in a review)."""
+    logger = TensorBoardLogger(tmp_path, name="tb", prefix="run1")
+    _fit(tmp_path, TinyClassifier(), SuperConvergence(num_steps=10, trial_steps=0), logger=logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["run1-lr_range_test/curve"]
+    assert "run1-lr_range_test/loss" in events.Tags()["scalars"]
 
 
 class _OneStepLogger(MemoryLogger):

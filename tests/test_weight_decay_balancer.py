@@ -11,6 +11,7 @@ import torch
 from helpers import (
     DictValidationBatches,
     MemoryLogger,
+    OneShotClassifier,
     ShuffledValidation,
     TimmViT,
     TinyClassifier,
@@ -555,6 +556,20 @@ def test_grid_changes_nothing_but_weight_decay(tmp_path):
     assert balancer.weight_decays[0] / 5e-3 == pytest.approx(balancer.search["factor"])
     for a, b in zip(grid_model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_grid_on_data_that_can_be_read_only_once_says_so_and_keeps_the_weight_decay(tmp_path):
+    """A one-shot stream ran out in the branches: later ones trained on fewer batches, compared as if equal.
+
+    Found in a review (of the range test's trials, which share the branches): now the search stops, with a warning.
+    """
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    model = OneShotClassifier(n=8 * 60, weight_decay=1e-2)
+    with pytest.warns(RuntimeWarning, match=r"mode='grid'\): the train dataloader ran out after \d+ of a branch's"):
+        _fit(tmp_path, model, [SuperConvergence(max_lr=0.5), balancer], max_steps=100, epochs=1)
+    assert balancer.search is None
+    assert balancer.weight_decays == [1e-2]
+    assert "ran out" in balancer.reason
 
 
 def test_grid_gives_back_the_generator_of_a_shuffled_validation_loader(tmp_path):
