@@ -204,7 +204,11 @@ def find_max_lr(
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
     slots = registered_tensors(model)
-    data = [(param, param.data) for param in model.parameters()]
+    # a lazy parameter is left out: its data is empty, and the module's own `setup` may create it in place during the
+    # fit (found in a review: put back, the empty tensor broke every later forward); it stays as `setup` made it, in
+    # the dtype and on the device it was to have (a `*-true` precision converted it: its values come back rounded)
+    data = [(param, param.data) for param in model.parameters() if not torch.nn.parameter.is_lazy(param)]
+    lazy = [(param, param.dtype, param.device) for param in model.parameters() if torch.nn.parameter.is_lazy(param)]
     marks = _compat.device_dtype_marks(model)
     # and so are a torchmetrics metric's states, plain attributes (found in a review: a `MeanMetric` came back holding
     # bfloat16 states, and the user's fit accumulated in bfloat16): small, copied
@@ -232,6 +236,9 @@ def find_max_lr(
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
             param.data = kept
+    for param, dtype, device in lazy:
+        if not torch.nn.parameter.is_lazy(param) and (param.dtype != dtype or param.device != device):
+            param.data = param.data.to(device=device, dtype=dtype)
     _compat.put_back_device_dtype(marks)
     put_back_metric_states(metrics)
     if isinstance(error, SystemExit) and _ignored_by_lightning(sigint):

@@ -51,7 +51,7 @@ from lightning_superconv.peak import (
     usable,
 )
 from lightning_superconv.result import RangeTestResult
-from lightning_superconv.sandbox import sandbox, unrestored
+from lightning_superconv.sandbox import refuse_lazy_modules, sandbox, unrestored
 from lightning_superconv.schedule import OneCycleConfig
 from lightning_superconv.steps import MAX_CONSECUTIVE_SKIPPED_BATCHES, NoLossError, StepRecord, take_steps
 
@@ -220,6 +220,9 @@ def run_range_test(
             return "completed" if step + 1 == config.num_steps else "rose"
         return None
 
+    # before the sweep's notes on errors from its steps: no step runs (found in a review: the note sent the user to
+    # their data)
+    refuse_lazy_modules(trainer, pl_module)
     try:
         with sandbox(trainer, pl_module, optimizer):
             record = take_steps(trainer, pl_module, optimizer, len(lrs), set_lr, check)

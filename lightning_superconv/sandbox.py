@@ -62,6 +62,25 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
         trainer.should_stop = saved_stop
 
 
+def refuse_lazy_modules(trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+    """Refuse a module with a lazy submodule that has no weights yet: a snapshot has nothing to copy of it.
+
+    Raises:
+        MisconfigurationException: naming the lazy modules and the fix.
+    """
+    lazy = lazy_modules(pl_module)
+    if lazy:
+        raise _compat.misconfiguration(
+            trainer,
+            f"Training off the record (the range test, the weight-decay grid) starts from a snapshot of your model and "
+            f"puts it back afterwards, but {', '.join(lazy)} {'has' if len(lazy) == 1 else 'have'} no weights yet: a "
+            "lazy module creates them at its first forward pass. Run one forward pass on an example batch before "
+            "`fit` (`model(x)`; torch's docs advise it for lazy modules before the optimizer is built, too), or pass "
+            "`SuperConvergence(max_lr=...)` (and `WeightDecayBalancer(mode='timescale')`), which take no snapshot "
+            "before training.",
+        )
+
+
 @contextlib.contextmanager
 def sandbox(
     trainer: _compat.Trainer, pl_module: _compat.LightningModule, optimizer: Any, other_loaders: Sequence[Any] = ()
@@ -76,17 +95,7 @@ def sandbox(
     Raises:
         MisconfigurationException: if a lazy module has not created its weights yet (nothing to snapshot).
     """
-    lazy = lazy_modules(pl_module)
-    if lazy:
-        raise _compat.misconfiguration(
-            trainer,
-            f"Training off the record (the range test, the weight-decay grid) starts from a snapshot of your model and "
-            f"puts it back afterwards, but {', '.join(lazy)} {'has' if len(lazy) == 1 else 'have'} no weights yet: a "
-            "lazy module creates them at its first forward pass. Run one forward pass on an example batch before "
-            "`fit` (`model(x)`; torch's docs advise it for lazy modules before the optimizer is built, too), or pass "
-            "`SuperConvergence(max_lr=...)` (and `WeightDecayBalancer(mode='timescale')`), which take no snapshot "
-            "before training.",
-        )
+    refuse_lazy_modules(trainer, pl_module)
     scaler = _compat.grad_scaler(trainer)
     loaders = _compat.train_loaders(trainer)
     generators = random_generators([*loaders, *other_loaders], pl_module, _compat.datamodule(trainer))

@@ -213,6 +213,9 @@ class Snapshot:
     optimizer_state: dict[Tensor, Any]
     param_groups: list[dict[str, Any]]
     grads: list[tuple[torch.nn.Parameter, Tensor | None]] = field(default_factory=list)
+    #: each parameter's ``requires_grad``: a ``training_step`` that freezes a layer after some calls (found in a
+    #: review: its counter came back, the layer stayed frozen, and the run trained without it)
+    requires_grad: list[tuple[torch.nn.Parameter, bool]] = field(default_factory=list)
     training_flags: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
     metric_states: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
     loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any, Any]]]] = field(default_factory=list)
@@ -266,6 +269,9 @@ class Snapshot:
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 _write_into(replaced.get(id(tensor), tensor), saved)
+        for param, flag in self.requires_grad:
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)
         for param, grad in self.grads:
             param.grad = None if grad is None else grad.clone()
         if self.attributes is not None:
@@ -431,6 +437,7 @@ def capture(
         modules = list({id(m): m for root in (module, *roots) for m in root.modules()}.values())
         params = {id(p): p for root in (module, *roots) for p in root.parameters()}.values() if weights else []
         snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in params]
+        snapshot.requires_grad = [(p, p.requires_grad) for p in params]
         snapshot.training_flags = [(m, m.training) for m in modules]
         snapshot.attributes = (module, _own_attributes(module))
         # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
@@ -781,6 +788,9 @@ def sampler_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
 def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:
     r"""The random generators ``module``'s submodules and the ``others`` (a ``LightningDataModule``) hold as attributes.
 
+    As attributes, or in plain dicts, lists or tuples there (searched ``_CONTAINER_DEPTH`` levels deep); not those
+    held by another object the module holds.
+
     A module that draws noise or masks from a generator of its own (``torch.randn(..., generator=self.gen)``,
     ``self.rng = np.random.default_rng(0)``) advances it at every training step, and a datamodule's generator may be
     drawn from when its ``val_dataloader`` builds a loader: without restoring them, a range test would change what
@@ -789,10 +799,23 @@ def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:
     modules = [] if module is None else [*module.modules(), *(m for h in hidden_modules(module) for m in h.modules())]
     owners = [*modules, *(other for other in others if other is not None)]
     found: list[Any] = []
+    searched: set[int] = set()  # containers already searched: one held by many layers is walked once
+
+    def search(value: Any, depth: int) -> None:
+        if isinstance(value, (dict, list, tuple)):
+            # also in plain dicts, lists or tuples (found in a review: `self.gens["noise"]` was left advanced)
+            if depth > 0 and id(value) not in searched:
+                searched.add(id(value))
+                for item in value.values() if isinstance(value, dict) else value:
+                    search(item, depth - 1)
+        elif not isinstance(value, _NEVER_RNG) and _is_rng(value) and all(value is not g for g in found):
+            found.append(value)
+
     for owner in owners:
-        for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
-            if _is_rng(value) and all(value is not g for g in found):
-                found.append(value)
+        for name, value in vars(owner).items() if hasattr(owner, "__dict__") else ():
+            if isinstance(owner, torch.nn.Module) and (name in _MODULE_INTERNALS or name.startswith(_HPARAMS)):
+                continue
+            search(value, _CONTAINER_DEPTH)
     return found
 
 
@@ -866,6 +889,10 @@ def reseed(generator: Any, order: int) -> None:
         generator.bit_generator.state = type(generator.bit_generator)(drawn + order).state
     else:
         generator.seed(int(generator.randint(2**31)) + order)
+
+
+# what a container of data holds, item by item: cheaply known not to be a random generator
+_NEVER_RNG = (Tensor, int, float, str, bytes, bool, type(None))
 
 
 def _is_rng(value: Any) -> bool:

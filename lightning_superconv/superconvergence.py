@@ -739,7 +739,7 @@ class SuperConvergence(_compat.Callback):
                 trainer,
                 f"SuperConvergence: `three_phase=True` with `pct_start={config.pct_start}` gives a warm-up of "
                 f"{config.pct_start * total_steps:.3g} of this run's {total_steps} steps, in which torch's three-phase "
-                f"cycle stops short of max_lr (at a 25th of it below 1.5 steps): the warm-up is 2 steps "
+                f"cycle stops short of max_lr (at a 25th of it up to 1.5 steps): the warm-up is 2 steps "
                 f"(pct_start={pct_start:.3g}). Raise `pct_start` for a longer one.",
             )
 

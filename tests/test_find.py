@@ -152,6 +152,37 @@ def test_a_precision_that_converts_the_model_gives_its_metrics_back_in_their_own
     assert model.mean.compute().item() == 1.5
 
 
+class LazyInSetup(TinyClassifier):
+    """Lazy layers created in ``setup``, a place Lightning documents for building layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.ReLU(), torch.nn.LazyLinear(4))
+
+    def setup(self, stage):
+        with torch.no_grad():
+            self.net(torch.zeros(2, 16))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_lazy_layers_created_in_setup_come_back_usable(tmp_path, precision):
+    """Found in a review: their empty data was put back over the weights `setup` created; every forward then failed.
+
+    They come back as `setup` made them (the range test restores those values; under `bf16-true`, rounded, in their
+    own dtype: found in a review of the first fix, which left them bfloat16), and a fit trains them.
+    """
+    L.seed_everything(0, verbose=False)
+    model = LazyInSetup()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0, trainer_kwargs={"precision": precision})
+    assert [tuple(p.shape) for p in model.parameters()] == [(32, 16), (32,), (4, 32), (4,)]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model(torch.zeros(2, 16)).shape == (2, 4)
+    kept = [p.detach().clone() for p in model.parameters()]
+    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(model)  # fmt: skip
+    assert not all(torch.equal(a, b) for a, b in zip(kept, model.parameters(), strict=True))
+
+
 def test_the_rng_streams_come_back_as_they_were():
     """A seeded ``fit`` after ``find_max_lr`` sees the data order it would have seen without it.
 

@@ -571,6 +571,36 @@ def test_a_key_encoder_kept_outside_the_module_tree_and_a_buffer_registered_late
     )
 
 
+class DictGeneratorAndLateFreeze(TinyClassifier):
+    """Noise from a generator kept in a dict; a first layer its `training_step` freezes at its own 30th call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gens = {"noise": torch.Generator().manual_seed(3)}
+        self.calls = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.calls += 1
+        if self.calls == 30:
+            self.net[0].weight.requires_grad_(False)
+        x = x + 0.3 * torch.randn(x.shape, generator=self.gens["noise"])
+        return nn.functional.cross_entropy(self(x), y)
+
+
+def test_a_generator_in_a_dict_and_requires_grad_come_back(tmp_path):
+    """The run ends as one given the pick (found in a review: each made the runs differ from the first step).
+
+    A generator in a dict came back advanced (only attributes were searched), and a layer frozen by the module's own
+    counter came back frozen (the counter came back, `requires_grad` did not).
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(DictGeneratorAndLateFreeze), auto)
+    given = _fit(tmp_path, _seeded(DictGeneratorAndLateFreeze), SuperConvergence(max_lr=auto.result.max_lr))
+    _assert_same_training_state(tested, given)
+    assert tested.lightning_module.net[0].weight.requires_grad == given.lightning_module.net[0].weight.requires_grad
+
+
 class OwnGeneratorNoise(TinyClassifier):
     """Adds noise from a `torch.Generator` and masks from a NumPy `Generator` the module holds as attributes."""
 
