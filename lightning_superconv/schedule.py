@@ -338,6 +338,11 @@ class SafeOneCycleLR(OneCycleLR):
             self.last_epoch = stepped
 
 
+def short_three_phase_warm_up(pct_start: float, total_steps: int) -> bool:
+    """Whether a three-phase cycle of ``total_steps`` (4 or more) rises for under 2 steps (:func:`safe_pct_start`)."""
+    return total_steps >= 4 and pct_start * total_steps < 2.0
+
+
 def safe_pct_start(pct_start: float, total_steps: int, three_phase: bool = False) -> float:
     r"""Nudge ``pct_start`` off the values that break torch's OneCycleLR.
 
@@ -359,7 +364,7 @@ def safe_pct_start(pct_start: float, total_steps: int, three_phase: bool = False
         >>> safe_pct_start(0.01, 100, three_phase=True)
         0.02
     """
-    if three_phase and total_steps >= 4 and pct_start * total_steps < 2.0:
+    if three_phase and short_three_phase_warm_up(pct_start, total_steps):
         return 2.0 / total_steps
     if abs(pct_start * total_steps - 1.0) < 1e-9:
         return (1.0 + 1e-6) / total_steps

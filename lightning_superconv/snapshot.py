@@ -92,9 +92,10 @@ def metric_states(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict[s
     A ``*-true`` precision converts a metric's states and defaults with the module (``module.to(dtype=...)``);
     :func:`put_back_metric_states` sets the copies back.
     """
-    modules = {id(m): m for root in (module, *hidden_modules(module)) for m in root.modules()}.values()
     return [
-        (m, {**_metric_state(m), "_defaults": copy.deepcopy(vars(m)["_defaults"])}) for m in modules if _is_metric(m)
+        (m, {**_metric_state(m), "_defaults": copy.deepcopy(vars(m)["_defaults"])})
+        for m in every_module(module)
+        if _is_metric(m)
     ]
 
 
@@ -630,6 +631,11 @@ def hidden_modules(module: torch.nn.Module, also: Sequence[torch.nn.Module] = ()
     return found
 
 
+def every_module(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """``module.modules()`` and those of the modules it holds outside its tree (:func:`hidden_modules`), each once."""
+    return [*module.modules(), *(m for hidden in hidden_modules(module) for m in hidden.modules())]
+
+
 def nothing(optimizer: Optimizer) -> Snapshot:
     r"""A snapshot that copies nothing and cannot be restored: the divergence guard's once it has no rescue left.
 
@@ -796,7 +802,7 @@ def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:
     drawn from when its ``val_dataloader`` builds a loader: without restoring them, a range test would change what
     the run draws (found trying the package as a new user: the weights then differed from a run given the pick).
     """
-    modules = [] if module is None else [*module.modules(), *(m for h in hidden_modules(module) for m in h.modules())]
+    modules = [] if module is None else every_module(module)
     owners = [*modules, *(other for other in others if other is not None)]
     found: list[Any] = []
     searched: set[int] = set()  # containers already searched: one held by many layers is walked once

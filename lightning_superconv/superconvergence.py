@@ -27,6 +27,7 @@ from lightning_superconv.schedule import (
     groups_without_momentum,
     resolve_cycle_momentum,
     safe_pct_start,
+    short_three_phase_warm_up,
 )
 
 # 3: the guard keeps its losses as `training_step` returned them (before, some or all divided by the accumulation)
@@ -733,8 +734,8 @@ class SuperConvergence(_compat.Callback):
             f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
             f"(momentum {momentum}).",
         )
-        pct_start = safe_pct_start(config.pct_start, total_steps, config.three_phase)
-        if config.three_phase and total_steps >= 4 and pct_start > config.pct_start:
+        if config.three_phase and short_three_phase_warm_up(config.pct_start, total_steps):
+            pct_start = safe_pct_start(config.pct_start, total_steps, config.three_phase)
             _compat.rank_zero_warn(
                 trainer,
                 f"SuperConvergence: `three_phase=True` with `pct_start={config.pct_start}` gives a warm-up of "
