@@ -14,7 +14,7 @@ from lightning_superconv import _compat
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
 
 
-def strategy_problem(strategy: Any, range_test: bool) -> str | None:
+def strategy_problem(strategy: Any, range_test: bool, who: str = "SuperConvergence") -> str | None:
     r"""Why ``strategy`` cannot be served (the message names the problem and the fix), or None.
 
     DeepSpeed wraps the optimizer (ZeRO's optimizers are no ``torch.optim.Optimizer``, so no ``OneCycleLR`` can be
@@ -24,7 +24,12 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
     under it is tested against the run given its pick. ``FSDPStrategy`` (FSDP1's flat parameters) runs on GPUs only,
     so its range test is refused rather than trusted unverified. The one-cycle alone (``max_lr=`` given) is a plain
     torch scheduler over the strategy's optimizer.
+
+    ``who``: ``"SuperConvergence"`` or ``"find_max_lr"``, which always runs a range test and builds no cycle of its
+    own, so its message points to where the range test is served.
     """
+    if who == "find_max_lr":
+        return _find_max_lr_strategy_problem(strategy)
     if isinstance(strategy, _compat.strategy_classes(strategy, "DeepSpeedStrategy")):
         return (
             "SuperConvergence does not support `DeepSpeedStrategy`: DeepSpeed wraps the optimizer and partitions its "
@@ -44,6 +49,28 @@ def strategy_problem(strategy: Any, range_test: bool) -> str | None:
                 "`lightning_superconv.find_max_lr(model, ...)` on one device or with DDP, or run the range test under "
                 "`ModelParallelStrategy` (FSDP2's `fully_shard` in `configure_model`), where it is served."
             )
+    return None
+
+
+def _find_max_lr_strategy_problem(strategy: Any) -> str | None:
+    """``find_max_lr``'s refusals of the strategies whose range test ``SuperConvergence`` refuses too."""
+    for name, why in (
+        (
+            "DeepSpeedStrategy",
+            "DeepSpeed wraps the optimizer and partitions its state, which the range test cannot put back",
+        ),
+        (
+            "FSDPStrategy",
+            "its flat parameters run on GPUs only, where the range test's snapshot and restore of them are untested",
+        ),
+    ):
+        for cls in _compat.strategy_classes(strategy, name):
+            if isinstance(strategy, cls):
+                return (
+                    f"`find_max_lr` does not run its range test under `{cls.__name__}`: {why}. Run it on one device or "
+                    "with `strategy='ddp'` (its pick is the max LR for the sharded run), or under "
+                    "`ModelParallelStrategy` (FSDP2's `fully_shard` in `configure_model`), where it is served."
+                )
     return None
 
 

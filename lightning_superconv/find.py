@@ -77,6 +77,9 @@ class _RangeTestProbe(_compat.Callback):
 
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        problem = _setups.strategy_problem(trainer.strategy, range_test=True, who="find_max_lr")
+        if problem is not None:
+            raise _compat.misconfiguration(trainer, problem)
         optimizer = _trainer.single_optimizer(trainer, pl_module, "find_max_lr")
         refusal = _setups.optimizer_refusal(optimizer, "find_max_lr")
         if refusal is None and self.config.trial_steps != 0:

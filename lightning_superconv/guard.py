@@ -749,8 +749,13 @@ def _step_noise(losses: list[float]) -> float:
 
     Half the mean squared difference of consecutive losses is the variance of white noise around any slowly moving
     level (von Neumann's estimator); the spread of the losses themselves would count a rise over several steps in.
+    Changes whose square no float holds (a float64 loss past 1e154, found in a review: the fit stopped with Python's
+    ``OverflowError`` instead of a rescue) have no spread to measure: infinite, so nothing stands out of it.
     """
-    steps = sum((b - a) ** 2 for a, b in zip(losses, losses[1:], strict=False))
+    try:
+        steps = sum((b - a) ** 2 for a, b in zip(losses, losses[1:], strict=False))
+    except OverflowError:
+        return math.inf
     return math.sqrt(steps / (2 * (len(losses) - 1)))
 
 

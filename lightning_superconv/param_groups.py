@@ -10,6 +10,7 @@ Pure torch, no ``Trainer``. Every place that reads or writes a group's momentum 
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -167,9 +168,12 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
     range test and in every later fit of the process; another (``pytorch_optimizer.Lookahead``) could not be copied
     at all (found trying the package as a new user). A process group the optimizer holds is shared with the copy, as a
     handle no ``deepcopy`` can copy: torch's ``ZeroRedundancyOptimizer`` holds one (found trying the package as a new
-    user: the range test and the balancer failed at fit start under DDP).
+    user: the range test and the balancer failed at fit start under DDP). An object a scheduler's bound method belongs
+    to (``LambdaLR(optimizer, self.lr_at)`` in a LightningModule) is shared too, not copied: ``deepcopy`` of the method
+    copied the whole module, its weights and frozen layers, without its ``trainer`` (found in a review: an ``lr_at``
+    reading ``self.trainer`` failed the fit beside the balancer); the replay calls the method on the module itself.
     """
-    memo: dict[int, Any] = {}
+    memo: dict[int, Any] = {id(owner): owner for owner in _method_owners(schedulers)}
     for owner in (optimizer, *inner_optimizers(optimizer)):
         memo[id(owner.state)] = {}
         memo.update({id(value): value for value in vars(owner).values() if _is_process_group(value)})
@@ -183,6 +187,39 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
         twin.__dict__[name] = type(value)() if name.endswith("_hooks") else copy.deepcopy(value, memo)
     copies = [copy.deepcopy(s, memo) for s in schedulers]
     return twin, copies
+
+
+def _method_owners(schedulers: Sequence[Any]) -> list[Any]:
+    """The objects that bound methods held by ``schedulers`` belong to, other than schedulers and optimizers.
+
+    Searched through each scheduler's attributes, their lists, tuples and dicts, and the schedulers they hold
+    (``SequentialLR``'s, ``ChainedScheduler``'s).
+    """
+    owners: list[Any] = []
+    seen: set[int] = set()
+    pending: list[Any] = list(schedulers)
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, types.MethodType):
+            owner = value.__self__
+            if not isinstance(owner, Optimizer) and not _is_scheduler(owner):
+                owners.append(owner)
+            elif _is_scheduler(owner):
+                pending.append(owner)
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif _is_scheduler(value):
+            pending.extend(vars(value).values())
+    return owners
+
+
+def _is_scheduler(value: Any) -> bool:
+    return isinstance(value, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def _is_process_group(value: Any) -> bool:

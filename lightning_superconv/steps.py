@@ -179,8 +179,9 @@ def take_steps(
     over ranks, so every rank takes the same decisions.
 
     - A step the gradient scaler skips (overflow) is retried with the same index: the scale was too high, not the LR.
-    - A batch for which ``training_step`` returns None is skipped, as Lightning does; the next batch takes its place,
-      so a skipped batch costs no index. After :data:`MAX_CONSECUTIVE_SKIPPED_BATCHES` in a row,
+    - A batch for which ``training_step`` returns None is skipped; the next batch takes its place, so a skipped batch
+      costs no index. (Lightning counts such a batch as an optimizer step, without gradients, and steps the
+      schedulers at it; these steps do not.) After :data:`MAX_CONSECUTIVE_SKIPPED_BATCHES` in a row,
       :class:`NoLossError`.
 
     Args:

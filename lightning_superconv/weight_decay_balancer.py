@@ -31,6 +31,7 @@ from lightning_superconv.weight_decay import (
     epoch_ends,
     epochs_spanned,
     group_gain,
+    momentum_of,
     reference_budget,
     timescale_bounded,
     trace_schedule,
@@ -144,9 +145,9 @@ class WeightDecayBalancer(_compat.Callback):
     section). With ``rebalance_on_rescue=True`` the balancer traces the lowered cycle from the current step to the
     end before the next step, and applies its mode's rule to that rest of the run, from the user's ``λ`` again: in
     ``"timescale"`` mode ``K`` over the remaining steps between ``min_budget`` times their share of the run and their
-    epochs (the same decay rate per step as the first balance allowed); in ``"budget"`` mode the reference budget's
-    share of the remaining steps. The ``"grid"`` mode keeps its ``λ`` (its branches ran the old schedule; running them
-    again mid-run would cost as much as at the start), and ``"keep"`` the user's. Each rebalance is recorded in
+    epochs (the same decay rate per step as the first balance allowed); in ``"budget"`` mode the reference recipe's
+    budget over the remaining steps. The ``"grid"`` mode keeps its ``λ`` (its branches ran the old schedule; running
+    them again mid-run would cost as much as at the start), and ``"keep"`` the user's. Each rebalance is recorded in
     :attr:`rebalances` and in checkpoints; a resume re-applies the latest ``λ``.
 
     Attributes:
@@ -283,6 +284,7 @@ class WeightDecayBalancer(_compat.Callback):
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
             return
+        _refuse_momentum_of_one(trainer, optimizer)
         if self.mode == "grid":
             # the grid trains short branches, stepping the optimizer itself: that needs automatic optimization, and
             # train data Lightning trains on
@@ -584,7 +586,7 @@ class WeightDecayBalancer(_compat.Callback):
         if self._restored_mode == "timescale":
             chosen, _ = self._timescale(trainer, optimizer, traces, decayed, share)
         else:
-            chosen, _ = self._budget(optimizer, traces, decayed, share)
+            chosen, _ = self._budget(optimizer, traces, decayed, share, self._reference_rest(step))
         previous = list(self.weight_decays)
         self.weight_decays = chosen
         self._apply(optimizer, chosen)
@@ -596,6 +598,18 @@ class WeightDecayBalancer(_compat.Callback):
             f"weight_decay={_fmt([chosen[i] for i in decayed])} for the remaining {remaining} steps (was "
             f"{_fmt([previous[i] for i in decayed])}, `mode='{self._restored_mode}'`).",
         )
+
+    def _reference_rest(self, step: int) -> list[float] | None:
+        """Each group's reference budget over the steps from ``step`` to the end of this fit, or None if not read.
+
+        The reference recipe's own steps there: a share of the whole run's budget is that only for a constant LR (found
+        in a review: after a rescue at step 20 of 128 under the user's cosine, a share of 0.84 asked 1.21 times the
+        decay the recipe spends over those steps).
+        """
+        read = self._reference_read
+        if read is None or self.reference_weight_decays is None or step < read[3]:
+            return None
+        return _reference_budgets(*read[:3], self.reference_weight_decays, skip=step - read[3])
 
     # ------------------------------------------------------------------------------------------------ modes
 
@@ -623,15 +637,24 @@ class WeightDecayBalancer(_compat.Callback):
         return bounds_for(self.reference_weight_decays[index], trace, self.bounds[0], self.bounds[1], form)
 
     def _budget(
-        self, optimizer: Any, traces: Sequence[GroupTrace], decayed: list[int], share: float = 1.0
+        self,
+        optimizer: Any,
+        traces: Sequence[GroupTrace],
+        decayed: list[int],
+        share: float = 1.0,
+        rest: Sequence[float] | None = None,
     ) -> tuple[list[float], str]:
-        """``share``: the traces' part of the run the reference budget is for (the rest of it, after a rescue)."""
+        """Match each decayed group's budget over the traces' steps to the reference recipe's, within its bounds.
+
+        ``rest``: the reference budget over the traces' steps (the rest of the run, after a rescue); else ``share``,
+        the traces' part of the run, times the whole run's budget.
+        """
         assert self.reference_weight_decays is not None
         assert self.reference_budgets is not None
         chosen = list(self.reference_weight_decays)
         for i in decayed:
             low, high = self._bounds(optimizer, traces, i)
-            ref_budget = self.reference_budgets[i] * share
+            ref_budget = rest[i] if rest is not None else self.reference_budgets[i] * share
             chosen[i] = (
                 chosen[i]
                 if not math.isfinite(ref_budget)
@@ -834,6 +857,17 @@ class WeightDecayBalancer(_compat.Callback):
         chosen = list(refs)
         for i in decayed:
             chosen[i] = clamp(refs[i] * factor, bounds[i])
+        # a group whose λ its bounds moved off the factor is said (found in a review: "kept" while a head at 10x the
+        # LR had its λ lowered by the cap of 10 % decay per step)
+        held = [i for i in decayed if not math.isclose(chosen[i], refs[i] * factor)]
+        where = (
+            ""
+            if not held
+            else "; "
+            + ", ".join(
+                f"param group {i} held at {chosen[i]:.3g} by `bounds` or the cap of 10 % decay per step" for i in held
+            )
+        )
         step_seconds = train_seconds / max(plan.steps * len(plan.runs), 1)
         fraction = seconds / max(step_seconds * total, 1e-12)
         self.search = {
@@ -847,9 +881,9 @@ class WeightDecayBalancer(_compat.Callback):
         }
         shown = ", ".join(f"{f:.3g}x: {loss:.4g}" for f, loss in zip(factors, losses, strict=False))
         return chosen, (
-            f"{decision.reason} [validation loss after {len(plan.runs)} branches of {plan.steps} steps: {shown}, "
-            f"1x again: {losses[-1]:.4g}; the search took {seconds:.1f} s, about {100 * fraction:.0f} % of the "
-            "training time]"
+            f"{decision.reason}{where} [validation loss after {len(plan.runs)} branches of {plan.steps} steps: "
+            f"{shown}, 1x again: {losses[-1]:.4g}; the search took {seconds:.1f} s, about {100 * fraction:.0f} % of "
+            "the training time]"
         )
 
     def _apply(self, optimizer: Any, values: Sequence[float]) -> None:
@@ -1061,6 +1095,26 @@ def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:
         SchedulerSpec(config.scheduler, "epoch" if config.interval == "epoch" else "step", int(config.frequency))
         for config in trainer.strategy.lr_scheduler_configs
     ]
+
+
+def _refuse_momentum_of_one(trainer: _compat.Trainer, optimizer: Any) -> None:
+    """L2 that enters a momentum of 1 or more never settles at a rate of decay: there is none to trace or balance.
+
+    torch's SGD accepts ``momentum=1`` (found in a review: the balancer failed with a bare ``ValueError`` from its
+    maths, naming neither itself nor the param group). Every group is read, as the trace reads every group's gain.
+    """
+    for index, group in enumerate(optimizer.param_groups):
+        if decay_form(group, optimizer) != "coupled":
+            continue
+        momentum = momentum_of(group)
+        if momentum >= 1.0:
+            raise _compat.misconfiguration(
+                trainer,
+                f"WeightDecayBalancer needs a momentum below 1 where weight decay enters the momentum buffer, but "
+                f"param group {index} of `{type(optimizer).__name__}` has momentum={momentum:g}: its buffer never "
+                "forgets, so the decay it applies grows without bound and no weight decay matches a budget. Use a "
+                "momentum below 1 (0.9 is usual), or remove the callback.",
+            )
 
 
 def _reference_budgets(

@@ -152,6 +152,15 @@ def guarded_pick(
             f"{factors[best]:.3g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
             f"({noise:.3g} between two data orders)",
         )
+    if best == user:
+        # the reason names the user's λ as what did best (found in a review: it read "the best other λ (1x)")
+        others = [i for i in range(len(factors)) if i != user]
+        runner = min(others, key=lambda i: losses[i]) if others else user
+        return GridDecision(
+            user,
+            f"kept: the user's λ had the lowest validation loss (the next, {factors[runner]:.3g}x, "
+            f"{losses[runner] - losses[user]:.3g} higher; {noise:.3g} between two data orders)",
+        )
     return GridDecision(
         user,
         f"kept: the best other λ ({factors[best]:.3g}x) was not ahead of the user's by more than the noise "

@@ -264,6 +264,49 @@ def test_a_blow_up_that_builds_over_several_steps_or_starts_at_the_fifth_loss_is
     assert guard.blow_up_lr == pytest.approx(0.05)
 
 
+def test_a_float64_loss_past_the_square_root_of_the_largest_float_is_a_blow_up_not_a_crash():
+    """A float64 loss past 1e154: its noise is infinite, nothing stands out of it, the loss that turns inf marks it.
+
+    Squaring its changes overflowed (found in a review: the fit died with Python's ``OverflowError`` inside the guard
+    instead of a rescue).
+    """
+    assert _step_noise([0.8, 70.4, 2e6, 7e17, 1e58, 4e178]) == math.inf
+    guard = DivergenceGuard()
+    for step, loss in enumerate([0.83, 70.4, 1.97e6, 6.86e17, 1.13e58, 4.37e178, math.inf], start=1):
+        guard.add(loss, lr=0.1 * step)
+    assert guard.diverged() == "the loss became NaN/inf"
+    assert guard.blow_up_lr == pytest.approx(0.7)  # no rise stands out of infinite noise: the inf loss marks it
+
+
+class _Float64Regression(L.LightningModule):
+    """An MSE regression whose loss grows by orders of magnitude per step at too high a peak (squared error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    def train_dataloader(self):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 8, generator=gen) * 10
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1] * 0.5), batch_size=16)
+
+
+def test_a_float64_run_blown_up_past_1e154_is_rescued(tmp_path):
+    """``precision="64-true"``, a peak far too high: the losses pass 1e154 while finite, and the guard rescues."""
+    sc = SuperConvergence(max_lr=5.0)
+    trainer = L.Trainer(callbacks=[sc], **trainer_kwargs(tmp_path, precision="64-true", max_epochs=3))
+    trainer.fit(_Float64Regression())
+    assert sc.rescues
+    assert trainer.global_step == 48
+
+
 def test_a_first_loss_that_happened_to_be_low_makes_no_later_ordinary_loss_a_blow_up():
     """At batches of 4 the first loss can lie far below the rest, and every ordinary loss after it looks "high".
 

@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_superconv import SuperConvergence
+from lightning_superconv import SuperConvergence, find_max_lr
 from lightning_superconv._setups import strategy_problem
 
 
@@ -416,6 +416,34 @@ def test_fsdp1_refuses_the_range_test_naming_max_lr_and_the_strategy_that_serves
     assert "`ModelParallelStrategy`" in message
     # with `max_lr` given, the cycle alone is a plain torch scheduler over the strategy's optimizer
     assert strategy_problem(FSDPStrategy(), range_test=False) is None
+
+
+def test_find_max_lr_refuses_the_strategies_superconvergence_refuses_naming_where_it_runs():
+    """find_max_lr always runs a range test: FSDP1 and DeepSpeed are refused by its own name, not the callback's."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    for strategy, name in (
+        (FSDPStrategy(), "FSDPStrategy"),
+        (DeepSpeedStrategy.__new__(DeepSpeedStrategy), "DeepSpeedStrategy"),
+    ):
+        message = strategy_problem(strategy, range_test=True, who="find_max_lr")
+        assert f"`find_max_lr` does not run its range test under `{name}`" in message
+        assert "strategy='ddp'" in message
+        assert "`ModelParallelStrategy`" in message
+        assert "SuperConvergence does not" not in message
+    assert strategy_problem(ModelParallelStrategy(), range_test=True, who="find_max_lr") is None
+    assert strategy_problem(DDPStrategy(), range_test=True, who="find_max_lr") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP runs on CUDA only")
+def test_find_max_lr_under_fsdp_fails_before_any_step():
+    """On a GPU: find_max_lr(strategy='fsdp') is refused at fit start, before its first step."""
+    model = Counting()
+    with pytest.raises(
+        MisconfigurationException, match=r"`find_max_lr` does not run its range test under `FSDPStrategy`"
+    ):
+        find_max_lr(model, trainer_kwargs=dict(accelerator="cuda", devices=1, strategy="fsdp"))
+    assert model.calls == 0
 
 
 def test_model_parallel_is_served():

@@ -527,6 +527,14 @@ def test_guarded_pick_keeps_the_user_value_within_the_noise():
     assert decision.reason.startswith("kept")
 
 
+def test_guarded_pick_says_the_user_value_did_best_when_it_did():
+    """The user's λ lowest: the reason says so and names the next best, not "the best other λ (1x)"."""
+    decision = guarded_pick([0.1, 1.0, 10.0], [0.6, 0.5, 0.7], replicate=0.52)
+    assert decision.index == 1
+    assert decision.reason.startswith("kept: the user's λ had the lowest validation loss (the next, 0.1x, 0.1 higher")
+    assert "(1x)" not in decision.reason
+
+
 def test_guarded_pick_keeps_the_user_value_below_min_gain():
     """Without noise, a lead under ``min_gain`` of the loss still does not count."""
     assert guarded_pick([1.0, 3.0], [0.500, 0.499], replicate=0.500, min_gain=0.01).index == 0

@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
+from lightning_superconv.param_groups import detached_copy
 from lightning_superconv.schedule import build_one_cycle
 from lightning_superconv.weight_decay import GroupTrace, bounds_for, decay_gain, timescale_bounded
 
@@ -182,6 +183,14 @@ def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
         match=r"exactly one optimizer.*some parameters only \(torch.s `Muon`: matrices\).*is not served",
     ):
         _fit(tmp_path, TwoOptimizers(), [WeightDecayBalancer()])
+
+
+def test_a_momentum_of_one_under_coupled_decay_is_refused_naming_the_group_and_the_value(tmp_path):
+    """SGD accepts momentum=1; its L2 never settles at a rate of decay (found in a review: a bare ValueError)."""
+    model = TinyClassifier(momentum=1.0)
+    with pytest.raises(MisconfigurationException, match=r"param group 0 of `SGD` has momentum=1: .*momentum below 1"):
+        _fit(tmp_path, model, [WeightDecayBalancer()])
+    assert model.net[0].weight.grad is None  # before any step
 
 
 class ManualOptimization(TinyClassifier):
@@ -618,6 +627,27 @@ def test_grid_branches_try_each_groups_lambda_within_its_own_bounds(tmp_path):
     assert balancer.weight_decays[1] <= cap * (1 + 1e-9)
 
 
+class HeadAboveItsCap(HeadAtTenTimesTheLR):
+    """The head at 10x the LR with λ 0.2: 20 % decay per step at 1x, past the cap of 10 %."""
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        optimizer.param_groups[1]["weight_decay"] = 0.2
+        return optimizer
+
+
+def test_grid_says_which_group_s_lambda_its_bounds_held_off_the_factor(tmp_path):
+    """Found in a review: the reason said "kept" while the head's λ was lowered by the cap of 10 % decay per step."""
+    balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+    _fit(tmp_path, HeadAboveItsCap(), [balancer], epochs=10)
+    assert balancer.search is not None
+    factor = balancer.search["factor"]
+    assert balancer.weight_decays[0] == pytest.approx(0.05 * factor)
+    assert balancer.weight_decays[1] < 0.2 * factor
+    assert f"param group 1 held at {balancer.weight_decays[1]:.3g} by `bounds` or the cap" in balancer.reason
+    assert "param group 0" not in balancer.reason
+
+
 def test_grid_trains_with_the_lambda_it_adopts(tmp_path, monkeypatch):
     """When one λ wins clearly, the whole run trains with it, and equals a plain run configured with it."""
     from lightning_superconv import weight_decay_balancer as module
@@ -774,6 +804,44 @@ def test_works_without_superconvergence_on_the_users_own_scheduler(tmp_path):
     _fit(tmp_path, TwoGroups(scheduler="onecycle"), [balancer], epochs=2)
     assert 0 < balancer.weight_decays[0] < 5e-4
     assert balancer.weight_decays[1] == 0.0
+
+
+class WarmUpByMethod(TinyClassifier):
+    """``LambdaLR(optimizer, self.lr_at)``: a warm-up and cosine sized by the module's own ``trainer``."""
+
+    def lr_at(self, step: int) -> float:
+        total = self.trainer.estimated_stepping_batches
+        return (step + 1) / 4 if step < 4 else 0.5 * (1 + math.cos(math.pi * (step - 4) / max(1, total - 4)))
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_at)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def test_a_scheduler_bound_to_a_method_of_the_module_is_traced_on_the_module_itself(tmp_path):
+    """The trace's copy of ``LambdaLR`` calls the method on the module itself.
+
+    Found in a review: it copied the module its method is bound to, without its trainer (the fit failed: "not attached
+    to a `Trainer`"), and with all its weights.
+    """
+    model = WarmUpByMethod()
+    recorder = Recorder()
+    balancer = WeightDecayBalancer(mode="keep")
+    _fit(tmp_path, model, [balancer, recorder], epochs=2)
+    assert len(recorder.steps) == 2 * STEPS_PER_EPOCH
+    lrs = [step[0][0] for step in recorder.steps]
+    traced = [0.01 * model.lr_at(k) for k in range(len(lrs))]
+    assert lrs == pytest.approx(traced, rel=1e-6)
+    assert balancer.reference_budgets == pytest.approx([5e-4 * 10.0 * math.fsum(traced)], rel=1e-6)
+    # the copies share the module, inside SequentialLR too, and copy no weight of it
+    optimizer = model.configure_optimizers()["optimizer"]
+    nested = torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [torch.optim.lr_scheduler.LambdaLR(optimizer, model.lr_at)] * 2, milestones=[3]
+    )
+    _, (copy,) = detached_copy(optimizer, [nested])
+    assert copy._schedulers[0].lr_lambdas[0].__self__ is model
+    assert copy.optimizer is not optimizer
 
 
 def test_epoch_scheduler_is_traced_per_epoch(tmp_path):
@@ -1114,10 +1182,10 @@ def test_a_second_fit_reads_the_user_s_recipe_over_the_steps_it_runs(tmp_path):
 RESCUE_STEPS_PER_EPOCH = 16
 
 
-def _rescued_fit(tmp_path, balancer, epochs=10):
+def _rescued_fit(tmp_path, balancer, epochs=10, **model):
     recorder, sc = Recorder(), SuperConvergence(max_lr=50.0)
     L.seed_everything(0, verbose=False)
-    _fit(tmp_path, TinyClassifier(n=512), [sc, balancer, recorder], epochs=epochs)
+    _fit(tmp_path, TinyClassifier(n=512, **model), [sc, balancer, recorder], epochs=epochs)
     assert sc.rescues, "the premise: the run is rescued"
     return sc, recorder
 
@@ -1163,6 +1231,26 @@ def test_after_a_rescue_budget_mode_matches_the_reference_budget_s_share_of_the_
     terms = [decay_gain("coupled", s[0][1]) * s[0][0] for s in rest]
     reference = 5e-4 * decay_gain("coupled", 0.9) * 0.01 * len(recorder.steps)  # the user's constant recipe
     expected = min(reference * len(rest) / len(recorder.steps) / sum(terms), 5e-4, 0.1 / max(terms))
+    assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
+
+
+def test_after_a_rescue_budget_mode_matches_the_reference_recipe_s_own_budget_over_the_remaining_steps(tmp_path):
+    """Under the user's StepLR (0.01 for 5 epochs, then 0.001) the reference's rest is its own steps' budget there.
+
+    Found in a review: the whole run's budget times the remaining steps' share was matched, right for a constant LR
+    only (under a cosine, 1.21 times the recipe's decay over the rest after a rescue at step 20 of 128).
+    """
+    balancer = WeightDecayBalancer(mode="budget", rebalance_on_rescue=True)
+    _, recorder = _rescued_fit(tmp_path, balancer, scheduler="step")
+    last = balancer.rebalances[-1]
+    rest = recorder.steps[last["step"] :]
+    terms = [decay_gain("coupled", s[0][1]) * s[0][0] for s in rest]
+    first_lr_steps = 5 * RESCUE_STEPS_PER_EPOCH
+    recipe = [0.01 if k < first_lr_steps else 0.001 for k in range(last["step"], len(recorder.steps))]
+    reference = 5e-4 * decay_gain("coupled", 0.9) * math.fsum(recipe)
+    share = len(rest) / len(recorder.steps)
+    assert reference != pytest.approx(balancer.reference_budgets[0] * share, rel=0.05), "the premise: not a share"
+    expected = min(reference / sum(terms), 5e-4, 0.1 / max(terms))
     assert last["weight_decays"][0] == pytest.approx(max(expected, 5e-6), rel=1e-9)
 
 
