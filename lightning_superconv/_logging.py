@@ -83,6 +83,17 @@ def swept_at(result: RangeTestResult) -> int:
     return at
 
 
+def range_test_figure(result: RangeTestResult, figure: Any) -> Any:
+    """The loss-vs-LR figure, drawn on a ``figure`` of its own (matplotlib's ``Figure`` class), outside pyplot.
+
+    Outside pyplot, the user's matplotlib backend and pyplot's figures are left alone. Laid out to fit its labels
+    (found trying the package as a new user: the x-axis label was cut off at the figure's bottom edge).
+    """
+    fig = figure(figsize=(6, 4), layout="constrained")
+    result.plot(ax=fig.subplots())
+    return fig
+
+
 def _add_figure(trainer: _compat.Trainer, result: RangeTestResult, step: int) -> None:
     """Add the loss-vs-LR figure to loggers that take figures (TensorBoard), when matplotlib is installed."""
     try:
@@ -94,9 +105,7 @@ def _add_figure(trainer: _compat.Trainer, result: RangeTestResult, step: int) ->
         add_figure = getattr(experiment, "add_figure", None)
         if add_figure is None:
             continue
-        # a figure of its own, outside pyplot: the user's matplotlib backend and pyplot's figures are left alone
-        fig = Figure(figsize=(6, 4))
-        result.plot(ax=fig.subplots())
+        fig = range_test_figure(result, Figure)
         # under the logger's prefix, as its scalars (found in a review: `TensorBoardLogger(prefix=...)`)
         prefix = getattr(logger, "_prefix", "")
         tag = f"{prefix}{getattr(logger, 'LOGGER_JOIN_CHAR', '-')}{RANGE_TEST_PREFIX}" if prefix else RANGE_TEST_PREFIX

@@ -404,7 +404,7 @@ def scheduler_in_use(trainer: _compat.Trainer, scheduler: Any) -> bool:
     return any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs)
 
 
-def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str) -> None:
+def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str, run_epochs: int | None = None) -> None:
     """Say that a range test beside ``BackboneFinetuning`` (any ``BaseFinetuning``) measures the unfrozen part alone.
 
     Found trying the package as a new user: a digits MLP whose backbone joined at epoch 2 got a pick 15x its whole
@@ -414,13 +414,22 @@ def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str) 
         trainer: the Trainer the range test runs in, at fit start (after ``BaseFinetuning`` froze, in ``setup``).
         who: what runs the range test, for the message.
         instead: what to do instead, a sentence.
+        run_epochs: the epochs of the run the pick is for, where the Trainer describes it: a ``BackboneFinetuning``
+            whose backbone joins at or after them leaves the range test's measure as it is, and is not warned of.
     """
     finetuning = _compat.callback_of(trainer, "BaseFinetuning")
     if finetuning is None or all(p.requires_grad for p in trainer.lightning_module.parameters()):
         return
+    name = type(finetuning).__name__
+    joins_at = getattr(finetuning, "unfreeze_backbone_at_epoch", None)
+    if isinstance(joins_at, int) and run_epochs is not None and 0 <= run_epochs <= joins_at:
+        return  # `BackboneFinetuning` whose backbone joins after the run: nothing joins what the range test measured
+    # when another `BaseFinetuning` unfreezes, if ever, its own `finetune_function` decides (found trying the package
+    # as a new user: a frozen distillation teacher that never joins was told its pick would be too high)
+    when = f"once the backbone joins at epoch {joins_at}" if isinstance(joins_at, int) else "if the rest joins later"
     _compat.rank_zero_warn(
         trainer,
-        f"{who}: the range test runs while `{type(finetuning).__name__}` holds part of the model frozen, so its pick "
-        "suits the trainable part alone and can be many times too high once the rest joins (15x on a small MLP; the "
-        f"divergence guard then lowers it, at the cost of rescues). {instead}",
+        f"{who}: the range test runs while `{name}` holds part of the model frozen, so its pick suits the trainable "
+        f"part alone and can be many times too high {when} (15x on a small MLP; the divergence guard then lowers "
+        f"it, at the cost of rescues). {instead}",
     )

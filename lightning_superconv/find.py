@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import log_range_test
-from lightning_superconv.range_test import RangeTestConfig, run_range_test
+from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.snapshot import (
     metric_states,
@@ -98,6 +98,7 @@ class _RangeTestProbe(_compat.Callback):
         _trainer.warn_of_a_frozen_backbone(
             trainer, "find_max_lr", "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network."
         )
+        _compat.rank_zero_info(trainer, plan_line("find_max_lr", self.config, run_steps, "when it ends"))
         self.result = run_range_test(trainer, pl_module, optimizer, self.config, run_steps=run_steps)
         # to a logger given in `trainer_kwargs`, as the callback logs it (found trying the package as a new user: a
         # TensorBoard logger there got an empty run)

@@ -9,7 +9,9 @@ Pure torch, no ``Trainer``. Every place that reads or writes a group's momentum 
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
 import types
 from collections.abc import MutableMapping, Sequence
 from typing import Any, Literal
@@ -168,12 +170,16 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
     range test and in every later fit of the process; another (``pytorch_optimizer.Lookahead``) could not be copied
     at all (found trying the package as a new user). A process group the optimizer holds is shared with the copy, as a
     handle no ``deepcopy`` can copy: torch's ``ZeroRedundancyOptimizer`` holds one (found trying the package as a new
-    user: the range test and the balancer failed at fit start under DDP). An object a scheduler's bound method belongs
-    to (``LambdaLR(optimizer, self.lr_at)`` in a LightningModule) is shared too, not copied: ``deepcopy`` of the method
-    copied the whole module, its weights and frozen layers, without its ``trainer`` (found in a review: an ``lr_at``
-    reading ``self.trainer`` failed the fit beside the balancer); the replay calls the method on the module itself.
+    user: the range test and the balancer failed at fit start under DDP). A module a scheduler reaches (the owner of
+    a bound method, ``LambdaLR(optimizer, self.lr_at)`` in a LightningModule, also through ``functools.partial``, a
+    callable object or a scheduler's own attribute; a LightningDataModule; any other owner of a bound method) is
+    copied shallow: the copy shares its weights and its ``trainer``, while attributes its methods set anew are its own
+    (an object they change in place, a list they append to, stays shared). ``deepcopy`` copied the whole module,
+    weights and frozen layers, without its ``trainer`` (found in a review: an ``lr_at`` reading ``self.trainer``
+    failed the fit beside the balancer); sharing the module itself let the replay move a rule that counts its own
+    calls (found in the review of that fix).
     """
-    memo: dict[int, Any] = {id(owner): owner for owner in _method_owners(schedulers)}
+    memo: dict[int, Any] = {id(held): _shallow_twin(held) for held in _held_objects(schedulers)}
     for owner in (optimizer, *inner_optimizers(optimizer)):
         memo[id(owner.state)] = {}
         memo.update({id(value): value for value in vars(owner).values() if _is_process_group(value)})
@@ -189,33 +195,65 @@ def detached_copy(optimizer: Optimizer, schedulers: Sequence[Any] = ()) -> tuple
     return twin, copies
 
 
-def _method_owners(schedulers: Sequence[Any]) -> list[Any]:
-    """The objects that bound methods held by ``schedulers`` belong to, other than schedulers and optimizers.
+#: How deep :func:`_held_objects` looks from a scheduler: a ``SequentialLR``'s scheduler's rule's module is 5 deep.
+_DEEPEST = 6
 
-    Searched through each scheduler's attributes, their lists, tuples and dicts, and the schedulers they hold
-    (``SequentialLR``'s, ``ChainedScheduler``'s).
+_ATOMS = (torch.Tensor, Optimizer, str, bytes, int, float, complex, bool, type(None), type, types.ModuleType)
+
+
+def _held_objects(schedulers: Sequence[Any]) -> list[Any]:
+    """What ``schedulers`` reach that a deep copy must not copy: modules, datamodules and bound methods' owners.
+
+    Searched breadth first through the schedulers' attributes (and the schedulers they hold: ``SequentialLR``'s, at
+    depth 0 again), lists, tuples and dicts, ``functools.partial`` objects and the attributes of callable objects, at
+    most :data:`_DEEPEST` deep; not into modules, tensors or optimizers. By depth, not by count: a scheduler's table
+    of 20,000 entries cut a search by count short of the module's method (found in a review).
     """
-    owners: list[Any] = []
+    held: list[Any] = []
     seen: set[int] = set()
-    pending: list[Any] = list(schedulers)
+    pending: collections.deque[tuple[Any, int]] = collections.deque((s, 0) for s in schedulers)
     while pending:
-        value = pending.pop()
-        if id(value) in seen:
+        value, depth = pending.popleft()
+        if id(value) in seen or isinstance(value, _ATOMS) or depth > _DEEPEST:
             continue
         seen.add(id(value))
-        if isinstance(value, types.MethodType):
-            owner = value.__self__
-            if not isinstance(owner, Optimizer) and not _is_scheduler(owner):
-                owners.append(owner)
-            elif _is_scheduler(owner):
-                pending.append(owner)
-        elif isinstance(value, (list, tuple)):
-            pending.extend(value)
+        if _is_scheduler(value):
+            pending.extend((item, 1) for item in vars(value).values())
+        elif isinstance(value, types.MethodType):
+            pending.append((value.__self__, depth + 1))
+            if not _is_scheduler(value.__self__) and not isinstance(value.__self__, Optimizer):
+                held.append(value.__self__)
+        elif isinstance(value, torch.nn.Module) or _is_datamodule(value):
+            held.append(value)
+        elif isinstance(value, list | tuple | set | frozenset):
+            pending.extend((item, depth + 1) for item in value if not isinstance(item, _ATOMS))
         elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif _is_scheduler(value):
-            pending.extend(vars(value).values())
-    return owners
+            pending.extend((item, depth + 1) for item in value.values() if not isinstance(item, _ATOMS))
+        elif isinstance(value, functools.partial):
+            pending.extend((item, depth + 1) for item in (value.func, *value.args, *value.keywords.values()))
+        elif hasattr(value, "__dict__") and not isinstance(value, types.FunctionType):
+            pending.extend((item, depth + 1) for item in vars(value).values())
+    return list({id(obj): obj for obj in held}.values())
+
+
+def _is_datamodule(value: Any) -> bool:
+    return any(cls.__name__ == "LightningDataModule" for cls in type(value).__mro__)
+
+
+def _shallow_twin(value: Any) -> Any:
+    """An object of ``value``'s class sharing its attributes; ``value`` itself where its class cannot be made so.
+
+    A class with ``__slots__`` (whose values a ``__dict__`` lacks) or a ``__new__`` of its own is shared (found in a
+    review: a rule bound to a ``__slots__`` object failed the fit).
+    """
+    if any("__slots__" in vars(cls) for cls in type(value).__mro__) or not hasattr(value, "__dict__"):
+        return value
+    try:
+        twin = object.__new__(type(value))
+    except TypeError:
+        return value
+    twin.__dict__.update(vars(value))
+    return twin
 
 
 def _is_scheduler(value: Any) -> bool:

@@ -40,6 +40,8 @@ from lightning_superconv.curve import (
 )
 from lightning_superconv.param_groups import configured_lrs, detached_copy, group_ratios, write_lr
 from lightning_superconv.peak import (
+    MAX_TRIALS,
+    OWN_LR_TRIALS,
     all_equal,
     choose,
     next_peak,
@@ -138,6 +140,26 @@ class RangeTestConfig:
                 step = lrs[-1] - lrs[-2]
                 lrs += [lrs[-1] + step * (k + 1) for k in range(extra)]
         return lrs
+
+
+def plan_line(who: str, config: RangeTestConfig, run_steps: int | None, restored: str) -> str:
+    """The line said as the range test starts: what it takes at most, and when everything is put back.
+
+    Found trying the package as a new user: a fit stayed silent for 19 s, some 20 epochs of its small model, before
+    the range test's result. ``restored``: when the state comes back ("before training starts").
+    """
+    sweep = config.num_steps + config.num_steps // 2
+    trials = config.trial_length(run_steps)
+    then = (
+        "and no trials (`trial_steps=0`)"
+        if trials == 0
+        else f"then up to {MAX_TRIALS} trial cycles of {trials} steps (up to {MAX_TRIALS + OWN_LR_TRIALS} where none "
+        "of them learns), each scored on held-out batches"
+    )
+    return (
+        f"{who}: running the LR range test: a sweep of up to {sweep} steps, {then}; the weights and all training "
+        f"state are put back {restored}."
+    )
 
 
 def run_range_test(

@@ -67,7 +67,7 @@ class RangeTestResult:
         except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
             raise ModuleNotFoundError("`RangeTestResult.plot()` needs matplotlib: `pip install matplotlib`") from err
         if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 4))
+            fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         else:
             fig = ax.figure
         ax.plot(self.lrs, self.losses, color="0.75", linewidth=1, label="loss")

@@ -325,9 +325,14 @@ class SafeOneCycleLR(OneCycleLR):
             return super().get_lr()
         if self.last_epoch > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
+            # found trying the package as a new user: a curriculum whose reloaded epochs grow ran 45 % of its steps
+            # past the cycle, and the warning named neither a cause nor a fix
             rank_zero_warn(
                 f"The one-cycle schedule was sized for {self.total_steps} steps and training went past it; the LR "
-                "stays at the cycle's final value.",
+                "stays at the cycle's final value. The run took more steps than when the cycle was planned: epochs "
+                "that came out longer (a train dataloader that `reload_dataloaders_every_n_epochs` reloads with more "
+                "batches: where the epochs' lengths change, size the run in steps, `Trainer(max_steps=..., "
+                "max_epochs=-1)`), or a resume that asked for more epochs or steps than the cycle was planned for.",
                 category=RuntimeWarning,
             )
         stepped = self.last_epoch

@@ -18,7 +18,7 @@ from lightning_superconv._validation import check_bool, check_integer, check_num
 from lightning_superconv.curve import SweepMode
 from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
-from lightning_superconv.range_test import RangeTestConfig, run_range_test
+from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import (
     OneCycleConfig,
@@ -32,6 +32,10 @@ from lightning_superconv.schedule import (
 
 # 3: the guard keeps its losses as `training_step` returned them (before, some or all divided by the accumulation)
 _STATE_VERSION = 3
+
+#: A cycle whose LR is still above this share of its peak has not annealed: its last phase falls by orders of
+#: magnitude, to the peak over ``div_factor * final_div_factor`` (10^4 by torch's defaults).
+ANNEALED = 0.1
 
 _NO_STATE_TO_RESUME = (
     "`fit(ckpt_path=...)` resumes from a checkpoint that holds no `SuperConvergence` state: it was written by a run "
@@ -202,6 +206,7 @@ class SuperConvergence(_compat.Callback):
         self._state_loaded: bool  # a checkpoint gave this fit a state of this callback (with a cycle or not)
         self._warned_stepping: bool  # said that the cycle is not stepped once per optimizer step
         self._told_the_end: bool  # a resume said at its start that the run ends elsewhere than its cycle
+        self._stops_at_start: dict[int, tuple[int, str]]  # each EarlyStopping's stop as training started (`_stop_of`)
         self._first_pass_read: bool  # the first epoch of this fit has ended (a stream's pass length is known)
         self._scheduler: SafeOneCycleLR | None
         self._group_count = 0
@@ -323,8 +328,10 @@ class SuperConvergence(_compat.Callback):
             _trainer.refuse_dataloader_iter_steps(
                 trainer, pl_module, "SuperConvergence's range test", "pass `max_lr=` (the cycle needs no range test)"
             )
-            _trainer.warn_of_a_frozen_backbone(
-                trainer, "SuperConvergence", "Pass `max_lr=`, e.g. from `find_max_lr` on the model with nothing frozen."
+            instead = "Pass `max_lr=`, e.g. from `find_max_lr` on the model with nothing frozen."
+            _trainer.warn_of_a_frozen_backbone(trainer, "SuperConvergence", instead, _run_epochs(trainer, steps))
+            _compat.rank_zero_info(
+                trainer, plan_line("SuperConvergence", self.range_test, steps, "before training starts")
             )
             self.result = run_range_test(trainer, pl_module, optimizer, self.range_test, self.cycle, run_steps=steps)
             self.max_lr = self.result.max_lr
@@ -346,6 +353,7 @@ class SuperConvergence(_compat.Callback):
         # a loaded guard state is handed to the guard now or never (`guard=False`): checkpoints from here on hold the
         # guard's own, or none
         guard_state, self._guard_state = self._guard_state, None
+        self._stops_at_start = {id(stopper): _stop_of(stopper) for stopper in _early_stoppings(trainer)}
         if self._scheduler is None:
             return
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
@@ -446,7 +454,10 @@ class SuperConvergence(_compat.Callback):
         # a stop asked for (EarlyStopping, `max_time`) ends mid-cycle by design, and a stream's shortfall was told at
         # its first epoch's end; a run whose epochs came out shorter than planned would end silently, its LR high
         scheduler = self._scheduler
-        if scheduler is None or trainer.should_stop or self._told_the_end or not _trainer.epoch_length_known(trainer):
+        if scheduler is not None and trainer.should_stop:
+            _warn_of_a_stop_before_the_anneal(trainer, scheduler, self._stops_at_start)
+            return
+        if scheduler is None or self._told_the_end or not _trainer.epoch_length_known(trainer):
             return
         left = int(scheduler.total_steps) - int(scheduler.last_epoch)
         if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler) or not self._stepped_once_per_step(trainer):
@@ -602,6 +613,7 @@ class SuperConvergence(_compat.Callback):
         self._state_loaded = False
         self._warned_stepping = False
         self._told_the_end = False
+        self._stops_at_start = {}
         self._first_pass_read = False
         self._scheduler = None
         self._logger = None
@@ -805,6 +817,82 @@ def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
         "stops ends with the LR not yet annealed. The range test runs before the clock starts (it starts with "
         "training). To end on the cycle's final LR, set `max_epochs` or `max_steps` to what fits in the time.",
     )
+
+
+def _warn_of_a_stop_before_the_anneal(
+    trainer: _compat.Trainer, scheduler: SafeOneCycleLR, stops_at_start: dict[int, tuple[int, str]]
+) -> None:
+    """``EarlyStopping`` whose patience ran out before the cycle annealed: say so, and what to do.
+
+    Found trying the package as a new user: a forecasting GRU with the usual ``max_epochs=30`` and
+    ``EarlyStopping(patience=3)`` stopped at 43 % of its cycle, at 91 % of the peak, silently; sized to 8 epochs, where
+    the cycle anneals, it ended 2.5 % lower in validation error. At high LRs the validation loss is noisy and flat, and
+    ``EarlyStopping`` reads that as the end of learning; a one-cycle learns most in its anneal. Before the anneal:
+    before the peak, or above :data:`ANNEALED` of it. Other stops are the user's choice (a metric's target reached, a
+    divergence, a hook) or were told at fit start (``max_time``), and are not said again.
+    """
+    left = int(scheduler.total_steps) - int(scheduler.last_epoch)
+    if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler):
+        return
+    stoppers = _early_stoppings(trainer)
+    if not any(_out_of_patience(stopper, stops_at_start.get(id(stopper))) for stopper in stoppers):
+        return
+    lr = float(scheduler.get_last_lr()[0])
+    peak = float(scheduler.optimizer.param_groups[0].get("max_lr", math.nan))
+    before_the_peak = scheduler.last_epoch < float(getattr(scheduler, "peak_step", 0.0))
+    if not (before_the_peak or lr > ANNEALED * peak):
+        return
+    _compat.rank_zero_warn(
+        trainer,
+        f"SuperConvergence: `EarlyStopping` ran out of patience and stopped training at step "
+        f"{int(scheduler.last_epoch)} of the one-cycle's {scheduler.total_steps}, with the first param group's LR at "
+        f"{lr:.4g}, {100 * lr / peak:.0f} % of the peak{' (still ahead)' if before_the_peak else ''}: the model did "
+        "not anneal, and a one-cycle learns most in its anneal. At high LRs the validation loss is noisy and flat, "
+        "which `EarlyStopping` reads as the end of learning: size the run to end where it should (`max_epochs`), so "
+        "the cycle anneals there, or give `EarlyStopping` a larger `patience`.",
+    )
+
+
+def _run_epochs(trainer: _compat.Trainer, steps: int) -> int | None:
+    """The epoch this run ends before (counted from 0, as ``current_epoch``), or None if unknown.
+
+    From its steps where its epochs have a length (a run sized in steps, ``max_epochs=-1``: found in a review), else
+    ``max_epochs``. Loads the train data, as the range test that follows does.
+    """
+    _compat.setup_train_data(trainer)
+    per_epoch = _trainer.steps_per_epoch(trainer)
+    if _trainer.epoch_length_known(trainer) and isinstance(per_epoch, int) and steps > 0:
+        return int(trainer.current_epoch) + math.ceil(steps / per_epoch)
+    epochs = trainer.max_epochs
+    return epochs if isinstance(epochs, int) and epochs > 0 else None
+
+
+def _early_stoppings(trainer: _compat.Trainer) -> list[Any]:
+    classes = _compat.callback_classes(trainer, "EarlyStopping")
+    return [callback for callback in _compat.callbacks(trainer) if classes and isinstance(callback, classes)]
+
+
+def _stop_of(stopper: Any) -> tuple[int, str]:
+    """An ``EarlyStopping``'s last stop: its epoch and its reason (Lightning 2.6 on; ``""`` before)."""
+    return int(getattr(stopper, "stopped_epoch", 0)), str(
+        getattr(getattr(stopper, "stopping_reason", None), "name", "")
+    )
+
+
+def _out_of_patience(stopper: Any, at_start: tuple[int, str] | None) -> bool:
+    """Whether ``stopper`` (an ``EarlyStopping``) stopped this run because its patience ran out.
+
+    This run: a stop other than the one it held as training started (``at_start``), which a checkpoint gives back and
+    Lightning never resets (found in a review: a resumed run that a hook stopped was said to have run out of
+    patience). Before Lightning 2.6 there is no reason to read: a patience spent tells it (a target reached leaves
+    the count where it was; found in that review: such a stop was said to have run out of patience).
+    """
+    now = _stop_of(stopper)
+    if now == at_start or now == (0, "") or now[1] == "NOT_STOPPED":
+        return False
+    if now[1]:
+        return now[1] == "PATIENCE_EXHAUSTED"
+    return int(getattr(stopper, "wait_count", 0)) >= max(int(getattr(stopper, "patience", 0)), 1)
 
 
 def _warn_if_the_epoch_limit_ends_a_stream_first(trainer: _compat.Trainer, start_step: int, cycle_end: int) -> None:

@@ -121,6 +121,18 @@ def momentum_of(group: Mapping[str, Any]) -> float:
     return 0.0 if momentum is None else momentum
 
 
+class UnsettledMomentumError(ValueError):
+    """Coupled weight decay through a momentum of 1 or more: it never settles at a rate of decay (torch's SGD takes it).
+
+    ``group`` and ``step``: the param group and the traced step it was met at, where known.
+    """
+
+    def __init__(self, momentum: float, group: int | None = None, step: int | None = None) -> None:
+        self.momentum, self.group, self.step = momentum, group, step
+        where = "" if group is None else f" (param group {group}" + ("" if step is None else f", step {step}") + ")"
+        super().__init__(f"momentum must be < 1 for coupled weight decay to settle, got {momentum}{where}")
+
+
 def decay_gain(form: DecayForm, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
     r"""``c``: how many times ``η·λ`` one step shrinks the weights by, in steady state.
 
@@ -137,7 +149,7 @@ def decay_gain(form: DecayForm, momentum: float = 0.0, dampening: float = 0.0, n
     if form != "coupled" or momentum <= 0.0:
         return 1.0
     if momentum >= 1.0:
-        raise ValueError(f"momentum must be < 1 for coupled weight decay to settle, got {momentum}")
+        raise UnsettledMomentumError(momentum)
     if nesterov:
         return 1.0 + momentum * (1.0 - dampening) / (1.0 - momentum)
     return (1.0 - dampening) / (1.0 - momentum)
@@ -311,11 +323,14 @@ def trace_schedule(
             taken_over = swap.build(twin)
             usable, copies, finished = [SchedulerSpec(taken_over, "epoch", 1)], [taken_over], set()
             _quiet(twin, copies)
-        for group, trace in zip(twin.param_groups, traces, strict=True):
+        for index, (group, trace) in enumerate(zip(twin.param_groups, traces, strict=True)):
             mu = momentum_of(group)
             trace.lrs.append(float(group["lr"]))
             trace.momenta.append(mu)
-            trace.gains.append(group_gain(group, mu, twin))
+            try:
+                trace.gains.append(group_gain(group, mu, twin))
+            except UnsettledMomentumError as err:
+                raise UnsettledMomentumError(err.momentum, index, start_step + step) from None
         if step == total_steps - 1:
             break
         epoch = epochs_done  # the epoch of the step just taken, as Lightning's `current_epoch` reads at its end

@@ -6,9 +6,10 @@ Thin hooks over :mod:`lightning_superconv.weight_decay` (the maths), :mod:`light
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 from typing_extensions import override
@@ -23,6 +24,7 @@ from lightning_superconv.weight_decay import (
     GroupTrace,
     SchedulerSpec,
     ScheduleSwap,
+    UnsettledMomentumError,
     bounds_for,
     budget_matched,
     clamp,
@@ -31,7 +33,6 @@ from lightning_superconv.weight_decay import (
     epoch_ends,
     epochs_spanned,
     group_gain,
-    momentum_of,
     reference_budget,
     timescale_bounded,
     trace_schedule,
@@ -144,11 +145,12 @@ class WeightDecayBalancer(_compat.Callback):
     decay, at peaks 3, 10 and 25 times too high, rebalancing ended no better than keeping it (the README's guard
     section). With ``rebalance_on_rescue=True`` the balancer traces the lowered cycle from the current step to the
     end before the next step, and applies its mode's rule to that rest of the run, from the user's ``λ`` again: in
-    ``"timescale"`` mode ``K`` over the remaining steps between ``min_budget`` times their share of the run and their
-    epochs (the same decay rate per step as the first balance allowed); in ``"budget"`` mode the reference recipe's
-    budget over the remaining steps. The ``"grid"`` mode keeps its ``λ`` (its branches ran the old schedule; running
-    them again mid-run would cost as much as at the start), and ``"keep"`` the user's. Each rebalance is recorded in
-    :attr:`rebalances` and in checkpoints; a resume re-applies the latest ``λ``.
+    ``"timescale"`` mode ``K`` over the remaining steps between ``min_budget`` times their share of the run and
+    their epochs (the same decay rate per step as the first balance allowed); in ``"budget"`` mode the reference
+    recipe's budget over the remaining steps (in a resumed run, their share of the whole run's). The ``"grid"`` mode
+    keeps its ``λ`` (its branches ran the old schedule; running them again mid-run would cost as much as at the
+    start), and ``"keep"`` the user's. Each rebalance is recorded in :attr:`rebalances` and in checkpoints; a resume
+    re-applies the latest ``λ``.
 
     Attributes:
         weight_decays: the ``λ`` of each param group once training has started.
@@ -282,9 +284,13 @@ class WeightDecayBalancer(_compat.Callback):
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
-        if _compat.fast_dev_run(trainer) or self._restored or step_size_kind(optimizer) == "schedule-free":
+        if _compat.fast_dev_run(trainer) or step_size_kind(optimizer) == "schedule-free":
             return
-        _refuse_momentum_of_one(trainer, optimizer)
+        if self._restored:
+            # the checkpoint holds the λ and the budgets. The recipe is not read again: that loads the train data here,
+            # before Lightning restores the loader's state from the checkpoint, which it then never does (found in a
+            # review); budget mode's rebalance after a rescue in a resumed run takes the share of the whole budget
+            return
         if self.mode == "grid":
             # the grid trains short branches, stepping the optimizer itself: that needs automatic optimization, and
             # train data Lightning trains on
@@ -306,21 +312,33 @@ class WeightDecayBalancer(_compat.Callback):
         # recipe the user would have run without either callback, over the steps this fit runs (a second `fit` on a
         # Trainer runs the epochs left: found trying the package as a new user, its recipe was read over the whole
         # run, twice the steps, and `mode='budget'` chose twice the λ)
+        configured = configured_weight_decays(optimizer)
+        self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
+        self._reference_read = self._read_recipe(trainer, optimizer)
+        self.reference_budgets = _reference_budgets(*self._reference_read[:3], self.reference_weight_decays, skip=0)
+
+    def _read_recipe(
+        self, trainer: _compat.Trainer, optimizer: Any
+    ) -> tuple[list[GroupTrace], list[float | None], list[float], int]:
+        """The reference recipe over the steps this fit runs: its traces, explicit LRs, gains and the step read at."""
         # loaded now, as the range test loads it: under `max_epochs=-1` Lightning loads it after `on_fit_start`, and
         # its length, unknown here, would read the reference's epochs as a stream's (found in a review)
         _compat.setup_train_data(trainer)
         total = self._steps_this_fit(trainer)
         specs = [] if self.reference_lr is not None else _scheduler_specs(trainer)
-        traces, _ = trace_schedule(
-            optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
-            int(trainer.global_step), int(trainer.current_epoch), _trainer.epoch_length_known(trainer),
-            _swa_swap(trainer, total),
-        )  # fmt: skip
-        configured = configured_weight_decays(optimizer)
-        self.reference_weight_decays = _explicit_reference(configured, self.reference_weight_decay)
-        gains = [group_gain(group, optimizer=optimizer) for group in optimizer.param_groups]
-        self._reference_read = (traces, _reference_lrs(optimizer, self.reference_lr), gains, int(trainer.global_step))
-        self.reference_budgets = _reference_budgets(*self._reference_read[:3], self.reference_weight_decays, skip=0)
+        with _refusing_unsettled_momentum(trainer, optimizer):
+            gains = []
+            for index, group in enumerate(optimizer.param_groups):
+                try:
+                    gains.append(group_gain(group, optimizer=optimizer))
+                except UnsettledMomentumError as err:
+                    raise UnsettledMomentumError(err.momentum, index) from None
+            traces, _ = trace_schedule(
+                optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
+                int(trainer.global_step), int(trainer.current_epoch), _trainer.epoch_length_known(trainer),
+                _swa_swap(trainer, total),
+            )  # fmt: skip
+        return traces, _reference_lrs(optimizer, self.reference_lr), gains, int(trainer.global_step)
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -396,11 +414,12 @@ class WeightDecayBalancer(_compat.Callback):
             remaining = max(int(end) - int(trainer.global_step), 1) if math.isfinite(end) else remaining
         self.planned_steps = remaining
         self._fit_end = int(trainer.global_step) + remaining
-        traces, notes = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
-            _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
-            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
-        )  # fmt: skip
+        with _refusing_unsettled_momentum(trainer, optimizer):
+            traces, notes = trace_schedule(
+                optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
+                _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
+                _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
+            )  # fmt: skip
         swa_notes, self._unread_lrs = _swa_unread(trainer, len(optimizer.param_groups))
         if self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
@@ -574,11 +593,12 @@ class WeightDecayBalancer(_compat.Callback):
             with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
                 end = _trainer.total_steps(trainer, "WeightDecayBalancer")
         remaining = max(int(end) - step, 1)
-        traces, _ = trace_schedule(
-            optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
-            _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
-            _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
-        )  # fmt: skip
+        with _refusing_unsettled_momentum(trainer, optimizer):
+            traces, _ = trace_schedule(
+                optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
+                _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
+                _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
+            )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
         traces = traces[: len(self.reference_weight_decays)]
         decayed = [i for i, wd in enumerate(self.reference_weight_decays) if wd > 0]
@@ -601,6 +621,8 @@ class WeightDecayBalancer(_compat.Callback):
 
     def _reference_rest(self, step: int) -> list[float] | None:
         """Each group's reference budget over the steps from ``step`` to the end of this fit, or None if not read.
+
+        Not read in a resumed run (its ``on_fit_start`` leaves the train data to Lightning, which restores its state).
 
         The reference recipe's own steps there: a share of the whole run's budget is that only for a constant LR (found
         in a review: after a rescue at step 20 of 128 under the user's cosine, a share of 0.84 asked 1.21 times the
@@ -1097,24 +1119,29 @@ def _scheduler_specs(trainer: _compat.Trainer) -> list[SchedulerSpec]:
     ]
 
 
-def _refuse_momentum_of_one(trainer: _compat.Trainer, optimizer: Any) -> None:
-    """L2 that enters a momentum of 1 or more never settles at a rate of decay: there is none to trace or balance.
+@contextlib.contextmanager
+def _refusing_unsettled_momentum(trainer: _compat.Trainer, optimizer: Any) -> Iterator[None]:
+    """Turn a momentum of 1 or more met in a trace into a refusal that names the balancer, the group and the fix.
 
-    torch's SGD accepts ``momentum=1`` (found in a review: the balancer failed with a bare ``ValueError`` from its
-    maths, naming neither itself nor the param group). Every group is read, as the trace reads every group's gain.
+    torch's SGD accepts ``momentum=1`` (found in a review: a bare ``ValueError`` from the maths, naming neither the
+    balancer nor the param group).
     """
-    for index, group in enumerate(optimizer.param_groups):
-        if decay_form(group, optimizer) != "coupled":
-            continue
-        momentum = momentum_of(group)
-        if momentum >= 1.0:
-            raise _compat.misconfiguration(
-                trainer,
-                f"WeightDecayBalancer needs a momentum below 1 where weight decay enters the momentum buffer, but "
-                f"param group {index} of `{type(optimizer).__name__}` has momentum={momentum:g}: its buffer never "
-                "forgets, so the decay it applies grows without bound and no weight decay matches a budget. Use a "
-                "momentum below 1 (0.9 is usual), or remove the callback.",
+    try:
+        yield
+    except UnsettledMomentumError as err:
+        raise _compat.misconfiguration(
+            trainer,
+            f"WeightDecayBalancer cannot trace the weight decay of param group {err.group} of "
+            f"`{type(optimizer).__name__}`: its momentum is {err.momentum:g}"
+            + (
+                " at fit start (as configured, or as its scheduler set it)"
+                if err.step is None
+                else f" at step {err.step} (as its scheduler sets it)"
             )
+            + ". Weight decay that enters a momentum of 1 or more never settles at a rate of decay (the buffer never "
+            "forgets), so there is none to trace or balance. Use a momentum below 1 (0.9 is usual), or remove the "
+            "callback.",
+        ) from err
 
 
 def _reference_budgets(

@@ -12,6 +12,7 @@ import torch
 from helpers import BackboneClassifier, MemoryLogger, TinyClassifier, trainer_kwargs
 from lightning.pytorch.callbacks import (
     BackboneFinetuning,
+    BaseFinetuning,
     BatchSizeFinder,
     Callback,
     EarlyStopping,
@@ -399,6 +400,38 @@ def test_a_range_test_beside_backbone_finetuning_warns_that_it_measures_the_head
         _fit(tmp_path / "given", BackboneClassifier(), [BackboneFinetuning(unfreeze_backbone_at_epoch=1),
              SuperConvergence(max_lr=0.2)], max_epochs=2)  # fmt: skip
     assert not [w for w in said if "frozen" in str(w.message)]
+
+
+class KeepsTheBackboneFrozen(BaseFinetuning):
+    """Freezes the backbone for good (a distillation teacher, a frozen feature extractor): nothing ever joins."""
+
+    def freeze_before_training(self, pl_module):
+        self.freeze(pl_module.backbone)
+
+    def finetune_function(self, pl_module, current_epoch, optimizer):
+        pass
+
+
+def test_the_frozen_backbone_warning_names_when_the_backbone_joins_and_is_silent_if_not_in_this_run(tmp_path):
+    """Found trying the package as a new user: a teacher frozen for good was told its pick would be too high.
+
+    ``BackboneFinetuning`` joining within the run: said, with its epoch; joining after the run: nothing said. Another
+    ``BaseFinetuning``, whose own code decides when, if ever: said conditionally.
+    """
+    quick = dict(num_steps=15, trial_steps=0)
+    with pytest.warns(RuntimeWarning, match=r"too high once the backbone joins at epoch 1 \(15x"):
+        _fit(tmp_path / "a", BackboneClassifier(), [BackboneFinetuning(1), SuperConvergence(**quick)], max_epochs=2)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _fit(tmp_path / "b", BackboneClassifier(), [BackboneFinetuning(2), SuperConvergence(**quick)], max_epochs=2)
+    assert not [w for w in said if "frozen" in str(w.message)]
+    with warnings.catch_warnings(record=True) as said:  # a run sized in steps: 8 steps, 2 epochs of 4
+        warnings.simplefilter("always")
+        callbacks = [BackboneFinetuning(5), SuperConvergence(**quick)]
+        _fit(tmp_path / "d", BackboneClassifier(), callbacks, max_steps=8, max_epochs=-1)
+    assert not [w for w in said if "frozen" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match=r"`KeepsTheBackboneFrozen` holds .* too high if the rest joins later"):
+        _fit(tmp_path / "c", BackboneClassifier(), [KeepsTheBackboneFrozen(), SuperConvergence(**quick)], max_epochs=2)
 
 
 class Interrupt(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -463,6 +464,42 @@ def test_plot_draws_the_curve_and_the_pick():
         assert sorted(tried) == sorted(t["peak"] for t in result.trials)
     finally:
         plt.close(fig)
+
+
+def test_find_max_lr_says_what_it_will_take_as_it_starts(caplog):
+    """As the callback does (found trying the package as a new user: a fit sat silent before the range test's pick)."""
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    (line,) = [r.getMessage() for r in caplog.records if "running the LR range test" in r.getMessage()]
+    assert line == (
+        "find_max_lr: running the LR range test: a sweep of up to 30 steps, and no trials (`trial_steps=0`); the "
+        "weights and all training state are put back when it ends."
+    )
+
+
+def test_the_logged_figure_and_plot_keep_their_axis_labels_inside_the_figure():
+    """Found trying the package as a new user: the TensorBoard figure's x-axis label was cut off at its bottom edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lightning_superconv._logging import range_test_figure
+
+    lrs = [1e-4 * 1.2**k for k in range(50)]
+    losses = [2.3 - 0.02 * k if k < 40 else 1.5 + 0.3 * (k - 40) for k in range(50)]
+    result = RangeTestResult(lrs, losses, losses, lrs[30], 40, "the loss rose back", "diverged")
+    try:
+        for fig in (range_test_figure(result, Figure), result.plot()):
+            canvas = FigureCanvasAgg(fig)
+            canvas.draw()
+            (ax,) = fig.axes
+            assert ax.xaxis.label.get_window_extent(canvas.get_renderer()).y0 >= 0
+            assert ax.yaxis.label.get_window_extent(canvas.get_renderer()).x0 >= 0
+    finally:
+        plt.close("all")
 
 
 class InterruptedAt(TinyClassifier):

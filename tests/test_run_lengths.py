@@ -98,7 +98,9 @@ def test_dataloader_that_grows_on_reload_holds_the_final_lr_past_the_cycle(tmp_p
     """Sized at fit start for 3 x 2 steps, the run takes 2 + 3 + 4: it warns once and ends at the final LR."""
     log = LRLog()
     callback = SuperConvergence(max_lr=0.1)
-    with pytest.warns(RuntimeWarning, match=r"sized for 6 steps and training went past it"):
+    # with the likely cause and the fix (found trying the package as a new user: the warning named neither)
+    said = r"sized for 6 steps and training went past it.*`reload_dataloaders_every_n_epochs`.*max_epochs=-1\)`"
+    with pytest.warns(RuntimeWarning, match=said):
         trainer = _fit(
             tmp_path,
             Reloading([2, 3, 4]),
@@ -141,6 +143,89 @@ def test_a_run_that_ends_with_its_cycle_or_by_a_stop_says_nothing_of_a_shortfall
         warnings.simplefilter("always")
         _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.1), *([StopsAt(stop)] if stop else [])])
     assert [str(w.message) for w in caught if "before the end of the one-cycle" in str(w.message)] == []
+
+
+class ValLossRises(TinyClassifier):
+    """A validation loss that falls until epoch ``rises_at``, then rises: ``EarlyStopping(patience=0)`` stops there."""
+
+    def __init__(self, rises_at: int) -> None:
+        super().__init__()
+        self.rises_at = rises_at
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", float(-self.current_epoch if self.current_epoch < self.rises_at else self.current_epoch))
+
+
+@pytest.mark.parametrize(
+    ("stop", "at_step"), [("patience", 16), ("patience_in_the_anneal", 72), ("threshold", 8), ("hook", 10)]
+)
+def test_early_stopping_out_of_patience_before_the_anneal_says_so_and_other_stops_do_not(tmp_path, stop, at_step):
+    """Found trying the package as a new user: `EarlyStopping` ended a cycle at 91 % of its peak, silently.
+
+    10 epochs of 8 steps, the peak at step 24. Out of patience at step 16, before the peak: said. At step 72, in the
+    anneal (about 5 % of the peak): nothing said. A stopping threshold reached (the user's target) or a hook's stop
+    (the user's choice): nothing said.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stopper = {
+        "patience": EarlyStopping("val_loss", patience=0),
+        "patience_in_the_anneal": EarlyStopping("val_loss", patience=0),
+        "threshold": EarlyStopping("val_loss", stopping_threshold=0.5),
+        "hook": StopsAt(10),
+    }[stop]
+    model = ValLossRises(rises_at=8 if stop == "patience_in_the_anneal" else 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(
+            tmp_path, model, [SuperConvergence(max_lr=0.1), stopper], max_epochs=10, check_val_every_n_epoch=1
+        )
+    assert trainer.global_step == at_step
+    said = [str(w.message) for w in caught if "did not anneal" in str(w.message)]
+    if stop != "patience":
+        assert said == []
+        return
+    (message,) = said
+    assert message.startswith(
+        "SuperConvergence: `EarlyStopping` ran out of patience and stopped training at step 16 of the one-cycle's 80"
+    )
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert f"LR at {lr:.4g}, {100 * lr / 0.1:.0f} % of the peak (still ahead)" in message
+    assert "`patience`" in message
+
+
+def test_a_resumed_run_that_a_hook_stops_is_not_said_to_have_run_out_of_patience(tmp_path):
+    """A checkpoint gives back the earlier stop of `EarlyStopping`, which Lightning never resets.
+
+    Found in a review: the resumed run, stopped by a hook while its loss still improved, was said to have run out of
+    patience.
+    """
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    def fit(root, model, callbacks, **kwargs):
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(
+            callbacks=callbacks, **trainer_kwargs(root, max_epochs=10, check_val_every_n_epoch=1, **kwargs)
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model)
+        return trainer, [str(w.message) for w in caught if "did not anneal" in str(w.message)]
+
+    last = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    stopper = EarlyStopping("val_loss", patience=0)
+    _, said = fit(
+        tmp_path / "a", ValLossRises(1), [SuperConvergence(max_lr=0.1), stopper, last], enable_checkpointing=True
+    )
+    assert len(said) == 1  # the premise: the first run ran out of patience
+    L.seed_everything(0, verbose=False)
+    resumed = [SuperConvergence(max_lr=0.1), EarlyStopping("val_loss", patience=0), StopsAt(40)]
+    trainer = L.Trainer(callbacks=resumed, **trainer_kwargs(tmp_path / "b", max_epochs=10, check_val_every_n_epoch=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(ValLossRises(rises_at=100), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 40
+    assert [str(w.message) for w in caught if "did not anneal" in str(w.message)] == []
 
 
 # ------------------------------------------------------------------------------------------------ short data

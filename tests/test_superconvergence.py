@@ -958,6 +958,24 @@ def test_a_three_phase_warm_up_under_two_steps_is_lengthened_to_two_with_a_warni
     assert not [w for w in record if "three_phase" in str(w.message)]
 
 
+@pytest.mark.parametrize("trial_steps", [None, 0])
+def test_the_range_test_says_what_it_will_take_as_it_starts(tmp_path, caplog, trial_steps):
+    """Found trying the package as a new user: a fit sat silent for 19 s before the range test's result.
+
+    The line comes before the pick's, with the sweep's longest (``num_steps`` and half as many again) and the trials'.
+    """
+    callback = SuperConvergence(num_steps=40, trial_steps=trial_steps)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        _fit(tmp_path, TinyClassifier(), callback)
+    messages = [record.getMessage() for record in caplog.records]
+    start = next(i for i, m in enumerate(messages) if m.startswith("SuperConvergence: running the LR range test"))
+    picked = next(i for i, m in enumerate(messages) if m.startswith("SuperConvergence: range test picked"))
+    assert start < picked
+    trials = "then up to 5 trial cycles of 100 steps (up to 8 where none of them learns)"
+    trials = trials if trial_steps is None else "and no trials (`trial_steps=0`)"
+    assert f"a sweep of up to 60 steps, {trials}" in messages[start]
+
+
 def test_user_scheduler_is_replaced_with_a_message_naming_both(tmp_path, caplog):
     """A StepLR from `configure_optimizers` gives way to OneCycleLR, and the info message names both."""
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):

@@ -1,5 +1,6 @@
 """WeightDecayBalancer inside a Trainer: what ends up in the optimizer, when, and across checkpoints and resumes."""
 
+import functools
 import logging
 import math
 import re
@@ -188,9 +189,21 @@ def test_two_optimizers_are_refused_with_a_misconfiguration(tmp_path):
 def test_a_momentum_of_one_under_coupled_decay_is_refused_naming_the_group_and_the_value(tmp_path):
     """SGD accepts momentum=1; its L2 never settles at a rate of decay (found in a review: a bare ValueError)."""
     model = TinyClassifier(momentum=1.0)
-    with pytest.raises(MisconfigurationException, match=r"param group 0 of `SGD` has momentum=1: .*momentum below 1"):
+    with pytest.raises(MisconfigurationException, match=r"param group 0 of `SGD`: its momentum is 1 at fit start .*"):
         _fit(tmp_path, model, [WeightDecayBalancer()])
     assert model.net[0].weight.grad is None  # before any step
+
+    # a momentum the user's scheduler takes to 1 or more later in the run: named with its step
+    def cycle_past_one(params):
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        cycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, 0.1, total_steps=16, base_momentum=1.05, max_momentum=0.9
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cycle, "interval": "step"}}
+
+    model = WithOptimizer(cycle_past_one)
+    with pytest.raises(MisconfigurationException, match=r"`SGD`: its momentum is 1.0\d* at step \d+ \(as its"):
+        _fit(tmp_path, model, [WeightDecayBalancer()])
 
 
 class ManualOptimization(TinyClassifier):
@@ -807,25 +820,53 @@ def test_works_without_superconvergence_on_the_users_own_scheduler(tmp_path):
 
 
 class WarmUpByMethod(TinyClassifier):
-    """``LambdaLR(optimizer, self.lr_at)``: a warm-up and cosine sized by the module's own ``trainer``."""
+    """``LambdaLR(optimizer, self.lr_at)``: a warm-up and cosine sized by the module's own ``trainer``.
 
-    def lr_at(self, step: int) -> float:
+    ``how``: ``"method"``, ``"partial"`` (``functools.partial`` of it), ``"object"`` (a callable object holding the
+    module) or ``"counting"`` (a warm-up counted in the rule's own calls, as some user code does).
+    """
+
+    def __init__(self, how: str = "method") -> None:
+        super().__init__()
+        self.how = how
+        self.calls = 0
+
+    def lr_at(self, step: int, scale: float = 1.0) -> float:
         total = self.trainer.estimated_stepping_batches
-        return (step + 1) / 4 if step < 4 else 0.5 * (1 + math.cos(math.pi * (step - 4) / max(1, total - 4)))
+        return scale * ((step + 1) / 4 if step < 4 else 0.5 * (1 + math.cos(math.pi * (step - 4) / max(1, total - 4))))
+
+    def counted(self, step: int) -> float:
+        self.calls += 1
+        return min(1.0, self.calls / 8)
 
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_at)
+        rule = {
+            "method": self.lr_at,
+            "partial": functools.partial(self.lr_at, scale=1.0),
+            "object": _RuleOf(self),
+            "counting": self.counted,
+        }[self.how]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def test_a_scheduler_bound_to_a_method_of_the_module_is_traced_on_the_module_itself(tmp_path):
-    """The trace's copy of ``LambdaLR`` calls the method on the module itself.
+class _RuleOf:
+    def __init__(self, module: WarmUpByMethod) -> None:
+        self.module = module
 
-    Found in a review: it copied the module its method is bound to, without its trainer (the fit failed: "not attached
-    to a `Trainer`"), and with all its weights.
+    def __call__(self, step: int) -> float:
+        return self.module.lr_at(step)
+
+
+@pytest.mark.parametrize("how", ["method", "partial", "object"])
+def test_a_scheduler_reaching_the_module_is_traced_on_a_copy_that_shares_its_trainer_and_weights(tmp_path, how):
+    """A module a scheduler's rule reaches is copied shallow for the trace: its trainer and weights are shared.
+
+    Found in a review: the trace's copy of ``LambdaLR`` deep-copied the module its rule reaches, without its trainer
+    (the fit failed: "not attached to a `Trainer`"), and with all its weights.
     """
-    model = WarmUpByMethod()
+    model = WarmUpByMethod(how)
     recorder = Recorder()
     balancer = WeightDecayBalancer(mode="keep")
     _fit(tmp_path, model, [balancer, recorder], epochs=2)
@@ -834,14 +875,67 @@ def test_a_scheduler_bound_to_a_method_of_the_module_is_traced_on_the_module_its
     traced = [0.01 * model.lr_at(k) for k in range(len(lrs))]
     assert lrs == pytest.approx(traced, rel=1e-6)
     assert balancer.reference_budgets == pytest.approx([5e-4 * 10.0 * math.fsum(traced)], rel=1e-6)
-    # the copies share the module, inside SequentialLR too, and copy no weight of it
+
+
+def test_a_rule_that_counts_its_own_calls_runs_as_without_the_balancer(tmp_path):
+    """The trace's copy of the module keeps attributes of its own: the run is the run without the balancer.
+
+    Found in the review of the fix above: calling the rule on the module itself moved a count it keeps, and the run's
+    LRs changed with the balancer beside it.
+    """
+    runs = {}
+    for balancer in (None, WeightDecayBalancer(mode="keep")):
+        model, recorder = WarmUpByMethod("counting"), Recorder()
+        _fit(tmp_path, model, [recorder] + ([balancer] if balancer else []), epochs=2)
+        runs[balancer is None] = ([step[0][0] for step in recorder.steps], model.calls)
+    assert runs[True] == runs[False]
+    # the copies share the module's weights, inside SequentialLR too, and copy none of them
+    model = WarmUpByMethod("counting")
     optimizer = model.configure_optimizers()["optimizer"]
     nested = torch.optim.lr_scheduler.SequentialLR(
-        optimizer, [torch.optim.lr_scheduler.LambdaLR(optimizer, model.lr_at)] * 2, milestones=[3]
+        optimizer, [torch.optim.lr_scheduler.LambdaLR(optimizer, model.counted)] * 2, milestones=[3]
     )
     _, (copy,) = detached_copy(optimizer, [nested])
-    assert copy._schedulers[0].lr_lambdas[0].__self__ is model
-    assert copy.optimizer is not optimizer
+    twin = copy._schedulers[0].lr_lambdas[0].__self__
+    assert twin is not model
+    assert twin.net[0].weight is model.net[0].weight
+    calls = model.calls
+    twin.counted(0)
+    assert (twin.calls, model.calls) == (calls + 1, calls)
+
+
+class _SlotsRule:
+    __slots__ = ("scale",)
+
+    def __init__(self) -> None:
+        self.scale = 0.5
+
+    def at(self, step: int) -> float:
+        return self.scale
+
+
+class _TabledLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """Keeps a table of 20,000 entries beside its rule (as some user schedulers do)."""
+
+    def __init__(self, optimizer, rule) -> None:
+        super().__init__(optimizer, rule)
+        self.table = [(step, 1.0) for step in range(20_000)]
+
+
+def test_the_trace_copy_serves_rules_of_slots_objects_and_finds_the_module_past_a_big_table():
+    """A rule of a ``__slots__`` object is served; a module past a scheduler's big table is found and shared.
+
+    Found in the review of the shallow copy: a ``__slots__`` object failed it, and a search cut short by count
+    deep-copied the module again (without its trainer).
+    """
+    model = WarmUpByMethod("counting")
+    optimizer = model.configure_optimizers()["optimizer"]
+    slots = _SlotsRule()
+    _, (copied,) = detached_copy(optimizer, [torch.optim.lr_scheduler.LambdaLR(optimizer, slots.at)])
+    copied.step()
+    assert copied.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5)
+    _, (copied,) = detached_copy(optimizer, [_TabledLambdaLR(optimizer, model.counted)])
+    assert copied.lr_lambdas[0].__self__.net[0].weight is model.net[0].weight
 
 
 def test_epoch_scheduler_is_traced_per_epoch(tmp_path):
