@@ -132,10 +132,15 @@ def callback_classes(obj: Any, *names: str) -> tuple[type, ...]:
     return tuple({id(cls): cls for cls in found if cls is not None}.values())
 
 
+def callbacks_of(trainer: Trainer, name: str) -> list[Any]:
+    """The trainer's callbacks of Lightning's class ``name`` (or a subclass), in the list's order."""
+    classes = callback_classes(trainer, name)
+    return [cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)]
+
+
 def callback_of(trainer: Trainer, name: str) -> Any:
     """The trainer's first callback of Lightning's class ``name`` (or a subclass), or None (also when it has none)."""
-    classes = callback_classes(trainer, name)
-    return next((cb for cb in callbacks(trainer) if classes and isinstance(cb, classes)), None)
+    return next(iter(callbacks_of(trainer, name)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,8 +521,7 @@ def weight_averages(trainer: Trainer) -> list[Any]:
     Each is a ``torch.optim.swa_utils.AveragedModel``, built in the callback's ``setup`` and kept in its private
     ``_average_model``; at the end of training the callback copies it into the model. None before Lightning 2.6.
     """
-    classes = callback_classes(trainer, "WeightAveraging")
-    found = (getattr(cb, "_average_model", None) for cb in callbacks(trainer) if classes and isinstance(cb, classes))
+    found = (getattr(cb, "_average_model", None) for cb in callbacks_of(trainer, "WeightAveraging"))
     return [average for average in found if average is not None]
 
 

@@ -23,6 +23,7 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import log_range_test
 from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range_test
 from lightning_superconv.result import RangeTestResult
+from lightning_superconv.schedule import OneCycleConfig, resolve_cycle_momentum
 from lightning_superconv.snapshot import (
     metric_states,
     put_back,
@@ -71,8 +72,9 @@ def _switched_on_by(model: Any, given: list[Any], trainer_kwargs: Mapping[str, A
 class _RangeTestProbe(_compat.Callback):
     """At fit start: run the range test, then stop the fit before its first step."""
 
-    def __init__(self, config: RangeTestConfig) -> None:
+    def __init__(self, config: RangeTestConfig, cycle: OneCycleConfig) -> None:
         self.config = config
+        self.cycle = cycle
         self.result: RangeTestResult | None = None
 
     @override
@@ -86,6 +88,7 @@ class _RangeTestProbe(_compat.Callback):
             refusal = _setups.cycle_refusal(optimizer, "find_max_lr")
         if refusal is not None:
             raise _compat.misconfiguration(trainer, refusal)
+        resolve_cycle_momentum(optimizer, self.cycle.cycle_momentum)  # `cycle_momentum=True` without momentum
         _setups.check_first_group_lr(trainer, optimizer, "find_max_lr")
         _trainer.refuse_maximize(
             trainer, optimizer, "find_max_lr", "the range test's curve and trials", "do not run it on this module"
@@ -99,7 +102,9 @@ class _RangeTestProbe(_compat.Callback):
             trainer, "find_max_lr", "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network."
         )
         _compat.rank_zero_info(trainer, plan_line("find_max_lr", self.config, run_steps, "when it ends"))
-        self.result = run_range_test(trainer, pl_module, optimizer, self.config, run_steps=run_steps)
+        self.result = run_range_test(
+            trainer, pl_module, optimizer, self.config, self.cycle, run_steps=run_steps, who="find_max_lr"
+        )
         # to a logger given in `trainer_kwargs`, as the callback logs it (found trying the package as a new user: a
         # TensorBoard logger there got an empty run)
         log_range_test(trainer, self.result)
@@ -132,7 +137,10 @@ def find_max_lr(
         \**range_test: the range-test arguments of :class:`~lightning_superconv.SuperConvergence`: ``lr_range``,
             ``num_steps``, ``mode``, ``divergence_threshold``, ``smoothing``, ``trial_steps``. By default
             (``trial_steps=None``) the trials last a third of the run ``trainer_kwargs`` describes, from 100 to 300
-            steps: pass the ``max_epochs`` (or ``max_steps``) of the run the peak is for (one epoch otherwise).
+            steps: pass the ``max_epochs`` (or ``max_steps``) of the run the peak is for (one epoch otherwise). And
+            the cycle's shape, which the trials run (``pct_start``, ``anneal_strategy``, ``cycle_momentum``,
+            ``base_momentum``, ``max_momentum``, ``div_factor``, ``final_div_factor``, ``three_phase``): pass those
+            you will give ``SuperConvergence(max_lr=...)``, so that the peak is judged on the cycle it will run.
 
     Raises:
         TypeError: if ``model`` is no torch module, ``range_test`` holds an argument that is not a range-test
@@ -140,7 +148,8 @@ def find_max_lr(
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
             callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``, or a strategy that runs the fit in new
-            processes (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``).
+            processes (``ddp_spawn``, ``ddp_notebook``, ``ddp_fork``), or ``cycle_momentum=True`` on an optimizer
+            without ``momentum`` or ``betas``.
         MisconfigurationException: for a model the range test cannot serve, as ``SuperConvergence`` raises at fit
             start (manual optimization, no optimizer, no training batch, ...).
 
@@ -162,7 +171,8 @@ def find_max_lr(
             "`find_max_lr`'s `model` takes a LightningModule (of `lightning.pytorch` or `pytorch_lightning`), got "
             f"{type(model).__name__} {reprlib.repr(model)}"
         )
-    allowed = set(RangeTestConfig.__dataclass_fields__)
+    shape = set(OneCycleConfig.__dataclass_fields__)
+    allowed = set(RangeTestConfig.__dataclass_fields__) | shape
     unknown = sorted(set(range_test) - allowed)
     if unknown:
         raise TypeError(
@@ -174,7 +184,10 @@ def find_max_lr(
             "`find_max_lr`'s `trainer_kwargs` takes a mapping of `Trainer` arguments, e.g. "
             f"`{{'max_epochs': 3, 'accelerator': 'cpu'}}`; got {type(trainer_kwargs).__name__} {trainer_kwargs!r}"
         )
-    probe = _RangeTestProbe(RangeTestConfig(**range_test))
+    probe = _RangeTestProbe(
+        RangeTestConfig(**{k: v for k, v in range_test.items() if k not in shape}),
+        OneCycleConfig(**{k: v for k, v in range_test.items() if k in shape}),
+    )
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
     if (trainer_kwargs or {}).get("max_steps") not in (None, -1) and "max_epochs" not in (trainer_kwargs or {}):
         # `max_steps` alone describes the run (its length sizes the trials); the default one epoch would cap it

@@ -169,6 +169,7 @@ def run_range_test(
     config: RangeTestConfig | None = None,
     cycle: OneCycleConfig | None = None,
     run_steps: int | None = None,
+    who: str = "SuperConvergence",
 ) -> RangeTestResult:
     r"""Run the LR range test on the trainer's model, data and optimizer, try the candidate peaks, restore everything.
 
@@ -195,6 +196,7 @@ def run_range_test(
         cycle: the shape of the cycle the trials run (default: torch's).
         run_steps: the optimizer steps of the run the peak is for, which sizes the trials when ``config.trial_steps``
             is None (unknown: 100-step trials).
+        who: the name the warnings start with (found in a review: ``find_max_lr``'s said "SuperConvergence").
 
     Raises:
         MisconfigurationException: (of the trainer's distribution) if no curve can be read: the loss is NaN/inf or
@@ -263,7 +265,7 @@ def run_range_test(
     if record.stop_reason == "data-exhausted":
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the train dataloader ran out after {len(record.losses)} range-test steps and "
+            f"{who}: the train dataloader ran out after {len(record.losses)} range-test steps and "
             "yielded nothing when restarted, so its data can be read only once: the range test stopped there, "
             "and training gets only what is left. Give the dataset an `__iter__` that starts over on each call.",
         )
@@ -287,7 +289,7 @@ def run_range_test(
             f"The range test found no usable maximum LR: the sweep ran {len(record.losses)} steps, too few to read a "
             f"fall from (its start level and its smoothed curve are medians over {window} losses: {half_width} on "
             f"each side, 3 % of `num_steps={config.num_steps}`, at least 1). {stopped} Start the sweep lower with "
-            "`lr_range=(start, end)`, or pass `max_lr=`. The model and optimizer were restored.",
+            "`lr_range=(start, end)`, or pass `SuperConvergence(max_lr=...)`. The model and optimizer were restored.",
         )
     if fell.fall <= 0:
         raise _compat.misconfiguration(
@@ -295,9 +297,9 @@ def run_range_test(
             f"The range test found no usable maximum LR: the loss never fell below where it started "
             f"({fell.start_level:.4g}) anywhere in the sweep from lr {swept[0]:.3g} to {swept[-1]:.3g}. {stopped} The "
             "model may not be learning (check the loss and the data), or the sweep does not reach LRs that train it: "
-            "widen `lr_range`, or pass `max_lr=`. The model and optimizer were restored.",
+            "widen `lr_range`, or pass `SuperConvergence(max_lr=...)`. The model and optimizer were restored.",
         )
-    _warn_of_a_sweep_that_starts_blown_up(trainer, record.losses, swept)
+    _warn_of_a_sweep_that_starts_blown_up(trainer, record.losses, swept, who)
     rise = rise_index(smoothed, fell.start_level, fell.lowest)
     rose = smoothed[rise] > fell.start_level
     # a sweep stopped by a loss that blew up (the online check) ends in a divergence that the centred running median,
@@ -357,14 +359,14 @@ def run_range_test(
                     own_from = None
             if scores is None:
                 scores, trial_steps = _score_on_training_batches(
-                    trainer, pl_module, optimizer, plan, passed_over, trial_steps
+                    trainer, pl_module, optimizer, plan, passed_over, trial_steps, who
                 )
                 if not trial_steps:
                     peaks.clear()
         except DataRanOutError as err:  # everything the trials changed is back
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: {err} in the range test's trials, so its data can be read only once: the pick is "
+                f"{who}: {err} in the range test's trials, so its data can be read only once: the pick is "
                 "the sweep's alone, as with `trial_steps=0`, and training gets only what is left. Give the dataset an "
                 "`__iter__` that starts over on each call.",
             )
@@ -377,24 +379,24 @@ def run_range_test(
         assert scores is not None
         trials = [{"peak": p, "held_out_loss": s} for p, s in zip(peaks, scores, strict=True)]
         if validation is None:
-            _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps, passed_over is not None)
+            _say_if_the_trials_trained_on_what_they_were_scored_on(trainer, trial_steps, who, passed_over is not None)
         try:
             verdict = choose(peaks, scores, trial_steps, fell.start_level, lowest)
         except ValueError as err:
             raise _compat.misconfiguration(
                 trainer,
-                f"The range test found no usable maximum LR: {err} ({reading}). {stopped} Pass `max_lr=` below "
-                f"{min(peaks):.3g}. A loss that turns NaN or inf in every trial, down to LRs this low, may come from "
-                "the data rather than the LR: a sample or target holding a NaN or inf (each trial meets the same "
-                "batches) gives a NaN loss at any LR, and so does a loss that is infinite on some samples (CTC on an "
-                "input shorter than its target: `CTCLoss(zero_infinity=True)`); check the data and the loss first. "
-                "The model and optimizer were restored.",
+                f"The range test found no usable maximum LR: {err} ({reading}). {stopped} Pass "
+                f"`SuperConvergence(max_lr=...)` below {min(peaks):.3g}. A loss that turns NaN or inf in every trial, "
+                "down to LRs this low, may come from the data rather than the LR: a sample or target holding a NaN or "
+                "inf (each trial meets the same batches) gives a NaN loss at any LR, and so does a loss that is "
+                "infinite on some samples (CTC on an input shorter than its target: `CTCLoss(zero_infinity=True)`); "
+                "check the data and the loss first. The model and optimizer were restored.",
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
         if all_equal(scores):
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: every trial left the same held-out loss ({scores[0]:.6g}) at peaks from "
+                f"{who}: every trial left the same held-out loss ({scores[0]:.6g}) at peaks from "
                 f"{min(peaks):.3g} to {max(peaks):.3g}: what the trials score does not change as the model trains, so "
                 f"they chose nothing (max_lr={max_lr:.3g} left the lowest, by under a millionth). The held-out loss is "
                 "`training_step`'s on validation batches in eval mode; it may read weights the trials do not move, "
@@ -404,28 +406,28 @@ def run_range_test(
                 "scores the same samples whatever batch it is given: a `training_step` that selects its training "
                 "samples itself (a mask of training nodes on a whole graph, as in PyTorch Geometric's node "
                 "classification) scores them on the validation batches too, where a small training set can reach the "
-                "same loss, such as 0, at every peak. Pass `max_lr=`, or `trial_steps=0` to take a quarter of where "
-                "the loss rose back.",
+                "same loss, such as 0, at every peak. Pass `SuperConvergence(max_lr=...)`, or `trial_steps=0` to take "
+                "a quarter of where the loss rose back.",
             )
         elif not verdict.learned:
             also = f", nor from your optimizer's own LR ({own_lr:.3g}) up, tried last" if own_from is not None else ""
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: no trial learned: none ended a tenth below where the range test's loss started "
+                f"{who}: no trial learned: none ended a tenth below where the range test's loss started "
                 f"({fell.start_level:.4g}) and below the sweep's own lowest loss ({lowest:.4g}, at lr "
                 f"{swept[bottom]:.3g}; or, above it, with under half of the start left), even at {min(peaks):.3g}, the "
                 f"lowest peak tried{also}; the least bad, max_lr={max_lr:.3g}, may train poorly: every peak tried may "
                 "have killed the network (its loss at chance, or collapsed to one output for every input), or the "
                 "held-out loss barely moves in a trial's few steps (a validation set unlike the training data, a task "
-                "with little to learn). Look at the curve (`result.plot()`), or pass `max_lr=`.",
+                "with little to learn). Look at the curve (`result.plot()`), or pass `SuperConvergence(max_lr=...)`.",
             )
         elif own_from is not None and verdict.index >= own_from:
             _compat.rank_zero_warn(
                 trainer,
-                f"SuperConvergence: no trial at the peaks read off the range test's curve learned ({reading}); one "
+                f"{who}: no trial at the peaks read off the range test's curve learned ({reading}); one "
                 f"from your optimizer's own LR ({own_lr:.3g}) up did, tried last, so the cycle peaks there: "
                 f"max_lr={max_lr:.3g}. The curve's lowest point and rise may be batch noise (`result.plot()`): a "
-                "larger `num_steps`, or `max_lr=`, may find a better peak.",
+                "larger `num_steps`, or `SuperConvergence(max_lr=...)`, may find a better peak.",
             )
             reason = f"{reason} (the trials from your optimizer's own LR up ran once no other trial had learned)"
         confirmed = verdict.learned
@@ -448,30 +450,31 @@ def run_range_test(
         # the sweep's end (and on optimizers that bound their step) while the trials from the user's LR had given it
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
+            f"{who}: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
             f"up to lr {swept[-1]:.3g}, where the sweep ended ({record.stop_reason}), below your optimizer's own LR "
             f"({own_lr:.3g}): the pick, max_lr={max_lr:.3g}, came from the trials from that LR up, not from a "
-            "divergence. Widen `lr_range` upwards to read where the loss diverges, or pass `max_lr=`.",
+            "divergence. Widen `lr_range` upwards to read where the loss diverges, or pass "
+            "`SuperConvergence(max_lr=...)`.",
         )
     elif not rose and not diverged:
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
+            f"{who}: the range test's loss never rose back above where it started ({fell.start_level:.4g}) "
             f"up to lr {swept[-1]:.3g}, where the sweep ended ({record.stop_reason}): there was no divergence to read "
             f"the peak from, and max_lr={max_lr:.3g} comes from the sweep's end. LRs this high may change nothing in "
             "your setup: an optimizer that bounds its own step (`torch.optim.Adafactor` steps by min(lr, 1/sqrt(step)) "
             "of each weight's size), gradients clipped by norm under an adaptive optimizer, or a loss that saturates. "
-            "Look at the curve (`result.plot()`), widen `lr_range`, or pass `max_lr=`.",
+            "Look at the curve (`result.plot()`), widen `lr_range`, or pass `SuperConvergence(max_lr=...)`.",
         )
     # a trial that learned at the pick answers the doubt: the advice below would cost such a run what the pick gained
     if not fell.clear and not confirmed:
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the range test's loss fell only from {fell.start_level:.4g} to "
+            f"{who}: the range test's loss fell only from {fell.start_level:.4g} to "
             f"{fell.start_level - fell.fall:.4g}, while batch-to-batch noise alone moves its smoothed curve by about "
             f"{fell.noise:.2g}: the reading (max_lr={max_lr:.3g}) may be noise. {stopped} If the model learns "
-            "little at this batch size, pass `max_lr=` (your own LR is a safe start), or raise `num_steps` for more "
-            "points per decade.",
+            "little at this batch size, pass `SuperConvergence(max_lr=...)` (your own LR is a safe start), or raise "
+            "`num_steps` for more points per decade.",
         )
     return RangeTestResult(
         lrs=swept,
@@ -502,8 +505,9 @@ def _refuse_a_group_added(trainer: _compat.Trainer, groups: int, had: int, step:
             f"at its step {step}: your module adds one while it trains (`add_param_group` in `training_step`, the "
             "forward or a hook), so the range test has no LR to sweep it with. Build those parameters before `fit` "
             "(in `__init__`, `setup` or `configure_model`) and give them to the optimizer in `configure_optimizers`, "
-            "or pass `max_lr=`: the cycle takes in a group added during training at the ratio of its LR to the first "
-            "group's when it joins, as it does `BackboneFinetuning`'s. The model and optimizer were restored.",
+            "or pass `SuperConvergence(max_lr=...)`: the cycle takes in a group added during training at the ratio of "
+            "its LR to the first group's when it joins, as it does `BackboneFinetuning`'s. The model and optimizer "
+            "were restored.",
         )
     )
 
@@ -532,14 +536,14 @@ def _refuse_an_lr_the_module_set(trainer: _compat.Trainer, found: float, set_to:
             f"The range test set the LR of its step {step} to {set_to:.4g}, and it was {found:.4g} after the step: "
             "your module sets the LR itself (a warm-up in `on_before_optimizer_step` or `training_step`, a scheduler "
             "it steps by hand), so the range test cannot sweep it. The one-cycle has a warm-up of its own: remove "
-            "yours, or pass `max_lr=` (your code then overrides the cycle's LR where it sets its own). The model and "
-            "optimizer were restored.",
+            "yours, or pass `SuperConvergence(max_lr=...)` (your code then overrides the cycle's LR where it sets its "
+            "own). The model and optimizer were restored.",
         )
     )
 
 
 def _warn_of_a_sweep_that_starts_blown_up(
-    trainer: _compat.Trainer, losses: Sequence[float], swept: Sequence[float]
+    trainer: _compat.Trainer, losses: Sequence[float], swept: Sequence[float], who: str
 ) -> None:
     r"""Say so where every loss after the first is over three times the first: the sweep started above divergence.
 
@@ -550,7 +554,7 @@ def _warn_of_a_sweep_that_starts_blown_up(
     """
     said = _blown_up_from_the_start(losses, swept)
     if said:
-        _compat.rank_zero_warn(trainer, f"SuperConvergence: {said}")
+        _compat.rank_zero_warn(trainer, f"{who}: {said}")
 
 
 def _blown_up_from_the_start(losses: Sequence[float], swept: Sequence[float]) -> str:
@@ -565,7 +569,7 @@ def _blown_up_from_the_start(losses: Sequence[float], swept: Sequence[float]) ->
         f"the range test's loss was {first:.4g} before its first step and at least {later:.4g} at every step after "
         f"it: the sweep starts, at lr {swept[0]:.3g}, above where this model's loss diverges, and the reading (its "
         "start included) is taken from a blown-up model. Lower `lr_range[0]` (the default starts at 1e-6), or pass "
-        "`max_lr=`."
+        "`SuperConvergence(max_lr=...)`."
     )
 
 
@@ -576,6 +580,7 @@ def _score_on_training_batches(
     plan: Callable[[list[float]], Branch | None],
     passed_over: UnscorableBatchesError | None,
     trial_steps: int,
+    who: str,
 ) -> tuple[list[float], int]:
     """Run the trials scored on the training batches after their own; ``([], 0)`` where those cannot be scored.
 
@@ -588,15 +593,15 @@ def _score_on_training_batches(
         also = f" (nor the validation batches: {passed_over})" if passed_over is not None else ""
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the trials cannot score held-out training batches: {err}{also}. The pick is "
+            f"{who}: the trials cannot score held-out training batches: {err}{also}. The pick is "
             "the sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
-            "without gradients, as validation runs; pass `max_lr=` to choose the peak yourself.",
+            "without gradients, as validation runs; pass `SuperConvergence(max_lr=...)` to choose the peak yourself.",
         )
         return [], 0
     if passed_over is not None:
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the trials score each candidate peak by the `training_step` loss on the "
+            f"{who}: the trials score each candidate peak by the `training_step` loss on the "
             f"validation batches, but {passed_over}; they scored the training batches after those the "
             "trials train on instead. Make `training_step` (and the batch transfer hooks) accept validation "
             "batches to have the peak chosen on them.",
@@ -605,7 +610,7 @@ def _score_on_training_batches(
 
 
 def _say_if_the_trials_trained_on_what_they_were_scored_on(
-    trainer: _compat.Trainer, trial_steps: int, validation_unscorable: bool = False
+    trainer: _compat.Trainer, trial_steps: int, who: str, validation_unscorable: bool = False
 ) -> None:
     r"""Say so when the training batches the trials are scored on hold samples the trials trained on.
 
@@ -625,11 +630,15 @@ def _say_if_the_trials_trained_on_what_they_were_scored_on(
     if validation_unscorable:
         why = "`training_step` cannot score this run's validation batches (see the warning above)"
         fix = "Make `training_step` accept the validation batches"
+    elif trainer.limit_val_batches == 0:
+        # found in a review: validation data given, and "this run has no validation data. Give `fit` validation data"
+        why = "`limit_val_batches=0` leaves no validation batch to score"
+        fix = "Give `fit` validation data and a `limit_val_batches` above 0"
     else:
         why, fix = "this run has no validation data", "Give `fit` validation data"
     _compat.rank_zero_info(
         trainer,
-        f"SuperConvergence: {why}, so the trials were scored on training batches: the {scored} after the {trained} "
+        f"{who}: {why}, so the trials were scored on training batches: the {scored} after the {trained} "
         f"each trial trains on ({trial_steps} steps). Together they span more than an epoch ({int(batches)} batches), "
         "so the scored batches hold samples the trials trained on, and the pick was judged partly or wholly by "
         f"training loss. {fix} to judge it on samples the trials never see.",
@@ -676,8 +685,8 @@ def _no_loss_message(err: NoLossError) -> str:
     return (
         f"The range test got no loss: {err} (Lightning skips a batch whose `training_step` returns None; the range "
         f"test moves its LR on to the next batch, and gives up after {MAX_CONSECUTIVE_SKIPPED_BATCHES} in a row). "
-        "Make `training_step` return the loss, or pass `max_lr=` to skip the range test. The model and optimizer "
-        "were restored."
+        "Make `training_step` return the loss, or pass `SuperConvergence(max_lr=...)` to skip the range test. The "
+        "model and optimizer were restored."
     )
 
 
@@ -706,7 +715,7 @@ def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
     at = f" (lr {lrs[last]:.3g})" if 0 <= last < len(lrs) else ""
     advice = (
         "Check that `training_step` returns a finite loss for your data, or start the sweep lower with "
-        "`SuperConvergence(lr_range=(start, end))`, or pass `max_lr=` to skip the range test."
+        "`SuperConvergence(lr_range=(start, end))`, or pass `SuperConvergence(max_lr=...)` to skip the range test."
     )
     if record.stop_reason == "non-finite":
         why = f"the loss was non-finite (NaN/inf) after {n} step(s){at}"
@@ -723,9 +732,10 @@ def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
             "read only once)"
         )
         advice = (
-            "Give the dataset an `__iter__` that starts over on each call, or pass `max_lr=` to skip the range test."
+            "Give the dataset an `__iter__` that starts over on each call, or pass `SuperConvergence(max_lr=...)` to "
+            "skip the range test."
         )
     else:
         why = f"only {n} step(s) ran"
-        advice = "Raise `num_steps`, or pass `max_lr=` to skip the range test."
+        advice = "Raise `num_steps`, or pass `SuperConvergence(max_lr=...)` to skip the range test."
     return f"The range test could not read a loss curve: {why}. {advice} The model and optimizer were restored."

@@ -301,6 +301,10 @@ class SafeOneCycleLR(OneCycleLR):
             )
         super().step()
 
+    def past_end_told(self) -> None:
+        """The user was told why training will go past the cycle's end: no warning of it when it does."""
+        self._warned_past_end = True
+
     def step_update(self, num_updates: int, metric: Any = None) -> None:
         r"""One step of the cycle for timm's per-update call (its arguments ignored, as :meth:`step`'s ``epoch``).
 
@@ -360,6 +364,10 @@ def safe_pct_start(pct_start: float, total_steps: int, three_phase: bool = False
     0.018 at 0.86 of it).
     The warm-up is lengthened to 2 steps, where the cycle has 4 or more.
 
+    A two-phase warm-up under 1 step (``pct_start * total_steps < 1``: a run of 3 steps at the default 0.3) peaks
+    before step 0, and the cycle starts at about ``max_lr`` rather than at ``max_lr / div_factor`` (found in a review):
+    it is lengthened to 2 steps (the start at step 0, the peak at step 1), where the cycle has 3 or more.
+
     Example::
 
         >>> safe_pct_start(0.3, 1000)
@@ -368,8 +376,12 @@ def safe_pct_start(pct_start: float, total_steps: int, three_phase: bool = False
         True
         >>> safe_pct_start(0.01, 100, three_phase=True)
         0.02
+        >>> safe_pct_start(0.1, 7) * 7
+        2.0
     """
     if three_phase and short_three_phase_warm_up(pct_start, total_steps):
+        return 2.0 / total_steps
+    if not three_phase and pct_start * total_steps < 1.0 and total_steps >= 3:
         return 2.0 / total_steps
     if abs(pct_start * total_steps - 1.0) < 1e-9:
         return (1.0 + 1e-6) / total_steps

@@ -38,9 +38,11 @@ What is copied, and why each part:
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import sys
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -48,6 +50,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.hooks import RemovableHandle
 
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import inner_optimizers
@@ -62,6 +65,37 @@ Slot: TypeAlias = tuple[dict[str, Any], str, Any]
 
 # what every `nn.Module` keeps in its `__dict__` (its parameter and buffer dicts, hooks): never a loose tensor
 _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
+
+# the dicts of hooks every `nn.Module` keeps (`_forward_hooks`, `_backward_pre_hooks`, `_state_dict_hooks`, ...), keyed
+# by the id of the handle that removes them
+_HOOK_REGISTRIES = tuple(
+    name for name, value in vars(torch.nn.Module()).items() if "hooks" in name and isinstance(value, dict)
+)
+
+
+# a tensor's hook registries (`Tensor.register_hook`, `register_post_accumulate_grad_hook`): None until one is added
+_TENSOR_HOOK_REGISTRIES = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
+# how deep a module's attributes are searched for the handles of the hooks it registered (lists and dicts count no
+# level): in an attribute, in a list there, or in an object it holds
+_HANDLE_DEPTH = 2
+
+# a LightningModule's attributes that lead to the Trainer or Fabric: no hook handle of the module's own is there
+_NO_HANDLES_IN = frozenset({"_trainer", "_fabric", "_hparams", "_hparams_initial"})
+
+
+def _hook_registries(module: torch.nn.Module) -> list[tuple[str, dict[Any, Any]]]:
+    own = vars(module)
+    return [(name, registry) for name in _HOOK_REGISTRIES if isinstance(registry := own.get(name), dict)]
+
+
+def _hook_handles(modules: Sequence[torch.nn.Module]) -> set[int]:
+    """The ids of the hook handles (``RemovableHandle``) the modules' own attributes hold, a few levels deep."""
+    roots = [
+        value for m in modules for name, value in vars(m).items() if name not in _MODULE_INTERNALS | _NO_HANDLES_IN
+    ]
+    return {handle.id for handle in _found_within(roots, lambda o: isinstance(o, RemovableHandle), _HANDLE_DEPTH)}
+
 
 # where a LightningModule keeps its hyperparameters: `save_hyperparameters` keeps a deep copy of a module passed to
 # `__init__` in `_hparams_initial`, a dead copy that no branch trains (found reviewing the package: the guard copied it
@@ -83,7 +117,9 @@ def _metric_state(module: torch.nn.Module) -> dict[str, Any]:
     own = vars(module)
     defaults: dict[str, Any] = own["_defaults"]
     names = [*defaults, *_METRIC_BOOKKEEPING]
-    return {name: copy.deepcopy(own[name]) for name in names if name in own}
+    # detached: a metric used as the loss holds the step's graph in `_forward_cache` (found in a review: a deep copy
+    # of it raised "Only Tensors created explicitly by the user (graph leaves) support the deepcopy protocol")
+    return {name: _copy_state(own[name]) for name in names if name in own}
 
 
 def metric_states(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
@@ -93,7 +129,7 @@ def metric_states(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict[s
     :func:`put_back_metric_states` sets the copies back.
     """
     return [
-        (m, {**_metric_state(m), "_defaults": copy.deepcopy(vars(m)["_defaults"])})
+        (m, {**_metric_state(m), "_defaults": _copy_state(vars(m)["_defaults"])})
         for m in every_module(module)
         if _is_metric(m)
     ]
@@ -147,8 +183,15 @@ def _write_into(tensor: Tensor, saved: Tensor) -> None:
     torch's quantization observers and ``FakeQuantize`` resize their buffers (``min_val``, ``scale``) in place at
     their first forward: a plain ``copy_`` failed on them at fit start and left the rest unrestored, or spread a
     one-element copy over the new shape (found trying quantization-aware training as a new user). Torch resizes no
-    tensor that requires grad: such a one gets new memory of the old shape, the same parameter object.
+    tensor that requires grad: such a one gets new memory of the old shape, the same parameter object. An inference
+    tensor (a buffer a module rebinds, last set under ``trainer.validate``) is written under inference mode, the only
+    mode that writes it (found in a review: the restore raised "Inplace update to inference tensor outside
+    InferenceMode").
     """
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        with torch.inference_mode():
+            _write_into(tensor, saved)
+        return
     if (
         tensor.dtype != saved.dtype
         or tensor.device != saved.device
@@ -226,9 +269,14 @@ class Snapshot:
     scalars: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
     #: the names of the attributes each submodule holds: one set since is removed
     names: list[tuple[torch.nn.Module, frozenset[str]]] = field(default_factory=list)
-    #: each module's parameter, buffer and submodule registries with the names they held: one registered since is
-    #: removed
-    registries: list[tuple[dict[str, Any], frozenset[str]]] = field(default_factory=list)
+    #: each module's parameter, buffer and submodule registries as they were: one registered since is removed, a
+    #: submodule replaced under its name is put back
+    registries: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    #: each module's hook registries (forward, backward, state-dict hooks) and each parameter's, as they were: (the
+    #: module or parameter, the registry's attribute name, its entries)
+    hooks: list[tuple[Any, str, dict[Any, Any]]] = field(default_factory=list)
+    #: the modules whose attributes hold the handles of the hooks they register (:meth:`_restore_hooks`)
+    hook_holders: list[torch.nn.Module] = field(default_factory=list)
     #: what ``get_extra_state`` returned, for the modules that declare one, given back to ``set_extra_state``
     extra_states: list[tuple[torch.nn.Module, Any]] = field(default_factory=list)
     #: the parameters each param group held (an exact restore gives each group its own back)
@@ -261,12 +309,19 @@ class Snapshot:
         """
         if self.empty:
             raise RuntimeError("this snapshot copied nothing (`snapshot.nothing`): there is nothing to restore")
+        handles = _hook_handles(self.hook_holders) if self.hooks else set()
         _compat.reshard(self.sharded)
         replaced = {} if self.exact or self.module_only else _replaced_parameters(self.slots, self.optimizer)
         put_back([slot for slot in self.slots if id(slot[2]) not in replaced], removed_too=self.exact)
-        for registry, names in self.registries:
-            for name in [name for name in registry if name not in names]:
+        for registry, kept in self.registries:
+            for name in [name for name in registry if name not in kept]:
                 del registry[name]
+            for name, value in kept.items():
+                if not isinstance(value, Tensor) and (name not in registry or registry[name] is not value):
+                    # found in a review: a head replaced under its name during the range test stayed, untrained,
+                    # while the optimizer got the old head's parameters back; one deleted stayed deleted (tensors:
+                    # put back by their slots)
+                    registry[name] = value
         with torch.no_grad():
             for tensor, saved in self.tensors:
                 _write_into(replaced.get(id(tensor), tensor), saved)
@@ -293,6 +348,8 @@ class Snapshot:
                 setattr(module, name, copy.deepcopy(value))
         for owner, kept in self.loose_tensors:
             self._restore_loose(owner, kept)
+        if self.hooks:
+            self._restore_hooks(handles)
         if not self.module_only:
             self._restore_optimizer(replaced, keep_in_groups)
         for generator, generator_state in self.generator_states:
@@ -314,6 +371,28 @@ class Snapshot:
                         )
         if failure is not None:
             raise failure
+
+    def _restore_hooks(self, handles_before: set[int]) -> None:
+        r"""Remove the hooks whose handles the restore took from the modules' attributes; add back those it gave back.
+
+        A module that registers a hook once, keeping its handle (``if self.handle is None: self.handle =
+        layer.register_forward_hook(...)``), had the attribute put back and the hook left on the layer: each trial
+        and the run added one more (found in a review). Only such hooks move: one whose handle a list changed in place
+        still holds (the user's to keep, as the list), or that nothing of the module's holds (FSDP2 registers its
+        state-dict hooks at the first forward and keeps their handles in its own state) stays registered.
+        """
+        handles_after = _hook_handles(self.hook_holders)
+        dropped, regained = handles_before - handles_after, handles_after - handles_before
+        if not dropped and not regained:
+            return
+        for owner, name, kept in self.hooks:
+            registry = getattr(owner, name, None)
+            if not isinstance(registry, dict):
+                continue
+            for key in [key for key in registry if key in dropped and key not in kept]:
+                del registry[key]
+            for key in [key for key in kept if key in regained and key not in registry]:
+                registry[key] = kept[key]
 
     def _restore_optimizer(self, replaced: dict[int, torch.nn.Parameter], keep_in_groups: frozenset[str]) -> None:
         """The optimizer's param groups and state, and the gradient scaler's state."""
@@ -416,7 +495,7 @@ def capture(
     sharded = _compat.fully_sharded_modules(module, *roots)
     _compat.reshard(sharded)
     wrapped = inner_optimizers(optimizer) if weights else []
-    tensors = [(t, t.detach().clone()) for t in _weights(module, roots)] if weights else []
+    tensors = [(t, t.detach().clone()) for t in _weights(module, roots, optimizer)] if weights else []
     snapshot = Snapshot(
         tensors=tensors,
         slots=registered_tensors(module, roots) if weights else [],
@@ -443,7 +522,17 @@ def capture(
         snapshot.attributes = (module, _own_attributes(module))
         # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
         # first batch) was left holding the range test's, and the run never took its own
-        snapshot.registries = [(r, frozenset(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
+        snapshot.registries = [(r, dict(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
+        # found in a review: a hook a module registers at its first step (`if self.handles is None: ...`) came back
+        # unregistered in its attribute but stayed on the layer, and each trial and the run added one more
+        snapshot.hooks = [(m, name, dict(r)) for m in modules for name, r in _hook_registries(m)]
+        snapshot.hooks += [
+            (p, name, dict(getattr(p, name, None) or {}))
+            for m in modules
+            for p in m.parameters(recurse=False)
+            for name in _TENSOR_HOOK_REGISTRIES
+        ]
+        snapshot.hook_holders = modules
         snapshot.group_params = [list(group["params"]) for group in optimizer.param_groups] if weights else []
         for submodule in modules:
             if _is_metric(submodule):
@@ -686,9 +775,16 @@ def _optimizer_scalars(optimizers: Sequence[Optimizer]) -> list[tuple[Optimizer,
     return [(opt, {name: value for name, value in vars(opt).items() if _is_plain_value(value)}) for opt in optimizers]
 
 
-def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module]) -> list[Tensor]:
-    """The parameters and buffers of ``module`` and of the modules ``also``, in a fixed order, each once."""
-    return list({id(t): t for m in (module, *also) for t in (*m.parameters(), *m.buffers())}.values())
+def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module], optimizer: Optimizer | None) -> list[Tensor]:
+    """The parameters and buffers of ``module`` and of the modules ``also``, in a fixed order, each once.
+
+    And the tensors ``optimizer`` trains outside them (a learnable temperature kept as a plain tensor with
+    ``requires_grad``; found in a review: a rollback gave its momentum back, not its value, which stayed blown up).
+    """
+    found = {id(t): t for m in (module, *also) for t in (*m.parameters(), *m.buffers())}
+    for group in optimizer.param_groups if optimizer is not None else ():
+        found.update((id(p), p) for p in group["params"] if isinstance(p, Tensor) and id(p) not in found)
+    return list(found.values())
 
 
 def _same_layout(
@@ -701,11 +797,11 @@ def _same_layout(
         return False
     if snapshot.attributes is not None or snapshot.scalars or snapshot.names:
         return False
-    if snapshot.registries or snapshot.extra_states or snapshot.inner:
+    if snapshot.registries or snapshot.hooks or snapshot.extra_states or snapshot.inner:
         return False
     if snapshot.generator_states:
         return False
-    live = _weights(module, also)
+    live = _weights(module, also, optimizer)
     if len(live) != len(snapshot.tensors):
         return False
     pairs = zip(live, snapshot.tensors, strict=True)
@@ -756,18 +852,78 @@ def dataloader_generators(loaders: Sequence[Any]) -> list[Any]:
     draws from it at every sample (in the main process: with ``num_workers=0``), and so does a ``collate_fn`` object
     that mixes samples (mixup). Found under any attribute name of the loader, its sampler, its batch sampler and the
     batch sampler's sampler, its dataset and the datasets that one wraps (``Subset``, ``ConcatDataset``,
-    ``StackDataset``), its ``collate_fn``: a ``torch.Generator``, NumPy's ``Generator`` or ``RandomState``, or a
-    ``random.Random``.
+    ``StackDataset``), its ``collate_fn``, and for those last two also in the objects they hold, a few levels deep
+    (a transform pipeline: :func:`_rngs_within`): a ``torch.Generator``, NumPy's ``Generator`` or ``RandomState``, or
+    a ``random.Random``.
     """
-    sources = [*_order_sources(loaders), *(dataset for loader in loaders for dataset in _datasets(loader))]
-    # a `collate_fn` object that mixes samples with a generator of its own (mixup, cutmix)
-    sources += [collate for loader in loaders if (collate := getattr(loader, "collate_fn", None)) is not None]
     found: list[Any] = []
-    for obj in sources:
+    for obj in _order_sources(loaders):
         values = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
         for value in [getattr(obj, "generator", None), *values]:
             if _is_rng(value) and all(value is not g for g in found):
                 found.append(value)
+    # a `collate_fn` object that mixes samples with a generator of its own (mixup, cutmix)
+    datasets = [dataset for loader in loaders for dataset in _datasets(loader)]
+    augmenters = [*datasets, *(getattr(dataset, "generator", None) for dataset in datasets)]
+    augmenters += [collate for loader in loaders if (collate := getattr(loader, "collate_fn", None)) is not None]
+    found += [g for g in _rngs_within(augmenters) if all(g is not h for h in found)]
+    return found
+
+
+# how deep the objects a dataset holds are searched for generators, in attributes (lists and dicts count no level):
+# MONAI's random transforms keep theirs three below the dataset (`dataset.transform.transforms[i].R`); two more for
+# transforms wrapped in others
+_AUGMENTER_DEPTH = 5
+# a list, tuple or dict longer than this is data (file names, samples), not a pipeline of transforms: not walked
+_LONGEST_WALKED = 256
+
+
+def _rngs_within(roots: Sequence[Any]) -> list[Any]:
+    r"""The random generators ``roots`` hold, in their attributes and in the objects those hold (:func:`_found_within`).
+
+    A dataset's transform pipeline keeps its generators there (found in a review: MONAI's random transforms each own a
+    NumPy ``RandomState``, and the run's augmentations differed from a run given the pick).
+    """
+    return _found_within(roots, _is_rng, _AUGMENTER_DEPTH)
+
+
+def _found_within(roots: Sequence[Any], wanted: Callable[[Any], bool], depth: int) -> list[Any]:
+    r"""The objects ``wanted`` accepts among ``roots`` and what they hold, breadth first, each once.
+
+    Down to ``depth`` levels of instance attributes (no property is run), through lists, tuples and dicts of up to
+    ``_LONGEST_WALKED`` items (which count no level), an ``nn.Module``'s submodules (``nn.Sequential`` of transforms)
+    and a ``functools.partial``'s function and arguments. Tensors, arrays, strings, classes, functions and Python
+    modules are never entered; a dead weak proxy is passed over.
+    """
+    numpy = sys.modules.get("numpy")
+    leaves: tuple[type, ...] = (Tensor, str, bytes, int, float, bool, type, types.ModuleType, types.FunctionType)
+    if numpy is not None:
+        leaves += (numpy.ndarray,)
+    found: list[Any] = []
+    seen: set[int] = set()
+    level = list(roots)
+    for _ in range(depth + 1):
+        below: list[Any] = []
+        while level:  # a container's items join its own level: only an object's attributes are one level down
+            obj = level.pop()
+            try:
+                if obj is None or id(obj) in seen or isinstance(obj, leaves):
+                    continue
+                seen.add(id(obj))
+                if wanted(obj):
+                    found.append(obj)
+                elif isinstance(obj, (list, tuple, dict)):
+                    items = obj.values() if isinstance(obj, dict) else obj
+                    level += list(items) if len(obj) <= _LONGEST_WALKED else []
+                elif isinstance(obj, functools.partial):
+                    below += [obj.func, *obj.args, *obj.keywords.values()]
+                elif isinstance(getattr(obj, "__dict__", None), dict):
+                    module = isinstance(obj, torch.nn.Module)
+                    below += [value for name, value in vars(obj).items() if not (module and name in _MODULE_INTERNALS)]
+                    below += list(obj._modules.values()) if module else []
+            except ReferenceError:  # a weak proxy whose object is gone
+                continue
+        level = below
     return found
 
 

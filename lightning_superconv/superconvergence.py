@@ -277,6 +277,8 @@ class SuperConvergence(_compat.Callback):
                 return
             # a checkpoint restored inside another callback's `on_fit_start` (BatchSizeFinder's own, written when this
             # fit started): all of it is loaded already, this is still a new fit
+            if self.total_steps is not None:
+                _warn_of_a_resume_dropped(trainer)
             self._new_fit()
         total_steps = _trainer.total_steps(trainer, "SuperConvergence")
         if total_steps == 0:
@@ -353,7 +355,9 @@ class SuperConvergence(_compat.Callback):
         # a loaded guard state is handed to the guard now or never (`guard=False`): checkpoints from here on hold the
         # guard's own, or none
         guard_state, self._guard_state = self._guard_state, None
-        self._stops_at_start = {id(stopper): _stop_of(stopper) for stopper in _early_stoppings(trainer)}
+        self._stops_at_start = {
+            id(stopper): _stop_of(stopper) for stopper in _compat.callbacks_of(trainer, "EarlyStopping")
+        }
         if self._scheduler is None:
             return
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
@@ -428,6 +432,9 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: this run ends at step {int(end)}, but its one-cycle was planned to end at step "
                 f"{planned} ({why}). The cycle continues as planned: {outcome}. {advice} of resuming.",
             )
+            # the steps past the cycle are told here, with their cause: the cycle's own warning, which guesses at
+            # causes, would come again when they run (found trying the package as a new user)
+            self._scheduler.past_end_told()
 
     @override
     def on_train_epoch_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -834,7 +841,7 @@ def _warn_of_a_stop_before_the_anneal(
     left = int(scheduler.total_steps) - int(scheduler.last_epoch)
     if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler):
         return
-    stoppers = _early_stoppings(trainer)
+    stoppers = _compat.callbacks_of(trainer, "EarlyStopping")
     if not any(_out_of_patience(stopper, stops_at_start.get(id(stopper))) for stopper in stoppers):
         return
     lr = float(scheduler.get_last_lr()[0])
@@ -867,9 +874,21 @@ def _run_epochs(trainer: _compat.Trainer, steps: int) -> int | None:
     return epochs if isinstance(epochs, int) and epochs > 0 else None
 
 
-def _early_stoppings(trainer: _compat.Trainer) -> list[Any]:
-    classes = _compat.callback_classes(trainer, "EarlyStopping")
-    return [callback for callback in _compat.callbacks(trainer) if classes and isinstance(callback, classes)]
+def _warn_of_a_resume_dropped(trainer: _compat.Trainer) -> None:
+    """Say that ``fit(ckpt_path=...)`` beside ``BatchSizeFinder`` starts over, which Lightning does silently.
+
+    The finder saves a checkpoint of its own in its ``on_fit_start``, before Lightning loads the training state of the
+    user's, and restores it when done: the fit starts at step 0 from the user's checkpoint's weights, with or without
+    this callback (found trying the package as a new user: the run was planned anew, and nothing said why).
+    """
+    _compat.rank_zero_warn(
+        trainer,
+        "SuperConvergence: `fit(ckpt_path=...)` does not resume beside `BatchSizeFinder`: the finder restores a "
+        "checkpoint of its own in its `on_fit_start`, written before Lightning loads your checkpoint's training state, "
+        "so this fit starts at step 0 from your checkpoint's weights (Lightning's behaviour, with or without this "
+        "callback) and runs as a new one: a range test on those weights and a cycle over the whole run. Find the batch "
+        "size in a fit of its own (`Tuner(trainer).scale_batch_size(...)`) and resume without the finder.",
+    )
 
 
 def _stop_of(stopper: Any) -> tuple[int, str]:

@@ -258,16 +258,26 @@ class WeightDecayBalancer(_compat.Callback):
     def setup(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._restored = False
         self._logger = None
         self._rescuer = None
         self._manual_trace = None
         self._reference_read = None
         self._epochs_at_setup = trainer.fit_loop.max_epochs
         self._unread_lrs = None
-        # what a fit found out describes that fit: cleared here, so a fit with no step left to run does not show the
-        # previous fit's λ beside an optimizer that `configure_optimizers` built afresh (a resume brings its own back:
-        # `load_state_dict` runs after `setup`)
+        self._forget_the_fit()
+        _setups.refuse_a_second(trainer, self, WeightDecayBalancer)
+        # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
+        from lightning_superconv.superconvergence import SuperConvergence
+
+        _setups.move_in_front(trainer, self, (SuperConvergence,))
+
+    def _forget_the_fit(self) -> None:
+        """Clear what a fit found out: it describes that fit.
+
+        Cleared at setup, so a fit with no step left to run does not show the previous fit's λ beside an optimizer that
+        `configure_optimizers` built afresh (a resume brings its own back: `load_state_dict` runs after `setup`).
+        """
+        self._restored = False
         self.weight_decays = self.reference_weight_decays = self.reference_budgets = self.search = None
         self.reason = ""
         self.rebalances = []
@@ -275,17 +285,18 @@ class WeightDecayBalancer(_compat.Callback):
         self._fit_end = math.inf
         self.rescues_balanced = None
         self._restored_mode = self.mode
-        _setups.refuse_a_second(trainer, self, WeightDecayBalancer)
-        # in front of any SuperConvergence, so `on_fit_start` reads the user's scheduler before it is replaced
-        from lightning_superconv.superconvergence import SuperConvergence
-
-        _setups.move_in_front(trainer, self, (SuperConvergence,))
 
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if _compat.fast_dev_run(trainer) or step_size_kind(optimizer) == "schedule-free":
             return
+        after_setup = trainer.strategy.restore_checkpoint_after_setup
+        if self._restored and not after_setup and not _compat.checkpoint_to_resume(trainer):
+            # found trying the package as a new user: beside `BatchSizeFinder`, which restores a checkpoint of its
+            # own in its `on_fit_start`, `fit(ckpt_path=...)` starts over at step 0 (Lightning's behaviour), and the λ
+            # loaded from the user's checkpoint was kept with "resumed ... not balanced again"
+            self._forget_the_fit()
         if self._restored:
             # the checkpoint holds the λ and the budgets. The recipe is not read again: that loads the train data here,
             # before Lightning restores the loader's state from the checkpoint, which it then never does (found in a
@@ -421,7 +432,12 @@ class WeightDecayBalancer(_compat.Callback):
                 _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
             )  # fmt: skip
         swa_notes, self._unread_lrs = _swa_unread(trainer, len(optimizer.param_groups))
-        if self.mode == "budget":
+        if all(traces[i].decay_sum() == 0 for i in decayed) and self.mode != "keep":
+            # decay acts through the LR: at 0 no λ changes anything (found in a review: "K = 0, still below the range",
+            # and a grid that compared branches that could not differ)
+            chosen = configured_weight_decays(optimizer)
+            reason = "kept as configured: the LR of every group that decays is 0 at every step of this run"
+        elif self.mode == "budget":
             chosen, reason = self._budget(optimizer, traces, decayed)
         elif self.mode == "timescale":
             chosen, reason = self._timescale(trainer, optimizer, traces, decayed)
@@ -430,7 +446,7 @@ class WeightDecayBalancer(_compat.Callback):
         else:
             chosen = configured_weight_decays(optimizer)
             ratio = self._budget_ratio(traces, decayed[0], chosen[decayed[0]])
-            reason = f"kept as configured (`mode='keep'`); decay budget {ratio:.3g}x the reference recipe's"
+            reason = f"kept as configured (`mode='keep'`); decay budget {ratio}"
         self.weight_decays = chosen
         notes = [*notes, *swa_notes]
         self.reason = reason + ("; " + "; ".join(notes) if notes else "")
@@ -635,17 +651,23 @@ class WeightDecayBalancer(_compat.Callback):
 
     # ------------------------------------------------------------------------------------------------ modes
 
-    def _budget_ratio(self, traces: Sequence[GroupTrace], index: int, weight_decay: float | None = None) -> float:
+    def _budget_ratio(self, traces: Sequence[GroupTrace], index: int, weight_decay: float | None = None) -> str:
         """The schedule's decay budget at ``weight_decay`` (default: the modes' starting ``λ``) over the reference's.
 
-        ``mode='keep'`` passes the ``λ`` it keeps: with a ``reference_weight_decay`` the start's would cancel out of
-        the ratio (found trying the package as a new user: the same 21.4x for every reference given).
+        In words: ``"1.5x the reference recipe's"``, or why there is no ratio. ``mode='keep'`` passes the ``λ`` it
+        keeps: with a ``reference_weight_decay`` the start's would cancel out of the ratio (found trying the package
+        as a new user: the same 21.4x for every reference given).
         """
         assert self.reference_weight_decays is not None
         assert self.reference_budgets is not None
         ref = self.reference_budgets[index]
         wd = self.reference_weight_decays[index] if weight_decay is None else weight_decay
-        return wd * traces[index].decay_sum() / ref if ref > 0 else math.nan
+        if math.isnan(ref):
+            return "not compared: the checkpoint resumed from was written before the balancer read the reference"
+        if ref <= 0:
+            # found in a review: "nanx the reference's" where the reference recipe's LR is 0
+            return "not compared: the reference recipe spends none (its LR is 0)"
+        return f"{wd * traces[index].decay_sum() / ref:.3g}x the reference recipe's"
 
     def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
         assert self.reference_weight_decays is not None
@@ -684,8 +706,8 @@ class WeightDecayBalancer(_compat.Callback):
             )
         ratio = self._budget_ratio(traces, decayed[0])
         return chosen, (
-            f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at {self._start} "
-            f"is {ratio:.3g}x the reference's, clamped to [{self.bounds[0]:g}, 1]x {self._start}"
+            f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at {self._start}: "
+            f"{ratio}, clamped to [{self.bounds[0]:g}, 1]x {self._start}"
         )
 
     def _timescale(

@@ -7,7 +7,8 @@ the runs.
 1. FSDP2 (``fully_shard`` on each linear layer and on the network, in ``configure_model``) over both ranks as data
    parallel: ``SuperConvergence`` runs its range test and ``WeightDecayBalancer`` its balance, on parameters and
    optimizer state held as DTensor shards; a checkpoint is written at the end of each epoch.
-2. The same run given the pick as ``max_lr``: it must end bit-identical (the range test put every shard back).
+2. The same run given the pick as ``max_lr``: it must end bit-identical (the range test put every shard back), with
+   the state-dict hooks FSDP2 registered at the first forward, which came in the range test.
 3. A resume from the first epoch's checkpoint with ``SuperConvergence()`` and no ``max_lr``: the strategy loads the
    checkpoint only after ``on_fit_start``, after a range test ran on the weights not yet restored; its pick must be
    discarded for the checkpoint's cycle, and a warning say so. Then the same resume given another ``max_lr`` and
@@ -104,6 +105,11 @@ def main(out: str) -> None:  # noqa: D103
             plan = {"0": ColwiseParallel(), "2": RowwiseParallel()}
             parallelize_module(self.net, self.device_mesh["tensor_parallel"], plan)
 
+    def state_dict_hooks(model) -> list[int]:
+        """The state-dict hooks FSDP2 registers on each sharded layer at its first forward, which it never repeats."""
+        layers = [layer for layer in model.net if isinstance(layer, nn.Linear)]
+        return [len(layer._state_dict_pre_hooks) + len(layer._load_state_dict_pre_hooks) for layer in layers]
+
     common = two_rank_trainer_kwargs(out)
 
     def fsdp2() -> ModelParallelStrategy:
@@ -135,12 +141,14 @@ def main(out: str) -> None:  # noqa: D103
     report["lrs"] = model.lrs
     report["state"] = model.state()
     report["sharded"] = all(hasattr(p, "full_tensor") for p in model.parameters())
+    report["state_dict_hooks"] = state_dict_hooks(model)
 
     # 2. the run given the pick
     L.seed_everything(0, verbose=False)
     given = [SuperConvergence(max_lr=superconv.max_lr), WeightDecayBalancer(mode="timescale")]
     fit(model := Sharded(), given, fsdp2(), max_epochs=2, limit_train_batches=4)
     report["given_state"] = model.state()
+    report["given_state_dict_hooks"] = state_dict_hooks(model)
     report["given_weight_decays"] = given[1].weight_decays
 
     # 3. a resume from the first epoch's checkpoint, no max_lr given; then given another max_lr and pct_start

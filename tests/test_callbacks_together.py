@@ -131,6 +131,36 @@ def test_batch_size_finder_then_a_range_test_and_a_cycle_over_the_found_batch_si
     assert final == pytest.approx(sc.max_lr / (25 * 1e4))
 
 
+def test_a_resume_beside_batch_size_finder_is_said_to_start_over_and_is_planned_as_a_new_fit(tmp_path, caplog):
+    """Lightning starts `fit(ckpt_path=...)` over at step 0 beside the finder, which restores a checkpoint of its own.
+
+    Found trying the package as a new user: `SuperConvergence` planned a new fit and said nothing, while the balancer
+    kept the λ of the checkpoint and said "resumed ... not balanced again".
+    """
+
+    def finder():
+        return BatchSizeFinder(mode="power", steps_per_trial=1, max_trials=1, init_val=16)
+
+    first = _fit(tmp_path, _seeded(n=256), [finder(), SuperConvergence(max_lr=0.5), WeightDecayBalancer()],
+                 limit_train_batches=None, max_epochs=1)  # fmt: skip
+    checkpoint = tmp_path / "epoch1.ckpt"
+    first.save_checkpoint(checkpoint)
+    sc, balancer = SuperConvergence(max_lr=0.5), WeightDecayBalancer()
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[finder(), sc, balancer], **trainer_kwargs(tmp_path, max_epochs=2))
+    caplog.clear()
+    with (
+        pytest.warns(RuntimeWarning, match=r"`fit\(ckpt_path=...\)` does not resume beside `BatchSizeFinder`"),
+        caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"),
+    ):
+        trainer.fit(_seeded(n=256), ckpt_path=checkpoint)
+    assert sc.total_steps == trainer.global_step  # the whole run: it started at step 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("WeightDecayBalancer:")]
+    assert len(said) == 1
+    assert "resumed" not in said[0]
+    assert balancer.planned_steps == trainer.global_step
+
+
 def test_two_superconvergence_callbacks_are_refused_when_the_trainer_is_built(tmp_path):
     """One optimizer follows one cycle: Lightning refuses a second `SuperConvergence` (same state key) at once."""
     with pytest.raises(RuntimeError, match=r"more than one stateful callback of type `SuperConvergence`"):

@@ -100,6 +100,48 @@ def test_pick_matches_the_callbacks_range_test():
     assert standalone.max_lr == callback.max_lr
 
 
+@pytest.mark.parametrize("shape", [{"pct_start": 0.9}, {"div_factor": 1.0, "three_phase": True}], ids=str)
+def test_the_trials_run_the_cycle_shape_given_as_the_callback_s_do(shape):
+    """Given the shape the callback will run, the trials are the callback's, and differ from torch's default shape's.
+
+    Found in a review: `find_max_lr` took no shape, and judged the peaks on torch's default cycle, where the callback
+    judged them on its own (a `pct_start=0.9` picked twice as high there).
+    """
+
+    def trials(run, **given):
+        L.seed_everything(0, verbose=False)
+        return [(t["peak"], t["held_out_loss"]) for t in run(lr_range=LR_RANGE, num_steps=60, **given).trials]
+
+    def by_the_callback(**given):
+        callback = SuperConvergence(**given)
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(TinyClassifier())
+        return callback.result
+
+    def by_find_max_lr(**given):
+        return find_max_lr(TinyClassifier(), trainer_kwargs={"accelerator": "cpu"}, **given)
+
+    shaped = trials(by_find_max_lr, **shape)
+    assert shaped == trials(by_the_callback, **shape)
+    assert shaped != trials(by_find_max_lr)
+
+
+def test_cycle_momentum_asked_of_an_optimizer_without_momentum_is_refused_before_the_sweep():
+    """As the callback refuses it: the trials would build a cycle that cannot cycle a momentum the optimizer lacks."""
+
+    class WithAdagrad(CountingClassifier):
+        def configure_optimizers(self):
+            return torch.optim.Adagrad(self.parameters(), lr=0.01)
+
+    model = WithAdagrad()
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        find_max_lr(model, lr_range=LR_RANGE, num_steps=30, cycle_momentum=True)
+    assert model.calls.count == 0
+
+
 def test_model_is_bit_identical_afterwards():
     """Parameters and buffers (BatchNorm statistics) come back exactly, and the module is left in train mode."""
     model = TinyClassifier()
@@ -804,3 +846,16 @@ def test_a_validation_loader_whose_length_raises_not_implemented_is_read_as_it_c
         trial_steps=50, trainer_kwargs={"enable_progress_bar": False, "logger": False},
     )  # fmt: skip
     assert result.trials
+
+
+def test_its_warnings_name_find_max_lr_and_advise_what_it_takes(caplog):
+    """Its warnings start with its own name, and the advice to skip the test names where `max_lr` goes.
+
+    Found in a review: they said "SuperConvergence: ... or pass `max_lr=`", which `find_max_lr` refuses.
+    """
+    with pytest.warns(RuntimeWarning) as warned:
+        find_max_lr(TinyClassifier(), lr_range=LR_RANGE, num_steps=60, trainer_kwargs={"accelerator": "cpu"})
+    said = [str(w.message) for w in warned if "trial" in str(w.message)]
+    assert said, [str(w.message) for w in warned]
+    assert all(text.startswith("find_max_lr: ") for text in said)
+    assert all("`max_lr=`" not in text and "`SuperConvergence(max_lr=...)`" in text for text in said)

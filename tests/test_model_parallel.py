@@ -42,6 +42,10 @@ def test_fsdp2_range_test_ends_as_the_run_given_its_pick_on_every_rank(ranks):
     for rank in ranks:
         assert rank["state"] == rank["given_state"]
         assert rank["weight_decays"] == rank["given_weight_decays"] != [5e-4]
+        # found in a review: FSDP2 registers them at the first forward, in the range test, and keeps their handles in
+        # its own state; the restore removed them, and a checkpoint saved after a validation pass raised
+        assert rank["state_dict_hooks"] == rank["given_state_dict_hooks"]
+        assert all(count > 0 for count in rank["state_dict_hooks"])
 
 
 def test_fsdp2_resume_continues_the_checkpoint_s_cycle_and_says_the_range_test_was_discarded(ranks):

@@ -205,6 +205,42 @@ class DictStep(AutoEncoder):
         return {"loss": loss, "codes": self.encoder(batch[0]).detach()}
 
 
+class MetricAsLoss(AutoEncoder):
+    """A torchmetrics metric as the loss: its forward returns the batch's value, with the step's graph.
+
+    Found in a review: the metric kept that graph in its `_forward_cache`, and the range test's copy of its state
+    raised at the first trial.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mse = torchmetrics.MeanSquaredError()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        return self.mse(self.decoder(self.encoder(x)), x)
+
+
+class HookedAtFirstStep(AutoEncoder):
+    """Registers a forward hook on its first step (an activation penalty), keeping the handle in an attribute.
+
+    Found in a review: the hook stayed on the layer after the range test, which put the attribute back to None, so
+    each trial and the run registered one more and the penalty counted several times over.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles = None
+        self.activations: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        if self.handles is None:
+            self.handles = [self.encoder[1].register_forward_hook(lambda m, i, out: self.activations.append(out))]
+        self.activations.clear()
+        loss = super().training_step(batch, batch_idx)
+        return loss + 1e-3 * sum(a.abs().mean() for a in self.activations)
+
+
 class ManualBackward(AutoEncoder):
     """Manual optimization with ``self.manual_backward``: the callback cannot step this optimizer."""
 
@@ -275,6 +311,8 @@ MODELS = {
     "ReduceLROnPlateau dict": PlateauScheduled,
     "quantization-aware (torch.ao)": QuantizationAware,
     "training_step dict": DictStep,
+    "torchmetrics metric as the loss": MetricAsLoss,
+    "forward hook registered at the first step": HookedAtFirstStep,
 }
 
 
@@ -329,6 +367,50 @@ def test_find_max_lr_leaves_torchmetrics_state_as_it_was():
     assert model.train_acc._update_count == before[1]
     assert torch.equal(model.train_acc.compute(), before[0])
     assert model.train_f1._update_count == 0
+
+
+def test_a_hook_registered_at_the_first_step_is_on_its_layer_once_after_the_range_test():
+    """As in a fit without the range test: one hook, however many trials registered one."""
+    model, _ = _fit(HookedAtFirstStep, [SuperConvergence(trial_steps=50)])
+    assert len(model.encoder[1]._forward_hooks) == 1
+
+
+def test_a_buffer_validate_left_an_inference_tensor_comes_back_after_the_range_test():
+    """`trainer.validate` before `fit` leaves a rebound buffer an inference tensor; the range test puts it back.
+
+    Found in a review: the restore wrote into it and raised "Inplace update to inference tensor outside InferenceMode".
+    """
+
+    class Counting(AutoEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x):
+            self.seen = self.seen + x.shape[0]  # rebound, not updated in place
+            return self.decoder(self.encoder(x))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self(batch[0]), batch[0])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.mse_loss(self(batch[0]), batch[0]))
+
+        def val_dataloader(self):
+            return DataLoader(make_dataset(32), batch_size=16)
+
+    counts = []
+    for callbacks in ([SuperConvergence(trial_steps=50)], []):
+        L.seed_everything(0, verbose=False)
+        model = Counting()
+        quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        L.Trainer(**quiet).validate(model, verbose=False)
+        assert model.seen.is_inference()
+        L.Trainer(max_steps=6, callbacks=callbacks, enable_checkpointing=False, num_sanity_val_steps=0, **quiet).fit(
+            model
+        )
+        counts.append(int(model.seen))
+    assert counts[0] == counts[1]
 
 
 def test_lstm_hidden_state_is_restored_after_the_range_test():

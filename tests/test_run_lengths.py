@@ -285,7 +285,7 @@ def test_data_read_only_once_stops_the_range_test_with_a_usable_curve(tmp_path):
 def test_data_read_only_once_and_too_short_fails_with_advice(tmp_path):
     """Too few batches for a curve: a clear error, not a crash in the middle."""
     # three batches: the fit loop has already fetched one ahead, two are left for the range test
-    with pytest.raises(MisconfigurationException, match=r"ran out after 2 step\(s\).*`max_lr=`"):
+    with pytest.raises(MisconfigurationException, match=r"ran out after 2 step\(s\).*SuperConvergence\(max_lr="):
         _fit(tmp_path, OneShotClassifier(3 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=1)
 
 

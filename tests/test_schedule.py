@@ -289,10 +289,25 @@ def test_build_one_cycle_survives_a_one_step_warm_up():
     assert lrs[-1] == pytest.approx(1.0 / (25.0 * 1e4), rel=1e-6)
 
 
-@pytest.mark.parametrize(("pct_start", "total_steps"), [(0.3, 1000), (0.5, 3), (0.1, 7)])
+@pytest.mark.parametrize(("pct_start", "total_steps"), [(0.3, 1000), (0.5, 3), (0.2, 7), (0.3, 2), (0.5, 1)])
 def test_safe_pct_start_leaves_other_values_alone(pct_start, total_steps):
-    """Only the singular value is nudged; every other `pct_start` passes through unchanged."""
+    """Only the singular value and warm-ups under a step are nudged; every other `pct_start` passes unchanged."""
     assert safe_pct_start(pct_start, total_steps) == pct_start
+
+
+@pytest.mark.parametrize(("pct_start", "total_steps"), [(0.3, 3), (0.1, 7), (0.005, 100)])
+def test_a_two_phase_warm_up_under_one_step_starts_the_cycle_at_its_start_not_at_its_peak(pct_start, total_steps):
+    """Torch ends such a warm-up before step 0, and the cycle started at about `max_lr`: it is lengthened to 1 step.
+
+    Found in a review: `pct_start=0.05` over 15 steps started at 0.9992 of `max_lr`, where the README says the cycle
+    starts at `max_lr / div_factor`.
+    """
+    optimizer = _sgd()
+    scheduler = build_one_cycle(optimizer, max_lr=1.0, total_steps=total_steps, config=OneCycleConfig(pct_start))
+    lrs = _trajectory(optimizer, scheduler, total_steps)
+    assert lrs[0] == pytest.approx(1.0 / 25.0, rel=1e-6)
+    assert lrs[1] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(1.0 / (25.0 * 1e4))
 
 
 @pytest.mark.parametrize(("pct_start", "total_steps"), [(0.01, 100), (0.015, 100), (0.004, 300), (0.2, 5)])

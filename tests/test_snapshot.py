@@ -9,8 +9,10 @@ restores on exceptions and Ctrl-C.
 from __future__ import annotations
 
 import collections
+import functools
 import random
 import warnings
+import weakref
 
 import lightning as L
 import numpy as np
@@ -1044,3 +1046,249 @@ def test_a_restore_keeps_the_param_group_entries_it_is_told_to_keep_and_puts_bac
     assert group["lr"] is lr  # the same Tensor, given the snapshot's value
     assert float(lr) == 0.1
     assert group["momentum"] == 0.9
+
+
+class _RandomFlip:
+    """A random transform that owns its generator, as MONAI's do (`self.R`, a NumPy `RandomState`)."""
+
+    def __init__(self, seed: int) -> None:
+        self.R = np.random.RandomState(seed)
+
+    def __call__(self, x):
+        return -x if self.R.rand() < 0.5 else x
+
+
+class _Pipeline:
+    """A `Compose` of transforms, kept in a list, one of them wrapped in another."""
+
+    def __init__(self, *transforms) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+
+class _Wrapped:
+    def __init__(self, inner) -> None:
+        self.inner = {"flip": inner}
+
+    def __call__(self, x):
+        return self.inner["flip"](x)
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, transform) -> None:
+        self.x = torch.arange(8.0)
+        self.files = [f"sample{i}.png" for i in range(1000)]  # data, not transforms: a list too long to walk
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.transform(self.x[i])
+
+
+def test_the_generators_of_a_dataset_s_transform_pipeline_are_found_and_a_pass_over_it_restored():
+    """Random transforms owning their generators, a few levels below the dataset, are found; their stream comes back.
+
+    Found in a review: MONAI's random transforms keep a `RandomState` each (`dataset.transform.transforms[i].R`), and
+    the run's augmentations after a range test differed from a run given the pick.
+    """
+    flips = [_RandomFlip(1), _RandomFlip(2)]
+    dataset = _Augmented(_Pipeline(flips[0], _Wrapped(flips[1])))
+    loader = DataLoader(dataset, batch_size=4)
+    found = dataloader_generators([loader])
+    assert {id(g) for g in found} == {id(f.R) for f in flips}
+
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = [batch.clone() for batch in loader]
+    dataset2 = _Augmented(_Pipeline(_RandomFlip(1), _Wrapped(_RandomFlip(2))))
+    loader2 = DataLoader(dataset2, batch_size=4)
+    snapshot = capture(model, optimizer, generators=dataloader_generators([loader2]))
+    assert [b.tolist() for b in loader2] == [b.tolist() for b in first]  # the pass the range test takes
+    snapshot.restore()
+    assert [b.tolist() for b in loader2] == [b.tolist() for b in first]  # the run's pass: the same draws again
+
+
+def test_a_metric_used_as_the_loss_is_captured_with_its_graph_and_comes_back_detached():
+    """A torchmetrics metric called on the step's prediction holds that step's graph; its state is copied detached.
+
+    Found in a review: `loss = self.mse(pred, y)` left the graph in the metric's `_forward_cache`, and the deep copy
+    of it raised at the first trial ("Only Tensors created explicitly by the user (graph leaves) support the deepcopy
+    protocol").
+    """
+    model = nn.Linear(3, 1)
+    model.mse = torchmetrics.MeanSquaredError()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8)
+    loss = model.mse(model(x).squeeze(1), y)
+    assert loss.grad_fn is not None
+    total = model.mse.total.clone()
+    snapshot = capture(model, optimizer)
+    loss.backward()
+    optimizer.step()
+    model.mse(model(x).squeeze(1), y)
+    snapshot.restore()
+    assert torch.equal(model.mse.total, total)
+    assert model.mse._forward_cache.grad_fn is None
+    assert torch.equal(model.mse._forward_cache, loss.detach())
+
+
+def test_a_hook_whose_handle_the_restore_takes_back_is_removed_and_one_it_gives_back_returns():
+    """Hooks move with the handles the module's attributes hold: a restore that drops a handle drops its hook.
+
+    Found in a review: `if self.handle is None: self.handle = layer.register_forward_hook(...)` came back as `None`
+    while the hook stayed on the layer: each trial and the run added one more (7 on the layer instead of 1). Tensor
+    hooks alike (a gradient halved once per trial).
+    """
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.gone = model[1].register_forward_pre_hook(lambda *args: None)
+    kept = model.gone
+    model.handle = model.grad_handle = None
+    snapshot = capture(model, optimizer)
+    model.handle = model[0].register_forward_hook(lambda *args: None, with_kwargs=True)
+    model.grad_handle = model[0].weight.register_hook(lambda grad: grad * 0.5)
+    model.gone.remove()
+    model.gone = None
+    snapshot.restore()
+    assert model.handle is None
+    assert model[0]._forward_hooks == {}
+    assert model[0]._forward_hooks_with_kwargs == {}
+    assert not model[0].weight._backward_hooks
+    assert list(model[1]._forward_pre_hooks) == [kept.id]  # its handle is back in `gone`: so is the hook
+    kept.remove()  # and the handle still removes it
+    assert model[1]._forward_pre_hooks == {}
+
+
+def test_hooks_whose_handles_the_restore_leaves_where_they_are_stay_registered():
+    """A handle kept in a list changed in place (the user's, as the list is) or held by nothing of the module's stays.
+
+    Found in a review of the first version, which removed every hook registered since: a module appending its handle
+    to a list lost the hook while the list said it was registered, and FSDP2, which registers its state-dict hooks at
+    the first forward (in the range test) and keeps the handles in its own state, lost them, and a checkpoint saved
+    after a validation pass raised.
+    """
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.handles = []
+    snapshot = capture(model, optimizer)
+    model.handles.append(model[0].register_forward_hook(lambda *args: None))
+    elsewhere = [model[0].register_state_dict_pre_hook(lambda *args: None)]
+    snapshot.restore()
+    assert list(model[0]._forward_hooks) == [model.handles[0].id]
+    assert list(model[0]._state_dict_pre_hooks) == [elsewhere[0].id]
+
+
+def test_a_submodule_deleted_since_comes_back():
+    """A head a module drops after some steps (`del self.aux`) is back after the restore, as its step count is.
+
+    Found in a review: the count came back, the head did not, and the run failed with an `AttributeError`.
+    """
+    model = nn.Sequential(nn.Linear(2, 2))
+    model.aux = nn.Linear(2, 1)
+    aux = model.aux
+    snapshot = capture(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    del model.aux
+    snapshot.restore()
+    assert model.aux is aux
+
+
+def test_a_submodule_replaced_under_its_name_comes_back():
+    """A head replaced under the same name (re-initialized when the loss blew up) is put back, trained by the optimizer.
+
+    Found in a review: the new head stayed, untrained, while the optimizer's groups got the old head's parameters.
+    """
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    head = model[1]
+    snapshot = capture(model, optimizer)
+    model[1] = nn.Linear(2, 1)
+    optimizer.param_groups[0]["params"] = list(model.parameters())
+    snapshot.restore()
+    assert model[1] is head
+    assert [id(p) for p in optimizer.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("everything", [True, False], ids=["range-test", "rollback"])
+def test_a_plain_tensor_the_optimizer_trains_gets_its_value_back_with_its_state(everything):
+    """A learnable temperature kept as a plain tensor (no `nn.Parameter`) that the optimizer trains comes back too.
+
+    Found in a review: the guard's rollback gave its momentum back, not its value, which stayed blown up.
+    """
+    model = nn.Linear(2, 1)
+    log_temp = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([*model.parameters(), log_temp], lr=1.0, momentum=0.9)
+    (model(torch.ones(1, 2)).sum() * log_temp.exp()).sum().backward()
+    optimizer.step()
+    value, momentum = log_temp.detach().clone(), optimizer.state[log_temp]["momentum_buffer"].clone()
+    snapshot = capture(model, optimizer, everything=everything)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (model(torch.ones(1, 2)).sum() * log_temp.exp() * 100).sum().backward()
+        optimizer.step()
+    assert not torch.equal(log_temp, value)
+    snapshot.restore()
+    assert torch.equal(log_temp, value)
+    assert torch.equal(optimizer.state[log_temp]["momentum_buffer"], momentum)
+    assert recapture(snapshot, model, optimizer) is snapshot or everything  # the guard's refresh keeps its layout
+
+
+def test_a_buffer_left_an_inference_tensor_by_validate_is_written_back():
+    """A buffer a module rebinds (`self.seen = self.seen + n`), last set under inference mode, is restored.
+
+    Found in a review: after `trainer.validate` before `fit`, the restore wrote into that inference tensor and raised
+    "Inplace update to inference tensor outside InferenceMode", for the range test and the guard's rollback alike.
+    """
+    model = nn.Linear(2, 1)
+    with torch.inference_mode():
+        model.register_buffer("seen", torch.zeros((), dtype=torch.long) + 4)
+    assert model.seen.is_inference()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for everything in (True, False):
+        snapshot = capture(model, optimizer, everything=everything)
+        with torch.inference_mode():
+            model.seen.add_(3)  # in place, as a validation pass under inference mode may
+        model.seen = model.seen + 16  # rebound, as training does
+        snapshot.restore()
+        assert model.seen.item() == 4
+
+
+class _Noise(nn.Module):
+    """A transform written as a module, owning its generator (in an `nn.Sequential`, as torchvision recommends)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gen = torch.Generator().manual_seed(5)
+
+    def forward(self, x):
+        return x + torch.rand((), generator=self.gen)
+
+
+def _mix(samples, rng):
+    return torch.stack([s for s in samples]) * rng.random()
+
+
+def test_generators_behind_module_pipelines_and_partial_collates_are_found_and_dead_proxies_passed_over():
+    """A module pipeline's submodules and a partial's arguments are searched; a dead weak proxy is passed over.
+
+    Found in a review: `nn.Sequential` keeps its transforms in its submodules, `functools.partial` its arguments outside
+    its attributes: neither was searched; a dead weak proxy among the dataset's objects raised.
+    """
+    noise = _Noise()
+    dataset = _Augmented(nn.Sequential(noise))
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    dataset.owner = weakref.proxy(owner)
+    del owner
+    rng = np.random.default_rng(3)
+    loader = DataLoader(dataset, batch_size=4, collate_fn=functools.partial(_mix, rng=rng))
+    found = dataloader_generators([loader])
+    assert {id(g) for g in found} == {id(noise.gen), id(rng)}

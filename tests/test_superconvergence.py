@@ -864,7 +864,9 @@ def test_nan_loss_from_the_first_step_fails_with_advice(tmp_path):
     """A loss that is NaN from the start fails at fit start, says what to do, and restores the state."""
     snapshot = FitStartSnapshot()
     trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=20)], **trainer_kwargs(tmp_path))
-    with pytest.raises(MisconfigurationException, match=r"non-finite.*`training_step`.*lr_range.*`max_lr=`"):
+    with pytest.raises(
+        MisconfigurationException, match=r"non-finite.*`training_step`.*lr_range.*SuperConvergence\(max_lr="
+    ):
         trainer.fit(NaNClassifier())
     _assert_restored_to(snapshot, trainer)
 
@@ -873,7 +875,7 @@ def test_loss_that_never_falls_fails_with_advice(tmp_path):
     """A flat curve has no floor to read: fit fails saying what to check, with the state restored."""
     snapshot = FitStartSnapshot()
     trainer = L.Trainer(callbacks=[snapshot, SuperConvergence(num_steps=10)], **trainer_kwargs(tmp_path))
-    with pytest.raises(MisconfigurationException, match=r"no usable maximum LR.*`max_lr=`"):
+    with pytest.raises(MisconfigurationException, match=r"no usable maximum LR.*`SuperConvergence\(max_lr=\.\.\.\)`"):
         trainer.fit(FlatClassifier())
     _assert_restored_to(snapshot, trainer)
 
@@ -1770,8 +1772,11 @@ def test_without_validation_data_trials_score_on_training_batches_they_never_tra
 
 @pytest.mark.parametrize(
     ("batches", "validation", "said"),
-    [(32, "none", True), (54, "none", True), (55, "none", False), (32, "scored", False), (32, "unscorable", True)],
-)
+    [
+        (32, "none", True), (54, "none", True), (55, "none", False), (32, "scored", False), (32, "unscorable", True),
+        (32, "limited to none", True),
+    ],
+)  # fmt: skip
 def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_scored_on_were_trained_on(
     tmp_path, caplog, batches, validation, said
 ):
@@ -1783,13 +1788,15 @@ def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_sco
 
     Found trying the package as a new user: the README promised "training batches the trials never train on", and
     320 samples of 320 scored had been trained on. Validation data says nothing. Validation data that
-    `training_step` cannot score is named as the reason (a second trial found the line saying "no validation data").
+    `training_step` cannot score is named as the reason (a second trial found the line saying "no validation data"),
+    and so is `limit_val_batches=0` (found in a review: "this run has no validation data. Give `fit` validation data").
     """
-    models = {"none": NoValidationData, "scored": TinyClassifier, "unscorable": DictValidationBatches}
-    model = models[validation](n=4096)
+    models = {"none": NoValidationData, "unscorable": DictValidationBatches}
+    model = models.get(validation, TinyClassifier)(n=4096)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
+    limit = {"limit_val_batches": 0} if validation == "limited to none" else {}
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
-        _fit(tmp_path, model, callback, limit_train_batches=batches, max_epochs=1)
+        _fit(tmp_path, model, callback, limit_train_batches=batches, max_epochs=1, **limit)
     assert callback.result.trials
     lines = [r.getMessage() for r in caplog.records if "samples the trials trained on" in r.getMessage()]
     assert len(lines) == (1 if said else 0)
@@ -1798,8 +1805,11 @@ def test_trials_longer_than_an_epoch_say_that_the_training_batches_they_were_sco
             f"the 5 after the 50 each trial trains on (50 steps). Together they span more than an epoch ({batches}"
             in (lines[0])
         )
-        reason = "cannot score this run's validation batches" if validation == "unscorable" else "no validation data"
-        assert reason in lines[0]
+        reasons = {
+            "unscorable": "cannot score this run's validation batches",
+            "limited to none": "`limit_val_batches=0` leaves no validation batch to score",
+        }
+        assert reasons.get(validation, "this run has no validation data") in lines[0]
 
 
 class SkewedRegression(L.LightningModule):
@@ -1966,7 +1976,8 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_train_batches=2))
     warned = (
-        r"no trial learned: none ended a tenth below .*, nor from your optimizer's own LR \(0.01\) up.* pass `max_lr=`"
+        r"no trial learned: none ended a tenth below .*, nor from your optimizer's own LR \(0.01\) up.* "
+        r"pass `SuperConvergence\(max_lr=\.\.\.\)`"
     )
     with pytest.warns(RuntimeWarning, match=warned):
         trainer.fit(ValidationOfAnotherTask(n=512))

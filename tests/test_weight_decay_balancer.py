@@ -469,6 +469,23 @@ def test_keep_mode_reports_the_budget_of_the_weight_decay_it_keeps_against_the_r
     assert ratios[1] == pytest.approx(ratios[0] * 5e-4 / 0.1, rel=1e-2)  # each read to 3 digits
 
 
+@pytest.mark.parametrize("mode", ["timescale", "budget", "grid", "keep"])
+def test_a_run_whose_lr_is_zero_throughout_keeps_its_weight_decay_and_says_why(tmp_path, mode):
+    """Decay acts through the LR: at 0 at every step, no λ changes anything, and no ratio to a reference exists.
+
+    Found in a review: "K = 0, still below the range it aims for", and "decay budget nanx the reference recipe's".
+    """
+    balancer = WeightDecayBalancer(mode=mode)
+    _fit(tmp_path, TinyClassifier(lr=0.0, weight_decay=1e-4), [balancer])
+    assert balancer.weight_decays == [1e-4]
+    assert "nan" not in balancer.reason
+    assert "K = 0" not in balancer.reason
+    if mode == "keep":
+        assert balancer.reason.endswith("not compared: the reference recipe spends none (its LR is 0)")
+    else:
+        assert balancer.reason == "kept as configured: the LR of every group that decays is 0 at every step of this run"
+
+
 def test_a_reference_weight_decay_is_named_where_the_modes_start_from_it(tmp_path):
     """With a `reference_weight_decay` the reasons name it, not the user's λ, as the λ the run trains at or near.
 
