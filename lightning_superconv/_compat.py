@@ -533,11 +533,7 @@ def tensorboard_event_writer(logger: Any) -> Any:
     a metric prefix, and Lightning's own ``log_metrics`` (a subclass that renames or filters metrics in its own saw
     none of ours, found in a review); anything else is None and gets ``log_metrics``.
     """
-    classes = tuple(
-        cls for name in _DISTRIBUTIONS
-        if (cls := getattr(_try_import(f"{name}.loggers"), "TensorBoardLogger", None)) is not None
-    )  # fmt: skip
-    own = next((cls for cls in classes if isinstance(logger, cls)), None)
+    own = next((cls for cls in _tensorboard_logger_classes() if isinstance(logger, cls)), None)
     if own is None or type(logger).log_metrics is not own.log_metrics or getattr(logger, "_prefix", None):
         return None
     experiment = logger.experiment
@@ -545,6 +541,18 @@ def tensorboard_event_writer(logger: Any) -> Any:
     if not type(experiment).__module__.startswith("torch.utils.tensorboard") or get_writer is None:
         return None
     return get_writer()
+
+
+def is_tensorboard_logger(logger: Any) -> bool:
+    """Whether ``logger`` is a ``TensorBoardLogger`` of either distribution (or of a subclass)."""
+    return isinstance(logger, _tensorboard_logger_classes())
+
+
+def _tensorboard_logger_classes() -> tuple[Any, ...]:
+    return tuple(
+        cls for name in _DISTRIBUTIONS
+        if (cls := getattr(_try_import(f"{name}.loggers"), "TensorBoardLogger", None)) is not None
+    )  # fmt: skip
 
 
 def _try_import(name: str) -> ModuleType | None:

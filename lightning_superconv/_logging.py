@@ -6,7 +6,7 @@ no logger, dashboard or ``ModelCheckpoint(monitor=...)`` can mistake them for tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -40,7 +40,12 @@ def log_range_test(trainer: _compat.Trainer, result: RangeTestResult, first_step
     if trainer.is_global_zero:
         _add_figure(trainer, result, first_step)
     for logger in trainer.loggers:
-        logger.save()
+        if _compat.is_tensorboard_logger(logger):
+            # its `save` writes `hparams.yaml` once, if absent: before Lightning logs the hyperparameters (after
+            # `on_fit_start`) it wrote `{}` for good (found in a review)
+            cast(Any, logger).experiment.flush()
+        else:
+            logger.save()
     return first_step + max(len(result.lrs), len(result.trials), 1)
 
 

@@ -233,5 +233,6 @@ def check_first_group_lr(trainer: _compat.Trainer, optimizer: Any, who: str) -> 
             f"{who} keeps the LR ratios between param groups relative to the first group, so the first "
             f"group's `lr` must be > 0, got {first}. Give the first param group a positive `lr` in "
             "`configure_optimizers` (only the ratios between groups matter; the range test and the cycle set the "
-            "values).",
+            "values); for a group held at `lr=0` on purpose (a frozen layer), put a group with a positive `lr` "
+            "first instead: a group at 0 in any later place stays at 0 through the cycle.",
         )

@@ -592,6 +592,14 @@ class GuardedCycle:
             self.guard.keep(loss, step, self._lr, max(int(trainer.accumulate_grad_batches), 1))
         self._lr = float(self.scheduler.optimizer.param_groups[0]["lr"])  # stepped already: the next batch's
         if self.guard.snapshot is None:  # a lazy module's weights exist now
+            if trainer.strategy.reduce_boolean_decision(not _all_finite(pl_module), all=False):
+                # found in a review: snapshotted as they were, NaN weights were all three rescues rolled back to
+                raise DivergenceError(
+                    "SuperConvergence: the first training step left the weights not finite (NaN/inf). The module's "
+                    "lazy layers made its weights in that step, so the divergence guard's first snapshot comes after "
+                    "it, and a rescue could roll back to nothing better: training stops. Check the first batch and "
+                    "the loss for NaN/inf, or make the lazy layers' weights before `fit` (a forward pass in `setup`)."
+                )
             self._refresh(trainer, step, pl_module, optimizer)
         # the same steps on every rank and in a resumed run: the check is a collective under DDP. The cycle's last
         # step is judged too (found trying the package as a new user: a run ending between two checks ended with
@@ -599,6 +607,10 @@ class GuardedCycle:
         if step % self.guard.check_every and not self.cycle_ended():
             return None, None
         reason = self._judge(trainer)
+        if reason is None and self.cycle_ended() and self._scaling(trainer) and not _all_finite(pl_module):
+            # the skipped steps' losses are not read, and thirty halvings may not come before the end (found in a
+            # review: a fit under `16-mixed` whose weights overflowed near its end ended NaN, without an error)
+            reason = "the weights are not finite (NaN/inf) at the cycle's last step"
         strategy = trainer.strategy
         if strategy.reduce_boolean_decision(reason is not None, all=False):
             # every rank records the same words: rank 0's (or, where its loss looked fine, that another's did not)
@@ -606,7 +618,9 @@ class GuardedCycle:
             if self.rescued >= self.max_rescues:
                 return None, reason
             return self._rescue(trainer, step, reason), None
-        if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(self.guard.healthy(), all=True):
+        if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(
+            self._healthy(trainer, pl_module), all=True
+        ):
             self._refresh(trainer, step, pl_module, optimizer)
         return None, None
 
@@ -665,24 +679,44 @@ class GuardedCycle:
             )
         return None
 
+    def _healthy(self, trainer: _compat.Trainer, pl_module: Any) -> bool:
+        """Whether a snapshot taken now is worth returning to (:meth:`DivergenceGuard.healthy`).
+
+        Under a gradient scaler that is on, the NaN/inf losses it skipped are not read, so the losses cannot tell
+        weights that went bad in a step it did not skip (finite gradients that overflow the weights): their
+        finiteness is checked too, one device sync per refresh (found in a review: snapshots of NaN weights, rolled
+        back to three times, and a fit that ended NaN without an error).
+        """
+        if not self.guard.healthy():
+            return False
+        return not self._scaling(trainer) or _all_finite(pl_module)
+
+    @staticmethod
+    def _scaling(trainer: _compat.Trainer) -> bool:
+        """Whether a gradient scaler that is on skips the steps whose gradients are NaN/inf."""
+        scaler = _compat.grad_scaler(trainer)
+        return scaler is not None and bool(scaler.is_enabled())
+
     def _discount_scaler_skips(self, trainer: _compat.Trainer) -> tuple[str | None, bool]:
         """Why the scaler's skips count as a divergence (thirty halvings of its scale in a row), and whether to forgive.
 
-        The NaN/inf losses since the last check are forgiven when the scaler lowered its scale since: it skipped them.
+        Under a gradient scaler that is on, every NaN/inf loss since the last check is forgiven: the scaler steps no
+        weight with NaN/inf gradients, it skips the step and halves its scale. One that skips at every scale is a
+        divergence: thirty halvings in a row. Forgiving only where the scale came out lower than at the last check
+        read a skip as a divergence where the scale had also grown in the same window (found in a review).
         """
-        scale = _scale_of(trainer)
-        if scale is None:
+        if not self._scaling(trainer):
             return None, False
+        scale = float(_compat.grad_scaler(trainer).get_scale())
         previous, self._scale = self._scale, scale
-        forgive = previous is not None and scale < previous
         if previous is not None:
-            self._halvings = self._halvings + round(math.log2(previous / scale)) if forgive else 0
+            self._halvings = self._halvings + round(math.log2(previous / scale)) if scale < previous else 0
         if self._halvings >= 30:
             return (
                 f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)",
-                forgive,
+                True,
             )
-        return None, forgive
+        return None, True
 
     def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:
         groups = self.scheduler.optimizer.param_groups
@@ -784,7 +818,9 @@ def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
 def _all_finite(module: torch.nn.Module) -> bool:
     """Whether every parameter of ``module`` (each rank's own shard) is finite; one device sync."""
     with torch.no_grad():
-        locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in module.parameters()]
+        # a lazy layer not made yet (one only validation uses) has no values to read
+        made = [p for p in module.parameters() if not torch.nn.parameter.is_lazy(p)]
+        locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in made]
         flags = [torch.isfinite(t).all() for t in locals_ if t.numel()]
         return not flags or bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all())
 

@@ -276,6 +276,9 @@ class SafeOneCycleLR(OneCycleLR):
         self.rewarm_from = min(max(float(from_factor), 0.0), 1.0)
         for group, lr in zip(self.optimizer.param_groups, own, strict=True):
             write_lr(group, float(lr) * self.rewarm_from)
+        # what `get_last_lr()` reports until the next step (found in a review: the LR of before the rescue, while the
+        # step ran at the re-warm-up's)
+        self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def rewarm_factor(self) -> float:
         """The re-warm-up's factor at the current step (1 outside one): the LR is the cycle's own LR times this."""

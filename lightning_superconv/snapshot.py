@@ -784,7 +784,9 @@ def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module], optimizer
     found = {id(t): t for m in (module, *also) for t in (*m.parameters(), *m.buffers())}
     for group in optimizer.param_groups if optimizer is not None else ():
         found.update((id(p), p) for p in group["params"] if isinstance(p, Tensor) and id(p) not in found)
-    return list(found.values())
+    # a lazy layer not made yet has no values to copy (found in a review: a head only a later step or validation uses
+    # crashed the guard's first snapshot); once made, the layout changed and the next snapshot is taken anew
+    return [t for t in found.values() if not torch.nn.parameter.is_lazy(t)]
 
 
 def _same_layout(

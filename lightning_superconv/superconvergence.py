@@ -17,7 +17,7 @@ from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_ra
 from lightning_superconv._validation import check_bool, check_integer, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
 from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
-from lightning_superconv.param_groups import configured_lrs, step_size_kind
+from lightning_superconv.param_groups import configured_lrs, momentum_key, read_momentum, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range_test
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import (
@@ -532,11 +532,14 @@ class SuperConvergence(_compat.Callback):
         if gave_up is not None:
             if self.rescues:
                 what = (
-                    f"diverged again at step {trainer.global_step} ({gave_up}) after {len(self.rescues)} rescue(s) had "
-                    f"lowered the peak to {self.max_lr:.4g}"
+                    f"diverged again, as the check at step {trainer.global_step} found ({gave_up}), after "
+                    f"{len(self.rescues)} rescue(s) had lowered the peak to {self.max_lr:.4g}"
                 )
             else:  # `max_rescues=0`: the guard only stops the run
-                what = f"diverged at step {trainer.global_step} ({gave_up}) with the peak at {self.max_lr:.4g}"
+                what = (
+                    f"diverged, as the check at step {trainer.global_step} found ({gave_up}), with the peak at "
+                    f"{self.max_lr:.4g}"
+                )
             # found trying CTC as a new user: a loss that is inf on a few samples (an input shorter than its target)
             # is met again at every peak, where a lower `max_lr=` or more rescues cannot help
             reasons = [gave_up, *(str(rescue["reason"]) for rescue in self.rescues)]
@@ -728,6 +731,7 @@ class SuperConvergence(_compat.Callback):
             # Prodigy and D-Adaptation fold their betas into their step-size estimate: the cycle leaves them alone
             config = OneCycleConfig(**{**config.__dict__, "cycle_momentum": False})
         still = groups_without_momentum(optimizer) if config.cycle_momentum is None else []
+        own_lr, own_momentum = configured_lrs(optimizer)[0], _configured_momentum(optimizer)
         scheduler = build_one_cycle(optimizer, self.max_lr, total_steps, config)
         replaced = _trainer.install_scheduler(trainer, scheduler)
         self.total_steps = total_steps
@@ -742,7 +746,12 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: replacing the scheduler {', '.join(f'`{n}`' for n in replaced)} from "
                 "`configure_optimizers` with `OneCycleLR`.",
             )
-        momentum = "cycling" if scheduler.cycle_momentum else "unchanged"
+        momentum = "unchanged"
+        if scheduler.cycle_momentum:
+            name = "beta1" if momentum_key(optimizer) == "betas" else "momentum"
+            configured = f", configured {own_momentum:g}" if own_momentum is not None else ""
+            momentum = f"cycling: {name} {config.max_momentum:g} -> {config.base_momentum:g} -> {config.max_momentum:g}"
+            momentum += configured
         if scheduler.cycle_momentum and still:
             momentum += (
                 f"; param group{'s' if len(still) > 1 else ''} {', '.join(map(str, still))}, built without momentum, "
@@ -750,8 +759,8 @@ class SuperConvergence(_compat.Callback):
             )
         _compat.rank_zero_info(
             trainer,
-            f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g} over {total_steps} steps "
-            f"(momentum {momentum}).",
+            f"SuperConvergence: `OneCycleLR` installed, max_lr={self.max_lr:.4g}{_against(self.max_lr, own_lr)} over "
+            f"{total_steps} steps (momentum {momentum}).",
         )
         if config.three_phase and short_three_phase_warm_up(config.pct_start, total_steps):
             pct_start = safe_pct_start(config.pct_start, total_steps, config.three_phase)
@@ -784,7 +793,8 @@ class SuperConvergence(_compat.Callback):
         )
         _compat.rank_zero_warn(
             trainer,
-            f"SuperConvergence: the loss diverged at step {rescue.step} ({rescue.reason}); rolled back to the "
+            f"SuperConvergence: the loss diverged, as the check at step {rescue.step} found ({rescue.reason}); rolled "
+            "back to the "
             f"weights and optimizer state of step {rescue.restored_step} and lowered the cycle's peak from "
             f"{rescue.old_peak:.4g} to {rescue.new_peak:.4g}{rest} (rescue {len(self.rescues)} of at most "
             f"{self.max_rescues}).",
@@ -872,6 +882,33 @@ def _run_epochs(trainer: _compat.Trainer, steps: int) -> int | None:
         return int(trainer.current_epoch) + math.ceil(steps / per_epoch)
     epochs = trainer.max_epochs
     return epochs if isinstance(epochs, int) and epochs > 0 else None
+
+
+def _configured_momentum(optimizer: Any) -> float | None:
+    """The momentum (or ``beta1``) the first group that has one was configured with; None where unknown.
+
+    A user's cyclic scheduler (torch's ``OneCycleLR``, ``CyclicLR``) wrote its own into the groups when it was built:
+    the configured value is gone (found in a review: "configured 0.95" of a user's 0.9).
+    """
+    groups = optimizer.param_groups
+    if any("max_momentum" in group for group in groups):
+        return None
+    return next((m for group in groups if (m := read_momentum(group))), None)
+
+
+def _against(max_lr: float, own_lr: float) -> str:
+    """The peak against the optimizer's configured LR, as the install line says it.
+
+    Found trying the package as a new user: a fine-tuning recipe's peak came out 91x its own LR, and only a sum said so.
+    """
+    if not (math.isfinite(own_lr) and own_lr > 0) or math.isclose(max_lr, own_lr, rel_tol=1e-9):
+        return ""
+    ratio = max_lr / own_lr
+    return (
+        f" ({ratio:.0f}x the configured lr={own_lr:.3g})"
+        if ratio >= 100
+        else f" ({ratio:.3g}x the configured lr={own_lr:.3g})"
+    )
 
 
 def _warn_of_a_resume_dropped(trainer: _compat.Trainer) -> None:

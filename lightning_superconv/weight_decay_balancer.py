@@ -21,6 +21,7 @@ from lightning_superconv.branches import Branch, DataRanOutError, HeldOutBatches
 from lightning_superconv.param_groups import configured_lrs, configured_weight_decays, lr_scales, step_size_kind
 from lightning_superconv.schedule import SafeOneCycleLR
 from lightning_superconv.weight_decay import (
+    MAX_STEP_DECAY,
     GroupTrace,
     SchedulerSpec,
     ScheduleSwap,
@@ -243,6 +244,7 @@ class WeightDecayBalancer(_compat.Callback):
         self._manual_trace: _ManualTrace | None = None
         # the reference recipe as read at `on_fit_start`: each group's trace, explicit LR and gain, and the step read at
         self._reference_read: tuple[list[GroupTrace], list[float | None], list[float], int] | None = None
+        self._reference_notes: list[str] = []
         # `max_epochs` before any callback's `on_fit_start` (StochasticWeightAveraging adds an epoch there)
         self._epochs_at_setup: int | None = None
         # each group's StochasticWeightAveraging LR where the trace could not place it (a stream): it bounds λ
@@ -262,6 +264,7 @@ class WeightDecayBalancer(_compat.Callback):
         self._rescuer = None
         self._manual_trace = None
         self._reference_read = None
+        self._reference_notes = []
         self._epochs_at_setup = trainer.fit_loop.max_epochs
         self._unread_lrs = None
         self._forget_the_fit()
@@ -344,11 +347,15 @@ class WeightDecayBalancer(_compat.Callback):
                     gains.append(group_gain(group, optimizer=optimizer))
                 except UnsettledMomentumError as err:
                     raise UnsettledMomentumError(err.momentum, index) from None
-            traces, _ = trace_schedule(
+            traces, notes = trace_schedule(
                 optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
                 int(trainer.global_step), int(trainer.current_epoch), _trainer.epoch_length_known(trainer),
                 _swa_swap(trainer, total),
             )  # fmt: skip
+        # what the reference's trace could not foresee: said with the reason, where the run's own trace (the one-cycle,
+        # once SuperConvergence replaced the user's scheduler) has no such note (found trying the package as a new user:
+        # a `ReduceLROnPlateau` read as constant was no longer said to be, and `mode='budget'` rested on it)
+        self._reference_notes = list(notes)
         return traces, _reference_lrs(optimizer, self.reference_lr), gains, int(trainer.global_step)
 
     @override
@@ -449,7 +456,8 @@ class WeightDecayBalancer(_compat.Callback):
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio}"
         self.weight_decays = chosen
         notes = [*notes, *swa_notes]
-        self.reason = reason + ("; " + "; ".join(notes) if notes else "")
+        said = [*notes, *(f"in the reference recipe, {note}" for note in self._reference_notes if note not in notes)]
+        self.reason = reason + ("; " + "; ".join(said) if said else "")
         self._apply(optimizer, chosen)
         specs = _scheduler_specs(trainer)
         # the user steps the scheduler: under manual optimization, or through an `lr_scheduler_step` override (found
@@ -672,13 +680,20 @@ class WeightDecayBalancer(_compat.Callback):
     def _bounds(self, optimizer: Any, traces: Sequence[GroupTrace], index: int) -> tuple[float, float]:
         assert self.reference_weight_decays is not None
         form = decay_form(optimizer.param_groups[index], optimizer)
+        trace = self._capped_trace(traces, index)
+        return bounds_for(self.reference_weight_decays[index], trace, self.bounds[0], self.bounds[1], form)
+
+    def _capped_trace(self, traces: Sequence[GroupTrace], index: int) -> GroupTrace:
+        """The group's trace as the cap of decay per step reads it: with SWA's LR, which the trace could not place.
+
+        SWA's LR still bounds the decay of a step (found trying the package as a new user: a stream's steps at SWA's
+        10x LR decayed the weights by a third each).
+        """
         trace = traces[index]
         if self._unread_lrs is not None and index < len(self._unread_lrs) and trace.lrs:
-            # SWA's LR, which the trace could not place, still bounds the decay of a step (found trying the package as
-            # a new user: a stream's steps at SWA's 10x LR decayed the weights by a third each)
             lrs, momenta, gains = [*trace.lrs, self._unread_lrs[index]], [*trace.momenta], [*trace.gains]
             trace = GroupTrace(lrs, [*momenta, momenta[-1]], [*gains, gains[-1]])
-        return bounds_for(self.reference_weight_decays[index], trace, self.bounds[0], self.bounds[1], form)
+        return trace
 
     def _budget(
         self,
@@ -741,8 +756,8 @@ class WeightDecayBalancer(_compat.Callback):
         elif not budget_range[0] * (1 - 1e-9) <= now <= budget_range[1] * (1 + 1e-9):
             # `bounds` or the 10 %-per-step cap stopped it short: say so rather than claim the range was reached
             verdict = (
-                f"{'raised' if now < budget_range[0] else 'lowered'} only as far as `bounds` "
-                f"({self.bounds[0]:g}-{self.bounds[1]:g}x {self._start}) and the cap of 10 % decay per step allow: "
+                f"{'raised' if now < budget_range[0] else 'lowered'} only as far as "
+                f"{self._held_by(optimizer, traces, first, chosen[first])} allows: "
                 f"K = {now:.3g}, still {'below' if now < budget_range[0] else 'above'} the range it aims for"
             )
         elif math.isclose(chosen[first], refs[first]):
@@ -783,6 +798,18 @@ class WeightDecayBalancer(_compat.Callback):
             )
             + others
         )
+
+    def _held_by(self, optimizer: Any, traces: Sequence[GroupTrace], index: int, weight_decay: float) -> str:
+        """Which limit holds ``weight_decay`` where the mode stopped short: `bounds`, or the cap of decay per step.
+
+        Found trying the package as a new user: both were named where `bounds` alone held (the steps decayed the
+        weights by 0.05 % at most, far below the cap's 10 %).
+        """
+        peak = self._capped_trace(traces, index).peak_step_decay()
+        closed_form = decay_form(optimizer.param_groups[index], optimizer) != "adaptive"
+        if closed_form and peak > 0 and weight_decay * peak >= MAX_STEP_DECAY * (1 - 1e-9):
+            return f"the cap of {MAX_STEP_DECAY:.0%} decay per step"
+        return f"`bounds` ({self.bounds[0]:g}-{self.bounds[1]:g}x {self._start})"
 
     @staticmethod
     def _budget_of(weight_decay: float, trace: GroupTrace, budget_range: tuple[float, float]) -> str:

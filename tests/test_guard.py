@@ -916,6 +916,62 @@ def test_a_lazy_module_is_guarded_from_its_first_step_on(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(on.parameters(), off.parameters(), strict=True))
 
 
+def test_a_lazy_module_whose_first_step_left_its_weights_nan_stops_with_why_not_after_useless_rescues(tmp_path):
+    """Its first snapshot comes after its first step: NaN weights there are nothing to roll back to, as at fit start.
+
+    Found in a review: a NaN loss at step 0 (a corrupt first batch) made the first snapshot of NaN weights, all three
+    rescues rolled back to it, and the error then blamed the LR.
+    """
+
+    class NanFirst(LazyTiny):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == 0 else loss
+
+    callback = SuperConvergence(max_lr=0.5)
+    with pytest.raises(DivergenceError, match=r"the first training step left the weights not finite.*lazy layers"):
+        _fit(tmp_path, callback, model=NanFirst)
+    assert callback.rescues == []
+
+
+def test_a_lazy_layer_made_only_after_the_first_step_does_not_stop_the_guard_s_first_snapshot(tmp_path):
+    """Found in a review: an auxiliary lazy head used from the second step on crashed the first snapshot."""
+
+    class LazyAux(LazyTiny):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.aux = nn.LazyLinear(4)
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss + 0.0 * self.aux(batch[0]).sum() if self.trainer.global_step >= 1 else loss
+
+    callback = SuperConvergence(max_lr=50.0)
+    _, model, _ = _fit(tmp_path, callback, model=LazyAux, max_epochs=10)
+    assert callback.rescues
+    assert _final_loss(model) < 1.0
+
+
+def test_get_last_lr_after_a_rescue_is_the_lr_the_next_step_runs_at(tmp_path):
+    """The re-warm-up writes the groups' LR: `get_last_lr()` says it too.
+
+    Found in a review: for one step it said the LR of before the rescue, 0.377 where the step ran at 0.2.
+    """
+
+    class Reads(Callback):
+        def __init__(self) -> None:
+            self.pairs: list[tuple[float, float]] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            self.pairs.append((scheduler.get_last_lr()[0], scheduler.optimizer.param_groups[0]["lr"]))
+
+    callback, reads = SuperConvergence(max_lr=5.0), Reads()  # its rescue re-warms from below the lowered cycle
+    _fit(tmp_path, callback, extra=[reads], max_epochs=10)
+    assert callback.rescues
+    assert all(said == pytest.approx(ran, rel=1e-12) for said, ran in reads.pairs)
+
+
 def test_under_gradient_accumulation_a_rescue_quotes_the_loss_as_training_step_returned_it(tmp_path):
     """Lightning hands the hooks the loss divided by ``accumulate_grad_batches``: the words quote the user's own loss.
 
@@ -1053,7 +1109,7 @@ class SnapshotBytes(Callback):
 
 def test_more_divergences_than_rescues_stop_training_with_a_clear_error(tmp_path):
     """``max_rescues=0``: the guard only stops the run, so it holds no copy of the weights (found in a code review)."""
-    stopped = r"diverged at step \d+ .* with the peak at 50.*`max_rescues=0`.*`max_lr=`"
+    stopped = r"diverged, as the check at step \d+ found .* with the peak at 50.*`max_rescues=0`.*`max_lr=`"
     callback = SuperConvergence(max_lr=50.0, max_rescues=0)
     held = SnapshotBytes(callback)
     tried = []
@@ -1224,7 +1280,7 @@ def test_an_lr_held_in_a_tensor_stays_that_tensor_and_takes_the_values_a_float_w
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
     """A peak far too high for one rescue: the error names the rescues and the peak they left."""
     callback = SuperConvergence(max_lr=1e4, max_rescues=1)
-    stopped = r"diverged again at step \d+ .* after 1 rescue\(s\) had lowered the peak"
+    stopped = r"diverged again, as the check at step \d+ found .* after 1 rescue\(s\) had lowered the peak"
     with pytest.raises(DivergenceError, match=stopped):
         _fit(tmp_path, callback)
     assert len(callback.rescues) == 1
@@ -1392,6 +1448,49 @@ def test_a_step_the_gradient_scaler_skips_is_not_a_divergence(tmp_path):
     assert trainer.precision_plugin.scaler.get_scale() < 2.0**8 or trainer.global_step > 0
     assert callback.rescues == []
     assert _final_loss(model) < 1.0
+
+
+def test_a_step_the_scaler_skips_in_a_window_where_its_scale_also_grew_is_not_a_divergence(tmp_path):
+    """A skip and growths between two checks leave the scale no lower than at the last: the skip is still no blow-up.
+
+    Found in a review: only a scale lower than at the last check forgave the window's NaN/inf losses, and a skip
+    beside a growth (every 3 clean steps here; every 2000 by default) rolled the run back and lowered its peak 4x.
+    """
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=3)
+    callback = SuperConvergence(max_lr=0.5)
+    trainer, model, _ = _fit(
+        tmp_path, callback, model=OverflowOnce, plugins=[MixedPrecision("16-mixed", "cpu", scaler)]
+    )
+    assert trainer.precision_plugin.scaler.get_scale() > 2.0**8  # it grew over the run, the skip included
+    assert callback.rescues == []
+    assert _final_loss(model) < 1.0
+
+
+class _WeightsTurnInfAt(Callback):
+    """One optimizer step that left a weight infinite from finite gradients, which no scaler skips."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.net[0].weight[0, 0] = float("inf")
+
+
+@pytest.mark.parametrize("step", [95, 170], ids=["mid-run", "near the end"])
+def test_under_a_scaler_weights_gone_inf_are_never_snapshotted_and_never_left_at_the_end(tmp_path, step):
+    """The scaler skips every later step, and its NaN/inf losses are not read: the weights' finiteness is checked.
+
+    Found in a review: under `16-mixed` the refresh at step 100 and 150 copied the inf weights, every rescue rolled back
+    to them, and a run whose weights went bad at step 170 of 192 ended NaN, with no error.
+    """
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**8))
+    callback = SuperConvergence(max_lr=0.5)
+    _, model, _ = _fit(tmp_path, callback, extra=[_WeightsTurnInfAt(step)], plugins=[fp16], max_epochs=12)
+    assert callback.rescues
+    assert all(r["restored_step"] < step for r in callback.rescues)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 class OverflowAtTwelve(Deterministic):

@@ -93,12 +93,32 @@ def _fit(tmp_path, model, callback=None, extra=(), **overrides):
     return trainer
 
 
+def test_a_group_held_at_lr_0_after_the_first_stays_frozen_through_the_range_test_and_the_cycle(tmp_path):
+    """What the refusal of a first group at 0 advises: such a group put second keeps `lr=0` and its weights."""
+
+    class FrozenSecond(Counting):
+        def configure_optimizers(self):
+            frozen = list(self.net[0].parameters())
+            rest = [p for p in self.parameters() if all(p is not q for q in frozen)]
+            return torch.optim.SGD([{"params": rest, "lr": 0.01}, {"params": frozen, "lr": 0.0}], momentum=0.9)
+
+    model = FrozenSecond()
+    before = [p.detach().clone() for p in model.net[0].parameters()]
+    trainer = _fit(tmp_path, model, SuperConvergence(num_steps=20))
+    assert trainer.optimizers[0].param_groups[1]["lr"] == 0.0
+    assert all(torch.equal(p, q) for p, q in zip(model.net[0].parameters(), before, strict=True))
+
+
 @pytest.mark.parametrize(
     ("model", "problem", "fix"),
     [
         (Manual, r"needs automatic optimization", r"Switch to automatic optimization, or remove the callback"),
         (NoOptimizer, r"`configure_optimizers` returned None", r"Return the optimizer to train with"),
-        (ZeroFirstGroup, r"first group's `lr` must be > 0, got 0.0", r"Give the first param group a"),
+        (
+            ZeroFirstGroup,
+            r"first group's `lr` must be > 0, got 0.0",
+            r"a frozen layer\), put a group with a positive `lr` first",
+        ),
         (lambda: NonFinite(float("nan")), r"loss was non-finite \(NaN/inf\) after 0 step", r"Convergence\(max_lr="),
         (lambda: NonFinite(float("inf")), r"loss was non-finite \(NaN/inf\) after 0 step", r"lr_range=\(start, end\)"),
     ],

@@ -1181,11 +1181,62 @@ def test_a_cycle_between_momenta_of_0_is_not_said_to_keep_a_group_without_moment
     callback = SuperConvergence(max_lr=0.1, base_momentum=0.0, max_momentum=0.0)
     with caplog.at_level(logging.INFO):
         _fit(tmp_path, TinyClassifier(), callback)
-    assert "momentum cycling)" in caplog.text
+    assert "momentum cycling: momentum 0 -> 0 -> 0, configured 0.9)" in caplog.text
     assert "built without momentum" not in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ (6) (7) (8)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "said"),
+    [
+        ("sgd", "max_lr=0.3 (30x the configured lr=0.01) over 8 steps (momentum cycling: momentum 0.95 -> 0.85 -> "
+         "0.95, configured 0.9)."),
+        ("adamw", "max_lr=0.3 (30x the configured lr=0.01) over 8 steps (momentum cycling: beta1 0.95 -> 0.85 -> "
+         "0.95, configured 0.9)."),
+    ],
+)  # fmt: skip
+def test_the_install_line_says_the_peak_against_the_configured_lr_and_the_momentum_it_cycles(
+    tmp_path, caplog, optimizer, said
+):
+    """The peak against the optimizer's own LR, and the momentum (or beta1) the cycle runs against the configured one.
+
+    Found trying the package as a new user: a fine-tuning recipe's peak came out 91x its own LR and its beta1 cycled
+    from 0.95, where it had 0.9; the line said "(momentum cycling)", and only a sum told the ratio.
+    """
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path, TinyClassifier(optimizer=optimizer), SuperConvergence(max_lr=0.3))
+    assert f"SuperConvergence: `OneCycleLR` installed, {said}" in caplog.text
+
+
+def test_the_install_line_names_no_configured_momentum_a_users_cycle_overwrote_and_reads_the_cycling_group(
+    tmp_path, caplog
+):
+    """Torch's `OneCycleLR` writes its own momentum when built: the configured one is gone, and not said.
+
+    Found in a review: "configured 0.95" of a user's 0.9; "configured 0" read off a first group built without momentum,
+    beside groups at 0.9 that cycle. A ratio of hundreds or more is said in whole numbers ("6e+03x" before).
+    """
+
+    def own_cycle(params):
+        optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": OneCycleLR(optimizer, max_lr=0.01, total_steps=100)}
+
+    def first_without(params):
+        params = list(params)
+        return torch.optim.SGD([{"params": params[:2], "momentum": 0.0}, {"params": params[2:]}], lr=5e-5, momentum=0.9)
+
+    lines = []
+    for build in (own_cycle, first_without):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            _fit(tmp_path, WithOptimizer(build), SuperConvergence(max_lr=0.3))
+        lines.append(next(r.getMessage() for r in caplog.records if "installed" in r.getMessage()))
+    assert "(30x the configured lr=0.01)" in lines[0]  # the user's cycle's peak
+    assert lines[0].endswith("(momentum cycling: momentum 0.95 -> 0.85 -> 0.95).")
+    assert "(6000x the configured lr=5e-05)" in lines[1]
+    assert "momentum 0.95 -> 0.85 -> 0.95, configured 0.9; param group 0, built without momentum" in lines[1]
 
 
 def test_given_max_lr_skips_the_range_test(tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_superconv import SuperConvergence, WeightDecayBalancer
@@ -98,3 +101,15 @@ def test_weight_decay_is_logged_every_step(run):
     steps, values = _series(run["events"], "superconv/weight_decay")
     assert steps == list(range(run["trainer"].global_step))
     np.testing.assert_array_equal(values, np.float32(run["wd"].weight_decays[0]))
+
+
+def test_the_module_s_hyperparameters_reach_hparams_yaml(run):
+    """The range test's log does not write `hparams.yaml` before Lightning logs the hyperparameters.
+
+    Found in a review: `TensorBoardLogger.save` writes the file once, if absent; the range test's `save`, in
+    `on_fit_start`, wrote `{}`, and the module's hyperparameters never reached it.
+    """
+    with open(os.path.join(run["trainer"].logger.log_dir, "hparams.yaml"), encoding="utf8") as f:
+        saved = yaml.safe_load(f)
+    assert saved["width"] == 4
+    assert saved["lr"] == 0.01

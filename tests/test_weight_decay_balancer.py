@@ -353,9 +353,45 @@ def test_default_timescale_mode_sets_the_bounded_value_at_every_step(tmp_path):
     assert "timescale" in balancer.reason
     # the bounds stop it short of K = 1 here, and the report says so rather than claim the range was reached
     assert expected < 1.0 / sum(terms)
-    allowed = "raised only as far as `bounds` (0.01-10x the user's λ) and the cap of 10 % decay per step allow: K = "
-    assert allowed in balancer.reason
+    held = "`bounds` (0.01-10x the user's λ)" if expected == 10 * 5e-4 else "the cap of 10% decay per step"
+    assert f"raised only as far as {held} allows: K = " in balancer.reason
     assert "still below the range it aims for" in balancer.reason
+
+
+@pytest.mark.parametrize(("max_lr", "held"), [(0.5, "`bounds` (0.01-10x the user's λ)"), (5.0, "the cap of 10% decay")])
+def test_timescale_stopped_short_names_the_limit_that_held(tmp_path, max_lr, held):
+    """`bounds` at a moderate peak, the cap of decay per step at a high one: the reason names the one that held.
+
+    Found trying the package as a new user: both were named where `bounds` alone held.
+    """
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=max_lr, guard=False), balancer], epochs=1)
+    assert balancer.reason.startswith(f"raised only as far as {held}")
+    peak_decay = balancer.weight_decays[0] * max(_one_cycle_terms(0.01, 0.9, max_lr, STEPS_PER_EPOCH))
+    assert (peak_decay == pytest.approx(0.1)) == held.startswith("the cap")
+
+
+@pytest.mark.parametrize("with_superconvergence", [False, True], ids=["alone", "beside SuperConvergence"])
+def test_a_reference_plateau_scheduler_read_as_constant_is_said_also_once_the_cycle_replaced_it(
+    tmp_path, with_superconvergence
+):
+    """The reference's note reaches the reason where the run's own schedule (the one-cycle) has none, and only once.
+
+    Found trying the package as a new user (LightningCLI's `--lr_scheduler ReduceLROnPlateau`): beside
+    `SuperConvergence` the note went, while `mode='budget'` rested on the plateau read as a constant LR.
+    """
+
+    def plateau(params):
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "train_loss"}}
+
+    balancer = WeightDecayBalancer(mode="budget")
+    callbacks = [SuperConvergence(max_lr=0.5), balancer] if with_superconvergence else [balancer]
+    _fit(tmp_path, WithOptimizer(plateau), callbacks)  # it logs `train_loss`
+    note = "`ReduceLROnPlateau` depends on a metric and was read as constant"
+    assert balancer.reason.count(note) == 1
+    assert balancer.reason.endswith(f"in the reference recipe, {note}" if with_superconvergence else note)
 
 
 def test_timescale_with_several_decayed_groups_says_each_group_s_budget(tmp_path):
