@@ -143,8 +143,8 @@ def find_max_lr(
             you will give ``SuperConvergence(max_lr=...)``, so that the peak is judged on the cycle it will run.
 
     Raises:
-        TypeError: if ``model`` is no torch module, ``range_test`` holds an argument that is not a range-test
-            argument, or ``trainer_kwargs`` is no mapping.
+        TypeError: if ``model`` is no torch module, ``range_test`` holds an argument that is neither a range-test
+            argument nor a cycle-shape one, or ``trainer_kwargs`` is no mapping.
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
             callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``, or a strategy that runs the fit in new

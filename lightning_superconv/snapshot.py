@@ -585,10 +585,10 @@ def _refill_groups(
 
 
 def _copy_state(value: Any) -> Any:
-    """A copy of a module's extra state: tensors detached and cloned, plain dicts, lists and tuples rebuilt.
+    """A copy of a module's extra state or a metric's state: tensors detached and cloned, dicts, lists, tuples rebuilt.
 
-    A tensor computed from a parameter (``{"scale": self.weight.abs().amax()}``) cannot be deep-copied; anything
-    else is.
+    A tensor in a graph cannot be deep-copied: one computed from a parameter (``{"scale": self.weight.abs().amax()}``),
+    or the step's output a metric used as the loss keeps in ``_forward_cache``; anything else is.
     """
     if isinstance(value, Tensor):
         return value.detach().clone()
@@ -864,11 +864,13 @@ def dataloader_generators(loaders: Sequence[Any]) -> list[Any]:
         for value in [getattr(obj, "generator", None), *values]:
             if _is_rng(value) and all(value is not g for g in found):
                 found.append(value)
-    # a `collate_fn` object that mixes samples with a generator of its own (mixup, cutmix)
     datasets = [dataset for loader in loaders for dataset in _datasets(loader)]
-    augmenters = [*datasets, *(getattr(dataset, "generator", None) for dataset in datasets)]
-    augmenters += [collate for loader in loaders if (collate := getattr(loader, "collate_fn", None)) is not None]
-    found += [g for g in _rngs_within(augmenters) if all(g is not h for h in found)]
+    # a `collate_fn` object that mixes samples with a generator of its own (mixup, cutmix)
+    collates = [collate for loader in loaders if (collate := getattr(loader, "collate_fn", None)) is not None]
+    # each one's `generator` read by name too: kept in `__slots__` or behind a property, no attribute search sees it
+    # (found in a review: a mixup object with slots lost its generator to the search by depth)
+    named = [getattr(obj, "generator", None) for obj in (*datasets, *collates)]
+    found += [g for g in _rngs_within([*datasets, *collates, *named]) if all(g is not h for h in found)]
     return found
 
 

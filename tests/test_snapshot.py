@@ -1292,3 +1292,22 @@ def test_generators_behind_module_pipelines_and_partial_collates_are_found_and_d
     loader = DataLoader(dataset, batch_size=4, collate_fn=functools.partial(_mix, rng=rng))
     found = dataloader_generators([loader])
     assert {id(g) for g in found} == {id(noise.gen), id(rng)}
+
+
+class _SlotsMixup:
+    """A mixup `collate_fn` object keeping its generator in `__slots__`: no attribute search sees it."""
+
+    __slots__ = ("generator",)
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(4)
+
+    def __call__(self, samples):
+        return torch.stack(list(samples)) * torch.rand((), generator=self.generator)
+
+
+def test_a_collate_object_s_generator_in_slots_is_found_by_its_name():
+    """Found in a review: the search by depth of the first version read `vars()` only, and lost it (found before)."""
+    mixup = _SlotsMixup()
+    loader = DataLoader(_Augmented(_Pipeline()), batch_size=4, collate_fn=mixup)
+    assert [id(g) for g in dataloader_generators([loader])] == [id(mixup.generator)]
