@@ -707,7 +707,8 @@ class GuardedCycle:
         """
         if not self._scaling(trainer):
             return None, False
-        scale = float(_compat.grad_scaler(trainer).get_scale())
+        scale = _scale_of(trainer)
+        assert scale is not None
         previous, self._scale = self._scale, scale
         if previous is not None:
             self._halvings = self._halvings + round(math.log2(previous / scale)) if scale < previous else 0

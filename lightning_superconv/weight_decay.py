@@ -415,11 +415,17 @@ def bounds_for(reference: float, trace: GroupTrace, low: float, high: float, for
     The per-step cap (:data:`MAX_STEP_DECAY`) applies where the shrink has a closed form (coupled SGD, decoupled);
     adaptive coupled decay is bounded by the optimizer's own step size.
     """
-    lo, hi = low * reference, high * reference
-    peak = trace.peak_step_decay()
-    if form != "adaptive" and peak > 0:
-        hi = min(hi, MAX_STEP_DECAY / peak)
+    lo, hi = low * reference, min(high * reference, step_decay_cap(trace, form))
     return min(lo, hi), hi
+
+
+def step_decay_cap(trace: GroupTrace, form: DecayForm) -> float:
+    r"""The largest ``λ`` under which no step of ``trace`` decays more than :data:`MAX_STEP_DECAY` (inf: no cap).
+
+    Only where the shrink has a closed form (coupled SGD, decoupled) and some step decays at all.
+    """
+    peak = trace.peak_step_decay()
+    return MAX_STEP_DECAY / peak if form != "adaptive" and peak > 0 else math.inf
 
 
 def clamp(value: float, bounds: tuple[float, float]) -> float:

@@ -35,6 +35,7 @@ from lightning_superconv.weight_decay import (
     epochs_spanned,
     group_gain,
     reference_budget,
+    step_decay_cap,
     timescale_bounded,
     trace_schedule,
 )
@@ -805,9 +806,8 @@ class WeightDecayBalancer(_compat.Callback):
         Found trying the package as a new user: both were named where `bounds` alone held (the steps decayed the
         weights by 0.05 % at most, far below the cap's 10 %).
         """
-        peak = self._capped_trace(traces, index).peak_step_decay()
-        closed_form = decay_form(optimizer.param_groups[index], optimizer) != "adaptive"
-        if closed_form and peak > 0 and weight_decay * peak >= MAX_STEP_DECAY * (1 - 1e-9):
+        cap = step_decay_cap(self._capped_trace(traces, index), decay_form(optimizer.param_groups[index], optimizer))
+        if weight_decay >= cap * (1 - 1e-9):
             return f"the cap of {MAX_STEP_DECAY:.0%} decay per step"
         return f"`bounds` ({self.bounds[0]:g}-{self.bounds[1]:g}x {self._start})"
 
