@@ -354,13 +354,24 @@ def fresh_train_iterator(combined_loader: Any) -> tuple[Iterator[Any], float]:
 
 
 def own_workers(loader: Any) -> Any:
-    r"""``loader`` itself, or for one with ``persistent_workers=True`` a copy whose iterators are its own.
+    r"""``loader`` itself, or a copy whose iterators are its own for a loader that keeps the one it handed out.
 
-    A persistent loader hands out one worker iterator for its whole life, and the fit loop creates it when it loads the
-    data (at fit start): iterating the loader itself would advance and reset the very iterator training reads from. The
-    copy shares the dataset, sampler and settings, and starts workers of its own that end with its iterator.
+    A persistent loader (``persistent_workers=True``) hands out one worker iterator for its whole life, and the fit
+    loop creates it when it loads the data (at fit start): iterating the loader itself would advance and reset the very
+    iterator training reads from. A stateful ``DataLoader`` (torchdata's ``StatefulDataLoader``: one with
+    ``state_dict`` and ``load_state_dict``) keeps the latest iterator it handed out as its ``_iterator`` and saves that
+    one's position into checkpoints: iterated here, it would save the range test's (found trying the package as a new
+    user: every checkpoint held the last trial's position, and a resume skipped 40 batches of the stream). The copy
+    shares the dataset, sampler and settings, and starts workers of its own that end with its iterator. A loader of
+    another kind that keeps its iterator elsewhere (torchdata's ``nodes.Loader``) is read as it is.
     """
-    if not (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0):
+    persistent = getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0
+    stateful = (
+        hasattr(loader, "_iterator")
+        and callable(getattr(loader, "state_dict", None))
+        and callable(getattr(loader, "load_state_dict", None))
+    )
+    if not (persistent or stateful):
         return loader
     own = copy.copy(loader)
     # `DataLoader` refuses to change these once built; the copy is ours, so its instance dict is set directly

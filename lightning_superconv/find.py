@@ -25,13 +25,13 @@ from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range
 from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import OneCycleConfig, resolve_cycle_momentum
 from lightning_superconv.snapshot import (
+    data_order_numbers,
     metric_states,
     put_back,
     put_back_metric_states,
     random_generators,
     registered_tensors,
     rng_state,
-    sampler_numbers,
     set_rng_state,
 )
 
@@ -216,7 +216,8 @@ def find_max_lr(
     loaders = [*_loaders_in(model, train_dataloaders), *_loaders_in(model, val_dataloaders)]
     # and those the model and the datamodule hold (noise drawn from a generator of the module's own)
     generators = [(g, rng_state(g)) for g in random_generators(loaders, model, datamodule)]
-    samplers = sampler_numbers(loaders)  # a sampler that counts its own passes (`sampler_numbers`)
+    # a sampler that counts its own passes, a stream whose dataset keeps its position (`data_order_numbers`)
+    order_numbers = data_order_numbers(loaders)
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
@@ -247,8 +248,8 @@ def find_max_lr(
         vars(callback).update(attribute_values)
     for generator, state in generators:
         set_rng_state(generator, state)
-    for sampler, numbers in samplers:
-        vars(sampler).update(numbers)
+    for holder, numbers in order_numbers:
+        vars(holder).update(numbers)
     put_back(slots)
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lightning_superconv import _compat, _trainer
 from lightning_superconv._validation import check_choice, check_integer, check_number, check_pair
 from lightning_superconv.branches import (
@@ -419,7 +421,8 @@ def run_range_test(
                 f"lowest peak tried{also}; the least bad, max_lr={max_lr:.3g}, may train poorly: every peak tried may "
                 "have killed the network (its loss at chance, or collapsed to one output for every input), or the "
                 "held-out loss barely moves in a trial's few steps (a validation set unlike the training data, a task "
-                "with little to learn). Look at the curve (`result.plot()`), or pass `SuperConvergence(max_lr=...)`.",
+                f"with little to learn){_slow_batch_norm_note(pl_module)}. Look at the curve (`result.plot()`), or "
+                "pass `SuperConvergence(max_lr=...)`.",
             )
         elif own_from is not None and verdict.index >= own_from:
             _compat.rank_zero_warn(
@@ -487,6 +490,27 @@ def run_range_test(
         skipped_steps=record.skipped_steps,
         skipped_batches=record.skipped_batches,
         trials=trials,
+    )
+
+
+def _slow_batch_norm_note(pl_module: _compat.LightningModule) -> str:
+    """Why no trial may have learned where BatchNorm's running statistics move slowly; empty where none do.
+
+    The trials score in eval mode, where BatchNorm normalizes by its running statistics: at a momentum of 0.01
+    (torchvision's MobileNetV3 and EfficientNet) they keep most of the untrained network's after a trial's 100 steps,
+    and a network that learned scores as one that did not (found trying the package as a new user: LRASPP's trials all
+    "learned nothing", the pick fell back to the optimizer's own LR, and a peak 40x higher trained the run far better).
+    """
+    norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    slow = [m for m in norms if m.track_running_stats and (m.momentum is None or m.momentum < 0.1)]
+    if not slow:
+        return ""
+    momenta = sorted({"None (a cumulative average)" if m.momentum is None else f"{m.momentum:g}" for m in slow})
+    return (
+        f"; or, as {len(slow)} of your {len(norms)} BatchNorm layers have a momentum of {' or '.join(momenta)}, their "
+        "running statistics, which the trials score by (in eval mode), may still describe the untrained network after "
+        "a trial's few steps, so that a network that learned scores as one that did not: a BatchNorm momentum of 0.1 "
+        "(PyTorch's default) lets the trials see what the network learned"
     )
 
 

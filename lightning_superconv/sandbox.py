@@ -20,12 +20,14 @@ from lightning_superconv import _compat
 from lightning_superconv.snapshot import (
     Snapshot,
     capture,
+    data_order_numbers,
     held_generators,
     lazy_modules,
     random_generators,
     rng_state,
-    sampler_numbers,
     set_rng_state,
+    stream_positions,
+    streams_moved,
 )
 
 #: the attribute that marks an error raised while a sandbox's snapshot was put back (:func:`note_unrestored`)
@@ -100,7 +102,8 @@ def sandbox(
     loaders = _compat.train_loaders(trainer)
     generators = random_generators([*loaders, *other_loaders], pl_module, _compat.datamodule(trainer))
     snapshot = capture(pl_module, optimizer, scaler, generators)
-    snapshot.scalars += sampler_numbers([*loaders, *other_loaders])
+    snapshot.scalars += data_order_numbers([*loaders, *other_loaders])
+    streams = stream_positions([*loaders, *other_loaders])
     if snapshot.uncaptured:
         # found trying the package as a new user: an observer whose `get_extra_state` raises until it is calibrated
         # started training having counted the range test's batches; what cannot be copied cannot be put back
@@ -128,6 +131,17 @@ def sandbox(
         except BaseException as err:
             note_unrestored(err, failure)
             raise
+    moved = streams_moved(streams)
+    if moved:
+        # found in a review: a stream that reads a file it holds open went on after what the range test had read
+        _compat.rank_zero_warn(
+            trainer,
+            f"lightning_superconv: training off the record (the range test, the weight-decay grid) read from "
+            f"{', '.join(f'`{name}`' for name in moved)}, a source your dataset holds and reads in the main process, "
+            "which cannot be rewound: training goes on after what it read. Open the source in the dataset's "
+            "`__iter__`, so that each pass reads its own, or pass `SuperConvergence(max_lr=...)` (and another "
+            "`WeightDecayBalancer` mode), which train nothing off the record.",
+        )
     if failure is not None:
         raise failure
 

@@ -13,8 +13,11 @@ scheduler so that:
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from lightning_utilities.core.rank_zero import rank_zero_warn
@@ -279,6 +282,31 @@ class SafeOneCycleLR(OneCycleLR):
         # what `get_last_lr()` reports until the next step (found in a review: the LR of before the rescue, while the
         # step ran at the re-warm-up's)
         self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
+
+    def highest_lr_ahead(self) -> float:
+        r"""The highest LR the first param group trains at from this step to the cycle's end, a re-warm-up included.
+
+        After a rescue past the cycle's peak, the re-warm-up climbs while the cycle anneals, and the run stays below the
+        lowered cycle's LR (found trying the package as a new user: "lowered the cycle's peak to 0.01739", and no step
+        trained above 0.0055). Read off a copy of this schedule, over copies of the param groups' values; past the
+        peak and the re-warm-up's end the LR only falls, so the steps up to the later of them are read.
+        """
+        ahead = copy.copy(self)
+        # plain values: an LR held in a Tensor is filled in place, and this copy writes nothing the run reads
+        groups = [
+            {**{k: v for k, v in group.items() if k != "params"}, "lr": float(group["lr"])}
+            for group in self.optimizer.param_groups
+        ]
+        ahead.optimizer = SimpleNamespace(param_groups=groups)  # type: ignore[assignment]
+        ahead.added_group_ratios, ahead.base_lrs = dict(self.added_group_ratios), list(self.base_lrs)
+        ahead._get_lr_called_within_step = True  # torch's flag: no warning of a call
+        ahead._warned_past_end = True
+        rising_until = max(math.ceil(self.peak_step), self.rewarm_start + self.rewarm_steps)
+        highest = 0.0
+        for step in range(self.last_epoch, min(max(rising_until, self.last_epoch), self.total_steps - 1) + 1):
+            ahead.last_epoch = step
+            highest = max(highest, float(ahead.get_lr()[0]))
+        return highest
 
     def rewarm_factor(self) -> float:
         """The re-warm-up's factor at the current step (1 outside one): the LR is the cycle's own LR times this."""

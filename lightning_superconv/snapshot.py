@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import random
 import sys
 import types
@@ -49,7 +50,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from torch.utils.hooks import RemovableHandle
 
 from lightning_superconv import _compat
@@ -265,7 +266,8 @@ class Snapshot:
     loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any, Any]]]] = field(default_factory=list)
     #: the top module and its own attributes (:func:`_own_attributes`), or None
     attributes: tuple[torch.nn.Module, dict[str, Any]] | None = None
-    #: the numbers and strings each submodule (and each sampler, :func:`sampler_numbers`) holds as attributes
+    #: the numbers and strings each submodule (and each sampler and dataset: :func:`data_order_numbers`) holds as
+    #: attributes
     scalars: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
     #: the names of the attributes each submodule holds: one set since is removed
     names: list[tuple[torch.nn.Module, frozenset[str]]] = field(default_factory=list)
@@ -931,16 +933,24 @@ def _found_within(roots: Sequence[Any], wanted: Callable[[Any], bool], depth: in
     return found
 
 
-def sampler_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
-    r"""Each sampler and batch sampler of these loaders with the numbers and strings it holds as attributes.
+def data_order_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    r"""Each sampler, batch sampler and stream of these loaders with the numbers and strings it holds as attributes.
 
     A sampler that counts its own passes (``self.epoch += 1`` in ``__iter__``, no ``set_epoch`` for Lightning to call)
     and orders its samples by that count is advanced by every pass the range test starts (found trying the package as
-    a new user: after the fit it read 18 against 3, and the run's data order differed). Put back with
+    a new user: after the fit it read 18 against 3, and the run's data order differed). So is a stream (an
+    ``IterableDataset``) whose position its dataset keeps in a number (``self.count += 1`` as it yields, a resumable
+    stream's cursor), read in the main process: found trying the package as a new user, training went on from sample
+    6,320, after what the range test had read. Not a stream that reads a source it holds (:func:`stream_sources`):
+    that source cannot be rewound, and its count must keep saying where it is (found in a review: put back, it sent a
+    resume 304 samples back); nor a map-style dataset, whose numbers may index what it caches (found in a review: a
+    cache's next free slot put back, with its index of slots kept, handed training other samples). Put back with
     :meth:`Snapshot.restore`.
     """
     found: list[tuple[Any, dict[str, Any]]] = []
-    for obj in _order_sources(loaders):
+    datasets = [dataset for loader in loaders for dataset in _datasets(loader)]
+    streams = [d for d in datasets if isinstance(d, IterableDataset) and not stream_sources(d)]
+    for obj in [*_order_sources(loaders), *streams]:
         if obj is None or isinstance(obj, DataLoader) or not hasattr(obj, "__dict__"):
             continue
         if any(obj is seen for seen, _ in found):
@@ -949,6 +959,59 @@ def sampler_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
         if numbers:
             found.append((obj, numbers))
     return found
+
+
+def stream_sources(dataset: Any) -> list[str]:
+    """The attributes in which a stream's dataset holds a source it reads on: an open file, an iterator, a generator.
+
+    Such a source moves on as the range test reads it, and nothing can rewind it.
+    """
+    if not isinstance(dataset, IterableDataset) or not hasattr(dataset, "__dict__"):
+        return []
+    return [name for name, value in vars(dataset).items() if isinstance(value, io.IOBase) or hasattr(value, "__next__")]
+
+
+def stream_positions(loaders: Sequence[Any]) -> list[tuple[Any, list[str], Any]]:
+    r"""Each stream these loaders read in the main process from a source it holds, with where it stands now.
+
+    Where it stands: the numbers it holds and each source's position where a file tells one. Compared after training
+    off the record (:func:`streams_moved`), it says whether that training read from the stream the run reads.
+    """
+    found: list[tuple[Any, list[str], Any]] = []
+    for loader in loaders:
+        if getattr(loader, "num_workers", 0) > 0:
+            continue  # read by workers, each from a copy of the dataset
+        for dataset in _datasets(loader):
+            sources = stream_sources(dataset)
+            if sources and all(dataset is not seen for seen, _, _ in found):
+                found.append((dataset, sources, _stream_position(dataset, sources)))
+    return found
+
+
+def streams_moved(positions: Sequence[tuple[Any, list[str], Any]]) -> list[str]:
+    """The streams of :func:`stream_positions` that stand elsewhere now, each as ``ClassName.source``."""
+    return [
+        f"{type(dataset).__name__}.{sources[0]}"
+        for dataset, sources, then in positions
+        if _stream_position(dataset, sources) != then
+    ]
+
+
+def _stream_position(dataset: Any, sources: list[str]) -> Any:
+    numbers = {name: value for name, value in vars(dataset).items() if isinstance(value, (bool, int, float, str))}
+    tells = []
+    for name in sources:
+        source = vars(dataset).get(name)
+        # a text file iterated line by line refuses `tell()`; its binary buffer still says how far it has read
+        for holder in (source, getattr(source, "buffer", None)):
+            try:
+                tells.append(holder.tell())  # type: ignore[union-attr]
+                break
+            except (AttributeError, OSError, ValueError):
+                continue
+        else:
+            tells.append(None)
+    return numbers, tells
 
 
 def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:

@@ -264,7 +264,9 @@ class SuperConvergence(_compat.Callback):
                 optimizer,
                 "SuperConvergence",
                 " and ".join(reader for reader, reads in readers if reads),
-                "pass `max_lr=` and `guard=False` (the cycle alone reads no loss)",
+                # name only what is left to pass (found in a review: the advice named `max_lr=` to a user who gave it)
+                ("pass `guard=False`" if self.requested_max_lr is not None else "pass `max_lr=` and `guard=False`")
+                + " (the cycle alone reads no loss)",
             )
         if _compat.fast_dev_run(trainer):
             _compat.rank_zero_info(
@@ -789,6 +791,10 @@ class SuperConvergence(_compat.Callback):
             "; the cycle has no step left to train at a lowered peak: training goes on, if at all, from that step's "
             "weights at the cycle's final LR"
             if ended
+            # the LR the run will reach: after the peak the re-warm-up climbs while the cycle anneals (found trying
+            # the package as a new user: "lowered to 0.01739", and no step trained above 0.0055)
+            else f" for the rest of the run (the highest LR ahead: {self._scheduler.highest_lr_ahead():.4g})"
+            if self._scheduler is not None
             else " for the rest of the run"
         )
         _compat.rank_zero_warn(

@@ -128,7 +128,8 @@ class WeightDecayBalancer(_compat.Callback):
         bounds: ``λ`` stays within ``[bounds[0], bounds[1]]`` times the user's value, ``0 <= low <= 1 <= high``.
         reference_lr: the LR of the reference recipe for the first param group (other groups keep their configured
             ratios; under timm's layer decay timm's base LR, each group's ``lr_scale`` in its ratio), held constant;
-            default: the recipe from ``configure_optimizers``.
+            refused where the first group's configured LR is 0 (no ratio to take); default: the recipe from
+            ``configure_optimizers``.
         reference_weight_decay: the ``λ`` of the reference recipe for the first decayed group (others keep their
             ratios), > 0 (a recipe without weight decay has nothing to balance: leave the balancer out); default: each
             group's configured ``weight_decay``.
@@ -357,6 +358,17 @@ class WeightDecayBalancer(_compat.Callback):
         # once SuperConvergence replaced the user's scheduler) has no such note (found trying the package as a new user:
         # a `ReduceLROnPlateau` read as constant was no longer said to be, and `mode='budget'` rested on it)
         self._reference_notes = list(notes)
+        if self.reference_lr is not None and configured_lrs(optimizer)[0] <= 0:
+            # found in a review: the ratios were read against a first group at 0 as against an LR of 1, and the
+            # head's reference LR came out as `reference_lr` times its own: its λ cut 20x without a word
+            raise _compat.misconfiguration(
+                trainer,
+                "WeightDecayBalancer: `reference_lr` is the reference recipe's LR of the first param group, the "
+                "others' taken at their configured ratios to it, but the first group's configured `lr` is "
+                f"{configured_lrs(optimizer)[0]}, so there is no ratio to take. Put a group with a positive `lr` "
+                "first in `configure_optimizers` (a group at `lr=0` in a later place stays at 0), or leave "
+                "`reference_lr` unset to read the reference from your own schedule.",
+            )
         return traces, _reference_lrs(optimizer, self.reference_lr), gains, int(trainer.global_step)
 
     @override
@@ -453,7 +465,8 @@ class WeightDecayBalancer(_compat.Callback):
             chosen, reason = self._grid(trainer, pl_module, optimizer, traces, decayed)
         else:
             chosen = configured_weight_decays(optimizer)
-            ratio = self._budget_ratio(traces, decayed[0], chosen[decayed[0]])
+            lead = self._lead(traces, decayed)
+            ratio = self._budget_ratio(traces, lead, chosen[lead])
             reason = f"kept as configured (`mode='keep'`); decay budget {ratio}"
         self.weight_decays = chosen
         notes = [*notes, *swa_notes]
@@ -720,7 +733,7 @@ class WeightDecayBalancer(_compat.Callback):
                 if not math.isfinite(ref_budget)
                 else budget_matched(ref_budget, traces[i], (low, min(high, chosen[i])))
             )
-        ratio = self._budget_ratio(traces, decayed[0])
+        ratio = self._budget_ratio(traces, self._lead(traces, decayed))
         return chosen, (
             f"decay budget matched to the reference recipe (`mode='budget'`): the schedule's budget at {self._start}: "
             f"{ratio}, clamped to [{self.bounds[0]:g}, 1]x {self._start}"
@@ -749,7 +762,7 @@ class WeightDecayBalancer(_compat.Callback):
                 adaptive.append(i)  # no closed form for the shrink: keep the λ the mode starts from (see the warning)
                 continue
             chosen[i] = timescale_bounded(refs[i], traces[i], budget_range, self._bounds(optimizer, traces, i))
-        first = decayed[0]
+        first = self._lead(traces, decayed)
         spent = refs[first] * traces[first].decay_sum()
         now = chosen[first] * traces[first].decay_sum()
         if first in adaptive:
@@ -787,7 +800,8 @@ class WeightDecayBalancer(_compat.Callback):
             others = "; " + ", ".join(
                 f"param group {i}: "
                 + ("kept (adaptive)" if i in adaptive else self._budget_of(chosen[i], traces[i], budget_range))
-                for i in decayed[1:]
+                for i in decayed
+                if i != first
             )
         return chosen, (
             f"{verdict} (`mode='timescale'`); at {self._start} the run would spend a decay budget K = Σ c·η·λ of "
@@ -799,6 +813,15 @@ class WeightDecayBalancer(_compat.Callback):
             )
             + others
         )
+
+    @staticmethod
+    def _lead(traces: Sequence[GroupTrace], decayed: Sequence[int]) -> int:
+        """The group the reasons' verdict speaks of: the first decayed one whose LR is not 0 at every step.
+
+        Found in a review: a group held at LR 0 listed first was said to be "raised only as far as `bounds` allows:
+        K = 0", and "the whole run spends K = 0" of a run whose head spent 0.16.
+        """
+        return next((i for i in decayed if traces[i].decay_sum() > 0), decayed[0])
 
     def _held_by(self, optimizer: Any, traces: Sequence[GroupTrace], index: int, weight_decay: float) -> str:
         """Which limit holds ``weight_decay`` where the mode stopped short: `bounds`, or the cap of decay per step.
@@ -818,6 +841,8 @@ class WeightDecayBalancer(_compat.Callback):
         The first group's verdict, in words, is the message's; each further group gets its budget and that.
         """
         budget = weight_decay * trace.decay_sum()
+        if trace.decay_sum() == 0:
+            return "K = 0: its LR is 0 at every step, where no λ decays"
         if budget < budget_range[0] * (1 - 1e-9):
             return f"K = {budget:.3g}, below the range (`bounds` or the cap)"
         if budget > budget_range[1] * (1 + 1e-9):
@@ -841,8 +866,8 @@ class WeightDecayBalancer(_compat.Callback):
             why, fix = (
                 ("validates on no batch (`limit_val_batches=0`)", "Let it validate")
                 if off
-                else ("has validation loaders that hold no batch (fewer samples than a batch, with `drop_last=True`)",
-                      "Give them batches")
+                else ("has validation loaders that hold no batch (none in the list given, or fewer samples than a "
+                      "batch with `drop_last=True`)", "Give them batches")
                 if given
                 else ("has no validation dataloader", "Add a `val_dataloader`")
             )  # fmt: skip
@@ -852,7 +877,7 @@ class WeightDecayBalancer(_compat.Callback):
                 f"decay is {self._left}. {fix}, or use the default `mode='timescale'`, which needs no validation data.",
             )
             return list(refs), f"{self._left}: no validation data to choose by"
-        first = decayed[0]
+        first = self._lead(traces, decayed)
         total = len(traces[first].lrs)
         first_bounds = self._bounds(optimizer, traces, first)
         high = first_bounds[1]
@@ -880,9 +905,15 @@ class WeightDecayBalancer(_compat.Callback):
                 f"step clamp every factor of {_fmt(list(self.factors))} onto {self._start}, so the grid has nothing to "
                 "compare and no branch was run"
             )
-        branch_budget = plan.budget(traces[first], refs[first])
+        # whether any group decays enough in a branch to tell weight decays apart, each group's largest λ held within
+        # its own bounds (found in a review: read off the first group alone, a body listed first at a hundredth of the
+        # head's LR skipped the grid, while the same model with its head listed first ran it)
+        top = max(plan.factors)
+        spent = {i: plan.budget(traces[i], min(refs[i], self._bounds(optimizer, traces, i)[1] / top)) for i in decayed}
+        most = max(decayed, key=spent.__getitem__)
+        branch_budget = spent[most]
         if branch_budget < MIN_BRANCH_BUDGET:
-            full = refs[first] * traces[first].decay_sum()
+            full = refs[most] * traces[most].decay_sum()
             return list(refs), (
                 f"kept: in branches of {plan.steps} steps even {max(plan.factors):g}x {self._start} would shrink the "
                 f"weights by {100 * (1 - math.exp(-branch_budget)):.2g} % (decay budget K = {branch_budget:.2g}), too "
@@ -923,7 +954,7 @@ class WeightDecayBalancer(_compat.Callback):
             return list(refs), f"{self._left}: {err} in the branches"
         seconds = time.perf_counter() - start
         factors = plan.factors
-        decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain)
+        decision = guarded_pick(factors, losses[: len(factors)], losses[-1], self.min_gain, self._start)
         factor = factors[decision.index]
         chosen = list(refs)
         for i in decayed:

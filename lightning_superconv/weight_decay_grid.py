@@ -112,7 +112,11 @@ class GridDecision:
 
 
 def guarded_pick(
-    factors: Sequence[float], losses: Sequence[float], replicate: float, min_gain: float = 0.01
+    factors: Sequence[float],
+    losses: Sequence[float],
+    replicate: float,
+    min_gain: float = 0.01,
+    start: str = "the user's λ",
 ) -> GridDecision:
     r"""Adopt the grid's best ``λ`` only on clear evidence; otherwise keep the user's (factor 1).
 
@@ -127,6 +131,11 @@ def guarded_pick(
         losses: each candidate's validation loss (NaN/inf: the branch diverged).
         replicate: the user's branch's validation loss with another data order.
         min_gain: the smallest relative improvement that counts.
+        start: what factor 1 is, in the reason: the user's ``λ``, or a reference value given instead.
+
+    Where the replicate ends bit-identical to the user's branch (a train loader without shuffling: reseeding changes
+    no order, and without dropout nothing else differs), no noise was measured and the reason says so: ``min_gain``
+    alone guards the pick then.
 
     Example::
 
@@ -140,17 +149,25 @@ def guarded_pick(
         raise ValueError(f"the grid must contain the user's λ (factor 1), got factors {list(factors)}")
     diverged = [factors[i] for i, loss in enumerate(losses) if not math.isfinite(loss)]
     if diverged or not math.isfinite(replicate):
-        which = ", ".join(f"{f:.3g}x" for f in diverged) or "the user's replicate"
+        which = ", ".join(f"{f:.3g}x" for f in diverged) or f"the replicate of {start}"
         return GridDecision(user, f"kept: branch(es) at {which} diverged, so the schedule is at the edge of stability")
     best = pick_lowest(factors, losses)
     noise = abs(losses[user] - replicate)
     threshold = max(2.0 * noise, min_gain * abs(losses[user]))
     gain = losses[user] - losses[best]
+    # found in a review: an unshuffled loader's replicate repeats the same batches, and "0 between two data orders"
+    # read as a measured noise of 0
+    measured = (
+        f"{noise:.3g} between two data orders"
+        if noise > 0
+        else "no noise measured: the run again with reseeded data ended identical, as where the train loader does "
+        "not shuffle, so `min_gain` alone guards"
+    )
     if best != user and gain > threshold:
         return GridDecision(
             best,
-            f"{factors[best]:.3g}x had the lowest validation loss, {gain:.3g} below the user's λ, beyond the noise "
-            f"({noise:.3g} between two data orders)",
+            f"{factors[best]:.3g}x had the lowest validation loss, {gain:.3g} below {start}, beyond the noise "
+            f"({measured})",
         )
     if best == user:
         # the reason names the user's λ as what did best (found in a review: it read "the best other λ (1x)")
@@ -158,13 +175,13 @@ def guarded_pick(
         runner = min(others, key=lambda i: losses[i]) if others else user
         return GridDecision(
             user,
-            f"kept: the user's λ had the lowest validation loss (the next, {factors[runner]:.3g}x, "
-            f"{losses[runner] - losses[user]:.3g} higher; {noise:.3g} between two data orders)",
+            f"kept: {start} had the lowest validation loss (the next, {factors[runner]:.3g}x, "
+            f"{losses[runner] - losses[user]:.3g} higher; {measured})",
         )
     return GridDecision(
         user,
-        f"kept: the best other λ ({factors[best]:.3g}x) was not ahead of the user's by more than the noise "
-        f"(gain {gain:.3g}, needed {threshold:.3g}; {noise:.3g} between two data orders)",
+        f"kept: the best other λ ({factors[best]:.3g}x) was not ahead of {start} by more than the noise "
+        f"(gain {gain:.3g}, needed {threshold:.3g}; {measured})",
     )
 
 

@@ -1430,6 +1430,37 @@ def test_a_network_that_died_after_a_blow_up_is_rolled_back_and_trained(tmp_path
     assert _final_loss(guarded) < 0.5 * _final_loss(unguarded)
 
 
+class BlowsUpPastThePeak(TinyClassifier):
+    """A NaN loss once, at step 40 of 96, past the cycle's peak (step 29), before any refresh of the snapshot."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        rescued = any(getattr(cb, "rescues", None) for cb in self.trainer.callbacks)
+        if self.training and not rescued and self.trainer.global_step == 40:
+            return loss * float("nan")
+        return loss
+
+
+def test_a_rescue_past_the_peak_says_the_highest_lr_the_run_will_reach(tmp_path):
+    """Past the peak the re-warm-up climbs while the cycle anneals: the warning says the highest LR ahead, as run.
+
+    Found trying the package as a new user: "lowered the cycle's peak from 0.06956 to 0.01739", and no step after the
+    rescue trained above 0.0055.
+    """
+    callback = SuperConvergence(max_lr=0.5)
+    with pytest.warns(RuntimeWarning, match=r"lowered the cycle's peak") as said:
+        _, _, steps = _fit(tmp_path, callback, model=BlowsUpPastThePeak)
+    assert len(steps.lrs) == 96
+    rescue = callback.rescues[0]
+    assert (rescue["step"], rescue["restored_step"]) == (50, 0)  # seen at the check after it
+    message = next(str(w.message) for w in said if "lowered the cycle's peak" in str(w.message))
+    stated = re.search(r"for the rest of the run \(the highest LR ahead: ([0-9.e+-]+)\)", message)
+    assert stated is not None, message
+    ahead = steps.lrs[rescue["step"] :]
+    assert float(stated.group(1)) == pytest.approx(max(ahead), rel=1e-3)
+    assert max(ahead) < 0.5 * rescue["new_peak"]  # the premise: the lowered peak itself is never reached
+
+
 class OverflowOnce(TinyClassifier):
     """One batch's loss is infinite (as a half-precision overflow would make it): the gradient scaler skips it."""
 

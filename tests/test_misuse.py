@@ -532,22 +532,31 @@ class Maximizing(Counting):
 
 
 @pytest.mark.parametrize(
-    ("callback", "reads"),
+    ("callback", "reads", "instead"),
     [
-        (lambda: SuperConvergence(num_steps=10), r"\(the range test's curve and trials and the divergence guard\)"),
-        (lambda: SuperConvergence(num_steps=10, guard=False), r"\(the range test's curve and trials\)"),
-        (lambda: SuperConvergence(max_lr=0.1), r"\(the divergence guard\)"),
+        (
+            lambda: SuperConvergence(num_steps=10),
+            r"\(the range test's curve and trials and the divergence guard\)",
+            r"or pass `max_lr=` and `guard=False`",
+        ),
+        (
+            lambda: SuperConvergence(num_steps=10, guard=False),
+            r"\(the range test's curve and trials\)",
+            r"or pass `max_lr=` and `guard=False`",
+        ),
+        # `max_lr=` given: only `guard=False` is left to pass
+        (lambda: SuperConvergence(max_lr=0.1), r"\(the divergence guard\)", r"or pass `guard=False` \(the cycle"),
     ],
     ids=["range-test", "range-test-no-guard", "guard"],
 )
-def test_an_optimizer_with_maximize_is_refused_where_the_loss_is_read(tmp_path, callback, reads):
+def test_an_optimizer_with_maximize_is_refused_where_the_loss_is_read(tmp_path, callback, reads, instead):
     """`maximize=True` climbs the value `training_step` returns; the range test, trials and guard read it as a loss.
 
     Found trying the package as a new user: read upside down, the pick was 72,500 (the trials' "held-out losses"
     -1,419 to -52,690, the highest "did best"), the guard rescued twice and the run ended at chance.
     """
     model = Maximizing()
-    fix = r"Return its negative from `training_step` and drop `maximize=True`.*`guard=False`"
+    fix = r"Return its negative from `training_step` and drop `maximize=True` \(the same training\), " + instead
     with pytest.raises(MisconfigurationException, match=reads + r".*param group 0 of `SGD` has maximize=True.*" + fix):
         _fit(tmp_path, model, callback())
     assert model.calls == 0

@@ -743,6 +743,189 @@ def test_a_sampler_that_counts_its_own_passes_counts_only_the_run_s(tmp_path):
     _assert_same_training_state(tested, given)
 
 
+class CountingStream(torch.utils.data.IterableDataset):
+    """A stream whose position its dataset keeps in a number (a resumable stream's cursor), read as it yields."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        x, y = make_dataset(4096).tensors
+        self.x, self.y = x, y
+
+    def sample(self, k: int):
+        return self.x[k % 4096], self.y[k % 4096], torch.tensor(k)
+
+    def __iter__(self):
+        while True:
+            self.count += 1
+            yield self.sample(self.count - 1)
+
+
+class CountingStreamClassifier(TinyClassifier):
+    """Trains on a `CountingStream` read in the main process; records the first sample of each training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = CountingStream()
+        self.firsts: list[int] = []
+
+    def train_dataloader(self):
+        return DataLoader(self.stream, batch_size=16)
+
+    def on_train_batch_start(self, batch, batch_idx):  # real training steps only: the range test calls no batch hook
+        self.firsts.append(int(batch[2][0]))
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch[:2], batch_idx)  # the trials score it on validation batches too
+
+
+def test_a_stream_whose_dataset_keeps_its_position_goes_on_where_the_run_was(tmp_path):
+    """A dataset's numbers come back after the range test: the run reads the stream as it would have without it.
+
+    Found trying the package as a new user: read in the main process, a stream that counts its position on itself
+    gave the range test's sweep and trials 6,304 samples, and training's second batch began at sample 6,320.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    kwargs = {"max_steps": 12, "max_epochs": None, "limit_train_batches": None}
+    tested = _fit(tmp_path, tested_model := _seeded(CountingStreamClassifier), auto, **kwargs)
+    assert auto.result.trials
+    given = _fit(
+        tmp_path, given_model := _seeded(CountingStreamClassifier), SuperConvergence(max_lr=auto.result.max_lr),
+        **kwargs,
+    )  # fmt: skip
+    assert tested_model.firsts == [16 * step for step in range(12)]
+    assert tested_model.firsts == given_model.firsts
+    _assert_same_training_state(tested, given)
+
+
+def test_find_max_lr_leaves_a_stream_whose_dataset_keeps_its_position_where_it_was(tmp_path):
+    """`find_max_lr` puts a stream's count back: a fit after it starts at the stream's first sample."""
+    from lightning_superconv import find_max_lr
+
+    model = _seeded(CountingStreamClassifier)
+    loader = model.train_dataloader()
+    find_max_lr(model, loader, num_steps=20, trial_steps=0, trainer_kwargs={"default_root_dir": tmp_path})
+    assert model.stream.count == 0
+
+
+class SourceStream(CountingStream):
+    """A resumable stream that reads a source it holds (an open file's lines) and counts what it read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = iter(range(10**9))
+
+    def __iter__(self):
+        for k in self.source:
+            self.count += 1
+            yield self.sample(k)
+
+
+class SourceStreamClassifier(CountingStreamClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = SourceStream()  # in place of the counting one
+
+
+def test_a_stream_that_reads_a_source_it_holds_keeps_its_count_with_it_and_is_warned_of(tmp_path):
+    """A source cannot be rewound: the stream's count stays where the source is, and a warning says what happened.
+
+    Found in a review: with the count put back, it no longer said where the source stood, and a resume from a
+    checkpoint (which saves the count) went back 304 samples.
+    """
+    said = (
+        r"read from `SourceStream.source`, a source your dataset holds .*cannot be rewound: training goes on after "
+        r"what it read\. Open the source in the dataset's `__iter__`"
+    )
+    model = _seeded(SourceStreamClassifier)
+    kwargs = {"max_steps": 6, "max_epochs": None, "limit_train_batches": None}
+    with pytest.warns(RuntimeWarning, match=said):
+        _fit(tmp_path, model, SuperConvergence(num_steps=20, trial_steps=0), **kwargs)
+    assert model.firsts[0] == 0
+    assert model.firsts[1] > 16  # the range test read from the source in between
+    assert model.stream.count == next(model.stream.source)  # the count says where the source is
+
+
+class SlotCache(torch.utils.data.Dataset):
+    """A map-style dataset that caches each sample in the next free slot of a buffer, and keeps which slot holds it."""
+
+    def __init__(self) -> None:
+        self.x, self.y = make_dataset(256).tensors
+        self.buffer = torch.empty_like(self.x)
+        self.slot: dict[int, int] = {}
+        self.filled = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index):
+        if index not in self.slot:
+            self.buffer[self.filled] = self.x[index]
+            self.slot[index], self.filled = self.filled, self.filled + 1
+        return self.buffer[self.slot[index]], self.y[index], index
+
+
+class SlotCacheClassifier(TinyClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data, self.wrong = SlotCache(), 0
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=32, shuffle=True)
+
+    def training_step(self, batch, batch_idx):
+        x, y, *index = batch
+        if index:
+            self.wrong += int((x != self.data.x[index[0]]).any(dim=1).sum())
+        return super().training_step((x, y), batch_idx)
+
+
+def test_a_map_style_dataset_s_numbers_are_its_own(tmp_path):
+    """A map-style dataset's numbers may index what it caches: they stay as the range test left them.
+
+    Found in a review: a cache's next free slot put back, with its index of slots kept, handed training other samples.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    _fit(tmp_path, model := _seeded(SlotCacheClassifier), auto, limit_train_batches=1.0)
+    assert auto.result.trials
+    assert model.data.filled == len(model.data.slot) == 256
+    assert model.wrong == 0
+
+
+class StatefulLoaderClassifier(TinyClassifier):
+    """Trains from torchdata's `StatefulDataLoader`; records the position it would save at each training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[int] = []
+
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        self.loader = StatefulDataLoader(make_dataset(256), batch_size=16)
+        return self.loader
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.saved.append(self.loader.state_dict()["_num_yielded"])
+
+
+def test_a_stateful_loader_saves_the_run_s_position_not_the_range_test_s(tmp_path):
+    """A `StatefulDataLoader` keeps the latest iterator it handed out: the range test reads a copy of its own.
+
+    Found trying the package as a new user: every checkpoint held the last trial's position in the stream, and a
+    resume from one written at step 60 skipped 40 batches.
+    """
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, tested_model := _seeded(StatefulLoaderClassifier), auto, limit_train_batches=8)
+    assert auto.result.trials
+    given = _fit(
+        tmp_path, given_model := _seeded(StatefulLoaderClassifier), SuperConvergence(max_lr=auto.result.max_lr),
+        limit_train_batches=8,
+    )  # fmt: skip
+    assert tested_model.saved[:8] == list(range(1, 9))
+    assert tested_model.saved == given_model.saved
+    _assert_same_training_state(tested, given)
+
+
 @dataclasses.dataclass(frozen=True)
 class FrozenBatch:
     """A batch type of the user's, frozen, with its own `to()` (Lightning moves it whole)."""
@@ -2021,17 +2204,23 @@ class ValidationOfAnotherTask(TinyClassifier):
         return DataLoader(torch.utils.data.TensorDataset(x, torch.arange(64) % 4), batch_size=32)
 
 
-def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_why():
-    """No trial's held-out loss fell a tenth below the start: the search went lower, then the least bad won, said so."""
+def _fit_where_no_trial_learns(model: L.LightningModule, warned: str) -> tuple[SuperConvergence, list]:
+    """Fit ``model`` whose trials cannot learn; the callback and the warnings, one of which matches ``warned``."""
     L.seed_everything(0)
     callback = SuperConvergence(num_steps=30, trial_steps=50)
     trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(None, max_epochs=1, limit_train_batches=2))
+    with pytest.warns(RuntimeWarning, match=warned) as said:
+        trainer.fit(model)
+    return callback, list(said)
+
+
+def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_why():
+    """No trial's held-out loss fell a tenth below the start: the search went lower, then the least bad won, said so."""
     warned = (
         r"no trial learned: none ended a tenth below .*, nor from your optimizer's own LR \(0.01\) up.* "
         r"pass `SuperConvergence\(max_lr=\.\.\.\)`"
     )
-    with pytest.warns(RuntimeWarning, match=warned):
-        trainer.fit(ValidationOfAnotherTask(n=512))
+    callback, said = _fit_where_no_trial_learns(ValidationOfAnotherTask(n=512), warned)
     trials, result = callback.result.trials, callback.result
     assert len(trials) >= 6  # the ladder, then two rungs ever lower: none learned; then from the own LR, 0.01
     # below the lowest rung, or below the LR of the sweep's lowest loss where that is lower
@@ -2042,6 +2231,43 @@ def test_when_no_trial_learned_the_least_bad_is_picked_with_a_warning_that_says_
     assert len(trials) <= 5 + OWN_LR_TRIALS
     assert callback.max_lr == min(trials, key=lambda t: t["held_out_loss"])["peak"]
     assert "(learned nothing)" in callback.result.pick_reason
+    message = next(str(w.message) for w in said if "no trial learned" in str(w.message))
+    assert "BatchNorm" not in message  # its momentum is 0.1: not named
+
+
+class SlowBatchNormValidationOfAnotherTask(ValidationOfAnotherTask):
+    """Its BatchNorm at momentum 0.01, as torchvision's MobileNetV3 builds it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net[1].momentum = 0.01
+
+
+def test_when_no_trial_learned_a_slow_batch_norm_is_named_among_the_causes():
+    """The trials score in eval mode: BatchNorm's slow running statistics are named where the module has them.
+
+    Found trying the package as a new user: LRASPP-MobileNetV3's BatchNorm (momentum 0.01) kept the untrained
+    network's statistics after each trial, every trial "learned nothing", and the warning named other causes only.
+    """
+    warned = (
+        r"no trial learned: .*; or, as 1 of your 1 BatchNorm layers have a momentum of 0.01, their running "
+        r"statistics, which the trials score by \(in eval mode\), may still describe the untrained network.*"
+        r"a BatchNorm momentum of 0.1 \(PyTorch's default\).*Look at the curve"
+    )
+    _fit_where_no_trial_learns(SlowBatchNormValidationOfAnotherTask(n=512), warned)
+
+
+def test_the_slow_batch_norm_note_names_only_slow_running_statistics():
+    """Momentum 0.1 and BatchNorm without running statistics are not named; `momentum=None` (an average) is."""
+    from lightning_superconv.range_test import _slow_batch_norm_note
+
+    module = TinyClassifier()
+    assert _slow_batch_norm_note(module) == ""
+    module.net[1] = torch.nn.BatchNorm1d(32, momentum=0.01, track_running_stats=False)
+    assert _slow_batch_norm_note(module) == ""
+    module.net[1] = torch.nn.BatchNorm1d(32, momentum=None)
+    said = _slow_batch_norm_note(module)
+    assert "1 of your 1 BatchNorm layers have a momentum of None (a cumulative average)" in said
 
 
 def test_trials_that_all_diverge_on_a_corrupt_sample_point_to_the_data():

@@ -550,3 +550,26 @@ def test_guarded_pick_keeps_the_user_value_when_a_branch_diverged():
 def test_guarded_pick_needs_the_user_value_in_the_grid():
     with pytest.raises(ValueError, match=r"must contain the user's λ \(factor 1\)"):
         guarded_pick([0.1, 10.0], [0.5, 0.4], replicate=0.5)
+
+
+def test_guarded_pick_says_where_no_noise_was_measured():
+    """A replicate bit-identical to the user's branch measured no noise: said, not read as a noise of 0.
+
+    Found in a review: on a train loader without shuffling the replicate repeats the same batches, and the reason
+    read "0 between two data orders".
+    """
+    decision = guarded_pick([0.1, 1.0, 10.0], [0.52, 0.50, 0.499], replicate=0.50)
+    assert decision.index == 1
+    assert "no noise measured" in decision.reason
+    assert "`min_gain` alone guards" in decision.reason
+    assert "between two data orders" not in decision.reason
+    assert "0.01 between two data orders" in guarded_pick([1.0, 3.0], [0.50, 0.40], replicate=0.51).reason
+
+
+def test_guarded_pick_names_what_factor_one_is():
+    """With a reference λ given instead of the user's, the reasons speak of it (found in a review)."""
+    start = "the `reference_weight_decay`"
+    for losses in ([0.52, 0.50, 0.40], [0.6, 0.5, 0.7], [0.52, 0.50, 0.47]):
+        reason = guarded_pick([0.1, 1.0, 10.0], losses, replicate=0.51, start=start).reason
+        assert start in reason
+        assert "user's" not in reason

@@ -1878,3 +1878,68 @@ def test_the_grid_beside_validation_loaders_of_no_batch_says_so(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"validation loaders that hold no batch .*Give them batches"):
         _fit(tmp_path, EmptyValidation(), [balancer])
     assert balancer.reason.endswith("no validation data to choose by")
+
+
+class BodyAndHead(TinyClassifier):
+    """The body at a hundredth of the head's LR, both decayed, listed in the order ``order`` says."""
+
+    def __init__(self, order: str = "body first", body_lr: float = 5e-4) -> None:
+        super().__init__()
+        self.order, self.body_lr = order, body_lr
+
+    def configure_optimizers(self):
+        body = {"params": [p for n, p in self.named_parameters() if not n.startswith("net.4")], "lr": self.body_lr}
+        head = {"params": list(self.net[4].parameters())}
+        groups = [body, head] if self.order == "body first" else [head, body]
+        return torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-3)
+
+
+def test_the_grid_runs_where_any_group_decays_enough_in_any_order(tmp_path):
+    """The grid's "too little to tell weight decays apart" skip reads the group that decays most, wherever it is listed.
+
+    Found in a review: read off the first decayed group, a body listed first at a hundredth of the head's LR skipped
+    the grid, while the same model with its head listed first ran it.
+    """
+    searches = {}
+    for order in ("body first", "head first"):
+        balancer = WeightDecayBalancer(mode="grid", cost=1.0)
+        _fit(tmp_path / order, BodyAndHead(order), [balancer], epochs=10)
+        assert balancer.search is not None, (order, balancer.reason)
+        searches[order] = balancer.search
+    assert searches["body first"]["branch_steps"] == searches["head first"]["branch_steps"]
+    assert searches["body first"]["factors"] == searches["head first"]["factors"]
+
+
+def test_timescale_says_a_group_held_at_lr_zero_decays_nothing(tmp_path):
+    """A first group held at LR 0 is not the one the verdict speaks of, nor said to be held by `bounds`.
+
+    Found in a review: the verdict read group 0 ("raised only as far as `bounds` allows: K = 0") while its LR held it.
+    """
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, BodyAndHead(body_lr=0.0), [balancer], epochs=2)
+    assert balancer.reason.startswith("param group 1: ")
+    assert "param group 0: K = 0: its LR is 0 at every step, where no λ decays" in balancer.reason
+    assert balancer.weight_decays[0] == 5e-3
+
+
+def test_reference_lr_is_refused_beside_a_first_group_at_lr_zero(tmp_path):
+    """`reference_lr` is the first group's LR in the reference: with it at 0 there is no ratio to take the others at.
+
+    Found in a review: the ratios were taken against an LR of 1, and the head's λ was cut 20x without a word.
+    """
+    with pytest.raises(MisconfigurationException, match=r"`reference_lr` is the reference recipe's LR of the first "
+                       r"param group.*configured `lr` is 0.0.*Put a group with a positive `lr` first"):  # fmt: skip
+        _fit(tmp_path, BodyAndHead(body_lr=0.0), [WeightDecayBalancer(mode="budget", reference_lr=0.05)])
+
+
+def test_the_grid_beside_an_empty_list_of_validation_loaders_says_so(tmp_path):
+    """An empty list holds no loader at all: the warning says so, not only `drop_last` (found in a review)."""
+
+    class NoLoaders(TinyClassifier):
+        def val_dataloader(self):
+            return []
+
+    balancer = WeightDecayBalancer(mode="grid")
+    with pytest.warns(RuntimeWarning, match=r"hold no batch \(none in the list given, or fewer samples"):
+        _fit(tmp_path, NoLoaders(), [balancer])
+    assert balancer.reason.endswith("no validation data to choose by")
