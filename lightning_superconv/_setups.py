@@ -6,12 +6,72 @@ and optimizers that set their own step size. Each refusal names the problem and 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from typing import Any
 
 import torch
 
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import configured_lrs, step_size_kind
+
+#: the Trainer (weakly held) each callback instance was last set up for a fit by, keyed by the instance's identity (its
+#: own `__eq__`, or none, is not asked); the entry goes with the instance
+_IN_A_FIT: dict[int, weakref.ReferenceType[Any]] = {}
+_CLAIMS = threading.Lock()  # trials in threads set up their Trainers at once
+
+
+def claim_for_fit(trainer: _compat.Trainer, callback: Any, who: str) -> None:
+    r"""Refuse ``callback`` to ``trainer`` while another Trainer's fit runs with it; else mark it as this fit's.
+
+    A callback holds its fit's plan, schedule and snapshot, and each ``setup`` starts them anew: two Trainers that run
+    at once with one instance overwrite each other's (found trying the package as a new user: Optuna's ``n_jobs=2``
+    runs trials in threads, and a pair created outside the objective trained one trial at the other's weight decay, or
+    failed with a bare ``AssertionError``). The other Trainer counts while its ``state`` says it runs a fit: one whose
+    fit ended or raised lets the instance go, whether or not the callback's ``teardown`` or ``on_exception`` ran
+    (found in a review: a subclass's ``teardown`` without ``super()`` kept it claimed for good).
+    """
+    with _CLAIMS:
+        held = _IN_A_FIT.get(id(callback))
+        other = held() if held is not None else None
+        if other is not None and other is not trainer and _runs_a_fit(other):
+            raise _compat.misconfiguration(
+                trainer,
+                f"{who}: this instance is in a fit that another Trainer is still running (one instance given to two "
+                "Trainers at once, as a hyperparameter search running trials in threads does with callbacks created "
+                f"outside its objective); each fit changes its state. Create one {who} per Trainer.",
+            )
+        if held is None:
+            # a callback with `__slots__` and no `__weakref__` has no finalizer: its entry stays, a few bytes
+            with contextlib.suppress(TypeError):
+                weakref.finalize(callback, _IN_A_FIT.pop, id(callback), None)
+        _IN_A_FIT[id(callback)] = weakref.ref(trainer)
+
+
+def _runs_a_fit(trainer: Any) -> bool:
+    state = getattr(trainer, "state", None)
+    return state is not None and state.fn == "fit" and state.status == "running"
+
+
+def in_fit_of(trainer: _compat.Trainer, callback: Any) -> bool:
+    """Whether ``callback`` was last set up for a fit by ``trainer`` (:func:`claim_for_fit`), not by another."""
+    held = _IN_A_FIT.get(id(callback))
+    return held is not None and held() is trainer
+
+
+def release_from_fit(trainer: _compat.Trainer, callback: Any) -> None:
+    """The fit that :func:`claim_for_fit` marked ``callback`` for has ended (or raised): it is free again."""
+    with _CLAIMS:
+        if in_fit_of(trainer, callback):
+            _IN_A_FIT[id(callback)] = _NO_TRAINER
+
+
+def _nobody() -> None:
+    return None
+
+
+_NO_TRAINER: Any = _nobody  # a released entry: it calls back no Trainer, and its finalizer stays registered
 
 
 def strategy_problem(strategy: Any, range_test: bool, who: str = "SuperConvergence") -> str | None:

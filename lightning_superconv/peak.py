@@ -165,13 +165,18 @@ def stuck_above_sweep(score: float, lowest: float, start: float) -> bool:
 def all_equal(scores: Sequence[float]) -> bool:
     r"""Whether two or more trials left the same finite held-out loss, to one part in a million: they measured nothing.
 
+    Trials that diverged (NaN/inf) are left out: the others' tie still says that what they score does not move as the
+    model trains (found in a review: a tie read as "did best" beside one diverged trial, with no warning).
+
     Example::
 
         >>> all_equal([2.3131, 2.3131, 2.3131]), all_equal([0.50, 0.45]), all_equal([0.5])
         (True, False, False)
+        >>> all_equal([1.0, 1.0, float("inf")]), all_equal([1.0, float("nan")])
+        (True, False)
     """
     finite = [s for s in scores if math.isfinite(s)]
-    if len(finite) < 2 or len(finite) < len(scores):
+    if len(finite) < 2:
         return False
     return max(finite) - min(finite) <= 1e-6 * max(abs(min(finite)), 1e-12)
 

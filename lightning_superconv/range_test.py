@@ -14,6 +14,7 @@ from its callback in the same way.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -396,11 +397,15 @@ def run_range_test(
             ) from err
         max_lr, reason = peaks[verdict.index], f"{reading}; {verdict.reason}"
         if all_equal(scores):
+            finite = [(peak, score) for peak, score in zip(peaks, scores, strict=True) if math.isfinite(score)]
+            blown = len(scores) - len(finite)  # trials that diverged
             _compat.rank_zero_warn(
                 trainer,
-                f"{who}: every trial left the same held-out loss ({scores[0]:.6g}) at peaks from "
-                f"{min(peaks):.3g} to {max(peaks):.3g}: what the trials score does not change as the model trains, so "
-                f"they chose nothing (max_lr={max_lr:.3g} left the lowest, by under a millionth). The held-out loss is "
+                f"{who}: every trial {'that did not diverge ' if blown else ''}left the same held-out loss "
+                f"({finite[0][1]:.6g}) at peaks from {min(p for p, _ in finite):.3g} to {max(p for p, _ in finite):.3g}"
+                f"{f' ({blown} diverged)' if blown else ''}: what the trials score does not change as the model "
+                f"trains, so they chose nothing (max_lr={max_lr:.3g} left the lowest, by under a millionth). The "
+                "held-out loss is "
                 "`training_step`'s on validation batches in eval mode; it may read weights the trials do not move, "
                 "such as an average of the weights (EMA) that your module updates in a hook of its own "
                 "(`on_train_batch_end`): the range test runs `training_step`, `backward` and the optimizer step, not "

@@ -213,6 +213,7 @@ def take_steps(
         before_step(step)
         micro_losses: list[Tensor] = []
         ran: list[bool] = []  # the closure given to `optimizer.step` ran
+        skipped: list[bool] = []  # a batch whose `training_step` returned None
 
         def run_micro_batch(
             item: tuple[Any, int],
@@ -220,7 +221,12 @@ def take_steps(
             first: bool,
             micro_losses: list[Tensor] = micro_losses,
             ran: list[bool] = ran,
+            skipped: list[bool] = skipped,
         ) -> Tensor | None:
+            # an optimizer may call the closure again (SAM: at the perturbed weights): the step's loss is the first
+            # call's, at the weights it steps from, and the batch is counted once (found in a review: the curve held
+            # the mean of both calls, and `skipped_batches` went negative)
+            again = final and any(ran)
             ran.append(final)
             loss = training_step_loss(trainer, pl_module, *item, with_batch_idx)
             _compat.set_current_hook(pl_module, None)
@@ -231,13 +237,17 @@ def take_steps(
                 # step, SAM found none in the range test and was tried as plain SGD)
                 optimizer.zero_grad()
             if loss is None:
+                if not again:
+                    skipped.append(True)
                 return None
-            micro_losses.append(loss.detach().float())
+            if not again:
+                micro_losses.append(loss.detach().float())
             context = block_sync() if (block_sync is not None and not final) else contextlib.nullcontext()
             with context:
                 # scaled as the fit loop scales it (`ClosureResult`), so clipping thresholds mean the same
                 strategy.backward(loss / accumulate, optimizer)
-            return loss
+            # what Lightning's closure returns too, for an optimizer that reads it (a line search)
+            return loss.detach() / accumulate
 
         for index, item in enumerate(batches[:-1]):
             run_micro_batch(item, final=False, first=index == 0)
@@ -251,7 +261,7 @@ def take_steps(
                 'refuses such an optimizer too ("The closure hasn\'t been executed"). Use an optimizer whose `step` '
                 "calls its closure."
             )
-        record.skipped_batches += len(batches) - len(micro_losses)
+        record.skipped_batches += len(skipped)
         if not strategy.reduce_boolean_decision(bool(micro_losses), all=False):
             skipped_in_a_row += len(batches)
             if skipped_in_a_row >= MAX_CONSECUTIVE_SKIPPED_BATCHES:

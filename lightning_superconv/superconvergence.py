@@ -232,6 +232,7 @@ class SuperConvergence(_compat.Callback):
     def setup(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        _setups.claim_for_fit(trainer, self, "SuperConvergence")
         self._new_fit()
         self._epochs_at_setup = trainer.fit_loop.max_epochs  # before SWA's `on_fit_start` adds its BatchNorm epoch
         _setups.refuse_lr_finder(trainer, max_lr_given=self.requested_max_lr is not None)
@@ -453,8 +454,16 @@ class SuperConvergence(_compat.Callback):
     def on_exception(
         self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, exception: BaseException
     ) -> None:
+        if not _setups.in_fit_of(trainer, self):
+            return  # another Trainer refused this instance, in use by a fit that goes on: its guard stays
+        _setups.release_from_fit(trainer, self)
         if self._watch is not None:
             self._watch.release()
+
+    @override
+    def teardown(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            _setups.release_from_fit(trainer, self)
 
     @override
     def on_train_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:

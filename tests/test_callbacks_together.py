@@ -502,3 +502,86 @@ def test_resume_after_backbone_finetuning_added_its_group_continues_the_cycle(tm
     assert len(flat) == len(expected) == 4
     for got, want in zip(flat, expected, strict=True):
         assert got == pytest.approx(want, rel=1e-12)
+
+
+class FitsAnotherTrainerMeanwhile(L.Callback):
+    """While this fit runs, fits another Trainer with the given callback instances; records what that raised."""
+
+    def __init__(self, tmp_path, shared) -> None:
+        self.tmp_path, self.shared, self.raised = tmp_path, shared, []
+        self.snapshots: list[bool] = []  # whether the first callback's guard holds its snapshot, before and after
+
+    def on_train_start(self, trainer, pl_module):
+        self.snapshots.append(self._holds_a_snapshot())
+        self._fit_meanwhile()
+        self.snapshots.append(self._holds_a_snapshot())
+
+    def _holds_a_snapshot(self) -> bool:
+        watch = getattr(self.shared[0], "_watch", None)
+        return watch is not None and watch.guard.snapshot is not None
+
+    def _fit_meanwhile(self):
+        for callback in self.shared:
+            other = L.Trainer(callbacks=[callback], **trainer_kwargs(self.tmp_path / "other", max_epochs=1))
+            try:
+                other.fit(TinyClassifier())
+            except MisconfigurationException as err:
+                self.raised.append(str(err))
+
+
+def test_one_instance_in_two_trainers_at_once_is_refused_and_served_after_its_fit(tmp_path):
+    """An instance in a running fit is refused by another Trainer; once that fit ended (or raised), it is served.
+
+    Found trying the package as a new user: trials of an Optuna study run in threads (`n_jobs=2`) shared one pair
+    created outside the objective, and one trained at the other's weight decay, or failed with a bare AssertionError.
+    """
+    shared = [SuperConvergence(max_lr=0.1), WeightDecayBalancer()]
+    meanwhile = FitsAnotherTrainerMeanwhile(tmp_path, shared)
+    first = L.Trainer(callbacks=[*shared, meanwhile], **trainer_kwargs(tmp_path / "first", max_epochs=1))
+    first.fit(TinyClassifier())
+    assert first.global_step > 0
+    assert len(meanwhile.raised) == 2
+    assert meanwhile.snapshots == [True, True]  # the refusal left the running fit's guard alone
+    for who, said in zip(("SuperConvergence", "WeightDecayBalancer"), meanwhile.raised, strict=True):
+        assert said.startswith(f"{who}: this instance is in a fit that another Trainer is still running")
+        assert said.endswith(f"Create one {who} per Trainer.")
+
+    class Raises(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("a pruned trial")
+
+    failed = L.Trainer(callbacks=[*shared, Raises()], **trainer_kwargs(tmp_path / "failed", max_epochs=1))
+    with pytest.raises(RuntimeError, match="a pruned trial"):
+        failed.fit(TinyClassifier())
+    after = L.Trainer(callbacks=shared, **trainer_kwargs(tmp_path / "after", max_epochs=1))
+    after.fit(TinyClassifier())  # the first fit ended and the second raised: both let the instances go
+    assert after.global_step > 0
+    assert shared[1].weight_decays is not None
+
+
+class ForgetsTeardown(SuperConvergence):
+    """A subclass whose `teardown` does not call `super()` (Lightning does not ask callbacks to)."""
+
+    def teardown(self, trainer, pl_module, stage):
+        pass
+
+    def __eq__(self, other):  # and compares by value, which leaves it unhashable
+        return isinstance(other, ForgetsTeardown)
+
+
+def test_an_instance_is_free_once_its_fit_ended_whatever_its_own_hooks_did(tmp_path):
+    """A fit that ended lets the instance go, without its `teardown`; an unhashable subclass is served too.
+
+    Found in a review: a subclass's `teardown` without `super()` kept the instance claimed for good, and one with
+    `__eq__` alone (unhashable) failed every fit with a TypeError.
+    """
+    callback = ForgetsTeardown(max_lr=0.1)
+    for run in ("first", "second"):
+        trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path / run, max_epochs=1))
+        trainer.fit(TinyClassifier())
+        assert trainer.global_step > 0
+    twin = ForgetsTeardown(max_lr=0.1)
+    assert twin == callback  # equal, yet another instance: its own fit
+    meanwhile = FitsAnotherTrainerMeanwhile(tmp_path, [twin])
+    L.Trainer(callbacks=[callback, meanwhile], **trainer_kwargs(tmp_path / "third", max_epochs=1)).fit(TinyClassifier())
+    assert meanwhile.raised == []

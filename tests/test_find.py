@@ -859,3 +859,72 @@ def test_its_warnings_name_find_max_lr_and_advise_what_it_takes(caplog):
     assert said, [str(w.message) for w in warned]
     assert all(text.startswith("find_max_lr: ") for text in said)
     assert all("`max_lr=`" not in text and "`SuperConvergence(max_lr=...)`" in text for text in said)
+
+
+class BuiltInConfigureModel(L.LightningModule):
+    """Makes its layers in `configure_model` (once: Lightning's docs ask the hook to be idempotent); shuffles, drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net: torch.nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Dropout(0.3), torch.nn.Linear(32, 4))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(256), batch_size=32, shuffle=True)
+
+
+class HeadMadeAtEverySetup(BuiltInConfigureModel):
+    """Makes its head in `setup` at every call (sized from the data), its body in `configure_model` once."""
+
+    def setup(self, stage: str) -> None:
+        self.head = torch.nn.Linear(4, 4)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.head(self.net(x)), y)
+
+
+class SplitsInSetup(BuiltInConfigureModel):
+    """Splits its data with `random_split` from the global RNG in `setup`; records the split."""
+
+    def setup(self, stage: str) -> None:
+        self.train_part, self.val_part = torch.utils.data.random_split(make_dataset(256), [192, 64])
+
+    def train_dataloader(self):
+        return DataLoader(self.train_part, batch_size=32, shuffle=True)
+
+
+@pytest.mark.parametrize("module", [BuiltInConfigureModel, HeadMadeAtEverySetup, SplitsInSetup])
+def test_a_seeded_fit_after_it_on_layers_made_in_configure_model_is_the_fit_without_it(tmp_path, module):
+    """Layers the range test's fit made are unmade, and the RNG streams come back as they were: the fit makes them.
+
+    Found trying the package as a new user: kept made, with the streams put back to before they drew their weights,
+    the next fit's shuffle and dropout drew those draws, and `find_max_lr` then `max_lr=` its pick trained another run.
+    A first version set the streams to where they stood once the layers were made; a review showed that a `setup`
+    that makes a head at every call, or splits the data with `random_split`, then drew differently.
+    """
+
+    def fit(model) -> list[torch.Tensor]:
+        L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=tmp_path).fit(model)  # fmt: skip
+        return [p.detach().clone() for p in model.parameters()]
+
+    L.seed_everything(0, verbose=False)
+    without = fit(module())
+    L.seed_everything(0, verbose=False)
+    model = module()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert model.net is None  # made by the range test's fit, and unmade: the fit below makes it as it would have
+    after = fit(model)
+    assert len(after) == len(without)
+    assert all(torch.equal(a, b) for a, b in zip(without, after, strict=True))

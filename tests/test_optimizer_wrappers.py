@@ -165,3 +165,82 @@ def test_an_optimizer_that_never_calls_its_closure_is_refused_saying_so(tmp_path
     """Found trying the package as a new user: the range test blamed `training_step` for returning None."""
     with pytest.raises(RuntimeError, match=r"`IgnoresItsClosure.step\(closure\)` did not call the closure"):
         _fit(tmp_path, lambda p: IgnoresItsClosure(p, lr=0.01), [SuperConvergence(num_steps=20)])
+
+
+class CallsItsClosureTwice(torch.optim.SGD):
+    """SAM's shape: the closure at the weights, then again at weights moved along the gradient; records both losses."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, lr=0.01, momentum=0.9)
+        self.losses: list[tuple[float, float]] = []
+        self.closure_values: list[float] = []
+
+    def step(self, closure=None):
+        with torch.enable_grad():
+            first = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        with torch.no_grad():
+            moves = [0.05 * p.grad.sign() for p in params]
+            for param, move in zip(params, moves, strict=True):
+                param.add_(move)
+        with torch.enable_grad():
+            second = closure()
+        with torch.no_grad():
+            for param, move in zip(params, moves, strict=True):
+                param.sub_(move)
+        self.losses.append((float(first), float(second)))
+        return super().step()
+
+
+def test_an_optimizer_calling_its_closure_twice_is_read_at_the_weights_it_steps_from(tmp_path):
+    """The step's loss is the closure's first call's, and the batch counts once (found in a review).
+
+    The range test's curve held the mean of both calls (the second at the perturbed weights), and `skipped_batches`
+    went down by one per step (-17 after 17 steps).
+    """
+    seen: list[CallsItsClosureTwice] = []
+
+    def build(params):
+        seen.append(CallsItsClosureTwice(params))
+        return seen[-1]
+
+    callback = SuperConvergence(num_steps=20, trial_steps=0)
+    _fit(tmp_path, build, [callback])
+    result, (optimizer,) = callback.result, seen
+    assert result.skipped_batches == 0
+    swept = optimizer.losses[: len(result.losses)]
+    assert all(first != second for first, second in swept)  # the premise: the two calls differ
+    assert result.losses == pytest.approx([first for first, _ in swept], rel=1e-6)
+
+
+class RecordsItsLosses(WithOptimizer):
+    def __init__(self, build) -> None:
+        super().__init__(build)
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss))
+        return loss
+
+
+def test_the_closure_returns_the_loss_over_the_accumulation_as_lightning_s_does(tmp_path):
+    """An optimizer that reads the closure's value (a line search) reads it as in training: over the accumulation."""
+    returned: list[float] = []
+
+    class ReadsItsClosure(torch.optim.SGD):
+        def step(self, closure=None):
+            with torch.enable_grad():
+                returned.append(float(closure()))
+            return super().step()
+
+    L.seed_everything(0, verbose=False)
+    model = RecordsItsLosses(lambda params: ReadsItsClosure(params, lr=0.01))
+    callback = SuperConvergence(num_steps=20, trial_steps=0)
+    trainer = L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, accumulate_grad_batches=2, max_steps=2))
+    trainer.fit(model)
+    swept = len(callback.result.losses)
+    # each step's closure runs its second micro-batch: its loss over 2, in the range test and in training alike
+    expected = [loss / 2 for loss in model.losses[1::2]]
+    assert len(returned) == swept + trainer.global_step
+    assert returned == pytest.approx(expected, rel=1e-6)
