@@ -231,10 +231,6 @@ def find_max_lr(
     # and so are a torchmetrics metric's states, plain attributes (found in a review: a `MeanMetric` came back holding
     # bfloat16 states, and the user's fit accumulated in bfloat16): small, copied
     metrics = metric_states(model)
-    # and the layers the fit's `setup` or `configure_model` makes are unmade: the RNG streams come back to before they
-    # drew their weights, and the user's fit makes them again from there, as it would have (found trying the package
-    # as a new user: kept made, a seeded fit's shuffle and dropout drew what their weights had drawn)
-    registries = module_registries(model)
     # and the attributes Lightning's own callbacks given had: `ModelCheckpoint` keeps the folder it resolved at setup
     # (found trying the package as a new user: reused in the real fit, it saved there, in the working directory, away
     # from that fit's logs); a callback of the user's keeps what it recorded
@@ -248,7 +244,6 @@ def find_max_lr(
             )
         except BaseException as err:  # Ctrl-C too
             error = err
-    undo_what_the_fit_made(registries)
     for callback, attribute_values in attributes:
         vars(callback).update(attribute_values)
     for generator, state in generators:
@@ -277,36 +272,6 @@ def find_max_lr(
         raise error
     assert probe.result is not None
     return probe.result
-
-
-_Registries = list[tuple[torch.nn.Module, list[dict[str, Any]], dict[str, Any]]]
-
-
-def module_registries(model: torch.nn.Module) -> _Registries:
-    """Each module's submodules, parameters, buffers and plain attributes, for :func:`undo_what_the_fit_made`."""
-    return [
-        (module, [dict(module._modules), dict(module._parameters), dict(module._buffers)], dict(vars(module)))
-        for module in model.modules()
-    ]
-
-
-def undo_what_the_fit_made(registries: _Registries) -> None:
-    """Put each module's submodules, parameters and buffers back as they were, and attributes a new one displaced.
-
-    A layer made in place of a plain attribute (``self.net = None`` at first) took the attribute's place: it comes back.
-    """
-    for module, kept, plain in registries:
-        now: list[dict[str, Any]] = [module._modules, module._parameters, module._buffers]
-        for registry, before in zip(now, kept, strict=True):
-            for name in [name for name in registry if name not in before]:
-                del registry[name]
-            for name, value in before.items():
-                if registry.get(name) is not value:
-                    registry[name] = value
-        module._non_persistent_buffers_set.intersection_update(module._buffers)
-        attributes = vars(module)
-        for name, value in plain.items():
-            attributes.setdefault(name, value)
 
 
 def _ignored_by_lightning(before: Any) -> bool:
