@@ -235,6 +235,7 @@ def find_max_lr(
     # (found trying the package as a new user: reused in the real fit, it saved there, in the working directory, away
     # from that fit's logs); a callback of the user's keeps what it recorded
     attributes = [(callback, dict(vars(callback))) for callback in given if _lightnings_own(model, callback)]
+    compiled = _compiled_marks(model)
     error: BaseException | None = None
     sigint = signal.getsignal(signal.SIGINT)
     with _compat.isolate_rng(trainer):
@@ -246,6 +247,7 @@ def find_max_lr(
             error = err
     for callback, attribute_values in attributes:
         vars(callback).update(attribute_values)
+    _put_back_compiled_marks(compiled)
     for generator, state in generators:
         set_rng_state(generator, state)
     for holder, numbers in order_numbers:
@@ -272,6 +274,34 @@ def find_max_lr(
         raise error
     assert probe.result is not None
     return probe.result
+
+
+#: What Lightning's ``fit`` sets on the LightningModule inside a ``torch.compile`` wrapper (``from_compiled``).
+_COMPILED_MARKS = ("_compiler_ctx", "forward", "training_step", "validation_step", "test_step", "predict_step")
+
+
+def _compiled_marks(model: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The module a ``torch.compile`` wrapper holds and its own attributes among :data:`_COMPILED_MARKS`; else None."""
+    inner = getattr(model, "_orig_mod", None)
+    if not isinstance(inner, torch.nn.Module):
+        return None
+    return inner, {name: vars(inner)[name] for name in _COMPILED_MARKS if name in vars(inner)}
+
+
+def _put_back_compiled_marks(compiled: tuple[Any, dict[str, Any]] | None) -> None:
+    """Undo what Lightning's ``fit`` set on a compiled module's inner LightningModule: its steps, wrapped by dynamo.
+
+    Found trying the package as a new user: left, the module ran compiled in a later fit of it uncompiled, and a fit of
+    the compiled one wrapped its steps twice (Lightning's own ``Tuner.lr_find`` leaves them too).
+    """
+    if compiled is None:
+        return
+    inner, before = compiled
+    for name in _COMPILED_MARKS:
+        if name in before:
+            vars(inner)[name] = before[name]
+        else:
+            vars(inner).pop(name, None)
 
 
 def _ignored_by_lightning(before: Any) -> bool:

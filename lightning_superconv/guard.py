@@ -37,8 +37,11 @@ measured on the pick zoo (the README's guard section).
 One snapshot in memory at a time (a copy of the weights, buffers and optimizer state, and of a weight average where a
 ``WeightAveraging`` callback keeps one; none once no rescue is left): the weights training started
 from, then refreshed every ``refresh_every`` steps while the model is healthy (its loss a tenth below where it started,
-its average within 1.5 times its best, and never blown up to twice its first loss), so the snapshot predates a
-blow-up by at least one check; a refresh copies into the snapshot's own tensors (no new memory). Nothing is read per
+its average within 1.5 times its best, and never blown up to twice its first loss; its weights finite), so the
+snapshot predates a blow-up by at least one check; a refresh copies into the snapshot's own tensors (no new memory).
+It copies the weights after the check's step, whose update no loss has judged yet: an update that leaves them finite
+but blown up in that very step is what a rescue rolls back to (rare: the step must be a refresh's; the rescues are
+then spent on it, and the run ends in :class:`DivergenceError`). Nothing is read per
 step: each step's loss is kept as it comes (on its device), and every ``check_every`` steps the kept losses are read
 in one transfer and judged one by one, in order, exactly as if each had been judged at its own step (the flat line
 after a blow-up is judged once per check, on the losses up to it); the guard acts at that check, at most
@@ -81,6 +84,10 @@ SET_BY_THE_CYCLE = frozenset(
 )
 #: Why the guard judged a NaN/inf loss diverged (a rescue's ``reason`` and ``DivergenceError``'s begin with it).
 NONFINITE_REASON = "the loss became NaN/inf"
+#: Why it judged the gradient scaler's skips a divergence where they came among healthy steps, at most one in two (a
+#: NaN batch every few steps, which sinks the scale as surely as weights gone NaN): a cause in the data, more likely
+#: than in the LR.
+SPREAD_SKIPS_REASON = "the gradient scaler skipped steps among healthy ones"
 
 
 class DivergenceError(RuntimeError):
@@ -443,7 +450,8 @@ class DivergenceGuard:
     def state_dict(self) -> dict[str, Any]:
         """The loss statistics and the losses kept since the last check, as plain values.
 
-        A resumed run judges divergence as the interrupted one would.
+        A resumed run judges divergence as the interrupted one would (under DDP, with rank 0's losses since the last
+        check on every rank: Lightning saves rank 0's callback state).
         """
         kept = self._kept_steps, self._kept, self._kept_lrs, self._kept_scales
         return {
@@ -467,7 +475,9 @@ class DivergenceGuard:
         # a checkpoint of an earlier release kept no first losses: the latest stand in for them (read at the LR of the
         # checkpoint's time, so the margin may be wider than the start's own noise until the start is read again)
         self._early = [float(loss) for loss in state.get("early", state.get("recent", []))][: self.window]
-        kept = state.get("kept", [])
+        # `[step, loss, lr]`; a development build before state version 3 kept `[step, loss]` (found in a review: its
+        # checkpoint's resume crashed): their LR is unknown, and a rescue reads the LR at its check instead
+        kept = [[*entry, math.nan][:3] for entry in state.get("kept", [])]
         self._kept_steps = [int(step) for step, _, _ in kept]
         self._kept = [float(value) for _, value, _ in kept]
         self._kept_lrs = [float(lr) for _, _, lr in kept]
@@ -480,7 +490,7 @@ class GuardedCycle:
     Under DDP all ranks decide together: a rescue happens on every rank when any rank saw its loss diverge, and a
     snapshot is refreshed on every rank when all saw it healthy, so the ranks roll back to the same step and stay
     identical. A step the gradient scaler skipped (its loss overflowed in half precision) is not a divergence; thirty
-    halvings of the scale in a row are (no loss scale helps any more).
+    halvings of the scale, with no check between that found it grown back, are (no loss scale helps any more).
 
     Args:
         scheduler: the installed one-cycle; a rescue scales its remaining LRs by :func:`lowering`'s factor.
@@ -499,6 +509,7 @@ class GuardedCycle:
         # modules the model holds outside its module tree (a momentum encoder in a list), found at the first snapshot
         self._hidden: list[Any] | None = None
         self._halvings = 0
+        self._halvings_since = 0  # the step of the check before the first halving counted: the skips' span starts
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
         # is a network that cannot learn at this LR: the step from which that is checked; once in a run not yet
         # rescued (a slow starter exempted by its latest losses is left to train), and after a rescue at every step
@@ -511,7 +522,7 @@ class GuardedCycle:
         # on a Trainer starts above 0: the difference, read at `start` (found in a review: a second fit's stall
         # check ran deep in the warm-up, where it said the LR had climbed to the peak)
         self._steps_before = 0
-        # the gradient scaler's scale at the last check, and its halvings in a row since; a resume takes a
+        # the gradient scaler's scale at the last check, and its halvings since it last grew back; a resume takes a
         # checkpoint's (found in a review: a resumed run read the scale its scaler came back with, already halved for
         # a skipped step, and counted that step's inf loss, which the run it resumed forgave, as a divergence)
         self._loaded_scale: float | None = None
@@ -525,6 +536,7 @@ class GuardedCycle:
         return {
             **self.guard.state_dict(), "stall_check": float(self._stall_check),
             "collapse_from": float(self._collapse_from), "halvings": float(self._halvings),
+            "halvings_since": float(self._halvings_since),
             **({} if self._scale is None else {"scale": float(self._scale)}),
         }  # fmt: skip
 
@@ -534,6 +546,7 @@ class GuardedCycle:
         self._stall_check = int(state.get("stall_check", self._stall_check))
         self._collapse_from = int(state.get("collapse_from", self._collapse_from))
         self._halvings = int(state.get("halvings", 0))
+        self._halvings_since = int(state.get("halvings_since", 0))
         scale = state.get("scale")
         self._loaded_scale = None if scale is None else float(scale)
 
@@ -618,9 +631,7 @@ class GuardedCycle:
             if self.rescued >= self.max_rescues:
                 return None, reason
             return self._rescue(trainer, step, reason), None
-        if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(
-            self._healthy(trainer, pl_module), all=True
-        ):
+        if self.guard.refresh_due(step) and strategy.reduce_boolean_decision(self._healthy(pl_module), all=True):
             self._refresh(trainer, step, pl_module, optimizer)
         return None, None
 
@@ -679,17 +690,15 @@ class GuardedCycle:
             )
         return None
 
-    def _healthy(self, trainer: _compat.Trainer, pl_module: Any) -> bool:
-        """Whether a snapshot taken now is worth returning to (:meth:`DivergenceGuard.healthy`).
+    def _healthy(self, pl_module: Any) -> bool:
+        """Whether a snapshot taken now is worth returning to (:meth:`DivergenceGuard.healthy`), its weights finite.
 
-        Under a gradient scaler that is on, the NaN/inf losses it skipped are not read, so the losses cannot tell
-        weights that went bad in a step it did not skip (finite gradients that overflow the weights): their
-        finiteness is checked too, one device sync per refresh (found in a review: snapshots of NaN weights, rolled
-        back to three times, and a fit that ended NaN without an error).
+        The losses judged are those of the weights before this step's update, which no loss has judged yet: a step
+        whose loss was finite can leave the weights NaN (a NaN gradient, as the ``sqrt`` of a zero distance gives).
+        Their finiteness is checked too, one device sync per refresh (found in a review: snapshots of NaN weights,
+        rolled back to three times, under a gradient scaler whose skipped losses go unread, and without one).
         """
-        if not self.guard.healthy():
-            return False
-        return not self._scaling(trainer) or _all_finite(pl_module)
+        return self.guard.healthy() and _all_finite(pl_module)
 
     @staticmethod
     def _scaling(trainer: _compat.Trainer) -> bool:
@@ -698,26 +707,39 @@ class GuardedCycle:
         return scaler is not None and bool(scaler.is_enabled())
 
     def _discount_scaler_skips(self, trainer: _compat.Trainer) -> tuple[str | None, bool]:
-        """Why the scaler's skips count as a divergence (thirty halvings of its scale in a row), and whether to forgive.
+        """Why the scaler's skips count as a divergence (thirty halvings of its scale), and whether to forgive.
 
         Under a gradient scaler that is on, every NaN/inf loss since the last check is forgiven: the scaler steps no
         weight with NaN/inf gradients, it skips the step and halves its scale. One that skips at every scale is a
-        divergence: thirty halvings in a row. Forgiving only where the scale came out lower than at the last check
-        read a skip as a divergence where the scale had also grown in the same window (found in a review).
+        divergence: thirty halvings with no check between that found the scale grown back, whether the steps skipped
+        came in a row (weights gone NaN, or an LR too high for half precision) or among others (a NaN batch every few
+        steps, more often than the scaler grows its scale: it falls to nothing and training stops as surely; found in
+        a review, where a scale unchanged between two checks had restarted the count, and one skip every 12 steps
+        sank it to 1e-20 unseen). Forgiving only where the scale came out lower than at the last check read a skip as a
+        divergence where the scale had also grown in the same window (found in a review).
         """
         if not self._scaling(trainer):
             return None, False
         scale = _scale_of(trainer)
         assert scale is not None
         previous, self._scale = self._scale, scale
-        if previous is not None:
-            self._halvings = self._halvings + round(math.log2(previous / scale)) if scale < previous else 0
-        if self._halvings >= 30:
-            return (
-                f"the gradient scaler skipped {self._halvings} steps in a row (NaN/inf gradients at every scale)",
-                True,
-            )
-        return None, True
+        step = int(trainer.global_step)
+        if previous is not None and scale < previous:
+            if not self._halvings:
+                self._halvings_since = step - self.guard.check_every
+            self._halvings += round(math.log2(previous / scale))
+        elif previous is not None and scale > previous:
+            self._halvings = 0
+        skipped, span = self._halvings, max(step - self._halvings_since, 1)
+        if skipped < 30:
+            return None, True
+        if skipped >= span:
+            return f"the gradient scaler skipped {skipped} steps in a row (NaN/inf gradients at every scale)", True
+        # found in a review: called "in a row", a NaN batch every fourth step read as weights gone bad
+        fell = f"{skipped} of the last {span} steps, for NaN/inf gradients, its scale never growing back between"
+        if 2 * skipped <= span:
+            return f"{SPREAD_SKIPS_REASON}: {fell} (it fell {2.0**skipped:.3g}-fold)", True
+        return f"the gradient scaler skipped {fell} (it fell {2.0**skipped:.3g}-fold)", True
 
     def _rescue(self, trainer: _compat.Trainer, step: int, reason: str) -> Rescue:
         groups = self.scheduler.optimizer.param_groups

@@ -127,11 +127,44 @@ def write_lr(group: MutableMapping[str, Any], value: float) -> None:
 
 
 def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
-    """Set the group's momentum (or ``beta1``, keeping the other betas); a group with neither is left alone."""
-    if "momentum" in group:
+    """Set the group's momentum (or ``beta1``, keeping the other betas); a group with neither is left alone.
+
+    A momentum held in a Tensor is filled in place, as :func:`write_lr` fills an LR: a compiled ``optimizer.step``
+    guards on a float's value and recompiles at each new one (found trying the package as a new user: with the cycle's
+    momentum written as floats, torch's compiled step recompiled at every step until its limit, then ran uncompiled).
+    """
+    held = momentum_tensor(group)
+    if held is not None:
+        held.fill_(value)
+    elif "momentum" in group:
         group["momentum"] = value
     elif "betas" in group:
         group["betas"] = (value, *tuple(group["betas"])[1:])
+
+
+def momentum_tensor(group: MutableMapping[str, Any]) -> torch.Tensor | None:
+    """The group's momentum (or ``beta1``) where it is held in a Tensor; None otherwise."""
+    value = group.get("momentum", tuple(group.get("betas", (None,)))[0])
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def keep_momentum_tensors(groups: Sequence[MutableMapping[str, Any]], held: Sequence[torch.Tensor | None]) -> None:
+    """Put each group's momentum Tensor of ``held`` back where a scheduler wrote a float, filled with that float.
+
+    torch's ``OneCycleLR`` writes the cycled momentum (or ``beta1``) as a float; ``held`` is
+    ``[momentum_tensor(g) for g in groups]`` read before it did.
+    """
+    for group, tensor in zip(groups, held, strict=True):
+        if tensor is None or momentum_tensor(group) is tensor:  # untouched: no read (a Tensor's is a device sync)
+            continue
+        value = read_momentum(group)
+        if value is None:
+            continue
+        tensor.fill_(value)
+        if "momentum" in group:
+            group["momentum"] = tensor
+        else:
+            group["betas"] = (tensor, *tuple(group["betas"])[1:])
 
 
 def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:

@@ -25,7 +25,15 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_superconv._validation import check_bool, check_choice, check_number
-from lightning_superconv.param_groups import group_ratios, momentum_key, read_momentum, write_lr, write_momentum
+from lightning_superconv.param_groups import (
+    group_ratios,
+    keep_momentum_tensors,
+    momentum_key,
+    momentum_tensor,
+    read_momentum,
+    write_lr,
+    write_momentum,
+)
 
 
 def resolve_cycle_momentum(optimizer: Optimizer, cycle_momentum: bool | None) -> bool:
@@ -197,8 +205,11 @@ class SafeOneCycleLR(OneCycleLR):
         self.added_group_ratios: dict[int, float] = {}
         #: how many param groups the cycle was built on; those after them are added ones (plain value, in the
         #: state_dict: a resumed run's is the first build's)
-        self.built_groups = len((args[0] if args else kwargs["optimizer"]).param_groups)
+        groups = (args[0] if args else kwargs["optimizer"]).param_groups
+        self.built_groups = len(groups)
+        held = [momentum_tensor(group) for group in groups]
         super().__init__(*args, **kwargs)
+        keep_momentum_tensors(groups, held)
         #: the step at which the LR reaches its peak (the end of the first phase, as torch computes it)
         self.peak_step = float(self._schedule_phases[0]["end_step"])
 
@@ -292,11 +303,9 @@ class SafeOneCycleLR(OneCycleLR):
         peak and the re-warm-up's end the LR only falls, so the steps up to the later of them are read.
         """
         ahead = copy.copy(self)
-        # plain values: an LR held in a Tensor is filled in place, and this copy writes nothing the run reads
-        groups = [
-            {**{k: v for k, v in group.items() if k != "params"}, "lr": float(group["lr"])}
-            for group in self.optimizer.param_groups
-        ]
+        # plain values: an LR or a momentum held in a Tensor is filled in place, and this copy writes nothing the run
+        # reads
+        groups = [_plain(group) for group in self.optimizer.param_groups]
         ahead.optimizer = SimpleNamespace(param_groups=groups)  # type: ignore[assignment]
         ahead.added_group_ratios, ahead.base_lrs = dict(self.added_group_ratios), list(self.base_lrs)
         ahead._get_lr_called_within_step = True  # torch's flag: no warning of a call
@@ -357,7 +366,7 @@ class SafeOneCycleLR(OneCycleLR):
         # the final phase past its end: with "cos" the LR climbs back to its value two steps earlier, with "linear"
         # it turns negative. So the clamp starts there; the warning only once a step past it was really taken.
         if self.last_epoch < self.total_steps:
-            return super().get_lr()
+            return self._torch_lr()
         if self.last_epoch > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
             # found trying the package as a new user: a curriculum whose reloaded epochs grow ran 45 % of its steps
@@ -373,9 +382,18 @@ class SafeOneCycleLR(OneCycleLR):
         stepped = self.last_epoch
         self.last_epoch = self.total_steps - 1
         try:
-            return super().get_lr()
+            return self._torch_lr()
         finally:
             self.last_epoch = stepped
+
+    def _torch_lr(self) -> list[Any]:
+        """The LR of this step, as torch's `OneCycleLR` reads it; a momentum held in a Tensor stays that Tensor."""
+        groups = self.optimizer.param_groups
+        held = [momentum_tensor(group) for group in groups]
+        try:
+            return super().get_lr()
+        finally:
+            keep_momentum_tensors(groups, held)
 
 
 def short_three_phase_warm_up(pct_start: float, total_steps: int) -> bool:
@@ -492,3 +510,14 @@ def scale_peak(scheduler: OneCycleLR, factor: float) -> None:
     scheduler.base_lrs = [float(lr) * factor for lr in scheduler.base_lrs]
     if hasattr(scheduler, "_last_lr"):
         scheduler._last_lr = [float(group["lr"]) for group in scheduler.optimizer.param_groups]
+
+
+def _plain(group: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a param group's values, without its parameters, with its LR and momentum as floats."""
+    values = {key: value for key, value in group.items() if key != "params"}
+    values["lr"] = float(group["lr"])
+    if "momentum" in values:
+        values["momentum"] = float(values["momentum"])
+    if "betas" in values:
+        values["betas"] = tuple(float(beta) for beta in values["betas"])
+    return values

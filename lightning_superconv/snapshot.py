@@ -567,23 +567,38 @@ def _refill_groups(
     """Give each param group the values it had (:func:`_group_values`), in place: a scheduler holds the groups.
 
     The entries named in ``keep`` keep the values they hold now. A value held in a Tensor (an LR kept in one for a
-    compiled ``optimizer.step``) is written into that same Tensor where it is still there, as torch's schedulers write
-    it: the compiled step, and the user, go on holding it.
+    compiled ``optimizer.step``, or Adam's ``beta1`` in its ``betas``) is written into that same Tensor where it is
+    still there, as torch's schedulers write it: the compiled step, and the user, go on holding it.
     """
     for group, saved_group in zip(groups, saved, strict=False):
         params = group["params"]
         kept = {key: value for key, value in group.items() if key in keep}
-        tensors = {key: value for key, value in group.items() if isinstance(value, Tensor) and key not in keep}
+        held = {key: value for key, value in group.items() if _holds_tensors(value) and key not in keep}
         group.clear()
         group.update(copy.deepcopy(saved_group))
         group["params"] = params
-        for key, live in tensors.items():
-            value = group.get(key)
-            if isinstance(value, Tensor) and _same_kind(live, value):
-                with torch.no_grad():
-                    live.copy_(value)
-                group[key] = live
+        for key, live in held.items():
+            group[key] = _refilled(live, group.get(key))
         group.update(kept)
+
+
+def _holds_tensors(value: Any) -> bool:
+    """Whether a param group's value is a Tensor, or a tuple holding one (``betas``)."""
+    return isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value))
+
+
+def _refilled(live: Any, value: Any) -> Any:
+    """``value`` written into the Tensors ``live`` holds (itself, or a tuple's) where they match it; else ``value``."""
+    if isinstance(live, Tensor):
+        if isinstance(value, Tensor) and _same_kind(live, value):
+            with torch.no_grad():
+                live.copy_(value)
+            return live
+        return value
+    if isinstance(value, tuple) and len(value) == len(live):
+        pairs = zip(live, value, strict=True)
+        return tuple(_refilled(old, new) if isinstance(old, Tensor) else new for old, new in pairs)
+    return value
 
 
 def _copy_state(value: Any) -> Any:

@@ -16,7 +16,14 @@ from lightning_superconv import _compat, _setups, _trainer
 from lightning_superconv._logging import SCHEDULE_PREFIX, ScheduleLogger, log_range_test
 from lightning_superconv._validation import check_bool, check_integer, check_number, check_state_version
 from lightning_superconv.curve import SweepMode
-from lightning_superconv.guard import NONFINITE_REASON, DivergenceError, DivergenceGuard, GuardedCycle, Rescue
+from lightning_superconv.guard import (
+    NONFINITE_REASON,
+    SPREAD_SKIPS_REASON,
+    DivergenceError,
+    DivergenceGuard,
+    GuardedCycle,
+    Rescue,
+)
 from lightning_superconv.param_groups import configured_lrs, momentum_key, read_momentum, step_size_kind
 from lightning_superconv.range_test import RangeTestConfig, plan_line, run_range_test
 from lightning_superconv.result import RangeTestResult
@@ -205,7 +212,8 @@ class SuperConvergence(_compat.Callback):
         self._restored: bool
         self._state_loaded: bool  # a checkpoint gave this fit a state of this callback (with a cycle or not)
         self._warned_stepping: bool  # said that the cycle is not stepped once per optimizer step
-        self._told_the_end: bool  # a resume said at its start that the run ends elsewhere than its cycle
+        self._told_the_end: int | None  # the step a resume said at its start the run ends at, elsewhere than its cycle
+        self._range_test_to_log: bool  # this fit's range test is yet to be logged
         self._stops_at_start: dict[int, tuple[int, str]]  # each EarlyStopping's stop as training started (`_stop_of`)
         self._first_pass_read: bool  # the first epoch of this fit has ended (a stream's pass length is known)
         self._scheduler: SafeOneCycleLR | None
@@ -345,10 +353,12 @@ class SuperConvergence(_compat.Callback):
                 f"SuperConvergence: range test picked max_lr={self.max_lr:.4g} after {len(self.result.lrs)} steps "
                 f"(stopped: {self.result.stop_reason}); {self.result.pick_reason}.",
             )
-            first = trainer.global_step
-            if self._range_test_logged is not None and self._range_test_logged[0] == id(trainer):
-                first = max(first, self._range_test_logged[1])
-            self._range_test_logged = (id(trainer), log_range_test(trainer, self.result, first))
+            # a strategy that loads a checkpoint after fit start, where Lightning names none yet, discards this pick
+            # on a resume (`on_train_start`): logged now, the resumed run's logger showed a curve and a pick no step
+            # ran at (found in a review)
+            self._range_test_to_log = True
+            if not trainer.strategy.restore_checkpoint_after_setup:
+                self._log_the_range_test(trainer)
         # a second `fit` on the same Trainer continues from the step it reached: the cycle spans the steps left
         self._start_step = start_step
         self._install_schedule(trainer, optimizer, steps, own_step_size=kind is not None)
@@ -364,6 +374,8 @@ class SuperConvergence(_compat.Callback):
         if self._scheduler is None:
             return
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
+        if self._range_test_to_log and not late:
+            self._log_the_range_test(trainer)
         if late:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
             if not self._restored:
@@ -406,7 +418,7 @@ class SuperConvergence(_compat.Callback):
         with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
             end = _trainer.resumed_fit_end(trainer)
         if math.isfinite(end) and int(end) != planned:
-            self._told_the_end = True  # the end of training need not say it again
+            self._told_the_end = int(end)  # the end of training need not say it again, if it ends there
             final = float(self._scheduler.optimizer.param_groups[0]["min_lr"])
             outcome = (
                 f"from step {planned} on, the LR stays at the cycle's final value {final:.3g} (the first param group's)"
@@ -459,6 +471,11 @@ class SuperConvergence(_compat.Callback):
         _setups.release_from_fit(trainer, self)
         if self._watch is not None:
             self._watch.release()
+        # a fit under a strategy that loads checkpoints after fit start, stopped before training started (its sanity
+        # check failed): its range test, run and said, is logged unless a resume discarded it (found in a review)
+        if self._range_test_to_log and not (trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup):
+            self._log_the_range_test(trainer)
+        self._range_test_to_log = False
 
     @override
     def teardown(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
@@ -475,19 +492,33 @@ class SuperConvergence(_compat.Callback):
         if scheduler is not None and trainer.should_stop:
             _warn_of_a_stop_before_the_anneal(trainer, scheduler, self._stops_at_start)
             return
-        if scheduler is None or self._told_the_end or not _trainer.epoch_length_known(trainer):
+        told = self._told_the_end
+        if scheduler is None or told == trainer.global_step or not _trainer.epoch_length_known(trainer):
             return
         left = int(scheduler.total_steps) - int(scheduler.last_epoch)
         if left <= 0 or not _trainer.scheduler_in_use(trainer, scheduler) or not self._stepped_once_per_step(trainer):
             return
         final = scheduler.optimizer.param_groups[0]["min_lr"]
+        # found in a review: Lightning 2.6 resumes a checkpoint written at an epoch's end under both `max_epochs` and
+        # `max_steps` with its epoch count one behind, and ends an epoch early; the resume's start, reading that count,
+        # had said the run goes on past its cycle
+        also = (
+            f"The resumed fit ended at step {trainer.global_step}, not at step {told} as it expected at its start: "
+            "Lightning 2.6 resumes a checkpoint written at an epoch's end under both `max_epochs` and `max_steps` an "
+            "epoch short; or "
+            if told is not None
+            else ""
+        )
+        why = (
+            f"{also}{'i' if also else 'I'}ts epochs came out shorter than planned, e.g. a train dataloader that "
+            "`reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the epochs' lengths change, or to "
+            "resume such a run, size it in steps: `Trainer(max_steps=..., max_epochs=-1)`."
+        )
         _compat.rank_zero_warn(
             trainer,
             f"SuperConvergence: training ended {left} steps before the end of the one-cycle, planned at fit start "
             f"over {scheduler.total_steps} steps, with the first param group's LR at {scheduler.get_last_lr()[0]:.4g} "
-            f"(the cycle ends at {final:.4g}): the model did not anneal. Its epochs came out shorter than planned, "
-            "e.g. a train dataloader that `reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the "
-            "epochs' lengths change, size the run in steps: `Trainer(max_steps=..., max_epochs=-1)`.",
+            f"(the cycle ends at {final:.4g}): the model did not anneal. {why}",
         )
 
     @override
@@ -559,7 +590,7 @@ class SuperConvergence(_compat.Callback):
                 "or the loss rather than the LR: a NaN or inf in a sample or target, or a loss that is infinite on "
                 "some samples (CTC on an input shorter than its target: `CTCLoss(zero_infinity=True)`, or drop such "
                 "samples); check those first."
-                if all(reason.startswith(NONFINITE_REASON) for reason in reasons)
+                if all(reason.startswith((NONFINITE_REASON, SPREAD_SKIPS_REASON)) for reason in reasons)
                 else ""
             )
             raise DivergenceError(
@@ -633,7 +664,8 @@ class SuperConvergence(_compat.Callback):
         self._restored = False
         self._state_loaded = False
         self._warned_stepping = False
-        self._told_the_end = False
+        self._told_the_end = None
+        self._range_test_to_log = False
         self._stops_at_start = {}
         self._first_pass_read = False
         self._scheduler = None
@@ -643,6 +675,15 @@ class SuperConvergence(_compat.Callback):
         self._guard_state_version = _STATE_VERSION
         self._checkpoint_cycle = None
         self.rescues = []
+
+    def _log_the_range_test(self, trainer: _compat.Trainer) -> None:
+        """Log this fit's range test to the Trainer's loggers, after the steps of an earlier fit's on this Trainer."""
+        assert self.result is not None
+        first = trainer.global_step
+        if self._range_test_logged is not None and self._range_test_logged[0] == id(trainer):
+            first = max(first, self._range_test_logged[1])
+        self._range_test_logged = (id(trainer), log_range_test(trainer, self.result, first))
+        self._range_test_to_log = False
 
     def _stepped_once_per_step(self, trainer: _compat.Trainer) -> bool:
         """Whether the cycle has advanced once per optimizer step of this fit; if not, say so (once) and why.

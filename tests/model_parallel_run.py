@@ -11,7 +11,8 @@ the runs.
    the state-dict hooks FSDP2 registered at the first forward, which came in the range test.
 3. A resume from the first epoch's checkpoint with ``SuperConvergence()`` and no ``max_lr``: the strategy loads the
    checkpoint only after ``on_fit_start``, after a range test ran on the weights not yet restored; its pick must be
-   discarded for the checkpoint's cycle, and a warning say so. Then the same resume given another ``max_lr`` and
+   discarded for the checkpoint's cycle (not logged: the resumed run's logger gets the cycle), and a warning say
+   so. Then the same resume given another ``max_lr`` and
    ``pct_start``: both are said to apply to new fits only.
 4. A cycle far too high (``max_lr=50``): the divergence guard rolls each rank's shards and buffers back to the step
    of its snapshot, on both ranks at the same steps.
@@ -34,6 +35,7 @@ def main(out: str) -> None:  # noqa: D103
     import torch
     from helpers import TinyClassifier, make_dataset, two_rank_trainer_kwargs
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch import nn
     from torch.distributed.fsdp import fully_shard
@@ -118,7 +120,10 @@ def main(out: str) -> None:  # noqa: D103
     def fit(model, callbacks, strategy, ckpt_path=None, checkpoints=None, **kwargs) -> L.Trainer:
         extra = [ModelCheckpoint(checkpoints, save_top_k=-1, save_on_train_epoch_end=True)] if checkpoints else []
         trainer = L.Trainer(
-            callbacks=callbacks + extra, strategy=strategy, enable_checkpointing=bool(checkpoints), **common, **kwargs
+            callbacks=callbacks + extra,
+            strategy=strategy,
+            enable_checkpointing=bool(checkpoints),
+            **{**common, **kwargs},
         )
         trainer.fit(model, ckpt_path=ckpt_path)
         return trainer
@@ -155,10 +160,20 @@ def main(out: str) -> None:  # noqa: D103
     first_epoch = sorted(glob.glob(os.path.join(checkpoints, "epoch=0-*")))[0]
     L.seed_everything(0, verbose=False)
     resumed = [SuperConvergence(lr_range=(1e-2, 1.0), num_steps=10), WeightDecayBalancer(mode="timescale")]
+    logs = os.path.join(out, "resumed_logs")
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        fit(model := Sharded(), resumed, fsdp2(), ckpt_path=first_epoch, max_epochs=2, limit_train_batches=4)
+        fit(
+            model := Sharded(), resumed, fsdp2(), ckpt_path=first_epoch, max_epochs=2, limit_train_batches=4,
+            logger=CSVLogger(logs, name="", version=0), log_every_n_steps=1,
+        )  # fmt: skip
     report["resumed_said"] = [str(w.message) for w in said if "SuperConvergence" in str(w.message)]
+    # what the resumed run's logger got (rank 0 writes it): the cycle that ran, not the discarded range test
+    metrics = os.path.join(logs, "version_0", "metrics.csv")
+    report["resumed_logged"] = []
+    if os.path.exists(metrics):
+        with open(metrics) as columns:
+            report["resumed_logged"] = columns.readline().strip().split(",")
     report["resumed_lrs"] = model.lrs
     report["resumed_max_lr"] = resumed[0].max_lr
     report["resumed_result"] = resumed[0].result.to_dict()

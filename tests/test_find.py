@@ -154,6 +154,22 @@ def test_model_is_bit_identical_afterwards():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_compiled_module_comes_back_uncompiled_inside():
+    """``find_max_lr(torch.compile(model))``: Lightning's fit wraps the inner module's steps by dynamo; they are undone.
+
+    Found trying the package as a new user: left wrapped, a later fit of the uncompiled module ran compiled, and a fit
+    of the compiled one wrapped its steps twice.
+    """
+    model = TinyClassifier()
+    compiled = torch.compile(model, backend="eager")
+    before = dict(vars(model))
+    find_max_lr(compiled, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert model._compiler_ctx is None
+    for name in ("forward", "training_step", "validation_step", "test_step", "predict_step"):
+        assert name not in vars(model), name  # the class's own methods again
+    assert set(vars(model)) <= set(before)
+
+
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
 def test_a_precision_that_converts_the_model_gives_it_back_in_its_own_dtype_bit_for_bit(precision):
     """Lightning converts the model to a `*-true` precision when the fit starts; `find_max_lr` gives it back as it was.

@@ -1277,6 +1277,69 @@ def test_an_lr_held_in_a_tensor_stays_that_tensor_and_takes_the_values_a_float_w
     assert (len(callback.rescues) > 0) == (max_lr is not None)
 
 
+class BetasInTensors(TinyClassifier):
+    """AdamW with its LR and betas held in Tensors, its step compiled: torch's recipe for compiling ``optimizer.step``.
+
+    Counts the graphs the compiled step made (``eager`` backend: the guards and recompiles without code generation).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(optimizer="adamw", **kwargs)
+        self.compiled = None
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        group = optimizer.param_groups[0]
+        self.lr_tensor = torch.tensor(group["lr"], dtype=torch.float64)
+        self.beta1 = torch.tensor(group["betas"][0], dtype=torch.float64)
+        group["lr"], group["betas"] = self.lr_tensor, (self.beta1, torch.tensor(group["betas"][1], dtype=torch.float64))
+        return optimizer
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        optimizer_closure()
+        if self.compiled is None:
+            inner = optimizer.optimizer
+            self.compiled = torch.compile(lambda: inner.step(), backend="eager")
+        self.compiled()
+
+
+@pytest.mark.parametrize("max_lr", [None, 50.0], ids=["range test", "rescued"])
+def test_a_beta1_held_in_a_tensor_stays_that_tensor_and_the_compiled_step_compiles_once(tmp_path, max_lr):
+    """Through the range test, the cycle and a rescue: the same Tensor, the float run's momenta, one graph.
+
+    Found trying the package as a new user: the cycle wrote ``beta1`` as a float at every step (torch's ``OneCycleLR``
+    does), and the compiled step recompiled at each until torch's limit, then ran uncompiled (49 s against 17 s).
+    """
+
+    class Held(Callback):
+        def __init__(self) -> None:
+            self.betas: list[tuple[bool, float]] = []  # (the module's Tensor, its value) at each step
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            beta1 = trainer.optimizers[0].param_groups[0]["betas"][0]
+            self.betas.append((beta1 is pl_module.beta1, float(beta1)))
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    callback, held = SuperConvergence(max_lr=max_lr, num_steps=20, trial_steps=50), Held()
+    _fit(tmp_path, callback, model=BetasInTensors, extra=[held], max_epochs=3)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    as_floats, floats = SuperConvergence(max_lr=max_lr, num_steps=20, trial_steps=50), Held()
+
+    class Floats(TinyClassifier):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(optimizer="adamw", **kwargs)
+            self.beta1 = None
+
+    _fit(tmp_path / "float", as_floats, model=Floats, extra=[floats], max_epochs=3)
+    assert all(same for same, _ in held.betas)
+    assert [value for _, value in held.betas] == pytest.approx([value for _, value in floats.betas], abs=1e-7)
+    assert len({round(value, 6) for _, value in held.betas}) > 10  # the premise: beta1 cycles
+    assert callback.max_lr == pytest.approx(as_floats.max_lr, rel=1e-6)
+    assert (len(callback.rescues) > 0) == (max_lr is not None)
+    assert graphs <= 2  # one step graph (and its re-guard after the range test's restore), not one per step
+
+
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
     """A peak far too high for one rescue: the error names the rescues and the peak they left."""
     callback = SuperConvergence(max_lr=1e4, max_rescues=1)
@@ -1522,6 +1585,95 @@ def test_under_a_scaler_weights_gone_inf_are_never_snapshotted_and_never_left_at
     assert callback.rescues
     assert all(r["restored_step"] < step for r in callback.rescues)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class NanGradientAt(TinyClassifier):
+    """The update to global step ``step`` leaves every first-layer weight NaN, while its loss is finite.
+
+    ``sqrt(0 * w)`` is 0, and its gradient NaN: as a pairwise distance between two equal embeddings gives.
+    """
+
+    def __init__(self, step: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step + 1 == self.step and self.training:
+            return loss + torch.sqrt(0 * self.net[0].weight.sum())
+        return loss
+
+
+@pytest.mark.parametrize("step", [48, 50], ids=["between refreshes", "at a refresh"])
+def test_weights_a_finite_loss_left_nan_are_never_snapshotted(tmp_path, step):
+    """Without a scaler too: a refresh (every 50 steps) copies the weights after its step's update, unjudged by a loss.
+
+    Found in a review: where that update was the one that left them NaN, the snapshot held NaN weights, every rescue
+    rolled back to them, and the run ended in a `DivergenceError` that blamed the LR.
+    """
+    callback = SuperConvergence(max_lr=0.1)
+    _, model, _ = _fit(tmp_path, callback, model=lambda n: NanGradientAt(step, n=n))
+    assert callback.rescues
+    assert all(r["restored_step"] < step for r in callback.rescues)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(callback.rescues) == 1  # one rollback, to weights that train on
+
+
+class NanBatchEvery(TinyClassifier):
+    """One batch in ``every`` has a NaN input (a corrupt sample), never two in a row: a scaler skips each."""
+
+    def __init__(self, every: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.every = every
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.trainer.global_step % self.every == self.every - 1 and self.training:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return super().training_step((x, y), batch_idx)
+
+
+@pytest.mark.parametrize("every", [4, 12])
+def test_skips_among_healthy_steps_that_sink_the_scale_are_called_so_and_their_error_names_the_data(tmp_path, every):
+    """A NaN batch every few steps halves the scale more often than it grows: thirty halvings end the run.
+
+    Found in a review: the reason said the scaler skipped "30 steps in a row", and the final error, which names the
+    data as the cause of a loss NaN at every peak, left that advice out; one skip every 12 steps, with the scale
+    unchanged at some checks between, restarted the count there and sank the scale to 1e-20 unseen.
+    """
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    callback = SuperConvergence(max_lr=0.1, max_rescues=0)
+    with pytest.raises(DivergenceError) as raised:
+        _fit(tmp_path, callback, model=lambda n: NanBatchEvery(every, n=n), plugins=[fp16], max_epochs=30)
+    message = str(raised.value)
+    assert re.search(r"the gradient scaler skipped steps among healthy ones: 30 of the last \d+ steps", message)
+    assert "in a row" not in message
+    assert "a NaN or inf in a sample or target" in message
+
+
+def test_a_peak_too_high_for_half_precision_is_not_blamed_on_the_data(tmp_path):
+    """Clean data at a peak far too high under ``16-mixed``: the scaler skips most steps, and the LR is the cause.
+
+    Found in a review of a first version of the fix above, which gave every scaler reason the data advice.
+    """
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    callback = SuperConvergence(max_lr=1e4, max_rescues=0)
+    with pytest.raises(DivergenceError) as raised:
+        _fit(tmp_path, callback, plugins=[fp16], max_epochs=20)
+    message = str(raised.value)
+    assert "the gradient scaler skipped" in message
+    assert "among healthy ones" not in message
+    assert "a NaN or inf in a sample or target" not in message
+
+
+def test_a_development_checkpoint_s_kept_losses_without_their_lr_load():
+    """Guard states before version 3 kept ``[step, loss]`` pairs (found in a review: the resume crashed on them)."""
+    guard = DivergenceGuard()
+    guard.load_state_dict({"kept": [[3, 0.5], [4, 0.75]]})
+    kept = guard.read_kept()
+    assert [(step, value) for step, value, _ in kept] == [(3, 0.5), (4, 0.75)]
+    assert all(math.isnan(lr) for _, _, lr in kept)  # unknown: a rescue reads the LR at its check instead
 
 
 class OverflowAtTwelve(Deterministic):

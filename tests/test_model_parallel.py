@@ -63,6 +63,9 @@ def test_fsdp2_resume_continues_the_checkpoint_s_cycle_and_says_the_range_test_w
             assert rank["given_anew_lrs"][step] == rank["lrs"][step]
     r0, r1 = ranks
     assert any("its pick is discarded" in message for message in r0["resumed_said"])
+    # found in a review: the discarded range test's curve and pick went to the resumed run's logger
+    assert "superconv/lr" in r0["resumed_logged"]
+    assert not [name for name in r0["resumed_logged"] if name.startswith("lr_range_test")]
     assert any("`max_lr=0.123` applies to new fits only" in message for message in r0["given_anew_said"])
     assert any("`pct_start=0.5` applies to new fits only" in message for message in r0["given_anew_said"])
     assert not any("discarded" in message for message in r0["given_anew_said"])

@@ -256,6 +256,29 @@ def test_a_resume_at_another_length_is_told_the_step_it_really_ends_at(
     assert not [w for w in caught if "before the end of the one-cycle" in str(w.message)]  # said once, at the start
 
 
+def test_a_resume_that_ends_elsewhere_than_its_start_said_is_told_the_model_did_not_anneal(tmp_path):
+    """Both ``max_epochs`` and a ``max_steps`` that does not bound the run, resumed from an epoch's end, unchanged.
+
+    Found in a review: Lightning 2.6 resumes such a checkpoint with its epoch count one behind and ends an epoch early;
+    the resume's start, reading that count, said the run would end past its cycle, and the end of training, taking
+    that as said, kept silent about a run that ended with its LR far from annealed.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=True)
+    _trainer(tmp_path / "a", [*_callbacks(with_balancer=False), ckpt], max_steps=1000).fit(_seeded())
+    callbacks = _callbacks(with_balancer=False)
+    trainer = _trainer(tmp_path / "b", callbacks, max_steps=1000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_seeded(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    said = [str(w.message) for w in caught if "SuperConvergence" in str(w.message)]
+    scheduler = callbacks[0]._scheduler
+    left = scheduler.total_steps - trainer.global_step
+    assert left > 0, "the premise: Lightning resumes this checkpoint an epoch short"
+    ended = [message for message in said if f"training ended {left} steps before the end of the one-cycle" in message]
+    assert len(ended) == 1
+    assert f"ended at step {trainer.global_step}, not at step" in ended[0]
+
+
 @pytest.mark.parametrize("step", [9, 18])
 def test_a_resume_at_the_same_length_is_not_warned(tmp_path, checkpoints_of_a_24_step_run, step):
     """Resumed mid-epoch or before an epoch's end hooks with nothing changed, the run ends where its cycle does."""

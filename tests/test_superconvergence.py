@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -1532,6 +1533,35 @@ def test_range_test_curve_goes_to_every_logger(tmp_path):
     events.Reload()
     assert logged == pytest.approx(callback.result.losses, rel=1e-6)
     assert [s.value for s in events.Scalars("lr_range_test/loss")] == pytest.approx(callback.result.losses, rel=1e-6)
+
+
+class _RestoresAfterSetup(L.pytorch.strategies.SingleDeviceStrategy):
+    """One device that loads a checkpoint after fit start, as ``ModelParallelStrategy``, FSDP and DeepSpeed do."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
+
+class _FailsItsSanityCheck(TinyClassifier):
+    def validation_step(self, batch, batch_idx):
+        raise RuntimeError("a bug in validation_step")
+
+
+@pytest.mark.parametrize("sanity_check", ["passes", "fails"])
+def test_under_a_strategy_that_restores_after_setup_a_fresh_fit_logs_its_range_test(tmp_path, sanity_check):
+    """Logged at train start (a resume there discards it unlogged), or when the fit fails before training starts.
+
+    Found in a review: deferred to train start, the range test of a fit whose sanity check failed was never logged.
+    """
+    callback, logger = SuperConvergence(num_steps=10, trial_steps=0), MemoryLogger()
+    model = TinyClassifier() if sanity_check == "passes" else _FailsItsSanityCheck()
+    strategy = _RestoresAfterSetup(device=torch.device("cpu"))
+    run = {"logger": logger, "strategy": strategy, "num_sanity_val_steps": 1, "limit_val_batches": 1}
+    with contextlib.nullcontext() if sanity_check == "passes" else pytest.raises(RuntimeError, match="a bug"):
+        _fit(tmp_path, model, callback, **run)
+    logged = [metrics["lr_range_test/loss"] for _, metrics in logger.metrics if "lr_range_test/loss" in metrics]
+    assert logged == pytest.approx(callback.result.losses, rel=1e-6)
 
 
 class _RenamingTensorBoardLogger(TensorBoardLogger):
