@@ -142,6 +142,21 @@ def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
         group["betas"] = (value, *tuple(group["betas"])[1:])
 
 
+def copy_momentum(group: MutableMapping[str, Any], leader: MutableMapping[str, Any]) -> None:
+    """Give ``group`` the momentum (or ``beta1``) of ``leader``: Tensor to Tensor without reading it (a device sync).
+
+    Found in a review: a momentum held in a Tensor was read at every step where an added group followed it.
+    """
+    source, target = momentum_tensor(leader), momentum_tensor(group)
+    if source is not None and target is not None:
+        if target is not source:
+            target.copy_(source)
+        return
+    value = read_momentum(leader)
+    if value is not None:
+        write_momentum(group, value)
+
+
 def momentum_tensor(group: MutableMapping[str, Any]) -> torch.Tensor | None:
     """The group's momentum (or ``beta1``) where it is held in a Tensor; None otherwise."""
     value = group.get("momentum", tuple(group.get("betas", (None,)))[0])

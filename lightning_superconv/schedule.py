@@ -26,13 +26,13 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_superconv._validation import check_bool, check_choice, check_number
 from lightning_superconv.param_groups import (
+    copy_momentum,
     group_ratios,
     keep_momentum_tensors,
     momentum_key,
     momentum_tensor,
     read_momentum,
     write_lr,
-    write_momentum,
 )
 
 
@@ -256,14 +256,14 @@ class SafeOneCycleLR(OneCycleLR):
             return
         groups = self.optimizer.param_groups
         first = groups[0]
-        momentum = read_momentum(self._momentum_leader()) if self.cycle_momentum else None
+        leader = self._momentum_leader() if self.cycle_momentum else None
         for index, ratio in self.added_group_ratios.items():
             if index >= len(groups):
                 continue
             group = groups[index]
             write_lr(group, float(first["lr"]) * ratio)
-            if momentum is not None and group.get("max_momentum", 1.0) > 0:  # a group kept at 0 stays there
-                write_momentum(group, momentum)
+            if leader is not None and group.get("max_momentum", 1.0) > 0:  # a group kept at 0 stays there
+                copy_momentum(group, leader)
 
     def _momentum_leader(self) -> dict[str, Any]:
         """The first param group whose momentum cycles (the first, where none does): added groups follow it.

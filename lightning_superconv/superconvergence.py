@@ -376,6 +376,7 @@ class SuperConvergence(_compat.Callback):
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
         if self._range_test_to_log and not late:
             self._log_the_range_test(trainer)
+        self._range_test_to_log = False  # a resume's, discarded: never
         if late:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
             if not self._restored:
@@ -471,16 +472,13 @@ class SuperConvergence(_compat.Callback):
         _setups.release_from_fit(trainer, self)
         if self._watch is not None:
             self._watch.release()
-        # a fit under a strategy that loads checkpoints after fit start, stopped before training started (its sanity
-        # check failed): its range test, run and said, is logged unless a resume discarded it (found in a review)
-        if self._range_test_to_log and not (trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup):
-            self._log_the_range_test(trainer)
-        self._range_test_to_log = False
+        self._log_a_range_test_left_pending(trainer)
 
     @override
     def teardown(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage == "fit":
             _setups.release_from_fit(trainer, self)
+            self._log_a_range_test_left_pending(trainer)
 
     @override
     def on_train_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -675,6 +673,16 @@ class SuperConvergence(_compat.Callback):
         self._guard_state_version = _STATE_VERSION
         self._checkpoint_cycle = None
         self.rescues = []
+
+    def _log_a_range_test_left_pending(self, trainer: _compat.Trainer) -> None:
+        """Log the range test of a fit that ended before training started, unless a resume discarded it.
+
+        Under a strategy that loads checkpoints after fit start it waits for ``on_train_start``; a fit whose sanity
+        check failed, or that a callback stopped before its first step, never gets there (found in reviews).
+        """
+        if self._range_test_to_log and not (trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup):
+            self._log_the_range_test(trainer)
+        self._range_test_to_log = False
 
     def _log_the_range_test(self, trainer: _compat.Trainer) -> None:
         """Log this fit's range test to the Trainer's loggers, after the steps of an earlier fit's on this Trainer."""

@@ -384,6 +384,56 @@ def test_param_group_added_by_backbone_finetuning_joins_the_cycle(tmp_path, capl
     assert any("join the one-cycle at 0.1x" in r.getMessage() for r in caplog.records)
 
 
+class _MomentumInATensor(BackboneClassifier):
+    """SGD with its momentum held in a Tensor: the backbone's group, added at epoch 1, gets that same Tensor."""
+
+    def configure_optimizers(self):
+        self.momentum_tensor = torch.tensor(0.9)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=0.01, momentum=self.momentum_tensor)
+
+
+def test_an_added_group_follows_a_momentum_held_in_a_tensor_without_reading_it(tmp_path, monkeypatch):
+    """Tensor to Tensor: no ``float`` of it per step (on a GPU, a device sync each), the head's values all along.
+
+    Found in a review: the added group read the head's momentum Tensor at every step (twice) to follow it.
+    """
+    reads = {"momentum": 0}
+    model = _MomentumInATensor()
+    as_float = torch.Tensor.__float__
+
+    def counted(tensor):
+        if tensor is getattr(model, "momentum_tensor", None):
+            reads["momentum"] += 1
+        return as_float(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted)
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.momenta: list[list[float]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if len(trainer.optimizers[0].param_groups) == 2:
+                before = reads["momentum"]
+                self.momenta.append([float(group["momentum"]) for group in trainer.optimizers[0].param_groups])
+                reads["momentum"] = before  # this callback's own reads left out
+
+    steps = Steps()
+    callbacks = [BackboneFinetuning(unfreeze_backbone_at_epoch=1), SuperConvergence(max_lr=0.2), steps]
+    reads_at_unfreeze = {}
+
+    class Unfrozen(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            reads_at_unfreeze.setdefault(trainer.current_epoch, reads["momentum"])
+
+    _fit(tmp_path, model, [*callbacks, Unfrozen()], max_epochs=3)
+    assert len(steps.momenta) == 8
+    assert all(head == backbone for head, backbone in steps.momenta)
+    assert len({head for head, _ in steps.momenta}) > 4  # the premise: it cycles
+    assert reads["momentum"] - reads_at_unfreeze[1] <= 2  # not one or two per step: 8 steps ran since
+
+
 def test_a_learning_rate_monitor_listed_first_logs_the_backbones_lr_and_momentum_that_ran(tmp_path):
     """BackboneFinetuning writes its own LR at each epoch start; the monitor before us logs what the step runs.
 

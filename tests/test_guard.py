@@ -1308,7 +1308,7 @@ def test_a_beta1_held_in_a_tensor_stays_that_tensor_and_the_compiled_step_compil
     """Through the range test, the cycle and a rescue: the same Tensor, the float run's momenta, one graph.
 
     Found trying the package as a new user: the cycle wrote ``beta1`` as a float at every step (torch's ``OneCycleLR``
-    does), and the compiled step recompiled at each until torch's limit, then ran uncompiled (49 s against 17 s).
+    does), and the step compiled by inductor recompiled at each until torch's limit, then ran uncompiled.
     """
 
     class Held(Callback):
@@ -1337,7 +1337,9 @@ def test_a_beta1_held_in_a_tensor_stays_that_tensor_and_the_compiled_step_compil
     assert len({round(value, 6) for _, value in held.betas}) > 10  # the premise: beta1 cycles
     assert callback.max_lr == pytest.approx(as_floats.max_lr, rel=1e-6)
     assert (len(callback.rescues) > 0) == (max_lr is not None)
-    assert graphs <= 2  # one step graph (and its re-guard after the range test's restore), not one per step
+    # one step graph and its re-guard (with the eager backend floats settle after one recompile too; under inductor the
+    # trial saw one per step): the identity above is what fails without the fix
+    assert graphs <= 2
 
 
 def test_a_divergence_after_the_last_rescue_says_how_far_the_rescues_lowered_the_peak(tmp_path):
@@ -1663,6 +1665,57 @@ def test_a_peak_too_high_for_half_precision_is_not_blamed_on_the_data(tmp_path):
         _fit(tmp_path, callback, plugins=[fp16], max_epochs=20)
     message = str(raised.value)
     assert "the gradient scaler skipped" in message
+    assert "among healthy ones" not in message
+    assert "a NaN or inf in a sample or target" not in message
+
+
+class NanFromStepHundred(Deterministic):
+    """From step 100 on every batch has a NaN input: under a scaler, every step is skipped, in a row."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.trainer.global_step >= 100 and self.training:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return super().training_step((x, y), batch_idx)
+
+
+def _stops_on_skips(tmp_path, extra=(), ckpt_path=None) -> str:
+    """The `DivergenceError` a run of `NanFromStepHundred` under `16-mixed` ends with (no rescue allowed)."""
+    L.seed_everything(0, verbose=False)
+    fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    kwargs = trainer_kwargs(tmp_path, max_epochs=20, enable_checkpointing=bool(extra))
+    trainer = L.Trainer(callbacks=[SuperConvergence(max_lr=0.05, max_rescues=0), *extra], plugins=[fp16], **kwargs)
+    with pytest.raises(DivergenceError) as raised:
+        trainer.fit(NanFromStepHundred(n=512), ckpt_path=ckpt_path)
+    return str(raised.value)
+
+
+def test_a_resume_in_the_middle_of_the_scaler_s_skips_reads_them_as_the_run_it_resumes_would(tmp_path):
+    """The count of halvings and where it began come back; a state without the latter leaves the data unblamed.
+
+    Found in a review: a development build's state, without where the count began, measured the skips' span from step
+    0, called thirty skips in a row spread among healthy steps, and blamed the data.
+    """
+    whole = _stops_on_skips(tmp_path / "whole")
+    assert "skipped 30 steps in a row" in whole
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=112, save_top_k=-1)
+    with pytest.raises(Interrupt):
+        _fit(
+            tmp_path / "a", SuperConvergence(max_lr=0.05, max_rescues=0), model=NanFromStepHundred,
+            extra=[checkpoint, KillAt(113)], enable_checkpointing=True, max_epochs=20,
+            plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
+        )  # fmt: skip
+    (path,) = (tmp_path / "ckpt").iterdir()
+    saved = torch.load(path, weights_only=True)
+    guard = saved["callbacks"]["SuperConvergence"]["guard"]
+    assert guard["halvings"] > 0, "the premise: the checkpoint is written in the middle of the count"
+    assert _stops_on_skips(tmp_path / "b", ckpt_path=str(path)).split("found (")[1] == whole.split("found (")[1]
+    del guard["halvings_since"]
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(saved, legacy)
+    message = _stops_on_skips(tmp_path / "c", ckpt_path=str(legacy))
+    assert "the gradient scaler skipped 30 steps for NaN/inf gradients" in message
     assert "among healthy ones" not in message
     assert "a NaN or inf in a sample or target" not in message
 

@@ -1548,18 +1548,25 @@ class _FailsItsSanityCheck(TinyClassifier):
         raise RuntimeError("a bug in validation_step")
 
 
-@pytest.mark.parametrize("sanity_check", ["passes", "fails"])
-def test_under_a_strategy_that_restores_after_setup_a_fresh_fit_logs_its_range_test(tmp_path, sanity_check):
-    """Logged at train start (a resume there discards it unlogged), or when the fit fails before training starts.
+class _StopsAfterTheSanityCheck(Callback):
+    def on_sanity_check_end(self, trainer, pl_module):
+        trainer.should_stop = True
 
-    Found in a review: deferred to train start, the range test of a fit whose sanity check failed was never logged.
+
+@pytest.mark.parametrize("sanity_check", ["passes", "fails", "stops the fit"])
+def test_under_a_strategy_that_restores_after_setup_a_fresh_fit_logs_its_range_test(tmp_path, sanity_check):
+    """Logged at train start (a resume there discards it unlogged), or when the fit ends before training starts.
+
+    Found in reviews: deferred to train start, the range test of a fit whose sanity check failed, or that a callback
+    stopped before its first step, was never logged.
     """
     callback, logger = SuperConvergence(num_steps=10, trial_steps=0), MemoryLogger()
-    model = TinyClassifier() if sanity_check == "passes" else _FailsItsSanityCheck()
+    model = _FailsItsSanityCheck() if sanity_check == "fails" else TinyClassifier()
     strategy = _RestoresAfterSetup(device=torch.device("cpu"))
     run = {"logger": logger, "strategy": strategy, "num_sanity_val_steps": 1, "limit_val_batches": 1}
-    with contextlib.nullcontext() if sanity_check == "passes" else pytest.raises(RuntimeError, match="a bug"):
-        _fit(tmp_path, model, callback, **run)
+    stops = [_StopsAfterTheSanityCheck()] if sanity_check == "stops the fit" else []
+    with contextlib.nullcontext() if sanity_check != "fails" else pytest.raises(RuntimeError, match="a bug"):
+        _fit(tmp_path, model, callback, callbacks=stops, **run)
     logged = [metrics["lr_range_test/loss"] for _, metrics in logger.metrics if "lr_range_test/loss" in metrics]
     assert logged == pytest.approx(callback.result.losses, rel=1e-6)
 
