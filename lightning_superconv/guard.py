@@ -509,7 +509,8 @@ class GuardedCycle:
         # modules the model holds outside its module tree (a momentum encoder in a list), found at the first snapshot
         self._hidden: list[Any] | None = None
         self._halvings = 0
-        self._halvings_since = 0  # the step of the check before the first halving counted: the skips' span starts
+        # the step of the check before the first halving counted, where the skips' span starts (None: unknown)
+        self._halvings_since: int | None = 0
         # once the LR has climbed to the peak (and after a rescue, once the re-warm-up is done), a loss that never fell
         # is a network that cannot learn at this LR: the step from which that is checked; once in a run not yet
         # rescued (a slow starter exempted by its latest losses is left to train), and after a rescue at every step
@@ -536,7 +537,7 @@ class GuardedCycle:
         return {
             **self.guard.state_dict(), "stall_check": float(self._stall_check),
             "collapse_from": float(self._collapse_from), "halvings": float(self._halvings),
-            "halvings_since": float(self._halvings_since),
+            **({} if self._halvings_since is None else {"halvings_since": float(self._halvings_since)}),
             **({} if self._scale is None else {"scale": float(self._scale)}),
         }  # fmt: skip
 
@@ -548,7 +549,8 @@ class GuardedCycle:
         self._halvings = int(state.get("halvings", 0))
         # unknown where a development build's state left it out: the span is then not measured (found in a review: read
         # from step 0, skips in a row were called spread among healthy steps, and the data blamed)
-        self._halvings_since = int(state.get("halvings_since", -1 if self._halvings else 0))
+        since = state.get("halvings_since")
+        self._halvings_since = int(since) if since is not None else None if self._halvings else 0
         scale = state.get("scale")
         self._loaded_scale = None if scale is None else float(scale)
 
@@ -717,7 +719,7 @@ class GuardedCycle:
         came in a row (weights gone NaN, or an LR too high for half precision) or among others (a NaN batch every few
         steps, more often than the scaler grows its scale: it falls to nothing and training stops as surely; found in
         a review, where a scale unchanged between two checks had restarted the count, and one skip every 12 steps
-        sank it to 1e-20 unseen). Forgiving only where the scale came out lower than at the last check read a skip as a
+        sank it to 5e-20 unseen). Forgiving only where the scale came out lower than at the last check read a skip as a
         divergence where the scale had also grown in the same window (found in a review).
         """
         if not self._scaling(trainer):
@@ -732,12 +734,13 @@ class GuardedCycle:
             self._halvings += round(math.log2(previous / scale))
         elif previous is not None and scale > previous:
             self._halvings = 0
-        skipped, span = self._halvings, max(step - self._halvings_since, 1)
+        skipped = self._halvings
         if skipped < 30:
             return None, True
         fell = f"(it fell {2.0**skipped:.3g}-fold, no check between finding it grown back)"
-        if self._halvings_since < 0:
+        if self._halvings_since is None:
             return f"the gradient scaler skipped {skipped} steps for NaN/inf gradients {fell}", True
+        span = max(step - self._halvings_since, 1)
         if skipped >= span:
             return f"the gradient scaler skipped {skipped} steps in a row (NaN/inf gradients at every scale)", True
         # found in a review: called "in a row", a NaN batch every fourth step read as weights gone bad

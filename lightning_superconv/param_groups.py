@@ -136,7 +136,13 @@ def write_momentum(group: MutableMapping[str, Any], value: float) -> None:
     held = momentum_tensor(group)
     if held is not None:
         held.fill_(value)
-    elif "momentum" in group:
+    else:
+        _put_momentum(group, value)
+
+
+def _put_momentum(group: MutableMapping[str, Any], value: float | torch.Tensor) -> None:
+    """Put ``value`` where the group holds its momentum (or ``beta1``, keeping the other betas), if it holds one."""
+    if "momentum" in group:
         group["momentum"] = value
     elif "betas" in group:
         group["betas"] = (value, *tuple(group["betas"])[1:])
@@ -176,10 +182,7 @@ def keep_momentum_tensors(groups: Sequence[MutableMapping[str, Any]], held: Sequ
         if value is None:
             continue
         tensor.fill_(value)
-        if "momentum" in group:
-            group["momentum"] = tensor
-        else:
-            group["betas"] = (tensor, *tuple(group["betas"])[1:])
+        _put_momentum(group, tensor)
 
 
 def step_size_kind(optimizer: Optimizer) -> StepSizeKind | None:

@@ -356,8 +356,8 @@ class SuperConvergence(_compat.Callback):
             # a strategy that loads a checkpoint after fit start, where Lightning names none yet, discards this pick
             # on a resume (`on_train_start`): logged now, the resumed run's logger showed a curve and a pick no step
             # ran at (found in a review)
-            self._range_test_to_log = True
-            if not trainer.strategy.restore_checkpoint_after_setup:
+            self._range_test_to_log = bool(trainer.strategy.restore_checkpoint_after_setup)
+            if not self._range_test_to_log:
                 self._log_the_range_test(trainer)
         # a second `fit` on the same Trainer continues from the step it reached: the cycle spans the steps left
         self._start_step = start_step
@@ -374,9 +374,7 @@ class SuperConvergence(_compat.Callback):
         if self._scheduler is None:
             return
         late = bool(trainer.ckpt_path) and trainer.strategy.restore_checkpoint_after_setup
-        if self._range_test_to_log and not late:
-            self._log_the_range_test(trainer)
-        self._range_test_to_log = False  # a resume's, discarded: never
+        self._log_the_pending_range_test(trainer)  # a resume's, discarded: never
         if late:
             # FSDP, DeepSpeed and ModelParallel restore callback states only after `on_fit_start`: checked here
             if not self._restored:
@@ -472,13 +470,13 @@ class SuperConvergence(_compat.Callback):
         _setups.release_from_fit(trainer, self)
         if self._watch is not None:
             self._watch.release()
-        self._log_a_range_test_left_pending(trainer)
+        self._log_the_pending_range_test(trainer)
 
     @override
     def teardown(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule, stage: str) -> None:
         if stage == "fit":
             _setups.release_from_fit(trainer, self)
-            self._log_a_range_test_left_pending(trainer)
+            self._log_the_pending_range_test(trainer)
 
     @override
     def on_train_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
@@ -674,11 +672,12 @@ class SuperConvergence(_compat.Callback):
         self._checkpoint_cycle = None
         self.rescues = []
 
-    def _log_a_range_test_left_pending(self, trainer: _compat.Trainer) -> None:
-        """Log the range test of a fit that ended before training started, unless a resume discarded it.
+    def _log_the_pending_range_test(self, trainer: _compat.Trainer) -> None:
+        """Log the range test left to log at train start, or at the end of a fit that ended before; not a resume's.
 
-        Under a strategy that loads checkpoints after fit start it waits for ``on_train_start``; a fit whose sanity
-        check failed, or that a callback stopped before its first step, never gets there (found in reviews).
+        Under a strategy that loads checkpoints after fit start it waits for ``on_train_start``, where a resume
+        discards it; a fit whose sanity check failed, or that a callback stopped before its first step, never gets
+        there (found in reviews).
         """
         if self._range_test_to_log and not (trainer.ckpt_path and trainer.strategy.restore_checkpoint_after_setup):
             self._log_the_range_test(trainer)
@@ -691,7 +690,6 @@ class SuperConvergence(_compat.Callback):
         if self._range_test_logged is not None and self._range_test_logged[0] == id(trainer):
             first = max(first, self._range_test_logged[1])
         self._range_test_logged = (id(trainer), log_range_test(trainer, self.result, first))
-        self._range_test_to_log = False
 
     def _stepped_once_per_step(self, trainer: _compat.Trainer) -> bool:
         """Whether the cycle has advanced once per optimizer step of this fit; if not, say so (once) and why.

@@ -1642,7 +1642,7 @@ def test_skips_among_healthy_steps_that_sink_the_scale_are_called_so_and_their_e
 
     Found in a review: the reason said the scaler skipped "30 steps in a row", and the final error, which names the
     data as the cause of a loss NaN at every peak, left that advice out; one skip every 12 steps, with the scale
-    unchanged at some checks between, restarted the count there and sank the scale to 1e-20 unseen.
+    unchanged at some checks between, restarted the count there and sank the scale to 5e-20 unseen.
     """
     fp16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     callback = SuperConvergence(max_lr=0.1, max_rescues=0)
