@@ -75,7 +75,12 @@ def namespace(obj: Any) -> str:
 
     Else ``"lightning.pytorch"``. The class hierarchy is searched, so a user's subclass of either is recognised.
     """
-    standalone = any(cls.__module__.startswith("pytorch_lightning") for cls in type(obj).__mro__)
+    # the package's name and its modules', not a user's package whose name begins the same (found in a review: a
+    # module of `pytorch_lightning_myproj` sent the range test to the other distribution's helpers, which crashed)
+    standalone = any(
+        cls.__module__ == "pytorch_lightning" or cls.__module__.startswith("pytorch_lightning.")
+        for cls in type(obj).__mro__
+    )
     return "pytorch_lightning" if standalone else "lightning.pytorch"
 
 
@@ -319,6 +324,24 @@ def setup_train_data(trainer: Trainer) -> None:
     trainer.fit_loop.setup_data()
 
 
+def load_resumed_train_loader_states(trainer: Trainer) -> None:
+    """Give the train loaders the positions a resume restored for them, if they were loaded before that restore.
+
+    Lightning restores a stateful loader's position (torchdata's ``StatefulDataLoader``) when it first loads the train
+    data, after ``on_fit_start``; data our callbacks loaded there (the range test, the balancer's reading of the
+    recipe) was loaded before the checkpoint's states came, and Lightning then never gives them (found in a review: a
+    resume with the balancer added read its epoch from the start again). Called at ``on_train_start``, before the
+    epoch's first batch is drawn; a no-op where nothing is pending. The loop's fetcher made its iterator over the
+    loaders when the data was loaded: it is made again, from the positions given.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarting and loop._combined_loader_states_to_load and loop._combined_loader is not None):
+        return
+    loop._load_combined_loader_states()
+    if loop._data_fetcher is not None:
+        iter(loop._data_fetcher)
+
+
 def train_combined_loader(trainer: Trainer) -> Any:
     """The fit loop's ``CombinedLoader`` over the processed train dataloaders (samplers and limits applied)."""
     return trainer.fit_loop._combined_loader
@@ -390,6 +413,11 @@ def set_epoch_results(trainer: Trainer, results: Any) -> None:
     trainer.fit_loop.epoch_loop._results = results
 
 
+def attached_trainer(pl_module: Any) -> Any:
+    """The Trainer the module is attached to, or None (its ``trainer`` property raises where there is none)."""
+    return pl_module._trainer
+
+
 def current_hook(pl_module: Any) -> str | None:
     """The name of the hook the module is in, which ``self.log`` checks."""
     return pl_module._current_fx_name
@@ -398,6 +426,16 @@ def current_hook(pl_module: Any) -> str | None:
 def set_current_hook(pl_module: Any, name: str | None) -> None:
     """Tell ``self.log`` which hook the module is in."""
     pl_module._current_fx_name = name
+
+
+def logging_hook(trainer: Trainer) -> str | None:
+    """The name of the hook the Trainer's logger connector last saw ``self.log`` called from."""
+    return trainer._logger_connector._current_fx
+
+
+def set_logging_hook(trainer: Trainer, name: str | None) -> None:
+    """Set the hook the Trainer's logger connector reads the next ``self.log`` as coming from."""
+    trainer._logger_connector._current_fx = name
 
 
 @contextlib.contextmanager

@@ -26,9 +26,11 @@ from lightning_superconv.result import RangeTestResult
 from lightning_superconv.schedule import OneCycleConfig, resolve_cycle_momentum
 from lightning_superconv.snapshot import (
     data_order_numbers,
+    data_order_sequences,
     metric_states,
     put_back,
     put_back_metric_states,
+    put_back_sequences,
     random_generators,
     registered_tensors,
     rng_state,
@@ -216,8 +218,10 @@ def find_max_lr(
     loaders = [*_loaders_in(model, train_dataloaders), *_loaders_in(model, val_dataloaders)]
     # and those the model and the datamodule hold (noise drawn from a generator of the module's own)
     generators = [(g, rng_state(g)) for g in random_generators(loaders, model, datamodule)]
-    # a sampler that counts its own passes, a stream whose dataset keeps its position (`data_order_numbers`)
+    # a sampler that counts its own passes, a stream whose dataset keeps its position (`data_order_numbers`), a
+    # sampler that shuffles its list of indices in place (`data_order_sequences`)
     order_numbers = data_order_numbers(loaders)
+    order_sequences = data_order_sequences(loaders)
     # a `*-true` precision ("bf16-true", "64-true") converts the model in place when the fit starts, before the range
     # test's snapshot: the test restores the converted model, and bfloat16 rounds the weights. The original tensors,
     # held (no copy: the conversion makes new ones), give the model back in its own dtype, bit for bit
@@ -236,6 +240,11 @@ def find_max_lr(
     # from that fit's logs); a callback of the user's keeps what it recorded
     attributes = [(callback, dict(vars(callback))) for callback in given if _lightnings_own(model, callback)]
     compiled = _compiled_marks(model)
+    # and the Trainer the module was attached to, None before its first fit (found trying the package as a new user:
+    # `model.trainer` was left pointing at this function's own Trainer, and kept it and all it holds alive)
+    lightning_module = getattr(model, "_orig_mod", model)  # inside a `torch.compile` wrapper too
+    attached = _compat.attached_trainer(lightning_module)
+    datamodule_attached = getattr(datamodule, "trainer", None)  # and the datamodule's (found in a review)
     error: BaseException | None = None
     sigint = signal.getsignal(signal.SIGINT)
     with _compat.isolate_rng(trainer):
@@ -248,10 +257,14 @@ def find_max_lr(
     for callback, attribute_values in attributes:
         vars(callback).update(attribute_values)
     _put_back_compiled_marks(compiled)
+    lightning_module.trainer = attached
+    if datamodule is not None:
+        datamodule.trainer = datamodule_attached
     for generator, state in generators:
         set_rng_state(generator, state)
     for holder, numbers in order_numbers:
         vars(holder).update(numbers)
+    put_back_sequences(order_sequences)
     put_back(slots)
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():

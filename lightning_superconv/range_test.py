@@ -243,7 +243,10 @@ def run_range_test(
         if reason is not None or step + 1 < config.num_steps:
             return reason
         # at or past `lr_range[1]`: go on only while the loss has not risen back above where it started
-        if monitor.last > start_level(seen, half_width):
+        # above it by more than rounding: a flat loss's debiased average may read 1.0000000000000002 against 1.0
+        # (found in a review: such a sweep stopped, said to have "rose")
+        level = start_level(seen, half_width)
+        if monitor.last > level and not math.isclose(monitor.last, level, rel_tol=1e-9):
             return "completed" if step + 1 == config.num_steps else "rose"
         return None
 
@@ -254,7 +257,7 @@ def run_range_test(
         with sandbox(trainer, pl_module, optimizer):
             record = take_steps(trainer, pl_module, optimizer, len(lrs), set_lr, check)
     except NoLossError as err:
-        raise _compat.misconfiguration(trainer, _no_loss_message(err)) from err
+        raise _compat.misconfiguration(trainer, _no_loss_message(err, who)) from err
     except Exception as err:
         _note_where(err, "sweep")
         if isinstance(err, AttributeError) and hasattr(err, "add_note"):  # Python >= 3.11
@@ -264,7 +267,7 @@ def run_range_test(
         raise
     swept = [lrs[i] for i in record.steps]
     if len(record.losses) < 3:
-        raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs))
+        raise _compat.misconfiguration(trainer, _no_curve_message(record, lrs, who))
     if record.stop_reason == "data-exhausted":
         _compat.rank_zero_warn(
             trainer,
@@ -710,13 +713,28 @@ def _note_where(err: Exception, phase: str) -> None:
         )
 
 
-def _no_loss_message(err: NoLossError) -> str:
+def _no_loss_message(err: NoLossError, who: str) -> str:
     return (
         f"The range test got no loss: {err} (Lightning skips a batch whose `training_step` returns None; the range "
         f"test moves its LR on to the next batch, and gives up after {MAX_CONSECUTIVE_SKIPPED_BATCHES} in a row). "
-        "Make `training_step` return the loss, or pass `SuperConvergence(max_lr=...)` to skip the range test. The "
-        "model and optimizer were restored."
+        f"Make `training_step` return the loss, or {_without_a_range_test(who)}. The model and optimizer were "
+        "restored."
     )
+
+
+def _without_a_range_test(who: str) -> str:
+    """The advice to choose the peak without a range test, in the words of the API the user called.
+
+    Found in a review: ``find_max_lr``'s errors told its users to "skip the range test" they had asked for.
+    """
+    if who == "SuperConvergence":
+        return "pass `SuperConvergence(max_lr=...)` to skip the range test"
+    return "choose the peak yourself: `SuperConvergence(max_lr=...)` runs no range test"
+
+
+def _argument(who: str, given: str) -> str:
+    """How the user passes a range-test argument (``given``: ``"name=value"``) to what they called."""
+    return f"`find_max_lr(..., {given})`" if who == "find_max_lr" else f"`{who}({given})`"
 
 
 def _stop_description(record: StepRecord, swept: list[float], monitor: DivergenceMonitor, config: Any) -> str:
@@ -735,7 +753,7 @@ def _stop_description(record: StepRecord, swept: list[float], monitor: Divergenc
     return f"The sweep ended after {len(swept)} steps ({record.stop_reason})."
 
 
-def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
+def _no_curve_message(record: StepRecord, lrs: list[float], who: str) -> str:
     """Why the range test recorded too few points to read, and what to do about it."""
     n = len(record.losses)
     # a diverged loss is recorded, a NaN/inf one or a skipped step is not (found in a review: the LR of a step that
@@ -744,7 +762,7 @@ def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
     at = f" (lr {lrs[last]:.3g})" if 0 <= last < len(lrs) else ""
     advice = (
         "Check that `training_step` returns a finite loss for your data, or start the sweep lower with "
-        "`SuperConvergence(lr_range=(start, end))`, or pass `SuperConvergence(max_lr=...)` to skip the range test."
+        f"{_argument(who, 'lr_range=(start, end)')}, or {_without_a_range_test(who)}."
     )
     if record.stop_reason == "non-finite":
         why = f"the loss was non-finite (NaN/inf) after {n} step(s){at}"
@@ -760,11 +778,8 @@ def _no_curve_message(record: StepRecord, lrs: list[float]) -> str:
             f"the train dataloader ran out after {n} step(s) and yielded nothing when restarted (data that can be "
             "read only once)"
         )
-        advice = (
-            "Give the dataset an `__iter__` that starts over on each call, or pass `SuperConvergence(max_lr=...)` to "
-            "skip the range test."
-        )
+        advice = f"Give the dataset an `__iter__` that starts over on each call, or {_without_a_range_test(who)}."
     else:
         why = f"only {n} step(s) ran"
-        advice = "Raise `num_steps`, or pass `SuperConvergence(max_lr=...)` to skip the range test."
+        advice = f"Raise `num_steps`, or {_without_a_range_test(who)}."
     return f"The range test could not read a loss curve: {why}. {advice} The model and optimizer were restored."

@@ -21,6 +21,7 @@ from lightning_superconv.snapshot import (
     Snapshot,
     capture,
     data_order_numbers,
+    data_order_sequences,
     held_generators,
     lazy_modules,
     random_generators,
@@ -52,6 +53,9 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
     saved_callbacks = _compat.callbacks(trainer)
     saved_results = _compat.epoch_results(trainer)
     saved_hook = _compat.current_hook(pl_module)
+    # Lightning's `self.log` records its hook in the logger connector too (found in a review: the range test left it
+    # "training_step", where a fit starts with None)
+    saved_logging_hook = _compat.logging_hook(trainer)
     _compat.set_callbacks(trainer, [])
     _compat.set_epoch_results(trainer, type(saved_results)(training=True))
     try:
@@ -61,6 +65,7 @@ def quiet_trainer(trainer: _compat.Trainer, pl_module: _compat.LightningModule) 
         _compat.set_callbacks(trainer, saved_callbacks)
         _compat.set_epoch_results(trainer, saved_results)
         _compat.set_current_hook(pl_module, saved_hook)
+        _compat.set_logging_hook(trainer, saved_logging_hook)
         trainer.should_stop = saved_stop
 
 
@@ -102,7 +107,14 @@ def sandbox(
     loaders = _compat.train_loaders(trainer)
     generators = random_generators([*loaders, *other_loaders], pl_module, _compat.datamodule(trainer))
     snapshot = capture(pl_module, optimizer, scaler, generators)
+    datamodule = _compat.datamodule(trainer)
+    if datamodule is not None:
+        # its hooks (`on_before_batch_transfer`, `transfer_batch_to_device`, ...) run at each of the block's batches:
+        # what they count or record there comes back too (found in a review: a count of the batches transferred read
+        # 28 after a fit of 8 steps)
+        snapshot.attributes.append((datamodule, dict(vars(datamodule))))
     snapshot.scalars += data_order_numbers([*loaders, *other_loaders])
+    snapshot.sequences += data_order_sequences([*loaders, *other_loaders])
     streams = stream_positions([*loaders, *other_loaders])
     if snapshot.uncaptured:
         # found trying the package as a new user: an observer whose `get_extra_state` raises until it is calibrated

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import operator
 import random
 import sys
 import types
@@ -244,6 +245,10 @@ def _loose_tensors(module: torch.nn.Module) -> dict[str, tuple[Any, Any, Any]]:
     }
 
 
+#: what :func:`data_order_sequences` keeps of one attribute: its holder, its name, the object it held, and a copy
+KeptSequence: TypeAlias = tuple[Any, str, Any, Any]
+
+
 @dataclass
 class Snapshot:
     r"""A copy of what training changes, written back by :meth:`restore` as often as needed (branches reuse one).
@@ -264,13 +269,11 @@ class Snapshot:
     training_flags: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
     metric_states: list[tuple[torch.nn.Module, dict[str, Any]]] = field(default_factory=list)
     loose_tensors: list[tuple[torch.nn.Module, dict[str, tuple[Any, Any, Any]]]] = field(default_factory=list)
-    #: the top module and its own attributes (:func:`_own_attributes`), or None
-    attributes: tuple[torch.nn.Module, dict[str, Any]] | None = None
-    #: the numbers and strings each submodule (and each sampler and dataset: :func:`data_order_numbers`) holds as
-    #: attributes
+    #: each module (and the datamodule: :func:`~lightning_superconv.sandbox.sandbox`) with its own attributes
+    #: (:func:`_own_attributes`): each name is rebound to the object it held, one set since is removed
+    attributes: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    #: the numbers and strings each sampler and dataset holds as attributes (:func:`data_order_numbers`)
     scalars: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
-    #: the names of the attributes each submodule holds: one set since is removed
-    names: list[tuple[torch.nn.Module, frozenset[str]]] = field(default_factory=list)
     #: each module's parameter, buffer and submodule registries as they were: one registered since is removed, a
     #: submodule replaced under its name is put back
     registries: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
@@ -298,6 +301,8 @@ class Snapshot:
     #: FSDP2's modules (:func:`~lightning_superconv._compat.fully_sharded_modules`), put at rest before a restore
     sharded: list[Any] = field(default_factory=list)
     generator_states: list[tuple[Any, Any]] = field(default_factory=list)
+    #: the lists, arrays and tensors the samplers hold, with copies (:func:`data_order_sequences`)
+    sequences: list[KeptSequence] = field(default_factory=list)
     #: it copied nothing (:func:`nothing`): there is nothing to write back
     empty: bool = False
     #: a parameter or buffer removed from the module since comes back (a sandbox's exact restore); else the module's
@@ -332,15 +337,9 @@ class Snapshot:
                 param.requires_grad_(flag)
         for param, grad in self.grads:
             param.grad = None if grad is None else grad.clone()
-        if self.attributes is not None:
-            # before the loose tensors: the object an attribute held comes back first, then its values
-            self._restore_attributes(*self.attributes)
-        for module, names in self.names:
-            own = vars(module)
-            registered = _registered(module)
-            for name in [name for name in own if name not in names and name not in _MODULE_INTERNALS]:
-                if name not in registered:
-                    del own[name]
+        # before the loose tensors: the object an attribute held comes back first, then its values
+        for owner, attributes in self.attributes:
+            self._restore_attributes(owner, attributes)
         for module, scalars in self.scalars:
             vars(module).update(scalars)
         for module, flag in self.training_flags:
@@ -356,6 +355,7 @@ class Snapshot:
             self._restore_optimizer(replaced, keep_in_groups)
         for generator, generator_state in self.generator_states:
             set_rng_state(generator, generator_state)
+        put_back_sequences(self.sequences)
         # last, and each on its own: a `set_extra_state` that raises (the module's own code) leaves everything else
         # restored, and says so (found trying the package as a new user: one that raised left the optimizer, the LR and
         # the generators as the range test had made them, under a note that said all was restored)
@@ -427,11 +427,11 @@ class Snapshot:
             self.scaler.load_state_dict(copy.deepcopy(self.scaler_state))
 
     @staticmethod
-    def _restore_attributes(module: torch.nn.Module, saved: dict[str, Any]) -> None:
-        own = vars(module)
+    def _restore_attributes(owner: Any, saved: dict[str, Any]) -> None:
+        own = vars(owner)
         for name in [name for name in own if name not in saved and name not in _MODULE_INTERNALS]:
             del own[name]
-        registered = _registered(module)
+        registered = _registered(owner) if isinstance(owner, torch.nn.Module) else set()
         for name, value in saved.items():
             # a name that became a parameter, buffer or submodule lives in its registry now: an attribute of the same
             # name would hide it
@@ -521,7 +521,6 @@ def capture(
         snapshot.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in params]
         snapshot.requires_grad = [(p, p.requires_grad) for p in params]
         snapshot.training_flags = [(m, m.training) for m in modules]
-        snapshot.attributes = (module, _own_attributes(module))
         # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
         # first batch) was left holding the range test's, and the run never took its own
         snapshot.registries = [(r, dict(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
@@ -542,12 +541,11 @@ def capture(
                 continue
             if loose := _loose_tensors(submodule):
                 snapshot.loose_tensors.append((submodule, loose))
-            if submodule is not module:
-                # found trying the package as a new user: a GRU layer that carries its hidden state from batch to
-                # batch in an attribute it creates at its first forward (`self.h = h.detach()`) kept the range test's
-                snapshot.names.append((submodule, frozenset(vars(submodule))))
-                if scalars := _scalars(submodule):
-                    snapshot.scalars.append((submodule, scalars))
+            # each submodule's as the top module's (found trying the package as a new user: a GRU layer that
+            # carries its hidden state from batch to batch in an attribute it creates at its first forward, `self.h =
+            # h.detach()`, kept the range test's; found in a review: a layer's phase held in an Enum, its running
+            # statistics in a dict of floats, rebound at each step, kept the range test's)
+            snapshot.attributes.append((submodule, _own_attributes(submodule)))
             if type(submodule).get_extra_state is not torch.nn.Module.get_extra_state:
                 # the state a module declares for its checkpoint (`get_extra_state`), whatever form it keeps it in; one
                 # that cannot give it now (not yet calibrated) has none to lose, as its `state_dict` would say
@@ -628,15 +626,6 @@ def _own_attributes(module: torch.nn.Module) -> dict[str, Any]:
 def _registered(module: torch.nn.Module) -> set[str]:
     """The names of ``module``'s own parameters, buffers and submodules: an attribute of such a name would hide one."""
     return {*module._parameters, *module._buffers, *module._modules}
-
-
-def _scalars(module: torch.nn.Module) -> dict[str, Any]:
-    r"""The numbers and strings ``module`` holds as attributes (an update count, a phase), beside its internals.
-
-    NumPy's numbers too, and tuples of such values (found trying the package as a new user: a layer's running
-    ``(sum, count)`` tuple and its ``np.int64`` step count kept the range test's values).
-    """
-    return {name: value for name, value in _own_attributes(module).items() if _is_plain_value(value)}
 
 
 def _is_plain_value(value: Any) -> bool:
@@ -814,11 +803,11 @@ def _same_layout(
         return False
     if snapshot.grads or snapshot.training_flags or snapshot.metric_states or snapshot.loose_tensors:
         return False
-    if snapshot.attributes is not None or snapshot.scalars or snapshot.names:
+    if snapshot.attributes or snapshot.scalars:
         return False
     if snapshot.registries or snapshot.hooks or snapshot.extra_states or snapshot.inner:
         return False
-    if snapshot.generator_states:
+    if snapshot.generator_states or snapshot.sequences:
         return False
     live = _weights(module, also, optimizer)
     if len(live) != len(snapshot.tensors):
@@ -976,6 +965,67 @@ def data_order_numbers(loaders: Sequence[Any]) -> list[tuple[Any, dict[str, Any]
     return found
 
 
+def data_order_sequences(loaders: Sequence[Any]) -> list[KeptSequence]:
+    r"""Each list, and each integer NumPy array and tensor, the samplers and batch samplers of these loaders hold.
+
+    With a copy of it. A sampler that shuffles a list of indices it holds in place (``random.shuffle(self.indices)`` in
+    ``__iter__``) is left in the order the range test's last pass drew (found in a review: the run's first batch and its
+    final weights differed from a run without the callback, the global RNG put back notwithstanding). Each restore
+    writes the copy back into the object the attribute held, where it changed, so whatever else holds that object sees
+    it put back too. Not the data a sampler draws from (``data_source``, a loader's ``dataset``: found in a review, a
+    dataset held in a tensor was copied whole), nor floating-point weights (``WeightedRandomSampler``'s, which no pass
+    changes), nor a tensor made under ``torch.inference_mode()``, which nothing can change in place. Put back with
+    :func:`put_back_sequences`.
+    """
+    found: list[KeptSequence] = []
+    datasets = {id(getattr(loader, "dataset", None)) for loader in loaders}
+    seen: set[int] = {id(loader) for loader in loaders}  # a loader's own attributes are its data, not an order
+    for obj in _order_sources(loaders):
+        if obj is None or not hasattr(obj, "__dict__") or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if name in ("data_source", "dataset") or id(value) in datasets:
+                continue
+            if isinstance(value, list) or _integer_array(value):
+                found.append((obj, name, value, _copy_sequence(value)))
+    return found
+
+
+def _integer_array(value: Any) -> bool:
+    """A tensor or NumPy array of integers that can be written in place: what holds a sampler's order of indices."""
+    if isinstance(value, Tensor):
+        return not value.is_floating_point() and not value.is_complex() and not value.is_inference()
+    if type(value).__name__ != "ndarray":
+        return False
+    return value.dtype.kind in "iu" and bool(value.flags.writeable)
+
+
+def _copy_sequence(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    return value.copy()  # a list's shallow copy (its items are the same objects), an array's own copy
+
+
+def put_back_sequences(kept: Sequence[KeptSequence]) -> None:
+    """Give each attribute :func:`data_order_sequences` kept its object back, holding what it held then."""
+    for holder, name, original, saved in kept:
+        holder.__dict__[name] = original
+        if isinstance(original, list):
+            if original != saved:
+                original[:] = saved
+        elif isinstance(original, Tensor):
+            if original.shape != saved.shape:  # reshaped in place (`resize_`): another object is the safe way back
+                holder.__dict__[name] = saved.clone()
+            elif not torch.equal(original, saved):
+                with torch.no_grad():
+                    original.copy_(saved)
+        elif original.shape != saved.shape:
+            holder.__dict__[name] = saved.copy()
+        elif not (original == saved).all():
+            original[...] = saved
+
+
 def stream_sources(dataset: Any) -> list[str]:
     """The attributes in which a stream's dataset holds a source it reads on: an open file, an iterator, a generator.
 
@@ -989,8 +1039,8 @@ def stream_sources(dataset: Any) -> list[str]:
 def stream_positions(loaders: Sequence[Any]) -> list[tuple[Any, list[str], Any]]:
     r"""Each stream these loaders read in the main process from a source it holds, with where it stands now.
 
-    Where it stands: the numbers it holds and each source's position where a file tells one. Compared after training
-    off the record (:func:`streams_moved`), it says whether that training read from the stream the run reads.
+    Where it stands: the numbers it holds, and each source with its place (:func:`_place`). Compared after training off
+    the record (:func:`streams_moved`), it says whether that training read from the stream the run reads.
     """
     found: list[tuple[Any, list[str], Any]] = []
     for loader in loaders:
@@ -1005,28 +1055,48 @@ def stream_positions(loaders: Sequence[Any]) -> list[tuple[Any, list[str], Any]]
 
 def streams_moved(positions: Sequence[tuple[Any, list[str], Any]]) -> list[str]:
     """The streams of :func:`stream_positions` that stand elsewhere now, each as ``ClassName.source``."""
-    return [
-        f"{type(dataset).__name__}.{sources[0]}"
-        for dataset, sources, then in positions
-        if _stream_position(dataset, sources) != then
-    ]
+    moved = []
+    for dataset, sources, (numbers, places) in positions:
+        numbers_now, places_now = _stream_position(dataset, sources)
+        if numbers_now != numbers or any(map(_source_moved, places, places_now)):
+            moved.append(f"{type(dataset).__name__}.{sources[0]}")
+    return moved
 
 
-def _stream_position(dataset: Any, sources: list[str]) -> Any:
+def _source_moved(then: tuple[Any, Any], now: tuple[Any, Any]) -> bool:
+    """Whether a source read on: the same object, at another place or at one it cannot tell (see :func:`_place`).
+
+    A stream that opens its source in each ``__iter__`` and keeps it on itself holds another object after the block's
+    passes: the run's pass opens its own (found in a review: such a stream, as the warning advises, was warned of).
+    """
+    (source, place), (source_now, place_now) = then, now
+    return source is source_now and source is not None and (place is None or place != place_now)
+
+
+def _stream_position(dataset: Any, sources: list[str]) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
     numbers = {name: value for name, value in vars(dataset).items() if isinstance(value, (bool, int, float, str))}
-    tells = []
+    places = []
     for name in sources:
         source = vars(dataset).get(name)
-        # a text file iterated line by line refuses `tell()`; its binary buffer still says how far it has read
-        for holder in (source, getattr(source, "buffer", None)):
-            try:
-                tells.append(holder.tell())  # type: ignore[union-attr]
-                break
-            except (AttributeError, OSError, ValueError):
-                continue
-        else:
-            tells.append(None)
-    return numbers, tells
+        places.append((source, _place(source)))
+    return numbers, places
+
+
+def _place(source: Any) -> Any:
+    """Where a source stands: a file's ``tell()``; an iterator's length left, where it gives one; else None (unknown).
+
+    A generator tells nothing: read in the main process by a block that trained on its loader, it moved (found trying
+    the package as a new user: a stream returning a generator it held was read 85 batches on without a word, and a run
+    on a stream that can be read only once trained 15 of its 100 steps).
+    """
+    # a text file iterated line by line refuses `tell()`; its binary buffer still says how far it has read
+    for holder in (source, getattr(source, "buffer", None)):
+        try:
+            return holder.tell()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            continue
+    left = operator.length_hint(source, -1) if hasattr(source, "__next__") else -1
+    return left if left >= 0 else None
 
 
 def held_generators(module: torch.nn.Module | None, *others: Any) -> list[Any]:

@@ -365,6 +365,9 @@ class SuperConvergence(_compat.Callback):
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        # under a strategy that restores the checkpoint after `on_fit_start` (ModelParallelStrategy), where the data was
+        # loaded to size the cycle (found in a review: a resume read its epoch's first batches again)
+        _compat.load_resumed_train_loader_states(trainer)
         # a loaded guard state is handed to the guard now or never (`guard=False`): checkpoints from here on hold the
         # guard's own, or none
         guard_state, self._guard_state = self._guard_state, None

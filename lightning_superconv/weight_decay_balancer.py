@@ -114,11 +114,11 @@ class WeightDecayBalancer(_compat.Callback):
     ``SuperConvergence`` replaces it, the balancer moves itself in front of any ``SuperConvergence`` in
     ``trainer.callbacks`` during ``setup``: the order in which the two are listed does not matter.
 
-    Checkpoints: the user's original ``λ`` per group, the chosen one and the reference budget are kept in the
-    callback's state (plain values). On ``fit(ckpt_path=...)`` Lightning loads that state before ``on_fit_start``,
-    then restores the optimizer (whose groups hold the chosen ``λ``) and the scheduler before ``on_train_start``; the
-    balancer then re-applies the chosen ``λ`` and measures nothing, so an already balanced value is never balanced
-    again and the run continues exactly.
+    Checkpoints: the reference ``λ`` per group (the user's, or the ``reference_weight_decay`` given), the chosen one and
+    the reference budget are kept in the callback's state (plain values). On ``fit(ckpt_path=...)`` Lightning loads
+    that state before ``on_fit_start``, then restores the optimizer (whose groups hold the chosen ``λ``) and the
+    scheduler before ``on_train_start``; the balancer then re-applies the chosen ``λ`` and measures nothing, so an
+    already balanced value is never balanced again and the run continues exactly.
 
     Args:
         mode: ``"timescale"``, ``"grid"``, ``"budget"`` or ``"keep"`` (see above).
@@ -157,7 +157,8 @@ class WeightDecayBalancer(_compat.Callback):
 
     Attributes:
         weight_decays: the ``λ`` of each param group once training has started.
-        reference_weight_decays: the user's ``λ`` of each param group.
+        reference_weight_decays: the reference's ``λ`` of each param group: the user's, or the
+            ``reference_weight_decay`` given (in the groups that decay).
         reason: one line on what was chosen and why.
         search: the grid's candidates and validation losses (``"grid"`` mode), else None.
         rebalances: one dict per rebalance after a rescue: ``step``, ``peak`` (the cycle's new peak),
@@ -306,7 +307,9 @@ class WeightDecayBalancer(_compat.Callback):
     @override
     def on_fit_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
-        if _compat.fast_dev_run(trainer) or step_size_kind(optimizer) == "schedule-free":
+        if _compat.fast_dev_run(trainer) or _compat.overfit_batches(trainer):
+            return
+        if step_size_kind(optimizer) == "schedule-free":
             return
         after_setup = trainer.strategy.restore_checkpoint_after_setup
         if self._restored and not after_setup and not _compat.checkpoint_to_resume(trainer):
@@ -385,29 +388,46 @@ class WeightDecayBalancer(_compat.Callback):
 
     @override
     def on_train_start(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
+        _compat.load_resumed_train_loader_states(trainer)  # read the recipe in `on_fit_start`, which loaded the data
         optimizer = _trainer.single_optimizer(trainer, pl_module, "WeightDecayBalancer", automatic=False)
         if self.log_weight_decay and not _superconvergence_logs_schedule(trainer):
             self._logger = ScheduleLogger(trainer, optimizer, all_groups=True)
         if _compat.fast_dev_run(trainer):
             _compat.rank_zero_info(trainer, "WeightDecayBalancer: `fast_dev_run` is on, so weight decay is unchanged.")
             return
+        if _compat.overfit_batches(trainer):
+            # as SuperConvergence's range test (found in a review: `"timescale"` raised λ 1.3x and the batch was fit
+            # worse, a loss of 0.0140 against 0.0111; `"grid"` took 10x the user's)
+            _compat.rank_zero_info(
+                trainer,
+                f"WeightDecayBalancer: `overfit_batches={_compat.overfit_batches(trainer)}` is on, a run that checks "
+                "the model can fit a few batches: weight decay is unchanged (a balance is made for a model that "
+                "generalizes).",
+            )
+            return
         if self._restored and self.weight_decays is not None:
             with _compat.without_swa_batch_norm_epoch(trainer, self._epochs_at_setup):
                 self._fit_end = _trainer.resumed_fit_end(trainer)
             self._apply(optimizer, self.weight_decays)
             self._watch_rescues(trainer)
-            other = self._restored_mode != self.mode
+            # what changed since the checkpoint applies to new runs: said (found in a review: a resume given another
+            # `reference_weight_decay` labelled the checkpoint's reference with it, and did not say it was ignored)
+            unused = [f"`mode='{self.mode}'`"] if self._restored_mode != self.mode else []
+            given = self.reference_weight_decay
+            if given is not None and any(ref != given for ref in self.reference_weight_decays or [] if ref > 0):
+                unused.append(f"`reference_weight_decay={given:g}`")
             when = (
                 f"when the guard's rescue at step {self.rebalances[-1]['step']} lowered the peak"
                 if self.rebalances
                 else "at the start"
             )
+            # the checkpoint's reference: the λ of the run that wrote it, or the `reference_weight_decay` it was given
             _compat.rank_zero_info(
                 trainer,
                 f"WeightDecayBalancer: resumed with weight_decay={_fmt(self.weight_decays)} chosen {when} "
-                + (f"in `mode='{self._restored_mode}'` " if other else "")
-                + f"({self._whose} {_fmt(self.reference_weight_decays or [])}); not balanced again"
-                + (f" (`mode='{self.mode}'` applies to new runs)." if other else "."),
+                + (f"in `mode='{self._restored_mode}'` " if self._restored_mode != self.mode else "")
+                + f"(reference λ {_fmt(self.reference_weight_decays or [])}); not balanced again"
+                + (f" ({' and '.join(unused)} {_applies(len(unused))} to new runs)." if unused else "."),
             )
             return
         if step_size_kind(optimizer) == "schedule-free":
@@ -1266,6 +1286,10 @@ def _reference_lrs(optimizer: Any, reference_lr: float | None) -> list[float | N
     lrs = configured_lrs(optimizer)
     base = lrs[0] if lrs[0] > 0 else 1.0
     return [reference_lr * lr * scale / base for lr, scale in zip(lrs, lr_scales(optimizer), strict=True)]
+
+
+def _applies(count: int) -> str:
+    return "applies" if count == 1 else "apply"
 
 
 def _explicit_reference(configured: list[float], reference: float | None) -> list[float]:

@@ -18,6 +18,8 @@ the runs.
    of its snapshot, on both ranks at the same steps.
 5. Tensor parallelism (``parallelize_module``, column- then row-wise), both ranks holding halves of each layer and
    seeing the same batches: the range test, then the run given its pick.
+6. A resume from the middle of an epoch, from torchdata's ``StatefulDataLoader``, with ``SuperConvergence(max_lr=...)``
+   and without it: both must train on from the loader's saved position.
 """
 
 from __future__ import annotations
@@ -207,6 +209,39 @@ def main(out: str) -> None:  # noqa: D103
     fit(model := TensorParallel(), [SuperConvergence(max_lr=picked.max_lr)], tensor_parallel, max_epochs=2,
         limit_train_batches=4)  # fmt: skip
     report["tp_given_state"] = model.state()
+
+    # 6. a resume from the middle of an epoch, from a stateful loader: with SuperConvergence, which loads the train data
+    # in `on_fit_start` to size its cycle, before this strategy restores the loader's position
+    class FromStatefulLoader(Sharded):
+        """Trains from torchdata's `StatefulDataLoader`, unshuffled; records each batch's first sample."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.firsts: list[int] = []
+
+        def train_dataloader(self):
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
+            n = self.hparams.n
+            x, y = self.data.tensors
+            return StatefulDataLoader(torch.utils.data.TensorDataset(x[:n], y[:n], torch.arange(n)), batch_size=16)
+
+        def training_step(self, batch, batch_idx):
+            self.firsts.append(int(batch[2][0]))
+            return super().training_step(batch[:2], batch_idx)
+
+    mid_epoch = os.path.join(out, "mid_epoch")
+    L.seed_everything(0, verbose=False)
+    saver = ModelCheckpoint(mid_epoch, every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    L.Trainer(
+        callbacks=[saver, SuperConvergence(max_lr=0.1)], strategy=fsdp2(), max_steps=3, max_epochs=1,
+        limit_val_batches=0, **common,
+    ).fit(FromStatefulLoader())  # fmt: skip
+    for name, callbacks in (("plain", []), ("superconvergence", [SuperConvergence(max_lr=0.1)])):
+        L.seed_everything(0, verbose=False)
+        fit(model := FromStatefulLoader(), callbacks, fsdp2(), ckpt_path=os.path.join(mid_epoch, "step=3.ckpt"),
+            max_epochs=1, limit_train_batches=None, limit_val_batches=0)  # fmt: skip
+        report[f"mid_epoch_firsts_{name}"] = model.firsts
 
     with open(os.path.join(out, f"rank{report['rank']}.json"), "w") as f:
         json.dump(report, f)

@@ -154,7 +154,12 @@ class CompatProbe:
         _compat.set_epoch_results(trainer, self.seen["results"])
         _compat.set_current_hook(pl_module, "training_step")
         self.seen["hook"] = _compat.current_hook(pl_module)
+        self.seen["attached"] = _compat.attached_trainer(pl_module)
         _compat.set_current_hook(pl_module, None)
+        self.seen["logging_hook_at_start"] = _compat.logging_hook(trainer)
+        _compat.set_logging_hook(trainer, "training_step")
+        self.seen["logging_hook"] = _compat.logging_hook(trainer)
+        _compat.set_logging_hook(trainer, self.seen["logging_hook_at_start"])
         self.seen["scaler"] = _compat.grad_scaler(trainer)
         self.seen["placeholder"] = _compat.is_placeholder_optimizer(trainer, trainer.optimizers[0])
         self.seen["val"] = _compat.val_dataloaders(trainer)
@@ -202,6 +207,8 @@ def test_every_private_accessor_reads_the_running_lightning(tmp_path, distributi
     assert isinstance(seen["transferred"], list)
     assert seen["results_replaced"] is True
     assert seen["hook"] == "training_step"
+    assert seen["attached"] is trainer
+    assert (seen["logging_hook_at_start"], seen["logging_hook"]) == (None, "training_step")
     assert seen["scaler"] is None
     assert seen["placeholder"] is False
     assert len(seen["val"]) == 1
@@ -351,6 +358,24 @@ def test_overrides_hook_tells_the_users_hooks_from_lightnings_own(distribution, 
     assert not _compat.overrides_hook(module, "on_train_epoch_start")
     assert not _compat.overrides_hook(distribution.LightningModule(), "on_fit_start")
     assert not _compat.overrides_hook(module, "no_such_hook")
+
+
+def test_a_user_package_named_like_the_standalone_distribution_is_not_taken_for_it(tmp_path):
+    """A module of a package whose name begins with ``pytorch_lightning`` is read as the distribution it subclasses.
+
+    Found in a review: a `lightning.pytorch` module defined in `pytorch_lightning_myproj` sent the range test to the
+    standalone distribution's helpers, and its trials crashed with "Expected a parent".
+    """
+    from lightning_superconv import _compat
+
+    ProjectModel = type("ProjectModel", (TinyClassifier,), {"__module__": "pytorch_lightning_myproj.models"})
+    assert _compat.namespace(ProjectModel()) == "lightning.pytorch"
+    assert _compat.namespace(StandaloneTinyClassifier()) == "pytorch_lightning"
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    trainer = lp.Trainer(**QUIET, default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(ProjectModel())
+    assert callback.result is not None
+    assert callback.result.trials
 
 
 @pytest.mark.parametrize("distribution", [lp, pl])

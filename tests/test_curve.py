@@ -198,9 +198,9 @@ def test_the_lr_a_stopped_sweep_is_named_by_is_that_of_a_step_that_ran():
 
     lrs = [0.001, 0.002, 0.004, 0.008]
     diverged = StepRecord(steps=[0, 1], losses=[1.0, 100.0], stop_reason="diverged")
-    assert "the loss diverged after 2 step(s) (lr 0.002)" in _no_curve_message(diverged, lrs)
+    assert "the loss diverged after 2 step(s) (lr 0.002)" in _no_curve_message(diverged, lrs, "SuperConvergence")
     nonfinite = StepRecord(steps=[0, 1], losses=[1.0, 1.1], stop_reason="non-finite")
-    assert "non-finite (NaN/inf) after 2 step(s) (lr 0.004)" in _no_curve_message(nonfinite, lrs)
+    assert "non-finite (NaN/inf) after 2 step(s) (lr 0.004)" in _no_curve_message(nonfinite, lrs, "SuperConvergence")
     said = _stop_description(nonfinite, lrs[:2], DivergenceMonitor(threshold=4.0, beta=0.0), RangeTestConfig())
     assert said == "The test stopped after 2 steps (the last at lr 0.002): the next loss was NaN/inf."
 

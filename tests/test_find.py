@@ -154,6 +154,25 @@ def test_model_is_bit_identical_afterwards():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_module_is_attached_afterwards_to_the_trainer_it_had():
+    """None before any fit, or the user's own Trainer after one: never the range test's own.
+
+    Found trying the package as a new user: `model.trainer` was left pointing at find_max_lr's Trainer, which it kept
+    alive with all it holds.
+    """
+    model = TinyClassifier()
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert model._trainer is None
+    own = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    own.fit(model)
+    find_max_lr(torch.compile(model, backend="eager"), lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert model.trainer is own
+    datamodule = L.LightningDataModule.from_datasets(train_dataset=make_dataset(64), batch_size=16)
+    find_max_lr(model, datamodule=datamodule, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert model.trainer is own
+    assert datamodule.trainer is None  # found in a review: it held the function's Trainer
+
+
 def test_a_compiled_module_comes_back_uncompiled_inside():
     """``find_max_lr(torch.compile(model))``: Lightning's fit wraps the inner module's steps by dynamo; they are undone.
 
@@ -813,6 +832,38 @@ def test_a_sweep_too_short_to_read_says_so_instead_of_that_the_loss_never_fell()
             ScriptedCurve(curve), data, trial_steps=0, num_steps=200,
             trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
         )  # fmt: skip
+
+
+def test_a_flat_loss_is_never_said_to_have_risen():
+    """A loss equal at every step: the sweep goes on to its end, and says so.
+
+    Found in a review: the running average's rounding (1.0000000000000002 against 1.0) read as a rise, and the sweep
+    stopped 25 steps in, said to have "rose", beside "the loss never fell below where it started".
+    """
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=8)
+    with pytest.raises(MisconfigurationException, match=r"never fell .* after 30 steps \(completed\)"):
+        find_max_lr(
+            ScriptedCurve([1.0] * 100), data, trial_steps=0, num_steps=20,
+            trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+        )  # fmt: skip
+
+
+def test_find_max_lr_s_errors_give_advice_in_its_own_arguments():
+    """Advice in `find_max_lr`'s own arguments, and no "skip the range test" to one who asked for it.
+
+    Found in a review: find_max_lr's errors told its users to pass `SuperConvergence(lr_range=...)` and to "skip the
+    range test" they had asked for.
+    """
+    data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))), batch_size=8)
+    with pytest.raises(MisconfigurationException) as raised:
+        find_max_lr(
+            ScriptedCurve([math.nan] * 10), data, trial_steps=0, num_steps=20,
+            trainer_kwargs={"enable_progress_bar": False, "logger": False, "accelerator": "cpu"},
+        )  # fmt: skip
+    said = str(raised.value)
+    assert "start the sweep lower with `find_max_lr(..., lr_range=(start, end))`" in said
+    assert "choose the peak yourself: `SuperConvergence(max_lr=...)` runs no range test" in said
+    assert "skip the range test" not in said
 
 
 def test_a_sweep_stopped_by_a_nan_loss_names_the_lr_of_its_last_finite_step_as_such():

@@ -248,7 +248,7 @@ def test_an_optimizer_computing_its_own_step_size_is_refused_naming_lr_and_the_f
     message = str(info.value)
     assert "param group 0 of `Adafactor` has lr=None" in message, message
     assert "Pass a number (e.g. `lr=1e-3`, with `relative_step=False`" in message, message
-    assert model.trainer is None or model.trainer.global_step == 0
+    assert model._trainer is None or model.trainer.global_step == 0  # find_max_lr leaves it unattached
 
 
 def test_an_optimizer_without_an_lr_is_refused_naming_it(tmp_path):

@@ -90,3 +90,15 @@ def test_tensor_parallel_range_test_ends_as_the_run_given_its_pick(ranks):
     assert r0["tp_state"] != r1["tp_state"]
     for rank in ranks:
         assert rank["tp_state"] == rank["tp_given_state"]
+
+
+def test_a_resume_from_the_middle_of_an_epoch_goes_on_from_a_stateful_loader_s_saved_position(ranks):
+    """Under this strategy the checkpoint is restored after `on_fit_start`, where the cycle's sizing loaded the data.
+
+    Found in a review: Lightning then never gave the loader its saved position, and the resumed epoch read its first
+    three batches again; a plain resume goes on from the fourth.
+    """
+    for rank in ranks:
+        plain, ours = rank["mid_epoch_firsts_plain"], rank["mid_epoch_firsts_superconvergence"]
+        assert plain
+        assert ours == plain

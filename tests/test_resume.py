@@ -570,3 +570,44 @@ def test_state_from_a_newer_release_is_read_with_a_warning(callback):
     state = {**instance.state_dict(), "version": 99, "added_in_a_later_release": [1, 2]}
     with pytest.warns(RuntimeWarning, match=r"newer lightning-superconv \(state version 99"):
         instance.load_state_dict(state)
+
+
+class StatefulLoaderFirsts(DeterministicClassifier):
+    """Trains from torchdata's `StatefulDataLoader`, unshuffled; records the first sample of each training batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.firsts: list[int] = []
+
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        x, y = make_dataset(self.hparams.n).tensors
+        return StatefulDataLoader(torch.utils.data.TensorDataset(x, y, torch.arange(len(x))), batch_size=16)
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch[:2], batch_idx)
+
+    def on_train_batch_start(self, batch, batch_idx):  # real training steps only: the range test calls no batch hook
+        self.firsts.append(int(batch[2][0]))
+
+
+def test_the_balancer_added_at_a_resume_leaves_a_stateful_loader_where_the_checkpoint_says(tmp_path):
+    """Resumed mid-epoch with the balancer added, the run goes on from the loader's saved position.
+
+    Found in a review: the balancer read its recipe in `on_fit_start`, which loaded the train data before Lightning
+    restored the checkpoint's loader state; Lightning then never gave it, and the resumed epoch read its first batches
+    again (samples seen twice, others never).
+    """
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    first = _trainer(tmp_path / "a", [checkpoint], max_epochs=1, max_steps=3, limit_train_batches=None)
+    first.fit(_seeded(StatefulLoaderFirsts))
+    path = str(tmp_path / "ckpt" / "step=3.ckpt")
+    runs = []
+    for callbacks in ([], [WeightDecayBalancer()]):
+        model = _seeded(StatefulLoaderFirsts)
+        _trainer(tmp_path / "b", callbacks, max_epochs=1, limit_train_batches=None).fit(model, ckpt_path=path)
+        runs.append(model.firsts)
+    plain, with_ours = runs
+    assert plain[0] == 48  # the checkpoint's position: three batches of 16 in
+    assert with_ours == plain

@@ -9,6 +9,7 @@ restores on exceptions and Ctrl-C.
 from __future__ import annotations
 
 import collections
+import enum
 import functools
 import random
 import warnings
@@ -28,9 +29,11 @@ from lightning_superconv import SuperConvergence
 from lightning_superconv.sandbox import sandbox
 from lightning_superconv.snapshot import (
     capture,
+    data_order_sequences,
     dataloader_generators,
     held_generators,
     hidden_modules,
+    put_back_sequences,
     random_generators,
     recapture,
     reseed,
@@ -299,6 +302,125 @@ def test_a_submodule_s_attribute_created_since_is_removed_and_its_dict_of_tensor
     # a list of tensors that aliases parameters gets the parameters themselves back, never copies of them
     rnn = model[0].rnn
     assert [id(w) for w in rnn._flat_weights] == [id(getattr(rnn, name)) for name in rnn._flat_weights_names]
+
+
+class ShufflesInPlace(torch.utils.data.Sampler):
+    """Shuffles, in place, an index list, a NumPy array and a tensor it holds (one of each a user may write)."""
+
+    def __init__(self, n: int) -> None:
+        self.order = list(range(n))
+        self.array = np.arange(n)
+        self.tensor = torch.arange(n)
+        self.frozen = np.arange(n)
+        self.frozen.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        random.shuffle(self.order)
+        np.random.shuffle(self.array)
+        self.tensor.copy_(self.tensor[torch.randperm(len(self.tensor))])
+        return iter(list(self.order))
+
+
+def test_what_a_sampler_shuffles_in_place_comes_back_at_every_restore():
+    """Each restore writes the kept order into the objects the sampler holds: the second as well as the first."""
+    sampler = ShufflesInPlace(32)
+    loader = DataLoader(TensorDataset(torch.arange(32)), sampler=sampler, batch_size=8)
+    order, array, tensor = sampler.order, sampler.array, sampler.tensor
+    kept = data_order_sequences([loader])
+    assert {name for _, name, _, _ in kept} == {"order", "array", "tensor"}  # not the array no one can write to
+    for _ in range(2):
+        list(loader)
+        assert sampler.order != list(range(32))
+        put_back_sequences(kept)
+        assert sampler.order is order
+        assert order == list(range(32))
+        assert sampler.array is array
+        assert array.tolist() == list(range(32))
+        assert sampler.tensor is tensor
+        assert tensor.tolist() == list(range(32))
+
+
+class HoldsItsData:
+    """A loader of the user's own (Lightning takes any iterable of batches) holding its data as tensors and a list."""
+
+    def __init__(self) -> None:
+        self.x, self.y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        self.tensors = [self.x, self.y]
+
+    def __iter__(self):
+        return iter([(self.x[k : k + 16], self.y[k : k + 16]) for k in range(0, 64, 16)])
+
+
+def test_the_data_a_sampler_or_loader_draws_from_is_never_copied():
+    """Only a sampler's order is kept, not the data it draws from, nor a loader's own.
+
+    Found in a review: `DataLoader(tensor, shuffle=True)` had its 400 MB dataset (the `RandomSampler`'s `data_source`)
+    cloned and written back at each restore, and a loader of the user's its tensors.
+    """
+    data = torch.randn(1000, 8)
+    assert data_order_sequences([DataLoader(data, shuffle=True, batch_size=10)]) == []
+    assert data_order_sequences([DataLoader(list(range(100)), shuffle=True, batch_size=10)]) == []
+    assert data_order_sequences([HoldsItsData()]) == []
+
+
+def test_a_sampler_s_weights_made_in_inference_mode_are_left_alone():
+    """Floating weights are no data order, and nothing can change an inference tensor in place: neither is kept.
+
+    Found in a review: a `WeightedRandomSampler` given weights computed under `torch.inference_mode()` made the restore
+    fail (an in-place write to an inference tensor), and so the fit.
+    """
+    with torch.inference_mode():
+        weights = torch.rand(64, dtype=torch.float64) + 0.1
+        order = torch.arange(64)
+    sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=64)
+    sampler.order = order  # an integer one made there too
+    kept = data_order_sequences([DataLoader(TensorDataset(torch.arange(64)), sampler=sampler, batch_size=8)])
+    assert kept == []
+    put_back_sequences(kept)
+
+
+class Phase(enum.Enum):
+    FRESH = 0
+    SEEN = 1
+
+
+class RebindsItsState(nn.Module):
+    """A layer that rebinds its phase (an Enum) and its running statistics (a dict of floats) at each forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.phase = Phase.FRESH
+        self.stats = {"mean": 0.0}
+
+    def forward(self, x):
+        out = self.lin(x)
+        self.phase = Phase.SEEN
+        self.stats = {"mean": 0.9 * self.stats["mean"] + 0.1 * float(out.mean())}
+        return out
+
+
+def test_a_submodule_s_attribute_rebound_to_any_object_gets_its_object_back():
+    """A submodule's attributes come back as the top module's do: each name to the object it held.
+
+    Found in a review: a layer's phase held in an Enum and its statistics in a dict it rebinds kept the range test's
+    (only numbers, strings and their tuples came back on submodules; any object on the top module).
+    """
+    model = nn.Sequential(RebindsItsState(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = model[0].stats
+    snapshot = capture(model, optimizer)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    assert model[0].phase is Phase.SEEN
+    assert model[0].stats is not stats
+    snapshot.restore()
+    assert model[0].phase is Phase.FRESH
+    assert model[0].stats is stats
+    assert stats == {"mean": 0.0}
 
 
 class _Encoder(nn.Module):
@@ -1025,6 +1147,24 @@ def test_sandbox_hides_the_steps_from_other_callbacks(tmp_path):
     trainer.fit(TinyClassifier())
     assert seen == [[]]
     assert trainer.callbacks[:2] == [probe, other]
+
+
+def test_sandbox_gives_the_logger_connector_its_hook_back(tmp_path):
+    """A ``self.log`` inside the block leaves Lightning's logger connector as it found it.
+
+    Found in a review: the range test left it holding "training_step", where a fit starts with None.
+    """
+
+    def body(module, optimizer):
+        module.trainer._logger_connector._current_fx = "training_step"  # as Lightning's `self.log` does
+
+    seen = []
+    probe = SandboxAtFitStart(body)
+    peek = type("Peek", (Callback,), {"on_fit_start": lambda self, t, m: seen.append(t._logger_connector._current_fx)})
+    trainer = L.Trainer(callbacks=[probe, peek()], **trainer_kwargs(tmp_path, max_steps=1))
+    trainer.fit(TinyClassifier())
+    assert probe.error is None
+    assert seen == [None]
 
 
 def test_a_restore_keeps_the_param_group_entries_it_is_told_to_keep_and_puts_back_the_rest():

@@ -9,6 +9,7 @@ import dataclasses
 import enum
 import logging
 import math
+import random
 import re
 import signal
 import time
@@ -733,15 +734,103 @@ def test_a_sampler_that_counts_its_own_passes_counts_only_the_run_s(tmp_path):
     Found trying the package as a new user: every pass the range test started advanced the count (18 against 3
     after the fit), so the run saw other orders than a run given the pick.
     """
-    auto = SuperConvergence(num_steps=20, trial_steps=50)
-    tested = _fit(tmp_path, _seeded(CountingSamplerClassifier), auto, limit_train_batches=1.0)
-    given = _fit(
-        tmp_path, _seeded(CountingSamplerClassifier), SuperConvergence(max_lr=auto.result.max_lr),
-        limit_train_batches=1.0,
-    )  # fmt: skip
-    assert auto.result.trials
+    tested, given = _tested_and_given_whole_epochs(tmp_path, CountingSamplerClassifier)
     assert tested.lightning_module.sampler.passes == given.lightning_module.sampler.passes
     _assert_same_training_state(tested, given)
+
+
+def _tested_and_given_whole_epochs(tmp_path, model_cls) -> tuple[L.Trainer, L.Trainer]:
+    """A fit of whole epochs with the range test and its trials, and the same fit given its pick."""
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    tested = _fit(tmp_path, _seeded(model_cls), auto, limit_train_batches=1.0)
+    assert auto.result.trials
+    given = _fit(tmp_path, _seeded(model_cls), SuperConvergence(max_lr=auto.result.max_lr), limit_train_batches=1.0)
+    return tested, given
+
+
+class ShufflesItsListInPlace(CountsItsPasses):
+    """Shuffles a list of indices it holds in place at each pass (`random.shuffle(self.indices)`)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.indices = list(range(n))
+
+    def __iter__(self):
+        random.shuffle(self.indices)
+        return iter(list(self.indices))
+
+
+class InPlaceShufflingClassifier(CountingSamplerClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampler = ShufflesItsListInPlace(256)
+
+
+def test_a_sampler_that_shuffles_its_own_list_in_place_gets_its_order_back(tmp_path):
+    """The list a sampler shuffles in place comes back in its order: the run sees the data order of a run without it.
+
+    Found in a review: the range test's last pass left the list in its own order, and the run's first batch and its
+    final weights differed from a run given the pick, the global RNG put back notwithstanding.
+    """
+    tested, given = _tested_and_given_whole_epochs(tmp_path, InPlaceShufflingClassifier)
+    assert tested.lightning_module.sampler.indices == given.lightning_module.sampler.indices
+    _assert_same_training_state(tested, given)
+
+
+class InferenceWeightedClassifier(TinyClassifier):
+    """Draws its batches by weights computed under `torch.inference_mode()` (class frequencies, say)."""
+
+    def train_dataloader(self):
+        with torch.inference_mode():
+            weights = torch.rand(256, dtype=torch.float64) + 0.1
+        sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=256)
+        return DataLoader(make_dataset(256), batch_size=32, sampler=sampler)
+
+
+def test_a_sampler_holding_inference_tensors_trains(tmp_path):
+    """Found in a review: a first version of the restore of samplers' orders wrote into such weights, and failed."""
+    auto = SuperConvergence(num_steps=20, trial_steps=50)
+    trainer = _fit(tmp_path, _seeded(InferenceWeightedClassifier), auto, limit_train_batches=1.0)
+    assert auto.result.trials
+    assert trainer.global_step == 16
+
+
+class CountingDataModule(L.LightningDataModule):
+    """Counts the batches its `on_before_batch_transfer` sees, and keeps the last one's size in a new attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transferred = 0
+
+    def train_dataloader(self):
+        return DataLoader(make_dataset(256), batch_size=32, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(make_dataset(64, seed=1), batch_size=32)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        self.transferred += 1
+        self.last_size = len(batch[0])
+        return batch
+
+
+def test_what_a_datamodule_s_hooks_record_in_the_range_test_comes_back(tmp_path):
+    """A datamodule's count of the batches it transferred, and an attribute it set, are those of the run alone.
+
+    Found in a review: the count read 28 after a fit of 8 steps; the module's own counters came back, the datamodule's
+    did not.
+    """
+    datamodule = CountingDataModule()
+    callback = SuperConvergence(num_steps=20, trial_steps=50)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=[callback], **trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    )
+    trainer.fit(_seeded(TinyClassifier), datamodule=datamodule)
+    assert callback.result is not None
+    assert callback.result.trials
+    assert datamodule.transferred == 8
+    assert datamodule.last_size == 32
 
 
 class CountingStream(torch.utils.data.IterableDataset):
@@ -844,6 +933,60 @@ def test_a_stream_that_reads_a_source_it_holds_keeps_its_count_with_it_and_is_wa
     assert model.firsts[0] == 0
     assert model.firsts[1] > 16  # the range test read from the source in between
     assert model.stream.count == next(model.stream.source)  # the count says where the source is
+
+
+class OpensItsSourceEachPass(torch.utils.data.IterableDataset):
+    """A stream that opens its source in each `__iter__` and keeps it on itself, as the warning below advises."""
+
+    def __init__(self) -> None:
+        x, y = make_dataset(4096).tensors
+        self.samples = [(x[k], y[k], torch.tensor(k)) for k in range(4096)]
+        self.source = None
+
+    def __iter__(self):
+        self.source = (sample for sample in self.samples)
+        return self.source
+
+
+def test_a_stream_that_opens_its_source_in_each_pass_is_not_warned_of(tmp_path, recwarn):
+    """Each pass reads its own source: the run's starts at the beginning, and nothing is said.
+
+    Found in a review: a first version of the warning below took the source the range test had left on the dataset
+    for the run's.
+    """
+    model = _seeded(CountingStreamClassifier)
+    model.stream = OpensItsSourceEachPass()
+    _fit(tmp_path, model, SuperConvergence(num_steps=20, trial_steps=0), max_steps=6, max_epochs=None,
+         limit_train_batches=None)  # fmt: skip
+    assert not [w for w in recwarn if "cannot be rewound" in str(w.message)]
+    assert model.firsts == [16 * step for step in range(6)]
+
+
+class HeldGeneratorStream(torch.utils.data.IterableDataset):
+    """A stream that returns, at each pass, the one iterator it holds (a source read once, with no count of its own)."""
+
+    def __init__(self, kind: str) -> None:
+        x, y = make_dataset(4096).tensors
+        samples = [(x[k], y[k], torch.tensor(k)) for k in range(4096)]
+        self.source = (sample for sample in samples) if kind == "generator" else iter(samples)
+
+    def __iter__(self):
+        return self.source
+
+
+@pytest.mark.parametrize("kind", ["generator", "list iterator"])
+def test_a_stream_that_returns_an_iterator_it_holds_is_warned_of(tmp_path, kind):
+    """A held generator or iterator tells no position: read by the range test, it is said to have moved.
+
+    Found trying the package as a new user: a stream returning a generator it held was read 85 batches on without a
+    word, and a run on a stream that can be read once trained 15 of its 100 steps.
+    """
+    model = _seeded(CountingStreamClassifier)
+    model.stream = HeldGeneratorStream(kind)
+    kwargs = {"max_steps": 6, "max_epochs": None, "limit_train_batches": None}
+    with pytest.warns(RuntimeWarning, match=r"read from `HeldGeneratorStream.source`, a source your dataset holds"):
+        _fit(tmp_path, model, SuperConvergence(num_steps=20, trial_steps=0), **kwargs)
+    assert model.firsts[1] > 16  # the range test read from the source after the batch Lightning's loop fetched first
 
 
 class SlotCache(torch.utils.data.Dataset):

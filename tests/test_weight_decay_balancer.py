@@ -1275,6 +1275,25 @@ def test_resume_with_another_mode_re_applies_the_checkpoints_lambda_and_says_so(
         assert resumed.state_dict()["mode"] == "timescale"
 
 
+def test_a_resume_given_another_reference_says_it_applies_to_new_runs(tmp_path, caplog):
+    """The checkpoint's reference is named as such, and a `reference_weight_decay` given at the resume as unused.
+
+    Found in a review: a resume given `reference_weight_decay=1e-2` labelled the checkpoint's reference (the user's
+    5e-4) as that argument's, and did not say the argument was ignored.
+    """
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
+    first = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), first, ckpt], epochs=1,
+         enable_checkpointing=True)  # fmt: skip
+    resumed = WeightDecayBalancer(reference_weight_decay=1e-2)
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[SuperConvergence(max_lr=0.5), resumed]))
+    with caplog.at_level(logging.INFO):
+        trainer.fit(TinyClassifier(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert resumed.weight_decays == first.weight_decays
+    said = "(reference λ 0.0005); not balanced again (`reference_weight_decay=0.01` applies to new runs)."
+    assert said in caplog.text
+
+
 def test_a_checkpoint_keyed_by_mode_as_releases_up_to_0_3_wrote_it_is_read(tmp_path):
     """Older releases keyed the balancer's state `WeightDecayBalancer{'mode': ...}`: a resume still finds it."""
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, save_on_train_epoch_end=True)
@@ -1580,7 +1599,7 @@ def test_no_duplicate_schedule_logging_beside_superconvergence(tmp_path):
 
 
 def test_schedule_logged_by_the_balancer_where_superconvergence_installs_no_cycle(tmp_path):
-    """Under ``overfit_batches`` SuperConvergence runs no range test and logs nothing: the λ changed is logged."""
+    """Under ``overfit_batches`` SuperConvergence runs no range test and logs nothing: the balancer logs it all."""
     logger = MemoryLogger()
     balancer = WeightDecayBalancer(mode="budget")
     sc = SuperConvergence()
@@ -1588,8 +1607,23 @@ def test_schedule_logged_by_the_balancer_where_superconvergence_installs_no_cycl
     assert sc.result is None, "the premise: no range test and no cycle"
     logged = [m for _, m in logger.metrics if "superconv/weight_decay" in m]
     assert logged
-    assert all(m["superconv/weight_decay"] == pytest.approx(balancer.weight_decays[0]) for m in logged)
+    assert all(m["superconv/weight_decay"] == pytest.approx(5e-4) for m in logged)
     assert all("superconv/lr" in m and "superconv/momentum" in m for m in logged)
+
+
+@pytest.mark.parametrize("mode", ["timescale", "grid"])
+def test_overfit_batches_leaves_weight_decay_as_configured_and_says_so(tmp_path, caplog, mode):
+    """A run that checks the model can fit a few batches is not balanced, as SuperConvergence runs no range test there.
+
+    Found in a review: `"timescale"` raised λ 1.3x and the batch was fit worse (a loss of 0.0140 against 0.0111), and
+    `"grid"` took 10x the user's.
+    """
+    balancer = WeightDecayBalancer(mode=mode)
+    with caplog.at_level(logging.INFO):
+        trainer = _fit(tmp_path, TinyClassifier(), [SuperConvergence(max_lr=0.5), balancer], overfit_batches=2)
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 5e-4
+    assert balancer.weight_decays is None
+    assert "`overfit_batches=2` is on, a run that checks the model can fit a few batches: weight decay" in caplog.text
 
 
 def test_fast_dev_run_changes_nothing(tmp_path):
