@@ -178,6 +178,9 @@ def print_writes(writes: dict[str, Any]) -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    if not results:  # found in a review: `--report` on an empty cache crashed with a bare `StopIteration`
+        print("\nNo profiled fits are cached: run `python -m benchmarks.overhead_benchmark` to measure them.")
+        return
     repeats = len(next(iter(results.values()))["runs"])
     print(f"\nPer training step, median of {repeats} profiled fits (Lightning's SimpleProfiler):")
     print("| setup | step (ms) | SuperConvergence hooks | WeightDecayBalancer hooks | both | OneCycleLR.step | "

@@ -1,8 +1,9 @@
 """The Fashion-MNIST example through ``LightningCLI``: model, data, Trainer and both callbacks from a YAML file.
 
     python examples/fashion_mnist_cli.py fit --config examples/fashion_mnist_cli.yaml
-    python examples/fashion_mnist_cli.py fit --config examples/fashion_mnist_cli.yaml --trainer.max_epochs 3
-    python examples/fashion_mnist_cli.py fit --print_config     # every option, callbacks included
+    python examples/fashion_mnist_cli.py fit --config examples/fashion_mnist_cli.yaml --trainer.max_epochs 3 \
+        --trainer.check_val_every_n_epoch 3   # the YAML validates once, at its epoch 9
+    python examples/fashion_mnist_cli.py fit --config examples/fashion_mnist_cli.yaml --print_config   # every option
 
 The callbacks go into ``trainer.callbacks`` as ``class_path`` / ``init_args`` entries (see the YAML file); every
 constructor argument of ``SuperConvergence`` and ``WeightDecayBalancer`` can be set there. After ``fit`` the CLI tests
