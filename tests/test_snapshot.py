@@ -377,9 +377,7 @@ def test_a_sampler_s_weights_made_in_inference_mode_are_left_alone():
         order = torch.arange(64)
     sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=64)
     sampler.order = order  # an integer one made there too
-    kept = data_order_sequences([DataLoader(TensorDataset(torch.arange(64)), sampler=sampler, batch_size=8)])
-    assert kept == []
-    put_back_sequences(kept)
+    assert data_order_sequences([DataLoader(TensorDataset(torch.arange(64)), sampler=sampler, batch_size=8)]) == []
 
 
 class Phase(enum.Enum):
