@@ -292,6 +292,13 @@ def checkpoint_to_resume(trainer: Trainer) -> bool:
     return bool(trainer.ckpt_path) and bool(getattr(trainer._checkpoint_connector, "_loaded_checkpoint", True))
 
 
+def resumed_global_step(trainer: Trainer) -> int | None:
+    """The step the checkpoint ``fit`` resumes from was written at, read before Lightning loads it (None: unknown)."""
+    checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    return int(step) if isinstance(step, int) else None
+
+
 def weights_only_checkpoint(trainer: Trainer) -> bool:
     """Whether the checkpoint `fit` resumes from holds no training state (`ModelCheckpoint(save_weights_only=True)`)."""
     checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
@@ -519,6 +526,23 @@ def batches_reached_this_epoch(trainer: Trainer) -> int:
     """
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
     return int(progress.completed) + int(resumes_after_a_train_batch_end(trainer))
+
+
+def batches_that_trained_nothing(trainer: Trainer, this_epoch: bool = False) -> int:
+    """Batches the fit loop read and trained nothing on: None from the loader, or ``on_train_batch_start`` said -1.
+
+    Lightning steps a scheduler stepped per step at such a batch too, without an optimizer step (one whose accumulation
+    group it ends). ``this_epoch``: in the current epoch; else in all the Trainer's fits (counts a checkpoint keeps).
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    counts = progress.current if this_epoch else progress.total
+    return max(int(counts.ready) - int(getattr(counts, "started", counts.ready)), 0)  # typed as a base without it
+
+
+def epoch_ended_by_a_hook(trainer: Trainer) -> bool:
+    """At an epoch's end: whether ``on_train_batch_start`` returned -1 and ended it (that batch was never completed)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    return int(progress.ready) > int(progress.completed)
 
 
 def sampler_wrapped_for_ddp(sampler: Any) -> Any:

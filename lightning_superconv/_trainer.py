@@ -30,14 +30,22 @@ def single_optimizer(
     # what to do instead: a callback can be removed; `find_max_lr` is simply not for this module
     if instead is None:
         instead = "do not run `find_max_lr` on this module" if who == "find_max_lr" else "remove the callback"
+    optimizers = trainer.optimizers
     if automatic and not pl_module.automatic_optimization:
+        # several optimizers: Lightning allows them only here, and its own error had sent the user here (found in a
+        # review: switching back, as this message said, met Lightning's refusal, and neither said to use one)
+        several = (
+            f" It also needs one optimizer, and `configure_optimizers` returned {len(optimizers)}: put all "
+            "parameters into one (param groups keep different LRs and weight decays) and switch to automatic "
+            f"optimization, or {instead}."
+            if len(optimizers) > 1
+            else f" Switch to automatic optimization, or {instead}."
+        )
         raise _compat.misconfiguration(
             trainer,
             f"{who} needs automatic optimization: with `self.automatic_optimization = False` (and "
-            f"`self.manual_backward`) {who} cannot step your optimizer. Switch to automatic optimization, or "
-            f"{instead}.",
+            f"`self.manual_backward`) {who} cannot step your optimizer.{several}",
         )
-    optimizers = trainer.optimizers
     if len(optimizers) != 1:
         raise _compat.misconfiguration(
             trainer,

@@ -50,7 +50,9 @@ def check_number(
             f"{'[' if low_inclusive else '('}{low}, {high if high is not None else 'inf'}"
             f"{']' if high_inclusive and high is not None else ')'}"
         )
-        raise ValueError(f"`{name}` must be in {interval}, got {value}")
+        # an infinite value is outside an interval written with "inf" as its end, which read as a contradiction
+        finite = "" if math.isfinite(number) else "a finite number "
+        raise ValueError(f"`{name}` must be {finite}in {interval}, got {value}")
 
 
 def check_integer(name: str, value: Any, low: int, why: str = "", zero_means: str = "", none_means: str = "") -> None:
@@ -99,7 +101,9 @@ def check_pair(name: str, value: Any, what: str) -> tuple[Any, Any]:
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """``value`` as a plain ``str`` if it is one of ``choices``, else a ``ValueError`` naming ``name``.
+    """``value`` as a plain ``str`` if it is one of ``choices``, else an error naming ``name``.
+
+    A ``ValueError``; a ``TypeError`` for a value that is no string.
 
     NumPy's strings (``np.str_``) and string enums count and come back as the plain ``str`` they equal: a callback
     keeps the value in its checkpoint, which must load with ``torch.load(weights_only=True)`` (found trying the
@@ -117,7 +121,9 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """
     if not isinstance(value, str) or value not in choices:
         accepted = " or ".join(repr(c) for c in choices) if len(choices) <= 2 else ", ".join(repr(c) for c in choices)
-        raise ValueError(f"`{name}` must be {'one of ' if len(choices) > 2 else ''}{accepted}, got {value!r}")
+        # not a string: the wrong type, as the classes' docstrings say (found in a review: `mode=None` a ValueError)
+        error = ValueError if isinstance(value, str) else TypeError
+        raise error(f"`{name}` must be {'one of ' if len(choices) > 2 else ''}{accepted}, got {value!r}")
     return choices[choices.index(value)]  # the choice itself: `str()` of a `(str, Enum)` member is its name
 
 

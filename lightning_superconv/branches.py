@@ -27,7 +27,13 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_superconv import _compat
 from lightning_superconv.param_groups import write_lr, write_momentum
 from lightning_superconv.sandbox import random_state_kept, sandbox
-from lightning_superconv.snapshot import capture, dataloader_generators, distributed_samplers, reseed
+from lightning_superconv.snapshot import (
+    capture,
+    dataloader_generators,
+    distributed_samplers,
+    held_generators,
+    reseed,
+)
 from lightning_superconv.steps import BatchStream, move_batch, moved_batch_loss, take_steps, takes_batch_idx
 from lightning_superconv.weight_decay import GroupTrace
 
@@ -245,7 +251,9 @@ def run_branches(
                 assert held_out is not None
                 # the module's own state too: a `training_step` that counts its calls (a loss weight's schedule)
                 # counts this one (found trying the package as a new user: the first trial then scored differently)
-                kept = capture(pl_module, optimizer, module_only=True)
+                # and the generators it holds (found in a review: one a layer draws from kept the look's draw)
+                generators = held_generators(pl_module, _compat.datamodule(trainer))
+                kept = capture(pl_module, optimizer, generators=generators, module_only=True)
                 with _compat.isolate_rng(trainer):
                     try:
                         held_out_loss(trainer, pl_module, held_out, 1, peek=True)

@@ -210,7 +210,8 @@ class Descent:
             where the descent into the minimum begins. A pick below it cannot be right (the loss rose back to where
             it started after it, so whatever dip came before was noise).
         lowest: the step of the lowest smoothed loss, looked for past the running median's first ``half_width``
-            points (read from shortened windows): where the rise is looked for after.
+            points (read from shortened windows) and the middle of the losses ``start_level`` is read from: where
+            the rise is looked for after.
     """
 
     start_level: float
@@ -246,9 +247,12 @@ def descent(losses: Sequence[float], smoothed: Sequence[float], half_width: int)
     # the first `half_width` points of a running median are read from shortened windows: on a loss that rose from its
     # first step the very first lay below the median of the start, and a loss that never fell read as one that had,
     # a little (found checking the README's claims as a new user)
-    edge = min(half_width, len(smoothed) - 1)
-    lowest = min(range(edge, len(smoothed)), key=smoothed.__getitem__)
+    # and a loss that rose from its first step had its start level read from a tenth of the sweep, whose median lies
+    # at its middle, above the running median's first points: from 80 steps, such a loss read as one that had fallen,
+    # clearly where it rose smoothly (found in a review): the lowest point is looked for from that middle on
     head = max(2 * half_width + 1, len(losses) // 10)
+    edge = min(max(half_width, head // 2), len(smoothed) - 1)
+    lowest = min(range(edge, len(smoothed)), key=smoothed.__getitem__)
     level = statistics.median(losses[:head])
     begins = max((i for i in range(lowest + 1) if smoothed[i] >= level), default=0)
     return Descent(level, level - smoothed[lowest], smoothed_noise(losses, smoothed, half_width), begins, lowest)

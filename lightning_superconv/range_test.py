@@ -126,6 +126,16 @@ class RangeTestConfig:
         object.__setattr__(self, "num_steps", int(self.num_steps))  # a NumPy integer too: plain, for checkpoints
         if self.trial_steps is not None:
             object.__setattr__(self, "trial_steps", int(self.trial_steps))
+        # found in a review: ends near the limits of a float passed the checks above and swept NaN or inf (the ratio
+        # of the ends overflows, or the steps past `lr_range[1]` do), and the error then blamed the module's own code
+        swept = self.lrs(extended=True)
+        if not all(math.isfinite(lr) and lr > 0 for lr in swept):
+            step = next(i for i, lr in enumerate(swept) if not (math.isfinite(lr) and lr > 0))
+            raise ValueError(
+                f"`lr_range` must give finite positive LRs over the sweep ({self.num_steps} steps, {self.mode}, and"
+                f" up to {self.num_steps // 2} more past its end at the same pace): got lr_range={self.lr_range},"
+                f" whose step {step} is {swept[step]}: bring its ends away from the limits of a float"
+            )
 
     def trial_length(self, run_steps: int | None) -> int:
         """Steps of each trial cycle for a run of ``run_steps`` (0: no trials): as given, else sized to the run."""
@@ -772,6 +782,12 @@ def _no_curve_message(record: StepRecord, lrs: list[float], who: str) -> str:
         why = (
             f"the gradient scaler skipped {record.skipped_steps} steps in a row (inf/NaN gradients at every loss "
             f"scale) after {n} step(s){at}"
+        )
+    elif record.stop_reason == "data-exhausted" and record.none_batches:
+        # found in a review: a loader whose every batch is None was said to be one that can be read only once
+        why = f"the train dataloader ran out after {n} step(s), its batches None ({record.none_batches} passed over)"
+        advice = (
+            f"Check its `collate_fn` and dataset, which gave no batch to train on, or {_without_a_range_test(who)}."
         )
     elif record.stop_reason == "data-exhausted":
         why = (

@@ -481,9 +481,10 @@ def capture(
             optimizer and scaler: ``False``.
         also: other modules whose parameters and buffers are copied too: the weight average a ``WeightAveraging``
             callback keeps beside the model, which the training steps being rolled back also changed.
-        module_only: only what a forward pass without gradients may change beside the weights (the module's
-            attributes and numbers, those of its submodules, metric states, loose tensors, extra state, registries):
-            nothing of the weights, the optimizer or the scaler is copied or written back. For a look at a batch in
+        module_only: only what a forward pass without gradients may change beside the weights the optimizer trains
+            (the buffers and the other parameters, the module's attributes and numbers, those of its submodules,
+            metric states, loose tensors, extra state, registries, and ``generators``): nothing of the trained
+            parameters, the optimizer or the scaler is copied or written back. For a look at a batch in
             the middle of a branch, which must leave the branch to train on as it would have.
     """
     # modules held outside the module tree (in a list, a dict, or set with `object.__setattr__`: a momentum encoder
@@ -497,10 +498,16 @@ def capture(
     sharded = _compat.fully_sharded_modules(module, *roots)
     _compat.reshard(sharded)
     wrapped = inner_optimizers(optimizer) if weights else []
-    tensors = [(t, t.detach().clone()) for t in _weights(module, roots, optimizer)] if weights else []
+    # a look at a batch changes no weight the optimizer trains, but may change buffers (an observer's, a running input
+    # scale, set in eval mode too) and weights no optimizer trains (a mean teacher `training_step` moves towards the
+    # student): those come back (found in reviews: the first trial trained on from what the look left)
+    trained = set() if weights else {id(p) for group in optimizer.param_groups for p in group["params"]}
+    live = _weights(module, roots, optimizer if weights else None)
+    tensors = [(t, t.detach().clone()) for t in live if id(t) not in trained]
+    slots = registered_tensors(module, roots)
     snapshot = Snapshot(
         tensors=tensors,
-        slots=registered_tensors(module, roots) if weights else [],
+        slots=[slot for slot in slots if id(slot[2]) not in trained],
         optimizer=optimizer,
         optimizer_state={p: copy.deepcopy(s) for p, s in optimizer.state.items()} if weights else {},
         param_groups=_group_values(optimizer) if weights else [],
@@ -523,7 +530,11 @@ def capture(
         snapshot.training_flags = [(m, m.training) for m in modules]
         # found trying the package as a new user: a buffer a layer registers at its first forward (statistics of the
         # first batch) was left holding the range test's, and the run never took its own
-        snapshot.registries = [(r, dict(r)) for m in modules for r in (m._parameters, m._buffers, m._modules)]
+        # a TorchScript module's registries are not dicts, and its attributes cannot be added or removed: left out
+        # (found trying the package on a scripted submodule: the restore failed, `OrderedDictWrapper` has no `get`)
+        snapshot.registries = [
+            (r, dict(r)) for m in modules for r in (m._parameters, m._buffers, m._modules) if isinstance(r, dict)
+        ]
         # found in a review: a hook a module registers at its first step (`if self.handles is None: ...`) came back
         # unregistered in its attribute but stayed on the layer, and each trial and the run added one more
         snapshot.hooks = [(m, name, dict(r)) for m in modules for name, r in _hook_registries(m)]
@@ -625,7 +636,7 @@ def _own_attributes(module: torch.nn.Module) -> dict[str, Any]:
 
 def _registered(module: torch.nn.Module) -> set[str]:
     """The names of ``module``'s own parameters, buffers and submodules: an attribute of such a name would hide one."""
-    return {*module._parameters, *module._buffers, *module._modules}
+    return {*module._parameters.keys(), *module._buffers.keys(), *module._modules.keys()}  # TorchScript: no iter
 
 
 def _is_plain_value(value: Any) -> bool:
@@ -669,7 +680,7 @@ def _replaced_parameters(slots: Sequence[Slot], optimizer: Optimizer) -> dict[in
         id(kept): live
         for registry, name, kept in slots
         if isinstance(kept, torch.nn.Parameter)
-        and isinstance(live := registry.get(name), torch.nn.Parameter)
+        and isinstance(live := _held(registry, name), torch.nn.Parameter)
         and live is not kept
         and id(live) in trained
         and id(kept) not in trained
@@ -686,8 +697,13 @@ def put_back(slots: Sequence[Slot], removed_too: bool = True) -> None:
     from a mask at every forward, and a parameter put back under that name would make that assignment fail.
     """
     for registry, name, tensor in slots:
-        if registry.get(name) is not tensor and (removed_too or name in registry):
+        if _held(registry, name) is not tensor and (removed_too or name in registry):
             registry[name] = tensor
+
+
+def _held(registry: Any, name: str) -> Any:
+    """What ``registry`` holds under ``name``, else None: a dict, or a TorchScript module's ``OrderedDictWrapper``."""
+    return registry[name] if name in registry else None  # noqa: SIM401 (no `get` there)
 
 
 def hidden_modules(module: torch.nn.Module, also: Sequence[torch.nn.Module] = ()) -> list[torch.nn.Module]:
@@ -791,8 +807,17 @@ def _weights(module: torch.nn.Module, also: Sequence[torch.nn.Module], optimizer
     for group in optimizer.param_groups if optimizer is not None else ():
         found.update((id(p), p) for p in group["params"] if isinstance(p, Tensor) and id(p) not in found)
     # a lazy layer not made yet has no values to copy (found in a review: a head only a later step or validation uses
-    # crashed the guard's first snapshot); once made, the layout changed and the next snapshot is taken anew
-    return [t for t in found.values() if not torch.nn.parameter.is_lazy(t)]
+    # crashed the guard's first snapshot); once made, the layout changed and the next snapshot is taken anew. A tensor
+    # that is a broadcast view of fewer values (`torch.linspace(0, 1, 8).expand(4, 8)` as a buffer) cannot be written
+    # in place, by a branch or by a restore: nothing to copy (found in a review: every restore failed on one)
+    return [t for t in found.values() if not torch.nn.parameter.is_lazy(t) and not _broadcast(t)]
+
+
+def _broadcast(tensor: Tensor) -> bool:
+    """Whether ``tensor`` repeats memory along a dimension (stride 0): torch writes no such tensor in place."""
+    if tensor.layout != torch.strided:  # a sparse tensor has no strides
+        return False
+    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True))
 
 
 def _same_layout(
@@ -1001,29 +1026,65 @@ def _integer_array(value: Any) -> bool:
     return value.dtype.kind in "iu" and bool(value.flags.writeable)
 
 
-def _copy_sequence(value: Any) -> Any:
+def _copy_sequence(value: Any, depth: int = 0) -> Any:
+    """A copy of what ``value`` holds: a tensor's or array's values; a list's items, with copies of those nested in it.
+
+    A length-bucketing sampler keeps its buckets as lists or index arrays in a list and shuffles them in place, the
+    list and each bucket (found in a review: the list's shallow copy shared the buckets, which kept the range test's
+    order, and comparing arrays as list items raised).
+    """
     if isinstance(value, Tensor):
         return value.detach().clone()
-    return value.copy()  # a list's shallow copy (its items are the same objects), an array's own copy
+    if isinstance(value, list):
+        # the types first, in one pass in C: a list of a million indices holds ints only, and is copied as it is
+        # (found in a review: a check of each item took 30x the copy); a list holding itself is not followed
+        nested: dict[int, Any] = {}
+        if depth < _NESTED_DEPTH and set(map(type, value)) - _NOT_NESTED:
+            nested = {i: _copy_sequence(item, depth + 1) for i, item in enumerate(value) if _nested_sequence(item)}
+        return value.copy(), nested
+    return value.copy()  # an array's own copy
+
+
+#: item types a sampler's list holds that hold no order of their own
+_NOT_NESTED = frozenset({int, float, str, bool, tuple, type(None)})
+#: how deep lists in a sampler's list are followed: buckets of indices in a list, a list of those lists
+_NESTED_DEPTH = 3
+
+
+def _nested_sequence(item: Any) -> bool:
+    return isinstance(item, list) or _integer_array(item)
 
 
 def put_back_sequences(kept: Sequence[KeptSequence]) -> None:
     """Give each attribute :func:`data_order_sequences` kept its object back, holding what it held then."""
     for holder, name, original, saved in kept:
-        holder.__dict__[name] = original
-        if isinstance(original, list):
-            if original != saved:
-                original[:] = saved
-        elif isinstance(original, Tensor):
-            if original.shape != saved.shape:  # reshaped in place (`resize_`): another object is the safe way back
-                holder.__dict__[name] = saved.clone()
-            elif not torch.equal(original, saved):
-                with torch.no_grad():
-                    original.copy_(saved)
-        elif original.shape != saved.shape:
-            holder.__dict__[name] = saved.copy()
-        elif not (original == saved).all():
-            original[...] = saved
+        holder.__dict__[name] = _put_back_sequence(original, saved)
+
+
+def _put_back_sequence(original: Any, saved: Any) -> Any:
+    """Write ``saved`` (:func:`_copy_sequence`) back into ``original`` where it changed; return the object to hold.
+
+    The same object, but for a tensor or array reshaped since (``resize_``): another object of the kept values.
+    """
+    if isinstance(original, list):
+        items, nested = saved
+        if nested:
+            items = [_put_back_sequence(item, nested[i]) if i in nested else item for i, item in enumerate(items)]
+        if len(original) != len(items) or any(map(operator.is_not, original, items)):  # in C: a list of millions
+            original[:] = items
+        return original
+    if isinstance(original, Tensor):
+        if original.shape != saved.shape:
+            return saved.clone()
+        if not torch.equal(original, saved):
+            with torch.no_grad():
+                original.copy_(saved)
+        return original
+    if original.shape != saved.shape:
+        return saved.copy()
+    if not (original == saved).all():
+        original[...] = saved
+    return original
 
 
 def stream_sources(dataset: Any) -> list[str]:

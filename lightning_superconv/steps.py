@@ -66,6 +66,7 @@ class StepRecord:
             ``after_step`` returned.
         skipped_steps: steps the gradient scaler skipped (overflow); each was retried with the same plan index.
         skipped_batches: batches ``training_step`` skipped by returning None; the next batch took their step.
+        none_batches: where the data ran out, the batches the loader yielded as None, passed over.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -73,6 +74,7 @@ class StepRecord:
     stop_reason: str = "completed"
     skipped_steps: int = 0
     skipped_batches: int = 0
+    none_batches: int = 0
 
 
 class BatchStream:
@@ -81,7 +83,9 @@ class BatchStream:
     A fresh iterator is built over the same processed dataloaders the fit loop uses (distributed sampler included) and
     with the same per-epoch limits (``limit_train_batches``), without touching the iterator the fit loop already holds.
     When the loader ends, it is restarted, as at a new epoch; a loader that yields nothing after a restart (a one-shot
-    iterable) ends the stream.
+    iterable) ends the stream. A batch that is None (a ``collate_fn`` dropping a bad batch) is passed over, as
+    Lightning's fit loop passes it over (found in a review: ``training_step`` was given it, and the range test
+    failed on a loader Lightning trains on); :attr:`none_batches` counts them.
     """
 
     def __init__(self, trainer: _compat.Trainer) -> None:
@@ -90,6 +94,7 @@ class BatchStream:
         self._left = math.inf
         self.restarts = 0
         self.exhausted = False
+        self.none_batches = 0
 
     def next(self) -> tuple[Any, int] | None:
         """The next ``(batch, batch_idx)``, or None once the data has run out for good."""
@@ -99,11 +104,14 @@ class BatchStream:
             if self._iterator is None:
                 self._iterator, self._left = _compat.fresh_train_iterator(self._combined)
             try:
-                if self._left <= 0:
-                    raise StopIteration
-                batch, batch_idx, _ = next(self._iterator)
-                self._left -= 1
-                return batch, batch_idx
+                while True:
+                    if self._left <= 0:
+                        raise StopIteration
+                    batch, batch_idx, _ = next(self._iterator)
+                    self._left -= 1
+                    if batch is not None:
+                        return batch, batch_idx
+                    self.none_batches += 1
             except StopIteration:
                 self._iterator = None
                 self.restarts += 1
@@ -209,6 +217,7 @@ def take_steps(
         batches = [item for item in drawn if item is not None]
         if not strategy.reduce_boolean_decision(len(batches) == accumulate, all=True):
             record.stop_reason = "data-exhausted"
+            record.none_batches = stream.none_batches
             break
         before_step(step)
         micro_losses: list[Tensor] = []
@@ -228,22 +237,24 @@ def take_steps(
             # the mean of both calls, and `skipped_batches` went negative)
             again = final and any(ran)
             ran.append(final)
-            loss = training_step_loss(trainer, pl_module, *item, with_batch_idx)
-            _compat.set_current_hook(pl_module, None)
-            if first:
-                # as Lightning's closure does it: after the step's first forward, before its backward. An optimizer
-                # that reads the gradients before it calls the closure (SAM perturbs the weights along them) finds
-                # the previous step's, as in training (found trying the package as a new user: zeroed before the
-                # step, SAM found none in the range test and was tried as plain SGD)
-                optimizer.zero_grad()
-            if loss is None:
-                if not again:
-                    skipped.append(True)
-                return None
-            if not again:
-                micro_losses.append(loss.detach().float())
+            # the forward too, as Lightning's loop does: DDP decides at the forward whether its backward all-reduces
+            # (found in a review: with the backward alone inside, every micro-batch all-reduced its gradients)
             context = block_sync() if (block_sync is not None and not final) else contextlib.nullcontext()
             with context:
+                loss = training_step_loss(trainer, pl_module, *item, with_batch_idx)
+                _compat.set_current_hook(pl_module, None)
+                if first:
+                    # as Lightning's closure does it: after the step's first forward, before its backward. An
+                    # optimizer that reads the gradients before it calls the closure (SAM perturbs the weights along
+                    # them) finds the previous step's, as in training (found trying the package as a new user:
+                    # zeroed before the step, SAM found none in the range test and was tried as plain SGD)
+                    optimizer.zero_grad()
+                if loss is None:
+                    if not again:
+                        skipped.append(True)
+                    return None
+                if not again:
+                    micro_losses.append(loss.detach().float())
                 # scaled as the fit loop scales it (`ClosureResult`), so clipping thresholds mean the same
                 strategy.backward(loss / accumulate, optimizer)
             # what Lightning's closure returns too, for an optimizer that reads it (a line search)

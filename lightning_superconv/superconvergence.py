@@ -456,13 +456,15 @@ class SuperConvergence(_compat.Callback):
     @override
     def on_train_epoch_end(self, trainer: _compat.Trainer, pl_module: _compat.LightningModule) -> None:
         self._stepped_once_per_step(trainer)
-        # an epoch cut short (EarlyStopping, `max_time`, a hook returning -1) ends the run: its length is no pass's
+        # an epoch cut short by a stop (EarlyStopping, `max_time`) ends the run: its length is no pass's
         if self._scheduler is None or self._first_pass_read or self._restored or trainer.should_stop:
             return
         assert self.total_steps is not None
         if int(trainer.global_step) > self._start_step:
             self._first_pass_read = True
-            _warn_if_the_epoch_limit_ends_a_stream_first(trainer, self._start_step, self._start_step + self.total_steps)
+            _warn_if_the_epoch_limit_ends_a_stream_first(
+                trainer, self._start_step, self._start_step + self.total_steps, _compat.epoch_ended_by_a_hook(trainer)
+            )
 
     @override
     def on_exception(
@@ -508,8 +510,15 @@ class SuperConvergence(_compat.Callback):
             if told is not None
             else ""
         )
+        idle = _compat.batches_that_trained_nothing(trainer)
+        cut = (
+            f"{idle} batch(es) trained nothing (None from the loader, or `on_train_batch_start` returning -1, which "
+            "ends the epoch there); or "
+            if idle
+            else ""
+        )
         why = (
-            f"{also}{'i' if also else 'I'}ts epochs came out shorter than planned, e.g. a train dataloader that "
+            f"{also}{'i' if also else 'I'}ts epochs came out shorter than planned: {cut}e.g. a train dataloader that "
             "`reload_dataloaders_every_n_epochs` reloaded with fewer batches. Where the epochs' lengths change, or to "
             "resume such a run, size it in steps: `Trainer(max_steps=..., max_epochs=-1)`."
         )
@@ -707,7 +716,9 @@ class SuperConvergence(_compat.Callback):
             return True
         ran = int(trainer.global_step) - self._start_step
         stepped = int(scheduler.last_epoch)
-        if stepped == ran:
+        # Lightning steps it at a batch that trains nothing too (None from the loader, `on_train_batch_start` returning
+        # -1; found in a review: such batches were blamed on an override the module did not have): at most one each
+        if ran <= stepped <= ran + _compat.batches_that_trained_nothing(trainer):
             return True
         if not self._warned_stepping:
             self._warned_stepping = True
@@ -741,6 +752,11 @@ class SuperConvergence(_compat.Callback):
             self.total_steps if self.total_steps else max(_trainer.total_steps(trainer, "SuperConvergence"), 1)
         )
         self._install_schedule(trainer, optimizer, total_steps, announce=False)
+        # a resumed run meets the clock as a new one does (found in a review: it was told only at a fresh fit), if it
+        # has steps left to run
+        done = _compat.resumed_global_step(trainer)
+        if done is None or trainer.estimated_stepping_batches > done:
+            _warn_of_a_clock(trainer, total_steps)
 
     def _warn_of_arguments_given_anew(self, trainer: _compat.Trainer) -> None:
         """Say which arguments given now the resumed run does not take: a `max_lr` or a cycle shape of their own."""
@@ -889,8 +905,8 @@ def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
     clock (found trying the package as a new user: told of a `max_time` they had not set, of "0 s" for a short one).
     """
     timer = _compat.callback_of(trainer, "Timer")
-    if timer is None or timer.time_remaining("train") is None:
-        return
+    if timer is None or timer.time_remaining("train") is None or timer.time_remaining("train") <= 0:
+        return  # no clock; or one already run out, which stops the run at once
     _compat.rank_zero_warn(
         trainer,
         f"SuperConvergence: the time limit (`max_time`, or a `Timer` callback's `duration`: "
@@ -1016,12 +1032,16 @@ def _out_of_patience(stopper: Any, at_start: tuple[int, str] | None) -> bool:
     return int(getattr(stopper, "wait_count", 0)) >= max(int(getattr(stopper, "patience", 0)), 1)
 
 
-def _warn_if_the_epoch_limit_ends_a_stream_first(trainer: _compat.Trainer, start_step: int, cycle_end: int) -> None:
+def _warn_if_the_epoch_limit_ends_a_stream_first(
+    trainer: _compat.Trainer, start_step: int, cycle_end: int, cut: bool = False
+) -> None:
     """Say, once the first epoch of a stream has ended, that ``max_epochs`` will stop the run before its cycle ends.
 
     A train dataloader without a length (an ``IterableDataset``) has its cycle planned over ``max_steps``: Lightning
     cannot know how many steps ``max_epochs`` passes over it take until one has run. Read from the first pass of this
-    fit (a stream whose passes differ in length may end elsewhere).
+    fit (a stream whose passes differ in length may end elsewhere). ``cut``: ``on_train_batch_start`` returned -1 and
+    ended that pass, which is said (found in a review: a pass cut only in the first epoch read as the stream's length;
+    one cut in every epoch is, and must be told).
     """
     epochs = trainer.max_epochs
     if _trainer.epoch_length_known(trainer) or epochs is None or epochs < 0:
@@ -1033,7 +1053,8 @@ def _warn_if_the_epoch_limit_ends_a_stream_first(trainer: _compat.Trainer, start
     _compat.rank_zero_warn(
         trainer,
         f"SuperConvergence: the train data has no length, so the cycle was planned over `max_steps={trainer.max_steps}`"
-        f"; its first pass took {per_pass} steps, and `max_epochs={epochs}` will stop the run at "
+        f"; its first pass took {per_pass} steps{' (ended by `on_train_batch_start` returning -1)' if cut else ''},"
+        f" and if each pass takes as many, `max_epochs={epochs}` will stop the run at "
         f"about step {ends_at}, before the LR has annealed. To end on the cycle's final LR, set `max_epochs=-1` (then "
         f"`max_steps` alone ends the run) or `max_steps={ends_at}`.",
     )

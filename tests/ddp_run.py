@@ -21,6 +21,7 @@ what it saw to ``OUT_DIR/rank{r}.json`` and the test compares the ranks.
    of the ``DistributedSampler``'s batches (which a generator does not set), or it measures no noise.
 8. A sampler of the user's own with its own generator, which Lightning wraps for DDP: the range test puts the
    generator back, so the run ends as the same run given its pick as ``max_lr``.
+9. Gradient accumulation over 4 micro-batches: the range test all-reduces once per optimizer step, not per micro-batch.
 """
 
 from __future__ import annotations
@@ -227,6 +228,40 @@ def main(out: str) -> None:  # noqa: D103
         report["own_sampler_max_lr"] = own.max_lr
         weights.append([float(v) for v in torch.cat([p.detach().flatten() for p in model.parameters()])])
     report["own_sampler_weights"] = weights
+
+    # 9. gradient accumulation: the range test's micro-batches before the last of a step all-reduce nothing, as in
+    # Lightning's own loop (DDP decides at the forward whether the backward all-reduces)
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    class CountsAllReduces(L.Callback):
+        """Counts the gradient all-reduces and the backward passes before training starts (the range test's)."""
+
+        def __init__(self) -> None:
+            self.allreduces = self.backwards = 0
+
+        def count_allreduce(self, state, bucket):
+            self.allreduces += 1
+            return allreduce_hook(state, bucket)
+
+        def count_backward(self, grad):
+            self.backwards += 1
+            return grad
+
+        def on_fit_start(self, trainer, pl_module):  # before the range test: listed before SuperConvergence
+            trainer.strategy.model.register_comm_hook(None, self.count_allreduce)
+            self.handle = pl_module.net[0].weight.register_hook(self.count_backward)
+
+        def on_train_start(self, trainer, pl_module):
+            self.at_start = (self.allreduces, self.backwards)
+            self.handle.remove()
+
+    L.seed_everything(0, verbose=False)
+    counter, swept = CountsAllReduces(), SuperConvergence(num_steps=10, trial_steps=0, guard=False)
+    L.Trainer(callbacks=[counter, swept], max_steps=1, accumulate_grad_batches=4, **common).fit(
+        TinyClassifier(batch_size=8, n=256)
+    )
+    report["accumulated_allreduces"], report["accumulated_backwards"] = counter.at_start
+    report["accumulated_steps"] = len(swept.result.losses)
 
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)

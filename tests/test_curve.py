@@ -215,3 +215,17 @@ def test_a_loss_that_rose_from_its_first_step_never_fell():
     half_width = median_half_width(len(rising))
     fell = descent(rising, running_median(rising, half_width), half_width)
     assert fell.fall <= 0
+
+
+@pytest.mark.parametrize("steps", [80, 100, 150, 300])
+def test_a_loss_that_rose_from_its_first_step_never_fell_however_long_the_sweep(steps):
+    """From 80 steps the start level is the median of a tenth of the sweep, which on a rising loss lies at its middle.
+
+    Found in a review: the lowest point was looked for before that middle, and a smoothly rising loss read as one that
+    had clearly fallen (a pick of 5.6e-7 with no word, where the loss never fell).
+    """
+    rising = [1.0 + 0.007 * step for step in range(steps)]
+    half_width = median_half_width(steps)
+    fell = descent(rising, running_median(rising, half_width), half_width)
+    assert fell.fall <= 0
+    assert not fell.clear

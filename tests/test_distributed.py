@@ -160,3 +160,16 @@ def test_the_range_test_gives_back_the_generator_of_a_sampler_lightning_wraps_fo
     for report in ranks:
         with_test, given = report["own_sampler_weights"]
         assert with_test == given
+
+
+def test_the_range_test_all_reduces_once_per_step_under_accumulation(ranks):
+    """As in Lightning's own steps: the micro-batches before a step's last all-reduce nothing.
+
+    Found in a review: the micro-batches' forwards ran outside DDP's `no_sync`, so every one of them all-reduced
+    its gradients: the range test paid `accumulate_grad_batches` times the communication of Lightning's own steps.
+    """
+    for rank in ranks:
+        steps = rank["accumulated_steps"]
+        assert steps >= 10
+        assert rank["accumulated_backwards"] == 4 * steps
+        assert rank["accumulated_allreduces"] == steps

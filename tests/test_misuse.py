@@ -329,6 +329,33 @@ def test_several_optimizers_are_refused_by_lightning_itself_saying_what_to_do(tm
     assert model.calls == 0
 
 
+class TwoOptimizersManual(Manual):
+    def configure_optimizers(self):
+        return TwoOptimizers.configure_optimizers(self)
+
+    def training_step(self, batch, batch_idx):
+        loss = Counting.training_step(self, batch, batch_idx)
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+        self.manual_backward(loss)
+        for optimizer in self.optimizers():
+            optimizer.step()
+
+
+def test_several_optimizers_under_manual_optimization_are_told_to_become_one(tmp_path):
+    """Where Lightning's refusal sends the user (manual optimization), ours names both needs: automatic and one.
+
+    Found in a review: told only to switch back to automatic optimization, which Lightning refuses for two optimizers.
+    """
+    model = TwoOptimizersManual()
+    with pytest.raises(MisconfigurationException) as info:
+        _fit(tmp_path, model)
+    message = str(info.value)
+    assert "needs automatic optimization" in message
+    assert "`configure_optimizers` returned 2: put all parameters into one (param groups" in message
+    assert model.calls == 0
+
+
 def test_unknown_run_length_names_the_argument_to_set(tmp_path):
     """An `IterableDataset` without `max_steps`: the message says the length is unknown and to set `max_steps`."""
     model = Streaming()

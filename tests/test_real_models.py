@@ -9,6 +9,7 @@ cannot be served, the test asserts the message the user gets (the README's "Setu
 from __future__ import annotations
 
 import sysconfig
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -241,6 +242,22 @@ class HookedAtFirstStep(AutoEncoder):
         return loss + 1e-3 * sum(a.abs().mean() for a in self.activations)
 
 
+class ScriptedEncoder(AutoEncoder):
+    """The encoder compiled by TorchScript (``torch.jit.script``), with BatchNorm's running statistics.
+
+    Found trying the package on a scripted submodule: the restore after the range test failed (a ScriptModule's
+    registries are ``OrderedDictWrapper`` objects, with no ``get`` and no iteration).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, and still used
+            self.encoder = torch.jit.script(
+                nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+            )
+
+
 class ManualBackward(AutoEncoder):
     """Manual optimization with ``self.manual_backward``: the callback cannot step this optimizer."""
 
@@ -313,6 +330,7 @@ MODELS = {
     "training_step dict": DictStep,
     "torchmetrics metric as the loss": MetricAsLoss,
     "forward hook registered at the first step": HookedAtFirstStep,
+    "TorchScript submodule": ScriptedEncoder,
 }
 
 

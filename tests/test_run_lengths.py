@@ -600,3 +600,142 @@ def test_a_time_limit_beside_the_epoch_limit_is_said_to_possibly_end_the_cycle_e
     recwarn.clear()
     _fit(tmp_path, Probe(), [SuperConvergence(max_lr=0.1)], limit_train_batches=4)
     assert not [w for w in recwarn if "time limit" in str(w.message)]
+
+
+def test_a_resumed_run_under_a_time_limit_is_told_of_it_as_a_new_run_is(tmp_path):
+    """Found in a review: the clock's warning came at a fresh fit only; a resumed fit under `max_time` heard nothing."""
+    L.seed_everything(0, verbose=False)
+    first = L.Trainer(callbacks=[SuperConvergence(max_lr=0.1), StopsAt(4)], **trainer_kwargs(tmp_path, max_epochs=2))
+    first.fit(Probe(), train_dataloaders=DataLoader(make_dataset(128), batch_size=32))
+    first.save_checkpoint(tmp_path / "one.ckpt")  # at step 4 of a cycle of 8
+    resumed = L.Trainer(
+        callbacks=[SuperConvergence(max_lr=0.1)], **trainer_kwargs(tmp_path, max_epochs=2, max_time={"hours": 1})
+    )
+    with pytest.warns(RuntimeWarning, match=r"the time limit \(`max_time`.*may stop this run before its cycle ends"):
+        resumed.fit(
+            Probe(), train_dataloaders=DataLoader(make_dataset(128), batch_size=32), ckpt_path=tmp_path / "one.ckpt"
+        )
+    assert resumed.global_step == 8
+    resumed.save_checkpoint(tmp_path / "done.ckpt")
+    # a run with no step left, or one the clock already stopped, is told nothing (found in a review of a first version)
+    finished = L.Trainer(
+        callbacks=[SuperConvergence(max_lr=0.1)], **trainer_kwargs(tmp_path, max_epochs=2, max_time={"hours": 1})
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finished.fit(
+            Probe(), train_dataloaders=DataLoader(make_dataset(128), batch_size=32), ckpt_path=tmp_path / "done.ckpt"
+        )
+    assert not [w for w in caught if "time limit" in str(w.message)]
+
+
+def _none_every_third(batch):
+    """A ``collate_fn`` that drops every third batch (a bad sample, say), as Lightning lets a loader do."""
+    _none_every_third.calls += 1
+    return None if _none_every_third.calls % 3 == 0 else torch.utils.data.default_collate(batch)
+
+
+class NoneBatches(TinyClassifier):
+    """A train loader that yields None for some batches: Lightning warns and trains on the others."""
+
+    def train_dataloader(self):
+        _none_every_third.calls = 0
+        return DataLoader(make_dataset(256), batch_size=32, collate_fn=_none_every_third)
+
+
+def test_a_loader_yielding_only_none_batches_is_said_to(tmp_path):
+    """Not "data that can be read only once" (found in a review of a first version of the fix below)."""
+
+    class OnlyNone(TinyClassifier):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(64), batch_size=32, collate_fn=lambda batch: None)
+
+    with pytest.raises(
+        MisconfigurationException, match=r"its batches None \(\d+ passed over\)\. Check its `collate_fn`"
+    ):
+        _fit(tmp_path, OnlyNone(), [SuperConvergence(num_steps=20, trial_steps=0)])
+
+
+def test_a_loader_yielding_none_batches_is_range_tested_and_its_cycle_ends_annealed(tmp_path):
+    """None batches are passed over by the range test as by Lightning, and the cycle they step ends annealed.
+
+    Found in a review: the range test gave a None batch to ``training_step``, which failed; and the cycle, which
+    Lightning steps at such batches too, was said to be stepped by an override the module did not have.
+    """
+    callback = SuperConvergence(num_steps=20, trial_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, NoneBatches(), [callback], max_epochs=2)
+    assert callback.result is not None
+    assert len(callback.result.losses) >= 10
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step < scheduler.total_steps == scheduler.last_epoch  # Lightning stepped it at None batches
+    assert not [w for w in caught if "SuperConvergence" in str(w.message) and "stepped" in str(w.message)]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(scheduler.get_last_lr()[0])
+
+
+class EndsEpochsAt(TinyClassifier):
+    """``on_train_batch_start`` returns -1 at batch ``at``: Lightning ends the epoch there, and steps the scheduler."""
+
+    def __init__(self, at: int, first_epoch_only: bool = False) -> None:
+        super().__init__()
+        self.at, self.first_epoch_only = at, first_epoch_only
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if batch_idx == self.at and not (self.first_epoch_only and self.current_epoch > 0):
+            return -1
+        return None
+
+
+def test_an_epoch_ended_by_a_hook_is_said_to_end_the_run_before_its_anneal_with_its_cause(tmp_path):
+    """A run whose epochs a hook's -1 cut short is told that it did not anneal, and why.
+
+    Found in a review: the batch where ``on_train_batch_start`` returned -1 was blamed on an ``lr_scheduler_step``
+    override, and the warning that the run ended before its anneal, its real consequence, never came.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(tmp_path, EndsEpochsAt(5), [SuperConvergence(max_lr=0.1)], max_epochs=2)
+    said = [str(w.message) for w in caught if "SuperConvergence" in str(w.message)]
+    assert not [s for s in said if "lr_scheduler_step` override" in s]
+    assert [s for s in said if "the model did not anneal" in s and "`on_train_batch_start` returning -1" in s]
+
+
+@pytest.mark.parametrize("every_epoch", [False, True], ids=["first-epoch-cut", "every-epoch-cut"])
+def test_a_stream_s_first_pass_ended_by_a_hook_is_said_to_be(tmp_path, every_epoch):
+    """A stream's first pass that a hook's -1 cut short is read as its length with the cause said.
+
+    Found in a review: a pass cut to 3 steps by -1 only in the first epoch was read as the stream's length without a
+    word of the cut, and its advice (`max_steps=...`) would have shortened a run that reached its `max_steps`; one cut
+    in every epoch does end before its anneal (a first version of the fix said nothing of either).
+    """
+
+    class Cut(EndsEpochsAt):
+        def train_dataloader(self):
+            return DataLoader(Replayed(8 * 32), batch_size=32)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, Cut(3, first_epoch_only=not every_epoch), [SuperConvergence(max_lr=0.1)],
+                       max_steps=40, max_epochs=10)  # fmt: skip
+    assert trainer.global_step == (30 if every_epoch else 40)
+    said = [str(w.message) for w in caught if "no length" in str(w.message)]
+    assert len(said) == 1
+    assert "its first pass took 3 steps (ended by `on_train_batch_start` returning -1), and if each pass" in said[0]
+
+
+class NoneInAStream(TinyClassifier):
+    def train_dataloader(self):
+        _none_every_third.calls = 0
+        return DataLoader(Replayed(8 * 32), batch_size=32, collate_fn=_none_every_third)
+
+
+def test_a_stream_with_none_batches_is_still_told_when_its_epochs_end_the_run_early(tmp_path):
+    """None batches do not cut a pass: its length is read (a first version of a fix stopped reading it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, NoneInAStream(), [SuperConvergence(max_lr=0.1)], max_steps=40, max_epochs=3)
+    said = [str(w.message) for w in caught if "no length" in str(w.message)]
+    assert trainer.global_step < 40
+    assert len(said) == 1
+    assert "(ended by" not in said[0]

@@ -343,6 +343,101 @@ def test_what_a_sampler_shuffles_in_place_comes_back_at_every_restore():
         assert tensor.tolist() == list(range(32))
 
 
+class BucketsByLength(torch.utils.data.Sampler):
+    """A length-bucketing batch sampler: each bucket of indices and the list of them shuffled in place.
+
+    The buckets are a list, a NumPy array and a tensor.
+    """
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+        self.buckets = [list(range(0, 8)), np.arange(8, 16), torch.arange(16, 24)]
+
+    def __iter__(self):
+        for bucket in self.buckets:
+            if isinstance(bucket, torch.Tensor):
+                bucket.copy_(bucket[torch.randperm(len(bucket))])
+            else:
+                self.rng.shuffle(bucket)
+        self.rng.shuffle(self.buckets)
+        return iter([[int(i) for i in bucket] for bucket in self.buckets])
+
+    def __len__(self) -> int:
+        return 3
+
+
+def test_a_list_of_buckets_shuffled_in_place_comes_back_with_each_bucket():
+    """The list of buckets and each bucket in it come back, the same objects.
+
+    Found in a review: comparing the kept list's arrays with the live ones raised (every restore failed), and the
+    buckets, shared by the list's shallow copy, kept the range test's order.
+    """
+    sampler = BucketsByLength()
+    loader = DataLoader(TensorDataset(torch.arange(24)), batch_sampler=sampler)
+    buckets, first, second, third = sampler.buckets, *sampler.buckets
+    kept = data_order_sequences([loader])
+    for _ in range(2):
+        list(loader)
+        put_back_sequences(kept)
+        assert sampler.buckets is buckets
+        assert [b is k for b, k in zip(buckets, (first, second, third), strict=True)] == [True] * 3
+        assert first == list(range(8))
+        assert second.tolist() == list(range(8, 16))
+        assert third.tolist() == list(range(16, 24))
+
+
+def test_a_sampler_list_holding_itself_is_kept_without_following_it():
+    """A list that holds itself is not followed for ever (found in a review of a first version: `RecursionError`)."""
+
+    class Odd(torch.utils.data.Sampler):
+        def __init__(self) -> None:
+            self.order = [0, 1, 2, 3]
+            self.order.append(self.order)
+
+        def __iter__(self):
+            return iter(range(4))
+
+        def __len__(self) -> int:
+            return 4
+
+    sampler = Odd()
+    kept = data_order_sequences([DataLoader(TensorDataset(torch.arange(4)), sampler=sampler)])
+    sampler.order[:2] = [1, 0]
+    put_back_sequences(kept)
+    assert sampler.order[:4] == [0, 1, 2, 3]
+    assert sampler.order[4] is sampler.order
+
+
+class BroadcastBuffer(nn.Module):
+    """A buffer that is a broadcast view of fewer values (stride 0): nothing can write it in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 2)
+        self.register_buffer("grid", torch.linspace(0, 1, 8).expand(4, 8))
+
+    def forward(self, x):
+        return self.lin(x + self.grid.mean(0))
+
+
+def test_a_broadcast_buffer_does_not_stop_the_restore():
+    """A buffer nothing can write in place is left alone, and the rest comes back.
+
+    Found in a review: writing every buffer back failed on one (`more than one element of the written-to tensor
+    refers to a single memory location`), and the optimizer and all that came after it stayed as the branch left them.
+    """
+    model = BroadcastBuffer()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    weight = model.lin.weight.detach().clone()
+    snapshot = capture(model, optimizer)
+    model(torch.randn(3, 8)).sum().backward()
+    optimizer.step()
+    snapshot.restore()
+    assert torch.equal(model.lin.weight, weight)
+    assert optimizer.state_dict()["state"] == {}
+    assert model.grid.stride() == (0, 1)
+
+
 class HoldsItsData:
     """A loader of the user's own (Lightning takes any iterable of batches) holding its data as tensors and a list."""
 

@@ -1825,6 +1825,12 @@ def test_the_range_test_writes_each_step_once_in_increasing_order(tmp_path):
         ({"max_lr": 10**400}, "`max_lr`", "1000"),
         ({"anneal_strategy": np.array("linear")}, "`anneal_strategy`", "array('linear'"),
         ({"mode": np.array("linear")}, "`mode`", "array('linear'"),
+        # found in a review: ends a float holds swept NaN or inf, and the error blamed the module's own code
+        ({"lr_range": (1e-300, 1e300), "num_steps": 10}, "`lr_range`", "(1e-300, 1e+300)"),
+        ({"lr_range": (1e-6, 1e300), "num_steps": 10}, "`lr_range`", "(1e-06, 1e+300)"),
+        ({"lr_range": (5e-324, 1.0)}, "`lr_range`", "(5e-324, 1.0)"),
+        ({"lr_range": (1e-6, 1.5e308), "mode": "linear"}, "`lr_range`", "(1e-06, 1.5e+308)"),
+        ({"max_lr": float("inf")}, "`max_lr` must be a finite number", "inf"),
     ],
 )
 def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given):
@@ -1835,6 +1841,13 @@ def test_bad_argument_fails_in_init_naming_it_and_the_value(kwargs, name, given)
     assert name in message
     assert "must" in message  # what is accepted
     assert given in message.split("got", 1)[1]
+
+
+@pytest.mark.parametrize("argument", ["mode", "anneal_strategy"])
+def test_a_choice_given_no_string_is_a_type_error(argument):
+    """The classes' docstrings promise a TypeError for a value of the wrong type (found in a review: a ValueError)."""
+    with pytest.raises(TypeError, match=rf"`{argument}` must be '.*, got None"):
+        SuperConvergence(**{argument: None})
 
 
 @pytest.mark.parametrize("value", [torch.tensor(0.1), np.array(0.1), np.array([0.1])])

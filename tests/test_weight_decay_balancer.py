@@ -134,7 +134,7 @@ def _one_cycle_sum(model_lr: float, momentum: float, max_lr: float, total: int) 
         ({"reference_weight_decay": 0.0}, ValueError, r"`reference_weight_decay` must be in \(0.0, inf\), got 0.0"),
         ({"log_weight_decay": "yes"}, TypeError, r"`log_weight_decay` must be True or False, got 'yes'"),
         # found trying the package as a new user: an `OverflowError` naming nothing
-        ({"min_budget": 10**400}, ValueError, r"`min_budget` must be in \(0.0, inf\), got 1000"),
+        ({"min_budget": 10**400}, ValueError, r"`min_budget` must be a finite number in \(0.0, inf\), got 1000"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_what_is_accepted(kwargs, error, match):
