@@ -46,6 +46,7 @@ import sys
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Number
 from typing import Any, TypeAlias
 
 import torch
@@ -501,7 +502,9 @@ def capture(
     # a look at a batch changes no weight the optimizer trains, but may change buffers (an observer's, a running input
     # scale, set in eval mode too) and weights no optimizer trains (a mean teacher `training_step` moves towards the
     # student): those come back (found in reviews: the first trial trained on from what the look left)
-    trained = set() if weights else {id(p) for group in optimizer.param_groups for p in group["params"]}
+    # (a frozen teacher handed to the optimizer with the rest, `requires_grad=False`, is not trained by it either)
+    groups = () if weights else optimizer.param_groups
+    trained = {id(p) for group in groups for p in group["params"] if getattr(p, "requires_grad", True)}
     live = _weights(module, roots, optimizer if weights else None)
     tensors = [(t, t.detach().clone()) for t in live if id(t) not in trained]
     slots = registered_tensors(module, roots)
@@ -1039,14 +1042,14 @@ def _copy_sequence(value: Any, depth: int = 0) -> Any:
         # the types first, in one pass in C: a list of a million indices holds ints only, and is copied as it is
         # (found in a review: a check of each item took 30x the copy); a list holding itself is not followed
         nested: dict[int, Any] = {}
-        if depth < _NESTED_DEPTH and set(map(type, value)) - _NOT_NESTED:
+        if depth < _NESTED_DEPTH and any(not issubclass(kind, _NOT_NESTED) for kind in set(map(type, value))):
             nested = {i: _copy_sequence(item, depth + 1) for i, item in enumerate(value) if _nested_sequence(item)}
         return value.copy(), nested
     return value.copy()  # an array's own copy
 
 
-#: item types a sampler's list holds that hold no order of their own
-_NOT_NESTED = frozenset({int, float, str, bool, tuple, type(None)})
+#: item types a sampler's list holds that hold no order of their own (NumPy's integers too: `numbers.Number`)
+_NOT_NESTED = (Number, str, bytes, tuple, type(None))
 #: how deep lists in a sampler's list are followed: buckets of indices in a list, a list of those lists
 _NESTED_DEPTH = 3
 

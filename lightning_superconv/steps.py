@@ -66,7 +66,7 @@ class StepRecord:
             ``after_step`` returned.
         skipped_steps: steps the gradient scaler skipped (overflow); each was retried with the same plan index.
         skipped_batches: batches ``training_step`` skipped by returning None; the next batch took their step.
-        none_batches: where the data ran out, the batches the loader yielded as None, passed over.
+        none_batches: where the data ran out on a pass of None batches only, the None batches passed over.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -95,6 +95,9 @@ class BatchStream:
         self.restarts = 0
         self.exhausted = False
         self.none_batches = 0
+        #: the last pass over the data gave None batches only (a `collate_fn` that drops every batch)
+        self.none_only = False
+        self._pass_gave = {"none": 0, "batches": 0}
 
     def next(self) -> tuple[Any, int] | None:
         """The next ``(batch, batch_idx)``, or None once the data has run out for good."""
@@ -103,6 +106,7 @@ class BatchStream:
         for _ in range(2):
             if self._iterator is None:
                 self._iterator, self._left = _compat.fresh_train_iterator(self._combined)
+                self._pass_gave = {"none": 0, "batches": 0}
             try:
                 while True:
                     if self._left <= 0:
@@ -110,12 +114,16 @@ class BatchStream:
                     batch, batch_idx, _ = next(self._iterator)
                     self._left -= 1
                     if batch is not None:
+                        self._pass_gave["batches"] += 1
                         return batch, batch_idx
                     self.none_batches += 1
+                    self._pass_gave["none"] += 1
             except StopIteration:
                 self._iterator = None
                 self.restarts += 1
         self.exhausted = True
+        # found in a review: a one-shot stream with one None batch among its batches was said to give None only
+        self.none_only = self._pass_gave["none"] > 0 and self._pass_gave["batches"] == 0
         return None
 
 
@@ -217,7 +225,7 @@ def take_steps(
         batches = [item for item in drawn if item is not None]
         if not strategy.reduce_boolean_decision(len(batches) == accumulate, all=True):
             record.stop_reason = "data-exhausted"
-            record.none_batches = stream.none_batches
+            record.none_batches = stream.none_batches if stream.none_only else 0
             break
         before_step(step)
         micro_losses: list[Tensor] = []

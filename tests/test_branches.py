@@ -87,6 +87,13 @@ class MeanTeacher(ChangedByALook):
         return torch.optim.SGD(self.net.parameters(), lr=0.05)
 
 
+class FrozenTeacherInTheOptimizer(MeanTeacher):
+    """The same teacher, frozen, handed to the optimizer with the rest (`self.parameters()`): it never trains it."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
 class ThreeIdenticalBranches(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         _compat.setup_train_data(trainer)
@@ -113,12 +120,13 @@ def test_identical_branches_score_identically_whatever_the_first_one_s_look_at_a
     assert probe.scores[0] == probe.scores[1] == probe.scores[2]
 
 
-def test_identical_branches_score_identically_where_the_look_moves_a_teacher(tmp_path):
+@pytest.mark.parametrize("model", [MeanTeacher, FrozenTeacherInTheOptimizer])
+def test_identical_branches_score_identically_where_the_look_moves_a_teacher(tmp_path, model):
     """Weights the look moves and no optimizer trains come back too.
 
     Found in a review of a first version of the fix: weights no optimizer trains, moved by the look's
     ``training_step`` (an EMA teacher), were left where the look moved them.
     """
     probe = ThreeIdenticalBranches()
-    L.Trainer(callbacks=[probe], **trainer_kwargs(tmp_path, max_steps=1)).fit(MeanTeacher())
+    L.Trainer(callbacks=[probe], **trainer_kwargs(tmp_path, max_steps=1)).fit(model())
     assert probe.scores[0] == probe.scores[1] == probe.scores[2]

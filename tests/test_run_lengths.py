@@ -656,6 +656,20 @@ def test_a_loader_yielding_only_none_batches_is_said_to(tmp_path):
         _fit(tmp_path, OnlyNone(), [SuperConvergence(num_steps=20, trial_steps=0)])
 
 
+def test_data_read_only_once_with_a_none_batch_is_said_to_be_read_only_once(tmp_path):
+    """A one-shot stream whose batches include a None: the cause is the stream, not None batches (found in a review)."""
+
+    class OneShotWithNone(OneShotClassifier):
+        def train_dataloader(self):
+            _none_every_third.calls = 0
+            return DataLoader(self.data, batch_size=32, collate_fn=_none_every_third)
+
+    with pytest.raises(
+        MisconfigurationException, match=r"ran out after 2 step\(s\) and yielded nothing when restarted"
+    ):
+        _fit(tmp_path, OneShotWithNone(4 * 32), [SuperConvergence(num_steps=20)], max_steps=5, max_epochs=1)
+
+
 def test_a_loader_yielding_none_batches_is_range_tested_and_its_cycle_ends_annealed(tmp_path):
     """None batches are passed over by the range test as by Lightning, and the cycle they step ends annealed.
 
