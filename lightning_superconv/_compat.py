@@ -292,17 +292,22 @@ def checkpoint_to_resume(trainer: Trainer) -> bool:
     return bool(trainer.ckpt_path) and bool(getattr(trainer._checkpoint_connector, "_loaded_checkpoint", True))
 
 
+def _loaded_checkpoint(trainer: Trainer) -> dict[str, Any] | None:
+    """The checkpoint ``fit`` resumes from, as Lightning read it before ``on_fit_start`` (None: none held)."""
+    checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
+    return checkpoint if isinstance(checkpoint, dict) else None
+
+
 def resumed_global_step(trainer: Trainer) -> int | None:
     """The step the checkpoint ``fit`` resumes from was written at, read before Lightning loads it (None: unknown)."""
-    checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
-    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    step = (_loaded_checkpoint(trainer) or {}).get("global_step")
     return int(step) if isinstance(step, int) else None
 
 
 def weights_only_checkpoint(trainer: Trainer) -> bool:
     """Whether the checkpoint `fit` resumes from holds no training state (`ModelCheckpoint(save_weights_only=True)`)."""
-    checkpoint = getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None)
-    return isinstance(checkpoint, dict) and bool(checkpoint) and "optimizer_states" not in checkpoint
+    checkpoint = _loaded_checkpoint(trainer) or {}
+    return bool(checkpoint) and "optimizer_states" not in checkpoint
 
 
 def launches_copies(trainer: Trainer) -> bool:
@@ -528,14 +533,13 @@ def batches_reached_this_epoch(trainer: Trainer) -> int:
     return int(progress.completed) + int(resumes_after_a_train_batch_end(trainer))
 
 
-def batches_that_trained_nothing(trainer: Trainer, this_epoch: bool = False) -> int:
+def batches_that_trained_nothing(trainer: Trainer) -> int:
     """Batches the fit loop read and trained nothing on: None from the loader, or ``on_train_batch_start`` said -1.
 
     Lightning steps a scheduler stepped per step at such a batch too, without an optimizer step (one whose accumulation
-    group it ends). ``this_epoch``: in the current epoch; else in all the Trainer's fits (counts a checkpoint keeps).
+    group it ends). Counted over all the Trainer's fits (counts a checkpoint keeps).
     """
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    counts = progress.current if this_epoch else progress.total
+    counts = trainer.fit_loop.epoch_loop.batch_progress.total
     return max(int(counts.ready) - int(getattr(counts, "started", counts.ready)), 0)  # typed as a base without it
 
 

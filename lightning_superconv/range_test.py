@@ -129,8 +129,8 @@ class RangeTestConfig:
         # found in a review: ends near the limits of a float passed the checks above and swept NaN or inf (the ratio
         # of the ends overflows, or the steps past `lr_range[1]` do), and the error then blamed the module's own code
         swept = self.lrs(extended=True)
-        if not all(math.isfinite(lr) and lr > 0 for lr in swept):
-            step = next(i for i, lr in enumerate(swept) if not (math.isfinite(lr) and lr > 0))
+        step = next((i for i, lr in enumerate(swept) if not (math.isfinite(lr) and lr > 0)), None)
+        if step is not None:
             raise ValueError(
                 f"`lr_range` must give finite positive LRs over the sweep ({self.num_steps} steps, {self.mode}, and"
                 f" up to {self.num_steps // 2} more past its end at the same pace): got lr_range={self.lr_range},"

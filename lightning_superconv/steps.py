@@ -97,7 +97,7 @@ class BatchStream:
         self.none_batches = 0
         #: the last pass over the data gave None batches only (a `collate_fn` that drops every batch)
         self.none_only = False
-        self._pass_gave = {"none": 0, "batches": 0}
+        self._pass_nones = self._pass_batches = 0
 
     def next(self) -> tuple[Any, int] | None:
         """The next ``(batch, batch_idx)``, or None once the data has run out for good."""
@@ -106,7 +106,7 @@ class BatchStream:
         for _ in range(2):
             if self._iterator is None:
                 self._iterator, self._left = _compat.fresh_train_iterator(self._combined)
-                self._pass_gave = {"none": 0, "batches": 0}
+                self._pass_nones = self._pass_batches = 0
             try:
                 while True:
                     if self._left <= 0:
@@ -114,16 +114,16 @@ class BatchStream:
                     batch, batch_idx, _ = next(self._iterator)
                     self._left -= 1
                     if batch is not None:
-                        self._pass_gave["batches"] += 1
+                        self._pass_batches += 1
                         return batch, batch_idx
                     self.none_batches += 1
-                    self._pass_gave["none"] += 1
+                    self._pass_nones += 1
             except StopIteration:
                 self._iterator = None
                 self.restarts += 1
         self.exhausted = True
         # found in a review: a one-shot stream with one None batch among its batches was said to give None only
-        self.none_only = self._pass_gave["none"] > 0 and self._pass_gave["batches"] == 0
+        self.none_only = self._pass_nones > 0 and self._pass_batches == 0
         return None
 
 

@@ -905,12 +905,13 @@ def _warn_of_a_clock(trainer: _compat.Trainer, steps: int) -> None:
     clock (found trying the package as a new user: told of a `max_time` they had not set, of "0 s" for a short one).
     """
     timer = _compat.callback_of(trainer, "Timer")
-    if timer is None or timer.time_remaining("train") is None or timer.time_remaining("train") <= 0:
+    left = None if timer is None else timer.time_remaining("train")
+    if left is None or left <= 0:
         return  # no clock; or one already run out, which stops the run at once
     _compat.rank_zero_warn(
         trainer,
         f"SuperConvergence: the time limit (`max_time`, or a `Timer` callback's `duration`: "
-        f"{timer.time_remaining('train'):.4g} s) may stop this run before its cycle "
+        f"{left:.4g} s) may stop this run before its cycle "
         f"ends: the cycle is planned over the {steps} steps that `max_epochs`/`max_steps` allow, and a run the clock "
         "stops ends with the LR not yet annealed. The range test runs before the clock starts (it starts with "
         "training). To end on the cycle's final LR, set `max_epochs` or `max_steps` to what fits in the time.",
