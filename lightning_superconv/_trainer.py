@@ -251,15 +251,25 @@ def steps_left_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
     reached the epoch's length (it is over), the whole epoch where the checkpoint was written in ``on_train_batch_end``
     at its last batch (Lightning runs it again).
     """
+    done = batches_done_in_resumed_epoch(trainer)
+    if done is None:
+        return None
+    return steps_left_in_epoch(trainer, done) if done < trainer.num_training_batches else 0
+
+
+def batches_done_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
+    r"""The batches a fit resumed from inside an epoch does not run again of it (None: no such resume).
+
+    The batch reached; 0 where the checkpoint was written in ``on_train_batch_end`` at the epoch's last batch
+    (Lightning runs the epoch again); the epoch's length where the count reached it (the epoch is over).
+    """
     batches = trainer.num_training_batches
     if not _compat.resumes_mid_epoch(trainer) or not math.isfinite(batches):
         return None
     reached = _compat.batches_reached_this_epoch(trainer)
     if reached < batches:
-        return steps_left_in_epoch(trainer, reached)
-    if _compat.resumes_after_a_train_batch_end(trainer):
-        return steps_left_in_epoch(trainer, 0)
-    return 0
+        return reached
+    return 0 if _compat.resumes_after_a_train_batch_end(trainer) else int(batches)
 
 
 def steps_left_in_epoch(trainer: _compat.Trainer, batches_done: int) -> int:
@@ -300,13 +310,15 @@ def _steps_in_epochs(trainer: _compat.Trainer, epochs: range) -> int:
     return sum(math.ceil(batches / max(int(accumulation(epoch)), 1)) for epoch in epochs)
 
 
-def step_batch_counts(trainer: _compat.Trainer, steps: int) -> list[int]:
+def step_batch_counts(trainer: _compat.Trainer, steps: int, batches_done: int = 0) -> list[int]:
     r"""For each of the next ``steps`` optimizer steps, the batches of its epoch read when it is taken (from 1).
 
     Lightning steps a ``"step"`` scheduler of ``frequency`` f after an optimizer step whose epoch has read a multiple
     of f batches by then (``batch_idx + 1``), not after every f-th optimizer step: under accumulation, and at each
     epoch's end, the two differ. Each epoch at its own accumulation (a ``GradientAccumulationScheduler``); a stream
-    without a length is one long epoch.
+    without a length is one long epoch. ``batches_done``: the current epoch's batches already read (a fit resumed
+    from inside it, a rebalance during it), whose steps are not among the next (found in a review: a resume at the
+    epoch's second batch traced a scheduler of frequency 3 as stepping at the epoch's third batch from there).
     """
     schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
     known = epoch_length_known(trainer)
@@ -316,10 +328,11 @@ def step_batch_counts(trainer: _compat.Trainer, steps: int) -> list[int]:
     while len(counts) < steps:
         every = schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
         every = max(int(every), 1)
+        done = batches_done if epoch == int(trainer.current_epoch) else 0
         if batches is None:
-            counts += [every * k for k in range(1, steps - len(counts) + 1)]
+            counts += [every * k for k in range(done // every + 1, done // every + steps - len(counts) + 1)]
             break
-        counts += [min(every * k, batches) for k in range(1, math.ceil(batches / every) + 1)]
+        counts += [count for k in range(1, math.ceil(batches / every) + 1) if (count := min(every * k, batches)) > done]
         epoch += 1
     return counts[:steps]
 

@@ -169,7 +169,8 @@ class GroupTrace:
     Attributes:
         lrs: the LR in effect during step ``t``.
         momenta: the momentum (or ``beta1``) in effect during step ``t``.
-        gains: ``c_t`` of :func:`decay_gain` at each step.
+        gains: ``c_t`` of :func:`decay_gain` at each step (NaN in a group without weight decay whose momentum is 1
+            or more: no decay enters it, and no rate of decay could).
     """
 
     lrs: list[float] = field(default_factory=list)
@@ -330,6 +331,11 @@ def trace_schedule(
             try:
                 trace.gains.append(group_gain(group, mu, twin))
             except UnsettledMomentumError as err:
+                if not group.get("weight_decay"):
+                    # no decay enters it: its gain is never read (found in a review: a group at momentum 1 without
+                    # weight decay was refused, even where no group decayed)
+                    trace.gains.append(math.nan)
+                    continue
                 raise UnsettledMomentumError(err.momentum, index, start_step + step) from None
         if step == total_steps - 1:
             break

@@ -363,6 +363,9 @@ class WeightDecayBalancer(_compat.Callback):
                 try:
                     gains.append(group_gain(group, optimizer=optimizer))
                 except UnsettledMomentumError as err:
+                    if not group.get("weight_decay"):
+                        gains.append(math.nan)  # no decay enters it: its gain is never read (see `trace_schedule`)
+                        continue
                     raise UnsettledMomentumError(err.momentum, index) from None
             traces, notes = trace_schedule(
                 optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
@@ -480,7 +483,8 @@ class WeightDecayBalancer(_compat.Callback):
         with _refusing_unsettled_momentum(trainer, optimizer):
             traces, notes = trace_schedule(
                 optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
-                _trainer.step_batch_counts(trainer, remaining), int(trainer.global_step), int(trainer.current_epoch),
+                _trainer.step_batch_counts(trainer, remaining, _trainer.batches_done_in_resumed_epoch(trainer) or 0),
+                int(trainer.global_step), int(trainer.current_epoch),
                 _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
             )  # fmt: skip
         swa_notes, self._unread_lrs = _swa_unread(trainer, len(optimizer.param_groups))
@@ -666,7 +670,7 @@ class WeightDecayBalancer(_compat.Callback):
         with _refusing_unsettled_momentum(trainer, optimizer):
             traces, _ = trace_schedule(
                 optimizer, _scheduler_specs(trainer), remaining, _epochs_from(trainer, first),
-                _trainer.step_batch_counts(trainer, remaining), step, int(trainer.current_epoch),
+                _trainer.step_batch_counts(trainer, remaining, batch_idx), step, int(trainer.current_epoch),
                 _trainer.epoch_length_known(trainer), _swa_swap(trainer, remaining, first),
             )  # fmt: skip
         # groups added during training (`BackboneFinetuning`) keep the λ they came with, as at the start
@@ -797,16 +801,39 @@ class WeightDecayBalancer(_compat.Callback):
         first = self._lead(traces, decayed)
         spent = refs[first] * traces[first].decay_sum()
         now = chosen[first] * traces[first].decay_sum()
+        inside = lambda budget: budget_range[0] * (1 - 1e-9) <= budget <= budget_range[1] * (1 + 1e-9)  # noqa: E731
+        moved = not math.isclose(chosen[first], refs[first])
+        # the direction λ moved in, from the user's (found in a review: "raised" where the cap of decay per step had
+        # lowered it 5x, from above the range to below it)
+        verb = "raised" if chosen[first] > refs[first] else "lowered"
+        side = "below" if now < budget_range[0] else "above"
         if first in adaptive:
             verdict = f"{self._start} kept: adaptive coupled decay has no decay budget to bound"
-        elif not budget_range[0] * (1 - 1e-9) <= now <= budget_range[1] * (1 + 1e-9):
+        elif not inside(now) and moved and (now < budget_range[0]) == (verb == "raised"):
             # `bounds` or the 10 %-per-step cap stopped it short: say so rather than claim the range was reached
             verdict = (
-                f"{'raised' if now < budget_range[0] else 'lowered'} only as far as "
-                f"{self._held_by(optimizer, traces, first, chosen[first])} allows: "
-                f"K = {now:.3g}, still {'below' if now < budget_range[0] else 'above'} the range it aims for"
+                f"{verb} only as far as {self._held_by(optimizer, traces, first, chosen[first])} allows: "
+                f"K = {now:.3g}, still {side} the range it aims for"
             )
-        elif math.isclose(chosen[first], refs[first]):
+        elif not inside(now) and moved:
+            # the cap of decay per step took it past the range
+            verdict = (
+                f"{verb} by {self._held_by(optimizer, traces, first, chosen[first])}: K = {now:.3g}, {side} the "
+                "range it aims for"
+            )
+        elif not inside(now):
+            verdict = (
+                f"kept, held by {self._held_by(optimizer, traces, first, chosen[first])}: K = {now:.3g}, {side} the "
+                "range it aims for"
+            )
+        elif moved and inside(spent):
+            # inside the range already, and moved all the same: by the cap (found in a review: "moved so that decay
+            # acts on a timescale between one epoch and the whole run", where it already did)
+            verdict = (
+                f"{verb} by {self._held_by(optimizer, traces, first, chosen[first])}: K = {now:.3g}, still inside the "
+                "range it aims for, between one epoch and the whole run"
+            )
+        elif not moved:
             verdict = "kept: its decay timescale already lies between one epoch and the whole run"
         elif epochs < least:
             # found trying the package as a new user: a run of 0.6 epochs said "between one epoch and the whole run"
@@ -1272,7 +1299,9 @@ def _reference_budgets(
     budgets = []
     for trace, lr, gain, wd in zip(traces, lrs, gains, weight_decays, strict=True):
         steps = max(len(trace.lrs) - skip, 0)
-        if lr is None:
+        if wd == 0:
+            budgets.append(0.0)  # whatever its trace (a momentum of 1 leaves its gain unread: NaN)
+        elif lr is None:
             budgets.append(wd * trace.at(range(skip, skip + steps)).decay_sum())
         else:
             budgets.append(reference_budget(lr, gain, wd, steps))

@@ -206,6 +206,28 @@ def test_a_momentum_of_one_under_coupled_decay_is_refused_naming_the_group_and_t
         _fit(tmp_path, model, [WeightDecayBalancer()])
 
 
+@pytest.mark.parametrize("decayed", [5e-4, 0.0], ids=["the other group decays", "no group decays"])
+def test_a_momentum_of_one_in_a_group_without_weight_decay_is_not_refused(tmp_path, decayed):
+    """No decay enters that group: there is nothing to trace in it (found in a review: refused all the same)."""
+
+    def split(params):
+        weights, biases = [], []
+        for p in params:
+            (weights if p.ndim > 1 else biases).append(p)
+        groups = [{"params": weights, "weight_decay": decayed}, {"params": biases, "momentum": 1.0}]
+        return torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=0.0)
+
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, WithOptimizer(split), [balancer])
+    if decayed:
+        assert balancer.weight_decays[0] > decayed  # raised: the tiny run's K is far below 1
+        assert balancer.weight_decays[1] == 0.0
+        assert balancer.reference_budgets[1] == 0.0
+    else:
+        assert balancer.weight_decays == [0.0, 0.0]
+        assert balancer.reason == "no param group has weight decay, nothing to balance"
+
+
 class ManualOptimization(TinyClassifier):
     """Steps its own optimizer (``automatic_optimization = False``), as a GAN or a custom loop does."""
 
@@ -369,6 +391,27 @@ def test_timescale_stopped_short_names_the_limit_that_held(tmp_path, max_lr, hel
     assert balancer.reason.startswith(f"raised only as far as {held}")
     peak_decay = balancer.weight_decays[0] * max(_one_cycle_terms(0.01, 0.9, max_lr, STEPS_PER_EPOCH))
     assert (peak_decay == pytest.approx(0.1)) == held.startswith("the cap")
+
+
+@pytest.mark.parametrize(
+    ("weight_decay", "epochs", "verdict"),
+    [
+        (0.05, 2, "lowered by the cap of 10% decay per step: K = 0.8, below the range it aims for"),
+        (0.02, 4, "lowered by the cap of 10% decay per step: K = 1.6, still inside the range it aims for"),
+    ],
+    ids=["from above the range to below it", "inside the range"],
+)
+def test_timescale_says_the_cap_lowered_lambda(tmp_path, weight_decay, epochs, verdict):
+    """SGD at LR 1 and momentum 0.9 decays c·η·λ = 10λ a step: the cap of 10 % a step holds λ at 0.01.
+
+    Found in a review: "raised only as far as the cap allows" where the cap had lowered λ 5x (K 4 -> 0.8, the range
+    1-2), and "moved so that decay acts on a timescale between one epoch and the whole run" where the user's K of 3.2
+    already did (the range 1-4) and the cap alone halved λ.
+    """
+    balancer = WeightDecayBalancer()
+    _fit(tmp_path, TinyClassifier(lr=1.0, weight_decay=weight_decay, n=128), [balancer], epochs=epochs)
+    assert balancer.weight_decays == [pytest.approx(0.01)]
+    assert balancer.reason.startswith(verdict), balancer.reason
 
 
 @pytest.mark.parametrize("with_superconvergence", [False, True], ids=["alone", "beside SuperConvergence"])
@@ -1734,11 +1777,20 @@ def test_the_reference_recipe_under_max_epochs_minus_one_reads_the_datas_epochs(
     assert balancer.reason.endswith("decay budget 1x the reference recipe's")
 
 
-def _resumed_with_a_balancer_from_step(tmp_path, step):
+class EveryThirdBatch(WithoutBatchNorm):
+    """A `StepLR` of `interval="step"` and `frequency=3`, taking 0.7 of the LR: stepped where an epoch has read 3k."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 3}}
+
+
+def _resumed_with_a_balancer_from_step(tmp_path, step, make=HalvedEachEpoch, **kwargs):
     """A run resumed with `WeightDecayBalancer(mode="keep")`: the balancer, the Trainer and the module.
 
-    The run (4 epochs of 8 steps) ran without the balancer and was checkpointed and stopped at `step`, in
-    `on_train_batch_end`.
+    The run (4 epochs of 8 steps; `kwargs` to both Trainers) ran without the balancer and was checkpointed and stopped
+    at `step`, in `on_train_batch_end`.
     """
 
     class StopAt(L.Callback):
@@ -1746,12 +1798,12 @@ def _resumed_with_a_balancer_from_step(tmp_path, step):
             trainer.should_stop = trainer.should_stop or trainer.global_step == step
 
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=step, save_top_k=-1)
-    kwargs = trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True)
-    L.Trainer(callbacks=[checkpoint, StopAt()], **kwargs).fit(HalvedEachEpoch(n=256))
+    first = trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True, **kwargs)
+    L.Trainer(callbacks=[checkpoint, StopAt()], **first).fit(make(n=256))
     (path,) = (tmp_path / "ckpt").iterdir()
     balancer = WeightDecayBalancer(mode="keep")
-    trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path / "b", max_epochs=4))
-    trainer.fit(model := HalvedEachEpoch(n=256), ckpt_path=str(path))
+    trainer = L.Trainer(callbacks=[balancer], **trainer_kwargs(tmp_path / "b", max_epochs=4, **kwargs))
+    trainer.fit(model := make(n=256), ckpt_path=str(path))
     return balancer, trainer, model
 
 
@@ -1761,6 +1813,22 @@ def test_a_mid_epoch_resume_without_the_balancers_state_plans_over_the_batches_l
     assert balancer.planned_steps == trainer.global_step - 12 == 20
     # the `StepLR` steps at the end of the resumed epoch, 4 steps in: traced there too (found trying the package as
     # a new user: a whole epoch from the resume, 1.44x)
+    assert balancer.reason.endswith("decay budget 1x the reference recipe's")
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_mid_epoch_resume_traces_a_step_scheduler_of_frequency_three_from_the_batch_it_resumes_at(
+    tmp_path, accumulate
+):
+    """Lightning steps it where the resumed epoch has read 3k batches, counted from the epoch's first batch.
+
+    Found in a review: the trace counted from the resumed batch, a step late, and `mode="keep"` reported 1.5x for the
+    recipe itself (`"budget"` cut λ by a third).
+    """
+    balancer, trainer, _ = _resumed_with_a_balancer_from_step(
+        tmp_path, 2, EveryThirdBatch, accumulate_grad_batches=accumulate
+    )
+    assert balancer.planned_steps == trainer.global_step - 2 == 32 // accumulate - 2
     assert balancer.reason.endswith("decay budget 1x the reference recipe's")
 
 
