@@ -7,6 +7,7 @@ and optimizers that set their own step size. Each refusal names the problem and 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from typing import Any
@@ -285,8 +286,22 @@ def schedule_free_refusal(optimizer: Any, who: str = "SuperConvergence") -> str:
 
 
 def check_first_group_lr(trainer: _compat.Trainer, optimizer: Any, who: str) -> None:
-    """Refuse a first param group whose configured LR is not positive: the other groups' ratios are read against it."""
-    first = configured_lrs(optimizer)[0]
+    """Refuse a first param group whose configured LR is not positive: the other groups' ratios are read against it.
+
+    And a group's LR that is not finite (found in a review: `lr=nan` passed, the cycle ran at NaN and trained nothing,
+    and the guard "lowered the peak from 0.1 to nan"; `find_max_lr` blamed a warm-up in the module).
+    """
+    lrs = configured_lrs(optimizer)
+    for index, lr in enumerate(lrs):
+        if not math.isfinite(lr):
+            raise _compat.misconfiguration(
+                trainer,
+                f"{who} reads the LR ratios between param groups from their configured `lr`, which must be a finite "
+                f"number; param group {index} of `{type(optimizer).__name__}` has lr={lr}. Give it a finite `lr` in "
+                "`configure_optimizers` (only the ratios between groups matter; the range test and the cycle set the "
+                "values).",
+            )
+    first = lrs[0]
     if first <= 0:
         raise _compat.misconfiguration(
             trainer,

@@ -425,7 +425,7 @@ def scheduler_in_use(trainer: _compat.Trainer, scheduler: Any) -> bool:
     return any(config.scheduler is scheduler for config in trainer.lr_scheduler_configs)
 
 
-def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str, run_epochs: int | None = None) -> None:
+def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str, run_steps: int | None = None) -> None:
     """Say that a range test beside ``BackboneFinetuning`` (any ``BaseFinetuning``) measures the unfrozen part alone.
 
     Found trying the package as a new user: a digits MLP whose backbone joined at epoch 2 got a pick 15x its whole
@@ -435,14 +435,17 @@ def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str, 
         trainer: the Trainer the range test runs in, at fit start (after ``BaseFinetuning`` froze, in ``setup``).
         who: what runs the range test, for the message.
         instead: what to do instead, a sentence.
-        run_epochs: the epochs of the run the pick is for, where the Trainer describes it: a ``BackboneFinetuning``
-            whose backbone joins at or after them leaves the range test's measure as it is, and is not warned of.
+        run_steps: the steps of the run the pick is for (0: read the Trainer's ``max_epochs``), None where no run is
+            described: a ``BackboneFinetuning`` whose backbone joins at or after the epoch that run ends before leaves
+            the range test's measure as it is, and is not warned of (found in a review: ``find_max_lr`` was not told
+            the run its ``trainer_kwargs`` described, and warned of a backbone joining at epoch 10 of a 3-epoch run).
     """
     finetuning = _compat.callback_of(trainer, "BaseFinetuning")
     if finetuning is None or all(p.requires_grad for p in trainer.lightning_module.parameters()):
         return
     name = type(finetuning).__name__
     joins_at = getattr(finetuning, "unfreeze_backbone_at_epoch", None)
+    run_epochs = _run_end_epoch(trainer, run_steps) if isinstance(joins_at, int) and run_steps is not None else None
     if isinstance(joins_at, int) and run_epochs is not None and 0 <= run_epochs <= joins_at:
         return  # `BackboneFinetuning` whose backbone joins after the run: nothing joins what the range test measured
     # when another `BaseFinetuning` unfreezes, if ever, its own `finetune_function` decides (found trying the package
@@ -454,3 +457,17 @@ def warn_of_a_frozen_backbone(trainer: _compat.Trainer, who: str, instead: str, 
         f"part alone and can be many times too high {when} (15x on a small MLP; the divergence guard then lowers "
         f"it, at the cost of rescues). {instead}",
     )
+
+
+def _run_end_epoch(trainer: _compat.Trainer, steps: int) -> int | None:
+    """The epoch this run ends before (counted from 0, as ``current_epoch``), or None if unknown.
+
+    From its steps where its epochs have a length (a run sized in steps, ``max_epochs=-1``: found in a review), else
+    ``max_epochs``. Loads the train data, as the range test that follows does.
+    """
+    _compat.setup_train_data(trainer)
+    per_epoch = steps_per_epoch(trainer)
+    if epoch_length_known(trainer) and isinstance(per_epoch, int) and steps > 0:
+        return int(trainer.current_epoch) + math.ceil(steps / per_epoch)
+    epochs = trainer.max_epochs
+    return epochs if isinstance(epochs, int) and epochs > 0 else None

@@ -280,7 +280,9 @@ def run_branches(
                         f"the train dataloader ran out after {len(record.losses)} of a branch's {branch.steps} steps "
                         "and yielded nothing when restarted"
                     )
-                diverged = record.stop_reason == "non-finite"
+                # gradients inf/NaN at every loss scale a gradient scaler tried diverged too (found in a review:
+                # scored on what 8 of its 50 steps had trained, as a branch that ran its course)
+                diverged = record.stop_reason in ("non-finite", "scaler-skips")
                 assert held_out is not None
                 scores.append(
                     math.inf if diverged else held_out_loss(trainer, pl_module, held_out, branch.steps * accumulate)

@@ -74,9 +74,10 @@ def _switched_on_by(model: Any, given: list[Any], trainer_kwargs: Mapping[str, A
 class _RangeTestProbe(_compat.Callback):
     """At fit start: run the range test, then stop the fit before its first step."""
 
-    def __init__(self, config: RangeTestConfig, cycle: OneCycleConfig) -> None:
+    def __init__(self, config: RangeTestConfig, cycle: OneCycleConfig, run_described: bool) -> None:
         self.config = config
         self.cycle = cycle
+        self.run_described = run_described  # `trainer_kwargs` gave `max_epochs` or `max_steps`
         self.result: RangeTestResult | None = None
 
     @override
@@ -101,7 +102,10 @@ class _RangeTestProbe(_compat.Callback):
         run = _trainer.estimated_steps(trainer)
         run_steps = int(run) if math.isfinite(run) and run > 0 else None
         _trainer.warn_of_a_frozen_backbone(
-            trainer, "find_max_lr", "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network."
+            trainer,
+            "find_max_lr",
+            "Leave it out of `trainer_kwargs['callbacks']` to measure the whole network.",
+            (run_steps or 0) if self.run_described else None,
         )
         _compat.rank_zero_info(trainer, plan_line("find_max_lr", self.config, run_steps, "when it ends"))
         self.result = run_range_test(
@@ -128,7 +132,8 @@ def find_max_lr(
         model: the LightningModule (its ``configure_optimizers`` provides the optimizer); it is left unchanged.
             A ``pytorch_lightning`` module runs on a ``pytorch_lightning.Trainer``.
         train_dataloaders: the training data, as for ``Trainer.fit``; or the model's own ``train_dataloader``.
-        datamodule: a LightningDataModule instead of ``train_dataloaders`` (and ``val_dataloaders``).
+        datamodule: a LightningDataModule instead of ``train_dataloaders`` (and ``val_dataloaders``); given as
+            ``train_dataloaders``, as ``Trainer.fit`` takes it, it is taken as this.
         val_dataloaders: the validation data the trials score each candidate peak on, as for ``Trainer.fit``; or the
             model's own ``val_dataloader``; with none, the training batches after those the trials train on.
         trainer_kwargs: arguments of the ``Trainer`` the test runs on (accelerator, devices, precision,
@@ -145,8 +150,9 @@ def find_max_lr(
             you will give ``SuperConvergence(max_lr=...)``, so that the peak is judged on the cycle it will run.
 
     Raises:
-        TypeError: if ``model`` is no torch module, ``range_test`` holds an argument that is neither a range-test
-            argument nor a cycle-shape one, or ``trainer_kwargs`` is no mapping.
+        TypeError: if ``model`` is no torch module, ``datamodule`` no ``LightningDataModule``, ``range_test`` holds
+            an argument that is neither a range-test argument nor a cycle-shape one, or ``trainer_kwargs`` is no
+            mapping.
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
             callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``, or a strategy that runs the fit in new
@@ -181,6 +187,17 @@ def find_max_lr(
             f"`find_max_lr` got unexpected argument(s) {unknown}; the range test takes {sorted(allowed)}, and the "
             "Trainer's arguments go into `trainer_kwargs`"
         )
+    datamodule_class = importlib.import_module(_compat.namespace(model)).LightningDataModule
+    if isinstance(train_dataloaders, datamodule_class) and datamodule is None:
+        # `Trainer.fit(model, dm)` takes it there too (found in a review: given so, it was left attached to this
+        # function's own Trainer, which it kept alive)
+        train_dataloaders, datamodule = None, train_dataloaders
+    if datamodule is not None and not isinstance(datamodule, datamodule_class):
+        raise TypeError(
+            f"`find_max_lr`'s `datamodule` takes a `LightningDataModule`, got {type(datamodule).__name__} "
+            f"{reprlib.repr(datamodule)}. Its third positional argument is `datamodule`, where `Trainer.fit`'s is "
+            "`val_dataloaders`: pass the validation data as `val_dataloaders=...`."
+        )
     if trainer_kwargs is not None and not isinstance(trainer_kwargs, Mapping):
         raise TypeError(
             "`find_max_lr`'s `trainer_kwargs` takes a mapping of `Trainer` arguments, e.g. "
@@ -189,6 +206,7 @@ def find_max_lr(
     probe = _RangeTestProbe(
         RangeTestConfig(**{k: v for k, v in range_test.items() if k not in shape}),
         OneCycleConfig(**{k: v for k, v in range_test.items() if k in shape}),
+        run_described=any((trainer_kwargs or {}).get(key) not in (None, -1) for key in ("max_epochs", "max_steps")),
     )
     kwargs = {**_DEFAULT_TRAINER, **(trainer_kwargs or {})}
     if (trainer_kwargs or {}).get("max_steps") not in (None, -1) and "max_epochs" not in (trainer_kwargs or {}):
@@ -230,6 +248,9 @@ def find_max_lr(
     # fit (found in a review: put back, the empty tensor broke every later forward); it stays as `setup` made it, in
     # the dtype and on the device it was to have (a `*-true` precision converted it: its values come back rounded)
     data = [(param, param.data) for param in model.parameters() if not torch.nn.parameter.is_lazy(param)]
+    # and the gradients the model holds: the range test puts them back, and Lightning's `fit` then zeroes them before
+    # its first step (found in a review: gone after `find_max_lr`); copied, as the zeroing may be in place
+    grads = [(param, param.grad.detach().clone()) for param, _ in data if param.grad is not None]
     lazy = [(param, param.dtype, param.device) for param in model.parameters() if torch.nn.parameter.is_lazy(param)]
     marks = _compat.device_dtype_marks(model)
     # and so are a torchmetrics metric's states, plain attributes (found in a review: a `MeanMetric` came back holding
@@ -269,6 +290,8 @@ def find_max_lr(
     for param, kept in data:
         if param.data.dtype != kept.dtype or param.data.data_ptr() != kept.data_ptr():
             param.data = kept
+    for param, grad in grads:
+        param.grad = grad
     for param, dtype, device in lazy:
         if not torch.nn.parameter.is_lazy(param) and (param.dtype != dtype or param.device != device):
             param.data = param.data.to(device=device, dtype=dtype)

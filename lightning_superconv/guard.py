@@ -366,8 +366,9 @@ class DivergenceGuard:
         r"""Whether the loss lies flat after a blow-up: a network that died, predicting the same for every input.
 
         Its last ``window`` losses lie within :data:`FLAT` (5 %) of their mean, the moving average once stood at
-        twice that mean or more, and the mean is no lower than half the first loss (a dead network predicts about as
-        badly as an untrained one; a trained one whose loss settled has fallen further). A network still learning has
+        twice that mean's size or more, and the mean lies no more than half the first loss's size below it (for a
+        positive loss, no lower than half the first loss: a dead network predicts about as badly as an untrained one;
+        a trained one whose loss settled has fallen further). A network still learning has
         losses that differ from batch to batch by more; one that has not yet started (flat at its first loss, never
         blown up) is the stall check's to judge. A blow-up in the first few steps also raises where training
         "started", so a dead network's flat loss can lie below it: the other criteria do not see it.
@@ -375,7 +376,9 @@ class DivergenceGuard:
         mean = self.flat()
         if mean is None or self._nonfinite:
             return False
-        return self.highest >= 2 * abs(mean) and abs(mean) >= 0.5 * abs(self.first)
+        # "no lower" read with signs: a loss that fell through zero (a negative log-likelihood) and settled below it
+        # learned (found in a review: its magnitude was read, and a flat -0.85 from a first 1.6 read as dead)
+        return self.highest >= 2 * abs(mean) and mean >= self.first - 0.5 * abs(self.first)
 
     def healthy(self) -> bool:
         r"""Whether the model is learning and clear of divergence, so a snapshot taken now is worth returning to.
@@ -847,10 +850,15 @@ def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    """Whether every parameter of ``module`` (each rank's own shard) is finite; one device sync."""
+    """Whether every parameter of ``module`` that trains (each rank's own shard) is finite; one device sync.
+
+    A frozen one (``requires_grad=False``) is left out: no step moves it, so it cannot diverge, and a model may keep a
+    constant there that is not finite (found in a review: an additive mask of ``-inf`` held as a frozen parameter, and
+    a healthy model was refused before its first step).
+    """
     with torch.no_grad():
         # a lazy layer not made yet (one only validation uses) has no values to read
-        made = [p for p in module.parameters() if not torch.nn.parameter.is_lazy(p)]
+        made = [p for p in module.parameters() if p.requires_grad and not torch.nn.parameter.is_lazy(p)]
         locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in made]
         flags = [torch.isfinite(t).all() for t in locals_ if t.numel()]
         return not flags or bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all())

@@ -320,14 +320,22 @@ def run_range_test(
     rose = smoothed[rise] > fell.start_level
     # a sweep stopped by a loss that blew up (the online check) ends in a divergence that the centred running median,
     # made to pass over single batches, may not show yet: the LR it stopped at is where the loss diverged
-    diverged = record.stop_reason in ("diverged", "non-finite")
+    # (and gradients inf/NaN at every loss scale a gradient scaler tried: found in a review, read as no divergence,
+    # with advice about optimizers that bound their own step)
+    diverged = record.stop_reason in ("diverged", "non-finite", "scaler-skips")
     if rose:
         reading = f"the smoothed loss is back above its start ({fell.start_level:.3g}) at lr {swept[rise]:.3g}"
     elif diverged:
-        # a NaN/inf loss is not recorded: it came at the step after the last swept (found in a review)
+        # a NaN/inf loss, or a skipped step, is not recorded: it came at the step after the last swept (found in a
+        # review)
         where = "at" if record.stop_reason == "diverged" else "at the step after"
+        what = (
+            "its gradients were inf/NaN at every loss scale"
+            if record.stop_reason == "scaler-skips"
+            else "the loss diverged"
+        )
         reading = (
-            f"the loss diverged {where} lr {swept[rise]:.3g}, where the sweep stopped ({record.stop_reason}), before "
+            f"{what} {where} lr {swept[rise]:.3g}, where the sweep stopped ({record.stop_reason}), before "
             f"its smoothed curve was back above its start ({fell.start_level:.3g})"
         )
     else:

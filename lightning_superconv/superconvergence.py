@@ -342,7 +342,7 @@ class SuperConvergence(_compat.Callback):
                 trainer, pl_module, "SuperConvergence's range test", "pass `max_lr=` (the cycle needs no range test)"
             )
             instead = "Pass `max_lr=`, e.g. from `find_max_lr` on the model with nothing frozen."
-            _trainer.warn_of_a_frozen_backbone(trainer, "SuperConvergence", instead, _run_epochs(trainer, steps))
+            _trainer.warn_of_a_frozen_backbone(trainer, "SuperConvergence", instead, steps)
             _compat.rank_zero_info(
                 trainer, plan_line("SuperConvergence", self.range_test, steps, "before training starts")
             )
@@ -950,20 +950,6 @@ def _warn_of_a_stop_before_the_anneal(
         "which `EarlyStopping` reads as the end of learning: size the run to end where it should (`max_epochs`), so "
         "the cycle anneals there, or give `EarlyStopping` a larger `patience`.",
     )
-
-
-def _run_epochs(trainer: _compat.Trainer, steps: int) -> int | None:
-    """The epoch this run ends before (counted from 0, as ``current_epoch``), or None if unknown.
-
-    From its steps where its epochs have a length (a run sized in steps, ``max_epochs=-1``: found in a review), else
-    ``max_epochs``. Loads the train data, as the range test that follows does.
-    """
-    _compat.setup_train_data(trainer)
-    per_epoch = _trainer.steps_per_epoch(trainer)
-    if _trainer.epoch_length_known(trainer) and isinstance(per_epoch, int) and steps > 0:
-        return int(trainer.current_epoch) + math.ceil(steps / per_epoch)
-    epochs = trainer.max_epochs
-    return epochs if isinstance(epochs, int) and epochs > 0 else None
 
 
 def _configured_momentum(optimizer: Any) -> float | None:

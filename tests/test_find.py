@@ -400,6 +400,48 @@ def test_takes_a_datamodule():
     assert math.isfinite(result.max_lr)
 
 
+def test_a_datamodule_given_where_trainer_fit_takes_it_too_is_taken_and_left_unattached():
+    """`Trainer.fit(model, dm)` takes it in `train_dataloaders`: so does `find_max_lr`, and gives its `trainer` back.
+
+    Found in a review: given there, it kept this function's own Trainer attached, and alive.
+    """
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(128, seed=3), batch_size=16, shuffle=True)
+
+    data = Data()
+    result = find_max_lr(TinyClassifier(), data, lr_range=LR_RANGE, num_steps=40)
+    assert math.isfinite(result.max_lr)
+    assert data.trainer is None
+
+
+def test_a_datamodule_that_is_not_one_is_refused_naming_the_argument():
+    """Its third positional argument is `datamodule`, where `Trainer.fit`'s is `val_dataloaders`.
+
+    Found in a review: `find_max_lr(model, train, val)` failed with Lightning's "You cannot pass `train_dataloader` or
+    `val_dataloaders` to `trainer.fit(datamodule=...)`", and `datamodule=loader` with an `AttributeError`.
+    """
+    train = DataLoader(make_dataset(128), batch_size=16)
+    val = DataLoader(make_dataset(64, seed=1), batch_size=16)
+    expected = r"`find_max_lr`'s `datamodule` takes a `LightningDataModule`, got DataLoader .*`val_dataloaders=\.\.\.`"
+    with pytest.raises(TypeError, match=expected):
+        find_max_lr(TinyClassifier(), train, val)
+    with pytest.raises(TypeError, match=expected):
+        find_max_lr(TinyClassifier(), datamodule=val)
+
+
+def test_gradients_the_model_holds_come_back():
+    """Found in a review: Lightning's `fit` zeroed them after the range test had put them back."""
+    model = TinyClassifier()
+    for param in model.parameters():
+        param.grad = torch.full_like(param, 1.5)
+    find_max_lr(model, lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+    assert all(
+        param.grad is not None and torch.equal(param.grad, torch.full_like(param, 1.5)) for param in model.parameters()
+    )
+
+
 def test_takes_dataloaders():
     """Data can be passed as a dataloader, as for ``Trainer.fit``."""
     loader = DataLoader(make_dataset(128, seed=3), batch_size=16, shuffle=True)
@@ -706,6 +748,13 @@ def test_a_frozen_backbone_in_trainer_kwargs_warns_that_the_test_measures_the_he
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         find_max_lr(BackboneClassifier(), lr_range=LR_RANGE, num_steps=20, trial_steps=0)
+        # a backbone that joins after the run `trainer_kwargs` describes: what the test measured is what trains, as
+        # the callback reads it (found in a review: warned of a backbone joining at epoch 10 of a 3-epoch run)
+        find_max_lr(
+            BackboneClassifier(),
+            trainer_kwargs={"callbacks": [BackboneFinetuning(unfreeze_backbone_at_epoch=3)], "max_epochs": 3},
+            lr_range=LR_RANGE, num_steps=20, trial_steps=0,
+        )  # fmt: skip
     assert not [w for w in said if "frozen" in str(w.message)]
 
 

@@ -194,6 +194,24 @@ def test_a_loss_lying_flat_after_a_blow_up_is_collapsed_and_never_healthy():
     assert not settled.collapsed()
 
 
+def test_a_loss_that_fell_through_zero_and_settled_below_it_is_not_collapsed():
+    """A negative log-likelihood that fell from 1.6 to a flat -0.85 learned: its flat mean is read with its sign.
+
+    Found in a review: its size was read, 0.85 against half the first loss (0.8), and it counted as a dead network.
+    """
+    rise = [1.6, 1.62, 1.64, 1.66, 1.68, 1.75, 1.85, 1.9, 1.85, 1.7]
+    fall = [1.6 - 0.25 * k for k in range(1, 11)]
+    guard, said = _fed(rise + fall + [-0.85 + 0.005 * (-1) ** k for k in range(40)])
+    assert not any(said)
+    assert guard.flat() == pytest.approx(-0.85)
+    assert guard.highest >= 2 * 0.85  # the blow-up criterion, read with the size, holds
+    assert not guard.collapsed()
+    # a negative loss whose network died, flat where it started: collapsed, as a positive one is
+    blow_up = [-1.0, 1.0, 4.0, 6.0, 8.0, 6.0, 3.0]
+    dead, _ = _fed(blow_up + [-1.0 + 0.01 * (k % 3) for k in range(30)])
+    assert dead.collapsed()
+
+
 def test_the_lr_of_the_first_blow_up_since_the_snapshot_is_where_the_loss_diverged():
     """A single loss half as high again as the first, or NaN/inf, marks the LR it came at; a refresh forgets it.
 
@@ -715,6 +733,31 @@ def _fit(tmp_path, callback, seed=0, model=TinyClassifier, extra=(), **overrides
     trainer = L.Trainer(callbacks=[callback, steps, *extra], **kwargs)
     trainer.fit(model)
     return trainer, model, steps
+
+
+class FrozenMinusInfinity(TinyClassifier):
+    """Keeps an additive mask of ``-inf`` as a frozen parameter (``requires_grad=False``), as some attention does."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mask = torch.nn.Parameter(torch.tensor([0.0, 0.0, 0.0, -math.inf]), requires_grad=False)
+
+    def forward(self, x):
+        return super().forward(x) + self.mask.clamp(min=-1e4)
+
+
+def test_a_frozen_parameter_that_is_not_finite_is_no_divergence(tmp_path):
+    """No step moves it: the guard neither refuses the run nor its snapshots for it.
+
+    Found in a review: refused before the first step ("the weights this fit starts from are not finite"), where
+    `guard=False` trained.
+    """
+    callback = SuperConvergence(max_lr=0.05)
+    trainer, model, _ = _fit(tmp_path, callback, model=FrozenMinusInfinity, max_epochs=4)
+    assert trainer.global_step == 64
+    assert torch.isinf(model.mask).any()  # the premise
+    assert callback._watch.guard.snapshot_step > 0  # refreshed while healthy
+    assert callback.rescues == []
 
 
 def _final_loss(model) -> float:

@@ -207,6 +207,43 @@ def test_an_optimizer_that_is_not_a_torch_optimizer_trains_where_no_cycle_is_bui
     assert trainer.global_step > 0
 
 
+class NonFiniteGroupLR(Counting):
+    def __init__(self, lr: float, group: int) -> None:
+        super().__init__()
+        self.bad_lr, self.group = lr, group
+
+    def configure_optimizers(self):
+        first = list(self.net[0].parameters())
+        rest = [p for p in self.parameters() if all(p is not q for q in first)]
+        groups = [{"params": first, "lr": 0.01}, {"params": rest, "lr": 0.01}]
+        groups[self.group]["lr"] = self.bad_lr
+        return torch.optim.SGD(groups, momentum=0.9)
+
+
+@pytest.mark.parametrize("group", [0, 1])
+@pytest.mark.parametrize("lr", [math.nan, math.inf])
+@pytest.mark.parametrize("who", ["SuperConvergence(max_lr=)", "find_max_lr"])
+def test_a_param_groups_lr_that_is_not_finite_is_refused_naming_the_group(tmp_path, who, lr, group):
+    """Refused before any step, naming the group and its value.
+
+    Found in a review: `lr=nan` passed; the cycle ran at NaN and trained nothing, and the guard "lowered the peak from
+    0.1 to nan"; `find_max_lr` blamed a warm-up in the module.
+    """
+    from lightning_superconv import find_max_lr
+
+    model = NonFiniteGroupLR(lr, group)
+    expected = rf"must be a finite number; param group {group} of `SGD` has lr={lr}\. Give it a finite `lr`"
+
+    def run():
+        if who == "find_max_lr":
+            return find_max_lr(model, num_steps=10)
+        return _fit(tmp_path, model, SuperConvergence(max_lr=0.1))
+
+    with pytest.raises(MisconfigurationException, match=expected):
+        run()
+    assert model.calls == 0
+
+
 class CountingAdagrad(Counting):
     def configure_optimizers(self):
         return torch.optim.Adagrad(self.parameters(), lr=0.01)

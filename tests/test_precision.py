@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import lightning as L
 import pytest
 import torch
-from helpers import TinyClassifier, trainer_kwargs
+from helpers import TinyClassifier, make_dataset, trainer_kwargs
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, Subset
 
 from lightning_superconv import SuperConvergence
 
@@ -153,3 +155,48 @@ def test_mixed_precision_on_gpu(tmp_path, precision):
     trainer = _fit(tmp_path, TinyClassifier(), callback, accelerator="cuda", precision=precision)
     assert len(callback.result.losses) == 10
     assert trainer.global_step == 8
+
+
+class NanGradientsAbove(TinyClassifier):
+    """A loss that stays finite whose gradients are NaN at any loss scale once the LR passes ``threshold``."""
+
+    def __init__(self, threshold: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))  # learns fast
+
+    def train_dataloader(self):
+        return DataLoader(Subset(make_dataset(640), range(512)), batch_size=32, shuffle=True)
+
+    def val_dataloader(self):  # the same task: the trials that learn it score better
+        return DataLoader(Subset(make_dataset(640), range(512, 640)), batch_size=32)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.training and self.trainer.optimizers[0].param_groups[0]["lr"] > self.threshold:
+            loss = loss + 0.0 * torch.sqrt((self.net[0].weight * 0).sum())  # d sqrt(x)/dx at 0: inf, times 0: NaN
+        return loss
+
+
+def test_a_sweep_stopped_by_scaler_skips_is_read_as_a_divergence(tmp_path, recwarn):
+    """Gradients inf/NaN at every loss scale diverged, as a NaN loss does in float32.
+
+    Found in a review: read as a sweep that never diverged, with a warning blaming optimizers that bound their own step.
+    """
+    callback = SuperConvergence(num_steps=60, trial_steps=0, lr_range=(1e-4, 10.0))
+    _fit(tmp_path, _seeded(NanGradientsAbove, threshold=0.5, n=512), callback, plugins=[_fp16()], max_steps=2)
+    assert callback.result.stop_reason == "scaler-skips"
+    assert "its gradients were inf/NaN at every loss scale at the step after lr" in callback.result.pick_reason
+    assert not [w for w in recwarn if "never rose back above where it started" in str(w.message)]
+
+
+def test_a_trial_stopped_by_scaler_skips_scores_as_diverged(tmp_path):
+    """Found in a review: it was scored on what 8 of its 50 steps had trained, as a trial that ran its course."""
+    callback = SuperConvergence(num_steps=60, trial_steps=50, lr_range=(1e-5, 1.0))
+    _fit(
+        tmp_path, _seeded(NanGradientsAbove, threshold=0.05, n=512), callback, plugins=[_fp16()], max_steps=2,
+        limit_train_batches=1.0,
+    )  # fmt: skip
+    above = [trial for trial in callback.result.trials if trial["peak"] > 0.05]
+    assert above, "the premise: a trial peaks where the gradients turn NaN"
+    assert all(trial["held_out_loss"] == math.inf for trial in above)
