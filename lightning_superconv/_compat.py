@@ -430,6 +430,16 @@ def attached_trainer(pl_module: Any) -> Any:
     return pl_module._trainer
 
 
+def optimizers_from_the_cli(pl_module: Any) -> bool:
+    """Whether ``LightningCLI``'s ``--optimizer``/``--lr_scheduler`` made the module's ``configure_optimizers``.
+
+    It sets it on the module instance, a method around its own ``configure_optimizers`` (found trying the package as a
+    new user: the scheduler it installed was said to come "from `configure_optimizers`", which the user never wrote).
+    """
+    method = vars(pl_module).get("configure_optimizers")
+    return getattr(getattr(method, "__func__", None), "__qualname__", None) == "LightningCLI.configure_optimizers"
+
+
 def current_hook(pl_module: Any) -> str | None:
     """The name of the hook the module is in, which ``self.log`` checks."""
     return pl_module._current_fx_name

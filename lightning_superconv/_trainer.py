@@ -252,7 +252,7 @@ def steps_left_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
     at its last batch (Lightning runs it again).
     """
     done = batches_done_in_resumed_epoch(trainer)
-    if done is None:
+    if done is None or not math.isfinite(trainer.num_training_batches):
         return None
     return steps_left_in_epoch(trainer, done) if done < trainer.num_training_batches else 0
 
@@ -260,11 +260,12 @@ def steps_left_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
 def batches_done_in_resumed_epoch(trainer: _compat.Trainer) -> int | None:
     r"""The batches a fit resumed from inside an epoch does not run again of it (None: no such resume).
 
-    The batch reached; 0 where the checkpoint was written in ``on_train_batch_end`` at the epoch's last batch
-    (Lightning runs the epoch again); the epoch's length where the count reached it (the epoch is over).
+    The batch reached (a stream's too: one long epoch); 0 where the checkpoint was written in ``on_train_batch_end`` at
+    the epoch's last batch (Lightning runs the epoch again); the epoch's length where the count reached it (it is
+    over).
     """
     batches = trainer.num_training_batches
-    if not _compat.resumes_mid_epoch(trainer) or not math.isfinite(batches):
+    if not _compat.resumes_mid_epoch(trainer):
         return None
     reached = _compat.batches_reached_this_epoch(trainer)
     if reached < batches:
@@ -318,7 +319,9 @@ def step_batch_counts(trainer: _compat.Trainer, steps: int, batches_done: int = 
     epoch's end, the two differ. Each epoch at its own accumulation (a ``GradientAccumulationScheduler``); a stream
     without a length is one long epoch. ``batches_done``: the current epoch's batches already read (a fit resumed
     from inside it, a rebalance during it), whose steps are not among the next (found in a review: a resume at the
-    epoch's second batch traced a scheduler of frequency 3 as stepping at the epoch's third batch from there).
+    epoch's second batch traced a scheduler of frequency 3 as stepping at the epoch's third batch from there); that
+    epoch runs at the accumulation in force, as :func:`steps_left_in_epoch` reads it (a
+    ``GradientAccumulationScheduler`` sets its own at an epoch's start, which a resume inside it does not run).
     """
     schedule = _compat.callback_of(trainer, "GradientAccumulationScheduler")
     known = epoch_length_known(trainer)
@@ -326,9 +329,9 @@ def step_batch_counts(trainer: _compat.Trainer, steps: int, batches_done: int = 
     counts: list[int] = []
     epoch = int(trainer.current_epoch)
     while len(counts) < steps:
-        every = schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
-        every = max(int(every), 1)
         done = batches_done if epoch == int(trainer.current_epoch) else 0
+        every = schedule.get_accumulate_grad_batches(epoch) if schedule is not None and not done else None
+        every = max(int(every if every is not None else trainer.accumulate_grad_batches), 1)
         if batches is None:
             counts += [every * k for k in range(done // every + 1, done // every + steps - len(counts) + 1)]
             break

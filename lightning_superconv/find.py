@@ -174,7 +174,9 @@ def find_max_lr(
 
     ``result.plot()`` draws the curve with the pick marked (matplotlib).
     """
-    if not isinstance(model, torch.nn.Module):
+    if not any(cls.__name__ == "LightningModule" for cls in type(getattr(model, "_orig_mod", model)).__mro__):
+        # a plain torch module too (found in a review: an `AttributeError` on `_trainer`); a `torch.compile` wrapper of
+        # a LightningModule is one, as for `Trainer.fit`
         raise TypeError(
             "`find_max_lr`'s `model` takes a LightningModule (of `lightning.pytorch` or `pytorch_lightning`), got "
             f"{type(model).__name__} {reprlib.repr(model)}"
@@ -193,6 +195,13 @@ def find_max_lr(
         # function's own Trainer, which it kept alive)
         train_dataloaders, datamodule = None, train_dataloaders
     if datamodule is not None and not isinstance(datamodule, datamodule_class):
+        if any(cls.__name__ == "LightningDataModule" for cls in type(datamodule).__mro__):
+            # the other distribution's (found in a review: told it was no datamodule, and to pass validation data)
+            raise TypeError(
+                f"`find_max_lr`'s `datamodule` is a `LightningDataModule` of the other Lightning distribution than the "
+                f"model's (`{_compat.namespace(model)}`): the model and its datamodule must come from the same one, "
+                "`lightning.pytorch` or `pytorch_lightning`, as for `Trainer.fit`."
+            )
         raise TypeError(
             f"`find_max_lr`'s `datamodule` takes a `LightningDataModule`, got {type(datamodule).__name__} "
             f"{reprlib.repr(datamodule)}. Its third positional argument is `datamodule`, where `Trainer.fit`'s is "

@@ -850,17 +850,18 @@ def _lowest_on_any_rank(trainer: _compat.Trainer, value: float) -> float:
 
 
 def _all_finite(module: torch.nn.Module) -> bool:
-    """Whether every parameter of ``module`` that trains (each rank's own shard) is finite; one device sync.
+    """Whether every parameter of ``module`` (each rank's own shard) is finite; one device sync.
 
-    A frozen one (``requires_grad=False``) is left out: no step moves it, so it cannot diverge, and a model may keep a
-    constant there that is not finite (found in a review: an additive mask of ``-inf`` held as a frozen parameter, and
-    a healthy model was refused before its first step).
+    A frozen one (``requires_grad=False``) may be infinite, not NaN: no step moves it, and a model may keep a constant
+    there (found in a review: an additive mask of ``-inf`` held as a frozen parameter, and a healthy model was refused
+    before its first step); a NaN weight it uses makes every loss NaN (a frozen backbone loaded from a checkpoint
+    written after a blow-up, found in a review of that change).
     """
     with torch.no_grad():
         # a lazy layer not made yet (one only validation uses) has no values to read
-        made = [p for p in module.parameters() if p.requires_grad and not torch.nn.parameter.is_lazy(p)]
-        locals_ = [p.to_local() if hasattr(p, "to_local") else p for p in made]
-        flags = [torch.isfinite(t).all() for t in locals_ if t.numel()]
+        made = [p for p in module.parameters() if not torch.nn.parameter.is_lazy(p)]
+        locals_ = [(p.to_local() if hasattr(p, "to_local") else p, p.requires_grad) for p in made]
+        flags = [torch.isfinite(t).all() if trains else ~torch.isnan(t).any() for t, trains in locals_ if t.numel()]
         return not flags or bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all())
 
 

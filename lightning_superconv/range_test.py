@@ -640,10 +640,16 @@ def _score_on_training_batches(
     try:
         scores, _ = run_branches(trainer, pl_module, optimizer, plan, None)
     except UnscorableBatchesError as err:
-        also = f" (nor the validation batches: {passed_over})" if passed_over is not None else ""
+        # the validation batches first, where they were given (found trying the package as a new user: the training
+        # batches' failure led, with the validation batches the user gave in parentheses)
+        what = (
+            f"the validation batches ({passed_over}), nor held-out training batches ({err})"
+            if passed_over is not None
+            else f"held-out training batches: {err}"
+        )
         _compat.rank_zero_warn(
             trainer,
-            f"{who}: the trials cannot score held-out training batches: {err}{also}. The pick is "
+            f"{who}: the trials cannot score {what}. The pick is "
             "the sweep's alone, as with `trial_steps=0`. The trials score `training_step`'s loss in eval mode "
             "without gradients, as validation runs; pass `SuperConvergence(max_lr=...)` to choose the peak yourself.",
         )

@@ -818,10 +818,12 @@ class SuperConvergence(_compat.Callback):
         if not announce:
             return
         if replaced:
+            cli = _compat.optimizers_from_the_cli(trainer.lightning_module)
+            source = "LightningCLI's `--lr_scheduler`" if cli else "`configure_optimizers`"
             _compat.rank_zero_info(
                 trainer,
-                f"SuperConvergence: replacing the scheduler {', '.join(f'`{n}`' for n in replaced)} from "
-                "`configure_optimizers` with `OneCycleLR`.",
+                f"SuperConvergence: replacing the scheduler {', '.join(f'`{n}`' for n in replaced)} from {source} "
+                "with `OneCycleLR`.",
             )
         momentum = "unchanged"
         if scheduler.cycle_momentum:

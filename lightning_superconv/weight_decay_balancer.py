@@ -807,6 +807,9 @@ class WeightDecayBalancer(_compat.Callback):
         # lowered it 5x, from above the range to below it)
         verb = "raised" if chosen[first] > refs[first] else "lowered"
         side = "below" if now < budget_range[0] else "above"
+        # a stream has no epoch to bound the timescale by (found in a review: "between one epoch and the whole run",
+        # beside "no epoch to bound it by")
+        aim = "between one epoch and the whole run" if known else "within the run"
         if first in adaptive:
             verdict = f"{self._start} kept: adaptive coupled decay has no decay budget to bound"
         elif not inside(now) and moved and (now < budget_range[0]) == (verb == "raised"):
@@ -831,10 +834,10 @@ class WeightDecayBalancer(_compat.Callback):
             # acts on a timescale between one epoch and the whole run", where it already did)
             verdict = (
                 f"{verb} by {self._held_by(optimizer, traces, first, chosen[first])}: K = {now:.3g}, still inside the "
-                "range it aims for, between one epoch and the whole run"
+                f"range it aims for, {aim}"
             )
         elif not moved:
-            verdict = "kept: its decay timescale already lies between one epoch and the whole run"
+            verdict = f"kept: its decay timescale already lies {aim}"
         elif epochs < least:
             # found trying the package as a new user: a run of 0.6 epochs said "between one epoch and the whole run"
             verdict = (
@@ -844,7 +847,7 @@ class WeightDecayBalancer(_compat.Callback):
             )
         else:
             verdict = (
-                f"moved so that decay acts on a timescale between one epoch and the whole run (K = {now:.3g}; "
+                f"moved so that decay acts on a timescale {aim} (K = {now:.3g}; "
                 f"`bounds` allow {self.bounds[0]:g}-{self.bounds[1]:g}x)"
             )
         allowed = (

@@ -126,6 +126,43 @@ def test_lightning_cli_builds_the_callbacks_from_config(tmp_path, cli_module, mo
     assert superconv.result is not None
 
 
+@pytest.mark.parametrize(
+    ("cli_module", "model"),
+    [("lightning.pytorch.cli", TinyClassifier), ("pytorch_lightning.cli", StandaloneTinyClassifier)],
+    ids=["lightning", "pytorch_lightning"],
+)
+def test_a_scheduler_lightning_cli_installed_is_said_to_come_from_it(tmp_path, caplog, cli_module, model):
+    """Found trying the package as a new user: "from `configure_optimizers`", which the user never wrote."""
+    cli_cls = importlib.import_module(cli_module).LightningCLI
+    config = {
+        "trainer": {**QUIET, "default_root_dir": str(tmp_path), "callbacks": [CLI_CALLBACKS[0]]},
+        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01, "momentum": 0.9}},
+        "lr_scheduler": {"class_path": "torch.optim.lr_scheduler.CosineAnnealingLR", "init_args": {"T_max": 10}},
+    }
+    cli = cli_cls(model, run=False, args=config, save_config_callback=None)
+    assert _compat.optimizers_from_the_cli(cli.model)
+    assert not _compat.optimizers_from_the_cli(model())
+    with caplog.at_level(logging.INFO):
+        cli.trainer.fit(cli.model)
+    assert "replacing the scheduler `CosineAnnealingLR` from LightningCLI's `--lr_scheduler` with" in caplog.text
+
+
+def test_find_max_lr_takes_a_standalone_datamodule_where_trainer_fit_does(tmp_path):
+    """A `pytorch_lightning` datamodule, given in `train_dataloaders`' place, is the datamodule and is detached."""
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(128), batch_size=32, shuffle=True)
+
+    data = Data()
+    result = find_max_lr(
+        StandaloneTinyClassifier(), data, trainer_kwargs={"default_root_dir": tmp_path, "accelerator": "cpu"},
+        lr_range=(1e-2, 1.0), num_steps=10,
+    )  # fmt: skip
+    assert len(result.losses) >= 10
+    assert data.trainer is None
+
+
 # ------------------------------------------------------------------ every private Lightning attribute we touch
 # Each `_compat` accessor, checked against the running Lightning of both distributions: when a release moves one of
 # these attributes, the failing test names it.

@@ -431,6 +431,24 @@ def test_a_datamodule_that_is_not_one_is_refused_naming_the_argument():
         find_max_lr(TinyClassifier(), datamodule=val)
 
 
+def test_a_model_or_datamodule_of_the_wrong_kind_is_refused_naming_it():
+    """A plain torch module; a datamodule of the other Lightning distribution.
+
+    Found in a review: an `AttributeError` on `_trainer`, and "takes a `LightningDataModule`" of one.
+    """
+
+    class Data(pytorch_lightning.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(make_dataset(128), batch_size=16)
+
+    with pytest.raises(TypeError, match=r"`find_max_lr`'s `model` takes a LightningModule .*got Linear"):
+        find_max_lr(torch.nn.Linear(2, 2))
+    with pytest.raises(
+        TypeError, match=r"of the other Lightning distribution than the model's \(`lightning.pytorch`\)"
+    ):
+        find_max_lr(TinyClassifier(), datamodule=Data())
+
+
 def test_gradients_the_model_holds_come_back():
     """Found in a review: Lightning's `fit` zeroed them after the range test had put them back."""
     model = TinyClassifier()

@@ -760,6 +760,20 @@ def test_a_frozen_parameter_that_is_not_finite_is_no_divergence(tmp_path):
     assert callback.rescues == []
 
 
+class FrozenNaN(FrozenMinusInfinity):
+    """The same mask with a NaN in it: every loss is NaN, which no rescue mends."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mask.data[0] = math.nan
+
+
+def test_a_frozen_parameter_holding_nan_is_still_refused_before_the_first_step(tmp_path):
+    """Found in a review of the change above: the run trained on NaN losses, and the guard blamed the LR."""
+    with pytest.raises(DivergenceError, match=r"the weights this fit starts from are not finite \(NaN/inf\)"):
+        _fit(tmp_path, SuperConvergence(max_lr=0.05), model=FrozenNaN, max_epochs=1)
+
+
 def _final_loss(model) -> float:
     model.eval()
     x, y = model.train_dataloader().dataset.tensors

@@ -520,6 +520,8 @@ def test_timescale_on_a_stream_without_a_length_still_raises_a_budget_below_one(
     _fit(tmp_path, StreamingClassifier(weight_decay=0.1 / total), [SuperConvergence(max_lr=0.05), balancer], epochs=-1,
          max_steps=40)  # fmt: skip
     assert balancer.weight_decays[0] == pytest.approx(1.0 / total)
+    # no epoch to speak of (found in a review: "between one epoch and the whole run", beside "no epoch to bound it by")
+    assert balancer.reason.startswith("moved so that decay acts on a timescale within the run (K = 1;")
 
 
 @pytest.mark.parametrize("reference", [None, 0.1])
@@ -1904,6 +1906,57 @@ def test_swa_on_a_stream_is_said_unread_and_its_lr_still_caps_the_decay_of_a_ste
     assert max(model.lrs) == pytest.approx(0.5), "the premise: SWA's LR runs"
     assert "`SWALR` takes over at the start of epoch 0 and anneals at epoch ends" in balancer.reason
     assert 10 * 0.5 * balancer.weight_decays[0] <= 0.1 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("setup", ["a stream", "an accumulation schedule"])
+def test_a_mid_epoch_resume_traces_the_lrs_its_steps_run_at(tmp_path, monkeypatch, setup):
+    """A `StepLR` of frequency 3, resumed at step 2: each traced step's LR is the one the step ran at.
+
+    Found in a review: a stream's resumed epoch was traced from its first batch (1.25x for the recipe itself), and an
+    epoch resumed under a `GradientAccumulationScheduler` at its scheduled accumulation, where Lightning runs the rest
+    of the epoch at the Trainer's (the scheduler sets it at an epoch's start, which the resume does not run).
+    """
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    from lightning_superconv import weight_decay_balancer
+
+    traced = []
+    real = weight_decay_balancer.trace_schedule
+    monkeypatch.setattr(
+        weight_decay_balancer,
+        "trace_schedule",
+        lambda *args, **kwargs: traced.append(out := real(*args, **kwargs)) or out,
+    )
+
+    class Endless(torch.utils.data.IterableDataset):  # one epoch, as long as the run
+        def __iter__(self):
+            data = make_dataset(256)
+            while True:
+                yield from (data[start : start + 32] for start in range(0, 256, 32))
+
+    class Model(EveryThirdBatch):
+        def train_dataloader(self):
+            return DataLoader(Endless(), batch_size=None) if setup == "a stream" else super().train_dataloader()
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 2
+
+    def extra():
+        return [] if setup == "a stream" else [GradientAccumulationScheduler({0: 2})]
+
+    length = {"max_epochs": -1, "max_steps": 24} if setup == "a stream" else {"max_epochs": 4}
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path / "a", enable_checkpointing=True, **length)
+    L.Trainer(callbacks=[checkpoint, StopAt(), *extra()], **kwargs).fit(Model(n=256))
+    (path,) = (tmp_path / "ckpt").iterdir()
+    balancer, lrs = WeightDecayBalancer(mode="keep"), StepLRs()
+    trainer = L.Trainer(callbacks=[balancer, lrs, *extra()], **trainer_kwargs(tmp_path / "b", **length))
+    traced.clear()
+    trainer.fit(Model(n=256), ckpt_path=str(path))
+    (traces, _) = traced[-1]
+    assert len(set(lrs.lrs)) >= 4, "the premise: the scheduler steps in the resumed run"
+    assert traces[0].lrs == pytest.approx(lrs.lrs)
 
 
 def test_a_resume_from_an_epochs_last_batch_runs_that_epoch_again_and_is_traced_so(tmp_path):
