@@ -150,9 +150,9 @@ def find_max_lr(
             you will give ``SuperConvergence(max_lr=...)``, so that the peak is judged on the cycle it will run.
 
     Raises:
-        TypeError: if ``model`` is no torch module, ``datamodule`` no ``LightningDataModule``, ``range_test`` holds
-            an argument that is neither a range-test argument nor a cycle-shape one, or ``trainer_kwargs`` is no
-            mapping.
+        TypeError: if ``model`` is no LightningModule, ``datamodule`` no ``LightningDataModule`` of the model's
+            Lightning distribution, ``range_test`` holds an argument that is neither a range-test argument nor a
+            cycle-shape one, or ``trainer_kwargs`` is no mapping.
         ValueError: if a range-test argument is out of range, the train data is in
             ``CombinedLoader(mode="sequential")``, or ``trainer_kwargs`` hold ``fast_dev_run`` or, among their
             callbacks, a ``SuperConvergence`` or a ``WeightDecayBalancer``, or a strategy that runs the fit in new
@@ -174,7 +174,7 @@ def find_max_lr(
 
     ``result.plot()`` draws the curve with the pick marked (matplotlib).
     """
-    if not any(cls.__name__ == "LightningModule" for cls in type(getattr(model, "_orig_mod", model)).__mro__):
+    if not _is_a(getattr(model, "_orig_mod", model), "LightningModule"):
         # a plain torch module too (found in a review: an `AttributeError` on `_trainer`); a `torch.compile` wrapper of
         # a LightningModule is one, as for `Trainer.fit`
         raise TypeError(
@@ -195,7 +195,7 @@ def find_max_lr(
         # function's own Trainer, which it kept alive)
         train_dataloaders, datamodule = None, train_dataloaders
     if datamodule is not None and not isinstance(datamodule, datamodule_class):
-        if any(cls.__name__ == "LightningDataModule" for cls in type(datamodule).__mro__):
+        if _is_a(datamodule, "LightningDataModule"):
             # the other distribution's (found in a review: told it was no datamodule, and to pass validation data)
             raise TypeError(
                 f"`find_max_lr`'s `datamodule` is a `LightningDataModule` of the other Lightning distribution than the "
@@ -319,6 +319,11 @@ def find_max_lr(
         raise error
     assert probe.result is not None
     return probe.result
+
+
+def _is_a(obj: Any, lightning_class: str) -> bool:
+    """Whether ``obj`` is an instance of a Lightning class of this name, of either distribution."""
+    return any(cls.__name__ == lightning_class for cls in type(obj).__mro__)
 
 
 #: What Lightning's ``fit`` sets on the LightningModule inside a ``torch.compile`` wrapper (``from_compiled``).

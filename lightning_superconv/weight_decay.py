@@ -156,10 +156,19 @@ def decay_gain(form: DecayForm, momentum: float = 0.0, dampening: float = 0.0, n
 
 
 def group_gain(group: Mapping[str, Any], momentum: float | None = None, optimizer: Any = None) -> float:
-    """:func:`decay_gain` of a param group of ``optimizer``, at its current momentum or at ``momentum`` when given."""
+    """:func:`decay_gain` of a param group of ``optimizer``, at its current momentum or at ``momentum`` when given.
+
+    NaN for a group without weight decay whose momentum is 1 or more: no decay enters it, so its gain is never read
+    (found in a review: such a group was refused, even where no group decayed).
+    """
     form = decay_form(group, optimizer)
     mu = momentum_of(group) if momentum is None else momentum
-    return decay_gain(form, mu, float(group.get("dampening", 0.0)), bool(group.get("nesterov", False)))
+    try:
+        return decay_gain(form, mu, float(group.get("dampening", 0.0)), bool(group.get("nesterov", False)))
+    except UnsettledMomentumError:
+        if not group.get("weight_decay"):
+            return math.nan
+        raise
 
 
 @dataclass
@@ -331,11 +340,6 @@ def trace_schedule(
             try:
                 trace.gains.append(group_gain(group, mu, twin))
             except UnsettledMomentumError as err:
-                if not group.get("weight_decay"):
-                    # no decay enters it: its gain is never read (found in a review: a group at momentum 1 without
-                    # weight decay was refused, even where no group decayed)
-                    trace.gains.append(math.nan)
-                    continue
                 raise UnsettledMomentumError(err.momentum, index, start_step + step) from None
         if step == total_steps - 1:
             break

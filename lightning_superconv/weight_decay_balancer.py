@@ -363,9 +363,6 @@ class WeightDecayBalancer(_compat.Callback):
                 try:
                     gains.append(group_gain(group, optimizer=optimizer))
                 except UnsettledMomentumError as err:
-                    if not group.get("weight_decay"):
-                        gains.append(math.nan)  # no decay enters it: its gain is never read (see `trace_schedule`)
-                        continue
                     raise UnsettledMomentumError(err.momentum, index) from None
             traces, notes = trace_schedule(
                 optimizer, specs, total, _trainer.steps_per_epoch(trainer), _trainer.step_batch_counts(trainer, total),
